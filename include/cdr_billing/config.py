@@ -1,0 +1,126 @@
+"""Deployment settings and source profiles, read from YAML."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_ENV = "CDR_BILLING_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The pipeline configuration is invalid."""
+
+
+@dataclass(frozen=True)
+class RemoteFiles:
+    """Files on the SFTP servers: a directory and a shell-style name pattern."""
+
+    remote_dir: str
+    pattern: str
+
+    def pattern_for(self, month: str) -> str:
+        """Return the pattern with {yyyy} and {mm} filled in for a YYYY-MM month."""
+        yyyy, mm = month.split("-")
+        return self.pattern.format(yyyy=yyyy, mm=mm)
+
+
+@dataclass(frozen=True)
+class CdrSource(RemoteFiles):
+    """A provider's monthly CDR delivery and the profile that reads it."""
+
+    name: str = ""
+    profile: str = ""
+
+
+@dataclass(frozen=True)
+class SourceProfile:
+    """How one provider's file maps onto the canonical CDR schema."""
+
+    name: str
+    format: str
+    columns: dict[str, str]
+    priced: bool
+    timezone: str = "UTC"
+    duration_unit: str = "seconds"
+    sheet: str | None = None
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    defaults: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    """Rules of the billing stages."""
+
+    connection: str
+    timezone: str
+    country_code: str
+    national_prefix: str
+    international_prefix: str
+    max_call_seconds: int
+    month_tolerance_hours: float
+    max_rejected_share: float
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a deployment can change, in one object."""
+
+    sftp_connections: tuple[str, ...]
+    connect_timeout_seconds: int
+    sources: tuple[CdrSource, ...]
+    tariff: RemoteFiles
+    entitlements: RemoteFiles
+    billing: BillingSettings
+    work_root: Path
+    alert_to: tuple[str, ...]
+    profiles: dict[str, SourceProfile]
+
+    def profile_for(self, source_name: str) -> SourceProfile:
+        """Return the source profile of a configured source."""
+        source = next(s for s in self.sources if s.name == source_name)
+        return self.profiles[source.profile]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def load_profiles(path: Path) -> dict[str, SourceProfile]:
+    """Read the source profiles file."""
+    raw = _read_yaml(path)
+    profiles = {}
+    for name, spec in raw.items():
+        if spec.get("format") not in ("xlsx", "csv"):
+            raise ConfigError(f"profile {name}: format must be xlsx or csv")
+        profiles[name] = SourceProfile(name=name, **spec)
+    return profiles
+
+
+def load_config(path: Path | None = None) -> PipelineConfig:
+    """Read the pipeline configuration ($CDR_BILLING_CONFIG or the shipped default)."""
+    path = Path(path or os.environ.get(CONFIG_ENV) or CONFIG_DIR / "pipeline.yaml")
+    raw = _read_yaml(path)
+    profiles = load_profiles(path.parent / raw.get("profiles_file", "profiles.yaml"))
+    sources = tuple(CdrSource(**spec) for spec in raw["sources"])
+    unknown = [s.profile for s in sources if s.profile not in profiles]
+    if unknown:
+        raise ConfigError(f"{path}: sources use unknown profiles {unknown}")
+    return PipelineConfig(
+        sftp_connections=tuple(raw["sftp"]["connections"]),
+        connect_timeout_seconds=int(raw["sftp"]["connect_timeout_seconds"]),
+        sources=sources,
+        tariff=RemoteFiles(**raw["reference"]["tariff"]),
+        entitlements=RemoteFiles(**raw["reference"]["entitlements"]),
+        billing=BillingSettings(**raw["billing"]),
+        work_root=Path(os.path.expandvars(raw["work_root"])),
+        alert_to=tuple(raw["alerts"]["to"]),
+        profiles=profiles,
+    )

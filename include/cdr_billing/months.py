@@ -1,0 +1,52 @@
+"""The billing month: which calendar month a run bills, and its boundaries."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+@dataclass(frozen=True, order=True)
+class BillingMonth:
+    """A calendar month, written YYYY-MM."""
+
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str) -> BillingMonth:
+        """Parse "YYYY-MM"; raise ValueError on anything else."""
+        match = _MONTH.match(text.strip())
+        if not match:
+            raise ValueError(f"billing month must be YYYY-MM, got {text!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+    def next(self) -> BillingMonth:
+        """Return the following month."""
+        return BillingMonth(self.year + self.month // 12, self.month % 12 + 1)
+
+    def bounds(self, timezone: str) -> tuple[datetime, datetime]:
+        """Return [start, end) of the month as aware datetimes in the given zone."""
+        zone = ZoneInfo(timezone)
+        following = self.next()
+        return (
+            datetime(self.year, self.month, 1, tzinfo=zone),
+            datetime(following.year, following.month, 1, tzinfo=zone),
+        )
+
+
+def resolve_billing_month(param: str | None, data_interval_start: datetime | None, timezone: str) -> BillingMonth:
+    """Pick the month a run bills: the `billing_month` param, else its data interval start."""
+    if param:
+        return BillingMonth.parse(param)
+    if data_interval_start is None:
+        raise ValueError("the run has no data interval: pass billing_month (YYYY-MM)")
+    local = data_interval_start.astimezone(ZoneInfo(timezone))
+    return BillingMonth(local.year, local.month)

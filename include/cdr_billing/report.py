@@ -1,0 +1,71 @@
+"""The month report: reconciliation of every input row, and the billing lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from cdr_billing.money import from_minor_units
+
+# read = billed + quarantined + duplicates + not_billable + unbillable + suspense
+OUTCOMES = ("billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense")
+
+
+class ReconciliationError(AssertionError):
+    """Rows or money do not add up; the month must not be billed as is."""
+
+
+def reconcile(counts: dict[str, int]) -> None:
+    """Check that every row read has exactly one outcome."""
+    accounted = sum(counts[outcome] for outcome in OUTCOMES)
+    if accounted != counts["read"]:
+        detail = ", ".join(f"{o}={counts[o]}" for o in OUTCOMES)
+        raise ReconciliationError(f"rows read {counts['read']} != rows accounted {accounted} ({detail})")
+
+
+def check_totals(lines: pd.DataFrame, billed_calls: pd.DataFrame) -> None:
+    """Check that the lines sum to the billed calls' costs, per currency, to the cent."""
+    by_lines = lines.groupby("currency")["total_minor"].sum().to_dict()
+    by_calls = billed_calls.groupby("currency")["cost_minor"].sum().to_dict()
+    if by_lines != by_calls:
+        raise ReconciliationError(f"line totals {by_lines} != call totals {by_calls} (minor units)")
+
+
+def build_report(billing_month: str, batch: dict[str, Any], counts: dict[str, int], lines: pd.DataFrame,
+                 exceptions: pd.DataFrame) -> dict[str, Any]:
+    """Return the month report as plain data (money as decimal strings)."""
+    return {
+        "billing_month": billing_month,
+        "batch": batch,
+        "counts": counts,
+        "lines": [
+            {
+                "customer_id": row.customer_id,
+                "sequence_number": row.sequence_number,
+                "currency": row.currency,
+                "total": str(from_minor_units(row.total_minor, row.currency)),
+                "call_count": int(row.call_count),
+                "billed_seconds": int(row.billed_seconds),
+            }
+            for row in lines.itertuples()
+        ],
+        "exceptions": (
+            exceptions.groupby(["kind", "reason_code"]).size().rename("rows").reset_index().to_dict("records")
+            if len(exceptions) else []
+        ),
+    }
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """Render the report as a fixed-width text table for logs and terminals."""
+    out = [f"Billing month {report['billing_month']}  (batch {report['batch']['batch_id']})", ""]
+    out.append(f"{'customer':<12}{'sequence':<10}{'cur':<5}{'total':>14}{'calls':>8}{'minutes':>10}")
+    for line in report["lines"]:
+        out.append(f"{line['customer_id']:<12}{line['sequence_number']:<10}{line['currency']:<5}"
+                   f"{line['total']:>14}{line['call_count']:>8}{line['billed_seconds'] / 60:>10.1f}")
+    counts = report["counts"]
+    out += ["", "Rows: " + ", ".join(f"{key}={counts[key]}" for key in ("read", *OUTCOMES))]
+    for item in report["exceptions"]:
+        out.append(f"  {item['kind']:<12} {item['reason_code']:<24} {item['rows']}")
+    return "\n".join(out)

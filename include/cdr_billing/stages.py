@@ -1,0 +1,200 @@
+"""What each Airflow task does: run one stage on the run's work directory.
+
+Every stage takes the small metadata dict of the stage before it (XCom), reads its input
+Parquet files, calls the domain functions and writes its outputs as Parquet next to them.
+The dict carries paths and counts only, never data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cdr_billing import acquire, aggregate, attribute, load, rate, read, report, validate
+from cdr_billing.config import PipelineConfig, load_config
+from cdr_billing.months import BillingMonth, resolve_billing_month
+
+log = logging.getLogger(__name__)
+Meta = dict[str, Any]
+
+
+class MissingFilesError(RuntimeError):
+    """A source delivered no file for the billing month."""
+
+
+def _work_file(meta: Meta, name: str) -> Path:
+    return Path(meta["work_dir"]) / name
+
+
+def _write(meta: Meta, name: str, frame: pd.DataFrame) -> str:
+    path = _work_file(meta, f"{name}.parquet")
+    frame.to_parquet(path, index=False)
+    return str(path)
+
+
+def _read(meta: Meta, name: str) -> pd.DataFrame:
+    return pd.read_parquet(_work_file(meta, f"{name}.parquet"))
+
+
+def _with_counts(meta: Meta, **counts: int) -> Meta:
+    return {**meta, "counts": {**meta.get("counts", {}), **{k: int(v) for k, v in counts.items()}}}
+
+
+def start_run(billing_month_param: str | None, data_interval_start: datetime | None, run_id: str,
+              config: PipelineConfig | None = None) -> Meta:
+    """Resolve the billing month and create the run's work directory."""
+    config = config or load_config()
+    month = resolve_billing_month(billing_month_param, data_interval_start, config.billing.timezone)
+    work_dir = config.work_root / str(month) / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return {"billing_month": str(month), "run_id": run_id, "work_dir": str(work_dir)}
+
+
+def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
+    """Download the month's CDR files, tariff and entitlement snapshot over SFTP."""
+    config = config or load_config()
+    month = meta["billing_month"]
+    requests = [acquire.FileRequest("cdr", s.name, s.remote_dir, s.pattern_for(month)) for s in config.sources]
+    requests += [
+        acquire.FileRequest(role, role, files.remote_dir, files.pattern_for(month), newest_only=True)
+        for role, files in (("tariff", config.tariff), ("entitlements", config.entitlements))
+    ]
+    result = acquire.fetch_with_failover(
+        list(config.sftp_connections), requests, _work_file(meta, "incoming"), config.connect_timeout_seconds
+    )
+    delivered = {f.source for f in result.files}
+    missing = [r.source for r in requests if r.source not in delivered]
+    if missing:
+        raise MissingFilesError(f"no files for month {month} from sources {missing}")
+    log.info("fetched %d files, ignored %d others, %d failovers", len(result.files), result.ignored, len(result.failovers))
+    return {**meta, "files": [f.as_dict() for f in result.files], "failovers": result.failovers}
+
+
+def _files(meta: Meta, role: str) -> list[dict[str, Any]]:
+    return [f for f in meta["files"] if f["role"] == role]
+
+
+def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
+    """Read and check every CDR file: accepted calls, quarantine, duplicates."""
+    config = config or load_config()
+    month = BillingMonth.parse(meta["billing_month"])
+    accepted, quarantined, file_stats = [], [], []
+    for item in _files(meta, "cdr"):
+        profile = config.profile_for(item["source"])
+        try:
+            raw = read.read_cdr_file(Path(item["local_path"]), profile).assign(source=item["source"])
+        except read.FileReadError as exc:
+            raise validate.FileValidationError(str(exc)) from exc
+        checked = validate.check_rows(raw, profile, month, config.billing)
+        validate.enforce_rejection_threshold(item["name"], len(raw), len(checked.quarantined),
+                                             config.billing.max_rejected_share, checked.quarantined["reason_code"])
+        accepted.append(checked.accepted)
+        quarantined.append(checked.quarantined)
+        file_stats.append({"name": item["name"], "source": item["source"], "read": len(raw),
+                           "accepted": len(checked.accepted), "quarantined": len(checked.quarantined)})
+        log.info("%s: read %d, accepted %d, quarantined %d", item["name"], len(raw), len(checked.accepted), len(checked.quarantined))
+    calls, duplicates = validate.split_duplicates(pd.concat(accepted, ignore_index=True))
+    runner = validate.ExpectationRunner(_work_file(meta, "gx_results"))
+    for stats in file_stats:
+        runner.validate_file(calls[calls["source_file"] == stats["name"]], stats["name"],
+                             config.profile_for(stats["source"]), month, config.billing)
+    quarantine = pd.concat(quarantined, ignore_index=True)
+    _write(meta, "calls", calls)
+    _write(meta, "quarantined", quarantine)
+    _write(meta, "duplicates", duplicates)
+    log.info("month: %d calls, %d duplicates", len(calls), len(duplicates))
+    return _with_counts({**meta, "file_stats": file_stats}, read=sum(s["read"] for s in file_stats),
+                        quarantined=len(quarantine), duplicates=len(duplicates))
+
+
+def rate_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
+    """Price the month's calls; set aside unbillable and failed calls."""
+    config = config or load_config()
+    tariff = rate.load_tariff(Path(_files(meta, "tariff")[0]["local_path"]))
+    priced, unbillable, failed = rate.rate_calls(_read(meta, "calls"), tariff, config.billing)
+    _write(meta, "priced", priced)
+    _write(meta, "unbillable", unbillable)
+    log.info("priced %d calls, %d unbillable, %d failed (not billable)", len(priced), len(unbillable), len(failed))
+    return _with_counts(meta, unbillable=len(unbillable), not_billable=len(failed))
+
+
+def attribute_calls(meta: Meta) -> Meta:
+    """Join priced calls to the entitlement snapshot; set aside suspense calls."""
+    snapshot = attribute.load_entitlements(Path(_files(meta, "entitlements")[0]["local_path"]))
+    attributed, suspense = attribute.attribute_calls(_read(meta, "priced"), snapshot)
+    _write(meta, "attributed", attributed)
+    _write(meta, "suspense", suspense)
+    log.info("attributed %d calls, %d in suspense", len(attributed), len(suspense))
+    return _with_counts(meta, billed=len(attributed), suspense=len(suspense))
+
+
+def aggregate_lines(meta: Meta) -> Meta:
+    """Sum attributed calls into billing lines and prove the totals and counts."""
+    attributed = _read(meta, "attributed")
+    lines = aggregate.aggregate_lines(attributed)
+    report.check_totals(lines, attributed)
+    report.reconcile(meta["counts"])
+    _write(meta, "lines", lines)
+    log.info("%d billing lines", len(lines))
+    return meta
+
+
+def _exception_rows(meta: Meta) -> pd.DataFrame:
+    """All rows not billed, in one shape, for the billing database."""
+    parts = []
+    for kind, name, reason in (("quarantined", "quarantined", None), ("duplicate", "duplicates", "DUPLICATE_TRANSACTION"),
+                               ("unbillable", "unbillable", None), ("suspense", "suspense", None)):
+        frame = _read(meta, name)
+        if frame.empty:
+            continue
+        detail = frame["original_values"] if "original_values" in frame else frame["user_id"].map(lambda a: json.dumps({"user_id": a}))
+        parts.append(pd.DataFrame({
+            "kind": kind,
+            "reason_code": frame["reason_code"] if reason is None else reason,
+            "source_file": frame["source_file"],
+            "source_row": frame["source_row"].astype("int64"),
+            "transaction_id": frame["transaction_id"] if "transaction_id" in frame else "",
+            "detail": detail,
+        }))
+    columns = ["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def billing_engine(conn_id: str):
+    """Return a SQLAlchemy engine for the billing database's Airflow connection."""
+    from airflow.sdk import BaseHook
+
+    return BaseHook.get_connection(conn_id).get_hook().get_sqlalchemy_engine()
+
+
+def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
+    """Load the lines and exception rows as the month's new current batch."""
+    config = config or load_config()
+    engine = billing_engine(config.billing.connection)
+    load.ensure_schema(engine)
+    result = load.load_month(engine, meta["billing_month"], meta["run_id"], _read(meta, "lines"),
+                             _exception_rows(meta), meta["counts"])
+    log.info("batch %s is current for %s (superseded %s, already loaded: %s)",
+             result.batch_id, meta["billing_month"], result.superseded_batch_id, result.already_loaded)
+    return {**meta, "batch": {"batch_id": result.batch_id, "superseded_batch_id": result.superseded_batch_id}}
+
+
+def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
+    """Write the month report from the loaded batch and check it matches the run."""
+    config = config or load_config()
+    loaded = load.current_lines(billing_engine(config.billing.connection), meta["billing_month"])
+    computed = _read(meta, "lines")
+    if not loaded.reset_index(drop=True).equals(computed.astype(loaded.dtypes.to_dict()).reset_index(drop=True)):
+        raise report.ReconciliationError("the billing database's current lines differ from this run's lines")
+    month_report = report.build_report(meta["billing_month"], meta["batch"], meta["counts"], loaded, _exception_rows(meta))
+    _work_file(meta, "report.json").write_text(json.dumps(month_report, indent=1), encoding="utf-8")
+    text = report.render_text(month_report)
+    _work_file(meta, "report.txt").write_text(text + "\n", encoding="utf-8")
+    log.info("month report\n%s", text)
+    return {**meta, "report": str(_work_file(meta, "report.json"))}

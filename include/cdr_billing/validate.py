@@ -1,0 +1,237 @@
+"""Type and check canonical CDR rows: accepted rows, quarantined rows, duplicates.
+
+Row checks run vectorised in pandas and give each bad row a reason code; Great
+Expectations then validates every file's accepted rows against the profile's suite as an
+independent proof, and its results are kept as JSON next to the run's data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cdr_billing.canonical import COMPLETION_STATUSES, TEXT_FIELDS
+from cdr_billing.config import BillingSettings, SourceProfile
+from cdr_billing.money import MoneyError, parse_decimal, to_minor_units
+from cdr_billing.months import BillingMonth
+
+EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+PHONE_NUMBER = r"^\+?[0-9]{4,17}$"
+CURRENCY_CODE = r"^[A-Z]{3}$"
+DURATION_FACTORS = {"seconds": 1, "minutes": 60}
+
+# Reason codes, in the order rows are checked; a row carries every reason it fails.
+REASONS = {
+    "MISSING_TRANSACTION_ID": "transaction id is empty",
+    "MISSING_ACCOUNT": "user/account id is empty",
+    "BAD_TIMESTAMP": "start time is not a date and time",
+    "OUTSIDE_MONTH": "start time is outside the billing month",
+    "BAD_DURATION": "duration is not a whole number of seconds",
+    "DURATION_OUT_OF_RANGE": "duration is negative or above the maximum",
+    "BAD_COMPLETION_STATUS": "completion status is not 0, 1, 2 or 3",
+    "BAD_NUMBER": "destination number is not a phone number",
+    "BAD_COST": "provider cost is not a decimal number",
+    "BAD_CURRENCY": "currency is not a three-letter ISO code",
+}
+
+
+class FileValidationError(ValueError):
+    """A whole CDR file fails validation; the message names the file and the failures."""
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """Outcome of checking one file."""
+
+    accepted: pd.DataFrame
+    quarantined: pd.DataFrame
+
+
+def parse_timestamps(text: pd.Series, timezone: str) -> pd.Series:
+    """Parse ISO text (with or without an offset) or Excel serial dates; return UTC.
+
+    Times without an offset are wall times in `timezone`; a wall time that occurs twice
+    (autumn DST change) is read as its first occurrence. Unparsable text gives NaT.
+    """
+    numeric = pd.to_numeric(text, errors="coerce")
+    is_text = numeric.isna()
+    has_offset = is_text & text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
+    aware = pd.to_datetime(text[has_offset], format="ISO8601", errors="coerce", utc=True)
+    naive = pd.concat([
+        pd.to_datetime(text[is_text & ~has_offset], format="ISO8601", errors="coerce"),
+        (EXCEL_EPOCH + pd.to_timedelta(numeric[~is_text], unit="D")).dt.round("s"),
+    ])
+    first_occurrence = np.ones(len(naive), dtype=bool)
+    local = naive.dt.tz_localize(timezone, ambiguous=first_occurrence, nonexistent="shift_forward")
+    return pd.concat([aware.astype("datetime64[us, UTC]"), local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")]).reindex(text.index)
+
+
+def parse_durations(text: pd.Series, unit: str) -> pd.Series:
+    """Parse durations into whole seconds (nullable); non-integral seconds become NA."""
+    seconds = pd.to_numeric(text, errors="coerce") * DURATION_FACTORS[unit]
+    whole = seconds.where(seconds.notna() & (seconds == np.floor(seconds)))
+    return whole.astype("Int64")
+
+
+def _cost_minor(costs: pd.Series, currencies: pd.Series) -> pd.Series:
+    values = []
+    for cost, currency in zip(costs, currencies):
+        try:
+            values.append(to_minor_units(parse_decimal(cost), currency or "EUR"))
+        except MoneyError:
+            values.append(pd.NA)
+    return pd.Series(values, index=costs.index, dtype="Int64")
+
+
+def _failures(raw: pd.DataFrame, typed: pd.DataFrame, profile: SourceProfile,
+              month: BillingMonth, rules: BillingSettings) -> pd.DataFrame:
+    """Return one boolean column per reason code: True where the row fails it."""
+    start, end = month.bounds(rules.timezone)
+    tolerance = timedelta(hours=rules.month_tolerance_hours)
+    fails = pd.DataFrame(index=raw.index)
+    fails["MISSING_TRANSACTION_ID"] = raw["transaction_id"] == ""
+    fails["MISSING_ACCOUNT"] = raw["user_id"] == ""
+    fails["BAD_TIMESTAMP"] = typed["start_utc"].isna()
+    fails["OUTSIDE_MONTH"] = typed["start_utc"].notna() & (
+        (typed["start_utc"] < start - tolerance) | (typed["start_utc"] >= end + tolerance)
+    )
+    fails["BAD_DURATION"] = typed["duration_seconds"].isna()
+    fails["DURATION_OUT_OF_RANGE"] = typed["duration_seconds"].notna() & (
+        (typed["duration_seconds"] < 0) | (typed["duration_seconds"] > rules.max_call_seconds)
+    )
+    fails["BAD_COMPLETION_STATUS"] = typed["completion_status"].isna()
+    if profile.priced:
+        fails["BAD_COST"] = typed["provider_cost_minor"].isna()
+        fails["BAD_CURRENCY"] = ~raw["currency"].str.fullmatch(CURRENCY_CODE)
+    else:
+        fails["BAD_NUMBER"] = ~raw["destination_party"].str.fullmatch(PHONE_NUMBER)
+    return fails.fillna(False).astype(bool)
+
+
+def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
+    typed = raw.copy()
+    typed["pre_priced"] = profile.priced
+    typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone)
+    typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit)
+    status = pd.to_numeric(raw["completion_status"], errors="coerce")
+    typed["completion_status"] = status.where(status.isin(COMPLETION_STATUSES)).astype("Int8")
+    typed["provider_cost_minor"] = (
+        _cost_minor(raw["provider_cost"], raw["currency"]) if profile.priced else pd.Series(pd.NA, index=raw.index, dtype="Int64")
+    )
+    return typed
+
+
+def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame) -> pd.DataFrame:
+    bad = fails.any(axis=1)
+    failing = fails[bad]
+    reasons = pd.Series("", index=failing.index, dtype=str)
+    for code in fails.columns:
+        reasons = reasons.where(~failing[code], reasons + code + ";")
+    reasons = reasons.str.rstrip(";")
+    originals = [json.dumps(record) for record in raw.loc[bad, list(TEXT_FIELDS)].to_dict("records")]
+    return pd.DataFrame(
+        {
+            "source": raw.loc[bad, "source"].astype(str),
+            "source_file": raw.loc[bad, "source_file"].astype(str),
+            "source_row": raw.loc[bad, "source_row"].astype("int64"),
+            "reason_code": reasons.str.split(";").str[0].astype(str),
+            "reasons": reasons,
+            "original_values": pd.Series(originals, index=failing.index, dtype=str),
+        }
+    ).reset_index(drop=True)
+
+
+def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth,
+               rules: BillingSettings) -> FileCheck:
+    """Type one file's rows and split them into accepted and quarantined."""
+    typed = _typed(raw, profile)
+    fails = _failures(raw, typed, profile, month, rules)
+    bad = fails.any(axis=1)
+    accepted = typed[~bad].drop(columns=["start_of_usage", "duration_of_usage", "provider_cost"])
+    accepted["completion_status"] = accepted["completion_status"].astype("int8")
+    accepted["duration_seconds"] = accepted["duration_seconds"].astype("int64")
+    return FileCheck(accepted.reset_index(drop=True), _quarantine_rows(raw, fails))
+
+
+def enforce_rejection_threshold(file_name: str, rows_read: int, rows_rejected: int,
+                                max_share: float, reasons: pd.Series) -> None:
+    """Fail a file whose share of quarantined rows is above the threshold."""
+    if rows_read == 0:
+        raise FileValidationError(f"{file_name}: the file holds no CDR rows")
+    share = rows_rejected / rows_read
+    if share > max_share:
+        top = reasons.value_counts().head(5).to_dict()
+        raise FileValidationError(
+            f"{file_name}: {rows_rejected} of {rows_read} rows ({share:.1%}) failed validation, "
+            f"above the {max_share:.1%} limit; reasons: {top}"
+        )
+
+
+def split_duplicates(accepted: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the first row of each (source, transaction id) across the month's files."""
+    repeated = accepted.duplicated(subset=["source", "transaction_id"], keep="first")
+    return accepted[~repeated].reset_index(drop=True), accepted[repeated].reset_index(drop=True)
+
+
+def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> list:
+    start, end = month.bounds(rules.timezone)
+    tolerance = timedelta(hours=rules.month_tolerance_hours)
+    expect = gx.expectations
+    keys = ["transaction_id", "user_id", "start_utc", "duration_seconds", "completion_status"]
+    checks = [
+        expect.ExpectTableColumnsToMatchSet(column_set=keys, exact_match=False),
+        *[expect.ExpectColumnValuesToNotBeNull(column=column) for column in keys],
+        expect.ExpectColumnValuesToBeUnique(column="transaction_id"),
+        expect.ExpectColumnValuesToBeBetween(column="duration_seconds", min_value=0, max_value=rules.max_call_seconds),
+        expect.ExpectColumnValuesToBeInSet(column="completion_status", value_set=list(COMPLETION_STATUSES)),
+        expect.ExpectColumnValuesToBeBetween(
+            column="start_utc", min_value=start - tolerance, max_value=end + tolerance, strict_max=True
+        ),
+    ]
+    if profile.priced:
+        checks.append(expect.ExpectColumnValuesToMatchRegex(column="currency", regex=CURRENCY_CODE))
+    else:
+        checks.append(expect.ExpectColumnValuesToMatchRegex(column="destination_party", regex=PHONE_NUMBER))
+    return checks
+
+
+class ExpectationRunner:
+    """Runs a Great Expectations suite per file in one ephemeral GX context."""
+
+    def __init__(self, results_dir: Path) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+        self._gx = gx
+        self._context = gx.get_context(mode="ephemeral")
+        self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._source = self._context.data_sources.add_pandas("cdr_files")
+        self._results_dir = results_dir
+        results_dir.mkdir(parents=True, exist_ok=True)
+
+    def validate_file(self, accepted: pd.DataFrame, file_name: str, profile: SourceProfile,
+                      month: BillingMonth, rules: BillingSettings) -> Path:
+        """Validate one file's accepted rows; keep the result JSON; raise on failure."""
+        gx = self._gx
+        batch = self._source.add_dataframe_asset(file_name).add_batch_definition_whole_dataframe("whole_file")
+        suite = self._context.suites.add(gx.ExpectationSuite(name=f"{profile.name}:{file_name}"))
+        for expectation in _expectations(gx, profile, month, rules):
+            suite.add_expectation(expectation)
+        definition = self._context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate:{file_name}", data=batch, suite=suite)
+        )
+        result = definition.run(batch_parameters={"dataframe": accepted}, result_format="SUMMARY")
+        result_path = self._results_dir / f"{file_name}.json"
+        result_path.write_text(json.dumps(result.to_json_dict(), default=str, indent=1), encoding="utf-8")
+        if not result.success:
+            failed = [r.expectation_config.type for r in result.results if not r.success]
+            raise FileValidationError(f"{file_name}: failed expectations {failed} (details in {result_path})")
+        return result_path

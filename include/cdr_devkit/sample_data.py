@@ -1,0 +1,177 @@
+"""Generate a realistic billing month: CDR files, tariff and entitlement snapshot.
+
+Layout written under an SFTP root (what the default pipeline.yaml expects):
+  cdr/conferencing/conferencing_cdr_YYYY-MM.xlsx  conferencing legs, priced by the provider
+  cdr/carrier/carrier_cdr_YYYYMM.csv              carrier CDRs, unpriced, canonical fields
+  cdr/carrier/carrier_cdr_<previous month>.csv    last month's file (must be ignored)
+  reference/tariff_YYYY-MM-01.csv                 prefix tariff (EUR)
+  reference/entitlements_<date>.csv               account -> customer, cost center
+The month contains, on purpose: failed calls, calls to an unknown number range, accounts
+unknown to or not entitled in the snapshot, users without a cost center, a few invalid
+rows and re-delivered duplicate CDRs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from cdr_billing.canonical import CARRIER_FIELDS
+from cdr_billing.months import BillingMonth
+
+CUSTOMERS = {"C1001": "100", "C1002": "200", "C1003": "300", "C1004": "400"}
+TARIFF = [
+    # prefix, destination, price/min, fee, first, next, minimum
+    ("46", "Sweden fixed", "0.0200", "0.0000", "60", "60", "0.00"),
+    ("467", "Sweden mobile", "0.0900", "0.0500", "60", "60", "0.10"),
+    ("468", "Sweden Stockholm", "0.0150", "0.0000", "30", "6", "0.00"),
+    ("44", "United Kingdom", "0.0400", "0.0000", "1", "1", "0.00"),
+    ("447", "United Kingdom mobile", "0.1200", "0.0300", "30", "6", "0.05"),
+    ("49", "Germany", "0.0350", "0.0000", "60", "1", "0.00"),
+    ("1", "USA and Canada", "0.0250", "0.0000", "1", "1", "0.00"),
+    ("358", "Finland", "0.0500", "0.0100", "60", "60", "0.00"),
+]
+DESTINATIONS = ["+4687", "+46701", "+46735", "+4631", "+447700", "+4420", "+4930", "+1212", "+35840"]
+UNKNOWN_RANGE = "+88216"
+CONFERENCE_NUMBERS = ["+46850512345", "+442071234567", "+4969123456"]
+
+
+@dataclass(frozen=True)
+class SampleMonth:
+    """What was generated, for callers that want to point at it."""
+
+    root: Path
+    month: BillingMonth
+
+
+def _phone(rng: random.Random, head: str, length: int = 11) -> str:
+    return head + "".join(rng.choice("0123456789") for _ in range(length - len(head.lstrip("+"))))
+
+
+def _national_variants(rng: random.Random, number: str) -> str:
+    """Write a Swedish number the ways carriers do: +46.., 0046.. or 0.."""
+    if not number.startswith("+46"):
+        return number
+    return rng.choice([number, "00" + number[1:], "0" + number[3:]])
+
+
+def _accounts(rng: random.Random) -> tuple[list[dict], list[str], list[str]]:
+    """Entitlement rows plus the conferencing and carrier account ids in use."""
+    rows, conferencing, carrier = [], [], []
+    for index in range(140):
+        customer = rng.choice(list(CUSTOMERS))
+        account = f"{index:07d}" if index < 60 else f"SUB-{index:05d}"
+        (conferencing if index < 60 else carrier).append(account)
+        rows.append({
+            "account_id": account,
+            "user_principal_name": f"user{index}@{customer.lower()}.example.com",
+            "customer_id": customer,
+            "sequence_number": "" if index % 5 == 0 else f"{CUSTOMERS[customer]}{index % 3 + 1}",
+            "default_sequence_number": CUSTOMERS[customer],
+            "entitled": "false" if index in (7, 93) else "true",
+            "last_login": f"2026-{rng.randint(1, 9):02d}-{rng.randint(1, 28):02d}",
+        })
+    return rows, conferencing + ["9999901"], carrier + ["SUB-99999"]
+
+
+def _start_times(rng: random.Random, month: BillingMonth, count: int) -> list[datetime]:
+    start, end = month.bounds("Europe/Stockholm")
+    span = int((end - start).total_seconds()) - 7200
+    return sorted(start + timedelta(seconds=3600 + rng.randrange(span)) for _ in range(count))
+
+
+def write_carrier_csv(path: Path, rng: random.Random, month: BillingMonth, users: list[str], calls: int,
+                      with_flaws: bool = True) -> None:
+    """Carrier CDRs in the canonical fields, UTC timestamps; with_flaws adds three invalid
+    rows and three re-delivered duplicates (needs at least 301 calls)."""
+    rows = []
+    for n, started in enumerate(_start_times(rng, month, calls)):
+        utc = started.astimezone(ZoneInfo("UTC"))
+        duration = rng.choice([0, 1, 12, 59, 60, 61, 95, 180, 600, 1800, rng.randint(1, 3600)])
+        status = rng.choices(["1", "0", "3"], weights=[94, 4, 2])[0]
+        head = UNKNOWN_RANGE if rng.random() < 0.01 else rng.choice(DESTINATIONS)
+        rows.append({
+            "transaction_id": f"T{month.year}{month.month:02d}-{n:07d}", "session_id": f"S{n // 2:07d}",
+            "service_name": "voice", "user_id": rng.choice(users),
+            "start_of_usage": utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "connect_time": (utc + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end_of_usage": (utc + timedelta(seconds=duration)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "duration_of_usage": str(duration), "amount_of_usage": str(duration),
+            "originating_party": _phone(rng, "+46701"),
+            "destination_party": _national_variants(rng, _phone(rng, head)),
+            "transaction_part_number": "1", "completion_status": status, "additional_info": "",
+            "service_provider": "NordCarrier", "revenue_share_percentage": "0",
+            "party_to_charge": "originating", "charging_info": "postpaid",
+        })
+    if with_flaws:
+        rows[10]["duration_of_usage"] = "-5"
+        rows[20]["start_of_usage"] = "2026-13-40T99:00:00Z"
+        rows[30]["start_of_usage"] = f"{month.year - 1}-06-15T10:00:00Z"
+        rows += [dict(rows[i]) for i in (100, 200, 300)]  # the carrier re-delivered three CDRs
+    _write_csv(path, list(CARRIER_FIELDS), rows)
+
+
+def write_conferencing_xlsx(path: Path, rng: random.Random, month: BillingMonth, accounts: list[str], legs: int) -> None:
+    """A conferencing provider's export: title rows, local times, cost per leg."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "Usage"
+    sheet.append([f"Conferencing usage report {month}"])
+    sheet.append(["Generated for billing; all times Europe/Stockholm"])
+    sheet.append([])
+    sheet.append(["Conference ID", "Leg ID", "PGIConnect ID", "Dial-in Number", "Start Time", "End Time",
+                  "Duration (sec)", "Cost", "Currency"])
+    for n, started in enumerate(_start_times(rng, month, legs)):
+        duration = rng.randint(30, 5400)
+        local = started.replace(tzinfo=None)
+        cost = (Decimal(duration) / 60 * Decimal("0.0450")).quantize(Decimal("0.0001"))
+        sheet.append([f"CONF-{n // 4:06d}", f"L{n:08d}", rng.choice(accounts), rng.choice(CONFERENCE_NUMBERS),
+                      local, local + timedelta(seconds=duration), duration, float(cost), "EUR"])
+    book.save(path)
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def generate_month(root: Path, month: BillingMonth, seed: int = 7, carrier_calls: int = 3000,
+                   conference_legs: int = 1500) -> SampleMonth:
+    """Write a month of sample inputs under root (an SFTP server's directory)."""
+    rng = random.Random(seed)
+    for folder in ("cdr/conferencing", "cdr/carrier", "reference"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    snapshot, conferencing, carrier = _accounts(rng)
+    previous = BillingMonth(month.year - (month.month == 1), (month.month - 2) % 12 + 1)
+    write_carrier_csv(root / f"cdr/carrier/carrier_cdr_{month.year}{month.month:02d}.csv", rng, month, carrier, carrier_calls)
+    write_carrier_csv(root / f"cdr/carrier/carrier_cdr_{previous.year}{previous.month:02d}.csv", rng, previous, carrier, 50, with_flaws=False)
+    write_conferencing_xlsx(root / f"cdr/conferencing/conferencing_cdr_{month}.xlsx", rng, month, conferencing, conference_legs)
+    tariff_fields = ["prefix", "destination", "price_per_minute", "connection_fee", "first_increment",
+                     "next_increment", "minimum_charge", "currency"]
+    _write_csv(root / f"reference/tariff_{month}-01.csv", tariff_fields, [dict(zip(tariff_fields, (*row, "EUR"))) for row in TARIFF])
+    _write_csv(root / f"reference/entitlements_{month.next()}-02.csv", list(snapshot[0]), snapshot)
+    return SampleMonth(root, month)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="directory to write into (an SFTP root)")
+    parser.add_argument("--month", default="2026-10", help="billing month YYYY-MM")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    generate_month(args.root, BillingMonth.parse(args.month), args.seed)
+    print(f"wrote a sample month {args.month} under {args.root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Start the local servers a demo or a test needs, and describe them as Airflow connections."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY_TIMEOUT_SECONDS = 30
+
+
+class ServiceError(RuntimeError):
+    """A local server did not start."""
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_ready(process: subprocess.Popen, ready_file: Path, what: str) -> int:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceError(f"{what} exited with code {process.returncode} before it was ready")
+        if ready_file.exists() and ready_file.read_text().strip():
+            return int(ready_file.read_text())
+        time.sleep(0.05)
+    process.kill()
+    raise ServiceError(f"{what} was not ready after {READY_TIMEOUT_SECONDS} s")
+
+
+@dataclass
+class ServerProcess:
+    """A server running in its own process."""
+
+    name: str
+    port: int
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        """Stop the server and wait for it."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """Kill the server at once, as a crash would."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class SftpServer(ServerProcess):
+    """An SFTP server and the host key it presents."""
+
+    root: Path = Path()
+    host_key: str = ""
+
+    def connection(self, client_key: Path, host_key: str | None = None) -> dict:
+        """The Airflow connection for this server, with its host key pinned."""
+        return {
+            "conn_type": "sftp", "host": "127.0.0.1", "port": self.port, "login": "billing",
+            "extra": {"key_file": str(client_key), "host_key": host_key or self.host_key,
+                      "no_host_key_check": False, "look_for_keys": False},
+        }
+
+
+@dataclass
+class LocalServices:
+    """Owns the servers it starts; stops them all on exit."""
+
+    base: Path
+    servers: list[ServerProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.client_key, self.client_public_key = self._key_pair("client")
+
+    def _key_pair(self, name: str) -> tuple[Path, Path]:
+        import asyncssh
+
+        private, public = self.base / f"{name}_ed25519", self.base / f"{name}_ed25519.pub"
+        if not private.exists():
+            key = asyncssh.generate_private_key("ssh-ed25519")
+            key.write_private_key(str(private))
+            key.write_public_key(str(public))
+            private.chmod(0o600)
+        return private, public
+
+    def _spawn(self, name: str, module: str, *args: str) -> tuple[subprocess.Popen, int]:
+        ready = self.base / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        log = (self.base / f"{name}.log").open("ab")
+        process = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-file", str(ready)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        return process, _wait_ready(process, ready, name)
+
+    def start_sftp(self, name: str, root: Path, port: int = 0) -> SftpServer:
+        """Start an SFTP server with its own host key, serving root."""
+        host_key, host_public = self._key_pair(f"{name}_host")
+        process, bound = self._spawn(name, "cdr_devkit.sftp_server", "--root", str(root), "--host-key", str(host_key),
+                                     "--authorized-keys", str(self.client_public_key), "--port", str(port))
+        key_type, key_data = host_public.read_text().split()[:2]
+        server = SftpServer(name, bound, process, root=root, host_key=f"{key_type} {key_data}")
+        self.servers.append(server)
+        return server
+
+    def start_smtp(self, maildir: Path) -> ServerProcess:
+        """Start an SMTP server that writes each message to maildir."""
+        process, port = self._spawn("smtp", "cdr_devkit.smtp_server", "--maildir", str(maildir), "--port", str(free_port()))
+        server = ServerProcess("smtp", port, process)
+        self.servers.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        """Stop every server started here."""
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+    def __enter__(self) -> LocalServices:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_all()
+
+
+def smtp_connection(port: int) -> dict:
+    """The Airflow connection for a local SMTP server without TLS or login."""
+    return {"conn_type": "smtp", "host": "127.0.0.1", "port": port,
+            "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "cdr-billing@localhost", "retry_limit": 1}}
+
+
+def connection_env(connections: dict[str, dict]) -> dict[str, str]:
+    """Airflow connections as AIRFLOW_CONN_<ID> environment variables (JSON)."""
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(spec) for conn_id, spec in connections.items()}
