@@ -139,6 +139,10 @@ def describe_error(exc: BaseException) -> str:
         return "host key is unknown (not pinned and not in known_hosts): server not trusted"
     if isinstance(exc, paramiko.AuthenticationException):
         return "authentication failed"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        causes = list(exc.errors.values())
+        if causes and all(isinstance(c, ConnectionRefusedError) for c in causes):
+            return "connection refused"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "connection timed out"
     if isinstance(exc, ConnectionRefusedError):

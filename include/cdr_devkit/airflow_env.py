@@ -38,7 +38,7 @@ def load_dag(dag_id: str = DAG_ID):
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    return bag.get_dag(dag_id)
+    return bag.dags[dag_id]
 
 
 def run_dag(dag, logical_date, run_conf: dict | None = None):

@@ -24,7 +24,7 @@ def server_bin_dir() -> Path:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     found = [Path(c) for c in candidates if Path(c, "initdb").exists()]
     if shutil.which("initdb"):
-        found.insert(0, Path(shutil.which("initdb")).parent)
+        found.append(Path(shutil.which("initdb")).parent)
     if not found:
         raise PostgresNotFoundError("PostgreSQL server binaries not found: install the postgresql package")
     return found[0]
@@ -43,7 +43,9 @@ class LocalPostgres:
 
     def _run(self, *command: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if self._as_root else []
-        subprocess.run([*prefix, *command], check=True, capture_output=True, text=True)
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{Path(command[0]).name} failed ({done.returncode}): {done.stderr.strip()}")
 
     @property
     def url(self) -> str:

@@ -1,0 +1,96 @@
+"""Session-wide real components: one migrated Airflow home, one PostgreSQL, two SFTP
+servers and one SMTP server, shared by every test that needs them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Airflow reads its settings when first imported: set them before anything imports it.
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="cdr-tests-"))
+from cdr_devkit.airflow_env import airflow_settings  # noqa: E402
+
+os.environ.update(airflow_settings(SESSION_DIR / "airflow"))
+os.environ["CDR_BILLING_CONFIG"] = str(Path(__file__).resolve().parents[1] / "include/config/pipeline.yaml")
+
+import pytest  # noqa: E402
+
+from cdr_billing.months import BillingMonth  # noqa: E402
+from cdr_devkit.airflow_env import migrate  # noqa: E402
+from cdr_devkit.postgres import LocalPostgres  # noqa: E402
+from cdr_devkit.sample_data import generate_month  # noqa: E402
+from cdr_devkit.services import (  # noqa: E402
+    LocalServices,
+    ServerProcess,
+    SftpServer,
+    connection_env,
+    smtp_connection,
+)
+
+SAMPLE_MONTH = BillingMonth(2026, 10)
+
+
+@pytest.fixture(scope="session")
+def sftp_root() -> Path:
+    """A generated sample month, served by both SFTP servers."""
+    root = SESSION_DIR / "sftp"
+    generate_month(root, SAMPLE_MONTH)
+    return root
+
+
+@dataclass
+class Servers:
+    """The session's running servers."""
+
+    local: LocalServices
+    primary: SftpServer
+    secondary: SftpServer
+    smtp: ServerProcess
+    maildir: Path
+
+    def sftp_connection(self, server: SftpServer, **overrides: object) -> dict:
+        """The Airflow connection of a server, with fields overridden."""
+        return {**server.connection(self.local.client_key), **overrides}
+
+
+@pytest.fixture(scope="session")
+def services(sftp_root: Path):
+    """Primary and secondary SFTP servers and an SMTP server, for the whole session."""
+    with LocalServices(SESSION_DIR / "services") as local:
+        yield Servers(
+            local=local,
+            primary=local.start_sftp("sftp_primary", sftp_root),
+            secondary=local.start_sftp("sftp_secondary", sftp_root),
+            smtp=local.start_smtp(SESSION_DIR / "mail"),
+            maildir=SESSION_DIR / "mail",
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the billing database."""
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> Path:
+    """The session's migrated Airflow metadata database (SQLite)."""
+    home = SESSION_DIR / "airflow"
+    migrate(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def pipeline_connections(services: Servers, postgres: LocalPostgres) -> dict[str, dict]:
+    """The Airflow connections of a healthy deployment, set as AIRFLOW_CONN_* variables."""
+    connections = {
+        "cdr_sftp_primary": services.sftp_connection(services.primary),
+        "cdr_sftp_secondary": services.sftp_connection(services.secondary),
+        "billing_db": postgres.connection(),
+        "smtp_default": smtp_connection(services.smtp.port),
+    }
+    os.environ.update(connection_env(connections))
+    return connections

@@ -1,0 +1,63 @@
+"""Team rules for every DAG in dags/, written as tests."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdr_devkit.airflow_env import PROJECT_ROOT
+
+DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def dag_bag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+
+
+def test_no_import_errors(dag_bag):
+    assert dag_bag.import_errors == {}
+    assert "cdr_billing_monthly" in dag_bag.dags
+
+
+def test_every_task_retries_and_alerts_by_mail(dag_bag):
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    for dag in dag_bag.dags.values():
+        assert dag.tags, dag.dag_id
+        for task in dag.tasks:
+            assert task.retries >= 1, task.task_id
+            assert any(isinstance(cb, SmtpNotifier) for cb in task.on_failure_callback), task.task_id
+
+
+def test_tasks_run_in_billing_order(dag_bag):
+    dag = dag_bag.dags["cdr_billing_monthly"]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order == ["fetch_cdr_files", "validate_cdrs", "rate_calls", "attribute_calls",
+                     "aggregate_lines", "load_billing", "report_month"]
+
+
+def test_schedule_bills_the_calendar_month(dag_bag):
+    dag = dag_bag.dags["cdr_billing_monthly"]
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    assert dag.params["billing_month"] is None
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_fast_without_heavy_modules(dag_file: Path):
+    probe = (
+        "import importlib.util, sys, time\n"
+        "import airflow.sdk\n"
+        f"spec = importlib.util.spec_from_file_location('probe', {str(dag_file)!r})\n"
+        "start = time.perf_counter()\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "elapsed = time.perf_counter() - start\n"
+        "heavy = [m for m in ('pandas', 'great_expectations', 'paramiko', 'pyarrow', 'numpy') if m in sys.modules]\n"
+        "print(elapsed, ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
+    assert float(out[0]) < 1.0
+    assert out[1:] == [], f"heavy modules imported at parse time: {out[1:]}"

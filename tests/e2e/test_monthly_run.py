@@ -1,0 +1,62 @@
+"""The monthly DAG run end to end: real SFTP, PostgreSQL, SMTP and Airflow (dag.test)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from email import message_from_bytes
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from cdr_devkit.airflow_env import load_dag, run_dag
+from oracle import expected_lines, first_day_after
+
+
+@pytest.fixture(scope="module")
+def billing_engine(postgres):
+    return create_engine(postgres.url)
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_home, pipeline_connections):
+    return load_dag()
+
+
+def _current_lines(engine, month: str) -> dict[tuple[str, str], Decimal]:
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT l.customer_id, l.sequence_number, l.total_minor FROM billing_line l "
+            "JOIN billing_batch b USING (batch_id) WHERE b.billing_month = :m AND b.status = 'current'"), {"m": month}).all()
+    return {(customer, sequence): Decimal(total) / 100 for customer, sequence, total in rows}
+
+
+def _batches(engine, month: str) -> list[str]:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"),
+                            {"m": month}).scalars().all()
+
+
+def test_the_month_bills_what_an_independent_computation_expects(dag, billing_engine, sftp_root):
+    run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"})
+    assert run.state == "success"
+    expected = expected_lines(sftp_root, 2026, 10)
+    assert len(expected) == 16
+    assert _current_lines(billing_engine, "2026-10") == expected
+
+
+def test_a_scheduled_style_rerun_bills_the_interval_month_once(dag, billing_engine, sftp_root):
+    run = run_dag(dag, logical_date=first_day_after(2026, 10))
+    assert run.state == "success"
+    assert _batches(billing_engine, "2026-10") == ["superseded", "current"]
+    assert _current_lines(billing_engine, "2026-10") == expected_lines(sftp_root, 2026, 10)
+
+
+def test_a_failing_task_sends_an_alert_mail(dag, services):
+    before = set(services.maildir.glob("*.eml"))
+    run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-07"})  # nothing delivered for July
+    assert run.state == "failed"
+    mails = [message_from_bytes(p.read_bytes()) for p in sorted(set(services.maildir.glob("*.eml")) - before)]
+    assert [m["Subject"] for m in mails] == [f"[CDR billing] fetch_cdr_files failed (cdr_billing_monthly, {run.run_id})"]
+    body = mails[0].get_payload(0).get_payload(decode=True).decode() if mails[0].is_multipart() else mails[0].get_payload()
+    assert "no files for month 2026-07" in body
+    assert mails[0]["To"] == "billing-ops@example.com"

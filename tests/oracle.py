@@ -1,0 +1,107 @@
+"""An independent, row-by-row reference computation of a month's billing lines.
+
+Deliberately different from the pipeline: csv and openpyxl instead of pandas and
+fastexcel, Decimal per call instead of integer vectors, loops instead of joins. The
+end-to-end tests compare the pipeline's loaded lines with this.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+CENT = Decimal("0.01")
+ZONE = ZoneInfo("Europe/Stockholm")
+
+
+def _month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
+    following = (year + month // 12, month % 12 + 1)
+    return datetime(year, month, 1, tzinfo=ZONE), datetime(*following, 1, tzinfo=ZONE)
+
+
+def _carrier_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
+    calls = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                started = datetime.fromisoformat(row["start_of_usage"])
+                duration = int(row["duration_of_usage"])
+            except ValueError:
+                continue
+            if not (start <= started < end) or not 0 <= duration <= 86400 or row["completion_status"] not in "0123":
+                continue
+            if not re.fullmatch(r"\+?[0-9]{4,17}", row["destination_party"]):
+                continue
+            calls.append({"key": ("carrier", row["transaction_id"]), "account": row["user_id"],
+                          "status": row["completion_status"], "duration": duration, "number": row["destination_party"]})
+    return calls
+
+
+def _conferencing_calls(path: Path) -> list[dict]:
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(path, read_only=True).active
+    rows = sheet.iter_rows(values_only=True)
+    header = next(row for row in rows if row and row[0] == "Conference ID")
+    calls = []
+    for values in rows:
+        row = dict(zip(header, values))
+        cost = Decimal(repr(row["Cost"])).quantize(CENT, rounding=ROUND_HALF_UP)
+        calls.append({"key": ("conferencing", row["Leg ID"]), "account": str(row["PGIConnect ID"]), "status": "1", "cost": cost})
+    return calls
+
+
+def _normalise(number: str) -> str:
+    if number.startswith("+"):
+        return number[1:]
+    if number.startswith("00"):
+        return number[2:]
+    return "46" + number[1:] if number.startswith("0") else number
+
+
+def _tariff_cost(number: str, duration: int, tariff: list[dict]) -> Decimal | None:
+    digits = _normalise(number)
+    matches = [t for t in tariff if digits.startswith(t["prefix"])]
+    if not matches:
+        return None
+    rate = max(matches, key=lambda t: len(t["prefix"]))
+    first, following = int(rate["first_increment"]), int(rate["next_increment"])
+    billed = 0 if duration == 0 else first + int((Decimal(max(duration - first, 0)) / following).to_integral_value(ROUND_CEILING)) * following
+    cost = Decimal(rate["connection_fee"]) + Decimal(rate["price_per_minute"]) * billed / 60
+    return max(cost, Decimal(rate["minimum_charge"])).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def expected_lines(sftp_root: Path, year: int, month: int) -> dict[tuple[str, str], Decimal]:
+    """Return {(customer id, sequence number): total} for the sample month under sftp_root."""
+    start, end = _month_bounds(year, month)
+    calls = _carrier_calls(sftp_root / f"cdr/carrier/carrier_cdr_{year}{month:02d}.csv", start, end)
+    calls += _conferencing_calls(sftp_root / f"cdr/conferencing/conferencing_cdr_{year}-{month:02d}.xlsx")
+    with next((sftp_root / "reference").glob("tariff*.csv")).open(newline="") as handle:
+        tariff = list(csv.DictReader(handle))
+    with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(newline="") as handle:
+        accounts = {row["account_id"]: row for row in csv.DictReader(handle)}
+    seen, totals = set(), defaultdict(Decimal)
+    for call in calls:
+        if call["key"] in seen:
+            continue
+        seen.add(call["key"])
+        account = accounts.get(call["account"])
+        if call["status"] == "0" or account is None or account["entitled"] != "true":
+            continue
+        cost = call.get("cost")
+        if cost is None:
+            cost = _tariff_cost(call["number"], call["duration"], tariff)
+        if cost is None:
+            continue
+        totals[(account["customer_id"], account["sequence_number"] or account["default_sequence_number"])] += cost
+    return dict(totals)
+
+
+def first_day_after(year: int, month: int) -> datetime:
+    """The logical date of a manual run that bills (year, month) by its data interval."""
+    return _month_bounds(year, month)[1] + timedelta(hours=1)

@@ -1,0 +1,111 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cdr_billing.config import BillingSettings
+from cdr_billing.rate import (
+    TariffError,
+    billed_seconds,
+    load_tariff,
+    match_longest_prefix,
+    normalise_numbers,
+    rate_calls,
+    tariff_cost_minor,
+)
+
+RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
+TARIFF_CSV = """prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency
+46,Sweden,0.0200,0,60,60,0,EUR
+467,Sweden mobile,0.0900,0.0500,60,60,0.10,EUR
+468,Stockholm,0.0150,0,30,6,0,EUR
+"""
+
+
+@pytest.fixture
+def tariff(tmp_path):
+    path = tmp_path / "tariff.csv"
+    path.write_text(TARIFF_CSV)
+    return load_tariff(path)
+
+
+@pytest.mark.parametrize(
+    ("duration", "first", "following", "billed"),
+    [(0, 60, 60, 0), (1, 60, 60, 60), (59, 60, 60, 60), (60, 60, 60, 60), (61, 60, 60, 120),
+     (1, 30, 6, 30), (31, 30, 6, 36), (36, 30, 6, 36), (37, 30, 6, 42), (61, 1, 1, 61)],
+)
+def test_billed_seconds_round_up_to_increments(duration, first, following, billed):
+    assert billed_seconds(np.array([duration]), np.array([first]), np.array([following]))[0] == billed
+
+
+def test_cost_is_fee_plus_time_rounded_half_up():
+    # 0.05 + 0.09 * 120/60 = 0.23 EUR
+    assert tariff_cost_minor(np.array([120]), np.array([90_000]), np.array([50_000]), np.array([100_000]), np.array([10_000]))[0] == 23
+
+
+def test_minimum_charge_applies():
+    # 0.05 + 0.09 * 0/60 = 0.05 < minimum 0.10
+    assert tariff_cost_minor(np.array([0]), np.array([90_000]), np.array([50_000]), np.array([100_000]), np.array([10_000]))[0] == 10
+
+
+def test_half_cent_rounds_up():
+    # 0.015 per minute for 30 s = 0.0075 EUR -> 0.01
+    assert tariff_cost_minor(np.array([30]), np.array([15_000]), np.array([0]), np.array([0]), np.array([10_000]))[0] == 1
+
+
+def test_national_and_international_formats_normalise_alike():
+    numbers = pd.Series(["+46701234567", "0046701234567", "0701234567", "+44 20 7946 0000"])
+    assert normalise_numbers(numbers, RULES).tolist() == ["46701234567"] * 3 + ["442079460000"]
+
+
+def test_longest_prefix_wins(tariff):
+    numbers = pd.Series(["46701234567", "4687654321", "4631123456", "88216000000"])
+    positions = match_longest_prefix(numbers, tariff["prefix"])
+    assert [tariff["prefix"].iloc[p] if p >= 0 else None for p in positions] == ["467", "468", "46", None]
+
+
+def _calls(**columns):
+    base = {"transaction_id": ["t1"], "user_id": ["u1"], "completion_status": [1], "duration_seconds": [61],
+            "destination_party": ["0701234567"], "pre_priced": [False], "provider_cost_minor": [pd.NA],
+            "currency": [""], "source_file": ["f.csv"], "source_row": [2]}
+    base.update(columns)
+    frame = pd.DataFrame(base)
+    frame["provider_cost_minor"] = frame["provider_cost_minor"].astype("Int64")
+    return frame
+
+
+def test_rate_calls_prices_by_tariff(tariff):
+    priced, unbillable, failed = rate_calls(_calls(), tariff, RULES)
+    # 0.05 + 0.09 * 120/60 = 0.23
+    assert priced[["cost_minor", "billed_seconds", "tariff_prefix", "currency"]].values.tolist() == [[23, 120, "467", "EUR"]]
+    assert unbillable.empty and failed.empty
+
+
+def test_unknown_range_is_unbillable_not_free(tariff):
+    priced, unbillable, _ = rate_calls(_calls(destination_party=["+88216000000"]), tariff, RULES)
+    assert priced.empty
+    assert unbillable["reason_code"].tolist() == ["NO_TARIFF_PREFIX"]
+
+
+def test_failed_calls_are_not_billed(tariff):
+    priced, unbillable, failed = rate_calls(_calls(completion_status=[0]), tariff, RULES)
+    assert priced.empty and unbillable.empty and len(failed) == 1
+
+
+def test_provider_priced_calls_keep_the_provider_cost(tariff):
+    calls = _calls(pre_priced=[True], provider_cost_minor=[1234], currency=["EUR"], destination_party=[""])
+    priced, _, _ = rate_calls(calls, tariff, RULES)
+    assert priced[["cost_minor", "pricing"]].values.tolist() == [[1234, "provider"]]
+
+
+def test_tariff_with_a_bad_price_names_the_line(tmp_path):
+    path = tmp_path / "tariff.csv"
+    path.write_text(TARIFF_CSV + "49,Germany,abc,0,60,60,0,EUR\n")
+    with pytest.raises(TariffError, match="tariff.csv line 5: price_per_minute"):
+        load_tariff(path)
+
+
+def test_tariff_with_a_repeated_prefix_is_refused(tmp_path):
+    path = tmp_path / "tariff.csv"
+    path.write_text(TARIFF_CSV + "467,Dup,0.1,0,60,60,0,EUR\n")
+    with pytest.raises(TariffError, match="listed twice"):
+        load_tariff(path)

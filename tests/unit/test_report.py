@@ -1,0 +1,26 @@
+import pandas as pd
+import pytest
+
+from cdr_billing.aggregate import aggregate_lines
+from cdr_billing.report import ReconciliationError, check_totals, reconcile
+
+COUNTS = {"read": 10, "billed": 4, "quarantined": 1, "duplicates": 1, "not_billable": 2, "unbillable": 1, "suspense": 1}
+
+
+def test_reconcile_accepts_a_complete_account():
+    reconcile(COUNTS)
+
+
+def test_reconcile_refuses_a_lost_row():
+    with pytest.raises(ReconciliationError, match="rows read 11"):
+        reconcile({**COUNTS, "read": 11})
+
+
+def test_lines_sum_to_the_calls():
+    calls = pd.DataFrame({"customer_id": ["C1", "C1", "C2"], "sequence_number": ["1", "1", "2"], "currency": ["EUR"] * 3,
+                          "cost_minor": [5, 7, 11], "billed_seconds": [60, 60, 30]})
+    lines = aggregate_lines(calls)
+    assert lines[["customer_id", "total_minor", "call_count", "billed_seconds"]].values.tolist() == [["C1", 12, 2, 120], ["C2", 11, 1, 30]]
+    check_totals(lines, calls)
+    with pytest.raises(ReconciliationError):
+        check_totals(lines.assign(total_minor=lines["total_minor"] + 1), calls)
