@@ -75,9 +75,7 @@ def cdr_billing_monthly():
         from cdr_billing import stages
 
         context = get_current_context()
-        meta = stages.start_run(
-            context["params"].get("billing_month"), context.get("data_interval_start"), context["run_id"]
-        )
+        meta = stages.start_run(context["params"].get("billing_month"), context.get("data_interval_start"), context["run_id"])
         return stages.fetch(meta)
 
     @task

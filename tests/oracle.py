@@ -37,8 +37,15 @@ def _carrier_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
                 continue
             if not re.fullmatch(r"\+?[0-9]{4,17}", row["destination_party"]):
                 continue
-            calls.append({"key": ("carrier", row["transaction_id"]), "account": row["user_id"],
-                          "status": row["completion_status"], "duration": duration, "number": row["destination_party"]})
+            calls.append(
+                {
+                    "key": ("carrier", row["transaction_id"]),
+                    "account": row["user_id"],
+                    "status": row["completion_status"],
+                    "duration": duration,
+                    "number": row["destination_party"],
+                }
+            )
     return calls
 
 
@@ -50,7 +57,7 @@ def _conferencing_calls(path: Path) -> list[dict]:
     header = next(row for row in rows if row and row[0] == "Conference ID")
     calls = []
     for values in rows:
-        row = dict(zip(header, values))
+        row = dict(zip(header, values, strict=False))
         cost = Decimal(repr(row["Cost"])).quantize(CENT, rounding=ROUND_HALF_UP)
         calls.append({"key": ("conferencing", row["Leg ID"]), "account": str(row["PGIConnect ID"]), "status": "1", "cost": cost})
     return calls
@@ -71,7 +78,11 @@ def _tariff_cost(number: str, duration: int, tariff: list[dict]) -> Decimal | No
         return None
     rate = max(matches, key=lambda t: len(t["prefix"]))
     first, following = int(rate["first_increment"]), int(rate["next_increment"])
-    billed = 0 if duration == 0 else first + int((Decimal(max(duration - first, 0)) / following).to_integral_value(ROUND_CEILING)) * following
+    billed = (
+        0
+        if duration == 0
+        else first + int((Decimal(max(duration - first, 0)) / following).to_integral_value(ROUND_CEILING)) * following
+    )
     cost = Decimal(rate["connection_fee"]) + Decimal(rate["price_per_minute"]) * billed / 60
     return max(cost, Decimal(rate["minimum_charge"])).quantize(CENT, rounding=ROUND_HALF_UP)
 

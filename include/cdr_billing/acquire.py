@@ -150,8 +150,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def fetch_with_failover(conn_ids: list[str], requests: list[FileRequest], dest: Path,
-                        timeout_seconds: int) -> FetchResult:
+def fetch_with_failover(conn_ids: list[str], requests: list[FileRequest], dest: Path, timeout_seconds: int) -> FetchResult:
     """Fetch every request from the first server that delivers them all."""
     import paramiko
     from airflow.providers.sftp.hooks.sftp import SFTPHook
@@ -169,6 +168,4 @@ def fetch_with_failover(conn_ids: list[str], requests: list[FileRequest], dest: 
             reason = describe_error(exc)
             log.warning("SFTP server %s failed: %s", conn_id, reason)
             failovers.append({"server": conn_id, "error": reason})
-    raise AllServersFailedError(
-        "all SFTP servers failed: " + "; ".join(f"{f['server']}: {f['error']}" for f in failovers)
-    )
+    raise AllServersFailedError("all SFTP servers failed: " + "; ".join(f"{f['server']}: {f['error']}" for f in failovers))

@@ -12,8 +12,13 @@ from pathlib import Path
 import pandas as pd
 
 ENTITLEMENT_COLUMNS = (
-    "account_id", "user_principal_name", "customer_id", "sequence_number",
-    "default_sequence_number", "entitled", "last_login",
+    "account_id",
+    "user_principal_name",
+    "customer_id",
+    "sequence_number",
+    "default_sequence_number",
+    "entitled",
+    "last_login",
 )
 TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}
 UNKNOWN_ACCOUNT, NOT_ENTITLED, NO_SEQUENCE_NUMBER = "UNKNOWN_ACCOUNT", "NOT_ENTITLED", "NO_SEQUENCE_NUMBER"
@@ -37,9 +42,7 @@ def load_entitlements(path: Path) -> pd.DataFrame:
         raise EntitlementError(f"{path.name}: 'entitled' is not true/false on lines {lines[bad_flag].tolist()[:10]}")
     repeated = snapshot["account_id"].duplicated(keep=False)
     if repeated.any():
-        raise EntitlementError(
-            f"{path.name}: account ids listed more than once on lines {lines[repeated].tolist()[:10]}"
-        )
+        raise EntitlementError(f"{path.name}: account ids listed more than once on lines {lines[repeated].tolist()[:10]}")
     return snapshot.assign(entitled=flag.isin(TRUE_WORDS))
 
 

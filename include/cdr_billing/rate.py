@@ -19,8 +19,14 @@ from cdr_billing.config import BillingSettings
 from cdr_billing.money import MoneyError, micro_to_minor_divisor, to_micro_units
 
 TARIFF_COLUMNS = (
-    "prefix", "destination", "price_per_minute", "connection_fee",
-    "first_increment", "next_increment", "minimum_charge", "currency",
+    "prefix",
+    "destination",
+    "price_per_minute",
+    "connection_fee",
+    "first_increment",
+    "next_increment",
+    "minimum_charge",
+    "currency",
 )
 MONEY_COLUMNS = {"price_per_minute": "price_micro", "connection_fee": "fee_micro", "minimum_charge": "minimum_micro"}
 NO_TARIFF_PREFIX = "NO_TARIFF_PREFIX"
@@ -40,15 +46,20 @@ def load_tariff(path: Path) -> pd.DataFrame:
     missing = [c for c in TARIFF_COLUMNS if c not in raw.columns]
     if missing:
         raise TariffError(f"{path.name}: missing columns {missing}")
-    tariff = pd.DataFrame({"prefix": raw["prefix"].str.strip().str.lstrip("+"),
-                           "destination": raw["destination"], "currency": raw["currency"].str.strip().str.upper()})
+    tariff = pd.DataFrame(
+        {
+            "prefix": raw["prefix"].str.strip().str.lstrip("+"),
+            "destination": raw["destination"],
+            "currency": raw["currency"].str.strip().str.upper(),
+        }
+    )
     tariff["tariff_line"] = np.arange(len(raw)) + 2
-    for line, prefix in zip(tariff["tariff_line"], tariff["prefix"]):
+    for line, prefix in zip(tariff["tariff_line"], tariff["prefix"], strict=True):
         if not prefix.isdigit():
             raise _tariff_row_error(path, line, f"prefix {prefix!r} is not digits")
     for column, micro_column in MONEY_COLUMNS.items():
         values = []
-        for line, text in zip(tariff["tariff_line"], raw[column]):
+        for line, text in zip(tariff["tariff_line"], raw[column], strict=True):
             try:
                 values.append(to_micro_units(text or "0"))
             except MoneyError as exc:
@@ -62,7 +73,9 @@ def load_tariff(path: Path) -> pd.DataFrame:
         tariff[column] = tariff[column].astype(np.int64)
     repeated = tariff[tariff["prefix"].duplicated(keep=False)]
     if len(repeated):
-        raise _tariff_row_error(path, int(repeated["tariff_line"].iloc[-1]), f"prefix {repeated['prefix'].iloc[0]} is listed twice")
+        raise _tariff_row_error(
+            path, int(repeated["tariff_line"].iloc[-1]), f"prefix {repeated['prefix'].iloc[0]} is listed twice"
+        )
     return tariff
 
 
@@ -73,8 +86,8 @@ def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     international = ~plus & digits.str.startswith(rules.international_prefix)
     national = ~plus & ~international & digits.str.startswith(rules.national_prefix)
     normalised = digits.str.lstrip("+")
-    normalised = normalised.mask(international, digits.str[len(rules.international_prefix):])
-    return normalised.mask(national, rules.country_code + digits.str[len(rules.national_prefix):])
+    normalised = normalised.mask(international, digits.str[len(rules.international_prefix) :])
+    return normalised.mask(national, rules.country_code + digits.str[len(rules.national_prefix) :])
 
 
 def match_longest_prefix(numbers: pd.Series, prefixes: pd.Series) -> np.ndarray:
@@ -99,8 +112,9 @@ def billed_seconds(duration: np.ndarray, first: np.ndarray, following: np.ndarra
     return np.where(duration > 0, first + steps * following, 0)
 
 
-def tariff_cost_minor(seconds: np.ndarray, price_micro: np.ndarray, fee_micro: np.ndarray,
-                      minimum_micro: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+def tariff_cost_minor(
+    seconds: np.ndarray, price_micro: np.ndarray, fee_micro: np.ndarray, minimum_micro: np.ndarray, divisor: np.ndarray
+) -> np.ndarray:
     """Cost in minor units: fee + price x seconds / 60, at least the minimum, half-up."""
     sixtieths = np.maximum(fee_micro * 60 + price_micro * seconds, minimum_micro * 60)
     quantum = divisor * 60
@@ -113,24 +127,38 @@ def _price_by_tariff(calls: pd.DataFrame, tariff: pd.DataFrame, rules: BillingSe
     unbillable = calls[position < 0].assign(reason_code=NO_TARIFF_PREFIX)
     matched = calls[position >= 0].reset_index(drop=True)
     rates = tariff.iloc[position[position >= 0]].reset_index(drop=True)
-    seconds = billed_seconds(matched["duration_seconds"].to_numpy(np.int64), rates["first_increment"].to_numpy(), rates["next_increment"].to_numpy())
+    seconds = billed_seconds(
+        matched["duration_seconds"].to_numpy(np.int64), rates["first_increment"].to_numpy(), rates["next_increment"].to_numpy()
+    )
     divisor = rates["currency"].map(micro_to_minor_divisor).to_numpy(np.int64)
-    cost = tariff_cost_minor(seconds, rates["price_micro"].to_numpy(), rates["fee_micro"].to_numpy(), rates["minimum_micro"].to_numpy(), divisor)
+    cost = tariff_cost_minor(
+        seconds, rates["price_micro"].to_numpy(), rates["fee_micro"].to_numpy(), rates["minimum_micro"].to_numpy(), divisor
+    )
     priced = matched.assign(
-        billed_seconds=seconds, cost_minor=cost, currency=rates["currency"].to_numpy(),
-        tariff_prefix=rates["prefix"].to_numpy(), tariff_line=rates["tariff_line"].to_numpy(), pricing="tariff",
+        billed_seconds=seconds,
+        cost_minor=cost,
+        currency=rates["currency"].to_numpy(),
+        tariff_prefix=rates["prefix"].to_numpy(),
+        tariff_line=rates["tariff_line"].to_numpy(),
+        pricing="tariff",
     )
     return priced, unbillable.reset_index(drop=True)
 
 
 def _price_by_provider(calls: pd.DataFrame) -> pd.DataFrame:
     return calls.assign(
-        destination_e164="", billed_seconds=calls["duration_seconds"].to_numpy(np.int64),
-        cost_minor=calls["provider_cost_minor"].astype(np.int64), tariff_prefix="", tariff_line=0, pricing="provider",
+        destination_e164="",
+        billed_seconds=calls["duration_seconds"].to_numpy(np.int64),
+        cost_minor=calls["provider_cost_minor"].astype(np.int64),
+        tariff_prefix="",
+        tariff_line=0,
+        pricing="provider",
     )
 
 
-def rate_calls(calls: pd.DataFrame, tariff: pd.DataFrame, rules: BillingSettings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def rate_calls(
+    calls: pd.DataFrame, tariff: pd.DataFrame, rules: BillingSettings
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split calls into priced, unbillable (no tariff prefix) and not billable (failed)."""
     failed = calls["completion_status"] == COMPLETION_FAILED
     billable = calls[~failed]

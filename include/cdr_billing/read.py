@@ -30,9 +30,7 @@ def _find_header_row(preview: pd.DataFrame, wanted: set[str], path: Path) -> int
     for index, row in preview.iterrows():
         if wanted <= {_normalise_header(v) for v in row if isinstance(v, str)}:
             return int(index)
-    raise FileReadError(
-        f"{path.name}: no header row with columns {sorted(wanted)} in the first {HEADER_SEARCH_ROWS} rows"
-    )
+    raise FileReadError(f"{path.name}: no header row with columns {sorted(wanted)} in the first {HEADER_SEARCH_ROWS} rows")
 
 
 def _read_xlsx(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pd.DataFrame, int]:

@@ -32,8 +32,9 @@ def check_totals(lines: pd.DataFrame, billed_calls: pd.DataFrame) -> None:
         raise ReconciliationError(f"line totals {by_lines} != call totals {by_calls} (minor units)")
 
 
-def build_report(billing_month: str, batch: dict[str, Any], counts: dict[str, int], lines: pd.DataFrame,
-                 exceptions: pd.DataFrame) -> dict[str, Any]:
+def build_report(
+    billing_month: str, batch: dict[str, Any], counts: dict[str, int], lines: pd.DataFrame, exceptions: pd.DataFrame
+) -> dict[str, Any]:
     """Return the month report as plain data (money as decimal strings)."""
     return {
         "billing_month": billing_month,
@@ -52,7 +53,8 @@ def build_report(billing_month: str, batch: dict[str, Any], counts: dict[str, in
         ],
         "exceptions": (
             exceptions.groupby(["kind", "reason_code"]).size().rename("rows").reset_index().to_dict("records")
-            if len(exceptions) else []
+            if len(exceptions)
+            else []
         ),
     }
 
@@ -62,8 +64,10 @@ def render_text(report: dict[str, Any]) -> str:
     out = [f"Billing month {report['billing_month']}  (batch {report['batch']['batch_id']})", ""]
     out.append(f"{'customer':<12}{'sequence':<10}{'cur':<5}{'total':>14}{'calls':>8}{'minutes':>10}")
     for line in report["lines"]:
-        out.append(f"{line['customer_id']:<12}{line['sequence_number']:<10}{line['currency']:<5}"
-                   f"{line['total']:>14}{line['call_count']:>8}{line['billed_seconds'] / 60:>10.1f}")
+        out.append(
+            f"{line['customer_id']:<12}{line['sequence_number']:<10}{line['currency']:<5}"
+            f"{line['total']:>14}{line['call_count']:>8}{line['billed_seconds'] / 60:>10.1f}"
+        )
     counts = report["counts"]
     out += ["", "Rows: " + ", ".join(f"{key}={counts[key]}" for key in ("read", *OUTCOMES))]
     for item in report["exceptions"]:

@@ -46,8 +46,9 @@ def _with_counts(meta: Meta, **counts: int) -> Meta:
     return {**meta, "counts": {**meta.get("counts", {}), **{k: int(v) for k, v in counts.items()}}}
 
 
-def start_run(billing_month_param: str | None, data_interval_start: datetime | None, run_id: str,
-              config: PipelineConfig | None = None) -> Meta:
+def start_run(
+    billing_month_param: str | None, data_interval_start: datetime | None, run_id: str, config: PipelineConfig | None = None
+) -> Meta:
     """Resolve the billing month and create the run's work directory."""
     config = config or load_config()
     month = resolve_billing_month(billing_month_param, data_interval_start, config.billing.timezone)
@@ -92,25 +93,48 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         except read.FileReadError as exc:
             raise validate.FileValidationError(str(exc)) from exc
         checked = validate.check_rows(raw, profile, month, config.billing)
-        validate.enforce_rejection_threshold(item["name"], len(raw), len(checked.quarantined),
-                                             config.billing.max_rejected_share, checked.quarantined["reason_code"])
+        validate.enforce_rejection_threshold(
+            item["name"],
+            len(raw),
+            len(checked.quarantined),
+            config.billing.max_rejected_share,
+            checked.quarantined["reason_code"],
+        )
         accepted.append(checked.accepted)
         quarantined.append(checked.quarantined)
-        file_stats.append({"name": item["name"], "source": item["source"], "read": len(raw),
-                           "accepted": len(checked.accepted), "quarantined": len(checked.quarantined)})
-        log.info("%s: read %d, accepted %d, quarantined %d", item["name"], len(raw), len(checked.accepted), len(checked.quarantined))
+        file_stats.append(
+            {
+                "name": item["name"],
+                "source": item["source"],
+                "read": len(raw),
+                "accepted": len(checked.accepted),
+                "quarantined": len(checked.quarantined),
+            }
+        )
+        log.info(
+            "%s: read %d, accepted %d, quarantined %d", item["name"], len(raw), len(checked.accepted), len(checked.quarantined)
+        )
     calls, duplicates = validate.split_duplicates(pd.concat(accepted, ignore_index=True))
     runner = validate.ExpectationRunner(_work_file(meta, "gx_results"))
     for stats in file_stats:
-        runner.validate_file(calls[calls["source_file"] == stats["name"]], stats["name"],
-                             config.profile_for(stats["source"]), month, config.billing)
+        runner.validate_file(
+            calls[calls["source_file"] == stats["name"]],
+            stats["name"],
+            config.profile_for(stats["source"]),
+            month,
+            config.billing,
+        )
     quarantine = pd.concat(quarantined, ignore_index=True)
     _write(meta, "calls", calls)
     _write(meta, "quarantined", quarantine)
     _write(meta, "duplicates", duplicates)
     log.info("month: %d calls, %d duplicates", len(calls), len(duplicates))
-    return _with_counts({**meta, "file_stats": file_stats}, read=sum(s["read"] for s in file_stats),
-                        quarantined=len(quarantine), duplicates=len(duplicates))
+    return _with_counts(
+        {**meta, "file_stats": file_stats},
+        read=sum(s["read"] for s in file_stats),
+        quarantined=len(quarantine),
+        duplicates=len(duplicates),
+    )
 
 
 def rate_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
@@ -148,20 +172,30 @@ def aggregate_lines(meta: Meta) -> Meta:
 def _exception_rows(meta: Meta) -> pd.DataFrame:
     """All rows not billed, in one shape, for the billing database."""
     parts = []
-    for kind, name, reason in (("quarantined", "quarantined", None), ("duplicate", "duplicates", "DUPLICATE_TRANSACTION"),
-                               ("unbillable", "unbillable", None), ("suspense", "suspense", None)):
+    for kind, name, reason in (
+        ("quarantined", "quarantined", None),
+        ("duplicate", "duplicates", "DUPLICATE_TRANSACTION"),
+        ("unbillable", "unbillable", None),
+        ("suspense", "suspense", None),
+    ):
         frame = _read(meta, name)
         if frame.empty:
             continue
-        detail = frame["original_values"] if "original_values" in frame else frame["user_id"].map(lambda a: json.dumps({"user_id": a}))
-        parts.append(pd.DataFrame({
-            "kind": kind,
-            "reason_code": frame["reason_code"] if reason is None else reason,
-            "source_file": frame["source_file"],
-            "source_row": frame["source_row"].astype("int64"),
-            "transaction_id": frame["transaction_id"] if "transaction_id" in frame else "",
-            "detail": detail,
-        }))
+        detail = (
+            frame["original_values"] if "original_values" in frame else frame["user_id"].map(lambda a: json.dumps({"user_id": a}))
+        )
+        parts.append(
+            pd.DataFrame(
+                {
+                    "kind": kind,
+                    "reason_code": frame["reason_code"] if reason is None else reason,
+                    "source_file": frame["source_file"],
+                    "source_row": frame["source_row"].astype("int64"),
+                    "transaction_id": frame["transaction_id"] if "transaction_id" in frame else "",
+                    "detail": detail,
+                }
+            )
+        )
     columns = ["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
@@ -178,10 +212,16 @@ def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     config = config or load_config()
     engine = billing_engine(config.billing.connection)
     load.ensure_schema(engine)
-    result = load.load_month(engine, meta["billing_month"], meta["run_id"], _read(meta, "lines"),
-                             _exception_rows(meta), meta["counts"])
-    log.info("batch %s is current for %s (superseded %s, already loaded: %s)",
-             result.batch_id, meta["billing_month"], result.superseded_batch_id, result.already_loaded)
+    result = load.load_month(
+        engine, meta["billing_month"], meta["run_id"], _read(meta, "lines"), _exception_rows(meta), meta["counts"]
+    )
+    log.info(
+        "batch %s is current for %s (superseded %s, already loaded: %s)",
+        result.batch_id,
+        meta["billing_month"],
+        result.superseded_batch_id,
+        result.already_loaded,
+    )
     return {**meta, "batch": {"batch_id": result.batch_id, "superseded_batch_id": result.superseded_batch_id}}
 
 

@@ -63,13 +63,17 @@ def parse_timestamps(text: pd.Series, timezone: str) -> pd.Series:
     is_text = numeric.isna()
     has_offset = is_text & text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
     aware = pd.to_datetime(text[has_offset], format="ISO8601", errors="coerce", utc=True)
-    naive = pd.concat([
-        pd.to_datetime(text[is_text & ~has_offset], format="ISO8601", errors="coerce"),
-        (EXCEL_EPOCH + pd.to_timedelta(numeric[~is_text], unit="D")).dt.round("s"),
-    ])
+    naive = pd.concat(
+        [
+            pd.to_datetime(text[is_text & ~has_offset], format="ISO8601", errors="coerce"),
+            (EXCEL_EPOCH + pd.to_timedelta(numeric[~is_text], unit="D")).dt.round("s"),
+        ]
+    )
     first_occurrence = np.ones(len(naive), dtype=bool)
     local = naive.dt.tz_localize(timezone, ambiguous=first_occurrence, nonexistent="shift_forward")
-    return pd.concat([aware.astype("datetime64[us, UTC]"), local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")]).reindex(text.index)
+    return pd.concat([aware.astype("datetime64[us, UTC]"), local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")]).reindex(
+        text.index
+    )
 
 
 def parse_durations(text: pd.Series, unit: str) -> pd.Series:
@@ -81,7 +85,7 @@ def parse_durations(text: pd.Series, unit: str) -> pd.Series:
 
 def _cost_minor(costs: pd.Series, currencies: pd.Series) -> pd.Series:
     values = []
-    for cost, currency in zip(costs, currencies):
+    for cost, currency in zip(costs, currencies, strict=True):
         try:
             values.append(to_minor_units(parse_decimal(cost), currency or "EUR"))
         except MoneyError:
@@ -89,8 +93,9 @@ def _cost_minor(costs: pd.Series, currencies: pd.Series) -> pd.Series:
     return pd.Series(values, index=costs.index, dtype="Int64")
 
 
-def _failures(raw: pd.DataFrame, typed: pd.DataFrame, profile: SourceProfile,
-              month: BillingMonth, rules: BillingSettings) -> pd.DataFrame:
+def _failures(
+    raw: pd.DataFrame, typed: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings
+) -> pd.DataFrame:
     """Return one boolean column per reason code: True where the row fails it."""
     start, end = month.bounds(rules.timezone)
     tolerance = timedelta(hours=rules.month_tolerance_hours)
@@ -147,8 +152,7 @@ def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth,
-               rules: BillingSettings) -> FileCheck:
+def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> FileCheck:
     """Type one file's rows and split them into accepted and quarantined."""
     typed = _typed(raw, profile)
     fails = _failures(raw, typed, profile, month, rules)
@@ -159,8 +163,7 @@ def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth,
     return FileCheck(accepted.reset_index(drop=True), _quarantine_rows(raw, fails))
 
 
-def enforce_rejection_threshold(file_name: str, rows_read: int, rows_rejected: int,
-                                max_share: float, reasons: pd.Series) -> None:
+def enforce_rejection_threshold(file_name: str, rows_read: int, rows_rejected: int, max_share: float, reasons: pd.Series) -> None:
     """Fail a file whose share of quarantined rows is above the threshold."""
     if rows_read == 0:
         raise FileValidationError(f"{file_name}: the file holds no CDR rows")
@@ -217,8 +220,9 @@ class ExpectationRunner:
         self._results_dir = results_dir
         results_dir.mkdir(parents=True, exist_ok=True)
 
-    def validate_file(self, accepted: pd.DataFrame, file_name: str, profile: SourceProfile,
-                      month: BillingMonth, rules: BillingSettings) -> Path:
+    def validate_file(
+        self, accepted: pd.DataFrame, file_name: str, profile: SourceProfile, month: BillingMonth, rules: BillingSettings
+    ) -> Path:
         """Validate one file's accepted rows; keep the result JSON; raise on failure."""
         gx = self._gx
         batch = self._source.add_dataframe_asset(file_name).add_batch_definition_whole_dataframe("whole_file")

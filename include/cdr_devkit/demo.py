@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shutil
-from pathlib import Path
 
 from cdr_devkit.airflow_env import PROJECT_ROOT, airflow_settings, migrate
 from cdr_devkit.sample_data import generate_month
@@ -31,12 +30,14 @@ def start_demo_services(services: LocalServices, month: str) -> dict[str, str]:
     primary = services.start_sftp("sftp_primary", sftp_root)
     secondary = services.start_sftp("sftp_secondary", sftp_root)
     smtp = services.start_smtp(DEMO_DIR / "mail")
-    return connection_env({
-        "cdr_sftp_primary": primary.connection(services.client_key),
-        "cdr_sftp_secondary": secondary.connection(services.client_key),
-        "billing_db": {"conn_type": "sqlite", "host": str(DEMO_DIR / "billing.sqlite")},
-        "smtp_default": smtp_connection(smtp.port),
-    })
+    return connection_env(
+        {
+            "cdr_sftp_primary": primary.connection(services.client_key),
+            "cdr_sftp_secondary": secondary.connection(services.client_key),
+            "billing_db": {"conn_type": "sqlite", "host": str(DEMO_DIR / "billing.sqlite")},
+            "smtp_default": smtp_connection(smtp.port),
+        }
+    )
 
 
 def main() -> int:
@@ -57,8 +58,10 @@ def main() -> int:
         return 1
     print(reports[-1].read_text())
     counts = json.loads(reports[-1].with_name("report.json").read_text())["counts"]
-    print("Summary: read {read}, billed {billed}, rejected {quarantined}, unbillable {unbillable}, "
-          "suspense {suspense}, failed calls {not_billable}, duplicates {duplicates}".format(**counts))
+    print(
+        "Summary: read {read}, billed {billed}, rejected {quarantined}, unbillable {unbillable}, "
+        "suspense {suspense}, failed calls {not_billable}, duplicates {duplicates}".format(**counts)
+    )
     print(f"Billing database: {DEMO_DIR / 'billing.sqlite'}; mails: {DEMO_DIR / 'mail'}")
     return 0
 

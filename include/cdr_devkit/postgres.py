@@ -54,8 +54,7 @@ class LocalPostgres:
 
     def connection(self) -> dict:
         """The Airflow connection of the database."""
-        return {"conn_type": "postgres", "host": "127.0.0.1", "port": self.port,
-                "login": "postgres", "schema": self.database}
+        return {"conn_type": "postgres", "host": "127.0.0.1", "port": self.port, "login": "postgres", "schema": self.database}
 
     def start(self) -> LocalPostgres:
         """initdb, start the server and create the database."""
@@ -64,7 +63,9 @@ class LocalPostgres:
             shutil.chown(self.base, "postgres", "postgres")
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"), "-w", "start")
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"), "-w", "start"
+        )
         self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database)
         return self
 

@@ -68,15 +68,17 @@ def _accounts(rng: random.Random) -> tuple[list[dict], list[str], list[str]]:
         customer = rng.choice(list(CUSTOMERS))
         account = f"{index:07d}" if index < 60 else f"SUB-{index:05d}"
         (conferencing if index < 60 else carrier).append(account)
-        rows.append({
-            "account_id": account,
-            "user_principal_name": f"user{index}@{customer.lower()}.example.com",
-            "customer_id": customer,
-            "sequence_number": "" if index % 5 == 0 else f"{CUSTOMERS[customer]}{index % 3 + 1}",
-            "default_sequence_number": CUSTOMERS[customer],
-            "entitled": "false" if index in (7, 93) else "true",
-            "last_login": f"2026-{rng.randint(1, 9):02d}-{rng.randint(1, 28):02d}",
-        })
+        rows.append(
+            {
+                "account_id": account,
+                "user_principal_name": f"user{index}@{customer.lower()}.example.com",
+                "customer_id": customer,
+                "sequence_number": "" if index % 5 == 0 else f"{CUSTOMERS[customer]}{index % 3 + 1}",
+                "default_sequence_number": CUSTOMERS[customer],
+                "entitled": "false" if index in (7, 93) else "true",
+                "last_login": f"2026-{rng.randint(1, 9):02d}-{rng.randint(1, 28):02d}",
+            }
+        )
     return rows, conferencing + ["9999901"], carrier + ["SUB-99999"]
 
 
@@ -86,8 +88,9 @@ def _start_times(rng: random.Random, month: BillingMonth, count: int) -> list[da
     return sorted(start + timedelta(seconds=3600 + rng.randrange(span)) for _ in range(count))
 
 
-def write_carrier_csv(path: Path, rng: random.Random, month: BillingMonth, users: list[str], calls: int,
-                      with_flaws: bool = True) -> None:
+def write_carrier_csv(
+    path: Path, rng: random.Random, month: BillingMonth, users: list[str], calls: int, with_flaws: bool = True
+) -> None:
     """Carrier CDRs in the canonical fields, UTC timestamps; with_flaws adds three invalid
     rows and three re-delivered duplicates (needs at least 301 calls)."""
     rows = []
@@ -96,19 +99,28 @@ def write_carrier_csv(path: Path, rng: random.Random, month: BillingMonth, users
         duration = rng.choice([0, 1, 12, 59, 60, 61, 95, 180, 600, 1800, rng.randint(1, 3600)])
         status = rng.choices(["1", "0", "3"], weights=[94, 4, 2])[0]
         head = UNKNOWN_RANGE if rng.random() < 0.01 else rng.choice(DESTINATIONS)
-        rows.append({
-            "transaction_id": f"T{month.year}{month.month:02d}-{n:07d}", "session_id": f"S{n // 2:07d}",
-            "service_name": "voice", "user_id": rng.choice(users),
-            "start_of_usage": utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "connect_time": (utc + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "end_of_usage": (utc + timedelta(seconds=duration)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "duration_of_usage": str(duration), "amount_of_usage": str(duration),
-            "originating_party": _phone(rng, "+46701"),
-            "destination_party": _national_variants(rng, _phone(rng, head)),
-            "transaction_part_number": "1", "completion_status": status, "additional_info": "",
-            "service_provider": "NordCarrier", "revenue_share_percentage": "0",
-            "party_to_charge": "originating", "charging_info": "postpaid",
-        })
+        rows.append(
+            {
+                "transaction_id": f"T{month.year}{month.month:02d}-{n:07d}",
+                "session_id": f"S{n // 2:07d}",
+                "service_name": "voice",
+                "user_id": rng.choice(users),
+                "start_of_usage": utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "connect_time": (utc + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "end_of_usage": (utc + timedelta(seconds=duration)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "duration_of_usage": str(duration),
+                "amount_of_usage": str(duration),
+                "originating_party": _phone(rng, "+46701"),
+                "destination_party": _national_variants(rng, _phone(rng, head)),
+                "transaction_part_number": "1",
+                "completion_status": status,
+                "additional_info": "",
+                "service_provider": "NordCarrier",
+                "revenue_share_percentage": "0",
+                "party_to_charge": "originating",
+                "charging_info": "postpaid",
+            }
+        )
     if with_flaws:
         rows[10]["duration_of_usage"] = "-5"
         rows[20]["start_of_usage"] = "2026-13-40T99:00:00Z"
@@ -127,14 +139,36 @@ def write_conferencing_xlsx(path: Path, rng: random.Random, month: BillingMonth,
     sheet.append([f"Conferencing usage report {month}"])
     sheet.append(["Generated for billing; all times Europe/Stockholm"])
     sheet.append([])
-    sheet.append(["Conference ID", "Leg ID", "PGIConnect ID", "Dial-in Number", "Start Time", "End Time",
-                  "Duration (sec)", "Cost", "Currency"])
+    sheet.append(
+        [
+            "Conference ID",
+            "Leg ID",
+            "PGIConnect ID",
+            "Dial-in Number",
+            "Start Time",
+            "End Time",
+            "Duration (sec)",
+            "Cost",
+            "Currency",
+        ]
+    )
     for n, started in enumerate(_start_times(rng, month, legs)):
         duration = rng.randint(30, 5400)
         local = started.replace(tzinfo=None)
         cost = (Decimal(duration) / 60 * Decimal("0.0450")).quantize(Decimal("0.0001"))
-        sheet.append([f"CONF-{n // 4:06d}", f"L{n:08d}", rng.choice(accounts), rng.choice(CONFERENCE_NUMBERS),
-                      local, local + timedelta(seconds=duration), duration, float(cost), "EUR"])
+        sheet.append(
+            [
+                f"CONF-{n // 4:06d}",
+                f"L{n:08d}",
+                rng.choice(accounts),
+                rng.choice(CONFERENCE_NUMBERS),
+                local,
+                local + timedelta(seconds=duration),
+                duration,
+                float(cost),
+                "EUR",
+            ]
+        )
     book.save(path)
 
 
@@ -145,8 +179,9 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def generate_month(root: Path, month: BillingMonth, seed: int = 7, carrier_calls: int = 3000,
-                   conference_legs: int = 1500) -> SampleMonth:
+def generate_month(
+    root: Path, month: BillingMonth, seed: int = 7, carrier_calls: int = 3000, conference_legs: int = 1500
+) -> SampleMonth:
     """Write a month of sample inputs under root (an SFTP server's directory)."""
     rng = random.Random(seed)
     for folder in ("cdr/conferencing", "cdr/carrier", "reference"):
@@ -154,11 +189,25 @@ def generate_month(root: Path, month: BillingMonth, seed: int = 7, carrier_calls
     snapshot, conferencing, carrier = _accounts(rng)
     previous = BillingMonth(month.year - (month.month == 1), (month.month - 2) % 12 + 1)
     write_carrier_csv(root / f"cdr/carrier/carrier_cdr_{month.year}{month.month:02d}.csv", rng, month, carrier, carrier_calls)
-    write_carrier_csv(root / f"cdr/carrier/carrier_cdr_{previous.year}{previous.month:02d}.csv", rng, previous, carrier, 50, with_flaws=False)
+    write_carrier_csv(
+        root / f"cdr/carrier/carrier_cdr_{previous.year}{previous.month:02d}.csv", rng, previous, carrier, 50, with_flaws=False
+    )
     write_conferencing_xlsx(root / f"cdr/conferencing/conferencing_cdr_{month}.xlsx", rng, month, conferencing, conference_legs)
-    tariff_fields = ["prefix", "destination", "price_per_minute", "connection_fee", "first_increment",
-                     "next_increment", "minimum_charge", "currency"]
-    _write_csv(root / f"reference/tariff_{month}-01.csv", tariff_fields, [dict(zip(tariff_fields, (*row, "EUR"))) for row in TARIFF])
+    tariff_fields = [
+        "prefix",
+        "destination",
+        "price_per_minute",
+        "connection_fee",
+        "first_increment",
+        "next_increment",
+        "minimum_charge",
+        "currency",
+    ]
+    _write_csv(
+        root / f"reference/tariff_{month}-01.csv",
+        tariff_fields,
+        [dict(zip(tariff_fields, (*row, "EUR"), strict=True)) for row in TARIFF],
+    )
     _write_csv(root / f"reference/entitlements_{month.next()}-02.csv", list(snapshot[0]), snapshot)
     return SampleMonth(root, month)
 

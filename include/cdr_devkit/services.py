@@ -73,9 +73,16 @@ class SftpServer(ServerProcess):
     def connection(self, client_key: Path, host_key: str | None = None) -> dict:
         """The Airflow connection for this server, with its host key pinned."""
         return {
-            "conn_type": "sftp", "host": "127.0.0.1", "port": self.port, "login": "billing",
-            "extra": {"key_file": str(client_key), "host_key": host_key or self.host_key,
-                      "no_host_key_check": False, "look_for_keys": False},
+            "conn_type": "sftp",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "login": "billing",
+            "extra": {
+                "key_file": str(client_key),
+                "host_key": host_key or self.host_key,
+                "no_host_key_check": False,
+                "look_for_keys": False,
+            },
         }
 
 
@@ -105,15 +112,29 @@ class LocalServices:
         ready = self.base / f"{name}.ready"
         ready.unlink(missing_ok=True)
         log = (self.base / f"{name}.log").open("ab")
-        process = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-file", str(ready)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args, "--ready-file", str(ready)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
         return process, _wait_ready(process, ready, name)
 
     def start_sftp(self, name: str, root: Path, port: int = 0) -> SftpServer:
         """Start an SFTP server with its own host key, serving root."""
         host_key, host_public = self._key_pair(f"{name}_host")
-        process, bound = self._spawn(name, "cdr_devkit.sftp_server", "--root", str(root), "--host-key", str(host_key),
-                                     "--authorized-keys", str(self.client_public_key), "--port", str(port))
+        process, bound = self._spawn(
+            name,
+            "cdr_devkit.sftp_server",
+            "--root",
+            str(root),
+            "--host-key",
+            str(host_key),
+            "--authorized-keys",
+            str(self.client_public_key),
+            "--port",
+            str(port),
+        )
         key_type, key_data = host_public.read_text().split()[:2]
         server = SftpServer(name, bound, process, root=root, host_key=f"{key_type} {key_data}")
         self.servers.append(server)
@@ -141,8 +162,12 @@ class LocalServices:
 
 def smtp_connection(port: int) -> dict:
     """The Airflow connection for a local SMTP server without TLS or login."""
-    return {"conn_type": "smtp", "host": "127.0.0.1", "port": port,
-            "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "cdr-billing@localhost", "retry_limit": 1}}
+    return {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "cdr-billing@localhost", "retry_limit": 1},
+    }
 
 
 def connection_env(connections: dict[str, dict]) -> dict[str, str]:

@@ -21,7 +21,9 @@ class _KeyOnlyServer(asyncssh.SSHServer):
 
 async def serve(root: Path, host_key: Path, authorized_keys: Path, port: int, ready_file: Path) -> None:
     server = await asyncssh.create_server(
-        _KeyOnlyServer, "127.0.0.1", port,
+        _KeyOnlyServer,
+        "127.0.0.1",
+        port,
         server_host_keys=[str(host_key)],
         authorized_client_keys=str(authorized_keys),
         sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=str(root)),

@@ -1,6 +1,6 @@
 """A real SMTP server on loopback (aiosmtpd) that keeps each message as an .eml file.
 
-  python -m cdr_devkit.smtp_server --maildir DIR --port N --ready-file F
+python -m cdr_devkit.smtp_server --maildir DIR --port N --ready-file F
 """
 
 from __future__ import annotations

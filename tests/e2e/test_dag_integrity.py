@@ -36,8 +36,15 @@ def test_every_task_retries_and_alerts_by_mail(dag_bag):
 def test_tasks_run_in_billing_order(dag_bag):
     dag = dag_bag.dags["cdr_billing_monthly"]
     order = [t.task_id for t in dag.topological_sort()]
-    assert order == ["fetch_cdr_files", "validate_cdrs", "rate_calls", "attribute_calls",
-                     "aggregate_lines", "load_billing", "report_month"]
+    assert order == [
+        "fetch_cdr_files",
+        "validate_cdrs",
+        "rate_calls",
+        "attribute_calls",
+        "aggregate_lines",
+        "load_billing",
+        "report_month",
+    ]
 
 
 def test_schedule_bills_the_calendar_month(dag_bag):

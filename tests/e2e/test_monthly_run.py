@@ -24,16 +24,23 @@ def dag(airflow_home, pipeline_connections):
 
 def _current_lines(engine, month: str) -> dict[tuple[str, str], Decimal]:
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT l.customer_id, l.sequence_number, l.total_minor FROM billing_line l "
-            "JOIN billing_batch b USING (batch_id) WHERE b.billing_month = :m AND b.status = 'current'"), {"m": month}).all()
+        rows = conn.execute(
+            text(
+                "SELECT l.customer_id, l.sequence_number, l.total_minor FROM billing_line l "
+                "JOIN billing_batch b USING (batch_id) WHERE b.billing_month = :m AND b.status = 'current'"
+            ),
+            {"m": month},
+        ).all()
     return {(customer, sequence): Decimal(total) / 100 for customer, sequence, total in rows}
 
 
 def _batches(engine, month: str) -> list[str]:
     with engine.connect() as conn:
-        return conn.execute(text("SELECT status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"),
-                            {"m": month}).scalars().all()
+        return (
+            conn.execute(text("SELECT status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"), {"m": month})
+            .scalars()
+            .all()
+        )
 
 
 def test_the_month_bills_what_an_independent_computation_expects(dag, billing_engine, sftp_root):

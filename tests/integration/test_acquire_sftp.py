@@ -62,8 +62,12 @@ def test_unpinned_unknown_host_key_is_refused(services, connections, tmp_path):
 
 
 def test_all_servers_down_is_a_clear_failure(services, connections, tmp_path):
-    connections(services.sftp_connection(services.primary, port=free_port()),
-                services.sftp_connection(services.secondary, port=free_port()))
-    with pytest.raises(AllServersFailedError, match="cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused"):
+    connections(
+        services.sftp_connection(services.primary, port=free_port()),
+        services.sftp_connection(services.secondary, port=free_port()),
+    )
+    with pytest.raises(
+        AllServersFailedError, match="cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused"
+    ):
         fetch(tmp_path)
     assert not any(name.endswith(".part") for name in os.listdir(tmp_path))

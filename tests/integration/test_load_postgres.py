@@ -6,10 +6,26 @@ from sqlalchemy import create_engine, text
 
 from cdr_billing.load import current_lines, ensure_schema, load_month
 
-LINES = pd.DataFrame({"customer_id": ["C1", "C2"], "sequence_number": ["100", "200"], "currency": ["EUR", "EUR"],
-                      "total_minor": [1234, 99], "call_count": [3, 1], "billed_seconds": [180, 60]})
-EXCEPTIONS = pd.DataFrame({"kind": ["suspense"], "reason_code": ["UNKNOWN_ACCOUNT"], "source_file": ["f.csv"],
-                           "source_row": [7], "transaction_id": ["t9"], "detail": ['{"user_id": "x"}']})
+LINES = pd.DataFrame(
+    {
+        "customer_id": ["C1", "C2"],
+        "sequence_number": ["100", "200"],
+        "currency": ["EUR", "EUR"],
+        "total_minor": [1234, 99],
+        "call_count": [3, 1],
+        "billed_seconds": [180, 60],
+    }
+)
+EXCEPTIONS = pd.DataFrame(
+    {
+        "kind": ["suspense"],
+        "reason_code": ["UNKNOWN_ACCOUNT"],
+        "source_file": ["f.csv"],
+        "source_row": [7],
+        "transaction_id": ["t9"],
+        "detail": ['{"user_id": "x"}'],
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +37,9 @@ def engine(postgres):
 
 def _batches(engine, month):
     with engine.connect() as conn:
-        return conn.execute(text("SELECT batch_id, status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"),
-                            {"m": month}).all()
+        return conn.execute(
+            text("SELECT batch_id, status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"), {"m": month}
+        ).all()
 
 
 def test_rerun_supersedes_and_never_doubles(engine):

@@ -20,7 +20,10 @@ def snapshot(tmp_path):
 def test_calls_go_to_cost_center_default_or_suspense(snapshot):
     calls = pd.DataFrame({"user_id": ["0001", "0002", "0003", "0404"], "cost_minor": [1, 2, 3, 4]})
     attributed, suspense = attribute_calls(calls, snapshot)
-    assert attributed[["user_id", "customer_id", "sequence_number"]].values.tolist() == [["0001", "C1", "101"], ["0002", "C1", "100"]]
+    assert attributed[["user_id", "customer_id", "sequence_number"]].values.tolist() == [
+        ["0001", "C1", "101"],
+        ["0002", "C1", "100"],
+    ]
     assert suspense[["user_id", "reason_code"]].values.tolist() == [["0003", "NOT_ENTITLED"], ["0404", "UNKNOWN_ACCOUNT"]]
 
 

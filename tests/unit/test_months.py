@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,13 +26,13 @@ def test_bounds_are_local_midnights():
 
 
 def test_param_overrides_the_data_interval():
-    interval_start = datetime(2026, 9, 1, tzinfo=timezone.utc)
+    interval_start = datetime(2026, 9, 1, tzinfo=UTC)
     assert resolve_billing_month("2026-02", interval_start, "UTC") == BillingMonth(2026, 2)
 
 
 def test_data_interval_start_is_read_in_the_billing_timezone():
     # October 1st 00:00 in Stockholm is still September 30th in UTC.
-    interval_start = datetime(2026, 9, 30, 22, 0, tzinfo=timezone.utc)
+    interval_start = datetime(2026, 9, 30, 22, 0, tzinfo=UTC)
     assert resolve_billing_month(None, interval_start, "Europe/Stockholm") == BillingMonth(2026, 10)
 
 

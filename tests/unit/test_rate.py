@@ -30,8 +30,18 @@ def tariff(tmp_path):
 
 @pytest.mark.parametrize(
     ("duration", "first", "following", "billed"),
-    [(0, 60, 60, 0), (1, 60, 60, 60), (59, 60, 60, 60), (60, 60, 60, 60), (61, 60, 60, 120),
-     (1, 30, 6, 30), (31, 30, 6, 36), (36, 30, 6, 36), (37, 30, 6, 42), (61, 1, 1, 61)],
+    [
+        (0, 60, 60, 0),
+        (1, 60, 60, 60),
+        (59, 60, 60, 60),
+        (60, 60, 60, 60),
+        (61, 60, 60, 120),
+        (1, 30, 6, 30),
+        (31, 30, 6, 36),
+        (36, 30, 6, 36),
+        (37, 30, 6, 42),
+        (61, 1, 1, 61),
+    ],
 )
 def test_billed_seconds_round_up_to_increments(duration, first, following, billed):
     assert billed_seconds(np.array([duration]), np.array([first]), np.array([following]))[0] == billed
@@ -39,12 +49,17 @@ def test_billed_seconds_round_up_to_increments(duration, first, following, bille
 
 def test_cost_is_fee_plus_time_rounded_half_up():
     # 0.05 + 0.09 * 120/60 = 0.23 EUR
-    assert tariff_cost_minor(np.array([120]), np.array([90_000]), np.array([50_000]), np.array([100_000]), np.array([10_000]))[0] == 23
+    assert (
+        tariff_cost_minor(np.array([120]), np.array([90_000]), np.array([50_000]), np.array([100_000]), np.array([10_000]))[0]
+        == 23
+    )
 
 
 def test_minimum_charge_applies():
     # 0.05 + 0.09 * 0/60 = 0.05 < minimum 0.10
-    assert tariff_cost_minor(np.array([0]), np.array([90_000]), np.array([50_000]), np.array([100_000]), np.array([10_000]))[0] == 10
+    assert (
+        tariff_cost_minor(np.array([0]), np.array([90_000]), np.array([50_000]), np.array([100_000]), np.array([10_000]))[0] == 10
+    )
 
 
 def test_half_cent_rounds_up():
@@ -64,9 +79,18 @@ def test_longest_prefix_wins(tariff):
 
 
 def _calls(**columns):
-    base = {"transaction_id": ["t1"], "user_id": ["u1"], "completion_status": [1], "duration_seconds": [61],
-            "destination_party": ["0701234567"], "pre_priced": [False], "provider_cost_minor": [pd.NA],
-            "currency": [""], "source_file": ["f.csv"], "source_row": [2]}
+    base = {
+        "transaction_id": ["t1"],
+        "user_id": ["u1"],
+        "completion_status": [1],
+        "duration_seconds": [61],
+        "destination_party": ["0701234567"],
+        "pre_priced": [False],
+        "provider_cost_minor": [pd.NA],
+        "currency": [""],
+        "source_file": ["f.csv"],
+        "source_row": [2],
+    }
     base.update(columns)
     frame = pd.DataFrame(base)
     frame["provider_cost_minor"] = frame["provider_cost_minor"].astype("Int64")

@@ -17,10 +17,20 @@ def test_reconcile_refuses_a_lost_row():
 
 
 def test_lines_sum_to_the_calls():
-    calls = pd.DataFrame({"customer_id": ["C1", "C1", "C2"], "sequence_number": ["1", "1", "2"], "currency": ["EUR"] * 3,
-                          "cost_minor": [5, 7, 11], "billed_seconds": [60, 60, 30]})
+    calls = pd.DataFrame(
+        {
+            "customer_id": ["C1", "C1", "C2"],
+            "sequence_number": ["1", "1", "2"],
+            "currency": ["EUR"] * 3,
+            "cost_minor": [5, 7, 11],
+            "billed_seconds": [60, 60, 30],
+        }
+    )
     lines = aggregate_lines(calls)
-    assert lines[["customer_id", "total_minor", "call_count", "billed_seconds"]].values.tolist() == [["C1", 12, 2, 120], ["C2", 11, 1, 30]]
+    assert lines[["customer_id", "total_minor", "call_count", "billed_seconds"]].values.tolist() == [
+        ["C1", 12, 2, 120],
+        ["C2", 11, 1, 30],
+    ]
     check_totals(lines, calls)
     with pytest.raises(ReconciliationError):
         check_totals(lines.assign(total_minor=lines["total_minor"] + 1), calls)

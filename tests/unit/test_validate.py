@@ -10,20 +10,56 @@ MONTH = BillingMonth(2026, 10)
 
 
 def _raw(**overrides):
-    row = {field: "" for field in (
-        "transaction_id", "session_id", "service_name", "user_id", "start_of_usage", "connect_time", "end_of_usage",
-        "duration_of_usage", "amount_of_usage", "originating_party", "destination_party", "transaction_part_number",
-        "completion_status", "additional_info", "service_provider", "revenue_share_percentage", "party_to_charge",
-        "charging_info", "provider_cost", "currency")}
-    row.update(transaction_id="t1", user_id="u1", start_of_usage="2026-10-10T10:00:00Z", duration_of_usage="60",
-               completion_status="1", destination_party="+46701234567", source_file="f.csv", source_row=2, source="carrier")
+    row = {
+        field: ""
+        for field in (
+            "transaction_id",
+            "session_id",
+            "service_name",
+            "user_id",
+            "start_of_usage",
+            "connect_time",
+            "end_of_usage",
+            "duration_of_usage",
+            "amount_of_usage",
+            "originating_party",
+            "destination_party",
+            "transaction_part_number",
+            "completion_status",
+            "additional_info",
+            "service_provider",
+            "revenue_share_percentage",
+            "party_to_charge",
+            "charging_info",
+            "provider_cost",
+            "currency",
+        )
+    }
+    row.update(
+        transaction_id="t1",
+        user_id="u1",
+        start_of_usage="2026-10-10T10:00:00Z",
+        duration_of_usage="60",
+        completion_status="1",
+        destination_party="+46701234567",
+        source_file="f.csv",
+        source_row=2,
+        source="carrier",
+    )
     row.update(overrides)
     return pd.DataFrame([row])
 
 
 def test_timestamps_parse_iso_offsets_local_text_and_excel_serials():
-    parsed = parse_timestamps(pd.Series(["2026-10-03T09:15:00Z", "2026-10-03 09:15:00", "46298.5", "nonsense"]), "Europe/Stockholm")
-    assert [str(v) for v in parsed] == ["2026-10-03 09:15:00+00:00", "2026-10-03 07:15:00+00:00", "2026-10-03 10:00:00+00:00", "NaT"]
+    parsed = parse_timestamps(
+        pd.Series(["2026-10-03T09:15:00Z", "2026-10-03 09:15:00", "46298.5", "nonsense"]), "Europe/Stockholm"
+    )
+    assert [str(v) for v in parsed] == [
+        "2026-10-03 09:15:00+00:00",
+        "2026-10-03 07:15:00+00:00",
+        "2026-10-03 10:00:00+00:00",
+        "NaT",
+    ]
 
 
 def test_durations_must_be_whole_seconds():
@@ -37,16 +73,23 @@ def test_a_good_row_is_accepted_with_types():
 
 
 def test_bad_rows_are_quarantined_with_reasons_and_original_values():
-    raw = pd.concat([
-        _raw(duration_of_usage="-5"),
-        _raw(start_of_usage="2026-09-10T10:00:00Z", completion_status="9"),
-        _raw(destination_party="call me"),
-        _raw(transaction_id=""),
-    ], ignore_index=True)
+    raw = pd.concat(
+        [
+            _raw(duration_of_usage="-5"),
+            _raw(start_of_usage="2026-09-10T10:00:00Z", completion_status="9"),
+            _raw(destination_party="call me"),
+            _raw(transaction_id=""),
+        ],
+        ignore_index=True,
+    )
     checked = check_rows(raw, UNPRICED, MONTH, RULES)
     assert checked.accepted.empty
     assert checked.quarantined["reasons"].tolist() == [
-        "DURATION_OUT_OF_RANGE", "OUTSIDE_MONTH;BAD_COMPLETION_STATUS", "BAD_NUMBER", "MISSING_TRANSACTION_ID"]
+        "DURATION_OUT_OF_RANGE",
+        "OUTSIDE_MONTH;BAD_COMPLETION_STATUS",
+        "BAD_NUMBER",
+        "MISSING_TRANSACTION_ID",
+    ]
     assert '"duration_of_usage": "-5"' in checked.quarantined["original_values"].iloc[0]
 
 

@@ -1,0 +1,38 @@
+# The README's commands. Everything installs into .venv from the lock files.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+MONTH  ?= 2026-10
+
+.PHONY: setup demo test standalone lint postgres-server clean
+
+$(READY): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-input -r requirements-dev.txt
+	echo "$(CURDIR)/include" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cdr_billing_include.pth"
+	rm -f $(VENV)/.ready-* && touch $@
+
+setup: $(READY)
+
+demo: setup
+	$(BIN)/python -m cdr_devkit.demo --month $(MONTH)
+
+test: setup postgres-server
+	$(BIN)/python -m pytest
+
+standalone: setup
+	$(BIN)/python -m cdr_devkit.standalone --month $(MONTH)
+
+lint: setup
+	$(BIN)/ruff check dags include plugins tests
+
+# The tests start their own PostgreSQL cluster; they need the server binaries.
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  echo "Installing the PostgreSQL server package for the tests (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+clean:
+	rm -rf .airflow .demo

@@ -1,0 +1,38 @@
+"""`make standalone`: the Airflow UI at http://localhost:8080 with the demo's local servers.
+
+Generates the sample month, starts the two SFTP servers and the SMTP server, then runs
+`airflow standalone` (api-server, scheduler, dag-processor, triggerer) with the same
+connections, until Ctrl-C. Trigger `cdr_billing_monthly` in the UI with billing_month.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cdr_devkit.airflow_env import airflow_settings, migrate
+from cdr_devkit.demo import AIRFLOW_HOME, DEMO_DIR, start_demo_services
+from cdr_devkit.services import LocalServices
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--month", default="2026-10", help="sample month to generate (YYYY-MM)")
+    args = parser.parse_args()
+    os.environ.update(airflow_settings(AIRFLOW_HOME))
+    migrate(AIRFLOW_HOME)
+    with LocalServices(DEMO_DIR / "services") as services:
+        env = {**os.environ, **start_demo_services(services, args.month)}
+        print(f"Sample month {args.month} is on the local SFTP servers. Starting Airflow at http://localhost:8080")
+        print(f"Log in as admin; the password is in {AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'}")
+        try:
+            return subprocess.run([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env).returncode
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
