@@ -11,14 +11,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "cdr_billing_monthly"
 
 
-def airflow_settings(airflow_home: Path) -> dict[str, str]:
+def airflow_settings(airflow_home: Path, log_level: str = "INFO") -> dict[str, str]:
     """Environment for an Airflow home on SQLite that loads this project's DAGs only."""
     return {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": log_level,
         "GX_ANALYTICS_ENABLED": "false",
     }
 

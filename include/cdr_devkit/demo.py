@@ -14,7 +14,7 @@ import shutil
 
 from cdr_devkit.airflow_env import PROJECT_ROOT, airflow_settings, migrate
 from cdr_devkit.sample_data import generate_month
-from cdr_devkit.services import LocalServices, connection_env, smtp_connection
+from cdr_devkit.services import LocalServices, connection_env, smtp_connection, stop_on_sigterm
 
 DEMO_DIR = PROJECT_ROOT / ".demo"
 AIRFLOW_HOME = PROJECT_ROOT / ".airflow"
@@ -44,7 +44,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--month", default="2026-10", help="billing month to generate and bill (YYYY-MM)")
     args = parser.parse_args()
-    os.environ.update(airflow_settings(AIRFLOW_HOME))
+    stop_on_sigterm()
+    os.environ.update(airflow_settings(AIRFLOW_HOME, log_level="WARNING"))
+    print(f"Billing sample month {args.month}: migrating {AIRFLOW_HOME}, starting SFTP and SMTP servers, running the DAG")
     migrate(AIRFLOW_HOME)
     with LocalServices(DEMO_DIR / "services") as services:
         os.environ.update(start_demo_services(services, args.month))

@@ -19,6 +19,15 @@ class ServiceError(RuntimeError):
     """A local server did not start."""
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so `with LocalServices(...)` stops its servers."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def free_port() -> int:
     """Return a TCP port on loopback that is free right now."""
     with socket.socket() as probe:

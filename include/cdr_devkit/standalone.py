@@ -8,30 +8,49 @@ connections, until Ctrl-C. Trigger `cdr_billing_monthly` in the UI with billing_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from cdr_devkit.airflow_env import airflow_settings, migrate
 from cdr_devkit.demo import AIRFLOW_HOME, DEMO_DIR, start_demo_services
-from cdr_devkit.services import LocalServices
+from cdr_devkit.services import LocalServices, stop_on_sigterm
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--month", default="2026-10", help="sample month to generate (YYYY-MM)")
     args = parser.parse_args()
+    stop_on_sigterm()
     os.environ.update(airflow_settings(AIRFLOW_HOME))
     migrate(AIRFLOW_HOME)
     with LocalServices(DEMO_DIR / "services") as services:
-        env = {**os.environ, **start_demo_services(services, args.month)}
+        venv_bin = str(Path(sys.executable).parent)  # airflow standalone starts `airflow ...` from PATH
+        env = {**os.environ, **start_demo_services(services, args.month), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
         print(f"Sample month {args.month} is on the local SFTP servers. Starting Airflow at http://localhost:8080")
         print(f"Log in as admin; the password is in {AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'}")
+        airflow = subprocess.Popen(
+            [str(Path(sys.executable).with_name("airflow")), "standalone"], env=env, start_new_session=True
+        )
         try:
-            return subprocess.run([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env).returncode
+            return airflow.wait()
         except KeyboardInterrupt:
-            return 0
+            return stop_process_group(airflow)
+
+
+def stop_process_group(process: subprocess.Popen) -> int:
+    """Stop `airflow standalone` and every component it started."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # components that outlived their parent
+    return 0
 
 
 if __name__ == "__main__":
