@@ -15,8 +15,18 @@ def compose():
 
 
 def test_services_of_the_airflow_3_stack_exist(compose):
-    expected = {"postgres", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                "airflow-triggerer", "billing-db", "sftp-primary", "sftp-secondary", "mailpit"}
+    expected = {
+        "postgres",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "billing-db",
+        "sftp-primary",
+        "sftp-secondary",
+        "mailpit",
+    }
     assert expected <= set(compose["services"])
 
 
