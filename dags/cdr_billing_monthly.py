@@ -44,6 +44,40 @@ failure_mail = SmtpNotifier(
 )
 
 
+def stage_task(task_id: str, stage: str, doc: str):
+    """A task that runs one function of `cdr_billing.stages` on the previous task's metadata."""
+
+    def run_stage(meta: dict) -> dict:
+        from cdr_billing import stages
+
+        return getattr(stages, stage)(meta)
+
+    return task(task_id=task_id, doc_md=doc)(run_stage)
+
+
+# (task id, function in cdr_billing.stages, what the operator reads in the task's docs)
+STAGES = [
+    (
+        "validate_cdrs",
+        "validate_files",
+        "Read every file, quarantine bad rows, drop duplicates, run the Great Expectations suites.",
+    ),
+    (
+        "rate_calls",
+        "rate_calls",
+        "Price calls by the provider's cost or the tariff's longest prefix; set aside unbillable calls.",
+    ),
+    (
+        "attribute_calls",
+        "attribute_calls",
+        "Join calls to the entitlement snapshot; unknown or not-entitled accounts go to suspense.",
+    ),
+    ("aggregate_lines", "aggregate_lines", "Sum calls per customer id and sequence number; prove rows and money reconcile."),
+    ("load_billing", "load_billing", "Load the lines as the month's new current batch in one transaction."),
+    ("report_month", "report_month", "Re-read the loaded lines, check them and write the month report."),
+]
+
+
 @dag(
     dag_id="cdr_billing_monthly",
     schedule=CronDataIntervalTimetable("0 0 1 * *", timezone=CONFIG.billing.timezone),
@@ -69,58 +103,17 @@ failure_mail = SmtpNotifier(
     },
 )
 def cdr_billing_monthly():
-    @task
+    @task(doc_md="Resolve the billing month; download its CDR files, tariff and entitlement snapshot over SFTP.")
     def fetch_cdr_files() -> dict:
-        """Resolve the billing month and download its CDR files, tariff and entitlements."""
         from cdr_billing import stages
 
         context = get_current_context()
         meta = stages.start_run(context["params"].get("billing_month"), context.get("data_interval_start"), context["run_id"])
         return stages.fetch(meta)
 
-    @task
-    def validate_cdrs(meta: dict) -> dict:
-        """Read every file, quarantine bad rows, run the Great Expectations suites."""
-        from cdr_billing import stages
-
-        return stages.validate_files(meta)
-
-    @task
-    def rate_calls(meta: dict) -> dict:
-        """Price calls by the provider's cost or the tariff's longest prefix."""
-        from cdr_billing import stages
-
-        return stages.rate_calls(meta)
-
-    @task
-    def attribute_calls(meta: dict) -> dict:
-        """Join calls to the entitlement snapshot: customer id and sequence number."""
-        from cdr_billing import stages
-
-        return stages.attribute_calls(meta)
-
-    @task
-    def aggregate_lines(meta: dict) -> dict:
-        """Sum calls into billing lines; prove rows and money reconcile."""
-        from cdr_billing import stages
-
-        return stages.aggregate_lines(meta)
-
-    @task
-    def load_billing(meta: dict) -> dict:
-        """Load the lines as the month's new current batch, atomically."""
-        from cdr_billing import stages
-
-        return stages.load_billing(meta)
-
-    @task
-    def report_month(meta: dict) -> dict:
-        """Write the month report from the loaded batch."""
-        from cdr_billing import stages
-
-        return stages.report_month(meta)
-
-    report_month(load_billing(aggregate_lines(attribute_calls(rate_calls(validate_cdrs(fetch_cdr_files()))))))
+    meta = fetch_cdr_files()
+    for task_id, stage, doc in STAGES:
+        meta = stage_task(task_id, stage, doc)(meta)
 
 
 cdr_billing_monthly()

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from cdr_billing.canonical import CARRIER_FIELDS
 from cdr_billing.months import BillingMonth
+from cdr_billing.rate import TARIFF_COLUMNS
 
 CUSTOMERS = {"C1001": "100", "C1002": "200", "C1003": "300", "C1004": "400"}
 TARIFF = [
@@ -193,20 +194,10 @@ def generate_month(
         root / f"cdr/carrier/carrier_cdr_{previous.year}{previous.month:02d}.csv", rng, previous, carrier, 50, with_flaws=False
     )
     write_conferencing_xlsx(root / f"cdr/conferencing/conferencing_cdr_{month}.xlsx", rng, month, conferencing, conference_legs)
-    tariff_fields = [
-        "prefix",
-        "destination",
-        "price_per_minute",
-        "connection_fee",
-        "first_increment",
-        "next_increment",
-        "minimum_charge",
-        "currency",
-    ]
     _write_csv(
         root / f"reference/tariff_{month}-01.csv",
-        tariff_fields,
-        [dict(zip(tariff_fields, (*row, "EUR"), strict=True)) for row in TARIFF],
+        list(TARIFF_COLUMNS),
+        [dict(zip(TARIFF_COLUMNS, (*row, "EUR"), strict=True)) for row in TARIFF],
     )
     _write_csv(root / f"reference/entitlements_{month.next()}-02.csv", list(snapshot[0]), snapshot)
     return SampleMonth(root, month)

@@ -1,5 +1,6 @@
 import pandas as pd
 
+from cdr_billing.canonical import TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.months import BillingMonth
 from cdr_billing.validate import check_rows, parse_durations, parse_timestamps, split_duplicates
@@ -10,31 +11,7 @@ MONTH = BillingMonth(2026, 10)
 
 
 def _raw(**overrides):
-    row = {
-        field: ""
-        for field in (
-            "transaction_id",
-            "session_id",
-            "service_name",
-            "user_id",
-            "start_of_usage",
-            "connect_time",
-            "end_of_usage",
-            "duration_of_usage",
-            "amount_of_usage",
-            "originating_party",
-            "destination_party",
-            "transaction_part_number",
-            "completion_status",
-            "additional_info",
-            "service_provider",
-            "revenue_share_percentage",
-            "party_to_charge",
-            "charging_info",
-            "provider_cost",
-            "currency",
-        )
-    }
+    row = dict.fromkeys(TEXT_FIELDS, "")
     row.update(
         transaction_id="t1",
         user_id="u1",
