@@ -3,7 +3,7 @@
 
 Turns the providers' call detail records of one **billing month** into billing lines:
 
-fetch over SFTP (primary, then secondary) → validate (Great Expectations) → rate (tariff)
+wait for the files → fetch over SFTP (primary, then secondary) → validate (Great Expectations) → rate (tariff)
 → attribute (entitlement snapshot) → aggregate per customer id and sequence number
 → load into the billing database → month report.
 
@@ -25,7 +25,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task
 
 from cdr_billing.config import load_config
 
@@ -57,6 +57,12 @@ def stage_task(task_id: str, stage: str, doc: str):
 
 # (task id, function in cdr_billing.stages, what the operator reads in the task's docs)
 STAGES = [
+    (
+        "fetch_cdr_files",
+        "fetch",
+        "Download the month's CDR files, tariff and entitlement snapshot from the first SFTP server that delivers "
+        "them (primary, then secondary); mail each failover; record every file in the ledger.",
+    ),
     (
         "validate_cdrs",
         "validate_files",
@@ -103,15 +109,21 @@ STAGES = [
     },
 )
 def cdr_billing_monthly():
-    @task(doc_md="Resolve the billing month; download its CDR files, tariff and entitlement snapshot over SFTP.")
-    def fetch_cdr_files() -> dict:
+    @task.sensor(
+        mode="reschedule",
+        poke_interval=timedelta(minutes=CONFIG.poke_interval_minutes),
+        timeout=timedelta(days=CONFIG.files_deadline_days + 31),
+        doc_md="Wait, without holding a worker slot, until every CDR source has a file for the billing month; "
+        "past the deadline it fails with 'files for month M have not arrived'.",
+    )
+    def wait_for_cdr_files() -> PokeReturnValue:
         from cdr_billing import stages
 
         context = get_current_context()
         meta = stages.start_run(context["params"].get("billing_month"), context.get("data_interval_start"), context["run_id"])
-        return stages.fetch(meta)
+        return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)
 
-    meta = fetch_cdr_files()
+    meta = wait_for_cdr_files()
     for task_id, stage, doc in STAGES:
         meta = stage_task(task_id, stage, doc)(meta)
 

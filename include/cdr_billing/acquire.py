@@ -1,8 +1,9 @@
 """Fetch a month's files from an ordered list of SFTP servers, failing over in order.
 
 Host keys are verified by the SFTP hook against the key pinned in the connection (extra
-`host_key`) or known_hosts; an unknown or changed key makes that server fail. Downloads
-stream to a temporary name, are checked against the remote size and renamed atomically.
+`host_key`) or known_hosts; an unknown or changed key makes that server fail, never
+trusted. Downloads stream to a temporary name, are checked against the remote size and a
+`.sha256`/`.md5` sidecar when the server has one, and are renamed atomically.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import logging
 import os
 import socket
 import stat
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+CHECKSUM_SUFFIXES = {".sha256": "sha256", ".md5": "md5"}
+T = TypeVar("T")
 
 
 class AcquireError(RuntimeError):
@@ -35,7 +39,7 @@ class AllServersFailedError(AcquireError):
 
 
 class TransferError(AcquireError):
-    """A download ended with a different size than the server announced."""
+    """A download does not match the size or checksum the server announced."""
 
 
 @dataclass(frozen=True)
@@ -50,28 +54,50 @@ class FileRequest:
 
 
 @dataclass(frozen=True)
+class RemoteFile:
+    """A matching file on a server, with its checksum sidecar if there is one."""
+
+    role: str
+    source: str
+    name: str
+    path: str
+    size: int
+    mtime: int
+    checksum_path: str | None = None
+
+
+@dataclass(frozen=True)
 class FetchedFile:
-    """A file downloaded and verified."""
+    """A file on local disk, verified; `downloaded` is False when an archived copy was reused."""
 
     role: str
     source: str
     name: str
     local_path: str
     size: int
+    remote_mtime: int
     sha256: str
     server: str
+    downloaded: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def moved_to(self, path: Path) -> FetchedFile:
+        return replace(self, local_path=str(path))
+
 
 @dataclass(frozen=True)
 class FetchResult:
-    """The files of a fetch and the servers that failed before one succeeded."""
+    """The files of a fetch, the server that delivered them and the ones that failed first."""
 
     files: list[FetchedFile]
+    server: str
     failovers: list[dict[str, str]]
     ignored: int
+
+
+Reuse = Callable[[RemoteFile], FetchedFile | None]
 
 
 def safe_local_name(remote_name: str) -> str:
@@ -94,39 +120,68 @@ def select_names(names: list[str], request: FileRequest) -> list[str]:
     return matched[-1:] if request.newest_only else matched
 
 
-def download(sftp: Any, remote_path: str, local_path: Path, expected_size: int) -> str:
-    """Stream a remote file to local_path via a temporary name; return its sha256."""
-    partial = local_path.with_name(f".{local_path.name}.part")
-    digest = hashlib.sha256()
-    received = 0
-    with sftp.open(remote_path, "rb") as remote, partial.open("wb") as local:
-        remote.prefetch(expected_size)
-        while chunk := remote.read(CHUNK_BYTES):
-            local.write(chunk)
-            digest.update(chunk)
-            received += len(chunk)
-        local.flush()
-        os.fsync(local.fileno())
-    if received != expected_size:
-        partial.unlink(missing_ok=True)
-        raise TransferError(f"{remote_path}: received {received} of {expected_size} bytes")
-    os.replace(partial, local_path)
-    return digest.hexdigest()
-
-
-def _fetch_from_server(sftp: Any, server: str, requests: list[FileRequest], dest: Path) -> tuple[list[FetchedFile], int]:
-    fetched, ignored = [], 0
+def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile], int]:
+    """List the files each request matches; return them and how many others were ignored."""
+    found, ignored = [], 0
     for request in requests:
         entries = {e.filename: e for e in sftp.listdir_attr(request.remote_dir) if stat.S_ISREG(e.st_mode or 0)}
-        names = select_names(list(entries), request)
-        ignored += len(entries) - len(names)
+        sidecars = {n for n in entries if any(n.endswith(suffix) for suffix in CHECKSUM_SUFFIXES)}
+        names = select_names([n for n in entries if n not in sidecars], request)
+        ignored += len(entries) - len(sidecars) - len(names)
+        base = request.remote_dir.rstrip("/")
         for name in names:
-            local = dest / safe_local_name(name)
-            remote_path = f"{request.remote_dir.rstrip('/')}/{name}"
-            sha256 = download(sftp, remote_path, local, entries[name].st_size)
-            fetched.append(FetchedFile(request.role, request.source, name, str(local), entries[name].st_size, sha256, server))
-            log.info("fetched %s (%d bytes) from %s", name, entries[name].st_size, server)
-    return fetched, ignored
+            sidecar = next((name + s for s in CHECKSUM_SUFFIXES if name + s in sidecars), None)
+            found.append(
+                RemoteFile(
+                    request.role,
+                    request.source,
+                    safe_local_name(name),
+                    f"{base}/{name}",
+                    entries[name].st_size,
+                    int(entries[name].st_mtime or 0),
+                    f"{base}/{sidecar}" if sidecar else None,
+                )
+            )
+    return found, ignored
+
+
+def _expected_checksum(sftp: Any, remote: RemoteFile) -> tuple[str, str] | None:
+    """Return (algorithm, hex digest) from the file's sidecar, if it has one."""
+    if remote.checksum_path is None:
+        return None
+    with sftp.open(remote.checksum_path, "r") as handle:
+        words = handle.read(4096).decode("ascii", errors="replace").split()
+    algorithm = CHECKSUM_SUFFIXES[Path(remote.checksum_path).suffix]
+    if not words:
+        raise TransferError(f"{remote.name}: checksum file {Path(remote.checksum_path).name} is empty")
+    return algorithm, words[0].lower()
+
+
+def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
+    """Stream a remote file to dest via a temporary name; verify it; return (path, sha256)."""
+    expected = _expected_checksum(sftp, remote)
+    local = dest / remote.name
+    partial = dest / f".{remote.name}.part"
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
+    received = 0
+    try:
+        with sftp.open(remote.path, "rb") as source, partial.open("wb") as target:
+            source.prefetch(remote.size)
+            while chunk := source.read(CHUNK_BYTES):
+                target.write(chunk)
+                for digest in digests.values():
+                    digest.update(chunk)
+                received += len(chunk)
+            target.flush()
+            os.fsync(target.fileno())
+        if received != remote.size:
+            raise TransferError(f"{remote.name}: received {received} of {remote.size} bytes")
+        if expected and digests[expected[0]].hexdigest() != expected[1]:
+            raise TransferError(f"{remote.name}: {expected[0]} checksum does not match its sidecar file")
+        os.replace(partial, local)
+    finally:
+        partial.unlink(missing_ok=True)
+    return local, digests["sha256"].hexdigest()
 
 
 def describe_error(exc: BaseException) -> str:
@@ -147,25 +202,70 @@ def describe_error(exc: BaseException) -> str:
         return "connection timed out"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
+    if isinstance(exc, FileNotFoundError):
+        return f"listing failed: no such directory or file ({exc.filename or exc})"
+    if isinstance(exc, TransferError):
+        return f"transfer failed: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
-def fetch_with_failover(conn_ids: list[str], requests: list[FileRequest], dest: Path, timeout_seconds: int) -> FetchResult:
-    """Fetch every request from the first server that delivers them all."""
+def with_failover(conn_ids: list[str], timeout_seconds: int, action: Callable[[Any, str], T]) -> tuple[T, str, list[dict]]:
+    """Run action(sftp, server) on the first server where it succeeds; return the result,
+    that server and the failures before it. Raise AllServersFailedError if none does."""
     import paramiko
     from airflow.providers.sftp.hooks.sftp import SFTPHook
 
-    dest.mkdir(parents=True, exist_ok=True)
     failovers: list[dict[str, str]] = []
     for conn_id in conn_ids:
         hook = SFTPHook(ssh_conn_id=conn_id, conn_timeout=timeout_seconds, conn_retry_attempts=1)
         try:
             with hook.get_managed_conn() as sftp:
                 sftp.get_channel().settimeout(timeout_seconds)
-                files, ignored = _fetch_from_server(sftp, conn_id, requests, dest)
-            return FetchResult(files, failovers, ignored)
+                return action(sftp, conn_id), conn_id, failovers
         except (paramiko.SSHException, OSError, EOFError, TransferError) as exc:
             reason = describe_error(exc)
             log.warning("SFTP server %s failed: %s", conn_id, reason)
             failovers.append({"server": conn_id, "error": reason})
     raise AllServersFailedError("all SFTP servers failed: " + "; ".join(f"{f['server']}: {f['error']}" for f in failovers))
+
+
+def fetch_with_failover(
+    conn_ids: list[str], requests: list[FileRequest], dest: Path, timeout_seconds: int, reuse: Reuse | None = None
+) -> FetchResult:
+    """Fetch every requested file from the first server that delivers them all.
+
+    `reuse` may return an already archived copy of a remote file, which is then not
+    downloaded again. Files completed before a server failed are not fetched twice.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    done: dict[tuple[str, str], FetchedFile] = {}
+    ignored_counts: list[int] = []
+
+    def fetch_all(sftp: Any, server: str) -> list[FetchedFile]:
+        remote_files, ignored = list_remote(sftp, requests)
+        ignored_counts.append(ignored)
+        for remote in remote_files:
+            key = (remote.source, remote.name)
+            if key in done:
+                continue
+            reused = reuse(remote) if reuse else None
+            if reused is not None:
+                done[key] = reused
+                log.info("%s: unchanged since it was archived, not downloaded again", remote.name)
+                continue
+            local, sha256 = download(sftp, remote, dest)
+            done[key] = FetchedFile(
+                remote.role, remote.source, remote.name, str(local), remote.size, remote.mtime, sha256, server
+            )
+            log.info("fetched %s (%d bytes) from %s", remote.name, remote.size, server)
+        return [done[(r.source, r.name)] for r in remote_files]
+
+    files, server, failovers = with_failover(conn_ids, timeout_seconds, fetch_all)
+    return FetchResult(files, server, failovers, ignored_counts[-1])
+
+
+def find_missing_sources(conn_ids: list[str], requests: list[FileRequest], timeout_seconds: int) -> list[str]:
+    """List the servers (with failover) and return the sources that have no file yet."""
+    remote_files, _, _ = with_failover(conn_ids, timeout_seconds, lambda sftp, _server: list_remote(sftp, requests)[0])
+    present = {r.source for r in remote_files}
+    return [r.source for r in requests if r.source not in present]

@@ -74,11 +74,15 @@ class PipelineConfig:
 
     sftp_connections: tuple[str, ...]
     connect_timeout_seconds: int
+    files_deadline_days: int
+    poke_interval_minutes: int
     sources: tuple[CdrSource, ...]
     tariff: RemoteFiles
     entitlements: RemoteFiles
     billing: BillingSettings
     work_root: Path
+    archive_root: Path
+    smtp_connection: str
     alert_to: tuple[str, ...]
     profiles: dict[str, SourceProfile]
 
@@ -116,11 +120,15 @@ def load_config(path: Path | None = None) -> PipelineConfig:
     return PipelineConfig(
         sftp_connections=tuple(raw["sftp"]["connections"]),
         connect_timeout_seconds=int(raw["sftp"]["connect_timeout_seconds"]),
+        files_deadline_days=int(raw["sftp"]["files_deadline_days"]),
+        poke_interval_minutes=int(raw["sftp"]["poke_interval_minutes"]),
         sources=sources,
         tariff=RemoteFiles(**raw["reference"]["tariff"]),
         entitlements=RemoteFiles(**raw["reference"]["entitlements"]),
         billing=BillingSettings(**raw["billing"]),
         work_root=Path(os.path.expandvars(raw["work_root"])),
+        archive_root=Path(os.path.expandvars(raw["archive_root"])),
+        smtp_connection=raw["alerts"]["smtp_connection"],
         alert_to=tuple(raw["alerts"]["to"]),
         profiles=profiles,
     )

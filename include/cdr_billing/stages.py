@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cdr_billing import acquire, aggregate, attribute, load, rate, read, report, validate
+from cdr_billing import acquire, aggregate, alerts, attribute, ledger, load, rate, read, report, schema, validate
 from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.months import BillingMonth, resolve_billing_month
 
@@ -25,7 +26,11 @@ Meta = dict[str, Any]
 
 
 class MissingFilesError(RuntimeError):
-    """A source delivered no file for the billing month."""
+    """A source delivered no usable file for the billing month."""
+
+
+class FilesNotArrivedError(RuntimeError):
+    """The deadline passed and a source has still delivered nothing for the month."""
 
 
 def _work_file(meta: Meta, name: str) -> Path:
@@ -46,6 +51,13 @@ def _with_counts(meta: Meta, **counts: int) -> Meta:
     return {**meta, "counts": {**meta.get("counts", {}), **{k: int(v) for k, v in counts.items()}}}
 
 
+def billing_engine(conn_id: str):
+    """Return a SQLAlchemy engine for the billing database's Airflow connection."""
+    from airflow.sdk import BaseHook
+
+    return BaseHook.get_connection(conn_id).get_hook().get_sqlalchemy_engine()
+
+
 def start_run(
     billing_month_param: str | None, data_interval_start: datetime | None, run_id: str, config: PipelineConfig | None = None
 ) -> Meta:
@@ -57,24 +69,91 @@ def start_run(
     return {"billing_month": str(month), "run_id": run_id, "work_dir": str(work_dir)}
 
 
-def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
-    """Download the month's CDR files, tariff and entitlement snapshot over SFTP."""
-    config = config or load_config()
-    month = meta["billing_month"]
-    requests = [acquire.FileRequest("cdr", s.name, s.remote_dir, s.pattern_for(month)) for s in config.sources]
-    requests += [
+def _cdr_requests(config: PipelineConfig, month: str) -> list[acquire.FileRequest]:
+    return [acquire.FileRequest("cdr", s.name, s.remote_dir, s.pattern_for(month)) for s in config.sources]
+
+
+def _reference_requests(config: PipelineConfig, month: str) -> list[acquire.FileRequest]:
+    return [
         acquire.FileRequest(role, role, files.remote_dir, files.pattern_for(month), newest_only=True)
         for role, files in (("tariff", config.tariff), ("entitlements", config.entitlements))
     ]
-    result = acquire.fetch_with_failover(
-        list(config.sftp_connections), requests, _work_file(meta, "incoming"), config.connect_timeout_seconds
-    )
-    delivered = {f.source for f in result.files}
-    missing = [r.source for r in requests if r.source not in delivered]
+
+
+def files_arrived(meta: Meta, config: PipelineConfig | None = None, now: datetime | None = None) -> bool:
+    """True once every CDR source has a file for the month (on a server or archived).
+
+    Past the deadline (month end + files_deadline_days) a missing source fails the run.
+    """
+    config = config or load_config()
+    month = BillingMonth.parse(meta["billing_month"])
+    requests = _cdr_requests(config, str(month))
+    missing = acquire.find_missing_sources(list(config.sftp_connections), requests, config.connect_timeout_seconds)
     if missing:
-        raise MissingFilesError(f"no files for month {month} from sources {missing}")
-    log.info("fetched %d files, ignored %d others, %d failovers", len(result.files), result.ignored, len(result.failovers))
-    return {**meta, "files": [f.as_dict() for f in result.files], "failovers": result.failovers}
+        engine = billing_engine(config.billing.connection)
+        schema.ensure_schema(engine)
+        archived = ledger.archived_month_files(engine, str(month), set(missing), present=set())
+        missing = [source for source in missing if source not in {f.source for f in archived}]
+    if not missing:
+        return True
+    deadline = month.bounds(config.billing.timezone)[1] + timedelta(days=config.files_deadline_days)
+    if (now or datetime.now(UTC)) >= deadline:
+        raise FilesNotArrivedError(
+            f"files for month {month} have not arrived: nothing from {missing} by the deadline {deadline:%Y-%m-%d %H:%M %Z}"
+        )
+    log.info("files for %s not there yet from %s; checking again later (deadline %s)", month, missing, deadline)
+    return False
+
+
+def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
+    """Fetch the month's CDR files, tariff and entitlement snapshot; record them in the ledger."""
+    config = config or load_config()
+    month = meta["billing_month"]
+    engine = billing_engine(config.billing.connection)
+    schema.ensure_schema(engine)
+    requests = _cdr_requests(config, month) + _reference_requests(config, month)
+    result = acquire.fetch_with_failover(
+        list(config.sftp_connections),
+        requests,
+        _work_file(meta, "incoming"),
+        config.connect_timeout_seconds,
+        reuse=ledger.archived_copy_finder(engine),
+    )
+    for failed in result.failovers:
+        alerts.send(alerts.failover_alert(month, failed, result.server), list(config.alert_to), config.smtp_connection)
+    fetched = [ledger.archive(f, config.archive_root) if f.downloaded else f for f in result.files]
+    present = {(f.source, f.name) for f in fetched}
+    fetched += ledger.archived_month_files(engine, month, {s.name for s in config.sources}, present)
+    entries = ledger.record(engine, month, fetched)
+    for entry in entries:
+        if entry.status == ledger.HELD:
+            alert = alerts.held_file_alert(month, entry.file.source, entry.file.name, entry.reason or "held earlier")
+            alerts.send(alert, list(config.alert_to), config.smtp_connection)
+    usable = [e.file for e in entries if e.status == ledger.ACCEPTED]
+    missing = [r.source for r in requests if r.source not in {f.source for f in usable}]
+    if missing:
+        raise MissingFilesError(f"no usable files for month {month} from sources {missing}")
+    counts = Counter(e.status for e in entries)
+    downloaded = sum(f.downloaded for f in usable)
+    log.info(
+        "%d files usable (%d downloaded, %d from the archive), %d held, %d duplicate deliveries, %d other files ignored, "
+        "%d failovers",
+        len(usable), downloaded, len(usable) - downloaded, counts[ledger.HELD], counts[ledger.DUPLICATE_CONTENT],
+        result.ignored, len(result.failovers),
+    )  # fmt: skip
+    return {
+        **meta,
+        "files": [f.as_dict() for f in usable],
+        "server": result.server,
+        "failovers": result.failovers,
+        "file_counts": {
+            "downloaded": downloaded,
+            "reused": len(usable) - downloaded,
+            "held": counts[ledger.HELD],
+            "duplicate_content": counts[ledger.DUPLICATE_CONTENT],
+            "ignored": result.ignored,
+        },
+    }
 
 
 def _files(meta: Meta, role: str) -> list[dict[str, Any]]:
@@ -200,18 +279,11 @@ def _exception_rows(meta: Meta) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
-def billing_engine(conn_id: str):
-    """Return a SQLAlchemy engine for the billing database's Airflow connection."""
-    from airflow.sdk import BaseHook
-
-    return BaseHook.get_connection(conn_id).get_hook().get_sqlalchemy_engine()
-
-
 def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     """Load the lines and exception rows as the month's new current batch."""
     config = config or load_config()
     engine = billing_engine(config.billing.connection)
-    load.ensure_schema(engine)
+    schema.ensure_schema(engine)
     result = load.load_month(
         engine, meta["billing_month"], meta["run_id"], _read(meta, "lines"), _exception_rows(meta), meta["counts"]
     )

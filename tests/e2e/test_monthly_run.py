@@ -58,12 +58,12 @@ def test_a_scheduled_style_rerun_bills_the_interval_month_once(dag, billing_engi
     assert _current_lines(billing_engine, "2026-10") == expected_lines(sftp_root, 2026, 10)
 
 
-def test_a_failing_task_sends_an_alert_mail(dag, services):
+def test_files_not_arrived_by_the_deadline_fail_the_run_with_an_alert_mail(dag, services):
     before = set(services.maildir.glob("*.eml"))
     run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-07"})  # nothing delivered for July
     assert run.state == "failed"
     mails = [message_from_bytes(p.read_bytes()) for p in sorted(set(services.maildir.glob("*.eml")) - before)]
-    assert [m["Subject"] for m in mails] == [f"[CDR billing] fetch_cdr_files failed (cdr_billing_monthly, {run.run_id})"]
+    assert [m["Subject"] for m in mails] == [f"[CDR billing] wait_for_cdr_files failed (cdr_billing_monthly, {run.run_id})"]
     body = mails[0].get_payload(0).get_payload(decode=True).decode() if mails[0].is_multipart() else mails[0].get_payload()
-    assert "no files for month 2026-07" in body
+    assert "files for month 2026-07 have not arrived" in body
     assert mails[0]["To"] == "billing-ops@example.com"

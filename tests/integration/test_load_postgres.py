@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from cdr_billing.load import current_lines, ensure_schema, load_month
+from cdr_billing.load import current_lines, load_month
+from cdr_billing.schema import ensure_schema
 
 LINES = pd.DataFrame(
     {

@@ -1,0 +1,61 @@
+"""Operational alert mails sent from inside tasks (task failures use SmtpNotifier).
+
+Alerts never carry secrets or full phone numbers; a mail that cannot be sent is logged as
+an error and does not stop the billing run.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One mail: a subject line and a few plain sentences."""
+
+    subject: str
+    lines: tuple[str, ...]
+
+    def html(self) -> str:
+        return "".join(f"<p>{html.escape(line)}</p>" for line in self.lines)
+
+
+def failover_alert(month: str, failed: dict[str, str], took_over: str) -> Alert:
+    """One server failed and the next one delivered."""
+    return Alert(
+        f"[CDR billing] SFTP failover for {month}: {failed['server']} failed, {took_over} took over",
+        (
+            f"Fetching the CDR files of {month} from {failed['server']} failed: {failed['error']}.",
+            f"{took_over} took over and delivered the files; billing goes on.",
+            "Check the failed server. A host key error may mean an attack: do not re-pin the key before "
+            "its fingerprint is confirmed with the provider.",
+        ),
+    )
+
+
+def held_file_alert(month: str, source: str, name: str, reason: str) -> Alert:
+    """A file arrived again under a known name with different content."""
+    return Alert(
+        f"[CDR billing] {name} changed content: held, not billed ({month})",
+        (
+            f"The file {name} from source {source} was delivered again with different content ({reason}).",
+            "The new content is held: it is not billed and the billed content is not replaced.",
+            "Ask the provider which version is right before anything is re-billed.",
+        ),
+    )
+
+
+def send(alert: Alert, recipients: list[str], smtp_conn_id: str = "smtp_default") -> None:
+    """Send an alert mail; log (not raise) when it cannot be sent."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    try:
+        with SmtpHook(smtp_conn_id=smtp_conn_id) as hook:
+            hook.send_email_smtp(to=recipients, subject=alert.subject, html_content=alert.html())
+        log.info("alert sent: %s", alert.subject)
+    except Exception:
+        log.exception("could not send the alert %r", alert.subject)

@@ -1,0 +1,89 @@
+"""The billing database's tables: batches, lines, exception rows and the file ledger."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.engine import Engine
+
+CURRENT, SUPERSEDED = "current", "superseded"
+
+metadata = MetaData()
+
+billing_batch = Table(
+    "billing_batch",
+    metadata,
+    Column("batch_id", Integer, primary_key=True, autoincrement=True),
+    Column("billing_month", String(7), nullable=False),
+    Column("run_id", String(250), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column("counts", Text, nullable=False),
+    Index(
+        "one_current_batch_per_month",
+        "billing_month",
+        unique=True,
+        postgresql_where=text("status = 'current'"),
+        sqlite_where=text("status = 'current'"),
+    ),
+)
+
+billing_line = Table(
+    "billing_line",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("billing_batch.batch_id"), primary_key=True),
+    Column("customer_id", String(64), primary_key=True),
+    Column("sequence_number", String(64), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("total_minor", BigInteger, nullable=False),
+    Column("call_count", BigInteger, nullable=False),
+    Column("billed_seconds", BigInteger, nullable=False),
+)
+
+billing_exception = Table(
+    "billing_exception",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("billing_batch.batch_id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("reason_code", String(64), nullable=False),
+    Column("source_file", Text, nullable=False),
+    Column("source_row", BigInteger, nullable=False),
+    Column("transaction_id", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+
+cdr_file = Table(
+    "cdr_file",
+    metadata,
+    Column("file_id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("remote_mtime", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("server", String(250), nullable=False),
+    Column("billing_month", String(7), nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column("status", String(32), nullable=False),
+    Column("archive_path", Text, nullable=False),
+    UniqueConstraint("source", "name", "sha256", name="one_row_per_file_content"),
+)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the billing tables where missing."""
+    metadata.create_all(engine)
