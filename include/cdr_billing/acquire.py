@@ -121,13 +121,15 @@ def select_names(names: list[str], request: FileRequest) -> list[str]:
 
 
 def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile], int]:
-    """List the files each request matches; return them and how many others were ignored."""
+    """List the files each request matches; return them and how many other files in the
+    CDR folders were ignored (other months, other names)."""
     found, ignored = [], 0
     for request in requests:
         entries = {e.filename: e for e in sftp.listdir_attr(request.remote_dir) if stat.S_ISREG(e.st_mode or 0)}
         sidecars = {n for n in entries if any(n.endswith(suffix) for suffix in CHECKSUM_SUFFIXES)}
         names = select_names([n for n in entries if n not in sidecars], request)
-        ignored += len(entries) - len(sidecars) - len(names)
+        if request.role == "cdr":  # other months' CDR files; reference folders hold several kinds
+            ignored += len(entries) - len(sidecars) - len(names)
         base = request.remote_dir.rstrip("/")
         for name in names:
             sidecar = next((name + s for s in CHECKSUM_SUFFIXES if name + s in sidecars), None)

@@ -122,14 +122,14 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     for failed in result.failovers:
         alerts.send(alerts.failover_alert(month, failed, result.server), list(config.alert_to), config.smtp_connection)
     fetched = [ledger.archive(f, config.archive_root) if f.downloaded else f for f in result.files]
-    present = {(f.source, f.name) for f in fetched}
-    fetched += ledger.archived_month_files(engine, month, {s.name for s in config.sources}, present)
     entries = ledger.record(engine, month, fetched)
     for entry in entries:
         if entry.status == ledger.HELD:
             alert = alerts.held_file_alert(month, entry.file.source, entry.file.name, entry.reason or "held earlier")
             alerts.send(alert, list(config.alert_to), config.smtp_connection)
     usable = [e.file for e in entries if e.status == ledger.ACCEPTED]
+    # Billed files of the month that the servers no longer list, or list with held content.
+    usable += ledger.archived_month_files(engine, month, {s.name for s in config.sources}, {(f.source, f.name) for f in usable})
     missing = [r.source for r in requests if r.source not in {f.source for f in usable}]
     if missing:
         raise MissingFilesError(f"no usable files for month {month} from sources {missing}")

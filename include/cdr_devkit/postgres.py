@@ -49,12 +49,27 @@ class LocalPostgres:
 
     @property
     def url(self) -> str:
-        """SQLAlchemy URL of the database."""
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{self.database}"
+        """SQLAlchemy URL of the default database."""
+        return self.url_of(self.database)
 
-    def connection(self) -> dict:
-        """The Airflow connection of the database."""
-        return {"conn_type": "postgres", "host": "127.0.0.1", "port": self.port, "login": "postgres", "schema": self.database}
+    def url_of(self, database: str) -> str:
+        """SQLAlchemy URL of a database of this cluster."""
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def connection(self, database: str | None = None) -> dict:
+        """The Airflow connection of a database (default: the billing database)."""
+        return {
+            "conn_type": "postgres",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "login": "postgres",
+            "schema": database or self.database,
+        }
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database; return its name."""
+        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return name
 
     def start(self) -> LocalPostgres:
         """initdb, start the server and create the database."""

@@ -129,8 +129,8 @@ class LocalServices:
         )
         return process, _wait_ready(process, ready, name)
 
-    def start_sftp(self, name: str, root: Path, port: int = 0) -> SftpServer:
-        """Start an SFTP server with its own host key, serving root."""
+    def start_sftp(self, name: str, root: Path, port: int = 0, max_bytes_per_second: int = 0) -> SftpServer:
+        """Start an SFTP server with its own host key, serving root (optionally throttled)."""
         host_key, host_public = self._key_pair(f"{name}_host")
         process, bound = self._spawn(
             name,
@@ -143,6 +143,8 @@ class LocalServices:
             str(self.client_public_key),
             "--port",
             str(port),
+            "--max-bytes-per-second",
+            str(max_bytes_per_second),
         )
         key_type, key_data = host_public.read_text().split()[:2]
         server = SftpServer(name, bound, process, root=root, host_key=f"{key_type} {key_data}")

@@ -19,6 +19,20 @@ class _KeyOnlyServer(asyncssh.SSHServer):
         return False
 
 
+class ThrottledSFTPServer(asyncssh.SFTPServer):
+    """Serves reads at most at `bytes_per_second`, so tests can break a transfer midway."""
+
+    bytes_per_second = 0
+    _lock: asyncio.Lock | None = None
+
+    async def read(self, file_obj, offset: int, size: int) -> bytes:
+        if self.bytes_per_second:
+            ThrottledSFTPServer._lock = ThrottledSFTPServer._lock or asyncio.Lock()
+            async with ThrottledSFTPServer._lock:
+                await asyncio.sleep(size / self.bytes_per_second)
+        return super().read(file_obj, offset, size)
+
+
 async def serve(root: Path, host_key: Path, authorized_keys: Path, port: int, ready_file: Path) -> None:
     server = await asyncssh.create_server(
         _KeyOnlyServer,
@@ -26,7 +40,7 @@ async def serve(root: Path, host_key: Path, authorized_keys: Path, port: int, re
         port,
         server_host_keys=[str(host_key)],
         authorized_client_keys=str(authorized_keys),
-        sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=str(root)),
+        sftp_factory=lambda chan: ThrottledSFTPServer(chan, chroot=str(root)),
         allow_scp=False,
     )
     bound_port = server.sockets[0].getsockname()[1]
@@ -42,7 +56,9 @@ def main() -> None:
     parser.add_argument("--authorized-keys", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--max-bytes-per-second", type=int, default=0, help="0: unthrottled")
     args = parser.parse_args()
+    ThrottledSFTPServer.bytes_per_second = args.max_bytes_per_second
     asyncio.run(serve(args.root, args.host_key, args.authorized_keys, args.port, args.ready_file))
 
 
