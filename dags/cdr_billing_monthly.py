@@ -24,14 +24,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task
 
+from cdr_billing.alerts import TaskFailureMail
 from cdr_billing.config import load_config
 
 CONFIG = load_config()
 
-failure_mail = SmtpNotifier(
+failure_mail = TaskFailureMail(
     to=list(CONFIG.alert_to),
     subject="[CDR billing] {{ ti.task_id }} failed ({{ dag.dag_id }}, {{ run_id }})",
     html_content=(

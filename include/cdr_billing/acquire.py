@@ -79,6 +79,7 @@ class FetchedFile:
     sha256: str
     server: str
     downloaded: bool = True
+    remote_path: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,13 +258,37 @@ def fetch_with_failover(
                 continue
             local, sha256 = download(sftp, remote, dest)
             done[key] = FetchedFile(
-                remote.role, remote.source, remote.name, str(local), remote.size, remote.mtime, sha256, server
+                remote.role, remote.source, remote.name, str(local), remote.size, remote.mtime, sha256, server, True, remote.path
             )
             log.info("fetched %s (%d bytes) from %s", remote.name, remote.size, server)
         return [done[(r.source, r.name)] for r in remote_files]
 
     files, server, failovers = with_failover(conn_ids, timeout_seconds, fetch_all)
     return FetchResult(files, server, failovers, ignored_counts[-1])
+
+
+def move_to_processed(server: str, moves: list[tuple[str, str]], timeout_seconds: int) -> None:
+    """Rename remote files (path, target directory) on the server that delivered them.
+
+    A file that cannot be moved stays where it is (logged): the ledger keeps it from being
+    billed twice either way.
+    """
+
+    def move_all(sftp: Any, _server: str) -> None:
+        for path, target_dir in moves:
+            try:
+                sftp.stat(target_dir)
+            except FileNotFoundError:
+                sftp.mkdir(target_dir)
+            sftp.rename(path, f"{target_dir.rstrip('/')}/{Path(path).name}")
+            log.info("moved %s to %s on %s", Path(path).name, target_dir, server)
+
+    if not moves:
+        return
+    try:
+        with_failover([server], timeout_seconds, move_all)
+    except AllServersFailedError as exc:
+        log.error("could not move processed files on %s: %s", server, exc)
 
 
 def find_missing_sources(conn_ids: list[str], requests: list[FileRequest], timeout_seconds: int) -> list[str]:

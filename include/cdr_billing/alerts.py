@@ -6,11 +6,25 @@ an error and does not stop the billing run.
 
 from __future__ import annotations
 
+import copy
 import html
 import logging
 from dataclasses import dataclass
 
+from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
 log = logging.getLogger(__name__)
+
+
+class TaskFailureMail(SmtpNotifier):
+    """SmtpNotifier that renders its templates afresh for every call.
+
+    The base class renders subject and body in place, so in a process that sees two
+    failures (dag.test, a long-lived worker) the second mail would repeat the first.
+    """
+
+    def __call__(self, *args) -> None:
+        SmtpNotifier.__call__(copy.copy(self), *args)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class CdrSource(RemoteFiles):
 
     name: str = ""
     profile: str = ""
+    processed_dir: str | None = None  # move billed files here on the server that delivered them
 
 
 @dataclass(frozen=True)

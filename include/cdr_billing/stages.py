@@ -128,6 +128,9 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
             alert = alerts.held_file_alert(month, entry.file.source, entry.file.name, entry.reason or "held earlier")
             alerts.send(alert, list(config.alert_to), config.smtp_connection)
     usable = [e.file for e in entries if e.status == ledger.ACCEPTED]
+    processed_dirs = {s.name: s.processed_dir for s in config.sources if s.processed_dir}
+    moves = [(f.remote_path, processed_dirs[f.source]) for f in usable if f.downloaded and f.source in processed_dirs]
+    acquire.move_to_processed(result.server, moves, config.connect_timeout_seconds)
     # Billed files of the month that the servers no longer list, or list with held content.
     usable += ledger.archived_month_files(engine, month, {s.name for s in config.sources}, {(f.source, f.name) for f in usable})
     missing = [r.source for r in requests if r.source not in {f.source for f in usable}]

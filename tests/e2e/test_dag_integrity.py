@@ -48,6 +48,11 @@ def test_tasks_run_in_billing_order(dag_bag):
     ]
 
 
+def test_waiting_for_files_holds_no_worker_slot(dag_bag):
+    sensor = dag_bag.dags["cdr_billing_monthly"].task_dict["wait_for_cdr_files"]
+    assert sensor.mode == "reschedule"
+
+
 def test_schedule_bills_the_calendar_month(dag_bag):
     dag = dag_bag.dags["cdr_billing_monthly"]
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from email import message_from_bytes
 
@@ -9,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from cdr_devkit.airflow_env import load_dag, run_dag
+from cdr_devkit.services import free_port
 from oracle import expected_lines, first_day_after
 
 
@@ -67,3 +69,15 @@ def test_files_not_arrived_by_the_deadline_fail_the_run_with_an_alert_mail(dag, 
     body = mails[0].get_payload(0).get_payload(decode=True).decode() if mails[0].is_multipart() else mails[0].get_payload()
     assert "files for month 2026-07 have not arrived" in body
     assert mails[0]["To"] == "billing-ops@example.com"
+
+
+def test_all_sftp_servers_down_fail_the_run_with_an_alert_naming_them(dag, services, pipeline_connections, monkeypatch):
+    for conn_id in ("cdr_sftp_primary", "cdr_sftp_secondary"):
+        dead = {**pipeline_connections[conn_id], "port": free_port()}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(dead))
+    before = set(services.maildir.glob("*.eml"))
+    run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"})
+    assert run.state == "failed"
+    (mail,) = [message_from_bytes(p.read_bytes()) for p in sorted(set(services.maildir.glob("*.eml")) - before)]
+    body = mail.get_payload(0).get_payload(decode=True).decode() if mail.is_multipart() else mail.get_payload()
+    assert "all SFTP servers failed: cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused" in body

@@ -261,3 +261,19 @@ def test_waiting_for_files_until_the_deadline(site):
         stages.files_arrived(november, site.config, now=datetime(2026, 12, 12, tzinfo=UTC))
     october = stages.start_run("2026-10", None, "wait-2", site.config)
     assert stages.files_arrived(october, site.config, now=datetime(2027, 6, 1, tzinfo=UTC)) is True
+
+
+def test_processed_files_move_on_the_server_and_reruns_use_the_archive(site):
+    carrier = next(s for s in site.config.sources if s.name == "carrier")
+    moved = replace(carrier, processed_dir="/cdr/carrier/processed")
+    site.config = replace(site.config, sources=tuple(moved if s is carrier else s for s in site.config.sources))
+    site.serve_both()
+    first = site.fetch("run-1")
+    assert not (site.primary_root / CARRIER).exists()
+    assert (site.primary_root / "cdr/carrier/processed/carrier_cdr_202610.csv").exists()
+    assert (site.secondary_root / CARRIER).exists(), "only the server that delivered moves its file"
+    site.connect(*[site.local.servers[0].connection(site.local.client_key)] * 2)  # the primary only
+    again = site.fetch("run-2")
+    reused = next(f for f in again["files"] if f["name"] == "carrier_cdr_202610.csv")
+    assert reused["local_path"] == next(f for f in first["files"] if f["name"] == "carrier_cdr_202610.csv")["local_path"]
+    assert stages.files_arrived(stages.start_run("2026-10", None, "wait", site.config), site.config)
