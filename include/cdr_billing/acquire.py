@@ -197,6 +197,10 @@ def describe_error(exc: BaseException) -> str:
         return "host key is unknown (not pinned and not in known_hosts): server not trusted"
     if isinstance(exc, paramiko.AuthenticationException):
         return "authentication failed"
+    if isinstance(exc, paramiko.SSHException) and any(
+        hint in str(exc) for hint in ("No existing session", "Error reading SSH protocol banner")
+    ):
+        return "connection timed out: no SSH answer (server hung or not an SSH server)"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         causes = list(exc.errors.values())
         if causes and all(isinstance(c, ConnectionRefusedError) for c in causes):
@@ -220,7 +224,13 @@ def with_failover(conn_ids: list[str], timeout_seconds: int, action: Callable[[A
 
     failovers: list[dict[str, str]] = []
     for conn_id in conn_ids:
-        hook = SFTPHook(ssh_conn_id=conn_id, conn_timeout=timeout_seconds, conn_retry_attempts=1)
+        hook = SFTPHook(
+            ssh_conn_id=conn_id,
+            conn_timeout=timeout_seconds,
+            banner_timeout=timeout_seconds,
+            auth_timeout=timeout_seconds,
+            conn_retry_attempts=1,
+        )
         try:
             with hook.get_managed_conn() as sftp:
                 sftp.get_channel().settimeout(timeout_seconds)

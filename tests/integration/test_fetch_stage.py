@@ -277,3 +277,20 @@ def test_processed_files_move_on_the_server_and_reruns_use_the_archive(site):
     reused = next(f for f in again["files"] if f["name"] == "carrier_cdr_202610.csv")
     assert reused["local_path"] == next(f for f in first["files"] if f["name"] == "carrier_cdr_202610.csv")["local_path"]
     assert stages.files_arrived(stages.start_run("2026-10", None, "wait", site.config), site.config)
+
+
+def test_a_server_that_never_answers_times_out_and_fails_over(site):
+    import socket
+
+    site.config = replace(site.config, connect_timeout_seconds=2)
+    primary, secondary = site.serve_both()
+    with socket.socket() as black_hole:  # accepts TCP, never says a word
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen()
+        silent = {**primary.connection(site.local.client_key), "port": black_hole.getsockname()[1]}
+        site.connect(silent, secondary.connection(site.local.client_key))
+        started = time.monotonic()
+        meta = site.fetch()
+    assert time.monotonic() - started < 10
+    assert meta["server"] == "cdr_sftp_secondary"
+    assert meta["failovers"][0]["error"].startswith("connection timed out")
