@@ -49,6 +49,23 @@ def _carrier_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
     return calls
 
 
+PBX_STATUS = {"ANSWERED": "1", "NO ANSWER": "0", "BUSY": "0", "FAILED": "0"}
+
+
+def _pbx_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
+    calls = []
+    with path.open(newline="", encoding="latin-1") as handle:
+        for row in csv.DictReader(handle, delimiter=";"):
+            match = re.fullmatch(r"(\d+):([0-5]\d):([0-5]\d)", row["Längd"])
+            started = datetime.strptime(row["Starttid"], "%d.%m.%Y %H:%M:%S").replace(tzinfo=ZONE)
+            if not match or not start <= started < end:
+                continue
+            hours, minutes, seconds = (int(g) for g in match.groups())
+            calls.append({"key": ("pbx", row["Samtals-ID"]), "account": row["Anknytning"], "status": PBX_STATUS[row["Status"]],
+                          "duration": hours * 3600 + minutes * 60 + seconds, "number": row["Uppringt nummer"]})  # fmt: skip
+    return calls
+
+
 def _conferencing_calls(path: Path) -> list[dict]:
     from openpyxl import load_workbook
 
@@ -92,6 +109,7 @@ def expected_lines(sftp_root: Path, year: int, month: int) -> dict[tuple[str, st
     start, end = _month_bounds(year, month)
     calls = _carrier_calls(sftp_root / f"cdr/carrier/carrier_cdr_{year}{month:02d}.csv", start, end)
     calls += _conferencing_calls(sftp_root / f"cdr/conferencing/conferencing_cdr_{year}-{month:02d}.xlsx")
+    calls += _pbx_calls(sftp_root / f"cdr/pbx/pbx_cdr_{year}-{month:02d}.csv", start, end)
     with next((sftp_root / "reference").glob("tariff*.csv")).open(newline="") as handle:
         tariff = list(csv.DictReader(handle))
     with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(newline="") as handle:

@@ -48,11 +48,14 @@ class SourceProfile:
     columns: dict[str, str]
     priced: bool
     timezone: str = "UTC"
-    duration_unit: str = "seconds"
+    timestamp_format: str | None = None  # strptime format; None: ISO 8601 or Excel serial dates
+    duration_unit: str = "seconds"  # seconds, minutes or hms ("1:02:03")
+    decimal: str = "."  # decimal separator of numbers in the file
     sheet: str | None = None
     delimiter: str = ","
     encoding: str = "utf-8"
     defaults: dict[str, str] = field(default_factory=dict)
+    value_maps: dict[str, dict[str, str]] = field(default_factory=dict)  # provider value -> canonical value
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ def load_profiles(path: Path) -> dict[str, SourceProfile]:
     for name, spec in raw.items():
         if spec.get("format") not in ("xlsx", "csv"):
             raise ConfigError(f"profile {name}: format must be xlsx or csv")
+        if spec.get("duration_unit", "seconds") not in ("seconds", "minutes", "hms"):
+            raise ConfigError(f"profile {name}: duration_unit must be seconds, minutes or hms")
         profiles[name] = SourceProfile(name=name, **spec)
     return profiles
 

@@ -54,7 +54,7 @@ def _read_csv(path: Path, profile: SourceProfile) -> tuple[pd.DataFrame, int]:
         frame = pd.read_csv(
             path,
             sep=profile.delimiter,
-            encoding=profile.encoding,
+            encoding="utf-8-sig" if profile.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else profile.encoding,
             dtype=str,
             keep_default_na=False,
             skip_blank_lines=False,
@@ -89,6 +89,9 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
             canonical[field] = frame[by_header[_normalise_header(header)]].fillna("").astype(str).str.strip()
         else:
             canonical[field] = profile.defaults.get(field, "")
+        if field in profile.value_maps:
+            mapping = profile.value_maps[field]
+            canonical[field] = canonical[field].map(lambda value, mapping=mapping: mapping.get(value, value))
     canonical["source_file"] = path.name
     canonical["source_row"] = frame.index.to_numpy() + header_line + 1
     return canonical.reset_index(drop=True)

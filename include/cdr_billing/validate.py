@@ -53,12 +53,16 @@ class FileCheck:
     quarantined: pd.DataFrame
 
 
-def parse_timestamps(text: pd.Series, timezone: str) -> pd.Series:
+def parse_timestamps(text: pd.Series, timezone: str, timestamp_format: str | None = None) -> pd.Series:
     """Parse ISO text (with or without an offset) or Excel serial dates; return UTC.
 
     Times without an offset are wall times in `timezone`; a wall time that occurs twice
-    (autumn DST change) is read as its first occurrence. Unparsable text gives NaT.
+    (autumn DST change) is read as its first occurrence. Unparsable text gives NaT. With a
+    `timestamp_format` (strptime), text must follow it exactly.
     """
+    if timestamp_format:
+        parsed = pd.to_datetime(text, format=timestamp_format, errors="coerce")
+        return _localise(parsed, timezone)
     numeric = pd.to_numeric(text, errors="coerce")
     is_text = numeric.isna()
     has_offset = is_text & text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
@@ -69,16 +73,23 @@ def parse_timestamps(text: pd.Series, timezone: str) -> pd.Series:
             (EXCEL_EPOCH + pd.to_timedelta(numeric[~is_text], unit="D")).dt.round("s"),
         ]
     )
+    return pd.concat([aware.astype("datetime64[us, UTC]"), _localise(naive, timezone)]).reindex(text.index)
+
+
+def _localise(naive: pd.Series, timezone: str) -> pd.Series:
+    """Wall times in a zone to UTC; a repeated wall time is its first occurrence."""
     first_occurrence = np.ones(len(naive), dtype=bool)
     local = naive.dt.tz_localize(timezone, ambiguous=first_occurrence, nonexistent="shift_forward")
-    return pd.concat([aware.astype("datetime64[us, UTC]"), local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")]).reindex(
-        text.index
-    )
+    return local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
 
 
-def parse_durations(text: pd.Series, unit: str) -> pd.Series:
-    """Parse durations into whole seconds (nullable); non-integral seconds become NA."""
-    seconds = pd.to_numeric(text, errors="coerce") * DURATION_FACTORS[unit]
+def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series:
+    """Parse durations (seconds, minutes or "h:mm:ss") into whole seconds; NA when bad."""
+    if unit == "hms":
+        parts = text.str.extract(r"^\s*(-?)(\d+):([0-5]\d):([0-5]\d)\s*$")
+        magnitude = parts[1].astype(float) * 3600 + parts[2].astype(float) * 60 + parts[3].astype(float)
+        return magnitude.where(parts[0] != "-", -magnitude).astype("Int64")
+    seconds = pd.to_numeric(text.str.replace(decimal, ".", regex=False), errors="coerce") * DURATION_FACTORS[unit]
     whole = seconds.where(seconds.notna() & (seconds == np.floor(seconds)))
     return whole.astype("Int64")
 
@@ -122,12 +133,14 @@ def _failures(
 def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
     typed = raw.copy()
     typed["pre_priced"] = profile.priced
-    typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone)
-    typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit)
+    typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone, profile.timestamp_format)
+    typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit, profile.decimal)
     status = pd.to_numeric(raw["completion_status"], errors="coerce")
     typed["completion_status"] = status.where(status.isin(COMPLETION_STATUSES)).astype("Int8")
     typed["provider_cost_minor"] = (
-        _cost_minor(raw["provider_cost"], raw["currency"]) if profile.priced else pd.Series(pd.NA, index=raw.index, dtype="Int64")
+        _cost_minor(raw["provider_cost"].str.replace(profile.decimal, ".", regex=False), raw["currency"])
+        if profile.priced
+        else pd.Series(pd.NA, index=raw.index, dtype="Int64")
     )
     return typed
 

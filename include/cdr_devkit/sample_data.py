@@ -4,6 +4,7 @@ Layout written under an SFTP root (what the default pipeline.yaml expects):
   cdr/conferencing/conferencing_cdr_YYYY-MM.xlsx  conferencing legs, priced by the provider
   cdr/carrier/carrier_cdr_YYYYMM.csv              carrier CDRs, unpriced, canonical fields
   cdr/carrier/carrier_cdr_<previous month>.csv    last month's file (must be ignored)
+  cdr/pbx/pbx_cdr_YYYY-MM.csv                     an internal PBX export (Latin-1, ";", h:mm:ss)
   reference/tariff_YYYY-MM-01.csv                 prefix tariff (EUR)
   reference/entitlements_<date>.csv               account -> customer, cost center
 The month contains, on purpose: failed calls, calls to an unknown number range, accounts
@@ -62,13 +63,19 @@ def _national_variants(rng: random.Random, number: str) -> str:
     return rng.choice([number, "00" + number[1:], "0" + number[3:]])
 
 
-def _accounts(rng: random.Random) -> tuple[list[dict], list[str], list[str]]:
-    """Entitlement rows plus the conferencing and carrier account ids in use."""
-    rows, conferencing, carrier = [], [], []
-    for index in range(140):
+def _account_id(index: int) -> str:
+    if index < 60:
+        return f"{index:07d}"  # conferencing ids keep their leading zeros
+    return f"SUB-{index:05d}" if index < 140 else f"EXT-{index + 860}"
+
+
+def _accounts(rng: random.Random) -> tuple[list[dict], list[str], list[str], list[str]]:
+    """Entitlement rows plus the conferencing, carrier and PBX account ids in use."""
+    rows, conferencing, carrier, pbx = [], [], [], []
+    for index in range(180):
         customer = rng.choice(list(CUSTOMERS))
-        account = f"{index:07d}" if index < 60 else f"SUB-{index:05d}"
-        (conferencing if index < 60 else carrier).append(account)
+        account = _account_id(index)
+        (conferencing if index < 60 else carrier if index < 140 else pbx).append(account)
         rows.append(
             {
                 "account_id": account,
@@ -80,7 +87,7 @@ def _accounts(rng: random.Random) -> tuple[list[dict], list[str], list[str]]:
                 "last_login": f"2026-{rng.randint(1, 9):02d}-{rng.randint(1, 28):02d}",
             }
         )
-    return rows, conferencing + ["9999901"], carrier + ["SUB-99999"]
+    return rows, conferencing + ["9999901"], carrier + ["SUB-99999"], pbx + ["EXT-9999"]
 
 
 def _start_times(rng: random.Random, month: BillingMonth, count: int) -> list[datetime]:
@@ -128,6 +135,24 @@ def write_carrier_csv(
         rows[30]["start_of_usage"] = f"{month.year - 1}-06-15T10:00:00Z"
         rows += [dict(rows[i]) for i in (100, 200, 300)]  # the carrier re-delivered three CDRs
     _write_csv(path, list(CARRIER_FIELDS), rows)
+
+
+PBX_HEADER = ["Samtals-ID", "Anknytning", "Uppringt nummer", "Starttid", "Längd", "Status", "Kommentar"]
+
+
+def write_pbx_csv(path: Path, rng: random.Random, month: BillingMonth, extensions: list[str], calls: int) -> None:
+    """An internal PBX export: Latin-1, semicolons, local times, "h:mm:ss", text statuses."""
+    with path.open("w", newline="", encoding="latin-1") as handle:
+        writer = csv.writer(handle, delimiter=";")
+        writer.writerow(PBX_HEADER)
+        for n, started in enumerate(_start_times(rng, month, calls)):
+            seconds = rng.choice([0, 5, 59, 61, 125, 3599, rng.randint(1, 7200)])
+            duration = f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if n != 7 else "1:75:00"
+            status = rng.choices(["ANSWERED", "NO ANSWER", "BUSY"], weights=[90, 7, 3])[0]
+            number = _national_variants(rng, _phone(rng, rng.choice(DESTINATIONS)))
+            comment = rng.choice(["Växel", "Försäljning", "Kundtjänst", ""])
+            writer.writerow([f"PBX-{n:06d}", rng.choice(extensions), number,
+                             started.strftime("%d.%m.%Y %H:%M:%S"), duration, status, comment])  # fmt: skip
 
 
 def write_conferencing_xlsx(path: Path, rng: random.Random, month: BillingMonth, accounts: list[str], legs: int) -> None:
@@ -181,19 +206,20 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
 
 
 def generate_month(
-    root: Path, month: BillingMonth, seed: int = 7, carrier_calls: int = 3000, conference_legs: int = 1500
+    root: Path, month: BillingMonth, seed: int = 7, carrier_calls: int = 3000, conference_legs: int = 1500, pbx_calls: int = 800
 ) -> SampleMonth:
     """Write a month of sample inputs under root (an SFTP server's directory)."""
     rng = random.Random(seed)
-    for folder in ("cdr/conferencing", "cdr/carrier", "reference"):
+    for folder in ("cdr/conferencing", "cdr/carrier", "cdr/pbx", "reference"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    snapshot, conferencing, carrier = _accounts(rng)
+    snapshot, conferencing, carrier, pbx = _accounts(rng)
     previous = BillingMonth(month.year - (month.month == 1), (month.month - 2) % 12 + 1)
     write_carrier_csv(root / f"cdr/carrier/carrier_cdr_{month.year}{month.month:02d}.csv", rng, month, carrier, carrier_calls)
     write_carrier_csv(
         root / f"cdr/carrier/carrier_cdr_{previous.year}{previous.month:02d}.csv", rng, previous, carrier, 50, with_flaws=False
     )
     write_conferencing_xlsx(root / f"cdr/conferencing/conferencing_cdr_{month}.xlsx", rng, month, conferencing, conference_legs)
+    write_pbx_csv(root / f"cdr/pbx/pbx_cdr_{month}.csv", rng, month, pbx, pbx_calls)
     _write_csv(
         root / f"reference/tariff_{month}-01.csv",
         list(TARIFF_COLUMNS),

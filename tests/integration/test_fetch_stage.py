@@ -102,7 +102,13 @@ def test_healthy_primary_delivers_and_the_ledger_records_every_file(site):
     assert meta["server"] == "cdr_sftp_primary" and meta["failovers"] == []
     rows = site.ledger()
     assert sorted(r.name for r in rows) == sorted(
-        ["conferencing_cdr_2026-10.xlsx", "carrier_cdr_202610.csv", "tariff_2026-10-01.csv", "entitlements_2026-11-02.csv"]
+        [
+            "conferencing_cdr_2026-10.xlsx",
+            "carrier_cdr_202610.csv",
+            "pbx_cdr_2026-10.csv",
+            "tariff_2026-10-01.csv",
+            "entitlements_2026-11-02.csv",
+        ]
     )
     assert {(r.status, r.server, r.billing_month) for r in rows} == {("accepted", "cdr_sftp_primary", "2026-10")}
     carrier = next(r for r in rows if r.name == "carrier_cdr_202610.csv")
@@ -202,10 +208,10 @@ def test_a_rerun_of_the_month_downloads_nothing_again(site):
     site.serve_both()
     first = site.fetch("run-1")
     again = site.fetch("run-2")
-    assert first["file_counts"]["downloaded"] == 4
-    assert again["file_counts"] == {**again["file_counts"], "downloaded": 0, "reused": 4}
+    assert first["file_counts"]["downloaded"] == 5
+    assert again["file_counts"] == {**again["file_counts"], "downloaded": 0, "reused": 5}
     assert sorted(f["local_path"] for f in again["files"]) == sorted(f["local_path"] for f in first["files"])
-    assert len(site.ledger()) == 4
+    assert len(site.ledger()) == 5
 
 
 def test_same_name_with_new_content_is_held_and_the_billed_content_stays(site):
