@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
 from cdr_billing.acquire import FetchedFile, RemoteFile
@@ -127,3 +127,13 @@ def archived_month_files(
             )
         ).all()
     return [_fetched_from_row(r, "cdr") for r in rows if (r.source, r.name) not in present and Path(r.archive_path).is_file()]
+
+
+def record_reconciliation(engine: Engine, source: str, name: str, sha256: str, counts: dict[str, int]) -> None:
+    """Store a file's row reconciliation (rows_read, rows_billable, ...) on its ledger row."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(cdr_file)
+            .where(cdr_file.c.source == source, cdr_file.c.name == name, cdr_file.c.sha256 == sha256)
+            .values(**counts)
+        )

@@ -24,6 +24,13 @@ def reconcile(counts: dict[str, int]) -> None:
         raise ReconciliationError(f"rows read {counts['read']} != rows accounted {accounted} ({detail})")
 
 
+def reconcile_file(stats: dict[str, int | str]) -> None:
+    """Check one file: rows read = billable + quarantined + duplicate."""
+    accounted = stats["billable"] + stats["quarantined"] + stats["duplicate"]
+    if accounted != stats["read"]:
+        raise ReconciliationError(f"{stats['name']}: rows read {stats['read']} != billable + quarantined + duplicate {accounted}")
+
+
 def check_totals(lines: pd.DataFrame, billed_calls: pd.DataFrame) -> None:
     """Check that the lines sum to the billed calls' costs, per currency, to the cent."""
     by_lines = lines.groupby("currency")["total_minor"].sum().to_dict()

@@ -80,6 +80,11 @@ cdr_file = Table(
     Column("first_seen", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
     Column("status", String(32), nullable=False),
     Column("archive_path", Text, nullable=False),
+    # Reconciliation of the file's rows, written by the validate stage: read = billable + quarantined + duplicate.
+    Column("rows_read", BigInteger),
+    Column("rows_billable", BigInteger),
+    Column("rows_quarantined", BigInteger),
+    Column("rows_duplicate", BigInteger),
     UniqueConstraint("source", "name", "sha256", name="one_row_per_file_content"),
 )
 

@@ -186,6 +186,7 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         quarantined.append(checked.quarantined)
         file_stats.append(
             {
+                "sha256": item["sha256"],
                 "name": item["name"],
                 "source": item["source"],
                 "read": len(raw),
@@ -198,21 +199,24 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         )
     calls, duplicates = validate.split_duplicates(pd.concat(accepted, ignore_index=True))
     runner = validate.ExpectationRunner(_work_file(meta, "gx_results"))
+    engine = billing_engine(config.billing.connection)
     for stats in file_stats:
-        runner.validate_file(
-            calls[calls["source_file"] == stats["name"]],
-            stats["name"],
-            config.profile_for(stats["source"]),
-            month,
-            config.billing,
-        )
+        in_file = calls["source_file"] == stats["name"]
+        runner.validate_file(calls[in_file], stats["name"], config.profile_for(stats["source"]), month, config.billing)
+        stats["billable"] = int(in_file.sum())
+        stats["duplicate"] = int((duplicates["source_file"] == stats["name"]).sum())
+        report.reconcile_file(stats)
+        ledger.record_reconciliation(
+            engine, stats["source"], stats["name"], stats["sha256"],
+            {f"rows_{key}": stats[key] for key in ("read", "billable", "quarantined", "duplicate")},
+        )  # fmt: skip
     quarantine = pd.concat(quarantined, ignore_index=True)
     _write(meta, "calls", calls)
     _write(meta, "quarantined", quarantine)
     _write(meta, "duplicates", duplicates)
     log.info("month: %d calls, %d duplicates", len(calls), len(duplicates))
     return _with_counts(
-        {**meta, "file_stats": file_stats},
+        {**meta, "file_stats": file_stats, "data_docs": str(runner.docs_dir / "index.html")},
         read=sum(s["read"] for s in file_stats),
         quarantined=len(quarantine),
         duplicates=len(duplicates),

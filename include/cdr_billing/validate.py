@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -217,18 +218,31 @@ def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: Billin
     return checks
 
 
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
 class ExpectationRunner:
-    """Runs a Great Expectations suite per file in one ephemeral GX context."""
+    """Runs a Great Expectations suite per file in one ephemeral GX context; keeps each
+    result as JSON and renders Data Docs (HTML) under results_dir."""
 
     def __init__(self, results_dir: Path) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
-
         self._gx = gx
         self._context = gx.get_context(mode="ephemeral")
         self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.docs_dir = results_dir / "data_docs"
+        self._context.add_data_docs_site(
+            site_name="cdr_billing",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(self.docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         self._source = self._context.data_sources.add_pandas("cdr_files")
         self._results_dir = results_dir
         results_dir.mkdir(parents=True, exist_ok=True)
@@ -238,15 +252,22 @@ class ExpectationRunner:
     ) -> Path:
         """Validate one file's accepted rows; keep the result JSON; raise on failure."""
         gx = self._gx
-        batch = self._source.add_dataframe_asset(file_name).add_batch_definition_whole_dataframe("whole_file")
-        suite = self._context.suites.add(gx.ExpectationSuite(name=f"{profile.name}:{file_name}"))
+        name = _safe_name(file_name)
+        batch = self._source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole_file")
+        suite = self._context.suites.add(gx.ExpectationSuite(name=f"{profile.name}.{name}"))
         for expectation in _expectations(gx, profile, month, rules):
             suite.add_expectation(expectation)
-        definition = self._context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"validate:{file_name}", data=batch, suite=suite)
+        definition = self._context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        checkpoint = self._context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"checkpoint.{name}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["cdr_billing"])],
+                result_format="SUMMARY",
+            )
         )
-        result = definition.run(batch_parameters={"dataframe": accepted}, result_format="SUMMARY")
-        result_path = self._results_dir / f"{file_name}.json"
+        result = next(iter(checkpoint.run(batch_parameters={"dataframe": accepted}).run_results.values()))
+        result_path = self._results_dir / f"{name}.json"
         result_path.write_text(json.dumps(result.to_json_dict(), default=str, indent=1), encoding="utf-8")
         if not result.success:
             failed = [r.expectation_config.type for r in result.results if not r.success]

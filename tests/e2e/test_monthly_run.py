@@ -51,6 +51,12 @@ def test_the_month_bills_what_an_independent_computation_expects(dag, billing_en
     expected = expected_lines(sftp_root, 2026, 10)
     assert len(expected) == 16
     assert _current_lines(billing_engine, "2026-10") == expected
+    with billing_engine.connect() as conn:
+        files = conn.execute(text("SELECT name, rows_read, rows_billable, rows_quarantined, rows_duplicate FROM cdr_file "
+                                  "WHERE rows_read IS NOT NULL ORDER BY name")).all()  # fmt: skip
+    assert [f.name for f in files] == ["carrier_cdr_202610.csv", "conferencing_cdr_2026-10.xlsx", "pbx_cdr_2026-10.csv"]
+    assert all(f.rows_read == f.rows_billable + f.rows_quarantined + f.rows_duplicate for f in files)
+    assert [(f.rows_quarantined, f.rows_duplicate) for f in files] == [(3, 3), (0, 0), (1, 0)]
 
 
 def test_a_scheduled_style_rerun_bills_the_interval_month_once(dag, billing_engine, sftp_root):

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from cdr_billing.aggregate import aggregate_lines
-from cdr_billing.report import ReconciliationError, check_totals, reconcile
+from cdr_billing.report import ReconciliationError, check_totals, reconcile, reconcile_file
 
 COUNTS = {"read": 10, "billed": 4, "quarantined": 1, "duplicates": 1, "not_billable": 2, "unbillable": 1, "suspense": 1}
 
@@ -34,3 +34,9 @@ def test_lines_sum_to_the_calls():
     check_totals(lines, calls)
     with pytest.raises(ReconciliationError):
         check_totals(lines.assign(total_minor=lines["total_minor"] + 1), calls)
+
+
+def test_file_reconciliation_names_the_file():
+    reconcile_file({"name": "a.csv", "read": 5, "billable": 3, "quarantined": 1, "duplicate": 1})
+    with pytest.raises(ReconciliationError, match="a.csv: rows read 6"):
+        reconcile_file({"name": "a.csv", "read": 6, "billable": 3, "quarantined": 1, "duplicate": 1})
