@@ -3,8 +3,8 @@
 A file is archived under <archive_root>/<source>/<sha256>/<name> and recorded once per
 (source, name, content). Same name and content again: the archived copy serves, nothing is
 billed twice. Same name, new content: the new content is *held* (never billed, never
-silently replacing the old) and alerted. Same content under a new name: a duplicate
-delivery, not billed.
+silently replacing the old) and alerted. A CDR file's content under a new name: a
+duplicate delivery, not billed.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def _status_of_new_content(conn, fetched: FetchedFile) -> tuple[str, str]:
     ).scalar()
     if other_content is not None:
         return HELD, f"name already billed with other content (sha256 {other_content[:12]}...)"
+    if fetched.role != "cdr":  # a tariff or snapshot republished unchanged under a new name is fine
+        return ACCEPTED, ""
     same_content = conn.execute(
         select(cdr_file.c.name).where(
             cdr_file.c.source == fetched.source, cdr_file.c.sha256 == fetched.sha256, cdr_file.c.status == ACCEPTED

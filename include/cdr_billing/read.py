@@ -76,12 +76,12 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
         frame, header_line = _read_csv(path, profile)
     by_header = {_normalise_header(c): c for c in frame.columns}
     missing = [
-        f"{field} ({profile.columns.get(field)!r})"
+        f"{field} (column {profile.columns.get(field)!r})"
         for field in required_fields(profile.priced)
         if field not in profile.defaults and _normalise_header(profile.columns.get(field, "")) not in by_header
     ]
     if missing:
-        raise FileReadError(f"{path.name}: missing required columns {missing}")
+        raise FileReadError(f"{path.name}: missing required columns: {', '.join(missing)}")
     canonical = pd.DataFrame(index=frame.index)
     for field in TEXT_FIELDS:
         header = profile.columns.get(field)

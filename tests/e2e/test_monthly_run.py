@@ -87,3 +87,21 @@ def test_all_sftp_servers_down_fail_the_run_with_an_alert_naming_them(dag, servi
     (mail,) = [message_from_bytes(p.read_bytes()) for p in sorted(set(services.maildir.glob("*.eml")) - before)]
     body = mail.get_payload(0).get_payload(decode=True).decode() if mail.is_multipart() else mail.get_payload()
     assert "all SFTP servers failed: cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused" in body
+
+
+def test_an_unreadable_file_fails_validation_with_an_alert_naming_it(dag, services, pipeline_connections, monkeypatch, tmp_path):
+    from cdr_billing.months import BillingMonth
+    from cdr_devkit.sample_data import generate_month
+
+    generate_month(tmp_path, BillingMonth(2026, 9))
+    (tmp_path / "cdr/conferencing/conferencing_cdr_2026-09.xlsx").write_bytes(b"PK\x03\x04 truncated upload")
+    server = services.local.start_sftp("sftp_corrupt", tmp_path)
+    for conn_id in ("cdr_sftp_primary", "cdr_sftp_secondary"):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(server.connection(services.local.client_key)))
+    before = set(services.maildir.glob("*.eml"))
+    run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-09"})
+    assert run.state == "failed"
+    (mail,) = [message_from_bytes(p.read_bytes()) for p in sorted(set(services.maildir.glob("*.eml")) - before)]
+    assert mail["Subject"].startswith("[CDR billing] validate_cdrs failed")
+    body = mail.get_payload(0).get_payload(decode=True).decode() if mail.is_multipart() else mail.get_payload()
+    assert "conferencing_cdr_2026-09.xlsx: not a readable xlsx file" in body

@@ -1,0 +1,212 @@
+"""A corpus of bad and awkward CDR files, made here, read with the shipped profiles: each
+gets a clear file-level error or a quarantine reason, and every row is accounted for."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from openpyxl import Workbook
+
+from cdr_billing.config import load_config
+from cdr_billing.months import BillingMonth
+from cdr_billing.read import FileReadError, read_cdr_file
+from cdr_billing.validate import FileValidationError, check_rows, enforce_rejection_threshold, split_duplicates
+
+CONFIG = load_config()
+RULES = CONFIG.billing
+MONTH = BillingMonth(2026, 10)
+XLSX_HEADER = [
+    "Conference ID",
+    "Leg ID",
+    "PGIConnect ID",
+    "Dial-in Number",
+    "Start Time",
+    "End Time",
+    "Duration (sec)",
+    "Cost",
+    "Currency",
+]
+GOOD_LEG = ["CONF-1", "L1", "0012345", "+46850512345", datetime(2026, 10, 5, 9, 0), datetime(2026, 10, 5, 9, 2), 120, 0.09, "EUR"]
+
+
+def xlsx(path: Path, rows: list[list], header: list[str] = XLSX_HEADER, title_rows: int = 2) -> Path:
+    book = Workbook()
+    sheet = book.active
+    for n in range(title_rows):
+        sheet.append([f"Usage report, line {n + 1}"])
+    sheet.append(header)
+    for row in rows:
+        sheet.append(row)
+    book.save(path)
+    return path
+
+
+def carrier_csv(path: Path, rows: list[dict], encoding: str = "utf-8", **overrides) -> Path:
+    from cdr_billing.canonical import CARRIER_FIELDS
+
+    base = dict.fromkeys(CARRIER_FIELDS, "")
+    base.update(transaction_id="T1", user_id="SUB-1", start_of_usage="2026-10-05T09:00:00Z", duration_of_usage="60",
+                destination_party="+46701234567", completion_status="1")  # fmt: skip
+    with path.open("w", newline="", encoding=encoding) as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CARRIER_FIELDS), **overrides)
+        writer.writeheader()
+        writer.writerows([{**base, **row} for row in rows])
+    return path
+
+
+def check(path: Path, profile_name: str):
+    """Read and check a file as the validate stage does; return the outcome."""
+    profile = CONFIG.profiles[profile_name]
+    raw = read_cdr_file(path, profile).assign(source=profile_name)
+    checked = check_rows(raw, profile, MONTH, RULES)
+    assert len(raw) == len(checked.accepted) + len(checked.quarantined), "a row was dropped silently"
+    return raw, checked
+
+
+def reasons(checked) -> list[str]:
+    return checked.quarantined["reasons"].tolist()
+
+
+def test_corrupted_xlsx_is_a_clear_file_error(tmp_path):
+    path = tmp_path / "conferencing_cdr_2026-10.xlsx"
+    path.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    with pytest.raises(FileReadError, match="conferencing_cdr_2026-10.xlsx: not a readable xlsx file"):
+        check(path, "conferencing_xlsx")
+
+
+@pytest.mark.parametrize("profile", ["carrier_csv", "pbx_csv"])
+def test_empty_csv_is_a_clear_file_error(tmp_path, profile):
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    with pytest.raises(FileReadError, match="empty.csv: not a readable CSV file"):
+        check(path, profile)
+
+
+def test_header_only_file_fails_as_holding_no_rows(tmp_path):
+    raw, checked = check(xlsx(tmp_path / "header_only.xlsx", []), "conferencing_xlsx")
+    with pytest.raises(FileValidationError, match="header_only.xlsx: the file holds no CDR rows"):
+        enforce_rejection_threshold(
+            "header_only.xlsx", len(raw), len(checked.quarantined), 0.01, checked.quarantined["reason_code"]
+        )
+
+
+def test_title_rows_above_the_header_are_skipped_and_rows_keep_their_line_numbers(tmp_path):
+    raw, checked = check(xlsx(tmp_path / "titled.xlsx", [GOOD_LEG], title_rows=5), "conferencing_xlsx")
+    assert raw["source_row"].tolist() == [7]  # 5 title rows, the header on line 6
+    assert raw["user_id"].tolist() == ["0012345"]  # leading zeros kept
+    assert len(checked.accepted) == 1
+
+
+def test_headers_match_case_and_space_insensitively_and_extra_columns_are_ignored(tmp_path):
+    header = [h.upper() + "  " for h in XLSX_HEADER] + ["Internal note"]
+    raw, checked = check(xlsx(tmp_path / "shouting.xlsx", [GOOD_LEG + ["n/a"]], header=header), "conferencing_xlsx")
+    assert len(checked.accepted) == 1
+
+
+def test_renamed_required_column_is_named_in_the_error(tmp_path):
+    header = ["PGI Connect Number" if h == "PGIConnect ID" else h for h in XLSX_HEADER]
+    with pytest.raises(FileReadError, match=r"no header row with columns .*pgiconnect id"):
+        check(xlsx(tmp_path / "renamed.xlsx", [GOOD_LEG], header=header), "conferencing_xlsx")
+
+
+def test_missing_csv_column_is_named_in_the_error(tmp_path):
+    path = carrier_csv(tmp_path / "carrier.csv", [{}])
+    frame = pd.read_csv(path, dtype=str).drop(columns=["destination_party"])
+    frame.to_csv(path, index=False)
+    with pytest.raises(
+        FileReadError, match="carrier.csv: missing required columns: destination_party \\(column 'destination_party'\\)"
+    ):
+        check(path, "carrier_csv")
+
+
+def test_formula_cells_without_a_value_are_quarantined(tmp_path):
+    leg = GOOD_LEG[:7] + ["=G5*0.00075"] + GOOD_LEG[8:]
+    _, checked = check(xlsx(tmp_path / "formula.xlsx", [leg]), "conferencing_xlsx")
+    assert reasons(checked) == ["BAD_COST"]
+
+
+def test_merged_cells_leave_the_hidden_rows_empty_and_quarantined(tmp_path):
+    second = GOOD_LEG[:1] + ["L2", None] + GOOD_LEG[3:]
+    path = xlsx(tmp_path / "merged.xlsx", [GOOD_LEG, second])
+    from openpyxl import load_workbook
+
+    book = load_workbook(path)
+    book.active.merge_cells("C4:C5")  # the account id cell spans both legs
+    book.save(path)
+    _, checked = check(path, "conferencing_xlsx")
+    assert reasons(checked) == ["MISSING_ACCOUNT"]
+
+
+def test_excel_serial_dates_parse_like_date_cells(tmp_path):
+    serial = GOOD_LEG[:4] + [46300.375] + GOOD_LEG[5:]  # 2026-10-05 09:00 as a plain number
+    _, checked = check(xlsx(tmp_path / "serial.xlsx", [GOOD_LEG, serial[:1] + ["L2"] + serial[2:]]), "conferencing_xlsx")
+    assert checked.accepted["start_utc"].nunique() == 1
+
+
+def test_hms_durations_latin1_semicolons(tmp_path):
+    path = tmp_path / "pbx.csv"
+    path.write_bytes(
+        "Samtals-ID;Anknytning;Uppringt nummer;Starttid;Längd;Status;Kommentar\n"
+        "P1;EXT-1;0701234567;05.10.2026 09:00:00;1:02:03;ANSWERED;Växel\n"
+        "P2;EXT-1;0701234567;05.10.2026 09:00:00;0:61:00;ANSWERED;\n"
+        "P3;EXT-1;0701234567;05.10.2026 09:00:00;0:01:00;ON HOLD;\n".encode("latin-1")
+    )
+    _, checked = check(path, "pbx_csv")
+    assert checked.accepted["duration_seconds"].tolist() == [3723]
+    assert checked.accepted["additional_info"].tolist() == ["Växel"]
+    assert reasons(checked) == ["BAD_DURATION", "BAD_COMPLETION_STATUS"]
+
+
+def test_latin1_file_under_a_utf8_profile_is_a_clear_file_error(tmp_path):
+    path = carrier_csv(tmp_path / "latin1.csv", [{"additional_info": "Växel"}], encoding="latin-1")
+    with pytest.raises(FileReadError, match="latin1.csv: not a readable CSV file"):
+        check(path, "carrier_csv")
+
+
+def test_byte_order_mark_does_not_hide_the_first_column(tmp_path):
+    _, checked = check(carrier_csv(tmp_path / "bom.csv", [{}], encoding="utf-8-sig"), "carrier_csv")
+    assert checked.accepted["transaction_id"].tolist() == ["T1"]
+
+
+def test_semicolons_with_decimal_commas(tmp_path):
+    profile = replace(CONFIG.profiles["conferencing_xlsx"], name="conf_csv", format="csv", delimiter=";", decimal=",",
+                      timestamp_format="%Y-%m-%d %H:%M")  # fmt: skip
+    path = tmp_path / "conf.csv"
+    path.write_text(
+        ";".join(XLSX_HEADER) + "\n"
+        "C1;L1;0012345;+46850512345;2026-10-05 09:00;2026-10-05 09:02;120;0,1250;EUR\n"
+        "C1;L2;0012345;+46850512345;2026-10-05 09:00;2026-10-05 09:02;120;1.234,50;EUR\n",
+        encoding="utf-8",
+    )
+    raw = read_cdr_file(path, profile).assign(source="conf_csv")
+    checked = check_rows(raw, profile, MONTH, RULES)
+    assert checked.accepted["provider_cost_minor"].tolist() == [13]  # 0,1250 rounds half-up to 0.13
+    assert reasons(checked) == ["BAD_COST"]  # thousands separators are not guessed
+
+
+def test_negative_and_huge_durations(tmp_path):
+    rows = [{"transaction_id": "T1", "duration_of_usage": "-5"}, {"transaction_id": "T2", "duration_of_usage": "999999"}]
+    _, checked = check(carrier_csv(tmp_path / "durations.csv", rows), "carrier_csv")
+    assert reasons(checked) == ["DURATION_OUT_OF_RANGE", "DURATION_OUT_OF_RANGE"]
+
+
+def test_rows_from_another_month_are_quarantined_and_a_wrong_month_file_fails(tmp_path):
+    rows = [{"transaction_id": f"T{n}", "start_of_usage": "2026-09-30T12:00:00Z"} for n in range(3)]
+    raw, checked = check(carrier_csv(tmp_path / "carrier_cdr_202609.csv", rows), "carrier_csv")
+    assert reasons(checked) == ["OUTSIDE_MONTH"] * 3
+    with pytest.raises(FileValidationError, match=r"3 of 3 rows \(100.0%\).*'OUTSIDE_MONTH': 3"):
+        enforce_rejection_threshold("carrier_cdr_202609.csv", len(raw), 3, 0.01, checked.quarantined["reason_code"])
+
+
+def test_duplicate_ids_are_billed_once_and_counted(tmp_path):
+    first = carrier_csv(tmp_path / "a.csv", [{"transaction_id": "T1"}, {"transaction_id": "T1"}])
+    second = carrier_csv(tmp_path / "b.csv", [{"transaction_id": "T1"}, {"transaction_id": "T2"}])
+    accepted = pd.concat([check(first, "carrier_csv")[1].accepted, check(second, "carrier_csv")[1].accepted])
+    unique, duplicates = split_duplicates(accepted)
+    assert unique["transaction_id"].tolist() == ["T1", "T2"]
+    assert duplicates[["source_file", "source_row"]].values.tolist() == [["a.csv", 3], ["b.csv", 2]]
