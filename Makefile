@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone lint postgres-server clean
+.PHONY: setup demo test standalone lint bench-excel postgres-server clean
 
 $(READY): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -25,6 +25,9 @@ test: setup postgres-server
 standalone: setup
 	$(BIN)/python -m cdr_devkit.standalone --month $(MONTH)
 
+bench-excel: setup
+	$(BIN)/python -m cdr_devkit.bench_excel
+
 lint: setup
 	$(BIN)/ruff check dags include plugins tests
 
@@ -35,4 +38,4 @@ postgres-server:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 clean:
-	rm -rf .airflow .demo
+	rm -rf .airflow .demo .bench

@@ -210,3 +210,17 @@ def test_duplicate_ids_are_billed_once_and_counted(tmp_path):
     unique, duplicates = split_duplicates(accepted)
     assert unique["transaction_id"].tolist() == ["T1", "T2"]
     assert duplicates[["source_file", "source_row"]].values.tolist() == [["a.csv", 3], ["b.csv", 2]]
+
+
+def test_row_numbers_stay_true_when_the_sheet_starts_below_and_right_of_a1(tmp_path):
+    book = Workbook()
+    sheet = book.active
+    for column, value in enumerate(XLSX_HEADER, start=2):
+        sheet.cell(row=4, column=column, value=value)
+    for line, leg_id in ((5, "L1"), (7, "L2")):  # line 6 left empty
+        for column, value in enumerate(GOOD_LEG[:1] + [leg_id] + GOOD_LEG[2:], start=2):
+            sheet.cell(row=line, column=column, value=value)
+    book.save(tmp_path / "offset.xlsx")
+    raw, checked = check(tmp_path / "offset.xlsx", "conferencing_xlsx")
+    assert raw[["transaction_id", "source_row"]].values.tolist() == [["L1", 5], ["L2", 7]]  # the blank line is no CDR
+    assert len(checked.accepted) == 2
