@@ -58,13 +58,18 @@ def billing_engine(conn_id: str):
     return BaseHook.get_connection(conn_id).get_hook().get_sqlalchemy_engine()
 
 
+def run_work_dir(config: PipelineConfig, billing_month: str, run_id: str) -> Path:
+    """The directory a run keeps its Parquet files, GX results and report in."""
+    return config.work_root / billing_month / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+
+
 def start_run(
     billing_month_param: str | None, data_interval_start: datetime | None, run_id: str, config: PipelineConfig | None = None
 ) -> Meta:
     """Resolve the billing month and create the run's work directory."""
     config = config or load_config()
     month = resolve_billing_month(billing_month_param, data_interval_start, config.billing.timezone)
-    work_dir = config.work_root / str(month) / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    work_dir = run_work_dir(config, str(month), run_id)
     work_dir.mkdir(parents=True, exist_ok=True)
     return {"billing_month": str(month), "run_id": run_id, "work_dir": str(work_dir)}
 
@@ -312,6 +317,8 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     if not loaded.reset_index(drop=True).equals(computed.astype(loaded.dtypes.to_dict()).reset_index(drop=True)):
         raise report.ReconciliationError("the billing database's current lines differ from this run's lines")
     month_report = report.build_report(meta["billing_month"], meta["batch"], meta["counts"], loaded, _exception_rows(meta))
+    month_report["files"] = meta["file_stats"]
+    month_report["data_docs"] = meta["data_docs"]
     _work_file(meta, "report.json").write_text(json.dumps(month_report, indent=1), encoding="utf-8")
     text = report.render_text(month_report)
     _work_file(meta, "report.txt").write_text(text + "\n", encoding="utf-8")

@@ -55,17 +55,21 @@ def main() -> int:
 
         dag_run = run_dag(load_dag(), logical_date=None, run_conf={"billing_month": args.month})
     print(f"\nDAG run {dag_run.run_id}: {dag_run.state}")
-    reports = sorted((AIRFLOW_HOME / "cdr_billing_work" / args.month).glob("*/report.txt"), key=os.path.getmtime)
-    if dag_run.state != "success" or not reports:
+    if dag_run.state != "success":
         print(f"the run did not succeed; task logs are under {AIRFLOW_HOME / 'logs'}")
         return 1
-    print(reports[-1].read_text())
-    counts = json.loads(reports[-1].with_name("report.json").read_text())["counts"]
+    from cdr_billing.config import load_config
+    from cdr_billing.stages import run_work_dir
+
+    work_dir = run_work_dir(load_config(), args.month, dag_run.run_id)
+    print((work_dir / "report.txt").read_text())
+    counts = json.loads((work_dir / "report.json").read_text())["counts"]
     print(
         "Summary: read {read}, billed {billed}, rejected {quarantined}, unbillable {unbillable}, "
         "suspense {suspense}, failed calls {not_billable}, duplicates {duplicates}".format(**counts)
     )
     print(f"Billing database: {DEMO_DIR / 'billing.sqlite'}; mails: {DEMO_DIR / 'mail'}")
+    print(f"Run files, Great Expectations Data Docs and the report: {work_dir}")
     return 0
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from email import message_from_bytes
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from cdr_billing.config import load_config
+from cdr_billing.stages import run_work_dir
 from cdr_devkit.airflow_env import load_dag, run_dag
 from cdr_devkit.services import free_port
 from oracle import expected_lines, first_day_after
@@ -57,6 +60,8 @@ def test_the_month_bills_what_an_independent_computation_expects(dag, billing_en
     assert [f.name for f in files] == ["carrier_cdr_202610.csv", "conferencing_cdr_2026-10.xlsx", "pbx_cdr_2026-10.csv"]
     assert all(f.rows_read == f.rows_billable + f.rows_quarantined + f.rows_duplicate for f in files)
     assert [(f.rows_quarantined, f.rows_duplicate) for f in files] == [(3, 3), (0, 0), (1, 0)]
+    month_report = json.loads((run_work_dir(load_config(), "2026-10", run.run_id) / "report.json").read_text())
+    assert Path(month_report["data_docs"]).is_file() and len(month_report["files"]) == 3
 
 
 def test_a_scheduled_style_rerun_bills_the_interval_month_once(dag, billing_engine, sftp_root):
