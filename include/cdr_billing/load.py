@@ -12,10 +12,10 @@ import zlib
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
-from cdr_billing.schema import CURRENT, SUPERSEDED, billing_batch, billing_exception, billing_line
+from cdr_billing.schema import CURRENT, SUPERSEDED, billing_batch, billing_exception, billing_line, quarantined_row
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,15 @@ def load_month(
         if len(exceptions):
             conn.execute(insert(billing_exception), _records(exceptions, batch_id))
     return LoadResult(batch_id, previous, already_loaded=False)
+
+
+def store_quarantine(engine: Engine, billing_month: str, run_id: str, rows: pd.DataFrame) -> None:
+    """Replace the run's quarantined rows (idempotent when the task is retried)."""
+    with engine.begin() as conn:
+        conn.execute(delete(quarantined_row).where(quarantined_row.c.run_id == run_id))
+        if len(rows):
+            records = rows.assign(run_id=run_id, billing_month=billing_month)[[c.name for c in quarantined_row.columns]]
+            conn.execute(insert(quarantined_row), records.astype(object).to_dict("records"))
 
 
 def current_lines(engine: Engine, billing_month: str) -> pd.DataFrame:

@@ -1,4 +1,8 @@
-"""The billing database's tables: batches, lines, exception rows and the file ledger."""
+"""The billing database's tables: batches, lines, non-billed rows, quarantine and the file ledger.
+
+A batch's quarantined rows are the `quarantined_row` rows of its run_id; its other
+non-billed rows (duplicates, unbillable, suspense) are in `billing_exception`.
+"""
 
 from __future__ import annotations
 
@@ -65,6 +69,19 @@ billing_exception = Table(
     Column("detail", Text, nullable=False),
 )
 
+
+quarantined_row = Table(
+    "quarantined_row",
+    metadata,
+    Column("run_id", String(250), nullable=False, index=True),
+    Column("billing_month", String(7), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("source_file", Text, nullable=False),
+    Column("source_row", BigInteger, nullable=False),
+    Column("reason_code", String(64), nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("original_values", Text, nullable=False),
+)
 
 cdr_file = Table(
     "cdr_file",

@@ -180,13 +180,6 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         except read.FileReadError as exc:
             raise validate.FileValidationError(str(exc)) from exc
         checked = validate.check_rows(raw, profile, month, config.billing)
-        validate.enforce_rejection_threshold(
-            item["name"],
-            len(raw),
-            len(checked.quarantined),
-            config.billing.max_rejected_share,
-            checked.quarantined["reason_code"],
-        )
         accepted.append(checked.accepted)
         quarantined.append(checked.quarantined)
         file_stats.append(
@@ -202,9 +195,16 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         log.info(
             "%s: read %d, accepted %d, quarantined %d", item["name"], len(raw), len(checked.accepted), len(checked.quarantined)
         )
+    engine = billing_engine(config.billing.connection)
+    schema.ensure_schema(engine)
+    quarantine = pd.concat(quarantined, ignore_index=True)
+    load.store_quarantine(engine, meta["billing_month"], meta["run_id"], quarantine)
+    for stats, rejected in zip(file_stats, quarantined, strict=True):
+        validate.enforce_rejection_threshold(
+            stats["name"], stats["read"], len(rejected), config.billing.max_rejected_share, rejected["reason_code"]
+        )
     calls, duplicates = validate.split_duplicates(pd.concat(accepted, ignore_index=True))
     runner = validate.ExpectationRunner(_work_file(meta, "gx_results"))
-    engine = billing_engine(config.billing.connection)
     for stats in file_stats:
         in_file = calls["source_file"] == stats["name"]
         runner.validate_file(calls[in_file], stats["name"], config.profile_for(stats["source"]), month, config.billing)
@@ -215,7 +215,6 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
             engine, stats["source"], stats["name"], stats["sha256"],
             {f"rows_{key}": stats[key] for key in ("read", "billable", "quarantined", "duplicate")},
         )  # fmt: skip
-    quarantine = pd.concat(quarantined, ignore_index=True)
     _write(meta, "calls", calls)
     _write(meta, "quarantined", quarantine)
     _write(meta, "duplicates", duplicates)
@@ -296,9 +295,9 @@ def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     config = config or load_config()
     engine = billing_engine(config.billing.connection)
     schema.ensure_schema(engine)
-    result = load.load_month(
-        engine, meta["billing_month"], meta["run_id"], _read(meta, "lines"), _exception_rows(meta), meta["counts"]
-    )
+    exceptions = _exception_rows(meta)
+    not_quarantined = exceptions[exceptions["kind"] != "quarantined"]  # those are in quarantined_row already
+    result = load.load_month(engine, meta["billing_month"], meta["run_id"], _read(meta, "lines"), not_quarantined, meta["counts"])
     log.info(
         "batch %s is current for %s (superseded %s, already loaded: %s)",
         result.batch_id,

@@ -205,6 +205,8 @@ def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: Billin
         expect.ExpectTableColumnsToMatchSet(column_set=keys, exact_match=False),
         *[expect.ExpectColumnValuesToNotBeNull(column=column) for column in keys],
         expect.ExpectColumnValuesToBeUnique(column="transaction_id"),
+        expect.ExpectColumnValuesToBeOfType(column="duration_seconds", type_="int64"),
+        expect.ExpectColumnValuesToBeOfType(column="completion_status", type_="int8"),
         expect.ExpectColumnValuesToBeBetween(column="duration_seconds", min_value=0, max_value=rules.max_call_seconds),
         expect.ExpectColumnValuesToBeInSet(column="completion_status", value_set=list(COMPLETION_STATUSES)),
         expect.ExpectColumnValuesToBeBetween(

@@ -224,3 +224,25 @@ def test_row_numbers_stay_true_when_the_sheet_starts_below_and_right_of_a1(tmp_p
     raw, checked = check(tmp_path / "offset.xlsx", "conferencing_xlsx")
     assert raw[["transaction_id", "source_row"]].values.tolist() == [["L1", 5], ["L2", 7]]  # the blank line is no CDR
     assert len(checked.accepted) == 2
+
+
+def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(tmp_path, postgres, monkeypatch):
+    import json
+
+    from sqlalchemy import create_engine, select
+
+    from cdr_billing import stages
+    from cdr_billing.schema import quarantined_row
+
+    database = postgres.create_database("quarantine_limit")
+    monkeypatch.setenv("AIRFLOW_CONN_BILLING_DB", json.dumps(postgres.connection(database)))
+    rows = [{"transaction_id": "T1"}, {"transaction_id": "T2", "duration_of_usage": "-1"},
+            {"transaction_id": "T3", "destination_party": "n/a"}, {"transaction_id": "T4", "completion_status": "7"}]  # fmt: skip
+    path = carrier_csv(tmp_path / "carrier_cdr_202610.csv", rows)
+    meta = {"billing_month": "2026-10", "run_id": "run-q", "work_dir": str(tmp_path), "files": [
+        {"role": "cdr", "source": "carrier", "name": path.name, "local_path": str(path), "sha256": "0" * 64}]}  # fmt: skip
+    with pytest.raises(FileValidationError, match=r"carrier_cdr_202610.csv: 3 of 4 rows \(75.0%\) failed validation"):
+        stages.validate_files(meta, CONFIG)
+    with create_engine(postgres.url_of(database)).connect() as conn:
+        stored = conn.execute(select(quarantined_row.c.source_row, quarantined_row.c.reason_code).order_by("source_row")).all()
+    assert [tuple(r) for r in stored] == [(3, "DURATION_OUT_OF_RANGE"), (4, "BAD_NUMBER"), (5, "BAD_COMPLETION_STATUS")]
