@@ -15,18 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cdr_devkit.airflow_env import PROJECT_ROOT
-
-HEADER = [
-    "Conference ID",
-    "Leg ID",
-    "PGIConnect ID",
-    "Dial-in Number",
-    "Start Time",
-    "End Time",
-    "Duration (sec)",
-    "Cost",
-    "Currency",
-]
+from cdr_devkit.sample_data import CONFERENCING_HEADER
 
 
 def write_file(path: Path, rows: int) -> None:
@@ -36,7 +25,7 @@ def write_file(path: Path, rows: int) -> None:
     book = Workbook(write_only=True)
     sheet = book.create_sheet("Usage")
     sheet.append(["Conferencing usage report"])
-    sheet.append(HEADER)
+    sheet.append(CONFERENCING_HEADER)
     start = datetime(2026, 10, 1, 8)
     for n in range(rows):
         begun = start + timedelta(seconds=n * 8)

@@ -137,6 +137,9 @@ def write_carrier_csv(
     _write_csv(path, list(CARRIER_FIELDS), rows)
 
 
+CONFERENCING_HEADER = [
+    "Conference ID", "Leg ID", "PGIConnect ID", "Dial-in Number", "Start Time", "End Time", "Duration (sec)", "Cost", "Currency",
+]  # fmt: skip
 PBX_HEADER = ["Samtals-ID", "Anknytning", "Uppringt nummer", "Starttid", "Längd", "Status", "Kommentar"]
 
 
@@ -165,19 +168,7 @@ def write_conferencing_xlsx(path: Path, rng: random.Random, month: BillingMonth,
     sheet.append([f"Conferencing usage report {month}"])
     sheet.append(["Generated for billing; all times Europe/Stockholm"])
     sheet.append([])
-    sheet.append(
-        [
-            "Conference ID",
-            "Leg ID",
-            "PGIConnect ID",
-            "Dial-in Number",
-            "Start Time",
-            "End Time",
-            "Duration (sec)",
-            "Cost",
-            "Currency",
-        ]
-    )
+    sheet.append(CONFERENCING_HEADER)
     for n, started in enumerate(_start_times(rng, month, legs)):
         duration = rng.randint(30, 5400)
         local = started.replace(tzinfo=None)

@@ -16,21 +16,12 @@ from cdr_billing.config import load_config
 from cdr_billing.months import BillingMonth
 from cdr_billing.read import FileReadError, read_cdr_file
 from cdr_billing.validate import FileValidationError, check_rows, enforce_rejection_threshold, split_duplicates
+from cdr_devkit.sample_data import CONFERENCING_HEADER
 
 CONFIG = load_config()
 RULES = CONFIG.billing
 MONTH = BillingMonth(2026, 10)
-XLSX_HEADER = [
-    "Conference ID",
-    "Leg ID",
-    "PGIConnect ID",
-    "Dial-in Number",
-    "Start Time",
-    "End Time",
-    "Duration (sec)",
-    "Cost",
-    "Currency",
-]
+XLSX_HEADER = CONFERENCING_HEADER
 GOOD_LEG = ["CONF-1", "L1", "0012345", "+46850512345", datetime(2026, 10, 5, 9, 0), datetime(2026, 10, 5, 9, 2), 120, 0.09, "EUR"]
 
 
