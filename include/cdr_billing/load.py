@@ -15,7 +15,7 @@ import pandas as pd
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
-from cdr_billing.schema import CURRENT, SUPERSEDED, billing_batch, billing_exception, billing_line, quarantined_row
+from cdr_billing.schema import CURRENT, SUPERSEDED, billing_batch, billing_exception, billing_line, quarantined_row, to_records
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,6 @@ def _lock_month(conn: Connection, billing_month: str) -> None:
     """Serialise loads of one month (PostgreSQL advisory lock; SQLite locks the file)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(billing_month.encode())})
-
-
-def _records(frame: pd.DataFrame, batch_id: int) -> list[dict]:
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    for record in records:
-        record["batch_id"] = batch_id
-    return records
 
 
 def load_month(
@@ -62,9 +55,9 @@ def load_month(
             )
         ).inserted_primary_key[0]
         if len(lines):
-            conn.execute(insert(billing_line), _records(lines, batch_id))
+            conn.execute(insert(billing_line), to_records(lines, batch_id=batch_id))
         if len(exceptions):
-            conn.execute(insert(billing_exception), _records(exceptions, batch_id))
+            conn.execute(insert(billing_exception), to_records(exceptions, batch_id=batch_id))
     return LoadResult(batch_id, previous, already_loaded=False)
 
 
@@ -73,8 +66,8 @@ def store_quarantine(engine: Engine, billing_month: str, run_id: str, rows: pd.D
     with engine.begin() as conn:
         conn.execute(delete(quarantined_row).where(quarantined_row.c.run_id == run_id))
         if len(rows):
-            records = rows.assign(run_id=run_id, billing_month=billing_month)[[c.name for c in quarantined_row.columns]]
-            conn.execute(insert(quarantined_row), records.astype(object).to_dict("records"))
+            columns = [c.name for c in quarantined_row.columns if c.name not in ("run_id", "billing_month")]
+            conn.execute(insert(quarantined_row), to_records(rows[columns], run_id=run_id, billing_month=billing_month))
 
 
 def current_lines(engine: Engine, billing_month: str) -> pd.DataFrame:

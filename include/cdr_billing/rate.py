@@ -9,74 +9,15 @@ micro-units, so no float ever touches money.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from cdr_billing.canonical import COMPLETION_FAILED
 from cdr_billing.config import BillingSettings
-from cdr_billing.money import MoneyError, micro_to_minor_divisor, to_micro_units
+from cdr_billing.money import micro_to_minor_divisor
 
-TARIFF_COLUMNS = (
-    "prefix",
-    "destination",
-    "price_per_minute",
-    "connection_fee",
-    "first_increment",
-    "next_increment",
-    "minimum_charge",
-    "currency",
-)
-MONEY_COLUMNS = {"price_per_minute": "price_micro", "connection_fee": "fee_micro", "minimum_charge": "minimum_micro"}
 NO_TARIFF_PREFIX = "NO_TARIFF_PREFIX"
-
-
-class TariffError(ValueError):
-    """The tariff file is unusable; the message names the file and row."""
-
-
-def _tariff_row_error(path: Path, line: int, reason: str) -> TariffError:
-    return TariffError(f"{path.name} line {line}: {reason}")
-
-
-def load_tariff(path: Path) -> pd.DataFrame:
-    """Read a tariff CSV into exact integer columns (prices in micro-units)."""
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in TARIFF_COLUMNS if c not in raw.columns]
-    if missing:
-        raise TariffError(f"{path.name}: missing columns {missing}")
-    tariff = pd.DataFrame(
-        {
-            "prefix": raw["prefix"].str.strip().str.lstrip("+"),
-            "destination": raw["destination"],
-            "currency": raw["currency"].str.strip().str.upper(),
-        }
-    )
-    tariff["tariff_line"] = np.arange(len(raw)) + 2
-    for line, prefix in zip(tariff["tariff_line"], tariff["prefix"], strict=True):
-        if not prefix.isdigit():
-            raise _tariff_row_error(path, line, f"prefix {prefix!r} is not digits")
-    for column, micro_column in MONEY_COLUMNS.items():
-        values = []
-        for line, text in zip(tariff["tariff_line"], raw[column], strict=True):
-            try:
-                values.append(to_micro_units(text or "0"))
-            except MoneyError as exc:
-                raise _tariff_row_error(path, line, f"{column}: {exc}") from exc
-        tariff[micro_column] = np.array(values, dtype=np.int64)
-    for column in ("first_increment", "next_increment"):
-        tariff[column] = pd.to_numeric(raw[column], errors="coerce")
-        bad = tariff[tariff[column].isna() | (tariff[column] < 1)]
-        if len(bad):
-            raise _tariff_row_error(path, int(bad["tariff_line"].iloc[0]), f"{column} must be a whole number >= 1")
-        tariff[column] = tariff[column].astype(np.int64)
-    repeated = tariff[tariff["prefix"].duplicated(keep=False)]
-    if len(repeated):
-        raise _tariff_row_error(
-            path, int(repeated["tariff_line"].iloc[-1]), f"prefix {repeated['prefix'].iloc[0]} is listed twice"
-        )
-    return tariff
+NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
 
 
 def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
@@ -105,6 +46,40 @@ def match_longest_prefix(numbers: pd.Series, prefixes: pd.Series) -> np.ndarray:
     return found
 
 
+def match_rates(numbers: pd.Series, starts_utc: pd.Series, rates: pd.DataFrame, timezone: str) -> np.ndarray:
+    """Return, per call, the position in `rates` of the rate that applies, or -1.
+
+    The longest prefix with a rate valid at the call's start (validity period, weekday and
+    hour band in `timezone`) wins; among rates of that prefix, the newest version.
+    """
+    numbers = numbers.reset_index(drop=True)
+    starts = starts_utc.reset_index(drop=True)
+    local = starts.dt.tz_convert(timezone)
+    weekday_bit = np.left_shift(1, local.dt.day_of_week.to_numpy(np.int64))
+    hour = local.dt.hour.to_numpy(np.int64)
+    start_ns = starts.astype("int64").to_numpy()
+    found = np.full(len(numbers), -1, dtype=np.int64)
+    candidates = rates.assign(position=np.arange(len(rates)), length=rates["prefix"].str.len())
+    for length in sorted(candidates["length"].unique(), reverse=True):
+        open_calls = np.flatnonzero(found < 0)
+        if not len(open_calls):
+            break
+        keys = pd.DataFrame({"call": open_calls, "prefix": numbers.iloc[open_calls].str[:length].to_numpy()})
+        pairs = keys.merge(candidates[candidates["length"] == length], on="prefix")
+        call = pairs["call"].to_numpy()
+        valid_to = pairs["valid_to"].astype("int64").where(pairs["valid_to"].notna(), np.iinfo(np.int64).max).to_numpy()
+        applies = (
+            (pairs["valid_from"].astype("int64").to_numpy() <= start_ns[call])
+            & (start_ns[call] < valid_to)
+            & (pairs["weekday_mask"].to_numpy() & weekday_bit[call] > 0)
+            & (pairs["start_hour"].to_numpy() <= hour[call])
+            & (hour[call] < pairs["end_hour"].to_numpy())
+        )
+        chosen = pairs[applies].sort_values(["call", "version_id"]).drop_duplicates("call", keep="last")
+        found[chosen["call"].to_numpy()] = chosen["position"].to_numpy()
+    return found
+
+
 def billed_seconds(duration: np.ndarray, first: np.ndarray, following: np.ndarray) -> np.ndarray:
     """Round durations up to the first increment, then to whole next increments."""
     beyond_first = np.maximum(duration - first, 0)
@@ -121,28 +96,42 @@ def tariff_cost_minor(
     return (sixtieths + quantum // 2) // quantum
 
 
-def _price_by_tariff(calls: pd.DataFrame, tariff: pd.DataFrame, rules: BillingSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    calls = calls.assign(destination_e164=normalise_numbers(calls["destination_party"], rules))
-    position = match_longest_prefix(calls["destination_e164"], tariff["prefix"])
-    unbillable = calls[position < 0].assign(reason_code=NO_TARIFF_PREFIX)
+UNKNOWN_RANGE_DIGITS = 5
+
+
+def _unbillable(calls: pd.DataFrame, rates: pd.DataFrame) -> pd.DataFrame:
+    """Calls with no rate: a known prefix without a rate at that time, or an unknown range."""
+    known = match_longest_prefix(calls["destination_e164"], rates["prefix"])
+    known_prefix = np.where(known >= 0, rates["prefix"].to_numpy()[np.maximum(known, 0)], "")
+    return calls.assign(
+        reason_code=np.where(known >= 0, NO_RATE_AT_CALL_TIME, NO_TARIFF_PREFIX),
+        number_range=np.where(known >= 0, known_prefix, calls["destination_e164"].str[:UNKNOWN_RANGE_DIGITS].to_numpy()),
+    ).reset_index(drop=True)
+
+
+def _price_by_tariff(calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    calls = calls.assign(destination_e164=normalise_numbers(calls["destination_party"], rules)).reset_index(drop=True)
+    position = match_rates(calls["destination_e164"], calls["start_utc"], rates, rules.timezone)
     matched = calls[position >= 0].reset_index(drop=True)
-    rates = tariff.iloc[position[position >= 0]].reset_index(drop=True)
+    rate = rates.iloc[position[position >= 0]].reset_index(drop=True)
     seconds = billed_seconds(
-        matched["duration_seconds"].to_numpy(np.int64), rates["first_increment"].to_numpy(), rates["next_increment"].to_numpy()
+        matched["duration_seconds"].to_numpy(np.int64), rate["first_increment"].to_numpy(), rate["next_increment"].to_numpy()
     )
-    divisor = rates["currency"].map(micro_to_minor_divisor).to_numpy(np.int64)
+    divisor = rate["currency"].map(micro_to_minor_divisor).to_numpy(np.int64)
     cost = tariff_cost_minor(
-        seconds, rates["price_micro"].to_numpy(), rates["fee_micro"].to_numpy(), rates["minimum_micro"].to_numpy(), divisor
+        seconds, rate["price_micro"].to_numpy(), rate["fee_micro"].to_numpy(), rate["minimum_micro"].to_numpy(), divisor
     )
     priced = matched.assign(
         billed_seconds=seconds,
         cost_minor=cost,
-        currency=rates["currency"].to_numpy(),
-        tariff_prefix=rates["prefix"].to_numpy(),
-        tariff_line=rates["tariff_line"].to_numpy(),
+        currency=rate["currency"].to_numpy(),
+        tariff_version=rate["version_id"].to_numpy(),
+        tariff_line=rate["line"].to_numpy(),
+        tariff_prefix=rate["prefix"].to_numpy(),
+        tariff_band=rate["band"].to_numpy(),
         pricing="tariff",
     )
-    return priced, unbillable.reset_index(drop=True)
+    return priced, _unbillable(calls[position < 0], rates)
 
 
 def _price_by_provider(calls: pd.DataFrame) -> pd.DataFrame:
@@ -150,19 +139,21 @@ def _price_by_provider(calls: pd.DataFrame) -> pd.DataFrame:
         destination_e164="",
         billed_seconds=calls["duration_seconds"].to_numpy(np.int64),
         cost_minor=calls["provider_cost_minor"].astype(np.int64),
-        tariff_prefix="",
+        tariff_version=0,
         tariff_line=0,
+        tariff_prefix="",
+        tariff_band="",
         pricing="provider",
     )
 
 
 def rate_calls(
-    calls: pd.DataFrame, tariff: pd.DataFrame, rules: BillingSettings
+    calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split calls into priced, unbillable (no tariff prefix) and not billable (failed)."""
     failed = calls["completion_status"] == COMPLETION_FAILED
     billable = calls[~failed]
-    by_tariff, unbillable = _price_by_tariff(billable[~billable["pre_priced"]], tariff, rules)
+    by_tariff, unbillable = _price_by_tariff(billable[~billable["pre_priced"]], rates, rules)
     by_provider = _price_by_provider(billable[billable["pre_priced"]])
     priced = pd.concat([by_provider, by_tariff], ignore_index=True)
     priced["cost_minor"] = priced["cost_minor"].astype(np.int64)

@@ -6,6 +6,7 @@ non-billed rows (duplicates, unbillable, suspense) are in `billing_exception`.
 
 from __future__ import annotations
 
+import pandas as pd
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -70,6 +71,37 @@ billing_exception = Table(
 )
 
 
+tariff_version = Table(
+    "tariff_version",
+    metadata,
+    Column("version_id", Integer, primary_key=True, autoincrement=True),
+    Column("source_name", Text, nullable=False),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("rate_count", Integer, nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+)
+
+tariff_rate = Table(
+    "tariff_rate",
+    metadata,
+    Column("version_id", Integer, ForeignKey("tariff_version.version_id"), primary_key=True),
+    Column("line", Integer, primary_key=True),
+    Column("prefix", String(16), nullable=False, index=True),
+    Column("destination", Text, nullable=False),
+    Column("price_micro", BigInteger, nullable=False),
+    Column("fee_micro", BigInteger, nullable=False),
+    Column("minimum_micro", BigInteger, nullable=False),
+    Column("first_increment", Integer, nullable=False),
+    Column("next_increment", Integer, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("valid_from", DateTime(timezone=True), nullable=False),
+    Column("valid_to", DateTime(timezone=True)),
+    Column("band", String(32), nullable=False),
+    Column("weekday_mask", Integer, nullable=False),
+    Column("start_hour", Integer, nullable=False),
+    Column("end_hour", Integer, nullable=False),
+)
+
 quarantined_row = Table(
     "quarantined_row",
     metadata,
@@ -109,3 +141,11 @@ cdr_file = Table(
 def ensure_schema(engine: Engine) -> None:
     """Create the billing tables where missing."""
     metadata.create_all(engine)
+
+
+def to_records(frame: pd.DataFrame, **constants: object) -> list[dict]:
+    """Rows as dicts for an INSERT: missing values as NULL, timestamps as datetimes."""
+    frame = frame.assign(**constants)
+    for column in frame.columns[frame.dtypes.map(lambda dtype: isinstance(dtype, pd.DatetimeTZDtype))]:
+        frame[column] = frame[column].astype(object)
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from cdr_billing import acquire, aggregate, alerts, attribute, ledger, load, rate, read, report, schema, validate
+from cdr_billing import acquire, aggregate, alerts, attribute, ledger, load, rate, read, report, schema, tariff, validate
 from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.months import BillingMonth, resolve_billing_month
 
@@ -230,12 +230,18 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
 def rate_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     """Price the month's calls; set aside unbillable and failed calls."""
     config = config or load_config()
-    tariff = rate.load_tariff(Path(_files(meta, "tariff")[0]["local_path"]))
-    priced, unbillable, failed = rate.rate_calls(_read(meta, "calls"), tariff, config.billing)
+    engine = billing_engine(config.billing.connection)
+    tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
+    newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
+    rates = tariff.all_rates(engine)
+    priced, unbillable, failed = rate.rate_calls(_read(meta, "calls"), rates, config.billing)
     _write(meta, "priced", priced)
     _write(meta, "unbillable", unbillable)
-    log.info("priced %d calls, %d unbillable, %d failed (not billable)", len(priced), len(unbillable), len(failed))
-    return _with_counts(meta, unbillable=len(unbillable), not_billable=len(failed))
+    log.info(
+        "priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable)",
+        len(priced), newest_version, len(unbillable), len(failed),
+    )  # fmt: skip
+    return _with_counts({**meta, "tariff_version": newest_version}, unbillable=len(unbillable), not_billable=len(failed))
 
 
 def attribute_calls(meta: Meta) -> Meta:

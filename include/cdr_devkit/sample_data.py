@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from cdr_billing.canonical import CARRIER_FIELDS
 from cdr_billing.months import BillingMonth
-from cdr_billing.rate import TARIFF_COLUMNS
+from cdr_billing.tariff import REQUIRED_COLUMNS as TARIFF_COLUMNS
 
 CUSTOMERS = {"C1001": "100", "C1002": "200", "C1003": "300", "C1004": "400"}
 TARIFF = [

@@ -4,14 +4,13 @@ import pytest
 
 from cdr_billing.config import BillingSettings
 from cdr_billing.rate import (
-    TariffError,
     billed_seconds,
-    load_tariff,
     match_longest_prefix,
     normalise_numbers,
     rate_calls,
     tariff_cost_minor,
 )
+from cdr_billing.tariff import TariffError, read_tariff_file
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
 TARIFF_CSV = """prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency
@@ -25,7 +24,7 @@ TARIFF_CSV = """prefix,destination,price_per_minute,connection_fee,first_increme
 def tariff(tmp_path):
     path = tmp_path / "tariff.csv"
     path.write_text(TARIFF_CSV)
-    return load_tariff(path)
+    return read_tariff_file(path, "Europe/Stockholm").assign(version_id=1)
 
 
 @pytest.mark.parametrize(
@@ -90,6 +89,7 @@ def _calls(**columns):
         "currency": [""],
         "source_file": ["f.csv"],
         "source_row": [2],
+        "start_utc": [pd.Timestamp("2026-10-05 09:00", tz="UTC")],
     }
     base.update(columns)
     frame = pd.DataFrame(base)
@@ -125,11 +125,11 @@ def test_tariff_with_a_bad_price_names_the_line(tmp_path):
     path = tmp_path / "tariff.csv"
     path.write_text(TARIFF_CSV + "49,Germany,abc,0,60,60,0,EUR\n")
     with pytest.raises(TariffError, match="tariff.csv line 5: price_per_minute"):
-        load_tariff(path)
+        read_tariff_file(path, "Europe/Stockholm")
 
 
 def test_tariff_with_a_repeated_prefix_is_refused(tmp_path):
     path = tmp_path / "tariff.csv"
     path.write_text(TARIFF_CSV + "467,Dup,0.1,0,60,60,0,EUR\n")
     with pytest.raises(TariffError, match="listed twice"):
-        load_tariff(path)
+        read_tariff_file(path, "Europe/Stockholm")
