@@ -104,14 +104,15 @@ def _tariff_cost(number: str, duration: int, tariff: list[dict]) -> Decimal | No
     return max(cost, Decimal(rate["minimum_charge"])).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def expected_lines(sftp_root: Path, year: int, month: int) -> dict[tuple[str, str], Decimal]:
-    """Return {(customer id, sequence number): total} for the sample month under sftp_root."""
+def expected_lines(sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()) -> dict[tuple[str, str], Decimal]:
+    """Return {(customer id, sequence number): total} for the sample month under sftp_root,
+    priced with its tariff file plus `extra_rates` (rows added to the tariff later)."""
     start, end = _month_bounds(year, month)
     calls = _carrier_calls(sftp_root / f"cdr/carrier/carrier_cdr_{year}{month:02d}.csv", start, end)
     calls += _conferencing_calls(sftp_root / f"cdr/conferencing/conferencing_cdr_{year}-{month:02d}.xlsx")
     calls += _pbx_calls(sftp_root / f"cdr/pbx/pbx_cdr_{year}-{month:02d}.csv", start, end)
     with next((sftp_root / "reference").glob("tariff*.csv")).open(newline="") as handle:
-        tariff = list(csv.DictReader(handle))
+        tariff = list(csv.DictReader(handle)) + list(extra_rates)
     with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(newline="") as handle:
         accounts = {row["account_id"]: row for row in csv.DictReader(handle)}
     seen, totals = set(), defaultdict(Decimal)

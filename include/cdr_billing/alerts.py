@@ -63,6 +63,21 @@ def held_file_alert(month: str, source: str, name: str, reason: str) -> Alert:
     )
 
 
+def unbillable_alert(month: str, ranges: list[dict]) -> Alert:
+    """Calls the tariff cannot price yet, per number range."""
+    calls = sum(r["calls"] for r in ranges)
+    listed = tuple(f"{r['number_range']}: {r['calls']} calls, {r['minutes']} minutes ({r['reason_code']})" for r in ranges[:20])
+    return Alert(
+        f"[CDR billing] {calls} unbillable calls in {len(ranges)} number ranges ({month})",
+        (
+            f"These calls of {month} match no tariff rate and are kept as unbillable, not billed at zero:",
+            *listed,
+            "Add the ranges to the tariff (python -m cdr_billing.tariff load FILE), then re-run the month: "
+            "the calls will be billed and the new batch replaces the current one.",
+        ),
+    )
+
+
 def send(alert: Alert, recipients: list[str], smtp_conn_id: str = "smtp_default") -> None:
     """Send an alert mail; log (not raise) when it cannot be sent."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook

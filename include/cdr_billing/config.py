@@ -37,6 +37,7 @@ class CdrSource(RemoteFiles):
     name: str = ""
     profile: str = ""
     processed_dir: str | None = None  # move billed files here on the server that delivered them
+    markup_percent: str = "0"  # added to a priced source's own costs, e.g. "12.5"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class BillingSettings:
     max_call_seconds: int
     month_tolerance_hours: float
     max_rejected_share: float
+    price_check_tolerance_percent: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,12 @@ class PipelineConfig:
     smtp_connection: str
     alert_to: tuple[str, ...]
     profiles: dict[str, SourceProfile]
+
+    def markups(self) -> dict[str, int]:
+        """Markup per source in basis points (1 % = 100)."""
+        from cdr_billing.money import percent_to_basis_points
+
+        return {s.name: percent_to_basis_points(s.markup_percent) for s in self.sources}
 
     def profile_for(self, source_name: str) -> SourceProfile:
         """Return the source profile of a configured source."""

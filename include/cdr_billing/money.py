@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+import numpy as np
+
 MICRO = 1_000_000
 _MINOR_DIGITS = {"JPY": 0, "KRW": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3, "TND": 3}
 
@@ -57,3 +59,16 @@ def from_minor_units(minor: int, currency: str) -> Decimal:
 def micro_to_minor_divisor(currency: str) -> int:
     """Return how many micro-units make one minor unit of the currency."""
     return MICRO // 10 ** minor_digits(currency)
+
+
+def divide_half_up(numerator: np.ndarray, denominator: np.ndarray | int) -> np.ndarray:
+    """Integer division rounding halves away from zero (Decimal's ROUND_HALF_UP), vectorised."""
+    return np.sign(numerator) * ((np.abs(numerator) + denominator // 2) // denominator)
+
+
+def percent_to_basis_points(text: str) -> int:
+    """ "12.5" (percent) -> 1250; refuse more than two decimals."""
+    value = parse_decimal(text) * 100
+    if value != value.to_integral_value():
+        raise MoneyError(f"percentage {text!r} has more than two decimals")
+    return int(value)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cdr_billing.canonical import COMPLETION_FAILED
+from cdr_billing.canonical import COMPLETION_FAILED, COMPLETION_PARTIAL
 from cdr_billing.config import BillingSettings
-from cdr_billing.money import micro_to_minor_divisor
+from cdr_billing.money import divide_half_up, micro_to_minor_divisor
 
 NO_TARIFF_PREFIX = "NO_TARIFF_PREFIX"
 NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
@@ -92,8 +92,7 @@ def tariff_cost_minor(
 ) -> np.ndarray:
     """Cost in minor units: fee + price x seconds / 60, at least the minimum, half-up."""
     sixtieths = np.maximum(fee_micro * 60 + price_micro * seconds, minimum_micro * 60)
-    quantum = divisor * 60
-    return (sixtieths + quantum // 2) // quantum
+    return divide_half_up(sixtieths, divisor * 60)
 
 
 UNKNOWN_RANGE_DIGITS = 5
@@ -134,11 +133,15 @@ def _price_by_tariff(calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSet
     return priced, _unbillable(calls[position < 0], rates)
 
 
-def _price_by_provider(calls: pd.DataFrame) -> pd.DataFrame:
+def _price_by_provider(calls: pd.DataFrame, markups: dict[str, int]) -> pd.DataFrame:
+    """The provider's cost plus the source's markup (basis points), rounded half-up once."""
+    markup = calls["source"].map(markups).fillna(0).to_numpy(np.int64) if len(calls) else np.zeros(0, np.int64)
+    divisor = calls["currency"].map(micro_to_minor_divisor).to_numpy(np.int64)
+    cost = divide_half_up(calls["provider_cost_micro"].to_numpy(np.int64) * (10_000 + markup), divisor * 10_000)
     return calls.assign(
         destination_e164="",
         billed_seconds=calls["duration_seconds"].to_numpy(np.int64),
-        cost_minor=calls["provider_cost_minor"].astype(np.int64),
+        cost_minor=cost,
         tariff_version=0,
         tariff_line=0,
         tariff_prefix="",
@@ -147,14 +150,49 @@ def _price_by_provider(calls: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def combine_partial_calls(calls: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Merge the parts (status 2) of each session into one call: the first part, with the
+    summed duration (and provider cost). Returns (calls, the parts merged away)."""
+    partial = (calls["completion_status"] == COMPLETION_PARTIAL) & (calls["session_id"] != "")
+    if not partial.any():
+        return calls, calls.iloc[0:0]
+    parts = calls[partial].sort_values(["source", "session_id", "start_utc", "transaction_part_number"])
+    session = ["source", "session_id"]
+    first = ~parts.duplicated(session)
+    sums = parts.groupby(session)[["duration_seconds", "provider_cost_micro"]].sum(min_count=1)
+    heads = parts[first].drop(columns=["duration_seconds", "provider_cost_micro"]).join(sums, on=session)
+    merged = parts[~first].assign(reason_code="PART_OF_SESSION")
+    combined = pd.concat([calls[~partial], heads[calls.columns]], ignore_index=True)
+    return combined.astype(calls.dtypes.to_dict()), merged.reset_index(drop=True)
+
+
+def compare_with_tariff(priced: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings) -> pd.DataFrame:
+    """Provider-priced calls that have a destination number the tariff also prices: the
+    ones whose costs differ by more than the tolerance (percent of the tariff cost)."""
+    checkable = priced[(priced["pricing"] == "provider") & (priced["destination_party"] != "")]
+    if checkable.empty:
+        return checkable.assign(tariff_cost_minor=pd.Series(dtype="int64"))
+    by_tariff, _ = _price_by_tariff(checkable.drop(columns=["destination_e164", "billed_seconds", "cost_minor"]), rates, rules)
+    both = checkable.reset_index(drop=True).merge(
+        by_tariff[["source", "transaction_id", "cost_minor"]].rename(columns={"cost_minor": "tariff_cost_minor"}),
+        on=["source", "transaction_id"],
+    )
+    difference = (both["cost_minor"] - both["tariff_cost_minor"]).abs()
+    return both[difference * 100 > both["tariff_cost_minor"] * rules.price_check_tolerance_percent].reset_index(drop=True)
+
+
 def rate_calls(
-    calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings
+    calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings, markups: dict[str, int] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Split calls into priced, unbillable (no tariff prefix) and not billable (failed)."""
+    """Split calls into priced, unbillable (no rate) and not billable (status 0, failed).
+
+    Status 1 and 2 are billed; status 3 (completed, delivery failed) is billed and keeps
+    its status as the flag. `markups`: source -> basis points added to provider costs.
+    """
     failed = calls["completion_status"] == COMPLETION_FAILED
     billable = calls[~failed]
     by_tariff, unbillable = _price_by_tariff(billable[~billable["pre_priced"]], rates, rules)
-    by_provider = _price_by_provider(billable[billable["pre_priced"]])
+    by_provider = _price_by_provider(billable[billable["pre_priced"]], markups or {})
     priced = pd.concat([by_provider, by_tariff], ignore_index=True)
     priced["cost_minor"] = priced["cost_minor"].astype(np.int64)
     priced["billed_seconds"] = priced["billed_seconds"].astype(np.int64)

@@ -8,8 +8,8 @@ import pandas as pd
 
 from cdr_billing.money import from_minor_units
 
-# read = billed + quarantined + duplicates + not_billable + unbillable + suspense
-OUTCOMES = ("billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense")
+# read = billed + quarantined + duplicates + not_billable + unbillable + suspense + combined
+OUTCOMES = ("billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined")
 
 
 class ReconciliationError(AssertionError):
@@ -66,6 +66,20 @@ def build_report(
     }
 
 
+def unbillable_ranges(unbillable: pd.DataFrame) -> list[dict[str, Any]]:
+    """Unbillable calls per number range and reason: calls and minutes, most calls first."""
+    if unbillable.empty:
+        return []
+    grouped = unbillable.groupby(["number_range", "reason_code"]).agg(
+        calls=("transaction_id", "size"), seconds=("duration_seconds", "sum")
+    )
+    ranges = grouped.reset_index().sort_values(["calls", "number_range"], ascending=[False, True])
+    return [
+        {"number_range": r.number_range, "reason_code": r.reason_code, "calls": int(r.calls), "minutes": round(r.seconds / 60, 1)}
+        for r in ranges.itertuples()
+    ]
+
+
 def render_text(report: dict[str, Any]) -> str:
     """Render the report as a fixed-width text table for logs and terminals."""
     out = [f"Billing month {report['billing_month']}  (batch {report['batch']['batch_id']})", ""]
@@ -79,4 +93,10 @@ def render_text(report: dict[str, Any]) -> str:
     out += ["", "Rows: " + ", ".join(f"{key}={counts[key]}" for key in ("read", *OUTCOMES))]
     for item in report["exceptions"]:
         out.append(f"  {item['kind']:<12} {item['reason_code']:<24} {item['rows']}")
+    if report.get("unbillable_ranges"):
+        out += ["", "Unbillable number ranges (add them to the tariff, then re-run the month):"]
+        for item in report["unbillable_ranges"]:
+            out.append(
+                f"  {item['number_range']:<12} {item['reason_code']:<24} {item['calls']:>6} calls {item['minutes']:>9} min"
+            )
     return "\n".join(out)

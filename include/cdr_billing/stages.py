@@ -234,14 +234,19 @@ def rate_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
     newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
     rates = tariff.all_rates(engine)
-    priced, unbillable, failed = rate.rate_calls(_read(meta, "calls"), rates, config.billing)
+    calls, merged_parts = rate.combine_partial_calls(_read(meta, "calls"))
+    priced, unbillable, failed = rate.rate_calls(calls, rates, config.billing, config.markups())
+    price_differences = rate.compare_with_tariff(priced, rates, config.billing)
     _write(meta, "priced", priced)
     _write(meta, "unbillable", unbillable)
+    _write(meta, "combined", merged_parts)
+    _write(meta, "price_differences", price_differences)
     log.info(
         "priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable)",
         len(priced), newest_version, len(unbillable), len(failed),
     )  # fmt: skip
-    return _with_counts({**meta, "tariff_version": newest_version}, unbillable=len(unbillable), not_billable=len(failed))
+    facts = {"tariff_version": newest_version, "price_differences": len(price_differences)}
+    return _with_counts({**meta, **facts}, unbillable=len(unbillable), not_billable=len(failed), combined=len(merged_parts))
 
 
 def attribute_calls(meta: Meta) -> Meta:
@@ -272,6 +277,7 @@ def _exception_rows(meta: Meta) -> pd.DataFrame:
         ("quarantined", "quarantined", None),
         ("duplicate", "duplicates", "DUPLICATE_TRANSACTION"),
         ("unbillable", "unbillable", None),
+        ("combined", "combined", None),
         ("suspense", "suspense", None),
     ):
         frame = _read(meta, name)
@@ -324,6 +330,12 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     month_report = report.build_report(meta["billing_month"], meta["batch"], meta["counts"], loaded, _exception_rows(meta))
     month_report["files"] = meta["file_stats"]
     month_report["data_docs"] = meta["data_docs"]
+    month_report["unbillable_ranges"] = report.unbillable_ranges(_read(meta, "unbillable"))
+    month_report["delivery_failed_billed"] = int((_read(meta, "attributed")["completion_status"] == 3).sum())
+    month_report["price_differences"] = meta["price_differences"]
+    if month_report["unbillable_ranges"]:
+        alert = alerts.unbillable_alert(meta["billing_month"], month_report["unbillable_ranges"])
+        alerts.send(alert, list(config.alert_to), config.smtp_connection)
     _work_file(meta, "report.json").write_text(json.dumps(month_report, indent=1), encoding="utf-8")
     text = report.render_text(month_report)
     _work_file(meta, "report.txt").write_text(text + "\n", encoding="utf-8")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from cdr_billing.canonical import COMPLETION_STATUSES, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
-from cdr_billing.money import MoneyError, parse_decimal, to_minor_units
+from cdr_billing.money import MoneyError, to_micro_units
 from cdr_billing.months import BillingMonth
 
 EXCEL_EPOCH = pd.Timestamp("1899-12-30")
@@ -95,11 +95,12 @@ def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series
     return whole.astype("Int64")
 
 
-def _cost_minor(costs: pd.Series, currencies: pd.Series) -> pd.Series:
+def _cost_micro(costs: pd.Series) -> pd.Series:
+    """Provider costs as integer micro-units (nullable); NA when not a number or too precise."""
     values = []
-    for cost, currency in zip(costs, currencies, strict=True):
+    for cost in costs:
         try:
-            values.append(to_minor_units(parse_decimal(cost), currency or "EUR"))
+            values.append(to_micro_units(cost))
         except MoneyError:
             values.append(pd.NA)
     return pd.Series(values, index=costs.index, dtype="Int64")
@@ -124,7 +125,7 @@ def _failures(
     )
     fails["BAD_COMPLETION_STATUS"] = typed["completion_status"].isna()
     if profile.priced:
-        fails["BAD_COST"] = typed["provider_cost_minor"].isna()
+        fails["BAD_COST"] = typed["provider_cost_micro"].isna()
         fails["BAD_CURRENCY"] = ~raw["currency"].str.fullmatch(CURRENCY_CODE)
     else:
         fails["BAD_NUMBER"] = ~raw["destination_party"].str.fullmatch(PHONE_NUMBER)
@@ -138,8 +139,8 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
     typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit, profile.decimal)
     status = pd.to_numeric(raw["completion_status"], errors="coerce")
     typed["completion_status"] = status.where(status.isin(COMPLETION_STATUSES)).astype("Int8")
-    typed["provider_cost_minor"] = (
-        _cost_minor(raw["provider_cost"].str.replace(profile.decimal, ".", regex=False), raw["currency"])
+    typed["provider_cost_micro"] = (
+        _cost_micro(raw["provider_cost"].str.replace(profile.decimal, ".", regex=False))
         if profile.priced
         else pd.Series(pd.NA, index=raw.index, dtype="Int64")
     )

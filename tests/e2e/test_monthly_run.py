@@ -71,6 +71,28 @@ def test_a_scheduled_style_rerun_bills_the_interval_month_once(dag, billing_engi
     assert _current_lines(billing_engine, "2026-10") == expected_lines(sftp_root, 2026, 10)
 
 
+def test_an_unknown_range_is_alerted_then_billed_by_a_rerun_once_added_to_the_tariff(
+    dag, billing_engine, sftp_root, services, tmp_path
+):
+    from cdr_billing.tariff import load_file
+
+    before = set(services.maildir.glob("*.eml"))
+    assert run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"}).state == "success"
+    subjects = [message_from_bytes(p.read_bytes())["Subject"] for p in set(services.maildir.glob("*.eml")) - before]
+    assert subjects == ["[CDR billing] 29 unbillable calls in 1 number ranges (2026-10)"]
+    satellite = {"prefix": "88216", "destination": "Satellite", "price_per_minute": "1.5000", "connection_fee": "0",
+                 "first_increment": "60", "next_increment": "60", "minimum_charge": "0", "currency": "EUR"}  # fmt: skip
+    addition = tmp_path / "tariff_satellite.csv"
+    addition.write_text(",".join(satellite) + "\n" + ",".join(satellite.values()) + "\n")
+    load_file(billing_engine, addition, "Europe/Stockholm")
+    rerun = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"})
+    assert rerun.state == "success"
+    assert _current_lines(billing_engine, "2026-10") == expected_lines(sftp_root, 2026, 10, extra_rates=(satellite,))
+    assert _current_lines(billing_engine, "2026-10") != expected_lines(sftp_root, 2026, 10)
+    report = json.loads((run_work_dir(load_config(), "2026-10", rerun.run_id) / "report.json").read_text())
+    assert report["counts"]["unbillable"] == 0 and report["unbillable_ranges"] == []
+
+
 def test_files_not_arrived_by_the_deadline_fail_the_run_with_an_alert_mail(dag, services):
     before = set(services.maildir.glob("*.eml"))
     run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-07"})  # nothing delivered for July

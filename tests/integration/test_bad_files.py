@@ -176,7 +176,7 @@ def test_semicolons_with_decimal_commas(tmp_path):
     )
     raw = read_cdr_file(path, profile).assign(source="conf_csv")
     checked = check_rows(raw, profile, MONTH, RULES)
-    assert checked.accepted["provider_cost_minor"].tolist() == [13]  # 0,1250 rounds half-up to 0.13
+    assert checked.accepted["provider_cost_micro"].tolist() == [125_000]  # 0,1250 read exactly
     assert reasons(checked) == ["BAD_COST"]  # thousands separators are not guessed
 
 

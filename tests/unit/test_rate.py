@@ -5,6 +5,8 @@ import pytest
 from cdr_billing.config import BillingSettings
 from cdr_billing.rate import (
     billed_seconds,
+    combine_partial_calls,
+    compare_with_tariff,
     match_longest_prefix,
     normalise_numbers,
     rate_calls,
@@ -85,15 +87,16 @@ def _calls(**columns):
         "duration_seconds": [61],
         "destination_party": ["0701234567"],
         "pre_priced": [False],
-        "provider_cost_minor": [pd.NA],
+        "provider_cost_micro": [pd.NA],
         "currency": [""],
         "source_file": ["f.csv"],
+        "source": ["carrier"],
         "source_row": [2],
         "start_utc": [pd.Timestamp("2026-10-05 09:00", tz="UTC")],
     }
     base.update(columns)
     frame = pd.DataFrame(base)
-    frame["provider_cost_minor"] = frame["provider_cost_minor"].astype("Int64")
+    frame["provider_cost_micro"] = frame["provider_cost_micro"].astype("Int64")
     return frame
 
 
@@ -116,7 +119,7 @@ def test_failed_calls_are_not_billed(tariff):
 
 
 def test_provider_priced_calls_keep_the_provider_cost(tariff):
-    calls = _calls(pre_priced=[True], provider_cost_minor=[1234], currency=["EUR"], destination_party=[""])
+    calls = _calls(pre_priced=[True], provider_cost_micro=[12_340_000], currency=["EUR"], destination_party=[""])
     priced, _, _ = rate_calls(calls, tariff, RULES)
     assert priced[["cost_minor", "pricing"]].values.tolist() == [[1234, "provider"]]
 
@@ -133,3 +136,34 @@ def test_tariff_with_a_repeated_prefix_is_refused(tmp_path):
     path.write_text(TARIFF_CSV + "467,Dup,0.1,0,60,60,0,EUR\n")
     with pytest.raises(TariffError, match="listed twice"):
         read_tariff_file(path, "Europe/Stockholm")
+
+
+def test_provider_costs_get_the_source_markup_rounded_once(tariff):
+    calls = _calls(pre_priced=[True], provider_cost_micro=[1_234_500], currency=["EUR"], destination_party=[""])
+    priced, _, _ = rate_calls(calls, tariff, RULES, markups={"carrier": 1250})  # 1.2345 x 1.125 = 1.3888125
+    assert priced["cost_minor"].tolist() == [139]
+
+
+def _part(transaction_id: str, status: int, part: str, session: str, minute: int = 0) -> pd.DataFrame:
+    start = pd.Timestamp("2026-10-05 09:00", tz="UTC") + pd.Timedelta(minutes=minute)
+    return _calls(transaction_id=[transaction_id], completion_status=[status], duration_seconds=[40],
+                  transaction_part_number=[part], session_id=[session], start_utc=[start])  # fmt: skip
+
+
+def test_partial_parts_of_a_session_become_one_call_before_pricing(tariff):
+    parts = pd.concat([_part("p1", 2, "1", "S1"), _part("p2", 2, "2", "S1", minute=1), _part("x", 1, "1", "S2")])
+    calls, merged = combine_partial_calls(parts.reset_index(drop=True))
+    assert sorted(calls[["transaction_id", "duration_seconds"]].values.tolist()) == [["p1", 80], ["x", 40]]
+    assert merged["transaction_id"].tolist() == ["p2"]
+    priced, _, _ = rate_calls(calls, tariff, RULES)
+    # one connection fee for the session: 0.05 + 0.09 x 2 minutes = 0.23, not 2 x (0.05 + 0.09)
+    assert priced.set_index("transaction_id").loc["p1", "cost_minor"] == 23
+
+
+def test_provider_prices_far_from_the_tariff_are_reported(tariff):
+    near = _calls(pre_priced=[True], provider_cost_micro=[230_000], currency=["EUR"], transaction_id=["near"])
+    far = _calls(pre_priced=[True], provider_cost_micro=[500_000], currency=["EUR"], transaction_id=["far"])
+    calls = pd.concat([near, far], ignore_index=True)
+    priced, _, _ = rate_calls(calls, tariff, RULES)
+    differences = compare_with_tariff(priced, tariff, RULES)
+    assert differences[["transaction_id", "cost_minor", "tariff_cost_minor"]].values.tolist() == [["far", 50, 23]]

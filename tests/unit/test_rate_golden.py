@@ -65,8 +65,8 @@ def calls(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
     return pd.DataFrame({
         "transaction_id": [f"t{n}" for n in range(len(rows))], "user_id": "u1", "completion_status": 1,
         "duration_seconds": [seconds for _, _, seconds in rows], "destination_party": [number for number, _, _ in rows],
-        "pre_priced": False, "provider_cost_minor": pd.array([pd.NA] * len(rows), dtype="Int64"), "currency": "",
-        "source_file": "f.csv", "source_row": range(2, len(rows) + 2), "start_utc": starts,
+        "pre_priced": False, "provider_cost_micro": pd.array([pd.NA] * len(rows), dtype="Int64"), "currency": "",
+        "source_file": "f.csv", "source": "carrier", "source_row": range(2, len(rows) + 2), "start_utc": starts,
     })  # fmt: skip
 
 

@@ -4,7 +4,16 @@ import pytest
 from cdr_billing.aggregate import aggregate_lines
 from cdr_billing.report import ReconciliationError, check_totals, reconcile, reconcile_file
 
-COUNTS = {"read": 10, "billed": 4, "quarantined": 1, "duplicates": 1, "not_billable": 2, "unbillable": 1, "suspense": 1}
+COUNTS = {
+    "read": 11,
+    "billed": 4,
+    "quarantined": 1,
+    "duplicates": 1,
+    "not_billable": 2,
+    "unbillable": 1,
+    "suspense": 1,
+    "combined": 1,
+}
 
 
 def test_reconcile_accepts_a_complete_account():
@@ -12,8 +21,8 @@ def test_reconcile_accepts_a_complete_account():
 
 
 def test_reconcile_refuses_a_lost_row():
-    with pytest.raises(ReconciliationError, match="rows read 11"):
-        reconcile({**COUNTS, "read": 11})
+    with pytest.raises(ReconciliationError, match="rows read 12"):
+        reconcile({**COUNTS, "read": 12})
 
 
 def test_lines_sum_to_the_calls():
@@ -40,3 +49,14 @@ def test_file_reconciliation_names_the_file():
     reconcile_file({"name": "a.csv", "read": 5, "billable": 3, "quarantined": 1, "duplicate": 1})
     with pytest.raises(ReconciliationError, match="a.csv: rows read 6"):
         reconcile_file({"name": "a.csv", "read": 6, "billable": 3, "quarantined": 1, "duplicate": 1})
+
+
+def test_unbillable_ranges_are_summed_by_range():
+    from cdr_billing.report import unbillable_ranges
+
+    unbillable = pd.DataFrame({"number_range": ["88216", "88216", "358"], "reason_code": ["NO_TARIFF_PREFIX"] * 2 + ["X"],
+                               "transaction_id": ["a", "b", "c"], "duration_seconds": [60, 30, 600]})  # fmt: skip
+    assert unbillable_ranges(unbillable) == [
+        {"number_range": "88216", "reason_code": "NO_TARIFF_PREFIX", "calls": 2, "minutes": 1.5},
+        {"number_range": "358", "reason_code": "X", "calls": 1, "minutes": 10.0},
+    ]
