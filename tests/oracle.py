@@ -44,6 +44,9 @@ def _carrier_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
                     "status": row["completion_status"],
                     "duration": duration,
                     "number": row["destination_party"],
+                    "session": row["session_id"],
+                    "start": started,
+                    "part": row["transaction_part_number"],
                 }
             )
     return calls
@@ -104,6 +107,22 @@ def _tariff_cost(number: str, duration: int, tariff: list[dict]) -> Decimal | No
     return max(cost, Decimal(rate["minimum_charge"])).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+def _combine_partials(calls: list[dict]) -> list[dict]:
+    """Parts (status 2) of one session become one call with the summed duration."""
+    sessions = defaultdict(list)
+    for call in calls:
+        if call["status"] == "2" and call.get("session"):
+            sessions[call["session"]].append(call)
+    merged = []
+    for call in calls:
+        parts = sessions.get(call.get("session")) if call["status"] == "2" else None
+        if not parts:
+            merged.append(call)
+        elif call is min(parts, key=lambda p: (p["start"], p["part"])):
+            merged.append({**call, "duration": sum(p["duration"] for p in parts)})
+    return merged
+
+
 def expected_lines(sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()) -> dict[tuple[str, str], Decimal]:
     """Return {(customer id, sequence number): total} for the sample month under sftp_root,
     priced with its tariff file plus `extra_rates` (rows added to the tariff later)."""
@@ -115,11 +134,13 @@ def expected_lines(sftp_root: Path, year: int, month: int, extra_rates: tuple[di
         tariff = list(csv.DictReader(handle)) + list(extra_rates)
     with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(newline="") as handle:
         accounts = {row["account_id"]: row for row in csv.DictReader(handle)}
-    seen, totals = set(), defaultdict(Decimal)
+    seen, unique = set(), []
     for call in calls:
-        if call["key"] in seen:
-            continue
-        seen.add(call["key"])
+        if call["key"] not in seen:
+            seen.add(call["key"])
+            unique.append(call)
+    totals = defaultdict(Decimal)
+    for call in _combine_partials(unique):
         account = accounts.get(call["account"])
         if call["status"] == "0" or account is None or account["entitled"] != "true":
             continue

@@ -99,8 +99,8 @@ def _start_times(rng: random.Random, month: BillingMonth, count: int) -> list[da
 def write_carrier_csv(
     path: Path, rng: random.Random, month: BillingMonth, users: list[str], calls: int, with_flaws: bool = True
 ) -> None:
-    """Carrier CDRs in the canonical fields, UTC timestamps; with_flaws adds three invalid
-    rows and three re-delivered duplicates (needs at least 301 calls)."""
+    """Carrier CDRs in the canonical fields, UTC timestamps; with_flaws adds 20 calls in two
+    partial parts, three invalid rows and three re-delivered duplicates (needs 440 calls)."""
     rows = []
     for n, started in enumerate(_start_times(rng, month, calls)):
         utc = started.astimezone(ZoneInfo("UTC"))
@@ -130,6 +130,10 @@ def write_carrier_csv(
             }
         )
     if with_flaws:
+        for k, first in enumerate(range(400, 440, 2)):  # 20 calls delivered in two partial parts
+            rows[first + 1].update(user_id=rows[first]["user_id"], destination_party=rows[first]["destination_party"])
+            for part, row in enumerate((rows[first], rows[first + 1]), start=1):
+                row.update(session_id=f"SP{k:04d}", completion_status="2", transaction_part_number=str(part))
         rows[10]["duration_of_usage"] = "-5"
         rows[20]["start_of_usage"] = "2026-13-40T99:00:00Z"
         rows[30]["start_of_usage"] = f"{month.year - 1}-06-15T10:00:00Z"
