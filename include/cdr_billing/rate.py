@@ -15,6 +15,7 @@ import pandas as pd
 from cdr_billing.canonical import COMPLETION_FAILED, COMPLETION_PARTIAL
 from cdr_billing.config import BillingSettings
 from cdr_billing.money import divide_half_up, micro_to_minor_divisor
+from cdr_billing.tariff import OPEN_START
 
 NO_TARIFF_PREFIX = "NO_TARIFF_PREFIX"
 NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
@@ -46,37 +47,99 @@ def match_longest_prefix(numbers: pd.Series, prefixes: pd.Series) -> np.ndarray:
     return found
 
 
+E164_DIGITS = 15
+_POWERS = np.power(10, np.arange(E164_DIGITS + 1), dtype=np.int64)
+
+
+def _padded_numbers(digits: pd.Series) -> np.ndarray:
+    """E.164 digit strings as int64 right-padded to 15 digits; -1 where not 1-15 digits without a leading 0."""
+    fits = digits.str.fullmatch(r"[1-9]\d{0,14}").fillna(False).to_numpy(bool)
+    values = pd.to_numeric(digits.where(fits, "0")).to_numpy(np.int64)
+    lengths = np.where(fits, digits.str.len().fillna(0).to_numpy(np.int64), E164_DIGITS)
+    return np.where(fits, values * _POWERS[E164_DIGITS - lengths], -1)
+
+
+class PrefixIndex:
+    """Longest-prefix lookup by binary search: each prefix is the interval of the padded
+    numbers it starts; intervals nest, so each elementary segment has one innermost prefix."""
+
+    def __init__(self, prefixes: list[str]) -> None:
+        self.prefixes = prefixes
+        lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
+        values = np.array([int(p) for p in prefixes], dtype=np.int64)
+        low = values * _POWERS[E164_DIGITS - lengths]
+        high = (values + 1) * _POWERS[E164_DIGITS - lengths]
+        self.bounds = np.unique(np.concatenate([low, high]))
+        self.innermost = np.full(len(self.bounds), -1, dtype=np.int64)
+        for prefix_id in np.argsort(lengths, kind="stable"):  # longer prefixes overwrite the shorter they nest in
+            start, stop = np.searchsorted(self.bounds, [low[prefix_id], high[prefix_id]])
+            self.innermost[start:stop] = prefix_id
+        by_text = {p: n for n, p in enumerate(prefixes)}
+        self.parent = np.array(
+            [next((by_text[p[:k]] for k in range(len(p) - 1, 0, -1) if p[:k] in by_text), -1) for p in prefixes], dtype=np.int64
+        )
+
+    def lookup(self, padded: np.ndarray) -> np.ndarray:
+        """The innermost prefix id of each padded number, or -1."""
+        segment = np.searchsorted(self.bounds, padded, side="right") - 1
+        found = self.innermost[np.maximum(segment, 0)]
+        return np.where((segment >= 0) & (padded >= 0), found, -1)
+
+
+def _rate_at_call_time(
+    calls: np.ndarray, prefix_ids: np.ndarray, rates: pd.DataFrame, moments: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Position of the newest rate of each call's prefix valid at its start, or -1."""
+    pairs = pd.DataFrame({"call": calls, "prefix_id": prefix_ids}).merge(rates, on="prefix_id")
+    call = pairs["call"].to_numpy()
+    valid_to = pairs["valid_to"].astype("int64").where(pairs["valid_to"].notna(), np.iinfo(np.int64).max).to_numpy()
+    start = moments["start_ns"][call]
+    hour = moments["hour"][call]
+    applies = (
+        (pairs["valid_from"].astype("int64").to_numpy() <= start)
+        & (start < valid_to)
+        & (pairs["weekday_mask"].to_numpy() & moments["weekday_bit"][call] > 0)
+        & (pairs["start_hour"].to_numpy() <= hour)
+        & (hour < pairs["end_hour"].to_numpy())
+    )
+    chosen = pairs[applies].sort_values(["call", "version_id"]).drop_duplicates("call", keep="last")
+    found = pd.Series(-1, index=calls, dtype=np.int64)
+    found[chosen["call"].to_numpy()] = chosen["position"].to_numpy()
+    return found.to_numpy()
+
+
 def match_rates(numbers: pd.Series, starts_utc: pd.Series, rates: pd.DataFrame, timezone: str) -> np.ndarray:
     """Return, per call, the position in `rates` of the rate that applies, or -1.
 
     The longest prefix with a rate valid at the call's start (validity period, weekday and
     hour band in `timezone`) wins; among rates of that prefix, the newest version.
+    Prefixes with a single all-time, all-week rate need no per-call check.
     """
-    numbers = numbers.reset_index(drop=True)
+    prefixes = sorted(rates["prefix"].unique())
+    index = PrefixIndex(prefixes)
+    rates = rates.assign(position=np.arange(len(rates)), prefix_id=rates["prefix"].map({p: n for n, p in enumerate(prefixes)}))
+    always = (rates["valid_from"] <= OPEN_START) & rates["valid_to"].isna() & (rates["weekday_mask"] == 127)
+    always &= (rates["start_hour"] == 0) & (rates["end_hour"] == 24) & ~rates["prefix_id"].duplicated(keep=False)
+    simple = np.full(len(prefixes), -1, dtype=np.int64)
+    simple[rates.loc[always, "prefix_id"].to_numpy()] = rates.loc[always, "position"].to_numpy()
     starts = starts_utc.reset_index(drop=True)
     local = starts.dt.tz_convert(timezone)
-    weekday_bit = np.left_shift(1, local.dt.day_of_week.to_numpy(np.int64))
-    hour = local.dt.hour.to_numpy(np.int64)
-    start_ns = starts.astype("int64").to_numpy()
-    found = np.full(len(numbers), -1, dtype=np.int64)
-    candidates = rates.assign(position=np.arange(len(rates)), length=rates["prefix"].str.len())
-    for length in sorted(candidates["length"].unique(), reverse=True):
-        open_calls = np.flatnonzero(found < 0)
-        if not len(open_calls):
-            break
-        keys = pd.DataFrame({"call": open_calls, "prefix": numbers.iloc[open_calls].str[:length].to_numpy()})
-        pairs = keys.merge(candidates[candidates["length"] == length], on="prefix")
-        call = pairs["call"].to_numpy()
-        valid_to = pairs["valid_to"].astype("int64").where(pairs["valid_to"].notna(), np.iinfo(np.int64).max).to_numpy()
-        applies = (
-            (pairs["valid_from"].astype("int64").to_numpy() <= start_ns[call])
-            & (start_ns[call] < valid_to)
-            & (pairs["weekday_mask"].to_numpy() & weekday_bit[call] > 0)
-            & (pairs["start_hour"].to_numpy() <= hour[call])
-            & (hour[call] < pairs["end_hour"].to_numpy())
-        )
-        chosen = pairs[applies].sort_values(["call", "version_id"]).drop_duplicates("call", keep="last")
-        found[chosen["call"].to_numpy()] = chosen["position"].to_numpy()
+    moments = {
+        "start_ns": starts.astype("int64").to_numpy(),
+        "hour": local.dt.hour.to_numpy(np.int64),
+        "weekday_bit": np.left_shift(1, local.dt.day_of_week.to_numpy(np.int64)),
+    }
+    current = index.lookup(_padded_numbers(numbers.reset_index(drop=True)))
+    found = np.full(len(current), -1, dtype=np.int64)
+    pending = np.flatnonzero(current >= 0)
+    while pending.size:
+        chosen = simple[current[pending]]
+        checked = chosen < 0
+        chosen[checked] = _rate_at_call_time(pending[checked], current[pending[checked]], rates, moments)
+        found[pending] = chosen
+        retry = pending[chosen < 0]  # no rate at that time: the next shorter prefix may have one
+        current[retry] = index.parent[current[retry]]
+        pending = retry[current[retry] >= 0]
     return found
 
 

@@ -120,3 +120,45 @@ def test_the_month_total_is_the_sum_of_its_calls(tmp_path_factory, rows):
     lines = aggregate_lines(priced)
     assert lines["total_minor"].sum() == sum(priced["cost_minor"])
     assert lines["call_count"].sum() == len(rows)
+
+
+def reference_match(number: str, start: pd.Timestamp, rates: pd.DataFrame) -> int:
+    """The rule, row by row: longest prefix with a rate valid at the start, then newest version."""
+    local = start.tz_convert(RULES.timezone)
+    best = (-1, -1, -1)
+    for position, rate in enumerate(rates.itertuples()):
+        valid = rate.valid_from <= start and (pd.isna(rate.valid_to) or start < rate.valid_to)
+        in_band = rate.weekday_mask & (1 << local.day_of_week) and rate.start_hour <= local.hour < rate.end_hour
+        if number.startswith(rate.prefix) and valid and in_band:
+            best = max(best, (len(rate.prefix), rate.version_id, position))
+    return best[2]
+
+
+RANDOM_RATES = st.lists(
+    st.tuples(
+        st.text("1234", min_size=1, max_size=4),  # few digits: prefixes nest a lot
+        st.sampled_from([("", ""), ("", "2026-10-15"), ("2026-10-15", "")]),
+        st.sampled_from([("", "", ""), ("12345", "8", "18"), ("67", "", "")]),
+        st.integers(1, 3),
+    ),
+    min_size=1, max_size=25,
+)  # fmt: skip
+
+
+@given(rates=RANDOM_RATES, numbers=st.lists(st.text("1234", min_size=1, max_size=7), min_size=1, max_size=30), start=OCTOBER)
+def test_the_interval_matcher_agrees_with_the_rule_row_by_row(tmp_path_factory, rates, numbers, start):
+    from cdr_billing.rate import match_rates
+
+    frames = []
+    for version in {v for *_, v in rates}:
+        rows = {(prefix, validity, band) for prefix, validity, band, v in rates if v == version}
+        text = HEADER + "".join(
+            f"{p},d,0.01,0,60,60,0,EUR,{vf},{vt},b,{days},{sh},{eh}\n" for p, (vf, vt), (days, sh, eh) in rows
+        )
+        path = tmp_path_factory.mktemp("t") / "tariff.csv"
+        path.write_text(text)
+        frames.append(read_tariff_file(path, RULES.timezone).assign(version_id=version))
+    table = pd.concat(frames, ignore_index=True)
+    moment = pd.Timestamp(start).tz_localize(RULES.timezone).tz_convert("UTC")
+    found = match_rates(pd.Series(numbers), pd.Series([moment] * len(numbers)), table, RULES.timezone)
+    assert found.tolist() == [reference_match(n, moment, table) for n in numbers]
