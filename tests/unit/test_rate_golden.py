@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given
@@ -61,7 +62,8 @@ def tariff_rates(tmp_path, *versions: str) -> pd.DataFrame:
 
 
 def calls(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
-    starts = pd.to_datetime([start for _, start, _ in rows]).tz_localize(RULES.timezone).tz_convert("UTC")
+    local = pd.to_datetime([start for _, start, _ in rows])
+    starts = local.tz_localize(RULES.timezone, ambiguous=np.ones(len(rows), bool)).tz_convert("UTC")
     return pd.DataFrame({
         "transaction_id": [f"t{n}" for n in range(len(rows))], "user_id": "u1", "completion_status": 1,
         "duration_seconds": [seconds for _, _, seconds in rows], "destination_party": [number for number, _, _ in rows],
@@ -151,14 +153,14 @@ def test_the_interval_matcher_agrees_with_the_rule_row_by_row(tmp_path_factory, 
 
     frames = []
     for version in {v for *_, v in rates}:
-        rows = {(prefix, validity, band) for prefix, validity, band, v in rates if v == version}
-        text = HEADER + "".join(
-            f"{p},d,0.01,0,60,60,0,EUR,{vf},{vt},b,{days},{sh},{eh}\n" for p, (vf, vt), (days, sh, eh) in rows
-        )
+        # one row per prefix, start of validity and band in a file (overlaps are refused on load)
+        rows = {(prefix, validity[0], band): validity for prefix, validity, band, v in rates if v == version}
+        lines = [f"{p},d,0.01,0,60,60,0,EUR,{vf},{vt},b,{days},{sh},{eh}\n" for (p, _, (days, sh, eh)), (vf, vt) in rows.items()]
+        text = HEADER + "".join(lines)
         path = tmp_path_factory.mktemp("t") / "tariff.csv"
         path.write_text(text)
         frames.append(read_tariff_file(path, RULES.timezone).assign(version_id=version))
     table = pd.concat(frames, ignore_index=True)
-    moment = pd.Timestamp(start).tz_localize(RULES.timezone).tz_convert("UTC")
+    moment = pd.Timestamp(start).tz_localize(RULES.timezone, ambiguous=True).tz_convert("UTC")
     found = match_rates(pd.Series(numbers), pd.Series([moment] * len(numbers)), table, RULES.timezone)
     assert found.tolist() == [reference_match(n, moment, table) for n in numbers]
