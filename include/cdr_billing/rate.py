@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cdr_billing.canonical import COMPLETION_FAILED, COMPLETION_PARTIAL
 from cdr_billing.config import BillingSettings
@@ -23,13 +25,22 @@ NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
 
 def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     """Return numbers as E.164 digits without "+": +46.., 0046.. and 0.. become 46.."""
-    digits = numbers.str.replace(r"[\s\-().]", "", regex=True)
-    plus = digits.str.startswith("+")
-    international = ~plus & digits.str.startswith(rules.international_prefix)
-    national = ~plus & ~international & digits.str.startswith(rules.national_prefix)
-    normalised = digits.str.lstrip("+")
-    normalised = normalised.mask(international, digits.str[len(rules.international_prefix) :])
-    return normalised.mask(national, rules.country_code + digits.str[len(rules.national_prefix) :])
+    digits = pc.replace_substring_regex(pa.array(numbers, type=pa.string()), r"[\s\-().]", "")
+    plus = pc.starts_with(digits, "+")
+    international = pc.and_(pc.invert(plus), pc.starts_with(digits, rules.international_prefix))
+    national = pc.and_(pc.invert(pc.or_(plus, international)), pc.starts_with(digits, rules.national_prefix))
+    skip = pc.if_else(
+        plus, 1, pc.if_else(international, len(rules.international_prefix), pc.if_else(national, len(rules.national_prefix), 0))
+    )
+    rest = pc.utf8_slice_codeunits(digits, 0)  # a copy to cut from below
+    cut = [
+        pc.utf8_slice_codeunits(rest, n) for n in range(max(1, len(rules.international_prefix), len(rules.national_prefix)) + 1)
+    ]
+    tail = cut[0]
+    for n in range(1, len(cut)):
+        tail = pc.if_else(pc.equal(skip, n), cut[n], tail)
+    country = pc.if_else(national, rules.country_code, "")
+    return pd.Series(pc.binary_join_element_wise(country, tail, ""), index=numbers.index, dtype="str")
 
 
 def match_longest_prefix(numbers: pd.Series, prefixes: pd.Series) -> np.ndarray:
@@ -53,10 +64,11 @@ _POWERS = np.power(10, np.arange(E164_DIGITS + 1), dtype=np.int64)
 
 def _padded_numbers(digits: pd.Series) -> np.ndarray:
     """E.164 digit strings as int64 right-padded to 15 digits; -1 where not 1-15 digits without a leading 0."""
-    fits = digits.str.fullmatch(r"[1-9]\d{0,14}").fillna(False).to_numpy(bool)
-    values = pd.to_numeric(digits.where(fits, "0")).to_numpy(np.int64)
-    lengths = np.where(fits, digits.str.len().fillna(0).to_numpy(np.int64), E164_DIGITS)
-    return np.where(fits, values * _POWERS[E164_DIGITS - lengths], -1)
+    text = pa.array(digits, type=pa.string())
+    fits = pc.fill_null(pc.match_substring_regex(text, r"^[1-9]\d{0,14}$"), False)
+    values = pc.cast(pc.if_else(fits, text, "0"), pa.int64()).to_numpy(zero_copy_only=False)
+    lengths = pc.if_else(fits, pc.utf8_length(text), E164_DIGITS).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(fits.to_numpy(zero_copy_only=False), values * _POWERS[E164_DIGITS - lengths], -1)
 
 
 class PrefixIndex:
@@ -174,23 +186,24 @@ def _unbillable(calls: pd.DataFrame, rates: pd.DataFrame) -> pd.DataFrame:
 def _price_by_tariff(calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     calls = calls.assign(destination_e164=normalise_numbers(calls["destination_party"], rules)).reset_index(drop=True)
     position = match_rates(calls["destination_e164"], calls["start_utc"], rates, rules.timezone)
-    matched = calls[position >= 0].reset_index(drop=True)
-    rate = rates.iloc[position[position >= 0]].reset_index(drop=True)
-    seconds = billed_seconds(
-        matched["duration_seconds"].to_numpy(np.int64), rate["first_increment"].to_numpy(), rate["next_increment"].to_numpy()
-    )
-    divisor = rate["currency"].map(micro_to_minor_divisor).to_numpy(np.int64)
-    cost = tariff_cost_minor(
-        seconds, rate["price_micro"].to_numpy(), rate["fee_micro"].to_numpy(), rate["minimum_micro"].to_numpy(), divisor
-    )
+    hit = position >= 0
+    matched = calls[hit].reset_index(drop=True)
+    used = position[hit]
+
+    def column(name: str) -> np.ndarray:
+        return rates[name].to_numpy()[used]
+
+    divisors = rates["currency"].map({c: micro_to_minor_divisor(c) for c in rates["currency"].unique()}).to_numpy(np.int64)
+    seconds = billed_seconds(matched["duration_seconds"].to_numpy(np.int64), column("first_increment"), column("next_increment"))
+    cost = tariff_cost_minor(seconds, column("price_micro"), column("fee_micro"), column("minimum_micro"), divisors[used])
     priced = matched.assign(
         billed_seconds=seconds,
         cost_minor=cost,
-        currency=rate["currency"].to_numpy(),
-        tariff_version=rate["version_id"].to_numpy(),
-        tariff_line=rate["line"].to_numpy(),
-        tariff_prefix=rate["prefix"].to_numpy(),
-        tariff_band=rate["band"].to_numpy(),
+        currency=column("currency"),
+        tariff_version=column("version_id"),
+        tariff_line=column("line"),
+        tariff_prefix=column("prefix"),
+        tariff_band=column("band"),
         pricing="tariff",
     )
     return priced, _unbillable(calls[position < 0], rates)
