@@ -25,7 +25,10 @@ NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
 
 def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     """Return numbers as E.164 digits without "+": +46.., 0046.. and 0.. become 46.."""
-    digits = pc.replace_substring_regex(pa.array(numbers, type=pa.string()), r"[\s\-().]", "")
+    text = pa.array(numbers, type=pa.string())
+    if pc.all(pc.match_substring_regex(text, r"^\+[0-9]+$")).as_py():  # already E.164: the usual case
+        return pd.Series(pc.utf8_slice_codeunits(text, 1), index=numbers.index, dtype="str")
+    digits = pc.replace_substring_regex(text, r"[\s\-().]", "")
     plus = pc.starts_with(digits, "+")
     international = pc.and_(pc.invert(plus), pc.starts_with(digits, rules.international_prefix))
     national = pc.and_(pc.invert(pc.or_(plus, international)), pc.starts_with(digits, rules.national_prefix))
@@ -83,9 +86,9 @@ class PrefixIndex:
         high = (values + 1) * _POWERS[E164_DIGITS - lengths]
         self.bounds = np.unique(np.concatenate([low, high]))
         self.innermost = np.full(len(self.bounds), -1, dtype=np.int64)
+        starts, stops = np.searchsorted(self.bounds, low), np.searchsorted(self.bounds, high)
         for prefix_id in np.argsort(lengths, kind="stable"):  # longer prefixes overwrite the shorter they nest in
-            start, stop = np.searchsorted(self.bounds, [low[prefix_id], high[prefix_id]])
-            self.innermost[start:stop] = prefix_id
+            self.innermost[starts[prefix_id] : stops[prefix_id]] = prefix_id
         by_text = {p: n for n, p in enumerate(prefixes)}
         self.parent = np.array(
             [next((by_text[p[:k]] for k in range(len(p) - 1, 0, -1) if p[:k] in by_text), -1) for p in prefixes], dtype=np.int64
@@ -99,18 +102,19 @@ class PrefixIndex:
 
 
 def _rate_at_call_time(
-    calls: np.ndarray, prefix_ids: np.ndarray, rates: pd.DataFrame, moments: dict[str, np.ndarray]
+    calls: np.ndarray, prefix_ids: np.ndarray, rates: pd.DataFrame, starts: pd.Series, timezone: str
 ) -> np.ndarray:
     """Position of the newest rate of each call's prefix valid at its start, or -1."""
     pairs = pd.DataFrame({"call": calls, "prefix_id": prefix_ids}).merge(rates, on="prefix_id")
-    call = pairs["call"].to_numpy()
+    moment = starts.iloc[pairs["call"].to_numpy()]
+    local = moment.dt.tz_convert(timezone)
+    start, hour = moment.astype("int64").to_numpy(), local.dt.hour.to_numpy(np.int64)
+    weekday_bit = np.left_shift(1, local.dt.day_of_week.to_numpy(np.int64))
     valid_to = pairs["valid_to"].astype("int64").where(pairs["valid_to"].notna(), np.iinfo(np.int64).max).to_numpy()
-    start = moments["start_ns"][call]
-    hour = moments["hour"][call]
     applies = (
         (pairs["valid_from"].astype("int64").to_numpy() <= start)
         & (start < valid_to)
-        & (pairs["weekday_mask"].to_numpy() & moments["weekday_bit"][call] > 0)
+        & (pairs["weekday_mask"].to_numpy() & weekday_bit > 0)
         & (pairs["start_hour"].to_numpy() <= hour)
         & (hour < pairs["end_hour"].to_numpy())
     )
@@ -135,19 +139,13 @@ def match_rates(numbers: pd.Series, starts_utc: pd.Series, rates: pd.DataFrame, 
     simple = np.full(len(prefixes), -1, dtype=np.int64)
     simple[rates.loc[always, "prefix_id"].to_numpy()] = rates.loc[always, "position"].to_numpy()
     starts = starts_utc.reset_index(drop=True)
-    local = starts.dt.tz_convert(timezone)
-    moments = {
-        "start_ns": starts.astype("int64").to_numpy(),
-        "hour": local.dt.hour.to_numpy(np.int64),
-        "weekday_bit": np.left_shift(1, local.dt.day_of_week.to_numpy(np.int64)),
-    }
     current = index.lookup(_padded_numbers(numbers.reset_index(drop=True)))
     found = np.full(len(current), -1, dtype=np.int64)
     pending = np.flatnonzero(current >= 0)
     while pending.size:
         chosen = simple[current[pending]]
         checked = chosen < 0
-        chosen[checked] = _rate_at_call_time(pending[checked], current[pending[checked]], rates, moments)
+        chosen[checked] = _rate_at_call_time(pending[checked], current[pending[checked]], rates, starts, timezone)
         found[pending] = chosen
         retry = pending[chosen < 0]  # no rate at that time: the next shorter prefix may have one
         current[retry] = index.parent[current[retry]]
@@ -183,9 +181,26 @@ def _unbillable(calls: pd.DataFrame, rates: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def price_numbers(
+    e164: pd.Series, starts_utc: pd.Series, durations: np.ndarray, rates: pd.DataFrame, timezone: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rating core on arrays: per call the rate position (-1: none), billed seconds and cost."""
+    position = match_rates(e164, starts_utc, rates, timezone)
+    used = np.maximum(position, 0)
+
+    def column(name: str) -> np.ndarray:
+        return rates[name].to_numpy()[used]
+
+    divisors = rates["currency"].map({c: micro_to_minor_divisor(c) for c in rates["currency"].unique()}).to_numpy(np.int64)
+    seconds = billed_seconds(durations, column("first_increment"), column("next_increment"))
+    cost = tariff_cost_minor(seconds, column("price_micro"), column("fee_micro"), column("minimum_micro"), divisors[used])
+    return position, seconds, cost
+
+
 def _price_by_tariff(calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     calls = calls.assign(destination_e164=normalise_numbers(calls["destination_party"], rules)).reset_index(drop=True)
-    position = match_rates(calls["destination_e164"], calls["start_utc"], rates, rules.timezone)
+    durations = calls["duration_seconds"].to_numpy(np.int64)
+    position, seconds, cost = price_numbers(calls["destination_e164"], calls["start_utc"], durations, rates, rules.timezone)
     hit = position >= 0
     matched = calls[hit].reset_index(drop=True)
     used = position[hit]
@@ -193,12 +208,9 @@ def _price_by_tariff(calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSet
     def column(name: str) -> np.ndarray:
         return rates[name].to_numpy()[used]
 
-    divisors = rates["currency"].map({c: micro_to_minor_divisor(c) for c in rates["currency"].unique()}).to_numpy(np.int64)
-    seconds = billed_seconds(matched["duration_seconds"].to_numpy(np.int64), column("first_increment"), column("next_increment"))
-    cost = tariff_cost_minor(seconds, column("price_micro"), column("fee_micro"), column("minimum_micro"), divisors[used])
     priced = matched.assign(
-        billed_seconds=seconds,
-        cost_minor=cost,
+        billed_seconds=seconds[hit],
+        cost_minor=cost[hit],
         currency=column("currency"),
         tariff_version=column("version_id"),
         tariff_line=column("line"),

@@ -65,8 +65,8 @@ def main() -> int:
     print((work_dir / "report.txt").read_text())
     counts = json.loads((work_dir / "report.json").read_text())["counts"]
     print(
-        "Summary: read {read}, billed {billed}, rejected {quarantined}, unbillable {unbillable}, "
-        "suspense {suspense}, failed calls {not_billable}, duplicates {duplicates}".format(**counts)
+        "Summary: read {read}, billed {billed}, rejected {quarantined}, unbillable {unbillable}, suspense {suspense}, "
+        "failed calls {not_billable}, duplicates {duplicates}, partial parts combined {combined}".format(**counts)
     )
     print(f"Billing database: {DEMO_DIR / 'billing.sqlite'}; mails: {DEMO_DIR / 'mail'}")
     print(f"Run files, Great Expectations Data Docs and the report: {work_dir}")
