@@ -270,6 +270,12 @@ def aggregate_lines(meta: Meta) -> Meta:
     return meta
 
 
+def _detail(frame: pd.DataFrame) -> pd.Series:
+    """What an operator needs to act on a non-billed row: the account, and the number range."""
+    columns = [c for c in ("user_id", "number_range", "session_id") if c in frame]
+    return pd.Series([json.dumps(record) for record in frame[columns].to_dict("records")], index=frame.index, dtype=str)
+
+
 def _exception_rows(meta: Meta) -> pd.DataFrame:
     """All rows not billed, in one shape, for the billing database."""
     parts = []
@@ -283,9 +289,7 @@ def _exception_rows(meta: Meta) -> pd.DataFrame:
         frame = _read(meta, name)
         if frame.empty:
             continue
-        detail = (
-            frame["original_values"] if "original_values" in frame else frame["user_id"].map(lambda a: json.dumps({"user_id": a}))
-        )
+        detail = frame["original_values"] if "original_values" in frame else _detail(frame)
         parts.append(
             pd.DataFrame(
                 {

@@ -1,0 +1,30 @@
+"""Tariff versions in a real PostgreSQL: a load adds a version and never changes history."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sqlalchemy import create_engine
+
+from cdr_billing.schema import ensure_schema
+from cdr_billing.tariff import all_rates, load_file
+
+HEADER = "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency,valid_from\n"
+
+
+def test_loads_add_versions_and_keep_history(postgres, tmp_path):
+    engine = create_engine(postgres.url_of(postgres.create_database("tariff_history")))
+    ensure_schema(engine)
+    first, second = tmp_path / "tariff_2026-10.csv", tmp_path / "tariff_2026-11.xlsx"
+    first.write_text(HEADER + "46,Sweden,0.0200,0,60,60,0,EUR,\n467,Mobile,0.0900,0.05,60,60,0.10,EUR,\n")
+    pd.DataFrame([{"prefix": "467", "destination": "Mobile", "price_per_minute": "0.0700", "connection_fee": "0.05",
+                   "first_increment": "60", "next_increment": "60", "minimum_charge": "0.10", "currency": "EUR",
+                   "valid_from": "2026-11-01"}]).to_excel(second, index=False)  # fmt: skip
+    v1 = load_file(engine, first, "Europe/Stockholm")
+    before = all_rates(engine)
+    v2 = load_file(engine, second, "Europe/Stockholm")
+    assert (v1, v2) == (1, 2)
+    assert load_file(engine, first, "Europe/Stockholm") == v1  # the same file again: its version, nothing added
+    after = all_rates(engine)
+    assert after[after["version_id"] == v1].reset_index(drop=True).equals(before.reset_index(drop=True))
+    new = after[after["version_id"] == v2].iloc[0]
+    assert (new["prefix"], new["price_micro"], str(new["valid_from"])) == ("467", 70_000, "2026-10-31 23:00:00+00:00")
