@@ -106,6 +106,13 @@ STAGES = [
             title="Billing month",
             description="YYYY-MM. Leave empty to bill the month of the run's data interval.",
         ),
+        "refresh_entitlements": Param(
+            False,
+            type="boolean",
+            title="Take a fresh entitlement snapshot",
+            description="Off: a re-run bills with the snapshot the month was first billed with (reproducible). "
+            "On: capture a new one, e.g. after an account was fixed.",
+        ),
     },
 )
 def cdr_billing_monthly():
@@ -120,7 +127,13 @@ def cdr_billing_monthly():
         from cdr_billing import stages
 
         context = get_current_context()
-        meta = stages.start_run(context["params"].get("billing_month"), context.get("data_interval_start"), context["run_id"])
+        params = context["params"]
+        meta = stages.start_run(
+            params.get("billing_month"),
+            context.get("data_interval_start"),
+            context["run_id"],
+            refresh_entitlements=bool(params.get("refresh_entitlements")),
+        )
         return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)
 
     meta = wait_for_cdr_files()

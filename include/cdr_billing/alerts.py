@@ -63,18 +63,33 @@ def held_file_alert(month: str, source: str, name: str, reason: str) -> Alert:
     )
 
 
+MAX_LISTED = 20
+
+
+def _listing(subject: str, intro: str, items: list[str], advice: str) -> Alert:
+    """An alert that lists up to MAX_LISTED items between an introduction and the advice."""
+    more = [f"... and {len(items) - MAX_LISTED} more (see the month report)."] if len(items) > MAX_LISTED else []
+    return Alert(subject, (intro, *items[:MAX_LISTED], *more, advice))
+
+
 def unbillable_alert(month: str, ranges: list[dict]) -> Alert:
     """Calls the tariff cannot price yet, per number range."""
-    calls = sum(r["calls"] for r in ranges)
-    listed = tuple(f"{r['number_range']}: {r['calls']} calls, {r['minutes']} minutes ({r['reason_code']})" for r in ranges[:20])
-    return Alert(
-        f"[CDR billing] {calls} unbillable calls in {len(ranges)} number ranges ({month})",
-        (
-            f"These calls of {month} match no tariff rate and are kept as unbillable, not billed at zero:",
-            *listed,
-            "Add the ranges to the tariff (python -m cdr_billing.tariff load FILE), then re-run the month: "
-            "the calls will be billed and the new batch replaces the current one.",
-        ),
+    return _listing(
+        f"[CDR billing] {sum(r['calls'] for r in ranges)} unbillable calls in {len(ranges)} number ranges ({month})",
+        f"These calls of {month} match no tariff rate and are kept as unbillable, not billed at zero:",
+        [f"{r['number_range']}: {r['calls']} calls, {r['minutes']} minutes ({r['reason_code']})" for r in ranges],
+        "Add the ranges to the tariff (python -m cdr_billing.tariff load FILE), then re-run the month: "
+        "the calls will be billed and the new batch replaces the current one.",
+    )
+
+
+def suspense_alert(month: str, accounts: list[dict]) -> Alert:
+    """Calls of accounts that are unknown or not entitled: not billed to anyone yet."""
+    return _listing(
+        f"[CDR billing] {sum(a['calls'] for a in accounts)} calls of {len(accounts)} accounts in suspense ({month})",
+        f"These accounts' calls of {month} are not billed to a guessed customer; they wait in suspense:",
+        [f"{a['account_id']}: {a['calls']} calls ({a['reason_code']})" for a in accounts],
+        "Fix the accounts in the entitlement system, then re-run the month with refresh_entitlements on.",
     )
 
 

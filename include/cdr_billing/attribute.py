@@ -1,63 +1,54 @@
 """Attribute priced calls to who pays: customer id and sequence number (cost center).
 
-The entitlement snapshot maps provider account ids to customers. A user without a cost
-center is billed to the customer's default sequence number. Unknown or not-entitled
-accounts are never billed to a guessed customer: their calls go to suspense.
+Each call is matched against the snapshot valid at its start: the latest one taken at or
+before it (calls before the first snapshot use the first). A user without a cost center is
+billed to the customer's default sequence number. Unknown or not-entitled accounts are never
+billed to a guessed customer: their calls go to suspense.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import numpy as np
 import pandas as pd
 
-ENTITLEMENT_COLUMNS = (
-    "account_id",
-    "user_principal_name",
-    "customer_id",
-    "sequence_number",
-    "default_sequence_number",
-    "entitled",
-    "last_login",
-)
-TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}
 UNKNOWN_ACCOUNT, NOT_ENTITLED, NO_SEQUENCE_NUMBER = "UNKNOWN_ACCOUNT", "NOT_ENTITLED", "NO_SEQUENCE_NUMBER"
+JOINED = ["customer_id", "sequence_number", "default_sequence_number", "entitled", "last_login"]
 
 
-class EntitlementError(ValueError):
-    """The entitlement snapshot is unusable; the message names the file and rows."""
+def snapshot_at(starts_utc: pd.Series, history: pd.DataFrame) -> np.ndarray:
+    """The snapshot id valid at each moment: the latest taken at or before it, else the first."""
+    snapshots = history[["snapshot_id", "taken_at"]].drop_duplicates().sort_values(["taken_at", "snapshot_id"])
+    taken = snapshots["taken_at"].astype("int64").to_numpy()
+    position = np.searchsorted(taken, starts_utc.astype("int64").to_numpy(), side="right") - 1
+    return snapshots["snapshot_id"].to_numpy()[np.maximum(position, 0)]
 
 
-def load_entitlements(path: Path) -> pd.DataFrame:
-    """Read an entitlement snapshot CSV; reject missing columns, bad flags and duplicates."""
-    snapshot = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in ENTITLEMENT_COLUMNS if c not in snapshot.columns]
-    if missing:
-        raise EntitlementError(f"{path.name}: missing columns {missing}")
-    snapshot = snapshot.apply(lambda column: column.str.strip())
-    lines = pd.Series(range(2, len(snapshot) + 2), index=snapshot.index)
-    flag = snapshot["entitled"].str.lower()
-    bad_flag = ~flag.isin(TRUE_WORDS | FALSE_WORDS)
-    if bad_flag.any():
-        raise EntitlementError(f"{path.name}: 'entitled' is not true/false on lines {lines[bad_flag].tolist()[:10]}")
-    repeated = snapshot["account_id"].duplicated(keep=False)
-    if repeated.any():
-        raise EntitlementError(f"{path.name}: account ids listed more than once on lines {lines[repeated].tolist()[:10]}")
-    return snapshot.assign(entitled=flag.isin(TRUE_WORDS))
-
-
-def attribute_calls(priced: pd.DataFrame, snapshot: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (attributed calls with customer_id and sequence_number, suspense calls)."""
-    accounts = snapshot.set_index("account_id")
-    known = priced["user_id"].isin(accounts.index)
-    joined = priced.join(accounts[["customer_id", "sequence_number", "default_sequence_number", "entitled"]], on="user_id")
-    sequence = joined["sequence_number"].where(joined["sequence_number"].fillna("") != "", joined["default_sequence_number"])
-    joined = joined.assign(sequence_number=sequence.fillna(""), used_default_sequence=joined["sequence_number"].fillna("") == "")
+    keyed = priced.assign(entitlement_snapshot=snapshot_at(priced["start_utc"], history))
+    accounts = history.set_index(["snapshot_id", "account_id"])[JOINED]
+    joined = keyed.join(accounts, on=["entitlement_snapshot", "user_id"])
+    known = joined["customer_id"].notna()
+    own = joined["sequence_number"].fillna("")
+    sequence = own.where(own != "", joined["default_sequence_number"]).fillna("")
+    joined = joined.assign(sequence_number=sequence, used_default_sequence=known & (own == ""))
     reason = pd.Series("", index=joined.index)
-    reason = reason.mask(joined["sequence_number"] == "", NO_SEQUENCE_NUMBER)
+    reason = reason.mask(sequence == "", NO_SEQUENCE_NUMBER)
     reason = reason.mask(known & ~joined["entitled"].fillna(False).astype(bool), NOT_ENTITLED)
     reason = reason.mask(~known, UNKNOWN_ACCOUNT)
     in_suspense = reason != ""
-    attributed = joined[~in_suspense].drop(columns=["default_sequence_number", "entitled"])
-    suspense = joined[in_suspense].assign(reason_code=reason[in_suspense]).drop(columns=["default_sequence_number", "entitled"])
-    return attributed.reset_index(drop=True), suspense.reset_index(drop=True)
+    kept = joined.drop(columns=["default_sequence_number", "entitled"])
+    return kept[~in_suspense].reset_index(drop=True), kept[in_suspense].assign(reason_code=reason[in_suspense]).reset_index(
+        drop=True
+    )
+
+
+def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:
+    """Billed accounts whose last login is before the cutoff: their cost center may be out of date."""
+    last_login = pd.to_datetime(attributed["last_login"], errors="coerce")
+    stale = attributed[last_login.isna() | (last_login < cutoff.tz_localize(None))]
+    grouped = stale.groupby(["user_id", "customer_id", "last_login"]).size().rename("calls").reset_index()
+    return [
+        {"account_id": r.user_id, "customer_id": r.customer_id, "last_login": r.last_login or "never", "calls": int(r.calls)}
+        for r in grouped.sort_values(["customer_id", "user_id"]).itertuples()
+    ]

@@ -60,6 +60,16 @@ class SourceProfile:
 
 
 @dataclass(frozen=True)
+class EntitlementSettings:
+    """Where the entitlement snapshot comes from."""
+
+    source: str
+    connection: str
+    query: str
+    stale_after_days: int
+
+
+@dataclass(frozen=True)
 class BillingSettings:
     """Rules of the billing stages."""
 
@@ -85,6 +95,7 @@ class PipelineConfig:
     sources: tuple[CdrSource, ...]
     tariff: RemoteFiles
     entitlements: RemoteFiles
+    entitlement_source: EntitlementSettings
     billing: BillingSettings
     work_root: Path
     archive_root: Path
@@ -128,6 +139,8 @@ def load_config(path: Path | None = None) -> PipelineConfig:
     raw = _read_yaml(path)
     profiles = load_profiles(path.parent / raw.get("profiles_file", "profiles.yaml"))
     sources = tuple(CdrSource(**spec) for spec in raw["sources"])
+    if raw["entitlements"]["source"] not in ("file", "sql"):
+        raise ConfigError(f"{path}: entitlements.source must be file or sql")
     unknown = [s.profile for s in sources if s.profile not in profiles]
     if unknown:
         raise ConfigError(f"{path}: sources use unknown profiles {unknown}")
@@ -139,6 +152,7 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         sources=sources,
         tariff=RemoteFiles(**raw["reference"]["tariff"]),
         entitlements=RemoteFiles(**raw["reference"]["entitlements"]),
+        entitlement_source=EntitlementSettings(**raw["entitlements"]),
         billing=BillingSettings(**raw["billing"]),
         work_root=Path(os.path.expandvars(raw["work_root"])),
         archive_root=Path(os.path.expandvars(raw["archive_root"])),

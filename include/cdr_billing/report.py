@@ -80,6 +80,15 @@ def unbillable_ranges(unbillable: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
+def suspense_accounts(suspense: pd.DataFrame) -> list[dict[str, Any]]:
+    """Accounts whose calls are in suspense, with the reason and the number of calls."""
+    if suspense.empty:
+        return []
+    grouped = suspense.groupby(["user_id", "reason_code"]).size().rename("calls").reset_index()
+    ordered = grouped.sort_values(["calls", "user_id"], ascending=[False, True])
+    return [{"account_id": r.user_id, "reason_code": r.reason_code, "calls": int(r.calls)} for r in ordered.itertuples()]
+
+
 def render_text(report: dict[str, Any]) -> str:
     """Render the report as a fixed-width text table for logs and terminals."""
     out = [f"Billing month {report['billing_month']}  (batch {report['batch']['batch_id']})", ""]
@@ -93,6 +102,14 @@ def render_text(report: dict[str, Any]) -> str:
     out += ["", "Rows: " + ", ".join(f"{key}={counts[key]}" for key in ("read", *OUTCOMES))]
     for item in report["exceptions"]:
         out.append(f"  {item['kind']:<12} {item['reason_code']:<24} {item['rows']}")
+    if report.get("suspense_accounts"):
+        out += ["", "Accounts in suspense (fix the entitlement, then re-run with refresh_entitlements):"]
+        for item in report["suspense_accounts"][:20]:
+            out.append(f"  {item['account_id']:<24} {item['reason_code']:<24} {item['calls']:>6} calls")
+    if report.get("stale_entitlements"):
+        out.append(
+            f"\nStale entitlements (no login for a long time, cost center may be outdated): {len(report['stale_entitlements'])}"
+        )
     if report.get("unbillable_ranges"):
         out += ["", "Unbillable number ranges (add them to the tariff, then re-run the month):"]
         for item in report["unbillable_ranges"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -100,6 +101,38 @@ tariff_rate = Table(
     Column("weekday_mask", Integer, nullable=False),
     Column("start_hour", Integer, nullable=False),
     Column("end_hour", Integer, nullable=False),
+)
+
+entitlement_snapshot = Table(
+    "entitlement_snapshot",
+    metadata,
+    Column("snapshot_id", Integer, primary_key=True, autoincrement=True),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+    Column("source_name", Text, nullable=False),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("row_count", Integer, nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+)
+
+entitlement = Table(
+    "entitlement",
+    metadata,
+    Column("snapshot_id", Integer, ForeignKey("entitlement_snapshot.snapshot_id"), primary_key=True),
+    Column("account_id", String(128), primary_key=True),
+    Column("user_principal_name", Text, nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("sequence_number", String(64), nullable=False),
+    Column("default_sequence_number", String(64), nullable=False),
+    Column("entitled", Boolean, nullable=False),
+    Column("last_login", String(32), nullable=False),
+)
+
+# The snapshot each billing month is billed with (re-runs reuse it unless asked to refresh).
+month_entitlement = Table(
+    "month_entitlement",
+    metadata,
+    Column("billing_month", String(7), primary_key=True),
+    Column("snapshot_id", Integer, ForeignKey("entitlement_snapshot.snapshot_id"), nullable=False),
 )
 
 quarantined_row = Table(

@@ -17,7 +17,21 @@ from typing import Any
 
 import pandas as pd
 
-from cdr_billing import acquire, aggregate, alerts, attribute, ledger, load, rate, read, report, schema, tariff, validate
+from cdr_billing import (
+    acquire,
+    aggregate,
+    alerts,
+    attribute,
+    entitlements,
+    ledger,
+    load,
+    rate,
+    read,
+    report,
+    schema,
+    tariff,
+    validate,
+)
 from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.months import BillingMonth, resolve_billing_month
 
@@ -64,14 +78,23 @@ def run_work_dir(config: PipelineConfig, billing_month: str, run_id: str) -> Pat
 
 
 def start_run(
-    billing_month_param: str | None, data_interval_start: datetime | None, run_id: str, config: PipelineConfig | None = None
+    billing_month_param: str | None,
+    data_interval_start: datetime | None,
+    run_id: str,
+    config: PipelineConfig | None = None,
+    refresh_entitlements: bool = False,
 ) -> Meta:
     """Resolve the billing month and create the run's work directory."""
     config = config or load_config()
     month = resolve_billing_month(billing_month_param, data_interval_start, config.billing.timezone)
     work_dir = run_work_dir(config, str(month), run_id)
     work_dir.mkdir(parents=True, exist_ok=True)
-    return {"billing_month": str(month), "run_id": run_id, "work_dir": str(work_dir)}
+    return {
+        "billing_month": str(month),
+        "run_id": run_id,
+        "work_dir": str(work_dir),
+        "refresh_entitlements": refresh_entitlements,
+    }
 
 
 def _cdr_requests(config: PipelineConfig, month: str) -> list[acquire.FileRequest]:
@@ -79,9 +102,12 @@ def _cdr_requests(config: PipelineConfig, month: str) -> list[acquire.FileReques
 
 
 def _reference_requests(config: PipelineConfig, month: str) -> list[acquire.FileRequest]:
+    references = [("tariff", config.tariff)]
+    if config.entitlement_source.source == "file":
+        references.append(("entitlements", config.entitlements))
     return [
         acquire.FileRequest(role, role, files.remote_dir, files.pattern_for(month), newest_only=True)
-        for role, files in (("tariff", config.tariff), ("entitlements", config.entitlements))
+        for role, files in references
     ]
 
 
@@ -249,14 +275,31 @@ def rate_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     return _with_counts({**meta, **facts}, unbillable=len(unbillable), not_billable=len(failed), combined=len(merged_parts))
 
 
-def attribute_calls(meta: Meta) -> Meta:
-    """Join priced calls to the entitlement snapshot; set aside suspense calls."""
-    snapshot = attribute.load_entitlements(Path(_files(meta, "entitlements")[0]["local_path"]))
-    attributed, suspense = attribute.attribute_calls(_read(meta, "priced"), snapshot)
+def attribute_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
+    """Join priced calls to the entitlement snapshot valid at each call; set aside suspense calls."""
+    config = config or load_config()
+    settings, engine, now = config.entitlement_source, billing_engine(config.billing.connection), datetime.now(UTC)
+
+    def capture() -> entitlements.Snapshot:
+        if settings.source == "sql":
+            return entitlements.from_query(settings.connection, settings.query, now)
+        return entitlements.from_file(Path(_files(meta, "entitlements")[0]["local_path"]), now)
+
+    snapshot_id = entitlements.snapshot_for_month(engine, meta["billing_month"], capture, meta.get("refresh_entitlements", False))
+    attributed, suspense = attribute.attribute_calls(_read(meta, "priced"), entitlements.history(engine, snapshot_id))
+    month_end = BillingMonth.parse(meta["billing_month"]).bounds(config.billing.timezone)[1]
+    stale = attribute.stale_accounts(attributed, pd.Timestamp(month_end) - pd.Timedelta(days=settings.stale_after_days))
     _write(meta, "attributed", attributed)
     _write(meta, "suspense", suspense)
-    log.info("attributed %d calls, %d in suspense", len(attributed), len(suspense))
-    return _with_counts(meta, billed=len(attributed), suspense=len(suspense))
+    _write(meta, "stale_accounts", pd.DataFrame(stale, columns=["account_id", "customer_id", "last_login", "calls"]))
+    log.info(
+        "snapshot %d: attributed %d calls, %d in suspense, %d stale accounts",
+        snapshot_id,
+        len(attributed),
+        len(suspense),
+        len(stale),
+    )
+    return _with_counts({**meta, "entitlement_snapshot": snapshot_id}, billed=len(attributed), suspense=len(suspense))
 
 
 def aggregate_lines(meta: Meta) -> Meta:
@@ -337,8 +380,14 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     month_report["unbillable_ranges"] = report.unbillable_ranges(_read(meta, "unbillable"))
     month_report["delivery_failed_billed"] = int((_read(meta, "attributed")["completion_status"] == 3).sum())
     month_report["price_differences"] = meta["price_differences"]
+    month_report["suspense_accounts"] = report.suspense_accounts(_read(meta, "suspense"))
+    month_report["stale_entitlements"] = _read(meta, "stale_accounts").to_dict("records")
+    month_report["entitlement_snapshot"] = meta["entitlement_snapshot"]
     if month_report["unbillable_ranges"]:
         alert = alerts.unbillable_alert(meta["billing_month"], month_report["unbillable_ranges"])
+        alerts.send(alert, list(config.alert_to), config.smtp_connection)
+    if month_report["suspense_accounts"]:
+        alert = alerts.suspense_alert(meta["billing_month"], month_report["suspense_accounts"])
         alerts.send(alert, list(config.alert_to), config.smtp_connection)
     _work_file(meta, "report.json").write_text(json.dumps(month_report, indent=1), encoding="utf-8")
     text = report.render_text(month_report)

@@ -79,7 +79,10 @@ def test_an_unknown_range_is_alerted_then_billed_by_a_rerun_once_added_to_the_ta
     before = set(services.maildir.glob("*.eml"))
     assert run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"}).state == "success"
     subjects = [message_from_bytes(p.read_bytes())["Subject"] for p in set(services.maildir.glob("*.eml")) - before]
-    assert subjects == ["[CDR billing] 29 unbillable calls in 1 number ranges (2026-10)"]
+    assert sorted(subjects) == [
+        "[CDR billing] 147 calls of 5 accounts in suspense (2026-10)",
+        "[CDR billing] 29 unbillable calls in 1 number ranges (2026-10)",
+    ]
     satellite = {"prefix": "88216", "destination": "Satellite", "price_per_minute": "1.5000", "connection_fee": "0",
                  "first_increment": "60", "next_increment": "60", "minimum_charge": "0", "currency": "EUR"}  # fmt: skip
     addition = tmp_path / "tariff_satellite.csv"

@@ -1,25 +1,37 @@
+from datetime import UTC, datetime
+
 import pandas as pd
 import pytest
 
-from cdr_billing.attribute import EntitlementError, attribute_calls, load_entitlements
+from cdr_billing.attribute import attribute_calls, snapshot_at, stale_accounts
+from cdr_billing.entitlements import EntitlementError, from_file
 
 SNAPSHOT = """account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,entitled,last_login
 0001,a@x,C1,101,100,true,2026-10-01
-0002,b@x,C1,,100,true,2026-10-01
+0002,b@x,C1,,100,true,2020-01-01
 0003,c@x,C2,201,200,false,2026-10-01
 """
+OCTOBER = datetime(2026, 10, 5, tzinfo=UTC)
 
 
-@pytest.fixture
-def snapshot(tmp_path):
-    path = tmp_path / "entitlements.csv"
-    path.write_text(SNAPSHOT)
-    return load_entitlements(path)
+def history(tmp_path, *snapshots: tuple[str, str]) -> pd.DataFrame:
+    frames = []
+    for number, (name, text) in enumerate(snapshots, start=1):
+        path = tmp_path / name
+        path.write_text(text)
+        snapshot = from_file(path, OCTOBER)
+        frames.append(snapshot.rows.assign(snapshot_id=number, taken_at=pd.Timestamp(snapshot.taken_at)))
+    return pd.concat(frames, ignore_index=True)
 
 
-def test_calls_go_to_cost_center_default_or_suspense(snapshot):
-    calls = pd.DataFrame({"user_id": ["0001", "0002", "0003", "0404"], "cost_minor": [1, 2, 3, 4]})
-    attributed, suspense = attribute_calls(calls, snapshot)
+def calls(*rows: tuple[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": [a for a, _ in rows], "cost_minor": 1,
+                         "start_utc": pd.to_datetime([t for _, t in rows]).tz_localize("UTC")})  # fmt: skip
+
+
+def test_calls_go_to_cost_center_default_or_suspense(tmp_path):
+    snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT))
+    attributed, suspense = attribute_calls(calls(*[(a, "2026-10-05") for a in ("0001", "0002", "0003", "0404")]), snapshots)
     assert attributed[["user_id", "customer_id", "sequence_number"]].values.tolist() == [
         ["0001", "C1", "101"],
         ["0002", "C1", "100"],
@@ -27,12 +39,28 @@ def test_calls_go_to_cost_center_default_or_suspense(snapshot):
     assert suspense[["user_id", "reason_code"]].values.tolist() == [["0003", "NOT_ENTITLED"], ["0404", "UNKNOWN_ACCOUNT"]]
 
 
-def test_account_ids_keep_leading_zeros(snapshot):
-    assert snapshot["account_id"].tolist()[0] == "0001"
+def test_the_snapshot_valid_at_the_call_applies_and_the_first_covers_earlier_calls(tmp_path):
+    later = SNAPSHOT.replace("0001,a@x,C1,101", "0001,a@x,C1,102")
+    snapshots = history(tmp_path, ("entitlements_2026-10-10.csv", SNAPSHOT), ("entitlements_2026-10-20.csv", later))
+    assert snapshot_at(pd.Series(pd.to_datetime(["2026-10-01", "2026-10-15", "2026-10-25"], utc=True)), snapshots).tolist() == [
+        1,
+        1,
+        2,
+    ]
+    attributed, _ = attribute_calls(calls(("0001", "2026-10-12"), ("0001", "2026-10-21")), snapshots)
+    assert attributed["sequence_number"].tolist() == ["101", "102"]
+
+
+def test_account_ids_keep_leading_zeros(tmp_path):
+    assert history(tmp_path, ("e.csv", SNAPSHOT))["account_id"].tolist()[0] == "0001"
 
 
 def test_duplicate_accounts_are_rejected_with_lines(tmp_path):
-    path = tmp_path / "entitlements.csv"
-    path.write_text(SNAPSHOT + "0001,a2@x,C2,201,200,true,2026-10-01\n")
     with pytest.raises(EntitlementError, match=r"lines \[2, 5\]"):
-        load_entitlements(path)
+        history(tmp_path, ("e.csv", SNAPSHOT + "0001,a2@x,C2,201,200,true,2026-10-01\n"))
+
+
+def test_stale_accounts_are_flagged(tmp_path):
+    attributed, _ = attribute_calls(calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), history(tmp_path, ("e.csv", SNAPSHOT)))
+    assert stale_accounts(attributed, pd.Timestamp("2026-05-01", tz="UTC")) == [
+        {"account_id": "0002", "customer_id": "C1", "last_login": "2020-01-01", "calls": 1}]  # fmt: skip

@@ -1,0 +1,130 @@
+"""The entitlement snapshot: who pays for each account, captured once per month, with history.
+
+A snapshot comes from a file fetched with the CDRs or from a SQL query on an Airflow
+connection. Every snapshot is stored with the moment it describes (`taken_at`: the date in
+the file name, else the capture time); a billing month pins the snapshot it was billed with,
+so a re-run is reproducible, unless the run asks for a fresh one (`refresh_entitlements`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Engine
+
+from cdr_billing.schema import entitlement, entitlement_snapshot, month_entitlement, to_records
+
+COLUMNS = (
+    "account_id", "user_principal_name", "customer_id", "sequence_number", "default_sequence_number", "entitled",
+    "last_login",
+)  # fmt: skip
+TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
+_DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+class EntitlementError(ValueError):
+    """The entitlement snapshot is unusable; the message names the source and rows."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A checked snapshot, ready to store."""
+
+    rows: pd.DataFrame
+    source_name: str
+    sha256: str
+    taken_at: datetime
+
+
+def check_rows(raw: pd.DataFrame, source_name: str) -> pd.DataFrame:
+    """Reject missing columns, bad entitled flags and accounts listed more than once."""
+    missing = [c for c in COLUMNS if c not in raw.columns]
+    if missing:
+        raise EntitlementError(f"{source_name}: missing columns {missing}")
+    rows = raw[list(COLUMNS)].fillna("").astype(str).apply(lambda column: column.str.strip())
+    lines = pd.Series(range(2, len(rows) + 2), index=rows.index)
+    flag = rows["entitled"].str.lower()
+    bad_flag = ~flag.isin(TRUE_WORDS | FALSE_WORDS)
+    if bad_flag.any():
+        raise EntitlementError(f"{source_name}: 'entitled' is not true/false on lines {lines[bad_flag].tolist()[:10]}")
+    repeated = rows["account_id"].duplicated(keep=False)
+    if repeated.any():
+        raise EntitlementError(f"{source_name}: account ids listed more than once on lines {lines[repeated].tolist()[:10]}")
+    return rows.assign(entitled=flag.isin(TRUE_WORDS))
+
+
+def from_file(path: Path, captured_at: datetime) -> Snapshot:
+    """A snapshot from a CSV or Excel file; it describes the date in its name, if any."""
+    if path.suffix.lower() in (".xlsx", ".xlsm"):
+        import fastexcel
+
+        raw = fastexcel.read_excel(str(path)).load_sheet(0, dtypes="string").to_pandas()
+    else:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    dated = _DATE_IN_NAME.search(path.name)
+    taken_at = datetime.fromisoformat(dated.group(1)).replace(tzinfo=UTC) if dated else captured_at
+    return Snapshot(check_rows(raw, path.name), path.name, hashlib.sha256(path.read_bytes()).hexdigest(), taken_at)
+
+
+def from_query(conn_id: str, query: str, captured_at: datetime) -> Snapshot:
+    """A snapshot from a SQL query on an Airflow connection (e.g. the portal's user profiles)."""
+    from airflow.sdk import BaseHook
+
+    raw = BaseHook.get_connection(conn_id).get_hook().get_df(query, df_type="pandas")
+    rows = check_rows(raw.astype(object).where(raw.notna(), ""), f"query on {conn_id}")
+    digest = hashlib.sha256(rows.sort_values("account_id").to_csv(index=False).encode()).hexdigest()
+    return Snapshot(rows, f"query on {conn_id}", digest, captured_at)
+
+
+def store(engine: Engine, snapshot: Snapshot) -> int:
+    """Store a snapshot (the same content again: its existing id)."""
+    with engine.begin() as conn:
+        known = conn.execute(
+            select(entitlement_snapshot.c.snapshot_id).where(entitlement_snapshot.c.sha256 == snapshot.sha256)
+        ).scalar()
+        if known is not None:
+            return known
+        snapshot_id = conn.execute(
+            insert(entitlement_snapshot).values(
+                taken_at=snapshot.taken_at, source_name=snapshot.source_name, sha256=snapshot.sha256, row_count=len(snapshot.rows)
+            )
+        ).inserted_primary_key[0]
+        conn.execute(insert(entitlement), to_records(snapshot.rows, snapshot_id=snapshot_id))
+    return snapshot_id
+
+
+def snapshot_for_month(engine: Engine, billing_month: str, capture: Callable[[], Snapshot], refresh: bool) -> int:
+    """The month's pinned snapshot; capture (and pin) one when there is none or on refresh."""
+    with engine.connect() as conn:
+        pinned = conn.execute(
+            select(month_entitlement.c.snapshot_id).where(month_entitlement.c.billing_month == billing_month)
+        ).scalar()
+    if pinned is not None and not refresh:
+        return pinned
+    snapshot_id = store(engine, capture())
+    with engine.begin() as conn:
+        conn.execute(delete(month_entitlement).where(month_entitlement.c.billing_month == billing_month))
+        conn.execute(insert(month_entitlement).values(billing_month=billing_month, snapshot_id=snapshot_id))
+    return snapshot_id
+
+
+def history(engine: Engine, snapshot_id: int) -> pd.DataFrame:
+    """Every snapshot's rows up to and including `snapshot_id`'s moment, with taken_at."""
+    with engine.connect() as conn:
+        limit = conn.execute(
+            select(entitlement_snapshot.c.taken_at).where(entitlement_snapshot.c.snapshot_id == snapshot_id)
+        ).scalar()
+        query = (
+            select(entitlement, entitlement_snapshot.c.taken_at)
+            .join(entitlement_snapshot, entitlement_snapshot.c.snapshot_id == entitlement.c.snapshot_id)
+            .where(entitlement_snapshot.c.taken_at <= limit)
+        )
+        rows = pd.DataFrame(conn.execute(query).mappings().all())
+    return rows.assign(taken_at=pd.to_datetime(rows["taken_at"], utc=True), entitled=rows["entitled"].astype(bool))
