@@ -1,7 +1,8 @@
 """Attribute priced calls to who pays: customer id and sequence number (cost center).
 
 Each call is matched against the snapshot valid at its start: the latest one taken at or
-before it (calls before the first snapshot use the first). A user without a cost center is
+before it; a call older than every snapshot uses the month's own snapshot (the one the month
+is billed with, which a refresh replaces). A user without a cost center is
 billed to the customer's default sequence number. Unknown or not-entitled accounts are never
 billed to a guessed customer: their calls go to suspense.
 """
@@ -15,17 +16,17 @@ UNKNOWN_ACCOUNT, NOT_ENTITLED, NO_SEQUENCE_NUMBER = "UNKNOWN_ACCOUNT", "NOT_ENTI
 JOINED = ["customer_id", "sequence_number", "default_sequence_number", "entitled", "last_login"]
 
 
-def snapshot_at(starts_utc: pd.Series, history: pd.DataFrame) -> np.ndarray:
-    """The snapshot id valid at each moment: the latest taken at or before it, else the first."""
+def snapshot_at(starts_utc: pd.Series, history: pd.DataFrame, month_snapshot: int) -> np.ndarray:
+    """The snapshot id valid at each moment: the latest taken at or before it, else the month's."""
     snapshots = history[["snapshot_id", "taken_at"]].drop_duplicates().sort_values(["taken_at", "snapshot_id"])
     taken = snapshots["taken_at"].astype("int64").to_numpy()
     position = np.searchsorted(taken, starts_utc.astype("int64").to_numpy(), side="right") - 1
-    return snapshots["snapshot_id"].to_numpy()[np.maximum(position, 0)]
+    return np.where(position >= 0, snapshots["snapshot_id"].to_numpy()[np.maximum(position, 0)], month_snapshot)
 
 
-def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (attributed calls with customer_id and sequence_number, suspense calls)."""
-    keyed = priced.assign(entitlement_snapshot=snapshot_at(priced["start_utc"], history))
+    keyed = priced.assign(entitlement_snapshot=snapshot_at(priced["start_utc"], history, month_snapshot))
     accounts = history.set_index(["snapshot_id", "account_id"])[JOINED]
     joined = keyed.join(accounts, on=["entitlement_snapshot", "user_id"])
     known = joined["customer_id"].notna()

@@ -286,7 +286,9 @@ def attribute_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         return entitlements.from_file(Path(_files(meta, "entitlements")[0]["local_path"]), now)
 
     snapshot_id = entitlements.snapshot_for_month(engine, meta["billing_month"], capture, meta.get("refresh_entitlements", False))
-    attributed, suspense = attribute.attribute_calls(_read(meta, "priced"), entitlements.history(engine, snapshot_id))
+    attributed, suspense = attribute.attribute_calls(
+        _read(meta, "priced"), entitlements.history(engine, snapshot_id), snapshot_id
+    )
     month_end = BillingMonth.parse(meta["billing_month"]).bounds(config.billing.timezone)[1]
     stale = attribute.stale_accounts(attributed, pd.Timestamp(month_end) - pd.Timedelta(days=settings.stale_after_days))
     _write(meta, "attributed", attributed)

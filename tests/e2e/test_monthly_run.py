@@ -135,3 +135,34 @@ def test_an_unreadable_file_fails_validation_with_an_alert_naming_it(dag, servic
     assert mail["Subject"].startswith("[CDR billing] validate_cdrs failed")
     body = mail.get_payload(0).get_payload(decode=True).decode() if mail.is_multipart() else mail.get_payload()
     assert "conferencing_cdr_2026-09.xlsx: not a readable xlsx file" in body
+
+
+def test_fixed_accounts_are_billed_by_a_rerun_with_a_fresh_snapshot(
+    dag, services, billing_engine, sftp_root, monkeypatch, tmp_path
+):
+    import csv
+    import shutil
+
+    root = tmp_path / "sftp"
+    shutil.copytree(sftp_root, root)
+    with (root / "reference/entitlements_2026-11-02.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["entitled"] = "true"  # the entitlement system fixed every account
+    with (root / "reference/entitlements_2026-11-20.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    server = services.local.start_sftp("sftp_fixed", root)
+    for conn_id in ("cdr_sftp_primary", "cdr_sftp_secondary"):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(server.connection(services.local.client_key)))
+
+    def suspense_reasons(run) -> set[str]:
+        report = json.loads((run_work_dir(load_config(), "2026-10", run.run_id) / "report.json").read_text())
+        return {a["reason_code"] for a in report["suspense_accounts"]}
+
+    pinned = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"})
+    assert suspense_reasons(pinned) == {"NOT_ENTITLED", "UNKNOWN_ACCOUNT"}  # the month keeps its first snapshot
+    fresh = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10", "refresh_entitlements": True})
+    assert fresh.state == "success"
+    assert suspense_reasons(fresh) == {"UNKNOWN_ACCOUNT"}  # the not-entitled accounts are billed now

@@ -31,7 +31,7 @@ def calls(*rows: tuple[str, str]) -> pd.DataFrame:
 
 def test_calls_go_to_cost_center_default_or_suspense(tmp_path):
     snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT))
-    attributed, suspense = attribute_calls(calls(*[(a, "2026-10-05") for a in ("0001", "0002", "0003", "0404")]), snapshots)
+    attributed, suspense = attribute_calls(calls(*[(a, "2026-10-05") for a in ("0001", "0002", "0003", "0404")]), snapshots, 1)
     assert attributed[["user_id", "customer_id", "sequence_number"]].values.tolist() == [
         ["0001", "C1", "101"],
         ["0002", "C1", "100"],
@@ -39,15 +39,12 @@ def test_calls_go_to_cost_center_default_or_suspense(tmp_path):
     assert suspense[["user_id", "reason_code"]].values.tolist() == [["0003", "NOT_ENTITLED"], ["0404", "UNKNOWN_ACCOUNT"]]
 
 
-def test_the_snapshot_valid_at_the_call_applies_and_the_first_covers_earlier_calls(tmp_path):
+def test_the_snapshot_valid_at_the_call_applies_and_the_months_covers_earlier_calls(tmp_path):
     later = SNAPSHOT.replace("0001,a@x,C1,101", "0001,a@x,C1,102")
     snapshots = history(tmp_path, ("entitlements_2026-10-10.csv", SNAPSHOT), ("entitlements_2026-10-20.csv", later))
-    assert snapshot_at(pd.Series(pd.to_datetime(["2026-10-01", "2026-10-15", "2026-10-25"], utc=True)), snapshots).tolist() == [
-        1,
-        1,
-        2,
-    ]
-    attributed, _ = attribute_calls(calls(("0001", "2026-10-12"), ("0001", "2026-10-21")), snapshots)
+    moments = pd.Series(pd.to_datetime(["2026-10-01", "2026-10-15", "2026-10-25"], utc=True))
+    assert snapshot_at(moments, snapshots, month_snapshot=2).tolist() == [2, 1, 2]
+    attributed, _ = attribute_calls(calls(("0001", "2026-10-12"), ("0001", "2026-10-21")), snapshots, 2)
     assert attributed["sequence_number"].tolist() == ["101", "102"]
 
 
@@ -61,6 +58,8 @@ def test_duplicate_accounts_are_rejected_with_lines(tmp_path):
 
 
 def test_stale_accounts_are_flagged(tmp_path):
-    attributed, _ = attribute_calls(calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), history(tmp_path, ("e.csv", SNAPSHOT)))
+    attributed, _ = attribute_calls(
+        calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), history(tmp_path, ("e.csv", SNAPSHOT)), 1
+    )
     assert stale_accounts(attributed, pd.Timestamp("2026-05-01", tz="UTC")) == [
         {"account_id": "0002", "customer_id": "C1", "last_login": "2020-01-01", "calls": 1}]  # fmt: skip
