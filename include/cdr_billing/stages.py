@@ -226,9 +226,7 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     quarantine = pd.concat(quarantined, ignore_index=True)
     load.store_quarantine(engine, meta["billing_month"], meta["run_id"], quarantine)
     for stats, rejected in zip(file_stats, quarantined, strict=True):
-        validate.enforce_rejection_threshold(
-            stats["name"], stats["read"], len(rejected), config.billing.max_rejected_share, rejected["reason_code"]
-        )
+        validate.enforce_rejection_threshold(stats["name"], stats["read"], rejected, config.billing.max_rejected_share)
     calls, duplicates = validate.split_duplicates(pd.concat(accepted, ignore_index=True))
     runner = validate.ExpectationRunner(_work_file(meta, "gx_results"))
     for stats in file_stats:

@@ -21,6 +21,7 @@ from cdr_billing.canonical import COMPLETION_STATUSES, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.money import MoneyError, to_micro_units
 from cdr_billing.months import BillingMonth
+from cdr_billing.privacy import mask_number
 
 EXCEL_EPOCH = pd.Timestamp("1899-12-30")
 PHONE_NUMBER = r"^\+?[0-9]{4,17}$"
@@ -178,16 +179,29 @@ def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, r
     return FileCheck(accepted.reset_index(drop=True), _quarantine_rows(raw, fails))
 
 
-def enforce_rejection_threshold(file_name: str, rows_read: int, rows_rejected: int, max_share: float, reasons: pd.Series) -> None:
+SAMPLE_ROWS = 3
+
+
+def _sample(rejected: pd.DataFrame) -> str:
+    """A few rejected rows for the alert: line, reasons, numbers masked."""
+    samples = []
+    for row in rejected.head(SAMPLE_ROWS).itertuples():
+        values = json.loads(row.original_values)
+        numbers = ", ".join(mask_number(values[f]) for f in ("originating_party", "destination_party") if values.get(f))
+        samples.append(f"line {row.source_row} {row.reasons}" + (f" ({numbers})" if numbers else ""))
+    return "; ".join(samples)
+
+
+def enforce_rejection_threshold(file_name: str, rows_read: int, rejected: pd.DataFrame, max_share: float) -> None:
     """Fail a file whose share of quarantined rows is above the threshold."""
     if rows_read == 0:
         raise FileValidationError(f"{file_name}: the file holds no CDR rows")
-    share = rows_rejected / rows_read
+    share = len(rejected) / rows_read
     if share > max_share:
-        top = reasons.value_counts().head(5).to_dict()
+        top = rejected["reason_code"].value_counts().head(5).to_dict()
         raise FileValidationError(
-            f"{file_name}: {rows_rejected} of {rows_read} rows ({share:.1%}) failed validation, "
-            f"above the {max_share:.1%} limit; reasons: {top}"
+            f"{file_name}: {len(rejected)} of {rows_read} rows ({share:.1%}) failed validation, "
+            f"above the {max_share:.1%} limit; reasons: {top}; e.g. {_sample(rejected)}"
         )
 
 
