@@ -8,7 +8,7 @@ exact integer arithmetic.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
@@ -34,12 +34,6 @@ def parse_decimal(text: str) -> Decimal:
     if not value.is_finite():
         raise MoneyError(f"not a finite number: {text!r}")
     return value
-
-
-def to_minor_units(amount: Decimal, currency: str) -> int:
-    """Round an amount half-up to the currency's minor unit and return it as an integer."""
-    digits = minor_digits(currency)
-    return int((amount * (10**digits)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def to_micro_units(text: str) -> int:

@@ -1,16 +1,30 @@
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
+import numpy as np
 import pytest
 
-from cdr_billing.money import MoneyError, from_minor_units, to_micro_units, to_minor_units
+from cdr_billing.money import (
+    MICRO,
+    MoneyError,
+    divide_half_up,
+    from_minor_units,
+    micro_to_minor_divisor,
+    minor_digits,
+    to_micro_units,
+)
 
 
 @pytest.mark.parametrize(
-    ("amount", "currency", "minor"),
-    [("0.005", "EUR", 1), ("0.0049", "EUR", 0), ("12.345", "EUR", 1235), ("-0.005", "EUR", -1), ("7.5", "JPY", 8)],
+    ("micro", "currency", "minor"),
+    [(5_000, "EUR", 1), (4_900, "EUR", 0), (12_345_000, "EUR", 1235), (-5_000, "EUR", -1), (7_500_000, "JPY", 8)],
 )
-def test_to_minor_units_rounds_half_up(amount, currency, minor):
-    assert to_minor_units(Decimal(amount), currency) == minor
+def test_division_rounds_half_up_like_decimal(micro, currency, minor):
+    expected = (Decimal(micro) / MICRO).quantize(Decimal(1).scaleb(-minor_digits(currency)), rounding=ROUND_HALF_UP)
+    assert (
+        divide_half_up(np.array([micro]), micro_to_minor_divisor(currency))[0]
+        == minor
+        == int(expected.scaleb(minor_digits(currency)))
+    )
 
 
 def test_micro_units_are_exact():
