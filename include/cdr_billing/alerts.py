@@ -93,13 +93,13 @@ def suspense_alert(month: str, accounts: list[dict]) -> Alert:
     )
 
 
-def send(alert: Alert, recipients: list[str], smtp_conn_id: str = "smtp_default") -> None:
-    """Send an alert mail; log (not raise) when it cannot be sent."""
+def send(alert: Alert, recipients: list[str], smtp_conn_id: str = "smtp_default", html: str | None = None) -> None:
+    """Send an alert mail (its lines, or the given HTML); log (not raise) when it cannot be sent."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
     try:
         with SmtpHook(smtp_conn_id=smtp_conn_id) as hook:
-            hook.send_email_smtp(to=recipients, subject=alert.subject, html_content=alert.html())
+            hook.send_email_smtp(to=recipients, subject=alert.subject, html_content=html or alert.html())
         log.info("alert sent: %s", alert.subject)
     except Exception:
         log.exception("could not send the alert %r", alert.subject)

@@ -101,6 +101,8 @@ class PipelineConfig:
     archive_root: Path
     smtp_connection: str
     alert_to: tuple[str, ...]
+    finance_to: tuple[str, ...]
+    billing_file_columns: dict[str, str]
     profiles: dict[str, SourceProfile]
 
     def markups(self) -> dict[str, int]:
@@ -158,5 +160,7 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         archive_root=Path(os.path.expandvars(raw["archive_root"])),
         smtp_connection=raw["alerts"]["smtp_connection"],
         alert_to=tuple(raw["alerts"]["to"]),
+        finance_to=tuple(raw["alerts"]["finance_to"]),
+        billing_file_columns=dict(raw["billing_file"]["columns"]),
         profiles=profiles,
     )

@@ -70,23 +70,25 @@ def store_quarantine(engine: Engine, billing_month: str, run_id: str, rows: pd.D
             conn.execute(insert(quarantined_row), to_records(rows[columns], run_id=run_id, billing_month=billing_month))
 
 
-def current_lines(engine: Engine, billing_month: str) -> pd.DataFrame:
-    """Return the billing lines of the month's current batch."""
+LINE_COLUMNS = ["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"]
+
+
+def _lines(engine: Engine, *conditions) -> pd.DataFrame:
     query = (
-        select(
-            billing_line.c.customer_id,
-            billing_line.c.sequence_number,
-            billing_line.c.currency,
-            billing_line.c.total_minor,
-            billing_line.c.call_count,
-            billing_line.c.billed_seconds,
-        )
+        select(*[billing_line.c[name] for name in LINE_COLUMNS])
         .join(billing_batch, billing_batch.c.batch_id == billing_line.c.batch_id)
-        .where(billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT)
+        .where(*conditions)
         .order_by(billing_line.c.customer_id, billing_line.c.sequence_number, billing_line.c.currency)
     )
     with engine.connect() as conn:
-        return pd.DataFrame(
-            conn.execute(query).mappings().all(),
-            columns=["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"],
-        )
+        return pd.DataFrame(conn.execute(query).mappings().all(), columns=LINE_COLUMNS)
+
+
+def current_lines(engine: Engine, billing_month: str) -> pd.DataFrame:
+    """Return the billing lines of the month's current batch."""
+    return _lines(engine, billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT)
+
+
+def batch_lines(engine: Engine, batch_id: int) -> pd.DataFrame:
+    """Return the billing lines of one batch (current or superseded)."""
+    return _lines(engine, billing_batch.c.batch_id == batch_id)

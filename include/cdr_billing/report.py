@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html import escape
 from typing import Any
 
 import pandas as pd
@@ -66,6 +67,27 @@ def build_report(
     }
 
 
+LINE_KEY = ["customer_id", "sequence_number", "currency"]
+
+
+def diff_lines(previous: pd.DataFrame, current: pd.DataFrame) -> list[dict[str, Any]]:
+    """Lines whose total differs from the superseded batch (new and dropped lines included)."""
+    both = previous.merge(current, on=LINE_KEY, how="outer", suffixes=("_before", "_after"))
+    before, after = both["total_minor_before"].fillna(0).astype("int64"), both["total_minor_after"].fillna(0).astype("int64")
+    changed = both[(before != after) | both["total_minor_before"].isna() | both["total_minor_after"].isna()]
+    return [
+        {
+            "customer_id": row.customer_id,
+            "sequence_number": row.sequence_number,
+            "currency": row.currency,
+            "before": str(from_minor_units(before[i], row.currency)) if pd.notna(row.total_minor_before) else "",
+            "after": str(from_minor_units(after[i], row.currency)) if pd.notna(row.total_minor_after) else "",
+            "change": str(from_minor_units(after[i] - before[i], row.currency)),
+        }
+        for i, row in changed.sort_values(LINE_KEY).iterrows()
+    ]
+
+
 def unbillable_ranges(unbillable: pd.DataFrame) -> list[dict[str, Any]]:
     """Unbillable calls per number range and reason: calls and minutes, most calls first."""
     if unbillable.empty:
@@ -102,6 +124,11 @@ def render_text(report: dict[str, Any]) -> str:
     out += ["", "Rows: " + ", ".join(f"{key}={counts[key]}" for key in ("read", *OUTCOMES))]
     for item in report["exceptions"]:
         out.append(f"  {item['kind']:<12} {item['reason_code']:<24} {item['rows']}")
+    if report.get("changes") is not None:
+        out += ["", f"Changes from the superseded batch {report['batch']['superseded_batch_id']}: {len(report['changes'])} lines"]
+        for item in report["changes"]:
+            before_after = f"{item['before']:>12} -> {item['after']:>12} ({item['change']})"
+            out.append(f"  {item['customer_id']:<12}{item['sequence_number']:<10}{before_after}")
     if report.get("suspense_accounts"):
         out += ["", "Accounts in suspense (fix the entitlement, then re-run with refresh_entitlements):"]
         for item in report["suspense_accounts"][:20]:
@@ -117,3 +144,25 @@ def render_text(report: dict[str, Any]) -> str:
                 f"  {item['number_range']:<12} {item['reason_code']:<24} {item['calls']:>6} calls {item['minutes']:>9} min"
             )
     return "\n".join(out)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The month report as an HTML mail for finance: lines, counts and what needs attention."""
+    rows = "".join(
+        f"<tr><td>{escape(line['customer_id'])}</td><td>{escape(line['sequence_number'])}</td><td>{line['currency']}</td>"
+        f"<td align=right>{line['total']}</td><td align=right>{line['call_count']}</td></tr>"
+        for line in report["lines"]
+    )
+    counts = ", ".join(f"{key} {report['counts'][key]}" for key in ("read", *OUTCOMES))
+    changes = report.get("changes")
+    if changes is None:
+        change_text = "<p>First batch of the month.</p>"
+    else:
+        change_text = f"<p>{len(changes)} lines changed from the superseded batch.</p>"
+    return (
+        f"<h2>Billing month {report['billing_month']} (batch {report['batch']['batch_id']})</h2>"
+        f"<table border=1 cellpadding=4><tr><th>Customer</th><th>Sequence</th><th>Currency</th><th>Total</th><th>Calls</th></tr>"
+        f"{rows}</table><p>Rows: {counts}.</p>{change_text}"
+        f"<p>Unbillable number ranges: {len(report.get('unbillable_ranges', []))}; accounts in suspense: "
+        f"{len(report.get('suspense_accounts', []))}; stale entitlements: {len(report.get('stale_entitlements', []))}.</p>"
+    )

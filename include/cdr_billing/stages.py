@@ -22,6 +22,7 @@ from cdr_billing import (
     aggregate,
     alerts,
     attribute,
+    billing_file,
     entitlements,
     ledger,
     load,
@@ -370,7 +371,8 @@ def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
 def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     """Write the month report from the loaded batch and check it matches the run."""
     config = config or load_config()
-    loaded = load.current_lines(billing_engine(config.billing.connection), meta["billing_month"])
+    engine = billing_engine(config.billing.connection)
+    loaded = load.current_lines(engine, meta["billing_month"])
     computed = _read(meta, "lines")
     if not loaded.reset_index(drop=True).equals(computed.astype(loaded.dtypes.to_dict()).reset_index(drop=True)):
         raise report.ReconciliationError("the billing database's current lines differ from this run's lines")
@@ -383,6 +385,10 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     month_report["suspense_accounts"] = report.suspense_accounts(_read(meta, "suspense"))
     month_report["stale_entitlements"] = _read(meta, "stale_accounts").to_dict("records")
     month_report["entitlement_snapshot"] = meta["entitlement_snapshot"]
+    previous = meta["batch"]["superseded_batch_id"]
+    month_report["changes"] = None if previous is None else report.diff_lines(load.batch_lines(engine, previous), loaded)
+    csv_file, excel_file = billing_file.write(loaded, meta["billing_month"], config.billing_file_columns, Path(meta["work_dir"]))
+    month_report["billing_file"] = {"csv": str(csv_file), "xlsx": str(excel_file)}
     if month_report["unbillable_ranges"]:
         alert = alerts.unbillable_alert(meta["billing_month"], month_report["unbillable_ranges"])
         alerts.send(alert, list(config.alert_to), config.smtp_connection)
@@ -393,4 +399,8 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     text = report.render_text(month_report)
     _work_file(meta, "report.txt").write_text(text + "\n", encoding="utf-8")
     log.info("month report\n%s", text)
+    subject = (
+        f"[CDR billing] Month report {meta['billing_month']}: {len(loaded)} billing lines (batch {meta['batch']['batch_id']})"
+    )
+    alerts.send(alerts.Alert(subject, ()), list(config.finance_to), config.smtp_connection, html=report.render_html(month_report))
     return {**meta, "report": str(_work_file(meta, "report.json"))}

@@ -60,3 +60,32 @@ def test_unbillable_ranges_are_summed_by_range():
         {"number_range": "88216", "reason_code": "NO_TARIFF_PREFIX", "calls": 2, "minutes": 1.5},
         {"number_range": "358", "reason_code": "X", "calls": 1, "minutes": 10.0},
     ]
+
+
+def test_diff_names_changed_new_and_dropped_lines():
+    from cdr_billing.report import diff_lines
+
+    key = {"sequence_number": "1", "currency": "EUR", "call_count": 1, "billed_seconds": 60}
+    before = pd.DataFrame([{"customer_id": "C1", "total_minor": 100, **key}, {"customer_id": "C2", "total_minor": 50, **key}])
+    after = pd.DataFrame([{"customer_id": "C1", "total_minor": 130, **key}, {"customer_id": "C3", "total_minor": 7, **key}])
+    assert [(d["customer_id"], d["before"], d["after"], d["change"]) for d in diff_lines(before, after)] == [
+        ("C1", "1.00", "1.30", "0.30"), ("C2", "0.50", "", "-0.50"), ("C3", "", "0.07", "0.07")]  # fmt: skip
+    assert diff_lines(before, before) == []
+
+
+def test_billing_file_neutralises_formulas_and_keeps_amounts_exact(tmp_path):
+    from openpyxl import load_workbook
+
+    from cdr_billing.billing_file import write
+
+    lines = pd.DataFrame([{"customer_id": "=HYPERLINK(\"http://x\")", "sequence_number": "+1", "currency": "EUR",
+                           "total_minor": 123456, "call_count": 3, "billed_seconds": 180}])  # fmt: skip
+    columns = {"customer_id": "CustomerId", "sequence_number": "Seq", "billing_month": "Month", "total": "Amount"}
+    csv_path, xlsx_path = write(lines, "2026-10", columns, tmp_path)
+    assert csv_path.read_text().splitlines() == [
+        "CustomerId,Seq,Month,Amount",
+        '"\'=HYPERLINK(""http://x"")",\'+1,2026-10,1234.56',
+    ]
+    sheet = load_workbook(xlsx_path).active
+    assert [c.value for c in sheet[2]] == ['\'=HYPERLINK("http://x")', "'+1", "2026-10", 1234.56]
+    assert sheet["D2"].data_type == "n" and sheet["D2"].number_format == "0.00"
