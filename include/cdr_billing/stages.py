@@ -300,7 +300,8 @@ def attribute_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         len(suspense),
         len(stale),
     )
-    return _with_counts({**meta, "entitlement_snapshot": snapshot_id}, billed=len(attributed), suspense=len(suspense))
+    facts = {"entitlement_snapshot": snapshot_id, "delivery_failed_billed": int((attributed["completion_status"] == 3).sum())}
+    return _with_counts({**meta, **facts}, billed=len(attributed), suspense=len(suspense))
 
 
 def aggregate_lines(meta: Meta) -> Meta:
@@ -380,7 +381,7 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     month_report["files"] = meta["file_stats"]
     month_report["data_docs"] = meta["data_docs"]
     month_report["unbillable_ranges"] = report.unbillable_ranges(_read(meta, "unbillable"))
-    month_report["delivery_failed_billed"] = int((_read(meta, "attributed")["completion_status"] == 3).sum())
+    month_report["delivery_failed_billed"] = meta["delivery_failed_billed"]
     month_report["price_differences"] = meta["price_differences"]
     month_report["suspense_accounts"] = report.suspense_accounts(_read(meta, "suspense"))
     month_report["stale_entitlements"] = _read(meta, "stale_accounts").to_dict("records")
