@@ -32,10 +32,11 @@ class Alert:
     """One mail: a subject line and a few plain sentences."""
 
     subject: str
-    lines: tuple[str, ...]
+    lines: tuple[str, ...] = ()
+    html_body: str = ""  # a ready HTML body instead of lines (the month report)
 
     def html(self) -> str:
-        return "".join(f"<p>{html.escape(line)}</p>" for line in self.lines)
+        return self.html_body or "".join(f"<p>{html.escape(line)}</p>" for line in self.lines)
 
 
 def failover_alert(month: str, failed: dict[str, str], took_over: str) -> Alert:
@@ -93,13 +94,13 @@ def suspense_alert(month: str, accounts: list[dict]) -> Alert:
     )
 
 
-def send(alert: Alert, recipients: list[str], smtp_conn_id: str = "smtp_default", html: str | None = None) -> None:
-    """Send an alert mail (its lines, or the given HTML); log (not raise) when it cannot be sent."""
+def send(alert: Alert, recipients: list[str], smtp_conn_id: str = "smtp_default") -> None:
+    """Send an alert mail; log (not raise) when it cannot be sent."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
     try:
         with SmtpHook(smtp_conn_id=smtp_conn_id) as hook:
-            hook.send_email_smtp(to=recipients, subject=alert.subject, html_content=html or alert.html())
+            hook.send_email_smtp(to=recipients, subject=alert.subject, html_content=alert.html())
         log.info("alert sent: %s", alert.subject)
     except Exception:
         log.exception("could not send the alert %r", alert.subject)

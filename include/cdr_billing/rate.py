@@ -46,21 +46,6 @@ def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     return pd.Series(pc.binary_join_element_wise(country, tail, ""), index=numbers.index, dtype="str")
 
 
-def match_longest_prefix(numbers: pd.Series, prefixes: pd.Series) -> np.ndarray:
-    """Return, per number, the position of its longest matching prefix, or -1."""
-    lookup = {prefix: position for position, prefix in enumerate(prefixes)}
-    found = np.full(len(numbers), -1, dtype=np.int64)
-    values = numbers.reset_index(drop=True)
-    for length in sorted({len(p) for p in prefixes}, reverse=True):
-        open_rows = found < 0
-        if not open_rows.any():
-            break
-        hits = values[open_rows].str[:length].map(lookup)
-        hit_rows = hits.dropna()
-        found[hit_rows.index.to_numpy()] = hit_rows.to_numpy(dtype=np.int64)
-    return found
-
-
 E164_DIGITS = 15
 _POWERS = np.power(10, np.arange(E164_DIGITS + 1), dtype=np.int64)
 
@@ -99,6 +84,11 @@ class PrefixIndex:
         segment = np.searchsorted(self.bounds, padded, side="right") - 1
         found = self.innermost[np.maximum(segment, 0)]
         return np.where((segment >= 0) & (padded >= 0), found, -1)
+
+    def longest(self, e164: pd.Series) -> np.ndarray:
+        """The longest prefix of each E.164 number, or "" when none matches."""
+        ids = self.lookup(_padded_numbers(e164.reset_index(drop=True)))
+        return np.where(ids >= 0, np.array(self.prefixes, dtype=object)[np.maximum(ids, 0)], "")
 
 
 def _rate_at_call_time(
@@ -173,11 +163,11 @@ UNKNOWN_RANGE_DIGITS = 5
 
 def _unbillable(calls: pd.DataFrame, rates: pd.DataFrame) -> pd.DataFrame:
     """Calls with no rate: a known prefix without a rate at that time, or an unknown range."""
-    known = match_longest_prefix(calls["destination_e164"], rates["prefix"])
-    known_prefix = np.where(known >= 0, rates["prefix"].to_numpy()[np.maximum(known, 0)], "")
+    known_prefix = PrefixIndex(sorted(rates["prefix"].unique())).longest(calls["destination_e164"])
+    known = known_prefix != ""
     return calls.assign(
-        reason_code=np.where(known >= 0, NO_RATE_AT_CALL_TIME, NO_TARIFF_PREFIX),
-        number_range=np.where(known >= 0, known_prefix, calls["destination_e164"].str[:UNKNOWN_RANGE_DIGITS].to_numpy()),
+        reason_code=np.where(known, NO_RATE_AT_CALL_TIME, NO_TARIFF_PREFIX),
+        number_range=np.where(known, known_prefix, calls["destination_e164"].str[:UNKNOWN_RANGE_DIGITS].to_numpy()),
     ).reset_index(drop=True)
 
 

@@ -52,10 +52,8 @@ def _work_file(meta: Meta, name: str) -> Path:
     return Path(meta["work_dir"]) / name
 
 
-def _write(meta: Meta, name: str, frame: pd.DataFrame) -> str:
-    path = _work_file(meta, f"{name}.parquet")
-    frame.to_parquet(path, index=False)
-    return str(path)
+def _write(meta: Meta, name: str, frame: pd.DataFrame) -> None:
+    frame.to_parquet(_work_file(meta, f"{name}.parquet"), index=False)
 
 
 def _read(meta: Meta, name: str) -> pd.DataFrame:
@@ -64,6 +62,11 @@ def _read(meta: Meta, name: str) -> pd.DataFrame:
 
 def _with_counts(meta: Meta, **counts: int) -> Meta:
     return {**meta, "counts": {**meta.get("counts", {}), **{k: int(v) for k, v in counts.items()}}}
+
+
+def _send(config: PipelineConfig, alert: alerts.Alert, recipients: tuple[str, ...] | None = None) -> None:
+    """Mail an alert to operations (or to the given recipients)."""
+    alerts.send(alert, list(recipients or config.alert_to), config.smtp_connection)
 
 
 def billing_engine(conn_id: str):
@@ -152,13 +155,12 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         reuse=ledger.archived_copy_finder(engine),
     )
     for failed in result.failovers:
-        alerts.send(alerts.failover_alert(month, failed, result.server), list(config.alert_to), config.smtp_connection)
+        _send(config, alerts.failover_alert(month, failed, result.server))
     fetched = [ledger.archive(f, config.archive_root) if f.downloaded else f for f in result.files]
     entries = ledger.record(engine, month, fetched)
     for entry in entries:
         if entry.status == ledger.HELD:
-            alert = alerts.held_file_alert(month, entry.file.source, entry.file.name, entry.reason or "held earlier")
-            alerts.send(alert, list(config.alert_to), config.smtp_connection)
+            _send(config, alerts.held_file_alert(month, entry.file.source, entry.file.name, entry.reason or "held earlier"))
     usable = [e.file for e in entries if e.status == ledger.ACCEPTED]
     processed_dirs = {s.name: s.processed_dir for s in config.sources if s.processed_dir}
     moves = [(f.remote_path, processed_dirs[f.source]) for f in usable if f.downloaded and f.source in processed_dirs]
@@ -321,16 +323,22 @@ def _detail(frame: pd.DataFrame) -> pd.Series:
     return pd.Series([json.dumps(record) for record in frame[columns].to_dict("records")], index=frame.index, dtype=str)
 
 
-def _exception_rows(meta: Meta) -> pd.DataFrame:
-    """All rows not billed, in one shape, for the billing database."""
+# Rows not billed: (kind, the run's Parquet file, reason when the file has no reason_code).
+NOT_BILLED = (
+    ("quarantined", "quarantined", None),
+    ("duplicate", "duplicates", "DUPLICATE_TRANSACTION"),
+    ("unbillable", "unbillable", None),
+    ("combined", "combined", None),
+    ("suspense", "suspense", None),
+)
+
+
+def _exception_rows(meta: Meta, skip_kinds: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rows not billed, in one shape, for the billing database and the report."""
     parts = []
-    for kind, name, reason in (
-        ("quarantined", "quarantined", None),
-        ("duplicate", "duplicates", "DUPLICATE_TRANSACTION"),
-        ("unbillable", "unbillable", None),
-        ("combined", "combined", None),
-        ("suspense", "suspense", None),
-    ):
+    for kind, name, reason in NOT_BILLED:
+        if kind in skip_kinds:
+            continue
         frame = _read(meta, name)
         if frame.empty:
             continue
@@ -356,8 +364,7 @@ def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     config = config or load_config()
     engine = billing_engine(config.billing.connection)
     schema.ensure_schema(engine)
-    exceptions = _exception_rows(meta)
-    not_quarantined = exceptions[exceptions["kind"] != "quarantined"]  # those are in quarantined_row already
+    not_quarantined = _exception_rows(meta, skip_kinds=("quarantined",))  # those are in quarantined_row already
     result = load.load_month(engine, meta["billing_month"], meta["run_id"], _read(meta, "lines"), not_quarantined, meta["counts"])
     log.info(
         "batch %s is current for %s (superseded %s, already loaded: %s)",
@@ -391,11 +398,9 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     csv_file, excel_file = billing_file.write(loaded, meta["billing_month"], config.billing_file_columns, Path(meta["work_dir"]))
     month_report["billing_file"] = {"csv": str(csv_file), "xlsx": str(excel_file)}
     if month_report["unbillable_ranges"]:
-        alert = alerts.unbillable_alert(meta["billing_month"], month_report["unbillable_ranges"])
-        alerts.send(alert, list(config.alert_to), config.smtp_connection)
+        _send(config, alerts.unbillable_alert(meta["billing_month"], month_report["unbillable_ranges"]))
     if month_report["suspense_accounts"]:
-        alert = alerts.suspense_alert(meta["billing_month"], month_report["suspense_accounts"])
-        alerts.send(alert, list(config.alert_to), config.smtp_connection)
+        _send(config, alerts.suspense_alert(meta["billing_month"], month_report["suspense_accounts"]))
     _work_file(meta, "report.json").write_text(json.dumps(month_report, indent=1), encoding="utf-8")
     text = report.render_text(month_report)
     _work_file(meta, "report.txt").write_text(text + "\n", encoding="utf-8")
@@ -403,5 +408,5 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     subject = (
         f"[CDR billing] Month report {meta['billing_month']}: {len(loaded)} billing lines (batch {meta['batch']['batch_id']})"
     )
-    alerts.send(alerts.Alert(subject, ()), list(config.finance_to), config.smtp_connection, html=report.render_html(month_report))
+    _send(config, alerts.Alert(subject, html_body=report.render_html(month_report)), config.finance_to)
     return {**meta, "report": str(_work_file(meta, "report.json"))}

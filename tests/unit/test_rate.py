@@ -4,10 +4,10 @@ import pytest
 
 from cdr_billing.config import BillingSettings
 from cdr_billing.rate import (
+    PrefixIndex,
     billed_seconds,
     combine_partial_calls,
     compare_with_tariff,
-    match_longest_prefix,
     normalise_numbers,
     rate_calls,
     tariff_cost_minor,
@@ -75,8 +75,7 @@ def test_national_and_international_formats_normalise_alike():
 
 def test_longest_prefix_wins(tariff):
     numbers = pd.Series(["46701234567", "4687654321", "4631123456", "88216000000"])
-    positions = match_longest_prefix(numbers, tariff["prefix"])
-    assert [tariff["prefix"].iloc[p] if p >= 0 else None for p in positions] == ["467", "468", "46", None]
+    assert PrefixIndex(sorted(tariff["prefix"])).longest(numbers).tolist() == ["467", "468", "46", ""]
 
 
 def _calls(**columns):
