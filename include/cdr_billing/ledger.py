@@ -65,22 +65,20 @@ def archived_copy_finder(engine: Engine):
     return reuse
 
 
+def _ledger_value(conn, column, source: str, **equal: str):
+    """`column` of the source's first ledger row whose columns equal `equal`, or None."""
+    conditions = [cdr_file.c.source == source, *(cdr_file.c[name] == value for name, value in equal.items())]
+    return conn.execute(select(column).where(*conditions)).scalar()
+
+
 def _status_of_new_content(conn, fetched: FetchedFile) -> tuple[str, str]:
     """Status of content the ledger has not seen under this name."""
-    other_content = conn.execute(
-        select(cdr_file.c.sha256).where(
-            cdr_file.c.source == fetched.source, cdr_file.c.name == fetched.name, cdr_file.c.status == ACCEPTED
-        )
-    ).scalar()
+    other_content = _ledger_value(conn, cdr_file.c.sha256, fetched.source, name=fetched.name, status=ACCEPTED)
     if other_content is not None:
         return HELD, f"name already billed with other content (sha256 {other_content[:12]}...)"
     if fetched.role != "cdr":  # a tariff or snapshot republished unchanged under a new name is fine
         return ACCEPTED, ""
-    same_content = conn.execute(
-        select(cdr_file.c.name).where(
-            cdr_file.c.source == fetched.source, cdr_file.c.sha256 == fetched.sha256, cdr_file.c.status == ACCEPTED
-        )
-    ).scalar()
+    same_content = _ledger_value(conn, cdr_file.c.name, fetched.source, sha256=fetched.sha256, status=ACCEPTED)
     if same_content is not None:
         return DUPLICATE_CONTENT, f"same content as {same_content}"
     return ACCEPTED, ""
@@ -91,11 +89,7 @@ def record(engine: Engine, billing_month: str, files: list[FetchedFile]) -> list
     entries = []
     with engine.begin() as conn:
         for fetched in files:
-            known = conn.execute(
-                select(cdr_file.c.status).where(
-                    cdr_file.c.source == fetched.source, cdr_file.c.name == fetched.name, cdr_file.c.sha256 == fetched.sha256
-                )
-            ).scalar()
+            known = _ledger_value(conn, cdr_file.c.status, fetched.source, name=fetched.name, sha256=fetched.sha256)
             if known is not None:
                 entries.append(LedgerEntry(fetched, known))
                 continue
