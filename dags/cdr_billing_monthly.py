@@ -132,6 +132,7 @@ def cdr_billing_monthly():
             params.get("billing_month"),
             context.get("data_interval_start"),
             context["run_id"],
+            clear_number=context["dag_run"].clear_number or 0,
             refresh_entitlements=bool(params.get("refresh_entitlements")),
         )
         return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)

@@ -10,15 +10,16 @@ from pathlib import Path
 
 # Airflow reads its settings when first imported: set them before anything imports it.
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="cdr-tests-"))
+os.environ["CDR_BILLING_CONFIG"] = str(Path(__file__).resolve().parents[1] / "include/config/pipeline.yaml")
 from cdr_devkit.airflow_env import airflow_settings  # noqa: E402
 
 os.environ.update(airflow_settings(SESSION_DIR / "airflow"))
-os.environ["CDR_BILLING_CONFIG"] = str(Path(__file__).resolve().parents[1] / "include/config/pipeline.yaml")
 
 import pytest  # noqa: E402
 
 from cdr_billing.months import BillingMonth  # noqa: E402
 from cdr_devkit.airflow_env import migrate  # noqa: E402
+from cdr_devkit.airflow_server import RunningAirflow  # noqa: E402
 from cdr_devkit.postgres import LocalPostgres  # noqa: E402
 from cdr_devkit.sample_data import generate_month  # noqa: E402
 from cdr_devkit.services import (  # noqa: E402
@@ -30,13 +31,15 @@ from cdr_devkit.services import (  # noqa: E402
 )
 
 SAMPLE_MONTH = BillingMonth(2026, 10)
+BACKFILL_MONTHS = [BillingMonth(2026, m) for m in (1, 2, 3)]
 
 
 @pytest.fixture(scope="session")
 def sftp_root() -> Path:
     """A generated sample month, served by both SFTP servers."""
     root = SESSION_DIR / "sftp"
-    generate_month(root, SAMPLE_MONTH)
+    for month in [*reversed(BACKFILL_MONTHS), SAMPLE_MONTH]:  # each month also writes a small previous-month file
+        generate_month(root, month)
     return root
 
 
@@ -94,3 +97,15 @@ def pipeline_connections(services: Servers, postgres: LocalPostgres) -> dict[str
     }
     os.environ.update(connection_env(connections))
     return connections
+
+
+@pytest.fixture(scope="session")
+def running_airflow(pipeline_connections: dict[str, dict], postgres: LocalPostgres):
+    """Airflow's api-server, scheduler and dag-processor on their own Airflow home, billing into
+    the PostgreSQL database `billing_ui` (the test Airflow home stays free for dag.test())."""
+    home = SESSION_DIR / "airflow-server"
+    migrate(home)
+    connections = {**pipeline_connections, "billing_db": postgres.connection(postgres.create_database("billing_ui"))}
+    env = {**os.environ, **airflow_settings(home), **connection_env(connections)}
+    with RunningAirflow(home, env) as airflow:
+        yield airflow

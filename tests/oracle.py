@@ -47,6 +47,8 @@ def _carrier_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
                     "session": row["session_id"],
                     "start": started,
                     "part": row["transaction_part_number"],
+                    "provider": row["service_provider"],
+                    "share": row["revenue_share_percentage"],
                 }
             )
     return calls
@@ -126,11 +128,28 @@ def _combine_partials(calls: list[dict]) -> list[dict]:
 def expected_lines(sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()) -> dict[tuple[str, str], Decimal]:
     """Return {(customer id, sequence number): total} for the sample month under sftp_root,
     priced with its tariff file plus `extra_rates` (rows added to the tariff later)."""
+    totals = defaultdict(Decimal)
+    for account, _, cost in _billed_calls(sftp_root, year, month, extra_rates):
+        totals[(account["customer_id"], account["sequence_number"] or account["default_sequence_number"])] += cost
+    return dict(totals)
+
+
+def expected_revenue_share(sftp_root: Path, year: int, month: int) -> dict[tuple[str, Decimal], tuple[Decimal, Decimal]]:
+    """Return {(service provider, share percent): (billed, share)} over the billed calls that carry a share."""
+    billed = defaultdict(Decimal)
+    for _, call, cost in _billed_calls(sftp_root, year, month):
+        if call.get("share"):
+            billed[(call["provider"], Decimal(call["share"]))] += cost
+    return {key: (total, (total * key[1] / 100).quantize(CENT, rounding=ROUND_HALF_UP)) for key, total in billed.items()}
+
+
+def _billed_calls(sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()) -> list[tuple[dict, dict, Decimal]]:
+    """(account, call, cost) of every billed call of the month."""
     start, end = _month_bounds(year, month)
     calls = _carrier_calls(sftp_root / f"cdr/carrier/carrier_cdr_{year}{month:02d}.csv", start, end)
     calls += _conferencing_calls(sftp_root / f"cdr/conferencing/conferencing_cdr_{year}-{month:02d}.xlsx")
     calls += _pbx_calls(sftp_root / f"cdr/pbx/pbx_cdr_{year}-{month:02d}.csv", start, end)
-    with next((sftp_root / "reference").glob("tariff*.csv")).open(newline="") as handle:
+    with sorted((sftp_root / "reference").glob("tariff*.csv"))[-1].open(newline="") as handle:
         tariff = list(csv.DictReader(handle)) + list(extra_rates)
     with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(newline="") as handle:
         accounts = {row["account_id"]: row for row in csv.DictReader(handle)}
@@ -139,7 +158,7 @@ def expected_lines(sftp_root: Path, year: int, month: int, extra_rates: tuple[di
         if call["key"] not in seen:
             seen.add(call["key"])
             unique.append(call)
-    totals = defaultdict(Decimal)
+    billed = []
     for call in _combine_partials(unique):
         account = accounts.get(call["account"])
         if call["status"] == "0" or account is None or account["entitled"] != "true":
@@ -147,10 +166,9 @@ def expected_lines(sftp_root: Path, year: int, month: int, extra_rates: tuple[di
         cost = call.get("cost")
         if cost is None:
             cost = _tariff_cost(call["number"], call["duration"], tariff)
-        if cost is None:
-            continue
-        totals[(account["customer_id"], account["sequence_number"] or account["default_sequence_number"])] += cost
-    return dict(totals)
+        if cost is not None:
+            billed.append((account, call, cost))
+    return billed
 
 
 def first_day_after(year: int, month: int) -> datetime:

@@ -1,17 +1,41 @@
-"""Aggregate attributed calls into billing lines."""
+"""Aggregate attributed calls: per user, then into billing lines; and the revenue share."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from cdr_billing.money import divide_half_up
+
 LINE_KEYS = ["customer_id", "sequence_number", "currency"]
+USER_KEYS = [*LINE_KEYS, "user_id"]
+SHARE_KEYS = ["service_provider", "currency", "share_basis_points"]
+TOTALS = ["total_minor", "call_count", "billed_seconds"]
 
 
-def aggregate_lines(attributed: pd.DataFrame) -> pd.DataFrame:
-    """One line per (customer id, sequence number, currency): total, calls, seconds."""
-    lines = (
-        attributed.groupby(LINE_KEYS, sort=True)
+def aggregate_users(attributed: pd.DataFrame) -> pd.DataFrame:
+    """One line per (customer id, sequence number, currency, user): total, calls, seconds."""
+    users = (
+        attributed.groupby(USER_KEYS, sort=True)
         .agg(total_minor=("cost_minor", "sum"), call_count=("cost_minor", "size"), billed_seconds=("billed_seconds", "sum"))
         .reset_index()
     )
-    return lines.astype({"total_minor": "int64", "call_count": "int64", "billed_seconds": "int64"})
+    return users.astype(dict.fromkeys(TOTALS, "int64"))
+
+
+def aggregate_lines(user_lines: pd.DataFrame) -> pd.DataFrame:
+    """One billing line per (customer id, sequence number, currency): the sum of its users' lines."""
+    return user_lines.groupby(LINE_KEYS, sort=True)[TOTALS].sum().reset_index().astype(dict.fromkeys(TOTALS, "int64"))
+
+
+def revenue_share(attributed: pd.DataFrame) -> pd.DataFrame:
+    """Per (service provider, currency, share percentage) of the billed calls that carry one:
+    calls, billed amount and the provider's share, rounded half up once per group."""
+    carrying = attributed[attributed["revenue_share_bp"].notna()]
+    grouped = (
+        carrying.assign(share_basis_points=carrying["revenue_share_bp"].astype("int64"))
+        .groupby(SHARE_KEYS, sort=True)
+        .agg(call_count=("cost_minor", "size"), billed_minor=("cost_minor", "sum"))
+        .reset_index()
+    )
+    share = divide_half_up(grouped["billed_minor"].to_numpy() * grouped["share_basis_points"].to_numpy(), 10_000)
+    return grouped.assign(share_minor=share).astype({"call_count": "int64", "billed_minor": "int64", "share_minor": "int64"})

@@ -19,6 +19,7 @@ import pandas as pd
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 
+from cdr_billing import database
 from cdr_billing.schema import entitlement, entitlement_snapshot, month_entitlement, to_records
 
 COLUMNS = (
@@ -86,6 +87,7 @@ def from_query(conn_id: str, query: str, captured_at: datetime) -> Snapshot:
 def store(engine: Engine, snapshot: Snapshot) -> int:
     """Store a snapshot (the same content again: its existing id)."""
     with engine.begin() as conn:
+        database.hold_lock(conn, "entitlement_snapshot")
         known = conn.execute(
             select(entitlement_snapshot.c.snapshot_id).where(entitlement_snapshot.c.sha256 == snapshot.sha256)
         ).scalar()

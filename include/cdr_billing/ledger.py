@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
+from cdr_billing import database
 from cdr_billing.acquire import FetchedFile, RemoteFile
 from cdr_billing.schema import cdr_file
 
@@ -88,6 +89,7 @@ def record(engine: Engine, billing_month: str, files: list[FetchedFile]) -> list
     """Record fetched files in the ledger (idempotent) and return each file's status."""
     entries = []
     with engine.begin() as conn:
+        database.hold_lock(conn, "cdr_file")
         for fetched in files:
             known = _ledger_value(conn, cdr_file.c.status, fetched.source, name=fetched.name, sha256=fetched.sha256)
             if known is not None:

@@ -7,15 +7,50 @@ same run finds its batch and changes nothing.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-import zlib
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from cdr_billing.schema import CURRENT, SUPERSEDED, billing_batch, billing_exception, billing_line, quarantined_row, to_records
+from cdr_billing import database
+from cdr_billing.schema import (
+    CURRENT,
+    SUPERSEDED,
+    billed_call,
+    billing_batch,
+    billing_exception,
+    billing_line,
+    billing_user_line,
+    quarantined_row,
+    revenue_share,
+    to_records,
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one run loads for a month: its lines, the per-user lines they sum, the revenue
+    share, the billed calls (lineage) and the rows not billed."""
+
+    lines: pd.DataFrame
+    user_lines: pd.DataFrame
+    revenue_share: pd.DataFrame
+    billed_calls: pd.DataFrame
+    exceptions: pd.DataFrame
+
+    def parts(self) -> list[tuple[Table, pd.DataFrame]]:
+        """Each table of the batch with its rows."""
+        return [
+            (billing_line, self.lines),
+            (billing_user_line, self.user_lines),
+            (revenue_share, self.revenue_share),
+            (billed_call, self.billed_calls),
+            (billing_exception, self.exceptions),
+        ]
 
 
 @dataclass(frozen=True)
@@ -27,18 +62,36 @@ class LoadResult:
     already_loaded: bool
 
 
-def _lock_month(conn: Connection, billing_month: str) -> None:
-    """Serialise loads of one month (PostgreSQL advisory lock; SQLite locks the file)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(billing_month.encode())})
+def month_lock(billing_month: str) -> str:
+    """The name of the lock a load of the month holds."""
+    return f"load {billing_month}"
 
 
-def load_month(
-    engine: Engine, billing_month: str, run_id: str, lines: pd.DataFrame, exceptions: pd.DataFrame, counts: dict[str, int]
-) -> LoadResult:
-    """Make a new current batch for the month from lines and exception rows, atomically."""
+def _insert(conn: Connection, table: Table, frame: pd.DataFrame, **constants: object) -> None:
+    """Insert a frame's rows; on PostgreSQL with COPY (a month has millions of billed calls).
+    Rows with missing values go through INSERT, so the database names the violated constraint."""
+    if frame.empty:
+        return
+    rows = frame.assign(**constants)[[column.name for column in table.columns]]
+    if conn.dialect.name != "postgresql" or rows.isna().any().any():
+        conn.execute(insert(table), to_records(rows))
+        return
+    buffer = io.StringIO()
+    rows.to_csv(buffer, index=False, header=False, quoting=csv.QUOTE_NONNUMERIC)  # quoted "" is an empty string, not NULL
+    buffer.seek(0)
+    copy = f"COPY {table.name} ({', '.join(rows.columns)}) FROM STDIN WITH (FORMAT csv)"
+    with conn.connection.driver_connection.cursor() as cursor:
+        if conn.dialect.driver == "psycopg2":
+            cursor.copy_expert(copy, buffer)
+        else:  # psycopg 3, which Airflow's PostgresHook uses
+            with cursor.copy(copy) as stream:
+                stream.write(buffer.getvalue())
+
+
+def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, counts: dict[str, int]) -> LoadResult:
+    """Make a new current batch for the month, atomically."""
     with engine.begin() as conn:
-        _lock_month(conn, billing_month)
+        database.hold_lock(conn, month_lock(billing_month))
         existing = conn.execute(select(billing_batch.c.batch_id).where(billing_batch.c.run_id == run_id)).scalar()
         if existing is not None:
             return LoadResult(existing, None, already_loaded=True)
@@ -54,10 +107,8 @@ def load_month(
                 billing_month=billing_month, run_id=run_id, status=CURRENT, counts=json.dumps(counts, sort_keys=True)
             )
         ).inserted_primary_key[0]
-        if len(lines):
-            conn.execute(insert(billing_line), to_records(lines, batch_id=batch_id))
-        if len(exceptions):
-            conn.execute(insert(billing_exception), to_records(exceptions, batch_id=batch_id))
+        for table, rows in batch.parts():
+            _insert(conn, table, rows, batch_id=batch_id)
     return LoadResult(batch_id, previous, already_loaded=False)
 
 

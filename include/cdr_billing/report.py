@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from html import escape
 from typing import Any
 
 import pandas as pd
 
+from cdr_billing.aggregate import LINE_KEYS
 from cdr_billing.money import from_minor_units
 
 # read = billed + quarantined + duplicates + not_billable + unbillable + suspense + combined
@@ -67,12 +69,9 @@ def build_report(
     }
 
 
-LINE_KEY = ["customer_id", "sequence_number", "currency"]
-
-
 def diff_lines(previous: pd.DataFrame, current: pd.DataFrame) -> list[dict[str, Any]]:
     """Lines whose total differs from the superseded batch (new and dropped lines included)."""
-    both = previous.merge(current, on=LINE_KEY, how="outer", suffixes=("_before", "_after"))
+    both = previous.merge(current, on=LINE_KEYS, how="outer", suffixes=("_before", "_after"))
     before, after = both["total_minor_before"].fillna(0).astype("int64"), both["total_minor_after"].fillna(0).astype("int64")
     changed = both[(before != after) | both["total_minor_before"].isna() | both["total_minor_after"].isna()]
     return [
@@ -84,7 +83,32 @@ def diff_lines(previous: pd.DataFrame, current: pd.DataFrame) -> list[dict[str, 
             "after": str(from_minor_units(after[i], row.currency)) if pd.notna(row.total_minor_after) else "",
             "change": str(from_minor_units(after[i] - before[i], row.currency)),
         }
-        for i, row in changed.sort_values(LINE_KEY).iterrows()
+        for i, row in changed.sort_values(LINE_KEYS).iterrows()
+    ]
+
+
+def customer_totals(lines: pd.DataFrame) -> list[dict[str, Any]]:
+    """Totals per customer and currency, all sequence numbers together."""
+    totals = lines.groupby(["customer_id", "currency"], sort=True)[["total_minor", "call_count"]].sum().reset_index()
+    return [
+        {"customer_id": r.customer_id, "currency": r.currency, "total": str(from_minor_units(int(r.total_minor), r.currency)),
+         "call_count": int(r.call_count)}
+        for r in totals.itertuples()
+    ]  # fmt: skip
+
+
+def revenue_share_report(shares: pd.DataFrame) -> list[dict[str, Any]]:
+    """The revenue share rows with money as decimal strings."""
+    return [
+        {
+            "service_provider": r.service_provider,
+            "currency": r.currency,
+            "share_percent": str(Decimal(int(r.share_basis_points)) / 100),
+            "calls": int(r.call_count),
+            "billed": str(from_minor_units(int(r.billed_minor), r.currency)),
+            "share": str(from_minor_units(int(r.share_minor), r.currency)),
+        }
+        for r in shares.itertuples()
     ]
 
 
@@ -129,6 +153,13 @@ def render_text(report: dict[str, Any]) -> str:
         for item in report["changes"]:
             before_after = f"{item['before']:>12} -> {item['after']:>12} ({item['change']})"
             out.append(f"  {item['customer_id']:<12}{item['sequence_number']:<10}{before_after}")
+    if report.get("revenue_share"):
+        out += ["", "Revenue share per service provider:"]
+        for item in report["revenue_share"]:
+            out.append(
+                f"  {item['service_provider']:<16}{item['currency']:<5}{item['share_percent']:>6}% of {item['billed']:>12}"
+                f" = {item['share']:>10} ({item['calls']} calls)"
+            )
     if report.get("suspense_accounts"):
         out += ["", "Accounts in suspense (fix the entitlement, then re-run with refresh_entitlements):"]
         for item in report["suspense_accounts"][:20]:
@@ -146,23 +177,59 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table; every cell escaped, numbers right-aligned."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td{' align=right' if isinstance(c, int | float) or _is_amount(c) else ''}>{escape(str(c))}</td>"
+                         for c in row) + "</tr>"
+        for row in rows
+    )  # fmt: skip
+    return f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
+
+
+def _is_amount(cell: Any) -> bool:
+    return isinstance(cell, str) and cell.lstrip("-").replace(".", "", 1).isdigit()
+
+
+def _section(title: str, intro: str, headers: list[str], rows: list[list[Any]]) -> str:
+    return f"<h3>{escape(title)}</h3><p>{escape(intro)}</p>" + _html_table(headers, rows) if rows else ""
+
+
 def render_html(report: dict[str, Any]) -> str:
-    """The month report as an HTML mail for finance: lines, counts and what needs attention."""
-    rows = "".join(
-        f"<tr><td>{escape(line['customer_id'])}</td><td>{escape(line['sequence_number'])}</td><td>{line['currency']}</td>"
-        f"<td align=right>{line['total']}</td><td align=right>{line['call_count']}</td></tr>"
-        for line in report["lines"]
-    )
-    counts = ", ".join(f"{key} {report['counts'][key]}" for key in ("read", *OUTCOMES))
+    """The month report as an HTML mail for finance: totals, reconciliation, changes and what needs attention."""
+    lines = [[x["customer_id"], x["sequence_number"], x["currency"], x["total"], x["call_count"]] for x in report["lines"]]
+    customers = [[x["customer_id"], x["currency"], x["total"], x["call_count"]] for x in report.get("customer_totals", [])]
+    counts = [[key, report["counts"][key]] for key in ("read", *OUTCOMES)]
     changes = report.get("changes")
-    if changes is None:
-        change_text = "<p>First batch of the month.</p>"
-    else:
-        change_text = f"<p>{len(changes)} lines changed from the superseded batch.</p>"
-    return (
-        f"<h2>Billing month {report['billing_month']} (batch {report['batch']['batch_id']})</h2>"
-        f"<table border=1 cellpadding=4><tr><th>Customer</th><th>Sequence</th><th>Currency</th><th>Total</th><th>Calls</th></tr>"
-        f"{rows}</table><p>Rows: {counts}.</p>{change_text}"
-        f"<p>Unbillable number ranges: {len(report.get('unbillable_ranges', []))}; accounts in suspense: "
-        f"{len(report.get('suspense_accounts', []))}; stale entitlements: {len(report.get('stale_entitlements', []))}.</p>"
-    )
+    shares = report.get("revenue_share", [])
+    return "".join(
+        [
+            f"<h2>Billing month {escape(report['billing_month'])} (batch {report['batch']['batch_id']})</h2>",
+            _section("Totals per customer", "All sequence numbers together.", ["Customer", "Currency", "Total", "Calls"],
+                     customers),
+            _section("Billing lines", "What the billing system charges.", ["Customer", "Sequence", "Currency", "Total", "Calls"],
+                     lines),
+            _section("Reconciliation", "Every row read has exactly one outcome.", ["Rows", "Count"], counts),
+            "<p>First batch of the month.</p>" if changes is None else _section(
+                "Changes from the superseded batch", f"{len(changes)} lines changed.",
+                ["Customer", "Sequence", "Currency", "Before", "After", "Change"],
+                [[c["customer_id"], c["sequence_number"], c["currency"], c["before"], c["after"], c["change"]] for c in changes],
+            ) or "<p>No line changed from the superseded batch.</p>",
+            _section("Revenue share per service provider", "Of the billed calls that carry a revenue share percentage.",
+                     ["Provider", "Currency", "Share %", "Calls", "Billed", "Share"],
+                     [[r["service_provider"], r["currency"], r["share_percent"], r["calls"], r["billed"], r["share"]]
+                      for r in shares]),
+            _section("Unbillable number ranges", "Add them to the tariff, then re-run the month.",
+                     ["Range", "Reason", "Calls", "Minutes"],
+                     [[r["number_range"], r["reason_code"], r["calls"], r["minutes"]]
+                      for r in report.get("unbillable_ranges", [])]),
+            _section("Accounts in suspense", "Fix the entitlement, then re-run with refresh_entitlements.",
+                     ["Account", "Reason", "Calls"],
+                     [[r["account_id"], r["reason_code"], r["calls"]] for r in report.get("suspense_accounts", [])[:50]]),
+            _section("Stale entitlements", "No login for a long time: the cost center may be outdated.",
+                     ["Account", "Customer", "Last login", "Calls"],
+                     [[r["account_id"], r["customer_id"], r["last_login"], r["calls"]]
+                      for r in report.get("stale_entitlements", [])[:50]]),
+        ]
+    )  # fmt: skip

@@ -1,7 +1,10 @@
 """The billing database's tables: batches, lines, non-billed rows, quarantine and the file ledger.
 
 A batch's quarantined rows are the `quarantined_row` rows of its run_id; its other
-non-billed rows (duplicates, unbillable, suspense) are in `billing_exception`.
+non-billed rows (duplicates, unbillable, suspense) are in `billing_exception`; its billed
+calls, with their source file and row, in `billed_call` (lineage).
+The tables are created and upgraded by the versioned migrations in `cdr_billing.migrations`;
+a change here needs a new migration (a test compares both).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.engine import Engine
 
 CURRENT, SUPERSEDED = "current", "superseded"
 
@@ -57,6 +59,54 @@ billing_line = Table(
     Column("total_minor", BigInteger, nullable=False),
     Column("call_count", BigInteger, nullable=False),
     Column("billed_seconds", BigInteger, nullable=False),
+)
+
+# The per-user level of the aggregation: billing_line is their sum per (customer, sequence number, currency).
+billing_user_line = Table(
+    "billing_user_line",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("billing_batch.batch_id"), primary_key=True),
+    Column("customer_id", String(64), primary_key=True),
+    Column("sequence_number", String(64), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("user_id", String(128), primary_key=True),
+    Column("total_minor", BigInteger, nullable=False),
+    Column("call_count", BigInteger, nullable=False),
+    Column("billed_seconds", BigInteger, nullable=False),
+)
+
+# What each service provider earns of the billed calls that carry a revenue share percentage.
+revenue_share = Table(
+    "revenue_share",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("billing_batch.batch_id"), primary_key=True),
+    Column("service_provider", String(128), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("share_basis_points", Integer, primary_key=True),
+    Column("call_count", BigInteger, nullable=False),
+    Column("billed_minor", BigInteger, nullable=False),
+    Column("share_minor", BigInteger, nullable=False),
+)
+
+# Lineage: every billed call of a batch, the line it is summed into, and the input row(s) it came from.
+billed_call = Table(
+    "billed_call",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("billing_batch.batch_id"), nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("sequence_number", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("transaction_id", Text, nullable=False),
+    Column("start_utc", DateTime(timezone=True), nullable=False),
+    Column("billed_seconds", BigInteger, nullable=False),
+    Column("cost_minor", BigInteger, nullable=False),
+    Column("pricing", String(16), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("source_file", Text, nullable=False),
+    Column("source_row", BigInteger, nullable=False),
+    Column("combined_rows", Text, nullable=False),  # rows of the partial parts merged into this call, "" if none
+    Index("billed_call_of_line", "batch_id", "customer_id", "sequence_number", "currency"),
 )
 
 billing_exception = Table(
@@ -169,11 +219,6 @@ cdr_file = Table(
     Column("rows_duplicate", BigInteger),
     UniqueConstraint("source", "name", "sha256", name="one_row_per_file_content"),
 )
-
-
-def ensure_schema(engine: Engine) -> None:
-    """Create the billing tables where missing."""
-    metadata.create_all(engine)
 
 
 def to_records(frame: pd.DataFrame, **constants: object) -> list[dict]:

@@ -23,13 +23,15 @@ from cdr_billing import (
     alerts,
     attribute,
     billing_file,
+    database,
     entitlements,
     ledger,
+    lineage,
     load,
+    migrations,
     rate,
     read,
     report,
-    schema,
     tariff,
     validate,
 )
@@ -69,13 +71,6 @@ def _send(config: PipelineConfig, alert: alerts.Alert, recipients: tuple[str, ..
     alerts.send(alert, list(recipients or config.alert_to), config.smtp_connection)
 
 
-def billing_engine(conn_id: str):
-    """Return a SQLAlchemy engine for the billing database's Airflow connection."""
-    from airflow.sdk import BaseHook
-
-    return BaseHook.get_connection(conn_id).get_hook().get_sqlalchemy_engine()
-
-
 def run_work_dir(config: PipelineConfig, billing_month: str, run_id: str) -> Path:
     """The directory a run keeps its Parquet files, GX results and report in."""
     return config.work_root / billing_month / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
@@ -87,10 +82,16 @@ def start_run(
     run_id: str,
     config: PipelineConfig | None = None,
     refresh_entitlements: bool = False,
+    clear_number: int = 0,
 ) -> Meta:
-    """Resolve the billing month and create the run's work directory."""
+    """Resolve the billing month and create the run's work directory.
+
+    A run cleared in the UI (or re-run by a reprocessing backfill) keeps its Airflow run id but
+    is a new billing run: its clear number makes it a new batch; a retried task is not.
+    """
     config = config or load_config()
     month = resolve_billing_month(billing_month_param, data_interval_start, config.billing.timezone)
+    run_id = run_id if clear_number == 0 else f"{run_id}#clear{clear_number}"
     work_dir = run_work_dir(config, str(month), run_id)
     work_dir.mkdir(parents=True, exist_ok=True)
     return {
@@ -125,8 +126,8 @@ def files_arrived(meta: Meta, config: PipelineConfig | None = None, now: datetim
     requests = _cdr_requests(config, str(month))
     missing = acquire.find_missing_sources(list(config.sftp_connections), requests, config.connect_timeout_seconds)
     if missing:
-        engine = billing_engine(config.billing.connection)
-        schema.ensure_schema(engine)
+        engine = database.billing_engine(config.billing.connection)
+        migrations.upgrade(engine)
         archived = ledger.archived_month_files(engine, str(month), set(missing), present=set())
         missing = [source for source in missing if source not in {f.source for f in archived}]
     if not missing:
@@ -144,8 +145,8 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     """Fetch the month's CDR files, tariff and entitlement snapshot; record them in the ledger."""
     config = config or load_config()
     month = meta["billing_month"]
-    engine = billing_engine(config.billing.connection)
-    schema.ensure_schema(engine)
+    engine = database.billing_engine(config.billing.connection)
+    migrations.upgrade(engine)
     requests = _cdr_requests(config, month) + _reference_requests(config, month)
     result = acquire.fetch_with_failover(
         list(config.sftp_connections),
@@ -224,8 +225,8 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         log.info(
             "%s: read %d, accepted %d, quarantined %d", item["name"], len(raw), len(checked.accepted), len(checked.quarantined)
         )
-    engine = billing_engine(config.billing.connection)
-    schema.ensure_schema(engine)
+    engine = database.billing_engine(config.billing.connection)
+    migrations.upgrade(engine)
     quarantine = pd.concat(quarantined, ignore_index=True)
     load.store_quarantine(engine, meta["billing_month"], meta["run_id"], quarantine)
     for stats, rejected in zip(file_stats, quarantined, strict=True):
@@ -257,7 +258,7 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
 def rate_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     """Price the month's calls; set aside unbillable and failed calls."""
     config = config or load_config()
-    engine = billing_engine(config.billing.connection)
+    engine = database.billing_engine(config.billing.connection)
     tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
     newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
     rates = tariff.all_rates(engine)
@@ -279,7 +280,7 @@ def rate_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
 def attribute_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     """Join priced calls to the entitlement snapshot valid at each call; set aside suspense calls."""
     config = config or load_config()
-    settings, engine, now = config.entitlement_source, billing_engine(config.billing.connection), datetime.now(UTC)
+    settings, engine, now = config.entitlement_source, database.billing_engine(config.billing.connection), datetime.now(UTC)
 
     def capture() -> entitlements.Snapshot:
         if settings.source == "sql":
@@ -307,13 +308,18 @@ def attribute_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
 
 
 def aggregate_lines(meta: Meta) -> Meta:
-    """Sum attributed calls into billing lines and prove the totals and counts."""
+    """Sum attributed calls per user, then into billing lines; prove the totals and counts."""
     attributed = _read(meta, "attributed")
-    lines = aggregate.aggregate_lines(attributed)
+    user_lines = aggregate.aggregate_users(attributed)
+    lines = aggregate.aggregate_lines(user_lines)
     report.check_totals(lines, attributed)
     report.reconcile(meta["counts"])
+    shares = aggregate.revenue_share(attributed)
+    _write(meta, "user_lines", user_lines)
     _write(meta, "lines", lines)
-    log.info("%d billing lines", len(lines))
+    _write(meta, "revenue_share", shares)
+    log.info("%d billing lines from %d user lines; revenue share of %d providers", len(lines), len(user_lines),
+             shares["service_provider"].nunique())  # fmt: skip
     return meta
 
 
@@ -362,10 +368,16 @@ def _exception_rows(meta: Meta, skip_kinds: tuple[str, ...] = ()) -> pd.DataFram
 def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     """Load the lines and exception rows as the month's new current batch."""
     config = config or load_config()
-    engine = billing_engine(config.billing.connection)
-    schema.ensure_schema(engine)
-    not_quarantined = _exception_rows(meta, skip_kinds=("quarantined",))  # those are in quarantined_row already
-    result = load.load_month(engine, meta["billing_month"], meta["run_id"], _read(meta, "lines"), not_quarantined, meta["counts"])
+    engine = database.billing_engine(config.billing.connection)
+    migrations.upgrade(engine)
+    batch = load.Batch(
+        lines=_read(meta, "lines"),
+        user_lines=_read(meta, "user_lines"),
+        revenue_share=_read(meta, "revenue_share"),
+        billed_calls=lineage.billed_calls(_read(meta, "attributed"), _read(meta, "combined")),
+        exceptions=_exception_rows(meta, skip_kinds=("quarantined",)),  # those are in quarantined_row already
+    )
+    result = load.load_month(engine, meta["billing_month"], meta["run_id"], batch, meta["counts"])
     log.info(
         "batch %s is current for %s (superseded %s, already loaded: %s)",
         result.batch_id,
@@ -379,12 +391,14 @@ def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
 def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     """Write the month report from the loaded batch and check it matches the run."""
     config = config or load_config()
-    engine = billing_engine(config.billing.connection)
+    engine = database.billing_engine(config.billing.connection)
     loaded = load.current_lines(engine, meta["billing_month"])
     computed = _read(meta, "lines")
     if not loaded.reset_index(drop=True).equals(computed.astype(loaded.dtypes.to_dict()).reset_index(drop=True)):
         raise report.ReconciliationError("the billing database's current lines differ from this run's lines")
     month_report = report.build_report(meta["billing_month"], meta["batch"], meta["counts"], loaded, _exception_rows(meta))
+    month_report["customer_totals"] = report.customer_totals(loaded)
+    month_report["revenue_share"] = report.revenue_share_report(_read(meta, "revenue_share"))
     month_report["files"] = meta["file_stats"]
     month_report["data_docs"] = meta["data_docs"]
     month_report["unbillable_ranges"] = report.unbillable_ranges(_read(meta, "unbillable"))

@@ -22,6 +22,7 @@ import pandas as pd
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
+from cdr_billing import database
 from cdr_billing.money import MoneyError, to_micro_units
 from cdr_billing.schema import tariff_rate, tariff_version, to_records
 
@@ -114,6 +115,7 @@ def read_tariff_file(path: Path, timezone: str) -> pd.DataFrame:
 def store_version(engine: Engine, tariff: pd.DataFrame, source_name: str, sha256: str) -> int:
     """Store a tariff as a new version (the same file content again: its existing version)."""
     with engine.begin() as conn:
+        database.hold_lock(conn, "tariff_version")
         existing = conn.execute(select(tariff_version.c.version_id).where(tariff_version.c.sha256 == sha256)).scalar()
         if existing is not None:
             return existing
@@ -143,8 +145,8 @@ def all_rates(engine: Engine) -> pd.DataFrame:
 def main() -> None:
     """`python -m cdr_billing.tariff load FILE`: add a tariff version to the billing database."""
     from cdr_billing.config import load_config
-    from cdr_billing.schema import ensure_schema
-    from cdr_billing.stages import billing_engine
+    from cdr_billing.database import billing_engine
+    from cdr_billing.migrations import upgrade
 
     parser = argparse.ArgumentParser(description="Load a tariff file as a new version (history is never changed).")
     parser.add_argument("action", choices=["load"])
@@ -152,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config()
     engine = billing_engine(config.billing.connection)
-    ensure_schema(engine)
+    upgrade(engine)
     version = load_file(engine, args.file, config.billing.timezone)
     print(f"{args.file.name}: tariff version {version}")
 

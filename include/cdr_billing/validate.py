@@ -19,7 +19,7 @@ import pandas as pd
 
 from cdr_billing.canonical import COMPLETION_STATUSES, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
-from cdr_billing.money import MoneyError, to_micro_units
+from cdr_billing.money import MoneyError, percent_to_basis_points, to_micro_units
 from cdr_billing.months import BillingMonth
 from cdr_billing.privacy import mask_number
 
@@ -107,6 +107,20 @@ def _cost_micro(costs: pd.Series) -> pd.Series:
     return pd.Series(values, index=costs.index, dtype="Int64")
 
 
+def _basis_points(percentages: pd.Series) -> pd.Series:
+    """Revenue share percentages as basis points (nullable): NA when empty, not a number, more
+    than two decimals or outside 0-100."""
+    valid = {}
+    for text in percentages.unique():
+        try:
+            points = percent_to_basis_points(text)
+        except MoneyError:
+            continue
+        if 0 <= points <= 10_000:
+            valid[text] = points
+    return percentages.map(valid).astype("Int32")
+
+
 def _failures(
     raw: pd.DataFrame, typed: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings
 ) -> pd.DataFrame:
@@ -125,6 +139,7 @@ def _failures(
         (typed["duration_seconds"] < 0) | (typed["duration_seconds"] > rules.max_call_seconds)
     )
     fails["BAD_COMPLETION_STATUS"] = typed["completion_status"].isna()
+    fails["BAD_REVENUE_SHARE"] = (raw["revenue_share_percentage"] != "") & typed["revenue_share_bp"].isna()
     if profile.priced:
         fails["BAD_COST"] = typed["provider_cost_micro"].isna()
         fails["BAD_CURRENCY"] = ~raw["currency"].str.fullmatch(CURRENCY_CODE)
@@ -140,6 +155,7 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
     typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit, profile.decimal)
     status = pd.to_numeric(raw["completion_status"], errors="coerce")
     typed["completion_status"] = status.where(status.isin(COMPLETION_STATUSES)).astype("Int8")
+    typed["revenue_share_bp"] = _basis_points(raw["revenue_share_percentage"].str.replace(profile.decimal, ".", regex=False))
     typed["provider_cost_micro"] = (
         _cost_micro(raw["provider_cost"].str.replace(profile.decimal, ".", regex=False))
         if profile.priced

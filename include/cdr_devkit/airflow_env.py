@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cdr_billing.config import load_config
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "cdr_billing_monthly"
 
@@ -18,6 +20,9 @@ def airflow_settings(airflow_home: Path, log_level: str = "INFO") -> dict[str, s
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Backfill dates (`--from-date 2026-01-01`) are read in Airflow's default timezone: make it
+        # the billing timezone, so a date range means the local billing months.
+        "AIRFLOW__CORE__DEFAULT_TIMEZONE": load_config().billing.timezone,
         "AIRFLOW__LOGGING__LOGGING_LEVEL": log_level,
         "GX_ANALYTICS_ENABLED": "false",
     }

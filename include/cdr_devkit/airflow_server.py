@@ -49,11 +49,16 @@ class RunningAirflow:
         self.processes: dict[str, subprocess.Popen] = {}
         self._token: str | None = None
 
-    def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run an `airflow ...` CLI command against this Airflow home."""
-        return subprocess.run(
-            [str(Path(sys.executable).with_name("airflow")), *args], env=self.env, capture_output=True, text=True, check=check
+    def airflow(self, *args: str) -> str:
+        """Run an `airflow ...` CLI command against this Airflow home; return its output."""
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("airflow")), *args], env=self.env, capture_output=True, text=True
         )
+        if done.returncode != 0:
+            raise ServiceError(
+                f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+        return done.stdout
 
     def start(self) -> RunningAirflow:
         """Start the components and wait until the api-server answers."""

@@ -26,7 +26,6 @@ def start_demo_services(services: LocalServices, month: str) -> dict[str, str]:
 
     sftp_root = DEMO_DIR / "sftp"
     shutil.rmtree(sftp_root, ignore_errors=True)
-    (DEMO_DIR / "billing.sqlite").unlink(missing_ok=True)  # each demo starts with a fresh billing database
     generate_month(sftp_root, BillingMonth.parse(month))
     primary = services.start_sftp("sftp_primary", sftp_root)
     secondary = services.start_sftp("sftp_secondary", sftp_root)

@@ -52,6 +52,10 @@ class SampleMonth:
     month: BillingMonth
 
 
+CARRIER_PROVIDERS = ("NordCarrier", "BalticTransit")
+REVENUE_SHARES = ("", "12.5", "30")  # percent; "" for calls that carry no revenue share
+
+
 def _phone(rng: random.Random, head: str, length: int = 11) -> str:
     return head + "".join(rng.choice("0123456789") for _ in range(length - len(head.lstrip("+"))))
 
@@ -123,8 +127,8 @@ def write_carrier_csv(
                 "transaction_part_number": "1",
                 "completion_status": status,
                 "additional_info": "",
-                "service_provider": "NordCarrier",
-                "revenue_share_percentage": "0",
+                "service_provider": CARRIER_PROVIDERS[n % 2],
+                "revenue_share_percentage": REVENUE_SHARES[n % 3],
                 "party_to_charge": "originating",
                 "charging_info": "postpaid",
             }

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from cdr_billing.attribute import attribute_calls
 from cdr_billing.entitlements import EntitlementError, from_file, from_query, history, snapshot_for_month
-from cdr_billing.schema import ensure_schema
+from cdr_billing.migrations import upgrade
 
 DATABASES = itertools.count()
 HEADER = "account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,entitled,last_login\n"
@@ -28,7 +28,7 @@ NOW = datetime(2026, 11, 3, tzinfo=UTC)
 @pytest.fixture
 def engine(postgres):
     engine = create_engine(postgres.url_of(postgres.create_database(f"entitlements_{next(DATABASES)}")))
-    ensure_schema(engine)
+    upgrade(engine)
     return engine
 
 

@@ -1,11 +1,15 @@
 """Loading batches into a real PostgreSQL billing database."""
 
+import threading
+
 import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from cdr_billing.load import current_lines, load_month
-from cdr_billing.schema import ensure_schema
+from cdr_billing.database import lock_key
+from cdr_billing.lineage import BILLED_CALL_COLUMNS
+from cdr_billing.load import Batch, current_lines, load_month, month_lock
+from cdr_billing.migrations import upgrade
 
 LINES = pd.DataFrame(
     {
@@ -29,10 +33,19 @@ EXCEPTIONS = pd.DataFrame(
 )
 
 
+def _batch(lines: pd.DataFrame = LINES) -> Batch:
+    user_lines = lines.assign(user_id="u1")
+    shares = pd.DataFrame(
+        {"service_provider": ["P"], "currency": ["EUR"], "share_basis_points": [1250], "call_count": [4],
+         "billed_minor": [1333], "share_minor": [167]}
+    )  # fmt: skip
+    return Batch(lines, user_lines, shares, pd.DataFrame(columns=BILLED_CALL_COLUMNS), EXCEPTIONS)
+
+
 @pytest.fixture(scope="module")
 def engine(postgres):
     engine = create_engine(postgres.url)
-    ensure_schema(engine)
+    upgrade(engine)
     return engine
 
 
@@ -44,24 +57,61 @@ def _batches(engine, month):
 
 
 def test_rerun_supersedes_and_never_doubles(engine):
-    first = load_month(engine, "2026-01", "run-a", LINES, EXCEPTIONS, {"read": 5})
-    second = load_month(engine, "2026-01", "run-b", LINES, EXCEPTIONS, {"read": 5})
+    first = load_month(engine, "2026-01", "run-a", _batch(), {"read": 5})
+    second = load_month(engine, "2026-01", "run-b", _batch(), {"read": 5})
     assert second.superseded_batch_id == first.batch_id
     assert [status for _, status in _batches(engine, "2026-01")] == ["superseded", "current"]
     assert current_lines(engine, "2026-01").to_dict("records") == LINES.to_dict("records")
 
 
 def test_a_retried_load_of_the_same_run_changes_nothing(engine):
-    first = load_month(engine, "2026-02", "run-c", LINES, EXCEPTIONS, {"read": 5})
-    again = load_month(engine, "2026-02", "run-c", LINES.assign(total_minor=1), EXCEPTIONS, {"read": 5})
+    first = load_month(engine, "2026-02", "run-c", _batch(), {"read": 5})
+    again = load_month(engine, "2026-02", "run-c", _batch(LINES.assign(total_minor=1)), {"read": 5})
     assert again.already_loaded and again.batch_id == first.batch_id
     assert current_lines(engine, "2026-02")["total_minor"].tolist() == [1234, 99]
 
 
 def test_a_failed_load_leaves_the_old_batch_current(engine):
-    load_month(engine, "2026-03", "run-d", LINES, EXCEPTIONS, {"read": 5})
+    load_month(engine, "2026-03", "run-d", _batch(), {"read": 5})
     broken = LINES.assign(customer_id=None)  # NOT NULL violation in the middle of the load
     with pytest.raises(Exception, match="null"):
-        load_month(engine, "2026-03", "run-e", broken, EXCEPTIONS, {"read": 5})
+        load_month(engine, "2026-03", "run-e", _batch(broken), {"read": 5})
     assert [status for _, status in _batches(engine, "2026-03")] == ["current"]
     assert current_lines(engine, "2026-03")["total_minor"].tolist() == [1234, 99]
+
+
+def _load_in_thread(engine, month: str, run_id: str) -> threading.Thread:
+    thread = threading.Thread(target=load_month, args=(engine, month, run_id, _batch(), {"read": 5}))
+    thread.start()
+    return thread
+
+
+def test_two_concurrent_loads_of_a_month_serialise(engine):
+    """While one load holds the month's lock, a second waits; then it supersedes the first."""
+    load_month(engine, "2026-04", "run-f", _batch(), {"read": 5})
+    holder = engine.connect()
+    holder.begin()
+    holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(month_lock("2026-04"))})  # a load in progress
+    waiting = _load_in_thread(engine, "2026-04", "run-g")
+    waiting.join(timeout=2)
+    assert waiting.is_alive(), "the second load must wait for the month's lock"
+    assert [status for _, status in _batches(engine, "2026-04")] == ["current"]
+    holder.rollback()
+    holder.close()
+    waiting.join(timeout=30)
+    assert not waiting.is_alive()
+    assert [status for _, status in _batches(engine, "2026-04")] == ["superseded", "current"]
+
+
+def test_concurrent_loads_leave_exactly_one_current_batch(engine):
+    threads = [_load_in_thread(engine, "2026-05", f"run-h{n}") for n in range(4)]
+    for thread in threads:
+        thread.join(timeout=60)
+    statuses = [status for _, status in _batches(engine, "2026-05")]
+    assert sorted(statuses) == ["current"] + ["superseded"] * 3
+    with engine.connect() as conn:
+        lines = conn.execute(
+            text("SELECT count(*) FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = '2026-05'")
+        ).scalar()
+    assert lines == 4 * len(LINES)  # every batch complete, none doubled
+    assert current_lines(engine, "2026-05").to_dict("records") == LINES.to_dict("records")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from sqlalchemy import create_engine
 
-from cdr_billing.schema import ensure_schema
+from cdr_billing.migrations import upgrade
 from cdr_billing.tariff import all_rates, load_file
 
 HEADER = "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency,valid_from\n"
@@ -13,7 +13,7 @@ HEADER = "prefix,destination,price_per_minute,connection_fee,first_increment,nex
 
 def test_loads_add_versions_and_keep_history(postgres, tmp_path):
     engine = create_engine(postgres.url_of(postgres.create_database("tariff_history")))
-    ensure_schema(engine)
+    upgrade(engine)
     first, second = tmp_path / "tariff_2026-10.csv", tmp_path / "tariff_2026-11.xlsx"
     first.write_text(HEADER + "46,Sweden,0.0200,0,60,60,0,EUR,\n467,Mobile,0.0900,0.05,60,60,0.10,EUR,\n")
     pd.DataFrame([{"prefix": "467", "destination": "Mobile", "price_per_minute": "0.0700", "connection_fee": "0.05",

@@ -256,3 +256,8 @@ def test_the_image_installs_the_same_lock_at_the_same_airflow_and_python(compose
 def test_the_celery_provider_is_in_the_lock_and_installed_from_it(lock):
     for package in ("apache-airflow-providers-celery", "celery", "kombu", "redis"):
         assert version(package) == lock[package], package
+
+
+def test_airflow_reads_dates_in_the_billing_timezone(env):
+    """`airflow backfill create --from-date 2026-01-01` must mean the billing month's midnight."""
+    assert env["AIRFLOW__CORE__DEFAULT_TIMEZONE"] == load_config().billing.timezone

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdr_billing.aggregate import aggregate_lines
+from cdr_billing.aggregate import aggregate_lines, aggregate_users
 from cdr_billing.config import BillingSettings
 from cdr_billing.rate import rate_calls
 from cdr_billing.tariff import read_tariff_file
@@ -119,7 +119,7 @@ def test_the_month_total_is_the_sum_of_its_calls(tmp_path_factory, rows):
     frame = calls([(number, "2026-10-12 11:00:00", seconds) for _, seconds, number in rows])
     priced, _, _ = rate_calls(frame, rates, RULES)
     priced = priced.assign(customer_id=[customer for customer, _, _ in rows], sequence_number="1")
-    lines = aggregate_lines(priced)
+    lines = aggregate_lines(aggregate_users(priced))
     assert lines["total_minor"].sum() == sum(priced["cost_minor"])
     assert lines["call_count"].sum() == len(rows)
 

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from cdr_billing.aggregate import aggregate_lines
+from cdr_billing.aggregate import aggregate_lines, aggregate_users, revenue_share
 from cdr_billing.report import ReconciliationError, check_totals, reconcile, reconcile_file
 
 COUNTS = {
@@ -31,11 +31,14 @@ def test_lines_sum_to_the_calls():
             "customer_id": ["C1", "C1", "C2"],
             "sequence_number": ["1", "1", "2"],
             "currency": ["EUR"] * 3,
+            "user_id": ["u1", "u2", "u3"],
             "cost_minor": [5, 7, 11],
             "billed_seconds": [60, 60, 30],
         }
     )
-    lines = aggregate_lines(calls)
+    users = aggregate_users(calls)
+    assert users[["user_id", "total_minor"]].values.tolist() == [["u1", 5], ["u2", 7], ["u3", 11]]
+    lines = aggregate_lines(users)
     assert lines[["customer_id", "total_minor", "call_count", "billed_seconds"]].values.tolist() == [
         ["C1", 12, 2, 120],
         ["C2", 11, 1, 30],
@@ -89,3 +92,17 @@ def test_billing_file_neutralises_formulas_and_keeps_amounts_exact(tmp_path):
     sheet = load_workbook(xlsx_path).active
     assert [c.value for c in sheet[2]] == ['\'=HYPERLINK("http://x")', "'+1", "2026-10", 1234.56]
     assert sheet["D2"].data_type == "n" and sheet["D2"].number_format == "0.00"
+
+
+def test_revenue_share_is_rounded_half_up_once_per_provider_and_percentage():
+    calls = pd.DataFrame(
+        {
+            "service_provider": ["P", "P", "P", "Q", "R"],
+            "currency": ["EUR"] * 5,
+            "revenue_share_bp": pd.array([1250, 1250, 3000, 1250, None], dtype="Int32"),
+            "cost_minor": [3, 1, 5, 4, 100],
+        }
+    )
+    shares = revenue_share(calls)
+    # P 12.5 %: 4 cents -> 0.5 -> 1 (once, not 0.375 + 0.125 per call); P 30 %: 1.5 -> 2; Q: 0.5 -> 1; R carries none
+    assert shares.values.tolist() == [["P", "EUR", 1250, 2, 4, 1], ["P", "EUR", 3000, 1, 5, 2], ["Q", "EUR", 1250, 1, 4, 1]]

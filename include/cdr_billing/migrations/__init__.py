@@ -1,0 +1,70 @@
+"""Versioned migrations of the billing database (Alembic), and the command that runs them.
+
+`python -m cdr_billing.migrations upgrade` brings the database of the Airflow connection
+`billing_db` (or `--url`) to the newest version; `current` prints its version. The DAG runs the
+same upgrade before it touches the database. Upgrades run in one transaction under a
+PostgreSQL advisory lock, so concurrent runs upgrade once. Each file in versions/ is one
+version, never edited after release: a schema change is a new file (`alembic revision`
+with this folder as script_location).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection, Engine
+
+from cdr_billing import database
+
+VERSION_TABLE = "billing_schema_version"
+BASELINE = "0001"  # the schema the pipeline created before it had migrations
+
+
+def _config(conn: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent))
+    config.attributes["connection"] = conn
+    return config
+
+
+def head() -> str:
+    """The newest version the code knows."""
+    return ScriptDirectory.from_config(_config(None)).get_current_head()
+
+
+def current(engine: Engine) -> str | None:
+    """The version the database is at (None: never migrated)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+def upgrade(engine: Engine) -> str:
+    """Bring the database to the newest version, once even when called concurrently; return it."""
+    with engine.begin() as conn:
+        database.hold_lock(conn, "schema upgrade")
+        tables = inspect(conn).get_table_names()
+        if "billing_batch" in tables and VERSION_TABLE not in tables:
+            command.stamp(_config(conn), BASELINE)  # adopt a database created before migrations
+        command.upgrade(_config(conn), "head")
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cdr_billing.migrations", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["upgrade", "current"])
+    database.add_arguments(parser)
+    args = parser.parse_args(argv)
+    engine = database.engine_from_arguments(args)
+    if args.action == "upgrade":
+        before = current(engine)
+        after = upgrade(engine)
+        print(f"billing database at version {after} (was {before or 'empty'})")
+    else:
+        print(f"billing database at version {current(engine) or 'none'}; newest known: {head()}")
+    return 0
