@@ -26,25 +26,18 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task
 
-from cdr_billing.alerts import TaskFailureMail
+from cdr_billing.alerts import task_failure_mail
 from cdr_billing.config import load_config
 
 CONFIG = load_config()
 
-failure_mail = TaskFailureMail(
-    to=list(CONFIG.alert_to),
-    subject="[CDR billing] {{ ti.task_id }} failed ({{ dag.dag_id }}, {{ run_id }})",
-    html_content=(
-        "<p>Task <b>{{ ti.task_id }}</b> of <b>{{ dag.dag_id }}</b> failed on try {{ ti.try_number }}.</p>"
-        "<p>Run: {{ run_id }}<br>Billing month param: {{ params.billing_month or 'from the data interval' }}</p>"
-        "<p>Error: {{ exception }}</p>"
-        '<p><a href="{{ ti.log_url }}">Task log</a>. Fix the cause, then clear the task in the Airflow UI '
-        "to re-run it; re-running a month never bills it twice.</p>"
-    ),
-)
+
+def failure_mail(next_step: str):
+    """The failure mail of a task: month, task, the error in one sentence, log link, next step."""
+    return task_failure_mail(list(CONFIG.recipients("task_failure")), CONFIG.billing.timezone, next_step, CONFIG.smtp_connection)
 
 
-def stage_task(task_id: str, stage: str, doc: str):
+def stage_task(task_id: str, stage: str, doc: str, next_step: str):
     """A task that runs one function of `cdr_billing.stages` on the previous task's metadata."""
 
     def run_stage(meta: dict) -> dict:
@@ -52,35 +45,57 @@ def stage_task(task_id: str, stage: str, doc: str):
 
         return getattr(stages, stage)(meta)
 
-    return task(task_id=task_id, doc_md=doc)(run_stage)
+    docs = f"{doc}\n\n**If it fails:** {next_step}"
+    return task(task_id=task_id, doc_md=docs, on_failure_callback=[failure_mail(next_step)])(run_stage)
 
 
-# (task id, function in cdr_billing.stages, what the operator reads in the task's docs)
+# (task id, function in cdr_billing.stages, what it does, what the operator does when it fails)
 STAGES = [
     (
         "fetch_cdr_files",
         "fetch",
         "Download the month's CDR files, tariff and entitlement snapshot from the first SFTP server that delivers "
         "them (primary, then secondary); mail each failover; record every file in the ledger.",
+        "Check that the SFTP servers answer and that their host keys are the pinned ones (a changed key may be an "
+        "attack: confirm the fingerprint with the provider before re-pinning it in the connection).",
     ),
     (
         "validate_cdrs",
         "validate_files",
         "Read every file, quarantine bad rows, drop duplicates, run the Great Expectations suites.",
+        "Read the validation mail and the quarantined_row table; ask the provider to redeliver the file, or fix the "
+        "source profile in include/config/profiles.yaml if the provider changed the format.",
     ),
     (
         "rate_calls",
         "rate_calls",
         "Price calls by the provider's cost or the tariff's longest prefix; set aside unbillable calls.",
+        "Check the tariff file named in the log (python -m cdr_billing.tariff load FILE reports the bad line).",
     ),
     (
         "attribute_calls",
         "attribute_calls",
         "Join calls to the entitlement snapshot; unknown or not-entitled accounts go to suspense.",
+        "Check the entitlement snapshot (file or the entitlements_db query) named in the log.",
     ),
-    ("aggregate_lines", "aggregate_lines", "Sum calls per customer id and sequence number; prove rows and money reconcile."),
-    ("load_billing", "load_billing", "Load the lines as the month's new current batch in one transaction."),
-    ("report_month", "report_month", "Re-read the loaded lines, check them and write the month report."),
+    (
+        "aggregate_lines",
+        "aggregate_lines",
+        "Sum calls per user, then per customer id and sequence number; prove rows and money reconcile.",
+        "Rows or money do not add up: do not bill the month; send the log to the pipeline's developers.",
+    ),
+    (
+        "load_billing",
+        "load_billing",
+        "Upgrade the billing database schema if needed; load the month's new current batch in one transaction.",
+        "Check that the billing database (connection billing_db) is reachable; the month's old batch stays current.",
+    ),
+    (
+        "report_month",
+        "report_month",
+        "Re-read the loaded lines, check them and write the month report.",
+        "Check the SMTP connection and the work directory; the batch is loaded already.",
+    ),
 ]
 
 
@@ -96,7 +111,12 @@ STAGES = [
         "owner": "billing-ops",
         "retries": 2,
         "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": [failure_mail],
+        "on_failure_callback": [
+            failure_mail(
+                "Check that the SFTP servers answer (the error names each one) and whether the provider has delivered "
+                "the month's files; the task log lists the sources missing."
+            )
+        ],
     },
     params={
         "billing_month": Param(
@@ -138,8 +158,8 @@ def cdr_billing_monthly():
         return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)
 
     meta = wait_for_cdr_files()
-    for task_id, stage, doc in STAGES:
-        meta = stage_task(task_id, stage, doc)(meta)
+    for task_id, stage, doc, next_step in STAGES:
+        meta = stage_task(task_id, stage, doc, next_step)(meta)
 
 
 cdr_billing_monthly()

@@ -27,10 +27,34 @@ class TaskFailureMail(SmtpNotifier):
         SmtpNotifier.__call__(copy.copy(self), *args)
 
 
+def task_failure_mail(recipients: list[str], timezone: str, next_step: str, smtp_conn_id: str) -> TaskFailureMail:
+    """The mail a failed task sends: which month, which task, what went wrong in one sentence,
+    the log link and what to do next."""
+    month = (
+        "{{ params.billing_month or (data_interval_start and "
+        f"data_interval_start.in_timezone('{timezone}').strftime('%Y-%m')) or 'unknown' }}}}"
+    )
+    sentence = "{{ ((exception ~ '').strip().split('\n') | first | default('no error message')) | truncate(300) }}"
+    return TaskFailureMail(
+        smtp_conn_id=smtp_conn_id,
+        to=recipients,
+        subject=f"[CDR billing] {month}: {{{{ ti.task_id }}}} failed - {sentence}",
+        html_content=(
+            f"<p>Billing month <b>{month}</b>: task <b>{{{{ ti.task_id }}}}</b> failed "
+            "(try {{ ti.try_number }}, run {{ run_id }}).</p>"
+            f"<p>What went wrong: {sentence}</p>"
+            '<p><a href="{{ ti.log_url }}">Task log</a></p>'
+            f"<p>What to do next: {html.escape(next_step)} Then clear the task in the Airflow UI to re-run it; "
+            "re-running a month never bills it twice.</p>"
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class Alert:
-    """One mail: a subject line and a few plain sentences."""
+    """One mail: a kind (routes it to its recipients), a subject line and a few plain sentences."""
 
+    kind: str
     subject: str
     lines: tuple[str, ...] = ()
     html_body: str = ""  # a ready HTML body instead of lines (the month report)
@@ -39,9 +63,38 @@ class Alert:
         return self.html_body or "".join(f"<p>{html.escape(line)}</p>" for line in self.lines)
 
 
+def files_not_arrived_alert(month: str, missing: list[str], deadline: str) -> Alert:
+    """The deadline passed and sources have still delivered nothing for the month."""
+    return Alert(
+        "files_not_arrived",
+        f"[CDR billing] Files for {month} have not arrived from {', '.join(missing)}",
+        (
+            f"No CDR file for {month} from {', '.join(missing)} on any SFTP server, and the deadline ({deadline}) has passed.",
+            "The month is not billed. Ask the provider to deliver, then clear wait_for_cdr_files in the Airflow UI "
+            "(or trigger the DAG with billing_month) to bill it.",
+        ),
+    )
+
+
+def validation_alert(month: str, file_name: str, problem: str, expectations: tuple[str, ...], samples: tuple[str, ...]) -> Alert:
+    """A file failed validation: the month is not billed until it is fixed or redelivered."""
+    return Alert(
+        "validation",
+        f"[CDR billing] {file_name} failed validation ({month})",
+        (
+            f"{file_name}: {problem}",
+            *([f"Failed expectations: {', '.join(expectations)}."] if expectations else []),
+            *[f"Sample: {sample}" for sample in samples],
+            "The month is not billed. The rejected rows are in quarantined_row with their reasons; ask the provider "
+            "to redeliver the file (or fix the source profile if the format changed), then clear validate_cdrs.",
+        ),
+    )
+
+
 def failover_alert(month: str, failed: dict[str, str], took_over: str) -> Alert:
     """One server failed and the next one delivered."""
     return Alert(
+        "failover",
         f"[CDR billing] SFTP failover for {month}: {failed['server']} failed, {took_over} took over",
         (
             f"Fetching the CDR files of {month} from {failed['server']} failed: {failed['error']}.",
@@ -55,6 +108,7 @@ def failover_alert(month: str, failed: dict[str, str], took_over: str) -> Alert:
 def held_file_alert(month: str, source: str, name: str, reason: str) -> Alert:
     """A file arrived again under a known name with different content."""
     return Alert(
+        "held_file",
         f"[CDR billing] {name} changed content: held, not billed ({month})",
         (
             f"The file {name} from source {source} was delivered again with different content ({reason}).",
@@ -67,15 +121,16 @@ def held_file_alert(month: str, source: str, name: str, reason: str) -> Alert:
 MAX_LISTED = 20
 
 
-def _listing(subject: str, intro: str, items: list[str], advice: str) -> Alert:
+def _listing(kind: str, subject: str, intro: str, items: list[str], advice: str) -> Alert:
     """An alert that lists up to MAX_LISTED items between an introduction and the advice."""
     more = [f"... and {len(items) - MAX_LISTED} more (see the month report)."] if len(items) > MAX_LISTED else []
-    return Alert(subject, (intro, *items[:MAX_LISTED], *more, advice))
+    return Alert(kind, subject, (intro, *items[:MAX_LISTED], *more, advice))
 
 
 def unbillable_alert(month: str, ranges: list[dict]) -> Alert:
     """Calls the tariff cannot price yet, per number range."""
     return _listing(
+        "unbillable",
         f"[CDR billing] {sum(r['calls'] for r in ranges)} unbillable calls in {len(ranges)} number ranges ({month})",
         f"These calls of {month} match no tariff rate and are kept as unbillable, not billed at zero:",
         [f"{r['number_range']}: {r['calls']} calls, {r['minutes']} minutes ({r['reason_code']})" for r in ranges],
@@ -87,6 +142,7 @@ def unbillable_alert(month: str, ranges: list[dict]) -> Alert:
 def suspense_alert(month: str, accounts: list[dict]) -> Alert:
     """Calls of accounts that are unknown or not entitled: not billed to anyone yet."""
     return _listing(
+        "suspense",
         f"[CDR billing] {sum(a['calls'] for a in accounts)} calls of {len(accounts)} accounts in suspense ({month})",
         f"These accounts' calls of {month} are not billed to a guessed customer; they wait in suspense:",
         [f"{a['account_id']}: {a['calls']} calls ({a['reason_code']})" for a in accounts],

@@ -102,6 +102,7 @@ class PipelineConfig:
     smtp_connection: str
     alert_to: tuple[str, ...]
     finance_to: tuple[str, ...]
+    alert_recipients: dict[str, tuple[str, ...]]
     billing_file_columns: dict[str, str]
     profiles: dict[str, SourceProfile]
 
@@ -110,6 +111,11 @@ class PipelineConfig:
         from cdr_billing.money import percent_to_basis_points
 
         return {s.name: percent_to_basis_points(s.markup_percent) for s in self.sources}
+
+    def recipients(self, kind: str) -> tuple[str, ...]:
+        """Who gets an alert of this kind: its own list, else `alerts.to` (the month report: finance)."""
+        default = self.finance_to if kind == "month_report" else self.alert_to
+        return self.alert_recipients.get(kind, default)
 
     def profile_for(self, source_name: str) -> SourceProfile:
         """Return the source profile of a configured source."""
@@ -133,6 +139,19 @@ def load_profiles(path: Path) -> dict[str, SourceProfile]:
             raise ConfigError(f"profile {name}: duration_unit must be seconds, minutes or hms")
         profiles[name] = SourceProfile(name=name, **spec)
     return profiles
+
+
+# The alert kinds `alerts.recipients` may route (see alerts.py).
+ALERT_KINDS = (
+    "task_failure", "failover", "held_file", "files_not_arrived", "validation", "unbillable", "suspense", "month_report",
+)  # fmt: skip
+
+
+def _alert_recipients(path: Path, raw: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    unknown = sorted(set(raw) - set(ALERT_KINDS))
+    if unknown:
+        raise ConfigError(f"{path}: alerts.recipients has unknown kinds {unknown}; known: {list(ALERT_KINDS)}")
+    return {kind: tuple(addresses) for kind, addresses in raw.items()}
 
 
 def load_config(path: Path | None = None) -> PipelineConfig:
@@ -161,6 +180,7 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         smtp_connection=raw["alerts"]["smtp_connection"],
         alert_to=tuple(raw["alerts"]["to"]),
         finance_to=tuple(raw["alerts"]["finance_to"]),
+        alert_recipients=_alert_recipients(path, raw["alerts"].get("recipients") or {}),
         billing_file_columns=dict(raw["billing_file"]["columns"]),
         profiles=profiles,
     )

@@ -66,9 +66,9 @@ def _with_counts(meta: Meta, **counts: int) -> Meta:
     return {**meta, "counts": {**meta.get("counts", {}), **{k: int(v) for k, v in counts.items()}}}
 
 
-def _send(config: PipelineConfig, alert: alerts.Alert, recipients: tuple[str, ...] | None = None) -> None:
-    """Mail an alert to operations (or to the given recipients)."""
-    alerts.send(alert, list(recipients or config.alert_to), config.smtp_connection)
+def _send(config: PipelineConfig, alert: alerts.Alert) -> None:
+    """Mail an alert to the recipients of its kind."""
+    alerts.send(alert, list(config.recipients(alert.kind)), config.smtp_connection)
 
 
 def run_work_dir(config: PipelineConfig, billing_month: str, run_id: str) -> Path:
@@ -134,6 +134,7 @@ def files_arrived(meta: Meta, config: PipelineConfig | None = None, now: datetim
         return True
     deadline = month.bounds(config.billing.timezone)[1] + timedelta(days=config.files_deadline_days)
     if (now or datetime.now(UTC)) >= deadline:
+        _send(config, alerts.files_not_arrived_alert(str(month), missing, f"{deadline:%Y-%m-%d %H:%M %Z}"))
         raise FilesNotArrivedError(
             f"files for month {month} have not arrived: nothing from {missing} by the deadline {deadline:%Y-%m-%d %H:%M %Z}"
         )
@@ -199,8 +200,17 @@ def _files(meta: Meta, role: str) -> list[dict[str, Any]]:
 
 
 def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
-    """Read and check every CDR file: accepted calls, quarantine, duplicates."""
+    """Read and check every CDR file: accepted calls, quarantine, duplicates. A file that
+    fails is mailed about (file, failed expectations, masked sample rows) and fails the task."""
     config = config or load_config()
+    try:
+        return _validate_files(meta, config)
+    except validate.FileValidationError as exc:
+        _send(config, alerts.validation_alert(meta["billing_month"], exc.file_name, exc.problem, exc.expectations, exc.samples))
+        raise
+
+
+def _validate_files(meta: Meta, config: PipelineConfig) -> Meta:
     month = BillingMonth.parse(meta["billing_month"])
     accepted, quarantined, file_stats = [], [], []
     for item in _files(meta, "cdr"):
@@ -208,7 +218,7 @@ def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         try:
             raw = read.read_cdr_file(Path(item["local_path"]), profile).assign(source=item["source"])
         except read.FileReadError as exc:
-            raise validate.FileValidationError(str(exc)) from exc
+            raise validate.FileValidationError(item["name"], str(exc).removeprefix(f"{item['name']}: ")) from exc
         checked = validate.check_rows(raw, profile, month, config.billing)
         accepted.append(checked.accepted)
         quarantined.append(checked.quarantined)
@@ -422,5 +432,5 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     subject = (
         f"[CDR billing] Month report {meta['billing_month']}: {len(loaded)} billing lines (batch {meta['batch']['batch_id']})"
     )
-    _send(config, alerts.Alert(subject, html_body=report.render_html(month_report)), config.finance_to)
+    _send(config, alerts.Alert("month_report", subject, html_body=report.render_html(month_report)))
     return {**meta, "report": str(_work_file(meta, "report.json"))}

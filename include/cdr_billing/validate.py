@@ -46,6 +46,10 @@ REASONS = {
 class FileValidationError(ValueError):
     """A whole CDR file fails validation; the message names the file and the failures."""
 
+    def __init__(self, file_name: str, problem: str, expectations: tuple[str, ...] = (), samples: tuple[str, ...] = ()):
+        super().__init__(f"{file_name}: {problem}" + (f"; e.g. {'; '.join(samples)}" if samples else ""))
+        self.file_name, self.problem, self.expectations, self.samples = file_name, problem, expectations, samples
+
 
 @dataclass(frozen=True)
 class FileCheck:
@@ -198,26 +202,28 @@ def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, r
 SAMPLE_ROWS = 3
 
 
-def _sample(rejected: pd.DataFrame) -> str:
+def _samples(rejected: pd.DataFrame) -> tuple[str, ...]:
     """A few rejected rows for the alert: line, reasons, numbers masked."""
     samples = []
     for row in rejected.head(SAMPLE_ROWS).itertuples():
         values = json.loads(row.original_values)
         numbers = ", ".join(mask_number(values[f]) for f in ("originating_party", "destination_party") if values.get(f))
         samples.append(f"line {row.source_row} {row.reasons}" + (f" ({numbers})" if numbers else ""))
-    return "; ".join(samples)
+    return tuple(samples)
 
 
 def enforce_rejection_threshold(file_name: str, rows_read: int, rejected: pd.DataFrame, max_share: float) -> None:
     """Fail a file whose share of quarantined rows is above the threshold."""
     if rows_read == 0:
-        raise FileValidationError(f"{file_name}: the file holds no CDR rows")
+        raise FileValidationError(file_name, "the file holds no CDR rows")
     share = len(rejected) / rows_read
     if share > max_share:
         top = rejected["reason_code"].value_counts().head(5).to_dict()
         raise FileValidationError(
-            f"{file_name}: {len(rejected)} of {rows_read} rows ({share:.1%}) failed validation, "
-            f"above the {max_share:.1%} limit; reasons: {top}; e.g. {_sample(rejected)}"
+            file_name,
+            f"{len(rejected)} of {rows_read} rows ({share:.1%}) failed validation, above the {max_share:.1%} limit; "
+            f"reasons: {top}",
+            samples=_samples(rejected),
         )
 
 
@@ -304,5 +310,7 @@ class ExpectationRunner:
         result_path.write_text(json.dumps(result.to_json_dict(), default=str, indent=1), encoding="utf-8")
         if not result.success:
             failed = [r.expectation_config.type for r in result.results if not r.success]
-            raise FileValidationError(f"{file_name}: failed expectations {failed} (details in {result_path})")
+            raise FileValidationError(
+                file_name, f"failed expectations {failed} (details in {result_path})", expectations=tuple(failed)
+            )
         return result_path
