@@ -37,66 +37,73 @@ def failure_mail(next_step: str):
     return task_failure_mail(list(CONFIG.recipients("task_failure")), CONFIG.billing.timezone, next_step, CONFIG.smtp_connection)
 
 
-def stage_task(task_id: str, stage: str, doc: str, next_step: str):
-    """A task that runs one function of `cdr_billing.stages` on the previous task's metadata."""
+def stage_task(task_id: str):
+    """A task that runs one function of `cdr_billing.stages` on its inputs (metadata from XCom)."""
+    stage, doc, next_step = STAGES[task_id]
 
-    def run_stage(meta: dict) -> dict:
+    def run_stage(meta: dict, item: dict | None = None, part: dict | None = None, validated=None, rated=None) -> dict:
         from cdr_billing import stages
 
-        return getattr(stages, stage)(meta)
+        inputs = {"item": item, "part": part, "validated": validated, "rated": rated}
+        # `validated` and `rated` collect the results of a mapped task: a lazy sequence, made a list
+        inputs = {name: list(value) if name in LISTS else value for name, value in inputs.items() if value is not None}
+        return getattr(stages, stage)(meta, **inputs)
 
-    docs = f"{doc}\n\n**If it fails:** {next_step}"
-    return task(task_id=task_id, doc_md=docs, on_failure_callback=[failure_mail(next_step)])(run_stage)
+    return task(
+        task_id=task_id,
+        doc_md=f"{doc}\n\n**If it fails:** {next_step}",
+        on_failure_callback=[failure_mail(next_step)],
+    )(run_stage)
 
 
-# (task id, function in cdr_billing.stages, what it does, what the operator does when it fails)
-STAGES = [
-    (
-        "fetch_cdr_files",
+LISTS = ("validated", "rated")
+
+# task id: (function in cdr_billing.stages, what it does, what the operator does when it fails)
+STAGES = {
+    "fetch_cdr_files": (
         "fetch",
         "Download the month's CDR files, tariff and entitlement snapshot from the first SFTP server that delivers "
         "them (primary, then secondary); mail each failover; record every file in the ledger.",
         "Check that the SFTP servers answer and that their host keys are the pinned ones (a changed key may be an "
         "attack: confirm the fingerprint with the provider before re-pinning it in the connection).",
     ),
-    (
-        "validate_cdrs",
-        "validate_files",
-        "Read every file, quarantine bad rows, drop duplicates, run the Great Expectations suites.",
+    "validate_cdr_file": (
+        "validate_file",
+        "One task per CDR file: read it, quarantine bad rows, drop duplicates inside it, run its Great Expectations suite.",
         "Read the validation mail and the quarantined_row table; ask the provider to redeliver the file, or fix the "
         "source profile in include/config/profiles.yaml if the provider changed the format.",
     ),
-    (
-        "rate_calls",
-        "rate_calls",
-        "Price calls by the provider's cost or the tariff's longest prefix; set aside unbillable calls.",
+    "dedupe_calls": (
+        "dedupe_calls",
+        "Drop calls delivered again in a later file of the month; reconcile each file's rows in the ledger.",
+        "Rows of a file do not add up: send the log to the pipeline's developers.",
+    ),
+    "rate_cdr_file": (
+        "rate_file",
+        "One task per CDR file: price calls by the provider's cost or the tariff's longest prefix; set aside unbillable calls.",
         "Check the tariff file named in the log (python -m cdr_billing.tariff load FILE reports the bad line).",
     ),
-    (
-        "attribute_calls",
+    "attribute_calls": (
         "attribute_calls",
         "Join calls to the entitlement snapshot; unknown or not-entitled accounts go to suspense.",
         "Check the entitlement snapshot (file or the entitlements_db query) named in the log.",
     ),
-    (
-        "aggregate_lines",
+    "aggregate_lines": (
         "aggregate_lines",
         "Sum calls per user, then per customer id and sequence number; prove rows and money reconcile.",
         "Rows or money do not add up: do not bill the month; send the log to the pipeline's developers.",
     ),
-    (
-        "load_billing",
+    "load_billing": (
         "load_billing",
         "Upgrade the billing database schema if needed; load the month's new current batch in one transaction.",
         "Check that the billing database (connection billing_db) is reachable; the month's old batch stays current.",
     ),
-    (
-        "report_month",
+    "report_month": (
         "report_month",
         "Re-read the loaded lines, check them and write the month report.",
         "Check the SMTP connection and the work directory; the batch is loaded already.",
     ),
-]
+}
 
 
 @dag(
@@ -157,9 +164,18 @@ def cdr_billing_monthly():
         )
         return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)
 
-    meta = wait_for_cdr_files()
-    for task_id, stage, doc, next_step in STAGES:
-        meta = stage_task(task_id, stage, doc, next_step)(meta)
+    @task(doc_md="The list a mapped task runs over: one task instance per CDR file.")
+    def list_items(meta: dict, key: str) -> list:
+        return meta[key]
+
+    fetched = stage_task("fetch_cdr_files")(meta=wait_for_cdr_files())
+    files = list_items.override(task_id="list_cdr_files")(fetched, "cdr_files")
+    validated = stage_task("validate_cdr_file").partial(meta=fetched).expand(item=files)
+    deduped = stage_task("dedupe_calls")(meta=fetched, validated=validated)
+    parts = list_items.override(task_id="list_file_parts")(deduped, "parts")
+    rated = stage_task("rate_cdr_file").partial(meta=deduped).expand(part=parts)
+    attributed = stage_task("attribute_calls")(meta=deduped, rated=rated)
+    stage_task("report_month")(meta=stage_task("load_billing")(meta=stage_task("aggregate_lines")(meta=attributed)))
 
 
 cdr_billing_monthly()

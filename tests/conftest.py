@@ -16,6 +16,11 @@ from cdr_devkit.airflow_env import airflow_settings  # noqa: E402
 os.environ.update(airflow_settings(SESSION_DIR / "airflow"))
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests measure correctness, not speed: no per-example deadline on a loaded 2-core machine.
+settings.register_profile("no_deadline", deadline=None)
+settings.load_profile("no_deadline")
 
 from cdr_billing.months import BillingMonth  # noqa: E402
 from cdr_devkit.airflow_env import migrate  # noqa: E402
@@ -101,11 +106,16 @@ def pipeline_connections(services: Servers, postgres: LocalPostgres) -> dict[str
 
 @pytest.fixture(scope="session")
 def running_airflow(pipeline_connections: dict[str, dict], postgres: LocalPostgres):
-    """Airflow's api-server, scheduler and dag-processor on their own Airflow home, billing into
-    the PostgreSQL database `billing_ui` (the test Airflow home stays free for dag.test())."""
+    """Airflow's api-server, scheduler and dag-processor on their own Airflow home with a
+    PostgreSQL metadata database (as in production), billing into the database `billing_ui`."""
     home = SESSION_DIR / "airflow-server"
-    migrate(home)
     connections = {**pipeline_connections, "billing_db": postgres.connection(postgres.create_database("billing_ui"))}
-    env = {**os.environ, **airflow_settings(home), **connection_env(connections)}
+    env = {
+        **os.environ,
+        **airflow_settings(home),
+        **connection_env(connections),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url_of(postgres.create_database("airflow_metadata")),
+    }
+    migrate(home, env)
     with RunningAirflow(home, env) as airflow:
         yield airflow

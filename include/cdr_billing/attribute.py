@@ -53,3 +53,12 @@ def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]
         {"account_id": r.user_id, "customer_id": r.customer_id, "last_login": r.last_login or "never", "calls": int(r.calls)}
         for r in grouped.sort_values(["customer_id", "user_id"]).itertuples()
     ]
+
+
+def merge_stale_accounts(stale: list[dict]) -> list[dict]:
+    """Stale accounts found file by file, one entry per account with all its calls."""
+    merged: dict[tuple, dict] = {}
+    for entry in stale:
+        key = (entry["account_id"], entry["customer_id"], entry["last_login"])
+        merged[key] = {**entry, "calls": merged.get(key, {"calls": 0})["calls"] + entry["calls"]}
+    return sorted(merged.values(), key=lambda e: (e["customer_id"], e["account_id"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -34,23 +35,20 @@ from cdr_billing.schema import (
 @dataclass(frozen=True)
 class Batch:
     """What one run loads for a month: its lines, the per-user lines they sum, the revenue
-    share, the billed calls (lineage) and the rows not billed."""
+    share, the billed calls (lineage; one frame per CDR file, read one at a time) and the rows
+    not billed."""
 
     lines: pd.DataFrame
     user_lines: pd.DataFrame
     revenue_share: pd.DataFrame
-    billed_calls: pd.DataFrame
+    billed_calls: Iterable[pd.DataFrame]
     exceptions: pd.DataFrame
 
-    def parts(self) -> list[tuple[Table, pd.DataFrame]]:
+    def parts(self) -> Iterator[tuple[Table, pd.DataFrame]]:
         """Each table of the batch with its rows."""
-        return [
-            (billing_line, self.lines),
-            (billing_user_line, self.user_lines),
-            (revenue_share, self.revenue_share),
-            (billed_call, self.billed_calls),
-            (billing_exception, self.exceptions),
-        ]
+        yield from ((billing_line, self.lines), (billing_user_line, self.user_lines), (revenue_share, self.revenue_share))
+        yield from ((billed_call, frame) for frame in self.billed_calls)
+        yield billing_exception, self.exceptions
 
 
 @dataclass(frozen=True)
@@ -112,10 +110,12 @@ def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, co
     return LoadResult(batch_id, previous, already_loaded=False)
 
 
-def store_quarantine(engine: Engine, billing_month: str, run_id: str, rows: pd.DataFrame) -> None:
-    """Replace the run's quarantined rows (idempotent when the task is retried)."""
+def store_quarantine(engine: Engine, billing_month: str, run_id: str, source_file: str, rows: pd.DataFrame) -> None:
+    """Replace the run's quarantined rows of one file (idempotent when the task is retried)."""
     with engine.begin() as conn:
-        conn.execute(delete(quarantined_row).where(quarantined_row.c.run_id == run_id))
+        conn.execute(
+            delete(quarantined_row).where(quarantined_row.c.run_id == run_id, quarantined_row.c.source_file == source_file)
+        )
         if len(rows):
             columns = [c.name for c in quarantined_row.columns if c.name not in ("run_id", "billing_month")]
             conn.execute(insert(quarantined_row), to_records(rows[columns], run_id=run_id, billing_month=billing_month))

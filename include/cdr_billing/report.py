@@ -34,10 +34,11 @@ def reconcile_file(stats: dict[str, int | str]) -> None:
         raise ReconciliationError(f"{stats['name']}: rows read {stats['read']} != billable + quarantined + duplicate {accounted}")
 
 
-def check_totals(lines: pd.DataFrame, billed_calls: pd.DataFrame) -> None:
-    """Check that the lines sum to the billed calls' costs, per currency, to the cent."""
+def check_totals(lines: pd.DataFrame, call_totals: pd.DataFrame) -> None:
+    """Check that the lines sum to the billed calls' costs (`aggregate.call_totals`, of one
+    or several files), per currency, to the cent."""
     by_lines = lines.groupby("currency")["total_minor"].sum().to_dict()
-    by_calls = billed_calls.groupby("currency")["cost_minor"].sum().to_dict()
+    by_calls = call_totals.groupby("currency")["total_minor"].sum().to_dict()
     if by_lines != by_calls:
         raise ReconciliationError(f"line totals {by_lines} != call totals {by_calls} (minor units)")
 

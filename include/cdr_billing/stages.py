@@ -180,9 +180,11 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         len(usable), downloaded, len(usable) - downloaded, counts[ledger.HELD], counts[ledger.DUPLICATE_CONTENT],
         result.ignored, len(result.failovers),
     )  # fmt: skip
+    files = [f.as_dict() for f in usable]
     return {
         **meta,
-        "files": [f.as_dict() for f in usable],
+        "files": files,
+        "cdr_files": [f for f in files if f["role"] == "cdr"],
         "server": result.server,
         "failovers": result.failovers,
         "file_counts": {
@@ -199,96 +201,119 @@ def _files(meta: Meta, role: str) -> list[dict[str, Any]]:
     return [f for f in meta["files"] if f["role"] == role]
 
 
-def validate_files(meta: Meta, config: PipelineConfig | None = None) -> Meta:
-    """Read and check every CDR file: accepted calls, quarantine, duplicates. A file that
-    fails is mailed about (file, failed expectations, masked sample rows) and fails the task."""
+def _part_dir(meta: Meta, sha256: str) -> Path:
+    """Where one CDR file's intermediate data lives in the run's work directory."""
+    path = _work_file(meta, "files") / sha256[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _read_parts(meta: Meta, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One intermediate file of every part (CDR file), concatenated."""
+    frames = [pd.read_parquet(Path(part["dir"]) / f"{name}.parquet", columns=columns) for part in meta["parts"]]
+    return pd.concat(frames, ignore_index=True)
+
+
+def validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig | None = None) -> dict[str, Any]:
+    """Read and check one CDR file: accepted rows, quarantine (stored), duplicates inside the
+    file, its Great Expectations suite. A file that fails is mailed about (file, failed
+    expectations, masked sample rows) and fails the task."""
     config = config or load_config()
     try:
-        return _validate_files(meta, config)
+        return _validate_file(meta, item, config)
     except validate.FileValidationError as exc:
         _send(config, alerts.validation_alert(meta["billing_month"], exc.file_name, exc.problem, exc.expectations, exc.samples))
         raise
 
 
-def _validate_files(meta: Meta, config: PipelineConfig) -> Meta:
-    month = BillingMonth.parse(meta["billing_month"])
-    accepted, quarantined, file_stats = [], [], []
-    for item in _files(meta, "cdr"):
-        profile = config.profile_for(item["source"])
-        try:
-            raw = read.read_cdr_file(Path(item["local_path"]), profile).assign(source=item["source"])
-        except read.FileReadError as exc:
-            raise validate.FileValidationError(item["name"], str(exc).removeprefix(f"{item['name']}: ")) from exc
-        checked = validate.check_rows(raw, profile, month, config.billing)
-        accepted.append(checked.accepted)
-        quarantined.append(checked.quarantined)
-        file_stats.append(
-            {
-                "sha256": item["sha256"],
-                "name": item["name"],
-                "source": item["source"],
-                "read": len(raw),
-                "accepted": len(checked.accepted),
-                "quarantined": len(checked.quarantined),
-            }
-        )
-        log.info(
-            "%s: read %d, accepted %d, quarantined %d", item["name"], len(raw), len(checked.accepted), len(checked.quarantined)
-        )
+def _validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
+    month, profile, name = BillingMonth.parse(meta["billing_month"]), config.profile_for(item["source"]), item["name"]
+    try:
+        raw = read.read_cdr_file(Path(item["local_path"]), profile).assign(source=item["source"])
+    except read.FileReadError as exc:
+        raise validate.FileValidationError(name, str(exc).removeprefix(f"{name}: ")) from exc
+    checked = validate.check_rows(raw, profile, month, config.billing)
     engine = database.billing_engine(config.billing.connection)
     migrations.upgrade(engine)
-    quarantine = pd.concat(quarantined, ignore_index=True)
-    load.store_quarantine(engine, meta["billing_month"], meta["run_id"], quarantine)
-    for stats, rejected in zip(file_stats, quarantined, strict=True):
-        validate.enforce_rejection_threshold(stats["name"], stats["read"], rejected, config.billing.max_rejected_share)
-    calls, duplicates = validate.split_duplicates(pd.concat(accepted, ignore_index=True))
-    runner = validate.ExpectationRunner(_work_file(meta, "gx_results"))
-    for stats in file_stats:
-        in_file = calls["source_file"] == stats["name"]
-        runner.validate_file(calls[in_file], stats["name"], config.profile_for(stats["source"]), month, config.billing)
-        stats["billable"] = int(in_file.sum())
-        stats["duplicate"] = int((duplicates["source_file"] == stats["name"]).sum())
-        report.reconcile_file(stats)
+    load.store_quarantine(engine, meta["billing_month"], meta["run_id"], name, checked.quarantined)
+    validate.enforce_rejection_threshold(name, len(raw), checked.quarantined, config.billing.max_rejected_share)
+    accepted, duplicates = validate.split_duplicates(checked.accepted)
+    part = _part_dir(meta, item["sha256"])
+    runner = validate.ExpectationRunner(part / "gx_results")
+    runner.validate_file(accepted, name, profile, month, config.billing)
+    accepted.to_parquet(part / "accepted.parquet", index=False)
+    duplicates.to_parquet(part / "duplicates_in_file.parquet", index=False)
+    checked.quarantined.to_parquet(part / "quarantined.parquet", index=False)
+    log.info("%s: read %d, accepted %d, quarantined %d, duplicates in the file %d",
+             name, len(raw), len(accepted), len(checked.quarantined), len(duplicates))  # fmt: skip
+    return {
+        **{key: item[key] for key in ("name", "source", "sha256")},
+        "dir": str(part),
+        "data_docs": str(runner.docs_dir / "index.html"),
+        "read": len(raw),
+        "quarantined": len(checked.quarantined),
+    }
+
+
+def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineConfig | None = None) -> Meta:
+    """Drop calls delivered again in a later file of the month (first delivery wins, in file
+    order); reconcile every file's rows and record them in the ledger."""
+    config = config or load_config()
+    order = [f["sha256"] for f in meta["cdr_files"]]
+    parts = sorted(validated, key=lambda part: order.index(part["sha256"]))
+    keys = ["source", "transaction_id"]
+    seen = pd.concat(
+        [pd.read_parquet(Path(p["dir"]) / "accepted.parquet", columns=keys).assign(part=i) for i, p in enumerate(parts)],
+        ignore_index=True,
+    )
+    repeated = seen.duplicated(keys).to_numpy()
+    engine = database.billing_engine(config.billing.connection)
+    for i, part in enumerate(parts):
+        folder = Path(part["dir"])
+        accepted = pd.read_parquet(folder / "accepted.parquet")
+        again = repeated[(seen["part"] == i).to_numpy()]
+        duplicates = pd.concat([pd.read_parquet(folder / "duplicates_in_file.parquet"), accepted[again]], ignore_index=True)
+        accepted[~again].reset_index(drop=True).to_parquet(folder / "calls.parquet", index=False)
+        duplicates.to_parquet(folder / "duplicates.parquet", index=False)
+        part.update(billable=int((~again).sum()), duplicate=len(duplicates))
+        report.reconcile_file(part)
         ledger.record_reconciliation(
-            engine, stats["source"], stats["name"], stats["sha256"],
-            {f"rows_{key}": stats[key] for key in ("read", "billable", "quarantined", "duplicate")},
+            engine, part["source"], part["name"], part["sha256"],
+            {f"rows_{key}": part[key] for key in ("read", "billable", "quarantined", "duplicate")},
         )  # fmt: skip
-    _write(meta, "calls", calls)
-    _write(meta, "quarantined", quarantine)
-    _write(meta, "duplicates", duplicates)
-    log.info("month: %d calls, %d duplicates", len(calls), len(duplicates))
+    log.info("month: %d calls, %d duplicates", sum(p["billable"] for p in parts), sum(p["duplicate"] for p in parts))
+    docs = validate.write_docs_index(_work_file(meta, "data_docs.html"), {p["name"]: p["data_docs"] for p in parts})
     return _with_counts(
-        {**meta, "file_stats": file_stats, "data_docs": str(runner.docs_dir / "index.html")},
-        read=sum(s["read"] for s in file_stats),
-        quarantined=len(quarantine),
-        duplicates=len(duplicates),
+        {**meta, "parts": parts, "data_docs": str(docs)},
+        read=sum(p["read"] for p in parts),
+        quarantined=sum(p["quarantined"] for p in parts),
+        duplicates=sum(p["duplicate"] for p in parts),
     )
 
 
-def rate_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
-    """Price the month's calls; set aside unbillable and failed calls."""
+def rate_file(meta: Meta, part: dict[str, Any], config: PipelineConfig | None = None) -> dict[str, Any]:
+    """Price one file's calls; set aside unbillable and failed calls."""
     config = config or load_config()
     engine = database.billing_engine(config.billing.connection)
     tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
     newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
     rates = tariff.all_rates(engine)
-    calls, merged_parts = rate.combine_partial_calls(_read(meta, "calls"))
+    folder = Path(part["dir"])
+    calls, merged_parts = rate.combine_partial_calls(pd.read_parquet(folder / "calls.parquet"))
     priced, unbillable, failed = rate.rate_calls(calls, rates, config.billing, config.markups())
     price_differences = rate.compare_with_tariff(priced, rates, config.billing)
-    _write(meta, "priced", priced)
-    _write(meta, "unbillable", unbillable)
-    _write(meta, "combined", merged_parts)
-    _write(meta, "price_differences", price_differences)
-    log.info(
-        "priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable)",
-        len(priced), newest_version, len(unbillable), len(failed),
-    )  # fmt: skip
-    facts = {"tariff_version": newest_version, "price_differences": len(price_differences)}
-    return _with_counts({**meta, **facts}, unbillable=len(unbillable), not_billable=len(failed), combined=len(merged_parts))
+    for name, frame in (("priced", priced), ("unbillable", unbillable), ("combined", merged_parts),
+                        ("price_differences", price_differences)):  # fmt: skip
+        frame.to_parquet(folder / f"{name}.parquet", index=False)
+    log.info("%s: priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable)",
+             part["name"], len(priced), newest_version, len(unbillable), len(failed))  # fmt: skip
+    counts = {"unbillable": len(unbillable), "not_billable": len(failed), "combined": len(merged_parts)}
+    return {"sha256": part["sha256"], "tariff_version": newest_version, "price_differences": len(price_differences), **counts}
 
 
-def attribute_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
-    """Join priced calls to the entitlement snapshot valid at each call; set aside suspense calls."""
+def attribute_calls(meta: Meta, rated: list[dict[str, Any]], config: PipelineConfig | None = None) -> Meta:
+    """Join each file's priced calls to the entitlement snapshot valid at each call; set aside
+    suspense calls; sum each file's calls per user."""
     config = config or load_config()
     settings, engine, now = config.entitlement_source, database.billing_engine(config.billing.connection), datetime.now(UTC)
 
@@ -298,33 +323,43 @@ def attribute_calls(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         return entitlements.from_file(Path(_files(meta, "entitlements")[0]["local_path"]), now)
 
     snapshot_id = entitlements.snapshot_for_month(engine, meta["billing_month"], capture, meta.get("refresh_entitlements", False))
-    attributed, suspense = attribute.attribute_calls(
-        _read(meta, "priced"), entitlements.history(engine, snapshot_id), snapshot_id
-    )
+    history = entitlements.history(engine, snapshot_id)
     month_end = BillingMonth.parse(meta["billing_month"]).bounds(config.billing.timezone)[1]
-    stale = attribute.stale_accounts(attributed, pd.Timestamp(month_end) - pd.Timedelta(days=settings.stale_after_days))
-    _write(meta, "attributed", attributed)
-    _write(meta, "suspense", suspense)
-    _write(meta, "stale_accounts", pd.DataFrame(stale, columns=["account_id", "customer_id", "last_login", "calls"]))
-    log.info(
-        "snapshot %d: attributed %d calls, %d in suspense, %d stale accounts",
-        snapshot_id,
-        len(attributed),
-        len(suspense),
-        len(stale),
-    )
-    facts = {"entitlement_snapshot": snapshot_id, "delivery_failed_billed": int((attributed["completion_status"] == 3).sum())}
-    return _with_counts({**meta, **facts}, billed=len(attributed), suspense=len(suspense))
+    cutoff = pd.Timestamp(month_end) - pd.Timedelta(days=settings.stale_after_days)
+    billed = suspended = delivery_failed = 0
+    stale = []
+    for part in meta["parts"]:
+        folder = Path(part["dir"])
+        attributed, suspense = attribute.attribute_calls(pd.read_parquet(folder / "priced.parquet"), history, snapshot_id)
+        attributed.to_parquet(folder / "attributed.parquet", index=False)
+        suspense.to_parquet(folder / "suspense.parquet", index=False)
+        aggregate.aggregate_users(attributed).to_parquet(folder / "user_lines.parquet", index=False)
+        aggregate.revenue_share_sums(attributed).to_parquet(folder / "revenue_share_sums.parquet", index=False)
+        aggregate.call_totals(attributed).to_parquet(folder / "call_totals.parquet", index=False)
+        stale += attribute.stale_accounts(attributed, cutoff)
+        billed, suspended = billed + len(attributed), suspended + len(suspense)
+        delivery_failed += int((attributed["completion_status"] == 3).sum())
+    stale_accounts = attribute.merge_stale_accounts(stale)
+    _write(meta, "stale_accounts", pd.DataFrame(stale_accounts, columns=["account_id", "customer_id", "last_login", "calls"]))
+    log.info("snapshot %d: attributed %d calls, %d in suspense, %d stale accounts",
+             snapshot_id, billed, suspended, len(stale_accounts))  # fmt: skip
+    facts = {
+        "entitlement_snapshot": snapshot_id,
+        "delivery_failed_billed": delivery_failed,
+        "tariff_version": max(r["tariff_version"] for r in rated),
+        "price_differences": sum(r["price_differences"] for r in rated),
+    }
+    rated_counts = {key: sum(r[key] for r in rated) for key in ("unbillable", "not_billable", "combined")}
+    return _with_counts({**meta, **facts}, billed=billed, suspense=suspended, **rated_counts)
 
 
 def aggregate_lines(meta: Meta) -> Meta:
-    """Sum attributed calls per user, then into billing lines; prove the totals and counts."""
-    attributed = _read(meta, "attributed")
-    user_lines = aggregate.aggregate_users(attributed)
+    """Sum the files' user lines per user, then into billing lines; prove the totals and counts."""
+    user_lines = aggregate.merge_user_lines(_read_parts(meta, "user_lines"))
     lines = aggregate.aggregate_lines(user_lines)
-    report.check_totals(lines, attributed)
+    report.check_totals(lines, _read_parts(meta, "call_totals"))
     report.reconcile(meta["counts"])
-    shares = aggregate.revenue_share(attributed)
+    shares = aggregate.revenue_share(_read_parts(meta, "revenue_share_sums"))
     _write(meta, "user_lines", user_lines)
     _write(meta, "lines", lines)
     _write(meta, "revenue_share", shares)
@@ -355,7 +390,7 @@ def _exception_rows(meta: Meta, skip_kinds: tuple[str, ...] = ()) -> pd.DataFram
     for kind, name, reason in NOT_BILLED:
         if kind in skip_kinds:
             continue
-        frame = _read(meta, name)
+        frame = _read_parts(meta, name)
         if frame.empty:
             continue
         detail = frame["original_values"] if "original_values" in frame else _detail(frame)
@@ -384,7 +419,10 @@ def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         lines=_read(meta, "lines"),
         user_lines=_read(meta, "user_lines"),
         revenue_share=_read(meta, "revenue_share"),
-        billed_calls=lineage.billed_calls(_read(meta, "attributed"), _read(meta, "combined")),
+        billed_calls=(
+            lineage.billed_calls(pd.read_parquet(folder / "attributed.parquet"), pd.read_parquet(folder / "combined.parquet"))
+            for folder in (Path(part["dir"]) for part in meta["parts"])
+        ),
         exceptions=_exception_rows(meta, skip_kinds=("quarantined",)),  # those are in quarantined_row already
     )
     result = load.load_month(engine, meta["billing_month"], meta["run_id"], batch, meta["counts"])
@@ -409,12 +447,12 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     month_report = report.build_report(meta["billing_month"], meta["batch"], meta["counts"], loaded, _exception_rows(meta))
     month_report["customer_totals"] = report.customer_totals(loaded)
     month_report["revenue_share"] = report.revenue_share_report(_read(meta, "revenue_share"))
-    month_report["files"] = meta["file_stats"]
+    month_report["files"] = meta["parts"]
     month_report["data_docs"] = meta["data_docs"]
-    month_report["unbillable_ranges"] = report.unbillable_ranges(_read(meta, "unbillable"))
+    month_report["unbillable_ranges"] = report.unbillable_ranges(_read_parts(meta, "unbillable"))
     month_report["delivery_failed_billed"] = meta["delivery_failed_billed"]
     month_report["price_differences"] = meta["price_differences"]
-    month_report["suspense_accounts"] = report.suspense_accounts(_read(meta, "suspense"))
+    month_report["suspense_accounts"] = report.suspense_accounts(_read_parts(meta, "suspense"))
     month_report["stale_entitlements"] = _read(meta, "stale_accounts").to_dict("records")
     month_report["entitlement_snapshot"] = meta["entitlement_snapshot"]
     previous = meta["batch"]["superseded_batch_id"]

@@ -7,8 +7,10 @@ independent proof, and its results are kept as JSON next to the run's data.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -314,3 +316,13 @@ class ExpectationRunner:
                 file_name, f"failed expectations {failed} (details in {result_path})", expectations=tuple(failed)
             )
         return result_path
+
+
+def write_docs_index(path: Path, docs: dict[str, str]) -> Path:
+    """One page linking each file's Data Docs (every file is validated in a task of its own)."""
+    items = "".join(
+        f'<li><a href="{html.escape(os.path.relpath(index, path.parent))}">{html.escape(name)}</a></li>'
+        for name, index in docs.items()
+    )
+    path.write_text(f"<html><body><h1>Great Expectations Data Docs</h1><ul>{items}</ul></body></html>", encoding="utf-8")
+    return path

@@ -28,11 +28,11 @@ def airflow_settings(airflow_home: Path, log_level: str = "INFO") -> dict[str, s
     }
 
 
-def migrate(airflow_home: Path) -> None:
-    """Create or upgrade the metadata database of the Airflow home."""
+def migrate(airflow_home: Path, env: dict[str, str] | None = None) -> None:
+    """Create or upgrade the metadata database of the Airflow home (env: e.g. another database)."""
     airflow_home.mkdir(parents=True, exist_ok=True)
     airflow = Path(sys.executable).with_name("airflow")
-    env = {**os.environ, **airflow_settings(airflow_home)}
+    env = env or {**os.environ, **airflow_settings(airflow_home)}
     subprocess.run([str(airflow), "db", "migrate"], check=True, env=env, stdout=subprocess.DEVNULL)
 
 

@@ -39,13 +39,23 @@ def test_tasks_run_in_billing_order(dag_bag):
     assert order == [
         "wait_for_cdr_files",
         "fetch_cdr_files",
-        "validate_cdrs",
-        "rate_calls",
+        "list_cdr_files",
+        "validate_cdr_file",
+        "dedupe_calls",
+        "list_file_parts",
+        "rate_cdr_file",
         "attribute_calls",
         "aggregate_lines",
         "load_billing",
         "report_month",
     ]
+
+
+def test_files_are_validated_and_priced_one_task_per_file(dag_bag):
+    """Dynamic task mapping: the workers of a Celery deployment share a month's files."""
+    dag = dag_bag.dags["cdr_billing_monthly"]
+    mapped = {t.task_id for t in dag.tasks if t.is_mapped}
+    assert mapped == {"validate_cdr_file", "rate_cdr_file"}
 
 
 def test_waiting_for_files_holds_no_worker_slot(dag_bag):

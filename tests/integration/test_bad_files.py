@@ -231,7 +231,7 @@ def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(t
     meta = {"billing_month": "2026-10", "run_id": "run-q", "work_dir": str(tmp_path), "files": [
         {"role": "cdr", "source": "carrier", "name": path.name, "local_path": str(path), "sha256": "0" * 64}]}  # fmt: skip
     with pytest.raises(FileValidationError, match=r"carrier_cdr_202610.csv: 3 of 4 rows \(75.0%\) failed validation") as failure:
-        stages.validate_files(meta, CONFIG)
+        stages.validate_file(meta, meta["files"][0], CONFIG)
     assert "line 3 DURATION_OUT_OF_RANGE (+4670*****67)" in str(failure.value)  # numbers masked for the alert
     assert "+46701234567" not in str(failure.value)
     with create_engine(postgres.url_of(database)).connect() as conn:

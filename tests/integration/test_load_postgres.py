@@ -39,7 +39,7 @@ def _batch(lines: pd.DataFrame = LINES) -> Batch:
         {"service_provider": ["P"], "currency": ["EUR"], "share_basis_points": [1250], "call_count": [4],
          "billed_minor": [1333], "share_minor": [167]}
     )  # fmt: skip
-    return Batch(lines, user_lines, shares, pd.DataFrame(columns=BILLED_CALL_COLUMNS), EXCEPTIONS)
+    return Batch(lines, user_lines, shares, [pd.DataFrame(columns=BILLED_CALL_COLUMNS)], EXCEPTIONS)
 
 
 @pytest.fixture(scope="module")
