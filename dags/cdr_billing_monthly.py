@@ -45,8 +45,12 @@ def stage_task(task_id: str):
         from cdr_billing import stages
 
         inputs = {"item": item, "part": part, "validated": validated, "rated": rated}
-        # `validated` and `rated` collect the results of a mapped task: a lazy sequence, made a list
-        inputs = {name: list(value) if name in LISTS else value for name, value in inputs.items() if value is not None}
+        # `validated` and `rated` collect a mapped task's results: a lazy sequence, read by index
+        inputs = {
+            name: [value[i] for i in range(len(value))] if name in LISTS else value
+            for name, value in inputs.items()
+            if value is not None
+        }
         return getattr(stages, stage)(meta, **inputs)
 
     return task(

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+READ_WINDOW_BYTES = 8 << 20  # pipelined SFTP reads in flight or buffered at most
 CHECKSUM_SUFFIXES = {".sha256": "sha256", ".md5": "md5"}
 T = TypeVar("T")
 
@@ -160,6 +161,15 @@ def _expected_checksum(sftp: Any, remote: RemoteFile) -> tuple[str, str] | None:
     return algorithm, words[0].lower()
 
 
+def _pipelined_reads(source: Any, size: int) -> Iterator[bytes]:
+    """The file's bytes in order, READ_WINDOW_BYTES of pipelined requests at a time: fast on a
+    long link, and memory stays bounded however slowly the chunks are consumed (paramiko's
+    whole-file prefetch would buffer up to the whole file)."""
+    for start in range(0, size, READ_WINDOW_BYTES):
+        end = min(start + READ_WINDOW_BYTES, size)
+        yield from source.readv([(offset, min(CHUNK_BYTES, end - offset)) for offset in range(start, end, CHUNK_BYTES)])
+
+
 def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
     """Stream a remote file to dest via a temporary name; verify it; return (path, sha256)."""
     expected = _expected_checksum(sftp, remote)
@@ -169,8 +179,7 @@ def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
     received = 0
     try:
         with sftp.open(remote.path, "rb") as source, partial.open("wb") as target:
-            source.prefetch(remote.size)
-            while chunk := source.read(CHUNK_BYTES):
+            for chunk in _pipelined_reads(source, remote.size):
                 target.write(chunk)
                 for digest in digests.values():
                     digest.update(chunk)

@@ -86,7 +86,8 @@ def validation_alert(month: str, file_name: str, problem: str, expectations: tup
             *([f"Failed expectations: {', '.join(expectations)}."] if expectations else []),
             *[f"Sample: {sample}" for sample in samples],
             "The month is not billed. The rejected rows are in quarantined_row with their reasons; ask the provider "
-            "to redeliver the file (or fix the source profile if the format changed), then clear validate_cdrs.",
+            "to redeliver the file (or fix the source profile if the format changed), then clear the file's "
+            "validate_cdr_file task.",
         ),
     )
 

@@ -8,7 +8,6 @@ leading apostrophe; amounts are exact decimals.
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pandas as pd
 
@@ -37,8 +36,8 @@ def rows(lines: pd.DataFrame, billing_month: str, columns: dict[str, str]) -> li
     return [list(columns.values())] + [[neutralise(record[name]) for name in columns] for record in records]
 
 
-def write(lines: pd.DataFrame, billing_month: str, columns: dict[str, str], directory: Path) -> tuple[Path, Path]:
-    """Write billing_<month>.csv and .xlsx into directory; return both paths."""
+def write(lines: pd.DataFrame, billing_month: str, columns: dict[str, str], directory):
+    """Write billing_<month>.csv and .xlsx into directory (a local path or an ObjectStoragePath); return both."""
     from openpyxl import Workbook
 
     table = rows(lines, billing_month, columns)
@@ -54,5 +53,6 @@ def write(lines: pd.DataFrame, billing_month: str, columns: dict[str, str], dire
         if name == "total":
             for (cell,) in sheet.iter_rows(min_row=2, min_col=column, max_col=column):
                 cell.number_format = "0.00"
-    book.save(xlsx_path)
+    with xlsx_path.open("wb") as handle:
+        book.save(handle)
     return csv_path, xlsx_path

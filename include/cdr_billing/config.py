@@ -97,7 +97,8 @@ class PipelineConfig:
     entitlements: RemoteFiles
     entitlement_source: EntitlementSettings
     billing: BillingSettings
-    work_root: Path
+    work_root: str  # a local folder or an object storage URL (s3://, gs://, file://...)
+    work_connection: str | None  # the Airflow connection of that object storage, if it needs one
     archive_root: Path
     smtp_connection: str
     alert_to: tuple[str, ...]
@@ -175,7 +176,8 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         entitlements=RemoteFiles(**raw["reference"]["entitlements"]),
         entitlement_source=EntitlementSettings(**raw["entitlements"]),
         billing=BillingSettings(**raw["billing"]),
-        work_root=Path(os.path.expandvars(raw["work_root"])),
+        work_root=os.path.expandvars(raw["work_root"]),
+        work_connection=raw.get("work_connection"),
         archive_root=Path(os.path.expandvars(raw["archive_root"])),
         smtp_connection=raw["alerts"]["smtp_connection"],
         alert_to=tuple(raw["alerts"]["to"]),

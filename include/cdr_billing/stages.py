@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from cdr_billing import (
     rate,
     read,
     report,
+    storage,
     tariff,
     validate,
 )
@@ -50,16 +52,33 @@ class FilesNotArrivedError(RuntimeError):
     """The deadline passed and a source has still delivered nothing for the month."""
 
 
-def _work_file(meta: Meta, name: str) -> Path:
-    return Path(meta["work_dir"]) / name
+def _work_dir(meta: Meta) -> storage.Location:
+    return storage.location(meta["work_dir"], meta.get("work_connection"))
+
+
+def _work_file(meta: Meta, name: str) -> storage.Location:
+    return _work_dir(meta) / name
 
 
 def _write(meta: Meta, name: str, frame: pd.DataFrame) -> None:
-    frame.to_parquet(_work_file(meta, f"{name}.parquet"), index=False)
+    storage.write_parquet(frame, _work_file(meta, f"{name}.parquet"))
 
 
 def _read(meta: Meta, name: str) -> pd.DataFrame:
-    return pd.read_parquet(_work_file(meta, f"{name}.parquet"))
+    return storage.read_parquet(_work_file(meta, f"{name}.parquet"))
+
+
+def _part_file(meta: Meta, part: dict[str, Any], name: str) -> storage.Location:
+    """One intermediate Parquet file of one CDR file."""
+    return storage.location(part["dir"], meta.get("work_connection")) / f"{name}.parquet"
+
+
+def _write_part(meta: Meta, part: dict[str, Any], name: str, frame: pd.DataFrame) -> None:
+    storage.write_parquet(frame, _part_file(meta, part, name))
+
+
+def _read_part(meta: Meta, part: dict[str, Any], name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    return storage.read_parquet(_part_file(meta, part, name), columns)
 
 
 def _with_counts(meta: Meta, **counts: int) -> Meta:
@@ -71,9 +90,10 @@ def _send(config: PipelineConfig, alert: alerts.Alert) -> None:
     alerts.send(alert, list(config.recipients(alert.kind)), config.smtp_connection)
 
 
-def run_work_dir(config: PipelineConfig, billing_month: str, run_id: str) -> Path:
-    """The directory a run keeps its Parquet files, GX results and report in."""
-    return config.work_root / billing_month / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+def run_work_dir(config: PipelineConfig, billing_month: str, run_id: str) -> storage.Location:
+    """The directory a run keeps its Parquet files, GX results and report in (local or object storage)."""
+    safe_run_id = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    return storage.location(f"{config.work_root.rstrip('/')}/{billing_month}/{safe_run_id}", config.work_connection)
 
 
 def start_run(
@@ -98,6 +118,7 @@ def start_run(
         "billing_month": str(month),
         "run_id": run_id,
         "work_dir": str(work_dir),
+        "work_connection": config.work_connection,
         "refresh_entitlements": refresh_entitlements,
     }
 
@@ -152,7 +173,7 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     result = acquire.fetch_with_failover(
         list(config.sftp_connections),
         requests,
-        _work_file(meta, "incoming"),
+        config.archive_root / "incoming" / Path(meta["work_dir"]).name,  # local: downloads are archived from here
         config.connect_timeout_seconds,
         reuse=ledger.archived_copy_finder(engine),
     )
@@ -201,17 +222,9 @@ def _files(meta: Meta, role: str) -> list[dict[str, Any]]:
     return [f for f in meta["files"] if f["role"] == role]
 
 
-def _part_dir(meta: Meta, sha256: str) -> Path:
-    """Where one CDR file's intermediate data lives in the run's work directory."""
-    path = _work_file(meta, "files") / sha256[:16]
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _read_parts(meta: Meta, name: str, columns: list[str] | None = None) -> pd.DataFrame:
     """One intermediate file of every part (CDR file), concatenated."""
-    frames = [pd.read_parquet(Path(part["dir"]) / f"{name}.parquet", columns=columns) for part in meta["parts"]]
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([_read_part(meta, part, name, columns) for part in meta["parts"]], ignore_index=True)
 
 
 def validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig | None = None) -> dict[str, Any]:
@@ -238,18 +251,22 @@ def _validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig) -> 
     load.store_quarantine(engine, meta["billing_month"], meta["run_id"], name, checked.quarantined)
     validate.enforce_rejection_threshold(name, len(raw), checked.quarantined, config.billing.max_rejected_share)
     accepted, duplicates = validate.split_duplicates(checked.accepted)
-    part = _part_dir(meta, item["sha256"])
-    runner = validate.ExpectationRunner(part / "gx_results")
-    runner.validate_file(accepted, name, profile, month, config.billing)
-    accepted.to_parquet(part / "accepted.parquet", index=False)
-    duplicates.to_parquet(part / "duplicates_in_file.parquet", index=False)
-    checked.quarantined.to_parquet(part / "quarantined.parquet", index=False)
+    folder = _work_file(meta, "files") / item["sha256"][:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    part = {**{key: item[key] for key in ("name", "source", "sha256")}, "dir": str(folder)}
+    with tempfile.TemporaryDirectory() as results:  # GX writes locally; the results go to the work dir
+        try:
+            validate.ExpectationRunner(Path(results)).validate_file(accepted, name, profile, month, config.billing)
+        finally:
+            storage.publish(Path(results), folder / "gx_results")
+    _write_part(meta, part, "accepted", accepted)
+    _write_part(meta, part, "duplicates_in_file", duplicates)
+    _write_part(meta, part, "quarantined", checked.quarantined)
     log.info("%s: read %d, accepted %d, quarantined %d, duplicates in the file %d",
              name, len(raw), len(accepted), len(checked.quarantined), len(duplicates))  # fmt: skip
     return {
-        **{key: item[key] for key in ("name", "source", "sha256")},
-        "dir": str(part),
-        "data_docs": str(runner.docs_dir / "index.html"),
+        **part,
+        "data_docs": str(folder / "gx_results" / validate.DATA_DOCS_INDEX),
         "read": len(raw),
         "quarantined": len(checked.quarantined),
     }
@@ -263,18 +280,17 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
     parts = sorted(validated, key=lambda part: order.index(part["sha256"]))
     keys = ["source", "transaction_id"]
     seen = pd.concat(
-        [pd.read_parquet(Path(p["dir"]) / "accepted.parquet", columns=keys).assign(part=i) for i, p in enumerate(parts)],
+        [_read_part(meta, part, "accepted", keys).assign(part=i) for i, part in enumerate(parts)],
         ignore_index=True,
     )
     repeated = seen.duplicated(keys).to_numpy()
     engine = database.billing_engine(config.billing.connection)
     for i, part in enumerate(parts):
-        folder = Path(part["dir"])
-        accepted = pd.read_parquet(folder / "accepted.parquet")
+        accepted = _read_part(meta, part, "accepted")
         again = repeated[(seen["part"] == i).to_numpy()]
-        duplicates = pd.concat([pd.read_parquet(folder / "duplicates_in_file.parquet"), accepted[again]], ignore_index=True)
-        accepted[~again].reset_index(drop=True).to_parquet(folder / "calls.parquet", index=False)
-        duplicates.to_parquet(folder / "duplicates.parquet", index=False)
+        duplicates = pd.concat([_read_part(meta, part, "duplicates_in_file"), accepted[again]], ignore_index=True)
+        _write_part(meta, part, "calls", accepted[~again].reset_index(drop=True))
+        _write_part(meta, part, "duplicates", duplicates)
         part.update(billable=int((~again).sum()), duplicate=len(duplicates))
         report.reconcile_file(part)
         ledger.record_reconciliation(
@@ -298,13 +314,12 @@ def rate_file(meta: Meta, part: dict[str, Any], config: PipelineConfig | None = 
     tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
     newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
     rates = tariff.all_rates(engine)
-    folder = Path(part["dir"])
-    calls, merged_parts = rate.combine_partial_calls(pd.read_parquet(folder / "calls.parquet"))
+    calls, merged_parts = rate.combine_partial_calls(_read_part(meta, part, "calls"))
     priced, unbillable, failed = rate.rate_calls(calls, rates, config.billing, config.markups())
     price_differences = rate.compare_with_tariff(priced, rates, config.billing)
     for name, frame in (("priced", priced), ("unbillable", unbillable), ("combined", merged_parts),
                         ("price_differences", price_differences)):  # fmt: skip
-        frame.to_parquet(folder / f"{name}.parquet", index=False)
+        _write_part(meta, part, name, frame)
     log.info("%s: priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable)",
              part["name"], len(priced), newest_version, len(unbillable), len(failed))  # fmt: skip
     counts = {"unbillable": len(unbillable), "not_billable": len(failed), "combined": len(merged_parts)}
@@ -329,13 +344,12 @@ def attribute_calls(meta: Meta, rated: list[dict[str, Any]], config: PipelineCon
     billed = suspended = delivery_failed = 0
     stale = []
     for part in meta["parts"]:
-        folder = Path(part["dir"])
-        attributed, suspense = attribute.attribute_calls(pd.read_parquet(folder / "priced.parquet"), history, snapshot_id)
-        attributed.to_parquet(folder / "attributed.parquet", index=False)
-        suspense.to_parquet(folder / "suspense.parquet", index=False)
-        aggregate.aggregate_users(attributed).to_parquet(folder / "user_lines.parquet", index=False)
-        aggregate.revenue_share_sums(attributed).to_parquet(folder / "revenue_share_sums.parquet", index=False)
-        aggregate.call_totals(attributed).to_parquet(folder / "call_totals.parquet", index=False)
+        attributed, suspense = attribute.attribute_calls(_read_part(meta, part, "priced"), history, snapshot_id)
+        _write_part(meta, part, "attributed", attributed)
+        _write_part(meta, part, "suspense", suspense)
+        _write_part(meta, part, "user_lines", aggregate.aggregate_users(attributed))
+        _write_part(meta, part, "revenue_share_sums", aggregate.revenue_share_sums(attributed))
+        _write_part(meta, part, "call_totals", aggregate.call_totals(attributed))
         stale += attribute.stale_accounts(attributed, cutoff)
         billed, suspended = billed + len(attributed), suspended + len(suspense)
         delivery_failed += int((attributed["completion_status"] == 3).sum())
@@ -420,8 +434,8 @@ def load_billing(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         user_lines=_read(meta, "user_lines"),
         revenue_share=_read(meta, "revenue_share"),
         billed_calls=(
-            lineage.billed_calls(pd.read_parquet(folder / "attributed.parquet"), pd.read_parquet(folder / "combined.parquet"))
-            for folder in (Path(part["dir"]) for part in meta["parts"])
+            lineage.billed_calls(_read_part(meta, part, "attributed"), _read_part(meta, part, "combined"))
+            for part in meta["parts"]
         ),
         exceptions=_exception_rows(meta, skip_kinds=("quarantined",)),  # those are in quarantined_row already
     )
@@ -457,7 +471,7 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     month_report["entitlement_snapshot"] = meta["entitlement_snapshot"]
     previous = meta["batch"]["superseded_batch_id"]
     month_report["changes"] = None if previous is None else report.diff_lines(load.batch_lines(engine, previous), loaded)
-    csv_file, excel_file = billing_file.write(loaded, meta["billing_month"], config.billing_file_columns, Path(meta["work_dir"]))
+    csv_file, excel_file = billing_file.write(loaded, meta["billing_month"], config.billing_file_columns, _work_dir(meta))
     month_report["billing_file"] = {"csv": str(csv_file), "xlsx": str(excel_file)}
     if month_report["unbillable_ranges"]:
         _send(config, alerts.unbillable_alert(meta["billing_month"], month_report["unbillable_ranges"]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -259,6 +258,9 @@ def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: Billin
     return checks
 
 
+DATA_DOCS_INDEX = "data_docs/index.html"  # under an ExpectationRunner's results_dir
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
@@ -275,7 +277,7 @@ class ExpectationRunner:
         self._gx = gx
         self._context = gx.get_context(mode="ephemeral")
         self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        self.docs_dir = results_dir / "data_docs"
+        self.docs_dir = (results_dir / DATA_DOCS_INDEX).parent
         self._context.add_data_docs_site(
             site_name="cdr_billing",
             site_config={
@@ -313,16 +315,17 @@ class ExpectationRunner:
         if not result.success:
             failed = [r.expectation_config.type for r in result.results if not r.success]
             raise FileValidationError(
-                file_name, f"failed expectations {failed} (details in {result_path})", expectations=tuple(failed)
+                file_name, f"failed expectations {failed} (details in gx_results/{result_path.name})", expectations=tuple(failed)
             )
         return result_path
 
 
-def write_docs_index(path: Path, docs: dict[str, str]) -> Path:
-    """One page linking each file's Data Docs (every file is validated in a task of its own)."""
+def write_docs_index(path, docs: dict[str, str]):
+    """One page linking each file's Data Docs (every file is validated in a task of its own);
+    path: a local path or an ObjectStoragePath in the run's work directory."""
+    folder = str(path.parent) + "/"
     items = "".join(
-        f'<li><a href="{html.escape(os.path.relpath(index, path.parent))}">{html.escape(name)}</a></li>'
-        for name, index in docs.items()
+        f'<li><a href="{html.escape(index.removeprefix(folder))}">{html.escape(name)}</a></li>' for name, index in docs.items()
     )
     path.write_text(f"<html><body><h1>Great Expectations Data Docs</h1><ul>{items}</ul></body></html>", encoding="utf-8")
     return path

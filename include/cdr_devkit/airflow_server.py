@@ -43,6 +43,7 @@ class RunningAirflow:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__CORE__PARALLELISM": "4",  # LocalExecutor worker processes: enough for a 2-core machine
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         }

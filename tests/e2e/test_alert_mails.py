@@ -123,7 +123,7 @@ def test_a_file_failing_validation_mails_its_rows_masked_and_the_task_failure(da
     assert "quarantined_row" in body
 
     failure = mails["task-failure@example.com"]
-    assert failure["Subject"].startswith("[CDR billing] 2026-08: validate_cdrs failed - carrier_cdr_202608.csv: ")
+    assert failure["Subject"].startswith("[CDR billing] 2026-08: validate_cdr_file failed - carrier_cdr_202608.csv: ")
     body = _body(failure)
     assert "Billing month <b>2026-08</b>" in body and "Task log" in body and "log" in body
     assert "What to do next: Read the validation mail" in body
@@ -139,7 +139,7 @@ def test_an_unreadable_file_fails_validation_with_mails_naming_it(dag, services,
     mails = _by_recipient(_new_mails(services, before))
     assert "conferencing_cdr_2026-09.xlsx: not a readable xlsx file" in _body(mails["validation@example.com"])
     assert (
-        "validate_cdrs failed - conferencing_cdr_2026-09.xlsx: not a readable xlsx file"
+        "validate_cdr_file failed - conferencing_cdr_2026-09.xlsx: not a readable xlsx file"
         in mails["task-failure@example.com"]["Subject"]
     )
 

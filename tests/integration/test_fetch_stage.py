@@ -88,7 +88,7 @@ def site(tmp_path, sftp_root, postgres, services, monkeypatch):
         {"billing_db": postgres.connection(database), "smtp_default": smtp_connection(services.smtp.port)}
     ).items():
         monkeypatch.setenv(key, value)
-    config = replace(load_config(), work_root=tmp_path / "work", archive_root=tmp_path / "archive")
+    config = replace(load_config(), work_root=str(tmp_path / "work"), archive_root=tmp_path / "archive")
     with LocalServices(tmp_path / "servers") as local:
         yield Site(
             local, roots[0], roots[1], config, create_engine(postgres.url_of(database)),
@@ -143,7 +143,7 @@ def test_primary_killed_in_the_middle_of_a_100_mb_transfer(site, tmp_path):
     def kill_primary_midway() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            parts = list((site.config.work_root).rglob(f".{big_name}.part"))
+            parts = list(site.config.archive_root.rglob(f".{big_name}.part"))
             if parts and parts[0].stat().st_size > 10 * 1024 * 1024:
                 primary.kill()
                 return
@@ -157,7 +157,7 @@ def test_primary_killed_in_the_middle_of_a_100_mb_transfer(site, tmp_path):
     tracemalloc.stop()
     killer.join()
     assert primary.process.returncode is not None, "the primary was not killed mid-transfer"
-    assert not list(site.config.work_root.rglob("*.part"))
+    assert not list(site.config.archive_root.rglob("*.part"))
     assert meta["server"] == "cdr_sftp_secondary"
     big = next(r for r in site.ledger() if r.name == big_name)
     assert big.sha256 == sha256_of(site.secondary_root / "cdr/carrier" / big_name)
@@ -240,7 +240,7 @@ def test_hostile_remote_names_are_refused(site, hostile):
     with pytest.raises(UnsafeRemoteNameError, match="refusing unsafe remote file name"):
         site.fetch()
     assert site.ledger() == []
-    assert not [p for p in site.config.work_root.rglob("*") if p.is_file()]
+    assert not [p for p in site.config.archive_root.rglob("*") if p.is_file()]  # downloads stage there
 
 
 def test_checksum_mismatch_fails_over_to_a_good_copy(site):

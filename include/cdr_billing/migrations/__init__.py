@@ -3,9 +3,10 @@
 `python -m cdr_billing.migrations upgrade` brings the database of the Airflow connection
 `billing_db` (or `--url`) to the newest version; `current` prints its version. The DAG runs the
 same upgrade before it touches the database. Upgrades run in one transaction under a
-PostgreSQL advisory lock, so concurrent runs upgrade once. Each file in versions/ is one
-version, never edited after release: a schema change is a new file (`alembic revision`
-with this folder as script_location).
+PostgreSQL advisory lock, so concurrent runs upgrade once; a database created before
+migrations existed is adopted by the first version, which keeps the tables it finds. Each
+file in versions/ is one version, never edited after release: a schema change is a new
+file (`alembic revision` with this folder as script_location).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 
 from cdr_billing import database
 
 VERSION_TABLE = "billing_schema_version"
-BASELINE = "0001"  # the schema the pipeline created before it had migrations
+BASELINE = "0001"  # the first release; it keeps the tables a database from before migrations has
 
 
 def _config(conn: Connection) -> Config:
@@ -48,9 +48,6 @@ def upgrade(engine: Engine) -> str:
     """Bring the database to the newest version, once even when called concurrently; return it."""
     with engine.begin() as conn:
         database.hold_lock(conn, "schema upgrade")
-        tables = inspect(conn).get_table_names()
-        if "billing_batch" in tables and VERSION_TABLE not in tables:
-            command.stamp(_config(conn), BASELINE)  # adopt a database created before migrations
         command.upgrade(_config(conn), "head")
         return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 

@@ -1,5 +1,6 @@
 """The billing schema as first released: batches, lines, exceptions, tariffs, entitlements,
-quarantine and the file ledger.
+quarantine and the file ledger. Tables that exist already (a database the pipeline created
+before it had migrations) are kept as they are.
 
 Revision ID: 0001
 Revises:
@@ -19,7 +20,13 @@ def _created_at(name: str) -> sa.Column:
 
 
 def upgrade() -> None:
-    op.create_table(
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+
+    def create_table(name: str, *columns: sa.Column | sa.Constraint) -> None:
+        if name not in existing:
+            op.create_table(name, *columns)
+
+    create_table(
         "billing_batch",
         sa.Column("batch_id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("billing_month", sa.String(7), nullable=False),
@@ -28,15 +35,16 @@ def upgrade() -> None:
         _created_at("loaded_at"),
         sa.Column("counts", sa.Text, nullable=False),
     )
-    op.create_index(
-        "one_current_batch_per_month",
-        "billing_batch",
-        ["billing_month"],
-        unique=True,
-        postgresql_where=CURRENT_ONLY,
-        sqlite_where=CURRENT_ONLY,
-    )
-    op.create_table(
+    if "billing_batch" not in existing:
+        op.create_index(
+            "one_current_batch_per_month",
+            "billing_batch",
+            ["billing_month"],
+            unique=True,
+            postgresql_where=CURRENT_ONLY,
+            sqlite_where=CURRENT_ONLY,
+        )
+    create_table(
         "billing_line",
         sa.Column("batch_id", sa.Integer, sa.ForeignKey("billing_batch.batch_id"), primary_key=True),
         sa.Column("customer_id", sa.String(64), primary_key=True),
@@ -46,7 +54,7 @@ def upgrade() -> None:
         sa.Column("call_count", sa.BigInteger, nullable=False),
         sa.Column("billed_seconds", sa.BigInteger, nullable=False),
     )
-    op.create_table(
+    create_table(
         "billing_exception",
         sa.Column("batch_id", sa.Integer, sa.ForeignKey("billing_batch.batch_id"), nullable=False, index=True),
         sa.Column("kind", sa.String(16), nullable=False),
@@ -56,7 +64,7 @@ def upgrade() -> None:
         sa.Column("transaction_id", sa.Text, nullable=False),
         sa.Column("detail", sa.Text, nullable=False),
     )
-    op.create_table(
+    create_table(
         "tariff_version",
         sa.Column("version_id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("source_name", sa.Text, nullable=False),
@@ -64,7 +72,7 @@ def upgrade() -> None:
         sa.Column("rate_count", sa.Integer, nullable=False),
         _created_at("loaded_at"),
     )
-    op.create_table(
+    create_table(
         "tariff_rate",
         sa.Column("version_id", sa.Integer, sa.ForeignKey("tariff_version.version_id"), primary_key=True),
         sa.Column("line", sa.Integer, primary_key=True),
@@ -78,7 +86,7 @@ def upgrade() -> None:
         sa.Column("band", sa.String(32), nullable=False),
         *(sa.Column(name, sa.Integer, nullable=False) for name in ("weekday_mask", "start_hour", "end_hour")),
     )
-    op.create_table(
+    create_table(
         "entitlement_snapshot",
         sa.Column("snapshot_id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False),
@@ -87,7 +95,7 @@ def upgrade() -> None:
         sa.Column("row_count", sa.Integer, nullable=False),
         _created_at("loaded_at"),
     )
-    op.create_table(
+    create_table(
         "entitlement",
         sa.Column("snapshot_id", sa.Integer, sa.ForeignKey("entitlement_snapshot.snapshot_id"), primary_key=True),
         sa.Column("account_id", sa.String(128), primary_key=True),
@@ -99,12 +107,12 @@ def upgrade() -> None:
         sa.Column("entitled", sa.Boolean, nullable=False),
         sa.Column("last_login", sa.String(32), nullable=False),
     )
-    op.create_table(
+    create_table(
         "month_entitlement",
         sa.Column("billing_month", sa.String(7), primary_key=True),
         sa.Column("snapshot_id", sa.Integer, sa.ForeignKey("entitlement_snapshot.snapshot_id"), nullable=False),
     )
-    op.create_table(
+    create_table(
         "quarantined_row",
         sa.Column("run_id", sa.String(250), nullable=False, index=True),
         sa.Column("billing_month", sa.String(7), nullable=False),
@@ -115,7 +123,7 @@ def upgrade() -> None:
         sa.Column("reasons", sa.Text, nullable=False),
         sa.Column("original_values", sa.Text, nullable=False),
     )
-    op.create_table(
+    create_table(
         "cdr_file",
         sa.Column("file_id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("source", sa.String(64), nullable=False),
