@@ -125,7 +125,8 @@ def test_a_file_failing_validation_mails_its_rows_masked_and_the_task_failure(da
     failure = mails["task-failure@example.com"]
     assert failure["Subject"].startswith("[CDR billing] 2026-08: validate_cdr_file failed - carrier_cdr_202608.csv: ")
     body = _body(failure)
-    assert "Billing month <b>2026-08</b>" in body and "Task log" in body and "log" in body
+    assert "Billing month <b>2026-08</b>" in body
+    assert re.search(r'<a href="http[^"]+/tasks/validate_cdr_file[^"]*">Task log</a>', body)
     assert "What to do next: Read the validation mail" in body
 
 
