@@ -1,0 +1,333 @@
+"""The Billing page of the Airflow UI, over HTTP against a running api-server that loads the
+project's plugins folder. Months 2025-11 and 2025-12 are seeded into its billing database
+(`billing_ui`) with the pipeline's own load code; other tests use other months there."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from decimal import Decimal
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import create_engine
+
+from cdr_billing import billing_file
+from cdr_billing.config import PipelineConfig, load_config
+from cdr_billing.lineage import BILLED_CALL_COLUMNS
+from cdr_billing.load import Batch, current_lines, load_month
+from cdr_billing.migrations import upgrade
+from cdr_billing.money import from_minor_units
+from cdr_billing.stages import run_work_dir
+from cdr_devkit.airflow_env import PROJECT_ROOT
+
+PHONE = "+46701234567"
+LINE_COLUMNS = ["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"]
+NOVEMBER_LINES = pd.DataFrame(
+    [
+        ("C2001", "100", "EUR", 123456, 10, 600),
+        ("C2001", "101", "EUR", 1, 1, 60),
+        ("C2002", "200", "EUR", 50000, 4, 240),
+        ("C2003", "300", "SEK", 9999, 2, 120),
+    ],
+    columns=LINE_COLUMNS,
+)
+NOVEMBER_COUNTS = {"read": 24, "billed": 17, "quarantined": 0, "duplicates": 1, "not_billable": 1, "unbillable": 2,
+                   "suspense": 3, "combined": 0}  # fmt: skip
+DECEMBER_LINES = pd.DataFrame([("C2001", "100", "EUR", 700, 1, 60)], columns=LINE_COLUMNS)
+
+
+def _exception(kind: str, reason: str, row: int, detail: dict) -> dict:
+    return {"kind": kind, "reason_code": reason, "source_file": "carrier_cdr_202511.csv", "source_row": row,
+            "transaction_id": f"t{row}", "detail": json.dumps(detail)}  # fmt: skip
+
+
+NOVEMBER_EXCEPTIONS = pd.DataFrame(
+    [_exception("unbillable", "NO_TARIFF_PREFIX", row, {"user_id": "acct-9", "number_range": "+8821"}) for row in (3, 4)]
+    + [
+        _exception("suspense", "UNKNOWN_ACCOUNT", row, {"user_id": "acct-unknown-7", "number_range": "+4670"})
+        for row in (5, 6, 7)
+    ]
+    + [_exception("duplicate", "DUPLICATE_TRANSACTION", 8, {"destination_party": PHONE})]
+)
+
+
+def _batch(lines: pd.DataFrame, exceptions: pd.DataFrame | None = None) -> Batch:
+    shares = pd.DataFrame(
+        columns=["service_provider", "currency", "share_basis_points", "call_count", "billed_minor", "share_minor"]
+    )
+    no_exceptions = pd.DataFrame(columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"])
+    return Batch(lines, lines.assign(user_id="u1"), shares, pd.DataFrame(columns=BILLED_CALL_COLUMNS),
+                 no_exceptions if exceptions is None else exceptions)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """The seeded months: batch ids, and the files the current November report points at."""
+
+    november_old: int
+    november: int
+    december: int
+    work_dir: Path
+    data_docs: Path
+    billing_csv: Path
+    outside_secret: Path
+
+
+def _config_of(airflow) -> PipelineConfig:
+    """The pipeline config as the running api-server reads it (work_root under its AIRFLOW_HOME)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_HOME", airflow.env["AIRFLOW_HOME"])
+        return load_config()
+
+
+def _write_report(work_dir: Path, **report: object) -> None:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "report.json").write_text(json.dumps(report), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def seeded(running_airflow, postgres, tmp_path_factory) -> Seeded:
+    engine = create_engine(postgres.url_of("billing_ui"))
+    upgrade(engine)
+    old = load_month(engine, "2025-11", "ui_2025-11_first", _batch(NOVEMBER_LINES.assign(total_minor=5)), NOVEMBER_COUNTS)
+    new = load_month(engine, "2025-11", "ui_2025-11_second", _batch(NOVEMBER_LINES, NOVEMBER_EXCEPTIONS), NOVEMBER_COUNTS)
+    december = load_month(engine, "2025-12", "ui_2025-12", _batch(DECEMBER_LINES), {"read": 5, "billed": 1})
+    config = _config_of(running_airflow)
+
+    work_dir = run_work_dir(config, "2025-11", "ui_2025-11_second")
+    docs = work_dir / "gx_results" / "data_docs"
+    (docs / "static").mkdir(parents=True)
+    (docs / "index.html").write_text('<html><link href="static/style.css">Data Docs of the UI test</html>')
+    (docs / "static" / "style.css").write_text("body { color: teal; }")
+    csv_file, xlsx_file = billing_file.write(current_lines(engine, "2025-11"), "2025-11", config.billing_file_columns, work_dir)
+    _write_report(work_dir, data_docs=str(docs / "index.html"), billing_file={"csv": str(csv_file), "xlsx": str(xlsx_file)})
+
+    outside = tmp_path_factory.mktemp("outside-work-root")
+    secret = outside / "secret.csv"
+    secret.write_text("not for the billing page")
+    december_dir = run_work_dir(config, "2025-12", "ui_2025-12")
+    december_dir.mkdir(parents=True)
+    (december_dir / "linked.xlsx").symlink_to(secret)
+    _write_report(december_dir, data_docs=str(outside / "index.html"),
+                  billing_file={"csv": str(secret), "xlsx": str(december_dir / "linked.xlsx")})  # fmt: skip
+    engine.dispose()
+    return Seeded(old.batch_id, new.batch_id, december.batch_id, work_dir, docs / "index.html", csv_file, secret)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+def get(airflow, path: str, token: str | None = None, cookie: str | None = None) -> Answer:
+    """GET a path exactly as written (no normalisation of ../), with a bearer token or a _token cookie."""
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if cookie:
+        headers["Cookie"] = f"_token={cookie}"
+    connection = http.client.HTTPConnection("127.0.0.1", airflow.port, timeout=30)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def admin_get(airflow, path: str) -> Answer:
+    answer = get(airflow, path, token=airflow.token())
+    assert answer.status == 200, (path, answer.status, answer.body[:500])
+    return answer
+
+
+class Rows(HTMLParser):
+    """Every table row of a page, as the text of its cells (a <br> becomes " | ")."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "br" and self._cell is not None:
+            self._cell.append(" | ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def starting(self, first: str) -> list[str]:
+        """The one row whose first cell is `first`."""
+        found = [row for row in self.rows if row and row[0] == first]
+        assert len(found) == 1, (first, self.rows)
+        return found[0]
+
+
+def amount(text: str) -> tuple[Decimal, str]:
+    """Parse "1,234.56 EUR"."""
+    number, currency = text.split()
+    return Decimal(number.replace(",", "")), currency
+
+
+PROTECTED = [
+    "/billing/",
+    "/billing/month/2025-11",
+    "/billing/month/2025-11/files/billing-csv",
+    "/billing/month/2025-11/data-docs/index.html",
+]
+
+
+def test_the_plugin_is_registered_without_import_errors(running_airflow):
+    plugins = {p["name"]: p for p in running_airflow.api("GET", "/plugins")["plugins"]}
+    plugin = plugins["cdr_billing_ui"]
+    assert [(a["name"], a["url_prefix"]) for a in plugin["fastapi_apps"]] == [("Billing", "/billing")]
+    [view] = plugin["external_views"]
+    assert (view["name"], view["href"], view["destination"], view["url_route"]) == ("Billing", "/billing/", "nav", "billing")
+    errors = running_airflow.api("GET", "/plugins/importErrors")["import_errors"]
+    assert not [e for e in errors if "cdr_billing_ui" in e["source"]]
+
+
+def test_the_plugin_imports_without_pandas_or_airflow_api_modules():
+    code = (
+        "import sys; sys.path.insert(0, 'plugins'); import cdr_billing_ui; "
+        "print([m for m in ('pandas', 'airflow.api_fastapi.core_api.security', 'cdr_billing.ui.queries') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+def test_without_a_valid_token_nothing_is_shown(running_airflow, seeded, path):
+    anonymous = get(running_airflow, path)
+    assert anonymous.status == 401
+    assert "Log in" in anonymous.text and "C2001" not in anonymous.text
+    for forged in (get(running_airflow, path, token="not-a-jwt"), get(running_airflow, path, cookie="not-a-jwt")):
+        assert forged.status == 403
+        assert b"C2001" not in forged.body
+
+
+def test_the_ui_cookie_is_accepted_like_a_bearer_token(running_airflow, seeded):
+    answer = get(running_airflow, "/billing/", cookie=running_airflow.token())
+    assert answer.status == 200
+    assert "frame-ancestors 'self'" in answer.headers["content-security-policy"]
+
+
+def test_the_months_list_shows_status_current_batch_totals_and_counts(running_airflow, seeded):
+    rows = Rows(admin_get(running_airflow, "/billing/").text)
+    assert rows.rows[0][:3] == ["Month", "Status", "Current batch"]
+    november = rows.starting("2025-11")
+    month, status, batch, loaded, runs, lines, totals, read, billed, unbillable, suspense, balance = november
+    assert (status, batch, runs, lines) == ("current", str(seeded.november), "2", "4")
+    assert loaded.endswith("UTC")
+    assert [amount(t) for t in totals.split(" | ")] == [(Decimal("1734.57"), "EUR"), (Decimal("99.99"), "SEK")]
+    assert (read, billed, unbillable, suspense) == ("24", "17", "2", "3")
+    assert "balanced" in balance
+    december = rows.starting("2025-12")
+    assert december[1:3] == ["current", str(seeded.december)]
+    assert amount(december[6]) == (Decimal("7.00"), "EUR")
+    assert "does not add up" in december[11]
+
+
+def test_the_month_page_totals_per_customer_equal_the_seeded_lines(running_airflow, seeded):
+    rows = Rows(admin_get(running_airflow, "/billing/month/2025-11").text)
+    expected = NOVEMBER_LINES.groupby(["customer_id", "currency"]).agg(
+        total=("total_minor", "sum"), lines=("total_minor", "size"), calls=("call_count", "sum")
+    )
+    for (customer, currency), line in expected.iterrows():
+        _, shown_currency, lines, calls, total = rows.starting(customer)
+        assert (shown_currency, int(lines), int(calls)) == (currency, line.lines, line.calls)
+        assert amount(total) == (from_minor_units(int(line.total), currency), currency)
+    assert rows.starting("Total")[4] == "1,734.57 EUR | 99.99 SEK"
+
+
+def test_the_chart_has_one_bar_per_customer(running_airflow, seeded):
+    page = admin_get(running_airflow, "/billing/month/2025-11").text
+    bars = re.findall(r'<rect class="bar" data-customer="([^"]+)"', page)
+    assert sorted(bars) == ["C2001", "C2002", "C2003"]
+    assert page.count("<svg") == 2  # one chart per currency
+
+
+def test_reconciliation_unbillable_ranges_and_suspense_accounts_without_phone_numbers(running_airflow, seeded):
+    page = admin_get(running_airflow, "/billing/month/2025-11").text
+    rows = Rows(page)
+    assert rows.starting("+8821") == ["+8821", "NO_TARIFF_PREFIX", "2"]
+    assert rows.starting("acct-unknown-7") == ["acct-unknown-7", "UNKNOWN_ACCOUNT", "3"]
+    assert {name: rows.starting(name)[1] for name in NOVEMBER_COUNTS} == {k: str(v) for k, v in NOVEMBER_COUNTS.items()}
+    assert PHONE not in page and PHONE[1:] not in page
+    assert [row[:2] for row in rows.rows if row[1] in ("current", "superseded")] == [
+        [str(seeded.november), "current"],
+        [str(seeded.november_old), "superseded"],
+    ]
+
+
+def test_the_links_serve_the_data_docs_and_the_billing_file(running_airflow, seeded):
+    page = admin_get(running_airflow, "/billing/month/2025-11").text
+    for link in ("2025-11/data-docs/index.html", "2025-11/files/billing-csv", "2025-11/files/billing-xlsx"):
+        assert f'href="{link}"' in page
+    assert admin_get(running_airflow, "/billing/month/2025-11/data-docs/index.html").body == seeded.data_docs.read_bytes()
+    assert b"teal" in admin_get(running_airflow, "/billing/month/2025-11/data-docs/static/style.css").body
+    csv_answer = admin_get(running_airflow, "/billing/month/2025-11/files/billing-csv")
+    assert csv_answer.body == seeded.billing_csv.read_bytes()
+    assert "attachment" in csv_answer.headers["content-disposition"]
+    assert admin_get(running_airflow, "/billing/month/2025-11/files/billing-xlsx").body.startswith(b"PK")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/billing/month/2025-11/data-docs/../../report.json",
+        "/billing/month/2025-11/data-docs/..%2F..%2Freport.json",
+        "/billing/month/2025-11/data-docs/%2e%2e/%2e%2e/report.json",
+        "/billing/month/2025-11/data-docs//etc/passwd",
+        "/billing/month/2025-11/files/..%2F..%2Freport.json",
+        "/billing/month/..%2F2025-11/files/billing-csv",
+    ],
+)
+def test_paths_outside_the_data_docs_are_refused(running_airflow, seeded, path):
+    answer = get(running_airflow, path, token=running_airflow.token())
+    assert answer.status in (404, 422), (answer.status, answer.body[:300])
+    assert b"root:" not in answer.body and b"billing_file" not in answer.body
+
+
+def test_report_files_outside_the_work_root_are_neither_linked_nor_served(running_airflow, seeded):
+    page = admin_get(running_airflow, "/billing/month/2025-12").text
+    assert "files/billing" not in page and "data-docs" not in page
+    for name in ("files/billing-csv", "files/billing-xlsx", "data-docs/index.html"):
+        answer = get(running_airflow, f"/billing/month/2025-12/{name}", token=running_airflow.token())
+        assert answer.status == 404
+        assert b"not for the billing page" not in answer.body
+
+
+def test_a_month_without_batches_is_not_found(running_airflow, seeded):
+    assert get(running_airflow, "/billing/month/1999-01", token=running_airflow.token()).status == 404
+    assert get(running_airflow, "/billing/month/2025-13", token=running_airflow.token()).status == 422
