@@ -10,11 +10,12 @@ from airflow.plugins_manager import AirflowPlugin
 from cdr_billing.ui.app import app
 
 
-def _icon(colour: str) -> str:
-    """A small bar chart icon as a data URL."""
+def _icon() -> str:
+    """A bar chart icon as a data URL: light bars with a dark outline, visible on light and dark backgrounds."""
+    bars = "".join(f'<rect x="{x}" y="{y}" width="4" height="{19 - y}" rx="1"/>' for x, y in ((4, 11), (10, 5), (16, 8)))
     svg = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="{colour}" stroke-width="2" '
-        'stroke-linecap="round"><path d="M4 20h16M7 16v-5M12 16V6M17 16v-8"/></svg>'
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="#bee3f8" stroke="#1a365d" stroke-width="1.5">'
+        f'{bars}<path d="M2 21.5h20" fill="none"/></svg>'
     )
     return "data:image/svg+xml;base64," + b64encode(svg.encode()).decode()
 
@@ -31,7 +32,6 @@ class CdrBillingUiPlugin(AirflowPlugin):
             "destination": "nav",
             "url_route": "billing",
             "nav_top_level": True,
-            "icon": _icon("#4a5568"),
-            "icon_dark_mode": _icon("#e2e8f0"),
+            "icon": _icon(),
         }
     ]

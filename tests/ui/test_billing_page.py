@@ -1,6 +1,7 @@
 """The Billing page of the Airflow UI, over HTTP against a running api-server that loads the
-project's plugins folder. Months 2025-11 and 2025-12 are seeded into its billing database
-(`billing_ui`) with the pipeline's own load code; other tests use other months there."""
+project's plugins folder. Months 2026-05 and 2026-06 are seeded into its billing database
+(`billing_ui`) with the pipeline's own load code; the backfill test checks the months before
+2026-04 there, so these tests assert on their own months only."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from cdr_devkit.airflow_env import PROJECT_ROOT
 
 PHONE = "+46701234567"
 LINE_COLUMNS = ["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"]
-NOVEMBER_LINES = pd.DataFrame(
+MAY_LINES = pd.DataFrame(
     [
         ("C2001", "100", "EUR", 123456, 10, 600),
         ("C2001", "101", "EUR", 1, 1, 60),
@@ -39,17 +40,17 @@ NOVEMBER_LINES = pd.DataFrame(
     ],
     columns=LINE_COLUMNS,
 )
-NOVEMBER_COUNTS = {"read": 24, "billed": 17, "quarantined": 0, "duplicates": 1, "not_billable": 1, "unbillable": 2,
+MAY_COUNTS = {"read": 24, "billed": 17, "quarantined": 0, "duplicates": 1, "not_billable": 1, "unbillable": 2,
                    "suspense": 3, "combined": 0}  # fmt: skip
-DECEMBER_LINES = pd.DataFrame([("C2001", "100", "EUR", 700, 1, 60)], columns=LINE_COLUMNS)
+JUNE_LINES = pd.DataFrame([("C2001", "100", "EUR", 700, 1, 60)], columns=LINE_COLUMNS)
 
 
 def _exception(kind: str, reason: str, row: int, detail: dict) -> dict:
-    return {"kind": kind, "reason_code": reason, "source_file": "carrier_cdr_202511.csv", "source_row": row,
+    return {"kind": kind, "reason_code": reason, "source_file": "carrier_cdr_202605.csv", "source_row": row,
             "transaction_id": f"t{row}", "detail": json.dumps(detail)}  # fmt: skip
 
 
-NOVEMBER_EXCEPTIONS = pd.DataFrame(
+MAY_EXCEPTIONS = pd.DataFrame(
     [_exception("unbillable", "NO_TARIFF_PREFIX", row, {"user_id": "acct-9", "number_range": "+8821"}) for row in (3, 4)]
     + [
         _exception("suspense", "UNKNOWN_ACCOUNT", row, {"user_id": "acct-unknown-7", "number_range": "+4670"})
@@ -70,11 +71,11 @@ def _batch(lines: pd.DataFrame, exceptions: pd.DataFrame | None = None) -> Batch
 
 @dataclass(frozen=True)
 class Seeded:
-    """The seeded months: batch ids, and the files the current November report points at."""
+    """The seeded months: batch ids, and the files the current May report points at."""
 
-    november_old: int
-    november: int
-    december: int
+    may_old: int
+    may: int
+    june: int
     work_dir: Path
     data_docs: Path
     billing_csv: Path
@@ -97,29 +98,29 @@ def _write_report(work_dir: Path, **report: object) -> None:
 def seeded(running_airflow, postgres, tmp_path_factory) -> Seeded:
     engine = create_engine(postgres.url_of("billing_ui"))
     upgrade(engine)
-    old = load_month(engine, "2025-11", "ui_2025-11_first", _batch(NOVEMBER_LINES.assign(total_minor=5)), NOVEMBER_COUNTS)
-    new = load_month(engine, "2025-11", "ui_2025-11_second", _batch(NOVEMBER_LINES, NOVEMBER_EXCEPTIONS), NOVEMBER_COUNTS)
-    december = load_month(engine, "2025-12", "ui_2025-12", _batch(DECEMBER_LINES), {"read": 5, "billed": 1})
+    old = load_month(engine, "2026-05", "ui_2026-05_first", _batch(MAY_LINES.assign(total_minor=5)), MAY_COUNTS)
+    new = load_month(engine, "2026-05", "ui_2026-05_second", _batch(MAY_LINES, MAY_EXCEPTIONS), MAY_COUNTS)
+    june = load_month(engine, "2026-06", "ui_2026-06", _batch(JUNE_LINES), {"read": 5, "billed": 1})
     config = _config_of(running_airflow)
 
-    work_dir = run_work_dir(config, "2025-11", "ui_2025-11_second")
+    work_dir = run_work_dir(config, "2026-05", "ui_2026-05_second")
     docs = work_dir / "gx_results" / "data_docs"
     (docs / "static").mkdir(parents=True)
     (docs / "index.html").write_text('<html><link href="static/style.css">Data Docs of the UI test</html>')
     (docs / "static" / "style.css").write_text("body { color: teal; }")
-    csv_file, xlsx_file = billing_file.write(current_lines(engine, "2025-11"), "2025-11", config.billing_file_columns, work_dir)
+    csv_file, xlsx_file = billing_file.write(current_lines(engine, "2026-05"), "2026-05", config.billing_file_columns, work_dir)
     _write_report(work_dir, data_docs=str(docs / "index.html"), billing_file={"csv": str(csv_file), "xlsx": str(xlsx_file)})
 
     outside = tmp_path_factory.mktemp("outside-work-root")
     secret = outside / "secret.csv"
     secret.write_text("not for the billing page")
-    december_dir = run_work_dir(config, "2025-12", "ui_2025-12")
-    december_dir.mkdir(parents=True)
-    (december_dir / "linked.xlsx").symlink_to(secret)
-    _write_report(december_dir, data_docs=str(outside / "index.html"),
-                  billing_file={"csv": str(secret), "xlsx": str(december_dir / "linked.xlsx")})  # fmt: skip
+    june_dir = run_work_dir(config, "2026-06", "ui_2026-06")
+    june_dir.mkdir(parents=True)
+    (june_dir / "linked.xlsx").symlink_to(secret)
+    _write_report(june_dir, data_docs=str(outside / "index.html"),
+                  billing_file={"csv": str(secret), "xlsx": str(june_dir / "linked.xlsx")})  # fmt: skip
     engine.dispose()
-    return Seeded(old.batch_id, new.batch_id, december.batch_id, work_dir, docs / "index.html", csv_file, secret)
+    return Seeded(old.batch_id, new.batch_id, june.batch_id, work_dir, docs / "index.html", csv_file, secret)
 
 
 @dataclass(frozen=True)
@@ -200,9 +201,9 @@ def amount(text: str) -> tuple[Decimal, str]:
 
 PROTECTED = [
     "/billing/",
-    "/billing/month/2025-11",
-    "/billing/month/2025-11/files/billing-csv",
-    "/billing/month/2025-11/data-docs/index.html",
+    "/billing/month/2026-05",
+    "/billing/month/2026-05/files/billing-csv",
+    "/billing/month/2026-05/data-docs/index.html",
 ]
 
 
@@ -245,22 +246,22 @@ def test_the_ui_cookie_is_accepted_like_a_bearer_token(running_airflow, seeded):
 def test_the_months_list_shows_status_current_batch_totals_and_counts(running_airflow, seeded):
     rows = Rows(admin_get(running_airflow, "/billing/").text)
     assert rows.rows[0][:3] == ["Month", "Status", "Current batch"]
-    november = rows.starting("2025-11")
-    month, status, batch, loaded, runs, lines, totals, read, billed, unbillable, suspense, balance = november
-    assert (status, batch, runs, lines) == ("current", str(seeded.november), "2", "4")
+    may = rows.starting("2026-05")
+    month, status, batch, loaded, runs, lines, totals, read, billed, unbillable, suspense, balance = may
+    assert (status, batch, runs, lines) == ("current", str(seeded.may), "2", "4")
     assert loaded.endswith("UTC")
     assert [amount(t) for t in totals.split(" | ")] == [(Decimal("1734.57"), "EUR"), (Decimal("99.99"), "SEK")]
     assert (read, billed, unbillable, suspense) == ("24", "17", "2", "3")
     assert "balanced" in balance
-    december = rows.starting("2025-12")
-    assert december[1:3] == ["current", str(seeded.december)]
-    assert amount(december[6]) == (Decimal("7.00"), "EUR")
-    assert "does not add up" in december[11]
+    june = rows.starting("2026-06")
+    assert june[1:3] == ["current", str(seeded.june)]
+    assert amount(june[6]) == (Decimal("7.00"), "EUR")
+    assert "does not add up" in june[11]
 
 
 def test_the_month_page_totals_per_customer_equal_the_seeded_lines(running_airflow, seeded):
-    rows = Rows(admin_get(running_airflow, "/billing/month/2025-11").text)
-    expected = NOVEMBER_LINES.groupby(["customer_id", "currency"]).agg(
+    rows = Rows(admin_get(running_airflow, "/billing/month/2026-05").text)
+    expected = MAY_LINES.groupby(["customer_id", "currency"]).agg(
         total=("total_minor", "sum"), lines=("total_minor", "size"), calls=("call_count", "sum")
     )
     for (customer, currency), line in expected.iterrows():
@@ -271,46 +272,48 @@ def test_the_month_page_totals_per_customer_equal_the_seeded_lines(running_airfl
 
 
 def test_the_chart_has_one_bar_per_customer(running_airflow, seeded):
-    page = admin_get(running_airflow, "/billing/month/2025-11").text
+    page = admin_get(running_airflow, "/billing/month/2026-05").text
     bars = re.findall(r'<rect class="bar" data-customer="([^"]+)"', page)
     assert sorted(bars) == ["C2001", "C2002", "C2003"]
     assert page.count("<svg") == 2  # one chart per currency
 
 
 def test_reconciliation_unbillable_ranges_and_suspense_accounts_without_phone_numbers(running_airflow, seeded):
-    page = admin_get(running_airflow, "/billing/month/2025-11").text
+    page = admin_get(running_airflow, "/billing/month/2026-05").text
     rows = Rows(page)
     assert rows.starting("+8821") == ["+8821", "NO_TARIFF_PREFIX", "2"]
     assert rows.starting("acct-unknown-7") == ["acct-unknown-7", "UNKNOWN_ACCOUNT", "3"]
-    assert {name: rows.starting(name)[1] for name in NOVEMBER_COUNTS} == {k: str(v) for k, v in NOVEMBER_COUNTS.items()}
+    assert {name: rows.starting(name)[1] for name in MAY_COUNTS} == {k: str(v) for k, v in MAY_COUNTS.items()}
     assert PHONE not in page and PHONE[1:] not in page
     assert [row[:2] for row in rows.rows if row[1] in ("current", "superseded")] == [
-        [str(seeded.november), "current"],
-        [str(seeded.november_old), "superseded"],
+        [str(seeded.may), "current"],
+        [str(seeded.may_old), "superseded"],
     ]
 
 
 def test_the_links_serve_the_data_docs_and_the_billing_file(running_airflow, seeded):
-    page = admin_get(running_airflow, "/billing/month/2025-11").text
-    for link in ("2025-11/data-docs/index.html", "2025-11/files/billing-csv", "2025-11/files/billing-xlsx"):
+    page = admin_get(running_airflow, "/billing/month/2026-05").text
+    for link in ("2026-05/data-docs/index.html", "2026-05/files/billing-csv", "2026-05/files/billing-xlsx"):
         assert f'href="{link}"' in page
-    assert admin_get(running_airflow, "/billing/month/2025-11/data-docs/index.html").body == seeded.data_docs.read_bytes()
-    assert b"teal" in admin_get(running_airflow, "/billing/month/2025-11/data-docs/static/style.css").body
-    csv_answer = admin_get(running_airflow, "/billing/month/2025-11/files/billing-csv")
+    docs = admin_get(running_airflow, "/billing/month/2026-05/data-docs/index.html")
+    assert docs.body == seeded.data_docs.read_bytes()
+    assert docs.headers["content-security-policy"].startswith("sandbox allow-scripts")  # CDN scripts kept off Airflow's origin
+    assert b"teal" in admin_get(running_airflow, "/billing/month/2026-05/data-docs/static/style.css").body
+    csv_answer = admin_get(running_airflow, "/billing/month/2026-05/files/billing-csv")
     assert csv_answer.body == seeded.billing_csv.read_bytes()
     assert "attachment" in csv_answer.headers["content-disposition"]
-    assert admin_get(running_airflow, "/billing/month/2025-11/files/billing-xlsx").body.startswith(b"PK")
+    assert admin_get(running_airflow, "/billing/month/2026-05/files/billing-xlsx").body.startswith(b"PK")
 
 
 @pytest.mark.parametrize(
     "path",
     [
-        "/billing/month/2025-11/data-docs/../../report.json",
-        "/billing/month/2025-11/data-docs/..%2F..%2Freport.json",
-        "/billing/month/2025-11/data-docs/%2e%2e/%2e%2e/report.json",
-        "/billing/month/2025-11/data-docs//etc/passwd",
-        "/billing/month/2025-11/files/..%2F..%2Freport.json",
-        "/billing/month/..%2F2025-11/files/billing-csv",
+        "/billing/month/2026-05/data-docs/../../report.json",
+        "/billing/month/2026-05/data-docs/..%2F..%2Freport.json",
+        "/billing/month/2026-05/data-docs/%2e%2e/%2e%2e/report.json",
+        "/billing/month/2026-05/data-docs//etc/passwd",
+        "/billing/month/2026-05/files/..%2F..%2Freport.json",
+        "/billing/month/..%2F2026-05/files/billing-csv",
     ],
 )
 def test_paths_outside_the_data_docs_are_refused(running_airflow, seeded, path):
@@ -320,10 +323,10 @@ def test_paths_outside_the_data_docs_are_refused(running_airflow, seeded, path):
 
 
 def test_report_files_outside_the_work_root_are_neither_linked_nor_served(running_airflow, seeded):
-    page = admin_get(running_airflow, "/billing/month/2025-12").text
+    page = admin_get(running_airflow, "/billing/month/2026-06").text
     assert "files/billing" not in page and "data-docs" not in page
     for name in ("files/billing-csv", "files/billing-xlsx", "data-docs/index.html"):
-        answer = get(running_airflow, f"/billing/month/2025-12/{name}", token=running_airflow.token())
+        answer = get(running_airflow, f"/billing/month/2026-06/{name}", token=running_airflow.token())
         assert answer.status == 404
         assert b"not for the billing page" not in answer.body
 

@@ -35,6 +35,9 @@ Month = Annotated[str, PathParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", descrip
 # The pages load nothing from elsewhere and run no script; only Airflow's UI may frame them.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'self'; base-uri 'none'"
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+# Data Docs run scripts from public CDNs: a sandbox gives them an origin of their own, away from
+# Airflow's cookies and API.
+DATA_DOCS_POLICY = "sandbox allow-scripts allow-popups; frame-ancestors 'self'"
 
 
 async def require_billing_reader(
@@ -84,10 +87,11 @@ def _html(document: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(document, status_code, headers={**NO_STORE, "Content-Security-Policy": PAGE_POLICY})
 
 
-def _file(path: Path | None, download: bool = False) -> FileResponse:
+def _file(path: Path | None, download: bool = False, policy: str | None = None) -> FileResponse:
     if path is None:
         raise HTTPException(404, "This month has no such file.")
-    return FileResponse(path, headers=NO_STORE, filename=path.name if download else None)
+    headers = {**NO_STORE, "Content-Security-Policy": policy} if policy else NO_STORE
+    return FileResponse(path, headers=headers, filename=path.name if download else None)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -138,4 +142,4 @@ def data_docs(billing_month: Month, relative: str) -> FileResponse:
     """A file of the current batch's Great Expectations Data Docs site."""
     from cdr_billing.ui import queries
 
-    return _file(queries.data_docs_file(_month(billing_month).files, relative))
+    return _file(queries.data_docs_file(_month(billing_month).files, relative), policy=DATA_DOCS_POLICY)

@@ -20,7 +20,7 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 0 0 10px; }
 a { color: #0b6bcb; text-decoration: none; } a:hover { text-decoration: underline; }
 .meta { color: #4a5568; margin: 0 0 16px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 18px; margin-bottom: 18px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 18px; margin-bottom: 18px; }
 section { border: 1px solid #e2e8f0; border-radius: 8px; padding: 14px 16px; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid #edf2f7; white-space: nowrap; }
@@ -183,13 +183,17 @@ def _batches_section(batches: list[Batch]) -> str:
     return f"<section><h2>Batches</h2>{table(['Batch', 'Status', 'Run', 'Loaded at'], rows, numeric={0})}</section>"
 
 
+def _superseded(count: int) -> str:
+    return "" if count == 0 else f" It superseded {count} earlier batch{'es' if count > 1 else ''}."
+
+
 def month_page(detail: MonthDetail) -> str:
     """One month: totals and chart per customer, reconciliation, non-billed calls, files, batches."""
     current, month = detail.current, detail.billing_month
     if current:
         meta = (
             f"Current batch {e(current.batch_id)}, run <code>{e(current.run_id)}</code>, loaded "
-            f"{e(timestamp(current.loaded_at))}; {e(len(detail.batches) - 1)} superseded batch(es)."
+            f"{e(timestamp(current.loaded_at))}.{_superseded(len(detail.batches) - 1)}"
         )
     else:
         meta = "The month has no current batch."
