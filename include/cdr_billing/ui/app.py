@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from cdr_billing.config import PipelineConfig
-    from cdr_billing.ui.queries import MonthDetail
+    from cdr_billing.ui.queries import MonthDetail, MonthFiles
 
 BILLING_DAG_ID = "cdr_billing_monthly"
 Month = Annotated[str, PathParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")]
@@ -130,10 +130,19 @@ def month_page(billing_month: Month) -> HTMLResponse:
     return _html(pages.month_page(_month(billing_month)))
 
 
+def _files(billing_month: str) -> MonthFiles:
+    from cdr_billing.ui import queries
+
+    files = queries.current_files(_billing_db(), _config(), billing_month)
+    if files is None:
+        raise HTTPException(404, f"Billing month {billing_month} has no current batch.")
+    return files
+
+
 @app.get("/month/{billing_month}/files/{name}")
 def billing_file(billing_month: Month, name: Literal["billing-csv", "billing-xlsx"]) -> FileResponse:
     """The current batch's billing file, as a download."""
-    files = _month(billing_month).files
+    files = _files(billing_month)
     return _file(files.billing_csv if name == "billing-csv" else files.billing_xlsx, download=True)
 
 
@@ -142,4 +151,4 @@ def data_docs(billing_month: Month, relative: str) -> FileResponse:
     """A file of the current batch's Great Expectations Data Docs site."""
     from cdr_billing.ui import queries
 
-    return _file(queries.data_docs_file(_month(billing_month).files, relative), policy=DATA_DOCS_POLICY)
+    return _file(queries.data_docs_file(_files(billing_month), relative), policy=DATA_DOCS_POLICY)

@@ -234,6 +234,12 @@ def data_docs_file(files: MonthFiles, relative: str) -> Path | None:
     return inside(docs_dir, docs_dir / (relative or "index.html"))
 
 
+def current_files(engine: Engine, config: PipelineConfig, billing_month: str) -> MonthFiles | None:
+    """The report files of the month's current batch, or None when the month has none."""
+    current = _batches(engine, billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT)
+    return month_files(config, current[0]) if current else None
+
+
 def month_detail(engine: Engine, config: PipelineConfig, billing_month: str) -> MonthDetail | None:
     """The month page's data, or None when the month has no batch."""
     batches = _batches(engine, billing_batch.c.billing_month == billing_month)
