@@ -5,6 +5,7 @@ project's plugins folder. Months 2026-05 and 2026-06 are seeded into its billing
 
 from __future__ import annotations
 
+import configparser
 import http.client
 import json
 import os
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
+from uuid import uuid4
 
+import jwt
 import pandas as pd
 import pytest
 from sqlalchemy import create_engine
@@ -235,6 +238,23 @@ def test_without_a_valid_token_nothing_is_shown(running_airflow, seeded, path):
     for forged in (get(running_airflow, path, token="not-a-jwt"), get(running_airflow, path, cookie="not-a-jwt")):
         assert forged.status == 403
         assert b"C2001" not in forged.body
+
+
+def _token_with_role(airflow, role: str | None) -> str:
+    """A JWT signed like the api-server's own, for a user with the given SimpleAuthManager role."""
+    settings = configparser.ConfigParser(interpolation=None)
+    settings.read(airflow.airflow_home / "airflow.cfg")
+    admin_token = airflow.token()
+    claims = {**jwt.decode(admin_token, options={"verify_signature": False}), "sub": "clerk", "role": role, "jti": uuid4().hex}
+    return jwt.encode(claims, settings["api_auth"]["jwt_secret"], algorithm=jwt.get_unverified_header(admin_token)["alg"])
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the test Airflow's generated secret
+def test_a_user_the_auth_manager_denies_read_access_is_refused(running_airflow, seeded):
+    refused = get(running_airflow, "/billing/month/2026-05", token=_token_with_role(running_airflow, None))
+    assert refused.status == 403
+    assert "You may not read the runs of the billing DAG." in refused.text and "C2001" not in refused.text
+    assert get(running_airflow, "/billing/month/2026-05", token=_token_with_role(running_airflow, "VIEWER")).status == 200
 
 
 def test_the_ui_cookie_is_accepted_like_a_bearer_token(running_airflow, seeded):
