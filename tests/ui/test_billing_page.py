@@ -23,9 +23,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine
 
-from cdr_billing import billing_file
+from cdr_billing import billing_file, validate
 from cdr_billing.config import PipelineConfig, load_config
-from cdr_billing.lineage import BILLED_CALL_COLUMNS
 from cdr_billing.load import Batch, current_lines, load_month
 from cdr_billing.migrations import upgrade
 from cdr_billing.money import from_minor_units
@@ -68,7 +67,7 @@ def _batch(lines: pd.DataFrame, exceptions: pd.DataFrame | None = None) -> Batch
         columns=["service_provider", "currency", "share_basis_points", "call_count", "billed_minor", "share_minor"]
     )
     no_exceptions = pd.DataFrame(columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"])
-    return Batch(lines, lines.assign(user_id="u1"), shares, pd.DataFrame(columns=BILLED_CALL_COLUMNS),
+    return Batch(lines, lines.assign(user_id="u1"), shares, [],
                  no_exceptions if exceptions is None else exceptions)  # fmt: skip
 
 
@@ -80,7 +79,8 @@ class Seeded:
     may: int
     june: int
     work_dir: Path
-    data_docs: Path
+    data_docs: Path  # the run's index of the files' Data Docs
+    file_docs: Path  # one file's Data Docs site
     billing_csv: Path
     outside_secret: Path
 
@@ -107,12 +107,15 @@ def seeded(running_airflow, postgres, tmp_path_factory) -> Seeded:
     config = _config_of(running_airflow)
 
     work_dir = run_work_dir(config, "2026-05", "ui_2026-05_second")
-    docs = work_dir / "gx_results" / "data_docs"
-    (docs / "static").mkdir(parents=True)
-    (docs / "index.html").write_text('<html><link href="static/style.css">Data Docs of the UI test</html>')
-    (docs / "static" / "style.css").write_text("body { color: teal; }")
+    site = work_dir / "files" / "0123456789abcdef" / "gx_results" / "data_docs"  # one CDR file's GX site
+    (site / "static").mkdir(parents=True)
+    (site / "index.html").write_text('<html><link href="static/style.css">Data Docs of the UI test</html>')
+    (site / "static" / "style.css").write_text("body { color: teal; }")
+    (site.parent / "result.json").write_text("{}")
+    (work_dir / "calls.parquet").write_text(f"the run's data, e.g. {PHONE}")
+    docs = validate.write_docs_index(work_dir / "data_docs.html", {"carrier_cdr_202605.csv": str(site / "index.html")})
     csv_file, xlsx_file = billing_file.write(current_lines(engine, "2026-05"), "2026-05", config.billing_file_columns, work_dir)
-    _write_report(work_dir, data_docs=str(docs / "index.html"), billing_file={"csv": str(csv_file), "xlsx": str(xlsx_file)})
+    _write_report(work_dir, data_docs=str(docs), billing_file={"csv": str(csv_file), "xlsx": str(xlsx_file)})
 
     outside = tmp_path_factory.mktemp("outside-work-root")
     secret = outside / "secret.csv"
@@ -123,7 +126,7 @@ def seeded(running_airflow, postgres, tmp_path_factory) -> Seeded:
     _write_report(june_dir, data_docs=str(outside / "index.html"),
                   billing_file={"csv": str(secret), "xlsx": str(june_dir / "linked.xlsx")})  # fmt: skip
     engine.dispose()
-    return Seeded(old.batch_id, new.batch_id, june.batch_id, work_dir, docs / "index.html", csv_file, secret)
+    return Seeded(old.batch_id, new.batch_id, june.batch_id, work_dir, docs, site / "index.html", csv_file, secret)
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ PROTECTED = [
     "/billing/",
     "/billing/month/2026-05",
     "/billing/month/2026-05/files/billing-csv",
-    "/billing/month/2026-05/data-docs/index.html",
+    "/billing/month/2026-05/data-docs/",
 ]
 
 
@@ -313,16 +316,28 @@ def test_reconciliation_unbillable_ranges_and_suspense_accounts_without_phone_nu
 
 def test_the_links_serve_the_data_docs_and_the_billing_file(running_airflow, seeded):
     page = admin_get(running_airflow, "/billing/month/2026-05").text
-    for link in ("2026-05/data-docs/index.html", "2026-05/files/billing-csv", "2026-05/files/billing-xlsx"):
+    for link in ("2026-05/data-docs/", "2026-05/files/billing-csv", "2026-05/files/billing-xlsx"):
         assert f'href="{link}"' in page
-    docs = admin_get(running_airflow, "/billing/month/2026-05/data-docs/index.html")
-    assert docs.body == seeded.data_docs.read_bytes()
-    assert docs.headers["content-security-policy"].startswith("sandbox allow-scripts")  # CDN scripts kept off Airflow's origin
-    assert b"teal" in admin_get(running_airflow, "/billing/month/2026-05/data-docs/static/style.css").body
+    index = admin_get(running_airflow, "/billing/month/2026-05/data-docs/")
+    assert index.body == seeded.data_docs.read_bytes()
+    assert index.headers["content-security-policy"].startswith("sandbox allow-scripts")  # CDN scripts kept off Airflow's origin
+    site = "/billing/month/2026-05/data-docs/files/0123456789abcdef/gx_results/data_docs"
+    assert 'href="files/0123456789abcdef/gx_results/data_docs/index.html"' in index.text  # relative to data-docs/
+    assert admin_get(running_airflow, f"{site}/index.html").body == seeded.file_docs.read_bytes()
+    assert b"teal" in admin_get(running_airflow, f"{site}/static/style.css").body
     csv_answer = admin_get(running_airflow, "/billing/month/2026-05/files/billing-csv")
     assert csv_answer.body == seeded.billing_csv.read_bytes()
     assert "attachment" in csv_answer.headers["content-disposition"]
     assert admin_get(running_airflow, "/billing/month/2026-05/files/billing-xlsx").body.startswith(b"PK")
+
+
+@pytest.mark.parametrize(
+    "name", ["calls.parquet", "report.json", "files/0123456789abcdef/gx_results/result.json", "files/0123456789abcdef"]
+)
+def test_the_run_data_next_to_the_data_docs_is_not_served(running_airflow, seeded, name):
+    answer = get(running_airflow, f"/billing/month/2026-05/data-docs/{name}", token=running_airflow.token())
+    assert answer.status == 404
+    assert PHONE.encode() not in answer.body and b"billing_file" not in answer.body
 
 
 @pytest.mark.parametrize(
@@ -345,7 +360,7 @@ def test_paths_outside_the_data_docs_are_refused(running_airflow, seeded, path):
 def test_report_files_outside_the_work_root_are_neither_linked_nor_served(running_airflow, seeded):
     page = admin_get(running_airflow, "/billing/month/2026-06").text
     assert "files/billing" not in page and "data-docs" not in page
-    for name in ("files/billing-csv", "files/billing-xlsx", "data-docs/index.html"):
+    for name in ("files/billing-csv", "files/billing-xlsx", "data-docs/"):
         answer = get(running_airflow, f"/billing/month/2026-06/{name}", token=running_airflow.token())
         assert answer.status == 404
         assert b"not for the billing page" not in answer.body

@@ -168,7 +168,7 @@ def _not_billed_section(title: str, key_header: str, items: list[NotBilled], emp
 def _files_section(detail: MonthDetail) -> str:
     month, files = e(detail.billing_month), detail.files
     links = [
-        (files.data_docs, f"{month}/data-docs/index.html", "Great Expectations Data Docs"),
+        (files.data_docs, f"{month}/data-docs/", "Great Expectations Data Docs"),
         (files.billing_csv, f"{month}/files/billing-csv", "Billing file (CSV)"),
         (files.billing_xlsx, f"{month}/files/billing-xlsx", "Billing file (Excel)"),
     ]

@@ -21,7 +21,9 @@ from cdr_billing.config import PipelineConfig
 from cdr_billing.money import from_minor_units
 from cdr_billing.report import OUTCOMES, ReconciliationError, reconcile
 from cdr_billing.schema import CURRENT, billing_batch, billing_exception, billing_line
+from cdr_billing.validate import DATA_DOCS_INDEX
 
+DATA_DOCS_FOLDER = Path(DATA_DOCS_INDEX).parent.name  # the folder of each file's Great Expectations site
 # The field of a non-billed row's detail that the page groups it by.
 NOT_BILLED_KEYS = {"unbillable": "number_range", "suspense": "user_id"}
 
@@ -202,11 +204,16 @@ def inside(root: Path, path: str | Path | None) -> Path | None:
     return resolved if resolved.is_relative_to(root.resolve()) and resolved.is_file() else None
 
 
-def _report(config: PipelineConfig, batch: Batch) -> dict:
+def local_work_root(config: PipelineConfig) -> Path | None:
+    """The work root when it is a local folder; None for object storage (its files are not served)."""
+    return None if "://" in config.work_root else Path(config.work_root)
+
+
+def _report(config: PipelineConfig, root: Path, batch: Batch) -> dict:
     """The month report the batch's run wrote, or {} when there is none."""
     from cdr_billing.stages import run_work_dir
 
-    path = inside(config.work_root, run_work_dir(config, batch.billing_month, batch.run_id) / "report.json")
+    path = inside(root, run_work_dir(config, batch.billing_month, batch.run_id) / "report.json")
     if path is None:
         return {}
     try:
@@ -216,22 +223,31 @@ def _report(config: PipelineConfig, batch: Batch) -> dict:
 
 
 def month_files(config: PipelineConfig, batch: Batch) -> MonthFiles:
-    """The Data Docs and billing file of the batch's report, if they lie under the work root."""
-    report = _report(config, batch)
+    """The Data Docs and billing file of the batch's report, if they lie under a local work root."""
+    root = local_work_root(config)
+    if root is None:
+        return MonthFiles()
+    report = _report(config, root, batch)
     billing_file = report.get("billing_file") or {}
     return MonthFiles(
-        data_docs=inside(config.work_root, report.get("data_docs")),
-        billing_csv=inside(config.work_root, billing_file.get("csv")),
-        billing_xlsx=inside(config.work_root, billing_file.get("xlsx")),
+        data_docs=inside(root, report.get("data_docs")),
+        billing_csv=inside(root, billing_file.get("csv")),
+        billing_xlsx=inside(root, billing_file.get("xlsx")),
     )
 
 
 def data_docs_file(files: MonthFiles, relative: str) -> Path | None:
-    """A file of the Data Docs site (the folder of its index.html), or None outside it."""
-    if files.data_docs is None:
+    """A file of the Data Docs: their index page, or a file of a GX site (a `data_docs` folder)
+    in the index's folder. Other files there (the run's data) are never served."""
+    index = files.data_docs
+    if index is None:
         return None
-    docs_dir = files.data_docs.parent
-    return inside(docs_dir, docs_dir / (relative or "index.html"))
+    folder = index.parent
+    target = inside(folder, folder / (relative or index.name))
+    if target is None:
+        return None
+    in_site = folder.name == DATA_DOCS_FOLDER or DATA_DOCS_FOLDER in target.relative_to(folder).parts[:-1]
+    return target if target == index or in_site else None
 
 
 def current_files(engine: Engine, config: PipelineConfig, billing_month: str) -> MonthFiles | None:
