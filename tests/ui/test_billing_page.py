@@ -67,8 +67,7 @@ def _batch(lines: pd.DataFrame, exceptions: pd.DataFrame | None = None) -> Batch
         columns=["service_provider", "currency", "share_basis_points", "call_count", "billed_minor", "share_minor"]
     )
     no_exceptions = pd.DataFrame(columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"])
-    return Batch(lines, lines.assign(user_id="u1"), shares, [],
-                 no_exceptions if exceptions is None else exceptions)  # fmt: skip
+    return Batch(lines, lines.assign(user_id="u1"), shares, [], no_exceptions if exceptions is None else exceptions)
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,9 @@ class Seeded:
     may_old: int
     may: int
     june: int
-    work_dir: Path
     data_docs: Path  # the run's index of the files' Data Docs
     file_docs: Path  # one file's Data Docs site
     billing_csv: Path
-    outside_secret: Path
 
 
 def _config_of(airflow) -> PipelineConfig:
@@ -126,7 +123,7 @@ def seeded(running_airflow, postgres, tmp_path_factory) -> Seeded:
     _write_report(june_dir, data_docs=str(outside / "index.html"),
                   billing_file={"csv": str(secret), "xlsx": str(june_dir / "linked.xlsx")})  # fmt: skip
     engine.dispose()
-    return Seeded(old.batch_id, new.batch_id, june.batch_id, work_dir, docs, site / "index.html", csv_file, secret)
+    return Seeded(old.batch_id, new.batch_id, june.batch_id, docs, site / "index.html", csv_file)
 
 
 @dataclass(frozen=True)
