@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone lint bench-excel bench-rating postgres-server clean
+.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating postgres-server clean
 
 $(READY): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -24,6 +24,10 @@ test: setup postgres-server
 
 standalone: setup
 	$(BIN)/python -m cdr_devkit.standalone --month $(MONTH)
+
+# docs/billing-page.png: the Billing page of the demo month in the Airflow UI (needs Debian's chromium).
+screenshot: demo
+	$(BIN)/python -m cdr_devkit.screenshot --month $(MONTH)
 
 bench-excel: setup
 	$(BIN)/python -m cdr_devkit.bench_excel

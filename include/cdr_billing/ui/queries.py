@@ -1,0 +1,274 @@
+"""What the Billing page shows: months, batches, totals and non-billed calls from the billing
+database, and the files a run's report points at (only when they lie under the work root).
+
+Money is summed as integer minor units and turned into exact Decimals here. Non-billed calls
+are shown by number range (unbillable) or account id (suspense), never by phone number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from cdr_billing.config import PipelineConfig
+from cdr_billing.money import from_minor_units
+from cdr_billing.report import OUTCOMES, ReconciliationError, reconcile
+from cdr_billing.schema import CURRENT, billing_batch, billing_exception, billing_line
+from cdr_billing.validate import DATA_DOCS_INDEX
+
+DATA_DOCS_FOLDER = Path(DATA_DOCS_INDEX).parent.name  # the folder of each file's Great Expectations site
+# The field of a non-billed row's detail that the page groups it by.
+NOT_BILLED_KEYS = {"unbillable": "number_range", "suspense": "user_id"}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One run's load of a month, with its row counts."""
+
+    batch_id: int
+    billing_month: str
+    run_id: str
+    status: str
+    loaded_at: datetime
+    counts: dict[str, int]
+
+    @property
+    def balanced(self) -> bool:
+        """Whether every row read has exactly one outcome."""
+        try:
+            reconcile(self.counts)
+        except (ReconciliationError, KeyError):
+            return False
+        return True
+
+    def count(self, name: str) -> int:
+        """One row count (0 when the batch did not record it)."""
+        return int(self.counts.get(name, 0))
+
+    def outcomes(self) -> list[tuple[str, int]]:
+        """The count of each outcome of the rows read, in the reconciliation's order."""
+        return [(name, self.count(name)) for name in OUTCOMES]
+
+
+@dataclass(frozen=True)
+class MonthSummary:
+    """A month in the list: its newest batch, its current batch and the current lines' totals."""
+
+    billing_month: str
+    newest: Batch
+    current: Batch | None
+    batch_count: int
+    line_count: int
+    totals: dict[str, Decimal]  # per currency
+
+
+@dataclass(frozen=True)
+class CustomerTotal:
+    """A customer's lines of the batch in one currency, summed over its sequence numbers."""
+
+    customer_id: str
+    currency: str
+    total: Decimal
+    total_minor: int
+    lines: int
+    calls: int
+
+
+@dataclass(frozen=True)
+class NotBilled:
+    """Non-billed calls of one number range (unbillable) or account (suspense) and reason."""
+
+    key: str
+    reason_code: str
+    calls: int
+
+
+@dataclass(frozen=True)
+class MonthFiles:
+    """The current batch's report files; None when missing or outside the work root."""
+
+    data_docs: Path | None = None
+    billing_csv: Path | None = None
+    billing_xlsx: Path | None = None
+
+
+@dataclass(frozen=True)
+class MonthDetail:
+    """Everything the month page shows."""
+
+    billing_month: str
+    batches: list[Batch]  # newest first
+    current: Batch | None
+    customers: list[CustomerTotal]
+    unbillable: list[NotBilled]
+    suspense: list[NotBilled]
+    files: MonthFiles
+
+
+def _batches(engine: Engine, *conditions) -> list[Batch]:
+    query = select(billing_batch).where(*conditions).order_by(billing_batch.c.batch_id.desc())
+    with engine.connect() as conn:
+        return [
+            Batch(row.batch_id, row.billing_month, row.run_id, row.status, row.loaded_at, json.loads(row.counts))
+            for row in conn.execute(query)
+        ]
+
+
+def _current_line_totals(engine: Engine) -> dict[int, dict[str, tuple[int, int]]]:
+    """Per current batch and currency: (lines, total in minor units)."""
+    query = (
+        select(billing_line.c.batch_id, billing_line.c.currency, func.count(), func.sum(billing_line.c.total_minor))
+        .join(billing_batch, billing_batch.c.batch_id == billing_line.c.batch_id)
+        .where(billing_batch.c.status == CURRENT)
+        .group_by(billing_line.c.batch_id, billing_line.c.currency)
+    )
+    totals: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
+    with engine.connect() as conn:
+        for batch_id, currency, lines, total_minor in conn.execute(query):
+            totals[batch_id][currency] = (int(lines), int(total_minor))
+    return totals
+
+
+def _current(batches: list[Batch]) -> Batch | None:
+    return next((batch for batch in batches if batch.status == CURRENT), None)
+
+
+def month_summaries(engine: Engine) -> list[MonthSummary]:
+    """Every billed month, newest month first."""
+    by_month: dict[str, list[Batch]] = defaultdict(list)
+    for batch in _batches(engine):
+        by_month[batch.billing_month].append(batch)
+    line_totals = _current_line_totals(engine)
+    summaries = []
+    for month in sorted(by_month, reverse=True):
+        batches = by_month[month]
+        current = _current(batches)
+        totals = line_totals.get(current.batch_id, {}) if current else {}
+        summaries.append(
+            MonthSummary(
+                billing_month=month,
+                newest=batches[0],
+                current=current,
+                batch_count=len(batches),
+                line_count=sum(lines for lines, _ in totals.values()),
+                totals={currency: from_minor_units(total, currency) for currency, (_, total) in sorted(totals.items())},
+            )
+        )
+    return summaries
+
+
+def customer_totals(engine: Engine, batch_id: int) -> list[CustomerTotal]:
+    """The batch's totals per customer and currency."""
+    line = billing_line.c
+    query = (
+        select(line.customer_id, line.currency, func.count(), func.sum(line.total_minor), func.sum(line.call_count))
+        .where(line.batch_id == batch_id)
+        .group_by(line.customer_id, line.currency)
+        .order_by(line.customer_id, line.currency)
+    )
+    with engine.connect() as conn:
+        return [
+            CustomerTotal(customer, currency, from_minor_units(int(total), currency), int(total), int(lines), int(calls))
+            for customer, currency, lines, total, calls in conn.execute(query)
+        ]
+
+
+def not_billed(engine: Engine, batch_id: int) -> dict[str, list[NotBilled]]:
+    """The batch's unbillable calls per number range and its suspense calls per account, most calls first."""
+    query = select(billing_exception.c.kind, billing_exception.c.reason_code, billing_exception.c.detail).where(
+        billing_exception.c.batch_id == batch_id, billing_exception.c.kind.in_(NOT_BILLED_KEYS)
+    )
+    counters: dict[str, Counter] = {kind: Counter() for kind in NOT_BILLED_KEYS}
+    with engine.connect() as conn:
+        for kind, reason_code, detail in conn.execute(query):
+            key = json.loads(detail or "{}").get(NOT_BILLED_KEYS[kind]) or ""
+            counters[kind][(str(key), reason_code)] += 1
+    return {
+        kind: [NotBilled(key, reason, calls) for (key, reason), calls in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
+        for kind, counter in counters.items()
+    }
+
+
+def inside(root: Path, path: str | Path | None) -> Path | None:
+    """The file at path, resolved, if it exists and lies under root (symbolic links followed); else None."""
+    if not path:
+        return None
+    resolved = Path(path).resolve()
+    return resolved if resolved.is_relative_to(root.resolve()) and resolved.is_file() else None
+
+
+def local_work_root(config: PipelineConfig) -> Path | None:
+    """The work root when it is a local folder; None for object storage (its files are not served)."""
+    return None if "://" in config.work_root else Path(config.work_root)
+
+
+def _report(config: PipelineConfig, root: Path, batch: Batch) -> dict:
+    """The month report the batch's run wrote, or {} when there is none."""
+    from cdr_billing.stages import run_work_dir
+
+    path = inside(root, run_work_dir(config, batch.billing_month, batch.run_id) / "report.json")
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def month_files(config: PipelineConfig, batch: Batch) -> MonthFiles:
+    """The Data Docs and billing file of the batch's report, if they lie under a local work root."""
+    root = local_work_root(config)
+    if root is None:
+        return MonthFiles()
+    report = _report(config, root, batch)
+    billing_file = report.get("billing_file") or {}
+    return MonthFiles(
+        data_docs=inside(root, report.get("data_docs")),
+        billing_csv=inside(root, billing_file.get("csv")),
+        billing_xlsx=inside(root, billing_file.get("xlsx")),
+    )
+
+
+def data_docs_file(files: MonthFiles, relative: str) -> Path | None:
+    """A file of the Data Docs: their index page, or a file of a GX site (a `data_docs` folder)
+    in the index's folder. Other files there (the run's data) are never served."""
+    index = files.data_docs
+    if index is None:
+        return None
+    folder = index.parent
+    target = inside(folder, folder / (relative or index.name))
+    if target is None:
+        return None
+    in_site = folder.name == DATA_DOCS_FOLDER or DATA_DOCS_FOLDER in target.relative_to(folder).parts[:-1]
+    return target if target == index or in_site else None
+
+
+def current_files(engine: Engine, config: PipelineConfig, billing_month: str) -> MonthFiles | None:
+    """The report files of the month's current batch, or None when the month has none."""
+    current = _batches(engine, billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT)
+    return month_files(config, current[0]) if current else None
+
+
+def month_detail(engine: Engine, config: PipelineConfig, billing_month: str) -> MonthDetail | None:
+    """The month page's data, or None when the month has no batch."""
+    batches = _batches(engine, billing_batch.c.billing_month == billing_month)
+    if not batches:
+        return None
+    current = _current(batches)
+    grouped = not_billed(engine, current.batch_id) if current else {kind: [] for kind in NOT_BILLED_KEYS}
+    return MonthDetail(
+        billing_month=billing_month,
+        batches=batches,
+        current=current,
+        customers=customer_totals(engine, current.batch_id) if current else [],
+        unbillable=grouped["unbillable"],
+        suspense=grouped["suspense"],
+        files=month_files(config, current) if current else MonthFiles(),
+    )
