@@ -37,7 +37,7 @@ DEFAULT_BASE = PROJECT_ROOT / ".bench" / "pipeline"
 LINE_KEYS = ["customer_id", "sequence_number", "currency"]
 LINE_COLUMNS = [*LINE_KEYS, "total_minor", "call_count", "billed_seconds"]
 OUTCOMES = ("billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined")
-SOURCE, PROFILE = "carrier", "carrier_csv"
+SOURCE = "carrier"  # its profile (carrier_csv) comes from pipeline.yaml
 GX_STAGES = ("gx_import", "gx_validate")
 NOT_COUNTED = ("db_setup", *GX_STAGES)  # stages outside the read -> aggregate total
 PARSE_REPEATS = 3
@@ -88,7 +88,7 @@ def run_project(
     import pandas as pd
     from sqlalchemy import create_engine
 
-    from cdr_billing import aggregate, attribute, entitlements, rate, read, tariff, validate
+    from cdr_billing import aggregate, attribute, entitlements, rate, read, report, tariff, validate
     from cdr_billing.config import load_config
     from cdr_billing.migrations import upgrade
 
@@ -141,6 +141,7 @@ def run_project(
     with clock.stage("aggregate"):
         lines = aggregate.aggregate_lines(aggregate.aggregate_users(attributed))
     engine.dispose()
+    report.check_totals(lines, attributed)  # the project's own proofs, outside the timing
     counts = {
         "read": read_rows,
         "billed": len(attributed),
@@ -151,6 +152,7 @@ def run_project(
         "suspense": len(suspense),
         "combined": len(merged),
     }
+    report.reconcile(counts)
     return lines[LINE_COLUMNS], counts, clock.seconds
 
 
@@ -242,9 +244,12 @@ def _reference_sql(tariff_path: Path, entitlements_path: Path, columns: set[str]
     def micro(name: str) -> str:
         return f"CAST(CAST(coalesce(nullif(trim({name}), ''), '0') AS DECIMAL(18, 6)) * 1000000 AS BIGINT)"
 
+    tariff_text_sql = f"""
+CREATE TEMP TABLE tariff_text AS SELECT * FROM read_csv({_quote(str(tariff_path))}, all_varchar = true, header = true)
+"""
     tariff_sql = f"""
 CREATE TEMP TABLE tariff AS
-SELECT row_number() OVER () AS tariff_row, ltrim(trim(prefix), '+') AS prefix,
+SELECT rowid + 2 AS tariff_row, ltrim(trim(prefix), '+') AS prefix,  -- tariff_row: the file's line
        {micro("price_per_minute")} AS price_micro, {micro("connection_fee")} AS fee_micro,
        {micro("minimum_charge")} AS minimum_micro,
        CAST(trim(first_increment) AS BIGINT) AS first_increment, CAST(trim(next_increment) AS BIGINT) AS next_increment,
@@ -253,8 +258,14 @@ SELECT row_number() OVER () AS tariff_row, ltrim(trim(prefix), '+') AS prefix,
             WHEN upper(trim(currency)) IN ('BHD', 'KWD', 'OMR', 'TND') THEN 1000 ELSE 10000 END AS micro_per_minor,
        coalesce(timezone({zone}, CAST({optional("valid_from")} AS TIMESTAMP)), TIMESTAMPTZ '1970-01-01 00:00:00+00')
            AS valid_from,
-       coalesce(timezone({zone}, CAST({optional("valid_to")} AS TIMESTAMP)), TIMESTAMPTZ 'infinity') AS valid_to
-FROM read_csv({_quote(str(tariff_path))}, all_varchar = true, header = true)
+       coalesce(timezone({zone}, CAST({optional("valid_to")} AS TIMESTAMP)), TIMESTAMPTZ 'infinity') AS valid_to,
+       {
+        " OR ".join(
+            f"try_cast(nullif(trim({c}), '') AS DECIMAL(38, 12)) <> try_cast(nullif(trim({c}), '') AS DECIMAL(38, 6))"
+            for c in ("price_per_minute", "connection_fee", "minimum_charge")
+        )
+    } AS too_precise
+FROM tariff_text
 """
     entitlements_sql = f"""
 CREATE TEMP TABLE entitlements AS
@@ -264,7 +275,7 @@ SELECT coalesce(trim(account_id), '') AS account_id, coalesce(trim(customer_id),
        lower(coalesce(trim(entitled), '')) IN ('true', '1', 'yes', 'y', 't', 'false', '0', 'no', 'n', 'f') AS flag_ok
 FROM read_csv({_quote(str(entitlements_path))}, all_varchar = true, header = true)
 """
-    return [tariff_sql, entitlements_sql]
+    return [tariff_text_sql, tariff_sql, entitlements_sql]
 
 
 def _outcomes_sql(config) -> str:
@@ -361,6 +372,8 @@ def run_duckdb(
             raise NotImplementedError("the DuckDB peer has no weekday/hour bands")
         for statement in _reference_sql(Path(tariff_path), Path(entitlements_path), columns, config):
             connection.execute(statement)
+        if connection.execute("SELECT count(*) FROM tariff WHERE too_precise").fetchone()[0]:
+            raise ValueError("tariff: a price with more than six decimals (the project refuses the file)")
         bad_flags, repeated = connection.execute(
             "SELECT count(*) FILTER (WHERE NOT flag_ok), count(*) - count(DISTINCT account_id) FROM entitlements"
         ).fetchone()
@@ -537,7 +550,7 @@ def _stage_rows(counts: dict) -> dict:
             "priced": priced, "billed": counts["billed"]}  # fmt: skip
 
 
-def report(result: dict, validation: bool) -> str:
+def format_report(result: dict, validation: bool) -> str:
     """The printed table."""
     facts, counts = result["facts"], result["counts"]["project"]
     rows, out = _stage_rows(counts), []
@@ -618,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _child(args.run, month, args.out, validation)
         return 0
     result = run_benchmark(args.calls, args.files, args.seed, args.base, validation, args.repeat, args.max_rss_gib)
-    print(report(result, validation))
+    print(format_report(result, validation))
     ok = result["lines_identical"] and result["counts_identical"] and all(result["identity"].values())
     return 0 if ok else 1
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdr_devkit.bench_pipeline import OUTCOMES, report, run_benchmark
+from cdr_devkit.bench_pipeline import OUTCOMES, format_report, run_benchmark
 
 
 def test_project_and_duckdb_bill_a_small_month_identically(tmp_path):
@@ -15,4 +15,4 @@ def test_project_and_duckdb_bill_a_small_month_identically(tmp_path):
     # the generated flaws are all there: 10 invalid kinds, 3 duplicates and 50 two-part calls per file, one across files
     assert (counts["quarantined"], counts["duplicates"], counts["combined"]) == (20, 6, 101)
     assert min(counts["unbillable"], counts["suspense"], counts["not_billable"]) > 0
-    assert "billing lines:" in report(result, validation=False)
+    assert "billing lines:" in format_report(result, validation=False)
