@@ -1,0 +1,640 @@
+"""`make bench-pipeline`: a month of CDRs from read to aggregate, the project against DuckDB SQL.
+
+Generates (once, cached in `.bench/pipeline/`) a month of N carrier CDRs in several CSV files,
+a 5,000-prefix tariff and a 50,000-account entitlement snapshot (see `bench_data`), then runs,
+each in a process of its own so that each peak RSS is its own:
+
+1. a bare pyarrow CSV parse of the files, every column as text (the floor);
+2. the project: the domain functions chained as the DAG's tasks chain them (read, row
+   checks, duplicates, partial calls, tariff and entitlements in a SQLite billing
+   database, rating, attribution, aggregation), and Great Expectations timed separately;
+3. DuckDB SQL (threads = 2) doing the same work by the same rules.
+
+It checks that both give identical billing lines and identical row counts, that the counts
+reconcile, and prints wall time per stage, rows per second, peak RSS and the ratios.
+Exit status 1 when the two disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cdr_billing.months import BillingMonth
+from cdr_devkit.bench_data import MONTH, BenchMonth, ensure_month, month_dir
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BASE = PROJECT_ROOT / ".bench" / "pipeline"
+LINE_KEYS = ["customer_id", "sequence_number", "currency"]
+LINE_COLUMNS = [*LINE_KEYS, "total_minor", "call_count", "billed_seconds"]
+OUTCOMES = ("billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined")
+SOURCE = "carrier"  # its profile (carrier_csv) comes from pipeline.yaml
+GX_STAGES = ("gx_import", "gx_validate")
+NOT_COUNTED = ("db_setup", *GX_STAGES)  # stages outside the read -> aggregate total
+PARSE_REPEATS = 3
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux: ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Stopwatch:
+    """Adds up wall seconds per stage; prints progress with the peak RSS so far."""
+
+    def __init__(self, label: str, progress: Callable[[str], None] | None = None) -> None:
+        self.label, self.progress, self.seconds = label, progress, {}
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - started
+        self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+        if self.progress:
+            self.progress(f"[{self.label}] {name:<14}{elapsed:8.2f} s   peak RSS {peak_rss_mib():8,.0f} MiB")
+
+
+# --- the project ------------------------------------------------------------------------
+
+
+def run_project(
+    files: Sequence[Path],
+    tariff_path: Path,
+    entitlements_path: Path,
+    month: BillingMonth = MONTH,
+    work_dir: Path | None = None,
+    *,
+    validation: bool = True,
+    progress: Callable[[str], None] | None = None,
+):
+    """Bill one month of carrier CSV files with the project's domain functions.
+
+    Chained as `tests/integration/test_reconciliation_property._bill` and the DAG's tasks do
+    (read and row checks per file; duplicates, partial calls, rating, attribution and
+    aggregation over the month; tariff and entitlements through a SQLite billing database);
+    with `validation`, the Great Expectations suite per file on the deduplicated calls (as
+    `stages.validate_files`), timed apart. Returns (lines, counts, stage_seconds).
+    """
+    import pandas as pd
+    from sqlalchemy import create_engine
+
+    from cdr_billing import aggregate, attribute, entitlements, rate, read, report, tariff, validate
+    from cdr_billing.config import load_config
+    from cdr_billing.migrations import upgrade
+
+    config = load_config()
+    profile, rules = config.profile_for(SOURCE), config.billing
+    work_dir = Path(work_dir or Path.cwd())
+    work_dir.mkdir(parents=True, exist_ok=True)
+    clock = Stopwatch("project", progress)
+    accepted, quarantined, read_rows = [], [], 0
+    for path in files:
+        with clock.stage("read"):
+            raw = read.read_cdr_file(Path(path), profile).assign(source=SOURCE)
+        read_rows += len(raw)
+        with clock.stage("check"):
+            checked = validate.check_rows(raw, profile, month, rules)
+            validate.enforce_rejection_threshold(Path(path).name, len(raw), checked.quarantined, rules.max_rejected_share)
+        accepted.append(checked.accepted)
+        quarantined.append(checked.quarantined)
+        del raw, checked
+    with clock.stage("dedupe"):
+        calls, duplicates = validate.split_duplicates(pd.concat(accepted, ignore_index=True))
+    del accepted
+    if validation:
+        with clock.stage("gx_import"):
+            runner = validate.ExpectationRunner(work_dir / "gx_results")
+        with clock.stage("gx_validate"):
+            for path in files:
+                name = Path(path).name
+                runner.validate_file(calls[calls["source_file"] == name], name, profile, month, rules)
+    with clock.stage("combine"):
+        calls, merged = rate.combine_partial_calls(calls)
+    database = work_dir / "billing.sqlite"
+    database.unlink(missing_ok=True)
+    engine = create_engine(f"sqlite:///{database}")
+    with clock.stage("db_setup"):
+        upgrade(engine)
+    with clock.stage("tariff"):
+        tariff.load_file(engine, Path(tariff_path), rules.timezone)
+        rates = tariff.all_rates(engine)
+    with clock.stage("rate"):
+        priced, unbillable, failed = rate.rate_calls(calls, rates, rules, config.markups())
+    del calls
+    with clock.stage("entitlements"):
+        capture = lambda: entitlements.from_file(Path(entitlements_path), datetime.now(UTC))  # noqa: E731
+        snapshot = entitlements.snapshot_for_month(engine, str(month), capture, False)
+        history = entitlements.history(engine, snapshot)
+    with clock.stage("attribute"):
+        attributed, suspense = attribute.attribute_calls(priced, history, snapshot)
+    del priced
+    with clock.stage("aggregate"):
+        lines = aggregate.aggregate_lines(aggregate.aggregate_users(attributed))
+    engine.dispose()
+    report.check_totals(lines, attributed)  # the project's own proofs, outside the timing
+    counts = {
+        "read": read_rows,
+        "billed": len(attributed),
+        "quarantined": sum(len(q) for q in quarantined),
+        "duplicates": len(duplicates),
+        "not_billable": len(failed),
+        "unbillable": len(unbillable),
+        "suspense": len(suspense),
+        "combined": len(merged),
+    }
+    report.reconcile(counts)
+    return lines[LINE_COLUMNS], counts, clock.seconds
+
+
+# --- the DuckDB peer --------------------------------------------------------------------
+
+
+def _quote(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _check_sql(files: Sequence[Path], month: BillingMonth, config) -> str:
+    """Read every file as text and type and check each row as `validate.check_rows` does
+    for the carrier profile (a row failing any check is rejected)."""
+    rules, profile = config.billing, config.profile_for(SOURCE)
+    start, end = month.bounds(rules.timezone)
+    tolerance = int(rules.month_tolerance_hours * 3600)
+    month_start = f"timezone({_quote(rules.timezone)}, TIMESTAMP '{start:%Y-%m-%d %H:%M:%S}') - to_seconds({tolerance})"
+    month_end = f"timezone({_quote(rules.timezone)}, TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}') + to_seconds({tolerance})"
+    file_list = "[" + ", ".join(_quote(str(f)) for f in files) + "]"
+    text = {field: f"coalesce(trim(\"{header}\"), '')" for field, header in profile.columns.items()}
+    return f"""
+CREATE TEMP TABLE checked AS
+WITH raw AS (
+    SELECT {text["transaction_id"]} AS transaction_id, {text["session_id"]} AS session_id, {text["user_id"]} AS user_id,
+           {text["start_of_usage"]} AS start_text, {text["duration_of_usage"]} AS duration_text,
+           {text["completion_status"]} AS status_text, {text["destination_party"]} AS destination_party,
+           {text["transaction_part_number"]} AS part_number, {text["revenue_share_percentage"]} AS share_text
+    FROM read_csv({file_list}, all_varchar = true, header = true, delim = {_quote(profile.delimiter)})
+), typed AS (
+    SELECT *,
+        -- a number is an Excel serial day, anything else ISO 8601 (naive: the profile's zone, the session's)
+        CASE WHEN isfinite(try_cast(start_text AS DOUBLE))
+             THEN timezone({_quote(profile.timezone)},
+                           TIMESTAMP '1899-12-30' + to_seconds(round_even(try_cast(start_text AS DOUBLE) * 86400, 0)))
+             ELSE try_cast(start_text AS TIMESTAMPTZ) END AS start_utc,
+        try_cast(duration_text AS DOUBLE) AS seconds,
+        try_cast(status_text AS DOUBLE) AS status_number
+    FROM raw
+)
+SELECT {_quote(SOURCE)} AS source, transaction_id, session_id, user_id, start_utc,
+       CASE WHEN isfinite(seconds) AND seconds = floor(seconds) THEN seconds::BIGINT END AS duration_seconds,
+       CASE WHEN status_number IN (0, 1, 2, 3) THEN status_number::TINYINT END AS completion_status,
+       destination_party, part_number,
+       coalesce(NOT (
+           transaction_id <> ''                                                  -- MISSING_TRANSACTION_ID
+           AND user_id <> ''                                                     -- MISSING_ACCOUNT
+           AND start_utc IS NOT NULL                                             -- BAD_TIMESTAMP
+           AND start_utc >= {month_start} AND start_utc < {month_end}            -- OUTSIDE_MONTH
+           AND isfinite(seconds) AND seconds = floor(seconds)                    -- BAD_DURATION
+           AND seconds BETWEEN 0 AND {int(rules.max_call_seconds)}               -- DURATION_OUT_OF_RANGE
+           AND status_number IN (0, 1, 2, 3)                                     -- BAD_COMPLETION_STATUS
+           AND (share_text = '' OR (                                             -- BAD_REVENUE_SHARE: 0-100, two decimals
+                try_cast(share_text AS DECIMAL(38, 10)) BETWEEN 0 AND 100
+                AND try_cast(share_text AS DECIMAL(38, 2)) = try_cast(share_text AS DECIMAL(38, 10))))
+           AND regexp_full_match(destination_party, '\\+?[0-9]{{4,17}}')        -- BAD_NUMBER
+       ), true) AS rejected
+FROM typed
+"""
+
+
+CALLS_SQL = """
+CREATE TEMP TABLE calls AS
+WITH accepted AS (
+    SELECT rowid AS rid, * EXCLUDE (rejected) FROM checked WHERE NOT rejected  -- rowid: file order, then row order
+), firsts AS (  -- the first of each (source, transaction id)
+    SELECT * FROM accepted QUALIFY row_number() OVER (PARTITION BY source, transaction_id ORDER BY rid) = 1
+), parts AS (  -- partial calls: one per session, the first part by start, then part number; durations summed
+    SELECT *,
+        row_number() OVER (PARTITION BY source, session_id ORDER BY start_utc, part_number, rid) AS part_rank,
+        sum(duration_seconds) OVER (PARTITION BY source, session_id) AS session_seconds,
+        count(*) OVER (PARTITION BY source, session_id) AS session_parts
+    FROM firsts WHERE completion_status = 2 AND session_id <> ''
+)
+SELECT rid, user_id, start_utc, duration_seconds, completion_status, destination_party, 1 AS parts
+FROM firsts WHERE NOT (completion_status = 2 AND session_id <> '')
+UNION ALL
+SELECT rid, user_id, start_utc, session_seconds, completion_status, destination_party, session_parts
+FROM parts WHERE part_rank = 1
+"""
+
+
+def _reference_sql(tariff_path: Path, entitlements_path: Path, columns: set[str], config) -> list[str]:
+    """The tariff (integer micro-units, validity in UTC) and the entitlement snapshot as tables."""
+    zone = _quote(config.billing.timezone)
+
+    def optional(name: str) -> str:
+        return f"nullif(trim({name}), '')" if name in columns else "NULL"
+
+    def micro(name: str) -> str:
+        return f"CAST(CAST(coalesce(nullif(trim({name}), ''), '0') AS DECIMAL(18, 6)) * 1000000 AS BIGINT)"
+
+    tariff_text_sql = f"""
+CREATE TEMP TABLE tariff_text AS SELECT * FROM read_csv({_quote(str(tariff_path))}, all_varchar = true, header = true)
+"""
+    tariff_sql = f"""
+CREATE TEMP TABLE tariff AS
+SELECT rowid + 2 AS tariff_row, ltrim(trim(prefix), '+') AS prefix,  -- tariff_row: the file's line
+       {micro("price_per_minute")} AS price_micro, {micro("connection_fee")} AS fee_micro,
+       {micro("minimum_charge")} AS minimum_micro,
+       CAST(trim(first_increment) AS BIGINT) AS first_increment, CAST(trim(next_increment) AS BIGINT) AS next_increment,
+       upper(trim(currency)) AS currency,
+       CASE WHEN upper(trim(currency)) IN ('JPY', 'KRW', 'ISK') THEN 1000000  -- the minor units of cdr_billing.money
+            WHEN upper(trim(currency)) IN ('BHD', 'KWD', 'OMR', 'TND') THEN 1000 ELSE 10000 END AS micro_per_minor,
+       coalesce(timezone({zone}, CAST({optional("valid_from")} AS TIMESTAMP)), TIMESTAMPTZ '1970-01-01 00:00:00+00')
+           AS valid_from,
+       coalesce(timezone({zone}, CAST({optional("valid_to")} AS TIMESTAMP)), TIMESTAMPTZ 'infinity') AS valid_to,
+       {
+        " OR ".join(
+            f"try_cast(nullif(trim({c}), '') AS DECIMAL(38, 12)) <> try_cast(nullif(trim({c}), '') AS DECIMAL(38, 6))"
+            for c in ("price_per_minute", "connection_fee", "minimum_charge")
+        )
+    } AS too_precise
+FROM tariff_text
+"""
+    entitlements_sql = f"""
+CREATE TEMP TABLE entitlements AS
+SELECT coalesce(trim(account_id), '') AS account_id, coalesce(trim(customer_id), '') AS customer_id,
+       coalesce(nullif(coalesce(trim(sequence_number), ''), ''), coalesce(trim(default_sequence_number), '')) AS sequence_number,
+       lower(coalesce(trim(entitled), '')) IN ('true', '1', 'yes', 'y', 't') AS entitled,
+       lower(coalesce(trim(entitled), '')) IN ('true', '1', 'yes', 'y', 't', 'false', '0', 'no', 'n', 'f') AS flag_ok
+FROM read_csv({_quote(str(entitlements_path))}, all_varchar = true, header = true)
+"""
+    return [tariff_text_sql, tariff_sql, entitlements_sql]
+
+
+def _outcomes_sql(config) -> str:
+    """Rate (E.164, longest prefix with a rate valid at the start, increments, half-up cost in
+    integer micro-units), attribute (snapshot: customer and cost center, else suspense)."""
+    rules = config.billing
+    international, national = rules.international_prefix, rules.national_prefix
+    return f"""
+CREATE TEMP TABLE outcomes AS
+WITH numbers AS (
+    SELECT rid, start_utc, duration_seconds,
+        -- checked numbers are '+'? and digits only, so normalising needs no separator removal
+        CASE WHEN starts_with(destination_party, '+') THEN substr(destination_party, 2)
+             WHEN starts_with(destination_party, {_quote(international)}) THEN substr(destination_party, {len(international) + 1})
+             WHEN starts_with(destination_party, {_quote(national)})
+                  THEN {_quote(rules.country_code)} || substr(destination_party, {len(national) + 1})
+             ELSE destination_party END AS e164
+    FROM calls WHERE completion_status <> 0
+), keys AS (  -- every leading part of an E.164 number (1-15 digits, no leading 0) as long as a tariff prefix
+    SELECT n.rid, n.start_utc, substr(n.e164, 1, w.width) AS key
+    FROM numbers n JOIN (SELECT DISTINCT length(prefix) AS width FROM tariff) w ON w.width <= length(n.e164)
+    WHERE length(n.e164) BETWEEN 1 AND 15 AND NOT starts_with(n.e164, '0')
+), best AS (  -- the longest prefix with a rate valid at the call's start (one version: the later line on a tie)
+    SELECT k.rid, arg_max(t.tariff_row, length(t.prefix) * 1000000 + t.tariff_row) AS tariff_row
+    FROM keys k JOIN tariff t ON t.prefix = k.key AND t.valid_from <= k.start_utc AND k.start_utc < t.valid_to
+    GROUP BY k.rid
+), priced AS (
+    SELECT n.rid, t.currency, t.micro_per_minor, t.fee_micro, t.price_micro, t.minimum_micro,
+        CASE WHEN n.duration_seconds > 0
+             THEN t.first_increment + (greatest(n.duration_seconds - t.first_increment, 0) + t.next_increment - 1)
+                  // t.next_increment * t.next_increment
+             ELSE 0 END AS billed_seconds
+    FROM numbers n JOIN best b USING (rid) JOIN tariff t ON t.tariff_row = b.tariff_row
+), costed AS (  -- fee + price x seconds / 60, at least the minimum, half up to the minor unit once
+    SELECT rid, currency, billed_seconds,
+        sign(greatest(fee_micro * 60 + price_micro * billed_seconds, minimum_micro * 60))
+        * ((abs(greatest(fee_micro * 60 + price_micro * billed_seconds, minimum_micro * 60)) + micro_per_minor * 30)
+           // (micro_per_minor * 60)) AS cost_minor
+    FROM priced
+)
+SELECT c.rid, c.parts,
+    CASE WHEN c.completion_status = 0 THEN 'not_billable'
+         WHEN p.rid IS NULL THEN 'unbillable'
+         WHEN e.account_id IS NULL OR NOT e.entitled OR e.sequence_number = '' THEN 'suspense'
+         ELSE 'billed' END AS outcome,
+    e.customer_id, e.sequence_number, p.currency, p.cost_minor, p.billed_seconds
+FROM calls c LEFT JOIN costed p USING (rid) LEFT JOIN entitlements e ON e.account_id = c.user_id
+"""
+
+
+LINES_SQL = """
+SELECT customer_id, sequence_number, currency, sum(cost_minor)::BIGINT AS total_minor, count(*)::BIGINT AS call_count,
+       sum(billed_seconds)::BIGINT AS billed_seconds
+FROM outcomes WHERE outcome = 'billed' GROUP BY ALL ORDER BY ALL
+"""
+COUNTS_SQL = """
+SELECT (SELECT count(*) FROM checked) AS read,
+       (SELECT count(*) FILTER (WHERE rejected) FROM checked) AS quarantined,
+       (SELECT count(*) FILTER (WHERE NOT rejected) FROM checked) - (SELECT sum(parts) FROM calls) AS duplicates,
+       (SELECT sum(parts) - count(*) FROM calls) AS combined,
+       count(*) FILTER (WHERE outcome = 'billed') AS billed, count(*) FILTER (WHERE outcome = 'not_billable') AS not_billable,
+       count(*) FILTER (WHERE outcome = 'unbillable') AS unbillable, count(*) FILTER (WHERE outcome = 'suspense') AS suspense
+FROM outcomes
+"""
+
+
+def run_duckdb(
+    files: Sequence[Path],
+    tariff_path: Path,
+    entitlements_path: Path,
+    month: BillingMonth = MONTH,
+    *,
+    threads: int = 2,
+    progress: Callable[[str], None] | None = None,
+):
+    """The same month as DuckDB SQL by the project's rules; returns (lines, counts, stage_seconds)."""
+    import duckdb
+
+    from cdr_billing.config import load_config
+
+    config = load_config()
+    clock = Stopwatch("duckdb", progress)
+    connection = duckdb.connect()
+    connection.execute(f"SET threads = {int(threads)}")
+    connection.execute(f"SET TimeZone = {_quote(config.profile_for(SOURCE).timezone)}")  # naive CDR timestamps
+    with clock.stage("read+check"):
+        connection.execute(_check_sql(files, month, config))
+    with clock.stage("dedupe+combine"):
+        connection.execute(CALLS_SQL)
+    with clock.stage("reference"):
+        described = connection.execute(f"DESCRIBE SELECT * FROM read_csv({_quote(str(tariff_path))}, all_varchar = true)")
+        columns = {row[0] for row in described.fetchall()}
+        if columns & {"band", "weekdays", "start_hour", "end_hour"}:
+            raise NotImplementedError("the DuckDB peer has no weekday/hour bands")
+        for statement in _reference_sql(Path(tariff_path), Path(entitlements_path), columns, config):
+            connection.execute(statement)
+        if connection.execute("SELECT count(*) FROM tariff WHERE too_precise").fetchone()[0]:
+            raise ValueError("tariff: a price with more than six decimals (the project refuses the file)")
+        bad_flags, repeated = connection.execute(
+            "SELECT count(*) FILTER (WHERE NOT flag_ok), count(*) - count(DISTINCT account_id) FROM entitlements"
+        ).fetchone()
+        if bad_flags or repeated:
+            raise ValueError(f"entitlements: {bad_flags} bad 'entitled' flags, {repeated} repeated accounts")
+    with clock.stage("rate+attribute"):
+        connection.execute(_outcomes_sql(config))
+    with clock.stage("aggregate"):
+        lines = connection.execute(LINES_SQL).df()
+        cursor = connection.execute(COUNTS_SQL)
+        counts = dict(zip([d[0] for d in cursor.description], (int(v) for v in cursor.fetchone()), strict=True))
+    connection.close()
+    return lines[LINE_COLUMNS], counts, clock.seconds
+
+
+# --- the bare parse ---------------------------------------------------------------------
+
+
+def run_parse(files: Sequence[Path]) -> tuple[int, float]:
+    """pyarrow's CSV reader on every file, every column as text: (rows, seconds)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from cdr_billing.canonical import CARRIER_FIELDS
+
+    options = pacsv.ConvertOptions(column_types=dict.fromkeys(CARRIER_FIELDS, pa.string()))
+    started = time.perf_counter()
+    tables = [pacsv.read_csv(path, convert_options=options) for path in files]
+    return sum(t.num_rows for t in tables), time.perf_counter() - started
+
+
+# --- one run per process ------------------------------------------------------------------
+
+
+def _child(kind: str, month: BenchMonth, out: Path, validation: bool) -> None:
+    """Run one contender in this process; write its lines (Parquet) and facts (JSON) to out."""
+    progress = lambda text: print(text, flush=True)  # noqa: E731
+    facts: dict = {}
+    if kind == "parse":  # cheap: the best of a few, so one unlucky moment on a shared machine does not set the floor
+        runs = [run_parse(month.cdr_files) for _ in range(PARSE_REPEATS)]
+        facts.update(rows=runs[0][0], stage_seconds={"parse": min(seconds for _, seconds in runs)})
+    else:
+        if kind == "project":
+            result = run_project(month.cdr_files, month.tariff, month.entitlements, month.month, out / "project",
+                                 validation=validation, progress=progress)  # fmt: skip
+        else:
+            result = run_duckdb(month.cdr_files, month.tariff, month.entitlements, month.month, progress=progress)
+        lines, counts, seconds = result
+        lines.to_parquet(out / f"{kind}_lines.parquet", index=False)
+        facts.update(counts=counts, stage_seconds=seconds)
+    facts["peak_rss_mib"] = peak_rss_mib()
+    (out / f"{kind}.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
+
+
+def _rss_mib(pid: int) -> float:
+    """Current resident set size of a process (Linux), 0 when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
+
+
+def _spawn(kind: str, month: BenchMonth, base: Path, files: int, seed: int, out: Path, validation: bool,
+           max_rss_gib: float | None) -> dict:  # fmt: skip
+    """Run one contender in a child process; stop it (only it) if its RSS passes max_rss_gib."""
+    calls = int(month.root.name.split("_")[0].removeprefix("calls"))
+    command = [sys.executable, "-m", "cdr_devkit.bench_pipeline", "--run", kind, "--base", str(base), "--calls", str(calls),
+               "--files", str(files), "--seed", str(seed), "--out", str(out)]  # fmt: skip
+    if not validation:
+        command.append("--no-validation")
+    include = str(PROJECT_ROOT / "include")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [include, os.environ.get("PYTHONPATH")]))}
+    print(f"--- {kind} (own process) ---", flush=True)
+    (out / f"{kind}.json").unlink(missing_ok=True)
+    child = subprocess.Popen(command, env=env)
+    while child.poll() is None:
+        if max_rss_gib and _rss_mib(child.pid) > max_rss_gib * 1024:
+            child.kill()
+            child.wait()
+            raise RuntimeError(f"{kind}: stopped, its RSS passed --max-rss-gib {max_rss_gib}")
+        time.sleep(0.2)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, command)
+    return json.loads((out / f"{kind}.json").read_text(encoding="utf-8"))
+
+
+def total_seconds(kind: str, stage_seconds: dict[str, float]) -> float:
+    """A contender's time: the project's read -> aggregate without GX and setup; DuckDB's all; the parse."""
+    return sum(s for name, s in stage_seconds.items() if kind != "project" or name not in NOT_COUNTED)
+
+
+# --- the comparison -----------------------------------------------------------------------
+
+
+def compare_lines(project, duckdb) -> tuple[bool, str]:
+    """Whether two line frames are identical (after sorting), and a description of the first differences."""
+    import pandas as pd
+
+    def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame[LINE_COLUMNS].astype({k: str for k in LINE_KEYS} | dict.fromkeys(LINE_COLUMNS[3:], "int64"))
+        return frame.sort_values(LINE_KEYS).reset_index(drop=True)
+
+    left, right = tidy(project), tidy(duckdb)
+    if left.equals(right):
+        return True, f"{len(left):,} lines, identical"
+    both = left.merge(right, on=LINE_KEYS, how="outer", suffixes=("_project", "_duckdb"), indicator=True)
+    differing = both[
+        (both["_merge"] != "both")
+        | (both["total_minor_project"] != both["total_minor_duckdb"])
+        | (both["call_count_project"] != both["call_count_duckdb"])
+        | (both["billed_seconds_project"] != both["billed_seconds_duckdb"])
+    ]
+    return False, f"{len(differing):,} of {len(both):,} lines differ, e.g.:\n{differing.head(10).to_string()}"
+
+
+def run_benchmark(
+    calls: int,
+    files: int,
+    seed: int = 11,
+    base: Path = DEFAULT_BASE,
+    validation: bool = True,
+    repeat: int = 1,
+    max_rss_gib: float | None = None,
+) -> dict:
+    """Generate (or reuse) the month, run the three contenders in their own processes (in
+    `repeat` rounds, keeping each one's fastest run), compare lines and counts."""
+    import pandas as pd
+
+    if calls // files < 1_000:
+        raise ValueError("at least 1,000 calls per file")
+    started = time.perf_counter()
+    month = ensure_month(base, calls, files, seed)
+    print(f"month ready in {time.perf_counter() - started:.1f} s", flush=True)
+    out = month_dir(base, calls, files, seed) / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    facts: dict[str, dict] = {}
+    for _ in range(repeat):
+        for kind in ("parse", "project", "duckdb"):
+            run = _spawn(kind, month, base, files, seed, out, validation, max_rss_gib)
+            run["peak_rss_mib"] = max(run["peak_rss_mib"], facts.get(kind, {}).get("peak_rss_mib", 0.0))
+            if kind not in facts or total_seconds(kind, run["stage_seconds"]) < total_seconds(kind, facts[kind]["stage_seconds"]):
+                facts[kind] = run
+            if kind != "parse" and run["counts"] != facts[kind]["counts"]:
+                raise RuntimeError(f"{kind}: counts changed between runs")
+    same, detail = compare_lines(pd.read_parquet(out / "project_lines.parquet"), pd.read_parquet(out / "duckdb_lines.parquet"))
+    counts = {kind: facts[kind]["counts"] for kind in ("project", "duckdb")}
+    identity = {kind: sum(c[o] for o in OUTCOMES) == c["read"] for kind, c in counts.items()}
+    return {"month": month, "facts": facts, "lines_identical": same, "lines_detail": detail, "counts": counts,
+            "counts_identical": counts["project"] == counts["duckdb"], "identity": identity,
+            "parse_rows": facts["parse"]["rows"], "repeat": repeat, "load": (load_before, os.getloadavg())}  # fmt: skip
+
+
+PROJECT_STAGES = [
+    ("read", "read_cdr_file, per file", "read"),
+    ("check", "check_rows + rejection threshold, per file", "read"),
+    ("dedupe", "split_duplicates", "accepted"),
+    ("combine", "combine_partial_calls", "deduplicated"),
+    ("tariff", "tariff.load_file into SQLite + all_rates", None),
+    ("rate", "rate_calls", "combined"),
+    ("entitlements", "snapshot into SQLite + history", None),
+    ("attribute", "attribute_calls", "priced"),
+    ("aggregate", "aggregate_users + aggregate_lines", "billed"),
+]
+
+
+def _stage_rows(counts: dict) -> dict:
+    accepted = counts["read"] - counts["quarantined"]
+    deduplicated = accepted - counts["duplicates"]
+    combined = deduplicated - counts["combined"]
+    priced = combined - counts["not_billable"] - counts["unbillable"]
+    return {"read": counts["read"], "accepted": accepted, "deduplicated": deduplicated, "combined": combined,
+            "priced": priced, "billed": counts["billed"]}  # fmt: skip
+
+
+def format_report(result: dict, validation: bool) -> str:
+    """The printed table."""
+    facts, counts = result["facts"], result["counts"]["project"]
+    rows, out = _stage_rows(counts), []
+    read_rows = counts["read"]
+
+    def line(label: str, seconds: float, n: int | None) -> str:
+        rate = f"{n / seconds:>14,.0f}" if n and seconds > 0 else " " * 14
+        count = f"{n:>13,}" if n is not None else " " * 13
+        return f"  {label:<58}{seconds:>9.2f} s{count}{rate}"
+
+    project = facts["project"]["stage_seconds"]
+    project_total = total_seconds("project", project)
+    duck = facts["duckdb"]["stage_seconds"]
+    duck_total = total_seconds("duckdb", duck)
+    parse = facts["parse"]["stage_seconds"]["parse"]
+    head = f"  {'stage':<58}{'wall':>11}{'rows in':>13}{'rows/s':>14}"
+    (before, after) = result["load"]
+    runs = f"the fastest of {result['repeat']} runs each" if result["repeat"] > 1 else "one run each"
+    out += [f"\n{read_rows:,} rows read in {len(result['month'].cdr_files)} files (month {result['month'].month}); "
+            f"{os.cpu_count()} cores; wall clock, {runs} (the parse: best of {PARSE_REPEATS}); load average "
+            f"{before[0]:.1f} before, {after[0]:.1f} after (timings are noisy when the machine is shared)",
+            "", "project (cdr_billing)", head]  # fmt: skip
+    for name, what, rows_key in PROJECT_STAGES:
+        out.append(line(f"{name} ({what})", project.get(name, 0.0), rows[rows_key] if rows_key else None))
+    out.append(line("TOTAL read -> aggregate (row checks in, GX out)", project_total, read_rows))
+    out.append(line("  of it without the row checks", project_total - project.get("check", 0.0), read_rows))
+    if validation:
+        out.append(line("GX: import + context (not in the total)", project.get("gx_import", 0.0), None))
+        out.append(line("GX: validate_file per file (not in the total)", project.get("gx_validate", 0.0), rows["deduplicated"]))
+    else:
+        out.append("  GX validation: skipped (--no-validation)")
+    out.append(line("billing DB migrations (setup, not in the total)", project.get("db_setup", 0.0), None))
+    out += ["", f"DuckDB {__import__('duckdb').__version__} SQL (threads = 2)", head]
+    duck_rows = {"read+check": read_rows, "dedupe+combine": rows["accepted"], "reference": None,
+                 "rate+attribute": rows["combined"], "aggregate": None}  # fmt: skip
+    for name, seconds in duck.items():
+        out.append(line(name, seconds, duck_rows.get(name)))
+    out.append(line("TOTAL", duck_total, read_rows))
+    out += ["", "bare pyarrow.csv.read_csv, every column as text", head, line("parse", parse, result["parse_rows"])]
+    rss = {kind: facts[kind]["peak_rss_mib"] for kind in ("project", "duckdb", "parse")}
+    gx_note = "with GX" if validation else "no GX"
+    out += ["", f"peak RSS: project {rss['project']:,.0f} MiB ({gx_note}), DuckDB {rss['duckdb']:,.0f} MiB, "
+            f"parse {rss['parse']:,.0f} MiB"]  # fmt: skip
+    versus_duck, versus_parse = duck_total / project_total, project_total / parse
+    out += [
+        f"project vs DuckDB: {versus_duck:.2f}x (DuckDB time / project time; > 1: the project is faster; target >= 1.5)",
+        f"project vs bare parse: {versus_parse:.2f}x (project time / parse time; target <= 3)",
+        "",
+        f"  {'count':<14}{'project':>14}{'duckdb':>14}",
+    ]
+    for key in ("read", *OUTCOMES):
+        out.append(f"  {key:<14}{counts[key]:>14,}{result['counts']['duckdb'][key]:>14,}")
+    identity = result["identity"]
+    out += [
+        f"read = billed + quarantined + duplicates + not_billable + unbillable + suspense + combined: "
+        f"project {'holds' if identity['project'] else 'FAILS'}, DuckDB {'holds' if identity['duckdb'] else 'FAILS'}",
+        f"counts identical: {'yes' if result['counts_identical'] else 'NO'}",
+        f"billing lines: {result['lines_detail']}",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=10_000_000, help="calls in the month (default 10,000,000)")
+    parser.add_argument("--files", type=int, default=10, help="carrier CSV files they are spread over (default 10)")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="where generated months are cached")
+    parser.add_argument("--no-validation", action="store_true", help="skip the Great Expectations suites")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of runs; each contender's fastest counts")
+    parser.add_argument("--max-rss-gib", type=float, help="stop a contender whose RSS passes this (shared machines)")
+    parser.add_argument("--run", choices=["project", "duckdb", "parse"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    validation = not args.no_validation
+    if args.run:
+        month = ensure_month(args.base, args.calls, args.files, args.seed, log=lambda _: None)
+        _child(args.run, month, args.out, validation)
+        return 0
+    result = run_benchmark(args.calls, args.files, args.seed, args.base, validation, args.repeat, args.max_rss_gib)
+    print(format_report(result, validation))
+    ok = result["lines_identical"] and result["counts_identical"] and all(result["identity"].values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,18 @@
+"""`make bench-pipeline` on a tiny month: the project and the DuckDB peer bill it identically."""
+
+from __future__ import annotations
+
+from cdr_devkit.bench_pipeline import OUTCOMES, format_report, run_benchmark
+
+
+def test_project_and_duckdb_bill_a_small_month_identically(tmp_path):
+    result = run_benchmark(calls=20_000, files=2, base=tmp_path, validation=False)
+
+    assert result["lines_identical"], result["lines_detail"]
+    assert result["counts_identical"], result["counts"]
+    counts = result["counts"]["project"]
+    assert counts["read"] == sum(counts[outcome] for outcome in OUTCOMES)
+    # the generated flaws are all there: 10 invalid kinds, 3 duplicates and 50 two-part calls per file, one across files
+    assert (counts["quarantined"], counts["duplicates"], counts["combined"]) == (20, 6, 101)
+    assert min(counts["unbillable"], counts["suspense"], counts["not_billable"]) > 0
+    assert "billing lines:" in format_report(result, validation=False)
