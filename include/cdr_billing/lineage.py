@@ -50,18 +50,24 @@ ORDER BY c.source_file, c.source_row
 
 def billed_calls(attributed: pd.DataFrame, combined_parts: pd.DataFrame) -> pd.DataFrame:
     """The billed calls in the `billed_call` shape; a call merged from partial parts lists the
-    other parts' source rows in combined_rows."""
+    other parts' rows in combined_rows ("12,13"; "file:row" for a part in another file)."""
     calls = attributed.assign(combined_rows="")
     if len(combined_parts):
         rows = (
-            combined_parts.sort_values("source_row")
-            .groupby(["source", "session_id"])["source_row"]
-            .agg(lambda parts: ",".join(map(str, parts)))
-            .rename("parts")
+            combined_parts.sort_values(["source_file", "source_row"])
+            .groupby(["source", "session_id"])[["source_file", "source_row"]]
+            .agg(list)
         )
-        parts = calls.join(rows, on=["source", "session_id"])["parts"]
-        merged = (calls["completion_status"] == 2) & parts.notna()
-        calls["combined_rows"] = parts.where(merged, "")
+        joined = calls.join(
+            rows.rename(columns={"source_file": "part_files", "source_row": "part_rows"}), on=["source", "session_id"]
+        )
+        merged = (calls["completion_status"] == 2) & joined["part_rows"].notna()
+        calls.loc[merged, "combined_rows"] = [
+            ",".join(str(row) if file == own else f"{file}:{row}" for file, row in zip(files, part_rows, strict=True))
+            for own, files, part_rows in zip(
+                calls.loc[merged, "source_file"], joined.loc[merged, "part_files"], joined.loc[merged, "part_rows"], strict=True
+            )
+        ]
     return calls[BILLED_CALL_COLUMNS].astype({"source_row": "int64", "billed_seconds": "int64", "cost_minor": "int64"})
 
 

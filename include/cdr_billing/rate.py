@@ -50,13 +50,14 @@ E164_DIGITS = 15
 _POWERS = np.power(10, np.arange(E164_DIGITS + 1), dtype=np.int64)
 
 
-def _padded_numbers(digits: pd.Series) -> np.ndarray:
-    """E.164 digit strings as int64 right-padded to 15 digits; -1 where not 1-15 digits without a leading 0."""
+def _padded_numbers(digits: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """E.164 digit strings as int64 right-padded to 15 digits (-1 where not 1-15 digits without
+    a leading 0), and their lengths."""
     text = pa.array(digits, type=pa.string())
     fits = pc.fill_null(pc.match_substring_regex(text, r"^[1-9]\d{0,14}$"), False)
     values = pc.cast(pc.if_else(fits, text, "0"), pa.int64()).to_numpy(zero_copy_only=False)
     lengths = pc.if_else(fits, pc.utf8_length(text), E164_DIGITS).to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.where(fits.to_numpy(zero_copy_only=False), values * _POWERS[E164_DIGITS - lengths], -1)
+    return np.where(fits.to_numpy(zero_copy_only=False), values * _POWERS[E164_DIGITS - lengths], -1), lengths
 
 
 class PrefixIndex:
@@ -66,6 +67,7 @@ class PrefixIndex:
     def __init__(self, prefixes: list[str]) -> None:
         self.prefixes = prefixes
         lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
+        self.lengths = lengths
         values = np.array([int(p) for p in prefixes], dtype=np.int64)
         low = values * _POWERS[E164_DIGITS - lengths]
         high = (values + 1) * _POWERS[E164_DIGITS - lengths]
@@ -79,15 +81,21 @@ class PrefixIndex:
             [next((by_text[p[:k]] for k in range(len(p) - 1, 0, -1) if p[:k] in by_text), -1) for p in prefixes], dtype=np.int64
         )
 
-    def lookup(self, padded: np.ndarray) -> np.ndarray:
-        """The innermost prefix id of each padded number, or -1."""
+    def lookup(self, padded: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The longest prefix id of each number (padded value, digit count), or -1. The
+        innermost interval may belong to a prefix longer than a short number (46800 for +4680):
+        then the longest of its enclosing prefixes that fits the number wins."""
         segment = np.searchsorted(self.bounds, padded, side="right") - 1
-        found = self.innermost[np.maximum(segment, 0)]
-        return np.where((segment >= 0) & (padded >= 0), found, -1)
+        ids = np.where((segment >= 0) & (padded >= 0), self.innermost[np.maximum(segment, 0)], -1)
+        too_long = (ids >= 0) & (self.lengths[np.maximum(ids, 0)] > lengths)
+        while too_long.any():
+            ids[too_long] = self.parent[ids[too_long]]
+            too_long = (ids >= 0) & (self.lengths[np.maximum(ids, 0)] > lengths)
+        return ids
 
     def longest(self, e164: pd.Series) -> np.ndarray:
         """The longest prefix of each E.164 number, or "" when none matches."""
-        ids = self.lookup(_padded_numbers(e164.reset_index(drop=True)))
+        ids = self.lookup(*_padded_numbers(e164.reset_index(drop=True)))
         return np.where(ids >= 0, np.array(self.prefixes, dtype=object)[np.maximum(ids, 0)], "")
 
 
@@ -129,7 +137,7 @@ def match_rates(numbers: pd.Series, starts_utc: pd.Series, rates: pd.DataFrame, 
     simple = np.full(len(prefixes), -1, dtype=np.int64)
     simple[rates.loc[always, "prefix_id"].to_numpy()] = rates.loc[always, "position"].to_numpy()
     starts = starts_utc.reset_index(drop=True)
-    current = index.lookup(_padded_numbers(numbers.reset_index(drop=True)))
+    current = index.lookup(*_padded_numbers(numbers.reset_index(drop=True)))
     found = np.full(len(current), -1, dtype=np.int64)
     pending = np.flatnonzero(current >= 0)
     while pending.size:
@@ -228,10 +236,15 @@ def _price_by_provider(calls: pd.DataFrame, markups: dict[str, int]) -> pd.DataF
     )
 
 
+def partial_parts(calls: pd.DataFrame) -> pd.Series:
+    """The parts of partial calls (status 2 with a session id), which combine_partial_calls merges."""
+    return (calls["completion_status"] == COMPLETION_PARTIAL) & (calls["session_id"] != "")
+
+
 def combine_partial_calls(calls: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge the parts (status 2) of each session into one call: the first part, with the
     summed duration (and provider cost). Returns (calls, the parts merged away)."""
-    partial = (calls["completion_status"] == COMPLETION_PARTIAL) & (calls["session_id"] != "")
+    partial = partial_parts(calls)
     if not partial.any():
         return calls, calls.iloc[0:0]
     parts = calls[partial].sort_values(["source", "session_id", "start_utc", "transaction_part_number"])

@@ -285,18 +285,30 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
     )
     repeated = seen.duplicated(keys).to_numpy()
     engine = database.billing_engine(config.billing.connection)
+    partial = []  # parts of partial calls, from every file: a session may span files
     for i, part in enumerate(parts):
         accepted = _read_part(meta, part, "accepted")
         again = repeated[(seen["part"] == i).to_numpy()]
         duplicates = pd.concat([_read_part(meta, part, "duplicates_in_file"), accepted[again]], ignore_index=True)
-        _write_part(meta, part, "calls", accepted[~again].reset_index(drop=True))
+        calls = accepted[~again].reset_index(drop=True)
+        in_session = rate.partial_parts(calls)
+        partial.append(calls[in_session].assign(part_index=i))
+        _write_part(meta, part, "calls", calls[~in_session].reset_index(drop=True))
         _write_part(meta, part, "duplicates", duplicates)
-        part.update(billable=int((~again).sum()), duplicate=len(duplicates))
+        part.update(billable=len(calls), duplicate=len(duplicates))
         report.reconcile_file(part)
         ledger.record_reconciliation(
             engine, part["source"], part["name"], part["sha256"],
             {f"rows_{key}": part[key] for key in ("read", "billable", "quarantined", "duplicate")},
         )  # fmt: skip
+    heads, merged = rate.combine_partial_calls(pd.concat(partial, ignore_index=True))
+    session = ["source", "session_id"]
+    head_part = merged[session].merge(heads[[*session, "part_index"]], on=session, how="left")["part_index"]
+    merged = merged.assign(part_index=head_part.to_numpy())
+    for i, part in enumerate(parts):  # a combined call goes with its first part's file, the merged parts with it
+        calls = pd.concat([_read_part(meta, part, "calls"), heads[heads["part_index"] == i].drop(columns="part_index")])
+        _write_part(meta, part, "calls", calls.reset_index(drop=True))
+        _write_part(meta, part, "combined", merged[merged["part_index"] == i].drop(columns="part_index").reset_index(drop=True))
     log.info("month: %d calls, %d duplicates", sum(p["billable"] for p in parts), sum(p["duplicate"] for p in parts))
     docs = validate.write_docs_index(_work_file(meta, "data_docs.html"), {p["name"]: p["data_docs"] for p in parts})
     return _with_counts(
@@ -304,6 +316,7 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
         read=sum(p["read"] for p in parts),
         quarantined=sum(p["quarantined"] for p in parts),
         duplicates=sum(p["duplicate"] for p in parts),
+        combined=len(merged),
     )
 
 
@@ -314,15 +327,13 @@ def rate_file(meta: Meta, part: dict[str, Any], config: PipelineConfig | None = 
     tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
     newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
     rates = tariff.all_rates(engine)
-    calls, merged_parts = rate.combine_partial_calls(_read_part(meta, part, "calls"))
-    priced, unbillable, failed = rate.rate_calls(calls, rates, config.billing, config.markups())
+    priced, unbillable, failed = rate.rate_calls(_read_part(meta, part, "calls"), rates, config.billing, config.markups())
     price_differences = rate.compare_with_tariff(priced, rates, config.billing)
-    for name, frame in (("priced", priced), ("unbillable", unbillable), ("combined", merged_parts),
-                        ("price_differences", price_differences)):  # fmt: skip
+    for name, frame in (("priced", priced), ("unbillable", unbillable), ("price_differences", price_differences)):
         _write_part(meta, part, name, frame)
     log.info("%s: priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable)",
              part["name"], len(priced), newest_version, len(unbillable), len(failed))  # fmt: skip
-    counts = {"unbillable": len(unbillable), "not_billable": len(failed), "combined": len(merged_parts)}
+    counts = {"unbillable": len(unbillable), "not_billable": len(failed)}
     return {"sha256": part["sha256"], "tariff_version": newest_version, "price_differences": len(price_differences), **counts}
 
 
@@ -363,7 +374,7 @@ def attribute_calls(meta: Meta, rated: list[dict[str, Any]], config: PipelineCon
         "tariff_version": max(r["tariff_version"] for r in rated),
         "price_differences": sum(r["price_differences"] for r in rated),
     }
-    rated_counts = {key: sum(r[key] for r in rated) for key in ("unbillable", "not_billable", "combined")}
+    rated_counts = {key: sum(r[key] for r in rated) for key in ("unbillable", "not_billable")}
     return _with_counts({**meta, **facts}, billed=billed, suspense=suspended, **rated_counts)
 
 

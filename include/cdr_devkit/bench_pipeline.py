@@ -77,14 +77,12 @@ def run_project(
     validation: bool = True,
     progress: Callable[[str], None] | None = None,
 ):
-    """Bill one month of carrier CSV files with the project's domain functions.
-
-    Chained as `tests/integration/test_reconciliation_property._bill` and the DAG's tasks do
-    (read and row checks per file; duplicates, partial calls, rating, attribution and
-    aggregation over the month; tariff and entitlements through a SQLite billing database);
-    with `validation`, the Great Expectations suite per file on the deduplicated calls (as
-    `stages.validate_files`), timed apart. Returns (lines, counts, stage_seconds).
-    """
+    """Bill one month of carrier CSV files with the project's domain functions, the way the
+    DAG's tasks do: file by file (read, row checks, duplicates inside the file, the GX suite
+    when `validation`), the month's cross-file duplicates from the key columns only, then file
+    by file again (partial calls, rating, attribution, per-user sums) with Parquet files in
+    between, and the lines from the per-user sums. Memory follows the largest file.
+    Returns (lines, counts, stage_seconds)."""
     import pandas as pd
     from sqlalchemy import create_engine
 
@@ -97,29 +95,41 @@ def run_project(
     work_dir = Path(work_dir or Path.cwd())
     work_dir.mkdir(parents=True, exist_ok=True)
     clock = Stopwatch("project", progress)
-    accepted, quarantined, read_rows = [], [], 0
-    for path in files:
+    counts = dict.fromkeys(
+        ("read", "billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined"), 0
+    )
+    parts = [work_dir / f"part{n}" for n in range(len(files))]
+    runner = None
+    for path, part in zip(files, parts, strict=True):
+        part.mkdir(exist_ok=True)
         with clock.stage("read"):
             raw = read.read_cdr_file(Path(path), profile).assign(source=SOURCE)
-        read_rows += len(raw)
         with clock.stage("check"):
             checked = validate.check_rows(raw, profile, month, rules)
             validate.enforce_rejection_threshold(Path(path).name, len(raw), checked.quarantined, rules.max_rejected_share)
-        accepted.append(checked.accepted)
-        quarantined.append(checked.quarantined)
+            accepted, in_file = validate.split_duplicates(checked.accepted)
+        counts["read"] += len(raw)
+        counts["quarantined"] += len(checked.quarantined)
+        counts["duplicates"] += len(in_file)
         del raw, checked
+        if validation:
+            if runner is None:
+                with clock.stage("gx_import"):
+                    runner = validate.ExpectationRunner(work_dir / "gx_results")
+            with clock.stage("gx_validate"):
+                runner.validate_file(accepted, Path(path).name, profile, month, rules)
+        with clock.stage("parquet_io"):
+            accepted.to_parquet(part / "accepted.parquet", index=False)
+        del accepted
     with clock.stage("dedupe"):
-        calls, duplicates = validate.split_duplicates(pd.concat(accepted, ignore_index=True))
-    del accepted
-    if validation:
-        with clock.stage("gx_import"):
-            runner = validate.ExpectationRunner(work_dir / "gx_results")
-        with clock.stage("gx_validate"):
-            for path in files:
-                name = Path(path).name
-                runner.validate_file(calls[calls["source_file"] == name], name, profile, month, rules)
-    with clock.stage("combine"):
-        calls, merged = rate.combine_partial_calls(calls)
+        keys = ["source", "transaction_id"]
+        seen = pd.concat(
+            [pd.read_parquet(part / "accepted.parquet", columns=keys).assign(part=n) for n, part in enumerate(parts)],
+            ignore_index=True,
+        )
+        repeated = seen.duplicated(keys).to_numpy()
+        part_of = seen["part"].to_numpy()
+        del seen
     database = work_dir / "billing.sqlite"
     database.unlink(missing_ok=True)
     engine = create_engine(f"sqlite:///{database}")
@@ -128,30 +138,48 @@ def run_project(
     with clock.stage("tariff"):
         tariff.load_file(engine, Path(tariff_path), rules.timezone)
         rates = tariff.all_rates(engine)
-    with clock.stage("rate"):
-        priced, unbillable, failed = rate.rate_calls(calls, rates, rules, config.markups())
-    del calls
     with clock.stage("entitlements"):
         capture = lambda: entitlements.from_file(Path(entitlements_path), datetime.now(UTC))  # noqa: E731
         snapshot = entitlements.snapshot_for_month(engine, str(month), capture, False)
         history = entitlements.history(engine, snapshot)
-    with clock.stage("attribute"):
-        attributed, suspense = attribute.attribute_calls(priced, history, snapshot)
-    del priced
-    with clock.stage("aggregate"):
-        lines = aggregate.aggregate_lines(aggregate.aggregate_users(attributed))
     engine.dispose()
-    report.check_totals(lines, attributed)  # the project's own proofs, outside the timing
-    counts = {
-        "read": read_rows,
-        "billed": len(attributed),
-        "quarantined": sum(len(q) for q in quarantined),
-        "duplicates": len(duplicates),
-        "not_billable": len(failed),
-        "unbillable": len(unbillable),
-        "suspense": len(suspense),
-        "combined": len(merged),
-    }
+    partial = []  # parts of partial calls from every file: a session may span files
+    for n, part in enumerate(parts):
+        with clock.stage("parquet_io"):
+            accepted = pd.read_parquet(part / "accepted.parquet")
+        with clock.stage("dedupe"):
+            again = repeated[part_of == n]
+            calls = accepted[~again].reset_index(drop=True)
+            counts["duplicates"] += int(again.sum())
+            in_session = rate.partial_parts(calls)
+            partial.append(calls[in_session].assign(part_index=n))
+        with clock.stage("parquet_io"):
+            calls[~in_session].to_parquet(part / "calls.parquet", index=False)
+        del accepted, calls
+    with clock.stage("combine"):
+        heads, merged = rate.combine_partial_calls(pd.concat(partial, ignore_index=True))
+        counts["combined"] = len(merged)
+    user_lines, call_totals = [], []
+    for n, part in enumerate(parts):
+        with clock.stage("parquet_io"):
+            calls = pd.read_parquet(part / "calls.parquet")
+        with clock.stage("combine"):
+            calls = pd.concat([calls, heads[heads["part_index"] == n].drop(columns="part_index")], ignore_index=True)
+        with clock.stage("rate"):
+            priced, unbillable, failed = rate.rate_calls(calls, rates, rules, config.markups())
+        del calls
+        with clock.stage("attribute"):
+            attributed, suspense = attribute.attribute_calls(priced, history, snapshot)
+        del priced
+        with clock.stage("aggregate"):
+            user_lines.append(aggregate.aggregate_users(attributed))
+            call_totals.append(aggregate.call_totals(attributed))
+        for key, frame in (("billed", attributed), ("not_billable", failed), ("unbillable", unbillable), ("suspense", suspense)):
+            counts[key] += len(frame)
+        del attributed, suspense, unbillable, failed
+    with clock.stage("aggregate"):
+        lines = aggregate.aggregate_lines(aggregate.merge_user_lines(pd.concat(user_lines, ignore_index=True)))
+    report.check_totals(lines, pd.concat(call_totals, ignore_index=True))  # the project's own proofs, outside the timing
     report.reconcile(counts)
     return lines[LINE_COLUMNS], counts, clock.seconds
 

@@ -78,6 +78,13 @@ def test_longest_prefix_wins(tariff):
     assert PrefixIndex(sorted(tariff["prefix"])).longest(numbers).tolist() == ["467", "468", "46", ""]
 
 
+def test_a_number_shorter_than_a_prefix_never_matches_it():
+    """Found by the DuckDB peer of `make bench-pipeline`: padding made +4680 match 46800."""
+    index = PrefixIndex(["46", "4680", "46800", "468001"])
+    numbers = pd.Series(["4680", "468", "46800", "4680012", "46801", "4"])
+    assert index.longest(numbers).tolist() == ["4680", "46", "46800", "468001", "4680", ""]
+
+
 def _calls(**columns):
     base = {
         "transaction_id": ["t1"],
