@@ -99,7 +99,6 @@ def run_project(
         ("read", "billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined"), 0
     )
     parts = [work_dir / f"part{n}" for n in range(len(files))]
-    runner = None
     for path, part in zip(files, parts, strict=True):
         part.mkdir(exist_ok=True)
         with clock.stage("read"):
@@ -112,12 +111,12 @@ def run_project(
         counts["quarantined"] += len(checked.quarantined)
         counts["duplicates"] += len(in_file)
         del raw, checked
-        if validation:
-            if runner is None:
-                with clock.stage("gx_import"):
-                    runner = validate.ExpectationRunner(work_dir / "gx_results")
+        if validation:  # a context per file, as each validate_cdr_file task has its own
+            with clock.stage("gx_import"):
+                runner = validate.ExpectationRunner(work_dir / "gx_results" / part.name)
             with clock.stage("gx_validate"):
                 runner.validate_file(accepted, Path(path).name, profile, month, rules)
+            del runner
         with clock.stage("parquet_io"):
             accepted.to_parquet(part / "accepted.parquet", index=False)
         del accepted
