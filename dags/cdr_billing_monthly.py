@@ -41,7 +41,7 @@ def stage_task(task_id: str):
     """A task that runs one function of `cdr_billing.stages` on its inputs (metadata from XCom)."""
     stage, doc, next_step = STAGES[task_id]
 
-    def run_stage(meta: dict, item: dict | None = None, part: dict | None = None, validated=None, rated=None) -> dict:
+    def run_stage(meta: dict, item: dict | None = None, part: dict | None = None, validated=None, rated=None) -> dict | list:
         from cdr_billing import stages
 
         inputs = {"item": item, "part": part, "validated": validated, "rated": rated}
@@ -71,6 +71,11 @@ STAGES = {
         "Check that the SFTP servers answer and that their host keys are the pinned ones (a changed key may be an "
         "attack: confirm the fingerprint with the provider before re-pinning it in the connection).",
     ),
+    "list_cdr_files": (
+        "cdr_files",
+        "The month's CDR files, which validate_cdr_file is mapped over (one task per file).",
+        "Send the log to the pipeline's developers.",
+    ),
     "validate_cdr_file": (
         "validate_file",
         "One task per CDR file: read it, quarantine bad rows, drop duplicates inside it, run its Great Expectations suite.",
@@ -81,6 +86,11 @@ STAGES = {
         "dedupe_calls",
         "Drop calls delivered again in a later file of the month; reconcile each file's rows in the ledger.",
         "Rows of a file do not add up: send the log to the pipeline's developers.",
+    ),
+    "list_file_parts": (
+        "file_parts",
+        "The files' intermediate results, which rate_cdr_file is mapped over (one task per file).",
+        "Send the log to the pipeline's developers.",
     ),
     "rate_cdr_file": (
         "rate_file",
@@ -168,15 +178,11 @@ def cdr_billing_monthly():
         )
         return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)
 
-    @task(doc_md="The list a mapped task runs over: one task instance per CDR file.")
-    def list_items(meta: dict, key: str) -> list:
-        return meta[key]
-
     fetched = stage_task("fetch_cdr_files")(meta=wait_for_cdr_files())
-    files = list_items.override(task_id="list_cdr_files")(fetched, "cdr_files")
+    files = stage_task("list_cdr_files")(meta=fetched)
     validated = stage_task("validate_cdr_file").partial(meta=fetched).expand(item=files)
     deduped = stage_task("dedupe_calls")(meta=fetched, validated=validated)
-    parts = list_items.override(task_id="list_file_parts")(deduped, "parts")
+    parts = stage_task("list_file_parts")(meta=deduped)
     rated = stage_task("rate_cdr_file").partial(meta=deduped).expand(part=parts)
     attributed = stage_task("attribute_calls")(meta=deduped, rated=rated)
     stage_task("report_month")(meta=stage_task("load_billing")(meta=stage_task("aggregate_lines")(meta=attributed)))

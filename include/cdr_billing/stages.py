@@ -205,7 +205,6 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     return {
         **meta,
         "files": files,
-        "cdr_files": [f for f in files if f["role"] == "cdr"],
         "server": result.server,
         "failovers": result.failovers,
         "file_counts": {
@@ -220,6 +219,16 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
 
 def _files(meta: Meta, role: str) -> list[dict[str, Any]]:
     return [f for f in meta["files"] if f["role"] == role]
+
+
+def cdr_files(meta: Meta) -> list[dict[str, Any]]:
+    """The month's CDR files: validate_cdr_file is mapped over them, one task per file."""
+    return _files(meta, "cdr")
+
+
+def file_parts(meta: Meta) -> list[dict[str, Any]]:
+    """The files' intermediate results: rate_cdr_file is mapped over them, one task per file."""
+    return meta["parts"]
 
 
 def _read_parts(meta: Meta, name: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -274,9 +283,10 @@ def _validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig) -> 
 
 def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineConfig | None = None) -> Meta:
     """Drop calls delivered again in a later file of the month (first delivery wins, in file
-    order); reconcile every file's rows and record them in the ledger."""
+    order); combine the parts of partial calls month-wide (a session may span files); reconcile
+    every file's rows and record them in the ledger."""
     config = config or load_config()
-    order = [f["sha256"] for f in meta["cdr_files"]]
+    order = [f["sha256"] for f in cdr_files(meta)]
     parts = sorted(validated, key=lambda part: order.index(part["sha256"]))
     keys = ["source", "transaction_id"]
     seen = pd.concat(
@@ -306,8 +316,9 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
     head_part = merged[session].merge(heads[[*session, "part_index"]], on=session, how="left")["part_index"]
     merged = merged.assign(part_index=head_part.to_numpy())
     for i, part in enumerate(parts):  # a combined call goes with its first part's file, the merged parts with it
-        calls = pd.concat([_read_part(meta, part, "calls"), heads[heads["part_index"] == i].drop(columns="part_index")])
-        _write_part(meta, part, "calls", calls.reset_index(drop=True))
+        _write_part(
+            meta, part, "session_calls", heads[heads["part_index"] == i].drop(columns="part_index").reset_index(drop=True)
+        )
         _write_part(meta, part, "combined", merged[merged["part_index"] == i].drop(columns="part_index").reset_index(drop=True))
     log.info("month: %d calls, %d duplicates", sum(p["billable"] for p in parts), sum(p["duplicate"] for p in parts))
     docs = validate.write_docs_index(_work_file(meta, "data_docs.html"), {p["name"]: p["data_docs"] for p in parts})
@@ -327,7 +338,8 @@ def rate_file(meta: Meta, part: dict[str, Any], config: PipelineConfig | None = 
     tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
     newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
     rates = tariff.all_rates(engine)
-    priced, unbillable, failed = rate.rate_calls(_read_part(meta, part, "calls"), rates, config.billing, config.markups())
+    calls = pd.concat([_read_part(meta, part, "calls"), _read_part(meta, part, "session_calls")], ignore_index=True)
+    priced, unbillable, failed = rate.rate_calls(calls, rates, config.billing, config.markups())
     price_differences = rate.compare_with_tariff(priced, rates, config.billing)
     for name, frame in (("priced", priced), ("unbillable", unbillable), ("price_differences", price_differences)):
         _write_part(meta, part, name, frame)

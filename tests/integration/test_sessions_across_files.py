@@ -31,8 +31,7 @@ def test_a_session_split_across_two_files_is_billed_as_one_call(tmp_path, postgr
     references = [_item("tariff", "tariff", next((root / "reference").glob("tariff*.csv"))),
                   _item("entitlements", "entitlements", next((root / "reference").glob("entitlements_*.csv")))]  # fmt: skip
     (tmp_path / "work").mkdir()
-    meta = {"billing_month": "2026-10", "run_id": "sessions", "work_dir": str(tmp_path / "work"), "files": cdr + references,
-            "cdr_files": cdr}  # fmt: skip
+    meta = {"billing_month": "2026-10", "run_id": "sessions", "work_dir": str(tmp_path / "work"), "files": cdr + references}
     config = load_config()
     deduped = stages.dedupe_calls(meta, [stages.validate_file(meta, item, config) for item in cdr], config)
     rated = [stages.rate_file(deduped, part, config) for part in deduped["parts"]]
