@@ -29,6 +29,17 @@ CARRIER_FIELDS = (
 PROVIDER_FIELDS = ("provider_cost", "currency")
 LINEAGE_FIELDS = ("source_file", "source_row")
 TEXT_FIELDS = CARRIER_FIELDS + PROVIDER_FIELDS
+# The text fields the stages after validation use; a billed call's other fields stay in its
+# archived source file, found by source_file and source_row.
+CARRIED_FIELDS = (
+    "transaction_id",
+    "session_id",
+    "user_id",
+    "destination_party",
+    "transaction_part_number",
+    "service_provider",
+    "currency",
+)
 
 # Fields a profile must map (or default) for a row to be billable at all.
 REQUIRED_FIELDS = ("transaction_id", "user_id", "start_of_usage", "duration_of_usage", "completion_status")

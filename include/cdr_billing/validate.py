@@ -11,14 +11,17 @@ import html
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from cdr_billing.canonical import COMPLETION_STATUSES, TEXT_FIELDS
+from cdr_billing.canonical import CARRIED_FIELDS, COMPLETION_STATUSES, LINEAGE_FIELDS, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.money import MoneyError, percent_to_basis_points, to_micro_units
 from cdr_billing.months import BillingMonth
@@ -60,16 +63,61 @@ class FileCheck:
     quarantined: pd.DataFrame
 
 
+ISO_UTC, ISO_UTC_FORMAT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$", "%Y-%m-%dT%H:%M:%SZ"
+ISO_WALL, ISO_WALL_FORMAT = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "%Y-%m-%d %H:%M:%S"
+WHOLE_SECONDS = r"^[0-9]{1,15}$"
+
+
+def _fast_parse(text: pd.Series, pattern: str, convert) -> tuple[pa.Array, np.ndarray]:
+    """Convert in Arrow the rows whose text matches `pattern` exactly; return the values and a
+    mask of the rows left to the general parser (`convert` gives null where it cannot convert)."""
+    arrow = pa.array(text, type=pa.large_string())
+    values = convert(pc.if_else(pc.match_substring_regex(arrow, pattern), arrow, pa.scalar(None, pa.large_string())))
+    return values, pc.is_null(values).to_numpy(zero_copy_only=False)
+
+
+def _strict_strptime(text: pa.Array, timestamp_format: str) -> pa.Array:
+    """Arrow's strptime of "YYYY-MM-DD?HH:MM:SS" text, null where it rolled an impossible day
+    or second over (2026-02-30 would be March 2) instead of refusing it."""
+    parsed = pc.strptime(text, timestamp_format, "us", error_is_null=True)
+    day, second = (pc.cast(pc.utf8_slice_codeunits(text, start, start + 2), pa.int64()) for start in (8, 17))
+    exact = pc.and_(pc.equal(pc.day(parsed), day), pc.equal(pc.second(parsed), second))
+    return pc.if_else(exact, parsed, pa.scalar(None, parsed.type))
+
+
+def _nullable_ints(values: pa.Array, missing: np.ndarray, index: pd.Index, dtype: str) -> pd.Series:
+    return pd.Series(
+        pd.arrays.IntegerArray(pc.fill_null(values, 0).to_numpy(zero_copy_only=False), missing.copy()), index=index
+    ).astype(dtype)
+
+
 def parse_timestamps(text: pd.Series, timezone: str, timestamp_format: str | None = None) -> pd.Series:
     """Parse ISO text (with or without an offset) or Excel serial dates; return UTC.
 
     Times without an offset are wall times in `timezone`; a wall time that occurs twice
     (autumn DST change) is read as its first occurrence. Unparsable text gives NaT. With a
-    `timestamp_format` (strptime), text must follow it exactly.
+    `timestamp_format` (strptime), text must follow it exactly. "YYYY-MM-DDTHH:MM:SSZ" and
+    "YYYY-MM-DD HH:MM:SS", the usual shapes, are parsed in Arrow; the rest by pandas.
     """
     if timestamp_format:
         parsed = pd.to_datetime(text, format=timestamp_format, errors="coerce")
         return _localise(parsed, timezone)
+    utc, rest = _fast_parse(text, ISO_UTC, lambda a: _strict_strptime(a, ISO_UTC_FORMAT))
+    result = pd.Series(utc.to_numpy(zero_copy_only=False), index=text.index).dt.tz_localize("UTC")
+    if rest.any():
+        result.iloc[np.flatnonzero(rest)] = _parse_without_z(text[rest], timezone).array
+    return result
+
+
+def _parse_without_z(text: pd.Series, timezone: str) -> pd.Series:
+    wall, general = _fast_parse(text, ISO_WALL, lambda a: _strict_strptime(a, ISO_WALL_FORMAT))
+    result = _localise(pd.Series(wall.to_numpy(zero_copy_only=False), index=text.index), timezone)
+    if general.any():
+        result.iloc[np.flatnonzero(general)] = _parse_general(text[general], timezone).array
+    return result
+
+
+def _parse_general(text: pd.Series, timezone: str) -> pd.Series:
     numeric = pd.to_numeric(text, errors="coerce")
     is_text = numeric.isna()
     has_offset = is_text & text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
@@ -91,7 +139,18 @@ def _localise(naive: pd.Series, timezone: str) -> pd.Series:
 
 
 def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series:
-    """Parse durations (seconds, minutes or "h:mm:ss") into whole seconds; NA when bad."""
+    """Parse durations (seconds, minutes or "h:mm:ss") into whole seconds; NA when bad.
+    Whole seconds written as plain digits, the usual case, are converted in Arrow."""
+    if unit == "seconds":
+        whole, rest = _fast_parse(text, WHOLE_SECONDS, lambda a: pc.cast(a, pa.int64()))
+        seconds = _nullable_ints(whole, rest, text.index, "Int64")
+        if rest.any():
+            seconds.iloc[np.flatnonzero(rest)] = _parse_durations(text[rest], unit, decimal).array
+        return seconds
+    return _parse_durations(text, unit, decimal)
+
+
+def _parse_durations(text: pd.Series, unit: str, decimal: str) -> pd.Series:
     if unit == "hms":
         parts = text.str.extract(r"^\s*(-?)(\d+):([0-5]\d):([0-5]\d)\s*$")
         magnitude = parts[1].astype(float) * 3600 + parts[2].astype(float) * 60 + parts[3].astype(float)
@@ -101,29 +160,42 @@ def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series
     return whole.astype("Int64")
 
 
-def _cost_micro(costs: pd.Series) -> pd.Series:
-    """Provider costs as integer micro-units (nullable); NA when not a number or too precise."""
-    values = []
-    for cost in costs:
-        try:
-            values.append(to_micro_units(cost))
-        except MoneyError:
-            values.append(pd.NA)
-    return pd.Series(values, index=costs.index, dtype="Int64")
+def parse_statuses(text: pd.Series) -> pd.Series:
+    """Completion statuses 0-3 (nullable Int8); "1" in Arrow, anything else ("1.0") by pandas."""
+    codes = [str(status) for status in COMPLETION_STATUSES]
+    found, rest = _fast_parse(text, "^[0-9]$", lambda a: pc.index_in(a, value_set=pa.array(codes, pa.large_string())))
+    status = _nullable_ints(found, rest, text.index, "Int8")
+    if rest.any():
+        number = pd.to_numeric(text[rest], errors="coerce")
+        status.iloc[np.flatnonzero(rest)] = number.where(number.isin(COMPLETION_STATUSES)).astype("Int8").array
+    return status
 
 
-def _basis_points(percentages: pd.Series) -> pd.Series:
-    """Revenue share percentages as basis points (nullable): NA when empty, not a number, more
-    than two decimals or outside 0-100."""
-    valid = {}
-    for text in percentages.unique():
-        try:
-            points = percent_to_basis_points(text)
-        except MoneyError:
-            continue
-        if 0 <= points <= 10_000:
-            valid[text] = points
-    return percentages.map(valid).astype("Int32")
+def _convert_distinct(text: pd.Series, convert: Callable[[str], int | None], dtype: str) -> pd.Series:
+    """`convert` applied once per distinct value (None: not valid), as a nullable integer column."""
+    arrow = pa.array(text, type=pa.large_string())
+    distinct = pc.unique(arrow)
+    converted = pa.array([convert(value) for value in distinct.to_pylist()], type=pa.int64())
+    values = pc.take(converted, pc.index_in(arrow, value_set=distinct))
+    return _nullable_ints(values, pc.is_null(values).to_numpy(zero_copy_only=False), text.index, dtype)
+
+
+def _micro_units(cost: str) -> int | None:
+    """A provider cost in integer micro-units; None when not a number or too precise."""
+    try:
+        return to_micro_units(cost)
+    except MoneyError:
+        return None
+
+
+def _basis_points(percentage: str) -> int | None:
+    """A revenue share percentage in basis points; None when empty, not a number, more than
+    two decimals or outside 0-100."""
+    try:
+        points = percent_to_basis_points(percentage)
+    except MoneyError:
+        return None
+    return points if 0 <= points <= 10_000 else None
 
 
 def _failures(
@@ -154,15 +226,16 @@ def _failures(
 
 
 def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
-    typed = raw.copy()
+    """The columns the later stages use, typed; the others stay in the archived file (file, row)."""
+    typed = raw[["source", *CARRIED_FIELDS, *LINEAGE_FIELDS]].copy()
     typed["pre_priced"] = profile.priced
     typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone, profile.timestamp_format)
     typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit, profile.decimal)
-    status = pd.to_numeric(raw["completion_status"], errors="coerce")
-    typed["completion_status"] = status.where(status.isin(COMPLETION_STATUSES)).astype("Int8")
-    typed["revenue_share_bp"] = _basis_points(raw["revenue_share_percentage"].str.replace(profile.decimal, ".", regex=False))
+    typed["completion_status"] = parse_statuses(raw["completion_status"])
+    percentages = raw["revenue_share_percentage"].str.replace(profile.decimal, ".", regex=False)
+    typed["revenue_share_bp"] = _convert_distinct(percentages, _basis_points, "Int32")
     typed["provider_cost_micro"] = (
-        _cost_micro(raw["provider_cost"].str.replace(profile.decimal, ".", regex=False))
+        _convert_distinct(raw["provider_cost"].str.replace(profile.decimal, ".", regex=False), _micro_units, "Int64")
         if profile.priced
         else pd.Series(pd.NA, index=raw.index, dtype="Int64")
     )
@@ -194,7 +267,7 @@ def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, r
     typed = _typed(raw, profile)
     fails = _failures(raw, typed, profile, month, rules)
     bad = fails.any(axis=1)
-    accepted = typed[~bad].drop(columns=["start_of_usage", "duration_of_usage", "provider_cost"])
+    accepted = typed[~bad]
     accepted["completion_status"] = accepted["completion_status"].astype("int8")
     accepted["duration_seconds"] = accepted["duration_seconds"].astype("int64")
     return FileCheck(accepted.reset_index(drop=True), _quarantine_rows(raw, fails))
