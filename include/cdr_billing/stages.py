@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cdr_billing import (
@@ -25,6 +26,7 @@ from cdr_billing import (
     attribute,
     billing_file,
     database,
+    dedupe,
     entitlements,
     ledger,
     lineage,
@@ -77,8 +79,10 @@ def _write_part(meta: Meta, part: dict[str, Any], name: str, frame: pd.DataFrame
     storage.write_parquet(frame, _part_file(meta, part, name))
 
 
-def _read_part(meta: Meta, part: dict[str, Any], name: str, columns: list[str] | None = None) -> pd.DataFrame:
-    return storage.read_parquet(_part_file(meta, part, name), columns)
+def _read_part(
+    meta: Meta, part: dict[str, Any], name: str, columns: list[str] | None = None, rows: np.ndarray | None = None
+) -> pd.DataFrame:
+    return storage.read_parquet(_part_file(meta, part, name), columns, rows)
 
 
 def _with_counts(meta: Meta, **counts: int) -> Meta:
@@ -288,24 +292,18 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
     config = config or load_config()
     order = [f["sha256"] for f in cdr_files(meta)]
     parts = sorted(validated, key=lambda part: order.index(part["sha256"]))
-    keys = ["source", "transaction_id"]
-    seen = pd.concat(
-        [_read_part(meta, part, "accepted", keys).assign(part=i) for i, part in enumerate(parts)],
-        ignore_index=True,
-    )
-    repeated = seen.duplicated(keys).to_numpy()
+    keys = [_read_part(meta, part, "accepted", dedupe.KEY_COLUMNS) for part in parts]
     engine = database.billing_engine(config.billing.connection)
     partial = []  # parts of partial calls, from every file: a session may span files
-    for i, part in enumerate(parts):
-        accepted = _read_part(meta, part, "accepted")
-        again = repeated[(seen["part"] == i).to_numpy()]
-        duplicates = pd.concat([_read_part(meta, part, "duplicates_in_file"), accepted[again]], ignore_index=True)
-        calls = accepted[~again].reset_index(drop=True)
-        in_session = rate.partial_parts(calls)
-        partial.append(calls[in_session].assign(part_index=i))
-        _write_part(meta, part, "calls", calls[~in_session].reset_index(drop=True))
+    for i, (part, file_keys, again) in enumerate(zip(parts, keys, dedupe.repeated_per_file(keys), strict=True)):
+        repeated, in_session = dedupe.set_aside(file_keys, again)
+        positions = np.concatenate([repeated, in_session])
+        rows = _read_part(meta, part, "accepted", rows=positions)
+        duplicates = pd.concat([_read_part(meta, part, "duplicates_in_file"), rows.iloc[: len(repeated)]], ignore_index=True)
+        partial.append(rows.iloc[len(repeated) :].assign(part_index=i))
+        _write_part(meta, part, "set_aside", pd.DataFrame({"position": positions}))
         _write_part(meta, part, "duplicates", duplicates)
-        part.update(billable=len(calls), duplicate=len(duplicates))
+        part.update(billable=len(file_keys) - len(repeated), duplicate=len(duplicates))
         report.reconcile_file(part)
         ledger.record_reconciliation(
             engine, part["source"], part["name"], part["sha256"],
@@ -338,7 +336,8 @@ def rate_file(meta: Meta, part: dict[str, Any], config: PipelineConfig | None = 
     tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
     newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
     rates = tariff.all_rates(engine)
-    calls = pd.concat([_read_part(meta, part, "calls"), _read_part(meta, part, "session_calls")], ignore_index=True)
+    plain = dedupe.plain_calls(_read_part(meta, part, "accepted"), _read_part(meta, part, "set_aside")["position"].to_numpy())
+    calls = pd.concat([plain, _read_part(meta, part, "session_calls")], ignore_index=True)
     priced, unbillable, failed = rate.rate_calls(calls, rates, config.billing, config.markups())
     price_differences = rate.compare_with_tariff(priced, rates, config.billing)
     for name, frame in (("priced", priced), ("unbillable", unbillable), ("price_differences", price_differences)):
