@@ -13,20 +13,24 @@ import pandas as pd
 
 from cdr_billing import rate
 
-CALL_KEY = ["source", "transaction_id"]
-KEY_COLUMNS = [*CALL_KEY, "completion_status", "session_id"]  # what finding duplicates and partial parts reads
+CALL_KEY = ["source", "transaction_id"]  # the columns duplicates are found by
+PARTIAL_KEY = ["completion_status", "session_id"]  # the columns partial parts are found by
 
 
 def repeated_per_file(keys_per_file: list[pd.DataFrame]) -> list[np.ndarray]:
-    """For each file's keys, in file order: a mask of the rows whose call came in an earlier file."""
-    repeated = pd.concat([keys[CALL_KEY] for keys in keys_per_file], ignore_index=True).duplicated().to_numpy()
+    """For each file's CALL_KEY columns, in file order: a mask of the rows whose call came in
+    an earlier file (or earlier in the same file)."""
+    keys = pd.concat(keys_per_file, ignore_index=True)
+    single_source = len(keys) and (keys["source"] == keys["source"].iloc[0]).all()
+    repeated = (keys["transaction_id"].duplicated() if single_source else keys[CALL_KEY].duplicated()).to_numpy()
     bounds = np.cumsum([0, *map(len, keys_per_file)])
     return [repeated[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def set_aside(keys: pd.DataFrame, repeated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of a file's rows that are not plain calls: (duplicates, parts of partial calls)."""
-    partial = rate.partial_parts(keys).to_numpy() & ~repeated
+def set_aside(statuses: pd.DataFrame, repeated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of a file's rows that are not plain calls: (duplicates, parts of partial calls);
+    `statuses`: the file's PARTIAL_KEY columns."""
+    partial = rate.partial_parts(statuses).to_numpy() & ~repeated
     return np.flatnonzero(repeated), np.flatnonzero(partial)
 
 

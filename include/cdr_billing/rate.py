@@ -9,6 +9,8 @@ micro-units, so no float ever touches money.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,25 +27,24 @@ NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
 
 def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     """Return numbers as E.164 digits without "+": +46.., 0046.. and 0.. become 46.."""
-    text = pa.array(numbers, type=pa.string())
+    text = pa.array(numbers, type=pa.large_string())
     if pc.all(pc.match_substring_regex(text, r"^\+[0-9]+$")).as_py():  # already E.164: the usual case
         return pd.Series(pc.utf8_slice_codeunits(text, 1), index=numbers.index, dtype="str")
-    digits = pc.replace_substring_regex(text, r"[\s\-().]", "")
-    plus = pc.starts_with(digits, "+")
-    international = pc.and_(pc.invert(plus), pc.starts_with(digits, rules.international_prefix))
-    national = pc.and_(pc.invert(pc.or_(plus, international)), pc.starts_with(digits, rules.national_prefix))
-    skip = pc.if_else(
-        plus, 1, pc.if_else(international, len(rules.international_prefix), pc.if_else(national, len(rules.national_prefix), 0))
-    )
-    rest = pc.utf8_slice_codeunits(digits, 0)  # a copy to cut from below
-    cut = [
-        pc.utf8_slice_codeunits(rest, n) for n in range(max(1, len(rules.international_prefix), len(rules.national_prefix)) + 1)
-    ]
-    tail = cut[0]
-    for n in range(1, len(cut)):
-        tail = pc.if_else(pc.equal(skip, n), cut[n], tail)
-    country = pc.if_else(national, rules.country_code, "")
-    return pd.Series(pc.binary_join_element_wise(country, tail, ""), index=numbers.index, dtype="str")
+    if pc.any(pc.match_substring_regex(text, r"[\s\-().]")).as_py():
+        text = pc.replace_substring_regex(text, r"[\s\-().]", "")
+    leading = r"^(?:\+|" + re.escape(rules.international_prefix) + ")"  # "+" or the international prefix, stripped
+    national = pc.and_(pc.invert(pc.match_substring_regex(text, leading)), pc.starts_with(text, rules.national_prefix))
+    e164 = pc.replace_substring_regex(text, leading, "", max_replacements=1)
+    if pc.any(national).as_py():
+        national_number = pc.utf8_slice_codeunits(text, len(rules.national_prefix))
+        e164 = pc.if_else(
+            national,
+            pc.binary_join_element_wise(
+                pa.scalar(rules.country_code, pa.large_string()), national_number, pa.scalar("", pa.large_string())
+            ),
+            e164,
+        )
+    return pd.Series(e164, index=numbers.index, dtype="str")
 
 
 E164_DIGITS = 15
@@ -53,7 +54,7 @@ _POWERS = np.power(10, np.arange(E164_DIGITS + 1), dtype=np.int64)
 def _padded_numbers(digits: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """E.164 digit strings as int64 right-padded to 15 digits (-1 where not 1-15 digits without
     a leading 0), and their lengths."""
-    text = pa.array(digits, type=pa.string())
+    text = pa.array(digits, type=pa.large_string())
     fits = pc.fill_null(pc.match_substring_regex(text, r"^[1-9]\d{0,14}$"), False)
     values = pc.cast(pc.if_else(fits, text, "0"), pa.int64()).to_numpy(zero_copy_only=False)
     lengths = pc.if_else(fits, pc.utf8_length(text), E164_DIGITS).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -203,7 +204,9 @@ def _price_by_tariff(calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSet
     matched = calls[hit].reset_index(drop=True)
     used = position[hit]
 
-    def column(name: str) -> np.ndarray:
+    def column(name: str) -> np.ndarray | pd.Series:
+        if rates[name].dtype == "str":  # taken in Arrow, not through a million Python strings
+            return pd.Series(pa.array(rates[name], type=pa.large_string()).take(used), dtype="str")
         return rates[name].to_numpy()[used]
 
     priced = matched.assign(
@@ -280,11 +283,9 @@ def rate_calls(
     Status 1 and 2 are billed; status 3 (completed, delivery failed) is billed and keeps
     its status as the flag. `markups`: source -> basis points added to provider costs.
     """
-    failed = calls["completion_status"] == COMPLETION_FAILED
-    billable = calls[~failed]
-    by_tariff, unbillable = _price_by_tariff(billable[~billable["pre_priced"]], rates, rules)
-    by_provider = _price_by_provider(billable[billable["pre_priced"]], markups or {})
-    priced = pd.concat([by_provider, by_tariff], ignore_index=True)
-    priced["cost_minor"] = priced["cost_minor"].astype(np.int64)
-    priced["billed_seconds"] = priced["billed_seconds"].astype(np.int64)
-    return priced, unbillable, calls[failed].reset_index(drop=True)
+    failed = (calls["completion_status"] == COMPLETION_FAILED).to_numpy()
+    pre_priced = calls["pre_priced"].to_numpy(bool)
+    by_tariff, unbillable = _price_by_tariff(calls[~failed & ~pre_priced], rates, rules)
+    by_provider = _price_by_provider(calls[~failed & pre_priced], markups or {})
+    priced = pd.concat([by_provider, by_tariff], ignore_index=True) if len(by_provider) else by_tariff
+    return priced.astype({"cost_minor": np.int64, "billed_seconds": np.int64}), unbillable, calls[failed].reset_index(drop=True)

@@ -292,18 +292,18 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
     config = config or load_config()
     order = [f["sha256"] for f in cdr_files(meta)]
     parts = sorted(validated, key=lambda part: order.index(part["sha256"]))
-    keys = [_read_part(meta, part, "accepted", dedupe.KEY_COLUMNS) for part in parts]
+    repeated_rows = dedupe.repeated_per_file([_read_part(meta, part, "accepted", dedupe.CALL_KEY) for part in parts])
     engine = database.billing_engine(config.billing.connection)
     partial = []  # parts of partial calls, from every file: a session may span files
-    for i, (part, file_keys, again) in enumerate(zip(parts, keys, dedupe.repeated_per_file(keys), strict=True)):
-        repeated, in_session = dedupe.set_aside(file_keys, again)
+    for i, (part, again) in enumerate(zip(parts, repeated_rows, strict=True)):
+        repeated, in_session = dedupe.set_aside(_read_part(meta, part, "accepted", dedupe.PARTIAL_KEY), again)
         positions = np.concatenate([repeated, in_session])
         rows = _read_part(meta, part, "accepted", rows=positions)
         duplicates = pd.concat([_read_part(meta, part, "duplicates_in_file"), rows.iloc[: len(repeated)]], ignore_index=True)
         partial.append(rows.iloc[len(repeated) :].assign(part_index=i))
         _write_part(meta, part, "set_aside", pd.DataFrame({"position": positions}))
         _write_part(meta, part, "duplicates", duplicates)
-        part.update(billable=len(file_keys) - len(repeated), duplicate=len(duplicates))
+        part.update(billable=len(again) - len(repeated), duplicate=len(duplicates))
         report.reconcile_file(part)
         ledger.record_reconciliation(
             engine, part["source"], part["name"], part["sha256"],
