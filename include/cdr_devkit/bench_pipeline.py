@@ -137,11 +137,19 @@ def _validate_with_gx(path: Path, part: Path, month: BillingMonth) -> dict[str, 
     return clock.seconds
 
 
-def _warm_up() -> None:
-    """Import what the per-file steps use, before the clock starts (a worker of a running Airflow is warm too)."""
+def _warm_up(threads: int) -> None:
+    """A worker's start: import what the per-file steps use (a worker of a running Airflow is
+    warm too) and give Arrow's thread pool this worker's share of the cores."""
     import pandas  # noqa: F401
+    import pyarrow
 
     from cdr_billing import aggregate, attribute, dedupe, rate, read, storage, validate  # noqa: F401
+
+    pyarrow.set_cpu_count(threads)
+
+
+def _started() -> None:
+    time.sleep(0.5)  # long enough that each worker takes one of these
 
 
 @contextmanager
@@ -155,12 +163,14 @@ def _workers(count: int, fresh_process_per_task: bool = False):
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max(count, 1), mp_context=context, max_tasks_per_child=1 if fresh_process_per_task else None
-    ) as pool:
-        if not fresh_process_per_task:
-            for started in [pool.submit(_warm_up) for _ in range(count)]:
-                started.result()
+    if fresh_process_per_task:
+        pool = ProcessPoolExecutor(max(count, 1), mp_context=context, max_tasks_per_child=1)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // count)
+        pool = ProcessPoolExecutor(count, mp_context=context, initializer=_warm_up, initargs=(threads,))
+        for started in [pool.submit(_started) for _ in range(count)]:
+            started.result()
+    with pool:
         yield lambda function, arguments: [f.result() for f in [pool.submit(function, *a) for a in arguments]]
 
 
