@@ -97,3 +97,11 @@ def test_durations_and_statuses_fast_paths_equal_the_general_parsers():
     statuses = pd.Series(["0", "1", "2", "3", "4", "1.0", "", "x", " 2"], index=range(3, 12), dtype="str")
     assert parse_statuses(statuses).tolist() == [0, 1, 2, 3, pd.NA, 1, pd.NA, pd.NA, 2]
     assert str(parse_statuses(statuses).dtype) == "Int8"
+
+
+def test_a_row_with_more_fields_than_the_header_is_a_clear_error_naming_its_line(tmp_path):
+    path = tmp_path / "long_row.csv"
+    path.write_text(HEADER + "\n" + row("T1") + "\n" + row("T2") + ",extra\n")
+    assert read._read_csv_arrow(path, PROFILE) is None
+    with pytest.raises(read.FileReadError, match="long_row.csv: line 3 has 19 fields, the header 18"):
+        read.read_cdr_file(path, PROFILE)
