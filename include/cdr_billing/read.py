@@ -136,9 +136,8 @@ def _read_csv_arrow(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
     if lines is None:
         return None
     try:
-        header = next(
-            csv.reader([data[: data.find(b"\n") if b"\n" in data else len(data)].decode()], delimiter=profile.delimiter)
-        )
+        end = data.find(b"\n")
+        header = next(csv.reader([(data[:end] if end >= 0 else data).decode()], delimiter=profile.delimiter))
         if len(set(header)) != len(header):
             return None
         table = pacsv.read_csv(

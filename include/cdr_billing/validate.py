@@ -85,7 +85,15 @@ def _strict_strptime(text: pa.Array, timestamp_format: str) -> pa.Array:
     return pc.if_else(exact, parsed, pa.scalar(None, parsed.type))
 
 
+def _fill_rest(result: pd.Series, rest: np.ndarray, text: pd.Series, general: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """Give the rows the Arrow fast path left (`rest`) the general parser's values."""
+    if rest.any():
+        result.iloc[np.flatnonzero(rest)] = general(text[rest]).array
+    return result
+
+
 def _nullable_ints(values: pa.Array, missing: np.ndarray, index: pd.Index, dtype: str) -> pd.Series:
+    """Arrow integers as a nullable pandas column; `missing`: the null mask."""
     return pd.Series(
         pd.arrays.IntegerArray(pc.fill_null(values, 0).to_numpy(zero_copy_only=False), missing.copy()), index=index
     ).astype(dtype)
@@ -104,17 +112,13 @@ def parse_timestamps(text: pd.Series, timezone: str, timestamp_format: str | Non
         return _localise(parsed, timezone)
     utc, rest = _fast_parse(text, ISO_UTC, lambda a: _strict_strptime(a, ISO_UTC_FORMAT))
     result = pd.Series(utc.to_numpy(zero_copy_only=False), index=text.index).dt.tz_localize("UTC")
-    if rest.any():
-        result.iloc[np.flatnonzero(rest)] = _parse_without_z(text[rest], timezone).array
-    return result
+    return _fill_rest(result, rest, text, lambda rows: _parse_without_z(rows, timezone))
 
 
 def _parse_without_z(text: pd.Series, timezone: str) -> pd.Series:
     wall, general = _fast_parse(text, ISO_WALL, lambda a: _strict_strptime(a, ISO_WALL_FORMAT))
     result = _localise(pd.Series(wall.to_numpy(zero_copy_only=False), index=text.index), timezone)
-    if general.any():
-        result.iloc[np.flatnonzero(general)] = _parse_general(text[general], timezone).array
-    return result
+    return _fill_rest(result, general, text, lambda rows: _parse_general(rows, timezone))
 
 
 def _parse_general(text: pd.Series, timezone: str) -> pd.Series:
@@ -144,9 +148,7 @@ def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series
     if unit == "seconds":
         whole, rest = _fast_parse(text, WHOLE_SECONDS, lambda a: pc.cast(a, pa.int64()))
         seconds = _nullable_ints(whole, rest, text.index, "Int64")
-        if rest.any():
-            seconds.iloc[np.flatnonzero(rest)] = _parse_durations(text[rest], unit, decimal).array
-        return seconds
+        return _fill_rest(seconds, rest, text, lambda rows: _parse_durations(rows, unit, decimal))
     return _parse_durations(text, unit, decimal)
 
 
@@ -164,11 +166,12 @@ def parse_statuses(text: pd.Series) -> pd.Series:
     """Completion statuses 0-3 (nullable Int8); "1" in Arrow, anything else ("1.0") by pandas."""
     codes = [str(status) for status in COMPLETION_STATUSES]
     found, rest = _fast_parse(text, "^[0-9]$", lambda a: pc.index_in(a, value_set=pa.array(codes, pa.large_string())))
-    status = _nullable_ints(found, rest, text.index, "Int8")
-    if rest.any():
-        number = pd.to_numeric(text[rest], errors="coerce")
-        status.iloc[np.flatnonzero(rest)] = number.where(number.isin(COMPLETION_STATUSES)).astype("Int8").array
-    return status
+    return _fill_rest(_nullable_ints(found, rest, text.index, "Int8"), rest, text, _parse_statuses)
+
+
+def _parse_statuses(text: pd.Series) -> pd.Series:
+    number = pd.to_numeric(text, errors="coerce")
+    return number.where(number.isin(COMPLETION_STATUSES)).astype("Int8")
 
 
 def _convert_distinct(text: pd.Series, convert: Callable[[str], int | None], dtype: str) -> pd.Series:
