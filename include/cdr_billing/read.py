@@ -13,6 +13,7 @@ import functools
 import logging
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +109,19 @@ def _is_utf8(encoding: str) -> bool:
     return encoding.lower().replace("_", "-") in ("utf-8", "utf8")
 
 
-def _record_lines(data: bytes) -> np.ndarray | None:
-    """The 1-based line of every non-blank line when each is one record: no bare carriage
-    return, no blank first line; None otherwise."""
-    if not data or (b"\r" in data and data.count(b"\r") != data.count(b"\r\n")):
+Trim = Callable[[pa.ChunkedArray], pa.ChunkedArray]
+_TRIMMED_ASCII = b" \t\x0b\x0c\x1c\x1d\x1e\x1f"  # trimmed like str.strip(), besides the line ends
+_TRIMMED_BY_ASCII_TRIM = b" \t\x0b\x0c"  # pc.ascii_trim_whitespace keeps \x1c-\x1f
+
+
+def _record_lines(data: bytes, records: int) -> np.ndarray | None:
+    """The 1-based line of the header and of each of `records` records when each is one line
+    (blank lines skipped): no bare carriage return, no blank first line; None otherwise."""
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
         return None
-    if b"\n\n" not in data and b"\n\r\n" not in data and data[:1] not in (b"\n", b"\r"):  # no blank line
-        return np.arange(1, data.count(b"\n") + (not data.endswith(b"\n")) + 1, dtype=np.int64)
+    total = data.count(b"\n") + (not data.endswith(b"\n"))
+    if records == total - 1:  # a record per line: no blank line, no line break inside a field
+        return np.arange(1, total + 1, dtype=np.int64)
     bytes_ = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(bytes_ == 10)
     starts = np.concatenate(([0], ends + 1))
@@ -122,18 +129,29 @@ def _record_lines(data: bytes) -> np.ndarray | None:
     lengths = stops - starts
     lengths -= (lengths > 0) & (bytes_[np.maximum(stops - 1, 0)] == 13)
     lines = np.flatnonzero(lengths > 0) + 1
-    return lines if len(lines) and lines[0] == 1 else None
+    return lines if len(lines) == records + 1 and lines[0] == 1 else None
 
 
-def _read_csv_arrow(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray] | None:
+def _trim_for(data: bytes) -> Trim:
+    """The cheapest whitespace trim that equals `pc.utf8_trim_whitespace` on this file's
+    values (records of one line each): none when no value can start or end with whitespace."""
+    if not data.isascii():
+        return pc.utf8_trim_whitespace
+    if not any(bytes([byte]) in data for byte in _TRIMMED_ASCII):
+        return lambda values: values
+    if not any(bytes([byte]) in data for byte in _TRIMMED_ASCII.removeprefix(_TRIMMED_BY_ASCII_TRIM)):
+        return pc.ascii_trim_whitespace
+    return pc.utf8_trim_whitespace
+
+
+def _read_csv_arrow(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray, Trim] | None:
     """pyarrow's multi-threaded parser, every column as text, for a UTF-8 file whose records
     are one line each (checked: records = non-blank lines after the header); None when the
     file needs the exact reader (other encodings, short rows, multi-line fields, ...)."""
     if not _is_utf8(profile.encoding):
         return None
     data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    lines = _record_lines(data)
-    if lines is None:
+    if not data or data[:1] in (b"\n", b"\r"):
         return None
     try:
         end = data.find(b"\n")
@@ -147,25 +165,29 @@ def _read_csv_arrow(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
         )
     except (UnicodeDecodeError, csv.Error, pa.ArrowInvalid):
         return None
-    if table.num_rows != len(lines) - 1 or any(not pa.types.is_large_string(t) for t in table.schema.types):
+    lines = _record_lines(data, table.num_rows)
+    if lines is None or any(not pa.types.is_large_string(t) for t in table.schema.types):
         return None
-    return table, lines[1:]
+    return table, lines[1:], _trim_for(data)
 
 
-def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pa.Table, np.ndarray]:
-    """The file's cells as text columns, and each row's line in the file."""
+def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pa.Table, np.ndarray, Trim]:
+    """The file's cells as text columns, each row's line in the file, and how to trim the cells."""
     if profile.format != "xlsx":
-        return _read_csv_arrow(path, profile) or _read_csv_exact(path, profile)
+        return _read_csv_arrow(path, profile) or (*_read_csv_exact(path, profile), pc.utf8_trim_whitespace)
     frame, header_line = _read_xlsx(path, profile, wanted)
     columns = [pa.array(frame.iloc[:, n].fillna("").astype(str), type=pa.large_string()) for n in range(frame.shape[1])]
-    return pa.table(columns, names=[str(name) for name in frame.columns]), frame.index.to_numpy() + header_line + 1
+    table = pa.table(columns, names=[str(name) for name in frame.columns])
+    return table, frame.index.to_numpy() + header_line + 1, pc.utf8_trim_whitespace
 
 
-def _canonical_column(table: pa.Table, position: int | None, field: str, profile: SourceProfile) -> pa.ChunkedArray | pa.Array:
+def _canonical_column(
+    table: pa.Table, position: int | None, field: str, profile: SourceProfile, trim: Trim
+) -> pa.ChunkedArray | pa.Array:
     """One canonical field: the mapped column stripped (or the profile's default), with the value map applied."""
     if position is None:
         return pa.repeat(pa.scalar(profile.defaults.get(field, ""), pa.large_string()), table.num_rows)
-    values = pc.utf8_trim_whitespace(pc.fill_null(table.column(position), ""))
+    values = trim(pc.fill_null(table.column(position), ""))
     mapping = profile.value_maps.get(field)
     if mapping:
         found = pc.index_in(values, value_set=pa.array(list(mapping), pa.large_string()))
@@ -180,7 +202,7 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
     no value in any mapped column are not CDR rows: they are skipped (and logged).
     """
     wanted = {_normalise_header(profile.columns[f]) for f in required_fields(profile.priced) if f in profile.columns}
-    table, rows = _text_table(path, profile, wanted)
+    table, rows, trim = _text_table(path, profile, wanted)
     by_header: dict[str, int] = {}
     for n, name in enumerate(table.column_names):
         by_header.setdefault(_normalise_header(name), n)
@@ -192,7 +214,7 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
     if missing:
         raise FileReadError(f"{path.name}: missing required columns: {', '.join(missing)}")
     positions = {field: by_header.get(_normalise_header(header)) for field, header in profile.columns.items()}
-    canonical = {field: _canonical_column(table, positions.get(field), field, profile) for field in TEXT_FIELDS}
+    canonical = {field: _canonical_column(table, positions.get(field), field, profile, trim) for field in TEXT_FIELDS}
     canonical["source_file"] = pa.repeat(pa.scalar(path.name, pa.large_string()), table.num_rows)
     canonical["source_row"] = pa.array(rows, type=pa.int64())
     blank = functools.reduce(pc.and_, [pc.equal(canonical[f], "") for f in profile.columns if f in TEXT_FIELDS])
