@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdr_billing import dedupe
 from cdr_billing.canonical import CARRIED_FIELDS, COMPLETION_STATUSES, LINEAGE_FIELDS, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.money import MoneyError, percent_to_basis_points, to_micro_units
@@ -306,7 +307,9 @@ def enforce_rejection_threshold(file_name: str, rows_read: int, rejected: pd.Dat
 
 def split_duplicates(accepted: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep the first row of each (source, transaction id) across the month's files."""
-    repeated = accepted.duplicated(subset=["source", "transaction_id"], keep="first")
+    (repeated,) = dedupe.repeated_per_file([accepted[dedupe.CALL_KEY]])
+    if not repeated.any():  # the usual file: no copy
+        return accepted, accepted.iloc[:0]
     return accepted[~repeated].reset_index(drop=True), accepted[repeated].reset_index(drop=True)
 
 

@@ -11,6 +11,13 @@ from cdr_billing.config import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "cdr_billing_monthly"
+# Memory a task frees stays in its process for the next file instead of going back to the OS at
+# once, so it is not faulted in again page by page (bench-pipeline, 10M CDRs: 29.1 s -> 25.5 s).
+ALLOCATOR_SETTINGS = {
+    "MIMALLOC_PURGE_DELAY": "-1",  # Arrow's allocator (mimalloc): keep freed pages
+    "MALLOC_MMAP_THRESHOLD_": "33554432",  # glibc: blocks up to 32 MiB (glibc's limit) from the heap, not mmap
+    "MALLOC_TRIM_THRESHOLD_": "2147483647",  # glibc: do not hand the heap's free top back
+}
 
 
 def airflow_settings(airflow_home: Path, log_level: str = "INFO") -> dict[str, str]:
@@ -25,6 +32,7 @@ def airflow_settings(airflow_home: Path, log_level: str = "INFO") -> dict[str, s
         "AIRFLOW__CORE__DEFAULT_TIMEZONE": load_config().billing.timezone,
         "AIRFLOW__LOGGING__LOGGING_LEVEL": log_level,
         "GX_ANALYTICS_ENABLED": "false",
+        **ALLOCATOR_SETTINGS,
     }
 
 

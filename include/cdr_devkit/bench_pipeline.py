@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cdr_billing.months import BillingMonth
+from cdr_devkit.airflow_env import ALLOCATOR_SETTINGS
 from cdr_devkit.bench_data import MONTH, BenchMonth, ensure_month, month_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -565,7 +566,11 @@ def _spawn(kind: str, month: BenchMonth, base: Path, files: int, seed: int, out:
     if not validation:
         command.append("--no-validation")
     include = str(PROJECT_ROOT / "include")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [include, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        **ALLOCATOR_SETTINGS,
+        "PYTHONPATH": os.pathsep.join(filter(None, [include, os.environ.get("PYTHONPATH")])),
+    }
     print(f"--- {kind} (own process) ---", flush=True)
     (out / f"{kind}.json").unlink(missing_ok=True)
     child, tree_peak = subprocess.Popen(command, env=env), 0.0

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cdr_billing.config import load_config
-from cdr_devkit.airflow_env import PROJECT_ROOT
+from cdr_devkit.airflow_env import ALLOCATOR_SETTINGS, PROJECT_ROOT
 
 IMAGE_AIRFLOW_HOME = "/opt/airflow"  # the official image's AIRFLOW_HOME
 # `${VAR...}` is compose interpolation; `$${VAR}` is a literal `${VAR}` for the shell.
@@ -261,3 +261,7 @@ def test_the_celery_provider_is_in_the_lock_and_installed_from_it(lock):
 def test_airflow_reads_dates_in_the_billing_timezone(env):
     """`airflow backfill create --from-date 2026-01-01` must mean the billing month's midnight."""
     assert env["AIRFLOW__CORE__DEFAULT_TIMEZONE"] == load_config().billing.timezone
+
+
+def test_workers_keep_freed_memory_as_the_local_airflow_does(env):
+    assert {name: env.get(name) for name in ALLOCATOR_SETTINGS} == ALLOCATOR_SETTINGS
