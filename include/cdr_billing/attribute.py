@@ -33,15 +33,17 @@ def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot:
     own = joined["sequence_number"].fillna("")
     sequence = own.where(own != "", joined["default_sequence_number"]).fillna("")
     joined = joined.assign(sequence_number=sequence, used_default_sequence=known & (own == ""))
-    reason = pd.Series("", index=joined.index)
-    reason = reason.mask(sequence == "", NO_SEQUENCE_NUMBER)
-    reason = reason.mask(known & ~joined["entitled"].fillna(False).astype(bool), NOT_ENTITLED)
-    reason = reason.mask(~known, UNKNOWN_ACCOUNT)
-    in_suspense = reason != ""
-    kept = joined.drop(columns=["default_sequence_number", "entitled"])
-    return kept[~in_suspense].reset_index(drop=True), kept[in_suspense].assign(reason_code=reason[in_suspense]).reset_index(
-        drop=True
+    known, entitled = known.to_numpy(), joined["entitled"].fillna(False).to_numpy(bool)
+    no_sequence = (sequence == "").to_numpy()
+    suspense = np.flatnonzero(~known | ~entitled | no_sequence)
+    reasons = np.select(  # the first that applies
+        [~known[suspense], ~entitled[suspense]], [UNKNOWN_ACCOUNT, NOT_ENTITLED], NO_SEQUENCE_NUMBER
     )
+    kept = joined.drop(columns=["default_sequence_number", "entitled"])
+    in_suspense = kept.take(suspense).assign(reason_code=pd.Series(reasons, index=kept.index[suspense], dtype="str"))
+    billed = np.ones(len(kept), dtype=bool)
+    billed[suspense] = False
+    return kept.take(np.flatnonzero(billed)).reset_index(drop=True), in_suspense.reset_index(drop=True)
 
 
 def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:

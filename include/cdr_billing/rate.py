@@ -9,8 +9,6 @@ micro-units, so no float ever touches money.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -28,22 +26,21 @@ NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
 def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     """Return numbers as E.164 digits without "+": +46.., 0046.. and 0.. become 46.."""
     text = pa.array(numbers, type=pa.large_string())
-    if pc.all(pc.match_substring_regex(text, r"^\+[0-9]+$")).as_py():  # already E.164: the usual case
-        return pd.Series(pc.utf8_slice_codeunits(text, 1), index=numbers.index, dtype="str")
-    if pc.any(pc.match_substring_regex(text, r"[\s\-().]")).as_py():
-        text = pc.replace_substring_regex(text, r"[\s\-().]", "")
-    leading = r"^(?:\+|" + re.escape(rules.international_prefix) + ")"  # "+" or the international prefix, stripped
-    national = pc.and_(pc.invert(pc.match_substring_regex(text, leading)), pc.starts_with(text, rules.national_prefix))
-    e164 = pc.replace_substring_regex(text, leading, "", max_replacements=1)
-    if pc.any(national).as_py():
-        national_number = pc.utf8_slice_codeunits(text, len(rules.national_prefix))
-        e164 = pc.if_else(
-            national,
-            pc.binary_join_element_wise(
-                pa.scalar(rules.country_code, pa.large_string()), national_number, pa.scalar("", pa.large_string())
-            ),
-            e164,
-        )
+    digits = pc.utf8_slice_codeunits(text, 1)
+    if pc.all(pc.and_(pc.starts_with(text, "+"), pc.ascii_is_decimal(digits))).as_py():  # already E.164: the usual case
+        return pd.Series(digits, index=numbers.index, dtype="str")
+    if not pc.all(pc.ascii_is_decimal(pc.replace_substring(text, "+", "", max_replacements=1))).as_py():
+        text = pc.replace_substring_regex(text, r"[\s\-().]", "")  # separators: + 46 (70) 123-45.67
+    plus, international = pc.starts_with(text, "+"), pc.starts_with(text, rules.international_prefix)
+    national = pc.and_not(pc.and_not(pc.starts_with(text, rules.national_prefix), plus), international)
+    country_code, nothing = pa.scalar(rules.country_code, pa.large_string()), pa.scalar("", pa.large_string())
+    e164 = pc.case_when(
+        pc.make_struct(plus, international, national),
+        pc.utf8_slice_codeunits(text, 1),
+        pc.utf8_slice_codeunits(text, len(rules.international_prefix)),
+        pc.binary_join_element_wise(country_code, pc.utf8_slice_codeunits(text, len(rules.national_prefix)), nothing),
+        text,
+    )
     return pd.Series(e164, index=numbers.index, dtype="str")
 
 
@@ -196,12 +193,15 @@ def price_numbers(
     return position, seconds, cost
 
 
-def _price_by_tariff(calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    calls = calls.assign(destination_e164=normalise_numbers(calls["destination_party"], rules)).reset_index(drop=True)
-    durations = calls["duration_seconds"].to_numpy(np.int64)
-    position, seconds, cost = price_numbers(calls["destination_e164"], calls["start_utc"], durations, rates, rules.timezone)
-    hit = position >= 0
-    matched = calls[hit].reset_index(drop=True)
+def _price_by_tariff(
+    calls: pd.DataFrame, rows: np.ndarray, rates: pd.DataFrame, rules: BillingSettings
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Price the calls at positions `rows` by the tariff: (priced, unbillable); the wide rows
+    are copied once, after pricing."""
+    e164 = normalise_numbers(calls["destination_party"].iloc[rows], rules).reset_index(drop=True)
+    durations = calls["duration_seconds"].to_numpy(np.int64)[rows]
+    position, seconds, cost = price_numbers(e164, calls["start_utc"].iloc[rows], durations, rates, rules.timezone)
+    hit, miss = np.flatnonzero(position >= 0), np.flatnonzero(position < 0)
     used = position[hit]
 
     def column(name: str) -> np.ndarray | pd.Series:
@@ -209,17 +209,23 @@ def _price_by_tariff(calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSet
             return pd.Series(pa.array(rates[name], type=pa.large_string()).take(used), dtype="str")
         return rates[name].to_numpy()[used]
 
-    priced = matched.assign(
-        billed_seconds=seconds[hit],
-        cost_minor=cost[hit],
-        currency=column("currency"),
-        tariff_version=column("version_id"),
-        tariff_line=column("line"),
-        tariff_prefix=column("prefix"),
-        tariff_band=column("band"),
-        pricing="tariff",
+    priced = (
+        calls.take(rows[hit])
+        .reset_index(drop=True)
+        .assign(
+            destination_e164=e164.iloc[hit].reset_index(drop=True),
+            billed_seconds=seconds[hit],
+            cost_minor=cost[hit],
+            currency=column("currency"),
+            tariff_version=column("version_id"),
+            tariff_line=column("line"),
+            tariff_prefix=column("prefix"),
+            tariff_band=column("band"),
+            pricing="tariff",
+        )
     )
-    return priced, _unbillable(calls[position < 0], rates)
+    unpriced = calls.take(rows[miss]).reset_index(drop=True).assign(destination_e164=e164.iloc[miss].reset_index(drop=True))
+    return priced, _unbillable(unpriced, rates)
 
 
 def _price_by_provider(calls: pd.DataFrame, markups: dict[str, int]) -> pd.DataFrame:
@@ -266,7 +272,8 @@ def compare_with_tariff(priced: pd.DataFrame, rates: pd.DataFrame, rules: Billin
     checkable = priced[(priced["pricing"] == "provider") & (priced["destination_party"] != "")]
     if checkable.empty:
         return checkable.assign(tariff_cost_minor=pd.Series(dtype="int64"))
-    by_tariff, _ = _price_by_tariff(checkable.drop(columns=["destination_e164", "billed_seconds", "cost_minor"]), rates, rules)
+    unpriced = checkable.drop(columns=["destination_e164", "billed_seconds", "cost_minor"]).reset_index(drop=True)
+    by_tariff, _ = _price_by_tariff(unpriced, np.arange(len(unpriced)), rates, rules)
     both = checkable.reset_index(drop=True).merge(
         by_tariff[["source", "transaction_id", "cost_minor"]].rename(columns={"cost_minor": "tariff_cost_minor"}),
         on=["source", "transaction_id"],
@@ -285,7 +292,7 @@ def rate_calls(
     """
     failed = (calls["completion_status"] == COMPLETION_FAILED).to_numpy()
     pre_priced = calls["pre_priced"].to_numpy(bool)
-    by_tariff, unbillable = _price_by_tariff(calls[~failed & ~pre_priced], rates, rules)
+    by_tariff, unbillable = _price_by_tariff(calls, np.flatnonzero(~failed & ~pre_priced), rates, rules)
     by_provider = _price_by_provider(calls[~failed & pre_priced], markups or {})
     priced = pd.concat([by_provider, by_tariff], ignore_index=True) if len(by_provider) else by_tariff
     return priced.astype({"cost_minor": np.int64, "billed_seconds": np.int64}), unbillable, calls[failed].reset_index(drop=True)

@@ -1,3 +1,6 @@
+import random
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,6 +74,31 @@ def test_half_cent_rounds_up():
 def test_national_and_international_formats_normalise_alike():
     numbers = pd.Series(["+46701234567", "0046701234567", "0701234567", "+44 20 7946 0000"])
     assert normalise_numbers(numbers, RULES).tolist() == ["46701234567"] * 3 + ["442079460000"]
+
+
+def _normalised_one_by_one(number: str) -> str:
+    """The rule, one number at a time: separators out, then "+", the international or the national prefix."""
+    number = re.sub(r"[\s\-().]", "", number)
+    if number.startswith("+"):
+        return number[1:]
+    if number.startswith(RULES.international_prefix):
+        return number[len(RULES.international_prefix) :]
+    if number.startswith(RULES.national_prefix):
+        return RULES.country_code + number[len(RULES.national_prefix) :]
+    return number
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_normalising_numbers_in_bulk_equals_the_rule_number_by_number(seed):
+    rng = random.Random(seed)
+    starts = ["+", "00", "0", "", "+0", "000", "(0)", "+ "]
+    numbers = [
+        "".join([rng.choice(starts), *(rng.choice("0123456789 -().+") for _ in range(rng.randint(0, 12)))]) for _ in range(500)
+    ]
+    numbers += ["+46701234567"] * 3  # the E.164 fast path is taken only when every number is E.164
+    assert normalise_numbers(pd.Series(numbers, dtype="str"), RULES).tolist() == [_normalised_one_by_one(n) for n in numbers]
+    e164 = pd.Series([f"+{rng.randint(10**6, 10**14)}" for _ in range(200)], dtype="str")
+    assert normalise_numbers(e164, RULES).tolist() == [n[1:] for n in e164]
 
 
 def test_longest_prefix_wins(tariff):
