@@ -35,15 +35,14 @@ def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot:
     joined = joined.assign(sequence_number=sequence, used_default_sequence=known & (own == ""))
     known, entitled = known.to_numpy(), joined["entitled"].fillna(False).to_numpy(bool)
     no_sequence = (sequence == "").to_numpy()
-    suspense = np.flatnonzero(~known | ~entitled | no_sequence)
+    held = ~known | ~entitled | no_sequence
+    suspense = np.flatnonzero(held)
     reasons = np.select(  # the first that applies
         [~known[suspense], ~entitled[suspense]], [UNKNOWN_ACCOUNT, NOT_ENTITLED], NO_SEQUENCE_NUMBER
     )
     kept = joined.drop(columns=["default_sequence_number", "entitled"])
     in_suspense = kept.take(suspense).assign(reason_code=pd.Series(reasons, index=kept.index[suspense], dtype="str"))
-    billed = np.ones(len(kept), dtype=bool)
-    billed[suspense] = False
-    return kept.take(np.flatnonzero(billed)).reset_index(drop=True), in_suspense.reset_index(drop=True)
+    return kept.take(np.flatnonzero(~held)).reset_index(drop=True), in_suspense.reset_index(drop=True)
 
 
 def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:

@@ -110,8 +110,8 @@ def _is_utf8(encoding: str) -> bool:
 
 
 Trim = Callable[[pa.ChunkedArray], pa.ChunkedArray]
-_TRIMMED_ASCII = b" \t\x0b\x0c\x1c\x1d\x1e\x1f"  # trimmed like str.strip(), besides the line ends
-_TRIMMED_BY_ASCII_TRIM = b" \t\x0b\x0c"  # pc.ascii_trim_whitespace keeps \x1c-\x1f
+_TRIMMED_BY_ASCII_TRIM = b" \t\x0b\x0c"  # besides the line ends
+_KEPT_BY_ASCII_TRIM = b"\x1c\x1d\x1e\x1f"  # trimmed by str.strip() and the UTF-8 trim, kept by the ASCII trim
 
 
 def _record_lines(data: bytes, records: int) -> np.ndarray | None:
@@ -135,13 +135,11 @@ def _record_lines(data: bytes, records: int) -> np.ndarray | None:
 def _trim_for(data: bytes) -> Trim:
     """The cheapest whitespace trim that equals `pc.utf8_trim_whitespace` on this file's
     values (records of one line each): none when no value can start or end with whitespace."""
-    if not data.isascii():
+    if not data.isascii() or any(bytes([byte]) in data for byte in _KEPT_BY_ASCII_TRIM):
         return pc.utf8_trim_whitespace
-    if not any(bytes([byte]) in data for byte in _TRIMMED_ASCII):
-        return lambda values: values
-    if not any(bytes([byte]) in data for byte in _TRIMMED_ASCII.removeprefix(_TRIMMED_BY_ASCII_TRIM)):
+    if any(bytes([byte]) in data for byte in _TRIMMED_BY_ASCII_TRIM):
         return pc.ascii_trim_whitespace
-    return pc.utf8_trim_whitespace
+    return lambda values: values
 
 
 def _read_csv_arrow(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray, Trim] | None:
