@@ -3,9 +3,10 @@
 
 Turns the providers' call detail records of one **billing month** into billing lines:
 
-wait for the files → fetch over SFTP (primary, then secondary) → validate (Great Expectations) → rate (tariff)
-→ attribute (entitlement snapshot) → aggregate per customer id and sequence number
-→ load into the billing database → month report.
+wait for the files → fetch over SFTP (primary, then secondary) → validate (Great Expectations), file by file,
+while the tariff and the entitlement snapshot are loaded → drop duplicates → rate (tariff) → attribute
+(entitlement snapshot) → aggregate per customer id and sequence number → load into the billing database
+→ month report.
 
 **Which month.** The scheduled run for the interval starting on the 1st of month M bills
 month M (it runs once M is over). A manual run bills the last complete month, or the month
@@ -41,10 +42,12 @@ def stage_task(task_id: str):
     """A task that runs one function of `cdr_billing.stages` on its inputs (metadata from XCom)."""
     stage, doc, next_step = STAGES[task_id]
 
-    def run_stage(meta: dict, item: dict | None = None, part: dict | None = None, validated=None, rated=None) -> dict | list:
+    def run_stage(
+        meta: dict, item: dict | None = None, part: dict | None = None, validated=None, rated=None, references=None
+    ) -> dict | list:
         from cdr_billing import stages
 
-        inputs = {"item": item, "part": part, "validated": validated, "rated": rated}
+        inputs = {"item": item, "part": part, "validated": validated, "rated": rated, "references": references}
         # `validated` and `rated` collect a mapped task's results: a lazy sequence, read by index
         inputs = {
             name: [value[i] for i in range(len(value))] if name in LISTS else value
@@ -71,6 +74,13 @@ STAGES = {
         "Check that the SFTP servers answer and that their host keys are the pinned ones (a changed key may be an "
         "attack: confirm the fingerprint with the provider before re-pinning it in the connection).",
     ),
+    "load_references": (
+        "load_references",
+        "Beside the files' validation: store the month's tariff as a version and pin the month's entitlement snapshot "
+        "(the one it was first billed with, or a fresh one when the run asks for it).",
+        "Check the tariff file named in the log (python -m cdr_billing.tariff load FILE reports the bad line) and the "
+        "entitlement snapshot (file or the entitlements_db query).",
+    ),
     "list_cdr_files": (
         "cdr_files",
         "The month's CDR files, which validate_cdr_file is mapped over (one task per file).",
@@ -95,12 +105,12 @@ STAGES = {
     "rate_cdr_file": (
         "rate_file",
         "One task per CDR file: price calls by the provider's cost or the tariff's longest prefix; set aside unbillable calls.",
-        "Check the tariff file named in the log (python -m cdr_billing.tariff load FILE reports the bad line).",
+        "Send the log to the pipeline's developers; the tariff itself was checked by load_references.",
     ),
     "attribute_calls": (
         "attribute_calls",
         "Join calls to the entitlement snapshot; unknown or not-entitled accounts go to suspense.",
-        "Check the entitlement snapshot (file or the entitlements_db query) named in the log.",
+        "Send the log to the pipeline's developers; the snapshot itself was checked by load_references.",
     ),
     "aggregate_lines": (
         "aggregate_lines",
@@ -179,12 +189,13 @@ def cdr_billing_monthly():
         return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)
 
     fetched = stage_task("fetch_cdr_files")(meta=wait_for_cdr_files())
+    references = stage_task("load_references")(meta=fetched)
     files = stage_task("list_cdr_files")(meta=fetched)
     validated = stage_task("validate_cdr_file").partial(meta=fetched).expand(item=files)
     deduped = stage_task("dedupe_calls")(meta=fetched, validated=validated)
     parts = stage_task("list_file_parts")(meta=deduped)
-    rated = stage_task("rate_cdr_file").partial(meta=deduped).expand(part=parts)
-    attributed = stage_task("attribute_calls")(meta=deduped, rated=rated)
+    rated = stage_task("rate_cdr_file").partial(meta=deduped, references=references).expand(part=parts)
+    attributed = stage_task("attribute_calls")(meta=deduped, rated=rated, references=references)
     stage_task("report_month")(meta=stage_task("load_billing")(meta=stage_task("aggregate_lines")(meta=attributed)))
 
 

@@ -8,6 +8,8 @@ are not rewritten: the positions set aside are kept, and the rating reads the re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -20,65 +22,88 @@ PARTIAL_KEY = ["completion_status", "session_id"]  # the columns partial parts a
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: multiplies the bits of a hash apart
 
 
-def repeated_per_file(keys_per_file: list[pd.DataFrame]) -> list[np.ndarray]:
-    """For each file's CALL_KEY columns, in file order: a mask of the rows whose call came in
-    an earlier file (or earlier in the same file).
+def call_hashes(keys: pd.DataFrame) -> np.ndarray:
+    """A 64-bit hash of each row's transaction id that depends on that id alone, so each
+    file's hashes are computed on their own (in the file's task) and compared month-wide."""
+    ids = pc.fill_null(pa.chunked_array(pa.array(keys["transaction_id"])).cast(pa.large_string()), "")
+    return np.concatenate([np.zeros(0, np.uint64), *(text_hashes(chunk) for chunk in ids.chunks)])
 
-    A 64-bit hash of each transaction id finds the few rows that may repeat one (measured on
-    10M ids: about 1 s, where hashing the text ids in pandas took 5.3 s); those rows are then
-    compared by their exact keys, so a hash collision never makes a call a duplicate."""
-    ids = [pc.fill_null(pa.chunked_array(pa.array(keys["transaction_id"])).cast(pa.large_string()), "") for keys in keys_per_file]
-    width = max((pc.max(pc.binary_length(i)).as_py() or 0 for i in ids), default=0)
-    hashes = [np.concatenate([np.zeros(0, np.uint64), *(text_hashes(chunk, width) for chunk in i.chunks)]) for i in ids]
-    ordered = np.sort(np.concatenate([np.zeros(0, np.uint64), *hashes]))
+
+def repeated_per_file(hashes_per_file: list[np.ndarray], keys_at: Callable[[int, np.ndarray], pd.DataFrame]) -> list[np.ndarray]:
+    """For each file's call hashes, in file order: a mask of the rows whose call came in an
+    earlier file (or earlier in the same file). `keys_at(file, rows)`: the CALL_KEY columns of
+    those rows of that file.
+
+    Equal hashes find the few rows that may repeat a call (10M hashes sort in 0.1 s); only
+    those rows' exact keys are read and compared, so a hash collision never makes a call a
+    duplicate."""
+    ordered = np.sort(np.concatenate([np.zeros(0, np.uint64), *hashes_per_file]))
     collided = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    candidates = [np.flatnonzero(pd.Series(h).isin(collided).to_numpy()) for h in hashes]
+    candidates = [np.flatnonzero(pd.Series(hashes).isin(collided).to_numpy()) for hashes in hashes_per_file]
+    masks = [np.zeros(len(hashes), dtype=bool) for hashes in hashes_per_file]
+    if not any(len(rows) for rows in candidates):
+        return masks
     candidate_keys = pd.concat(
-        [
-            keys.iloc[rows][CALL_KEY].assign(file=n, row=rows)
-            for n, (keys, rows) in enumerate(zip(keys_per_file, candidates, strict=True))
-        ],
+        [keys_at(n, rows)[CALL_KEY].assign(file=n, row=rows) for n, rows in enumerate(candidates) if len(rows)],
         ignore_index=True,
     )  # file order, then row order: the first delivery wins
     again = candidate_keys[candidate_keys[CALL_KEY].duplicated().to_numpy()]
-    masks = [np.zeros(len(keys), dtype=bool) for keys in keys_per_file]
     for n, rows in again.groupby("file")["row"]:
         masks[n][rows.to_numpy()] = True
     return masks
 
 
-def text_hashes(values: pa.Array, width: int) -> np.ndarray:
-    """A 64-bit hash of each text value of at most `width` UTF-8 bytes: equal texts, equal hashes."""
+def text_hashes(values: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each text value from its UTF-8 bytes and length alone: equal texts,
+    equal hashes, whatever other values are hashed with them."""
     _, offset_buffer, data_buffer = values.buffers()
     offsets = np.frombuffer(offset_buffer, dtype=np.int64, count=len(values) + 1, offset=values.offset * 8)
     data = np.frombuffer(data_buffer or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
     lengths = np.diff(offsets)
+    width = int(lengths.max()) if len(values) else 0
     words = np.zeros((len(values), (width + 7) // 8 * 8), dtype=np.uint8)  # each value's bytes, zero padded
-    if len(values) and (lengths == lengths[0]).all():
-        words[:, : lengths[0]] = data.reshape(len(values), lengths[0])
+    same_length = bool(len(values)) and bool((lengths == width).all())
+    if same_length:
+        words[:, :width] = data.reshape(len(values), width)
     else:
         rows = np.repeat(np.arange(len(values)), lengths)
         words[rows, np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)] = data
     hashes = lengths.astype(np.uint64) * _MIX
     with np.errstate(over="ignore"):
-        for word in words.view(np.uint64).T:
-            hashes ^= word
-            hashes *= _MIX
-            hashes ^= hashes >> np.uint64(31)
+        for n, word in enumerate(words.view(np.uint64).T):
+            mixed = (hashes ^ word) * _MIX
+            mixed ^= mixed >> np.uint64(31)
+            hashes = mixed if same_length else np.where(lengths > 8 * n, mixed, hashes)  # a value's own words only
     return hashes
 
 
-def set_aside(statuses: pd.DataFrame, repeated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of a file's rows that are not plain calls: (duplicates, parts of partial calls);
-    `statuses`: the file's PARTIAL_KEY columns."""
-    partial = rate.partial_parts(statuses).to_numpy() & ~repeated
-    return np.flatnonzero(repeated), np.flatnonzero(partial)
+def partial_rows(accepted: pd.DataFrame) -> pd.DataFrame:
+    """A file's parts of partial calls, each with its position among the file's accepted rows."""
+    partial = rate.partial_parts(accepted).to_numpy()
+    return accepted[partial].assign(position=np.flatnonzero(partial)).reset_index(drop=True)
 
 
-def plain_calls(accepted: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
-    """A file's accepted rows without the positions set aside."""
-    if not len(positions):
-        return accepted
+def set_aside(partial: pd.DataFrame, repeated: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A file's rows that are not plain calls: (their positions, each marked duplicate or
+    not, the parts of partial calls that are not duplicates); `partial`: its partial_rows."""
+    again = repeated[partial["position"].to_numpy()]
+    in_session = partial[~again]
+    duplicates = np.flatnonzero(repeated)
+    positions = pd.DataFrame(
+        {
+            "position": np.concatenate([duplicates, in_session["position"].to_numpy()]),
+            "duplicate": np.arange(len(duplicates) + len(in_session)) < len(duplicates),
+        }
+    )
+    return positions, in_session.drop(columns="position").reset_index(drop=True)
+
+
+def plain_calls(accepted: pd.DataFrame, set_aside_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A file's accepted rows without the positions set aside, and the rows among those that
+    repeat a call of an earlier file: (plain calls, duplicates)."""
+    if set_aside_rows.empty:
+        return accepted, accepted.iloc[:0]
     keep = np.ones(len(accepted), dtype=bool)
-    keep[positions] = False
-    return accepted[keep].reset_index(drop=True)
+    keep[set_aside_rows["position"].to_numpy()] = False
+    duplicates = set_aside_rows["position"].to_numpy()[set_aside_rows["duplicate"].to_numpy()]
+    return accepted[keep].reset_index(drop=True), accepted.iloc[duplicates].reset_index(drop=True)

@@ -275,6 +275,8 @@ def _validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig) -> 
     _write_part(meta, part, "accepted", accepted)
     _write_part(meta, part, "duplicates_in_file", duplicates)
     _write_part(meta, part, "quarantined", checked.quarantined)
+    _write_part(meta, part, "call_hashes", pd.DataFrame({"hash": dedupe.call_hashes(accepted)}))  # for dedupe_calls
+    _write_part(meta, part, "partial_parts", dedupe.partial_rows(accepted))
     log.info("%s: read %d, accepted %d, quarantined %d, duplicates in the file %d",
              name, len(raw), len(accepted), len(checked.quarantined), len(duplicates))  # fmt: skip
     return {
@@ -282,7 +284,27 @@ def _validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig) -> 
         "data_docs": str(folder / "gx_results" / validate.DATA_DOCS_INDEX),
         "read": len(raw),
         "quarantined": len(checked.quarantined),
+        "duplicates_in_file": len(duplicates),
     }
+
+
+def load_references(meta: Meta, config: PipelineConfig | None = None) -> dict[str, int]:
+    """Store the month's tariff as a version (a known file keeps its version) and pin its
+    entitlement snapshot (captured once, or again when the run asks for a fresh one); runs
+    beside the files' validation. Returns the tariff version and the snapshot id."""
+    config = config or load_config()
+    settings, engine, now = config.entitlement_source, database.billing_engine(config.billing.connection), datetime.now(UTC)
+    migrations.upgrade(engine)
+    tariff_version = tariff.load_file(engine, Path(_files(meta, "tariff")[0]["local_path"]), config.billing.timezone)
+
+    def capture() -> entitlements.Snapshot:
+        if settings.source == "sql":
+            return entitlements.from_query(settings.connection, settings.query, now)
+        return entitlements.from_file(Path(_files(meta, "entitlements")[0]["local_path"]), now)
+
+    snapshot_id = entitlements.snapshot_for_month(engine, meta["billing_month"], capture, meta.get("refresh_entitlements", False))
+    log.info("tariff version %d, entitlement snapshot %d", tariff_version, snapshot_id)
+    return {"tariff_version": tariff_version, "entitlement_snapshot": snapshot_id}
 
 
 def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineConfig | None = None) -> Meta:
@@ -292,18 +314,18 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
     config = config or load_config()
     order = [f["sha256"] for f in cdr_files(meta)]
     parts = sorted(validated, key=lambda part: order.index(part["sha256"]))
-    repeated_rows = dedupe.repeated_per_file([_read_part(meta, part, "accepted", dedupe.CALL_KEY) for part in parts])
+    repeated_rows = dedupe.repeated_per_file(
+        [_read_part(meta, part, "call_hashes")["hash"].to_numpy() for part in parts],
+        lambda n, rows: _read_part(meta, parts[n], "accepted", dedupe.CALL_KEY, rows),
+    )
     engine = database.billing_engine(config.billing.connection)
     partial = []  # parts of partial calls, from every file: a session may span files
     for i, (part, again) in enumerate(zip(parts, repeated_rows, strict=True)):
-        repeated, in_session = dedupe.set_aside(_read_part(meta, part, "accepted", dedupe.PARTIAL_KEY), again)
-        positions = np.concatenate([repeated, in_session])
-        rows = _read_part(meta, part, "accepted", rows=positions)
-        duplicates = pd.concat([_read_part(meta, part, "duplicates_in_file"), rows.iloc[: len(repeated)]], ignore_index=True)
-        partial.append(rows.iloc[len(repeated) :].assign(part_index=i))
-        _write_part(meta, part, "set_aside", pd.DataFrame({"position": positions}))
-        _write_part(meta, part, "duplicates", duplicates)
-        part.update(billable=len(again) - len(repeated), duplicate=len(duplicates))
+        positions, in_session = dedupe.set_aside(_read_part(meta, part, "partial_parts"), again)
+        partial.append(in_session.assign(part_index=i))
+        _write_part(meta, part, "set_aside", positions)
+        repeated = int(again.sum())
+        part.update(billable=len(again) - repeated, duplicate=part["duplicates_in_file"] + repeated)
         report.reconcile_file(part)
         ledger.record_reconciliation(
             engine, part["source"], part["name"], part["sha256"],
@@ -329,37 +351,35 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
     )
 
 
-def rate_file(meta: Meta, part: dict[str, Any], config: PipelineConfig | None = None) -> dict[str, Any]:
-    """Price one file's calls; set aside unbillable and failed calls."""
+def rate_file(
+    meta: Meta, part: dict[str, Any], references: dict[str, int], config: PipelineConfig | None = None
+) -> dict[str, Any]:
+    """Price one file's calls (the tariff versions stored, the month's among them); set aside
+    unbillable and failed calls; write the file's duplicates (in the file, then of earlier files)."""
     config = config or load_config()
-    engine = database.billing_engine(config.billing.connection)
-    tariff_file = Path(_files(meta, "tariff")[0]["local_path"])
-    newest_version = tariff.load_file(engine, tariff_file, config.billing.timezone)  # a known file keeps its version
-    rates = tariff.all_rates(engine)
-    plain = dedupe.plain_calls(_read_part(meta, part, "accepted"), _read_part(meta, part, "set_aside")["position"].to_numpy())
+    rates = tariff.all_rates(database.billing_engine(config.billing.connection))
+    plain, duplicates = dedupe.plain_calls(_read_part(meta, part, "accepted"), _read_part(meta, part, "set_aside"))
+    in_file = _read_part(meta, part, "duplicates_in_file")
+    _write_part(meta, part, "duplicates", pd.concat([in_file, duplicates], ignore_index=True))  # in the file, then again
     calls = pd.concat([plain, _read_part(meta, part, "session_calls")], ignore_index=True)
     priced, unbillable, failed = rate.rate_calls(calls, rates, config.billing, config.markups())
     price_differences = rate.compare_with_tariff(priced, rates, config.billing)
     for name, frame in (("priced", priced), ("unbillable", unbillable), ("price_differences", price_differences)):
         _write_part(meta, part, name, frame)
     log.info("%s: priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable)",
-             part["name"], len(priced), newest_version, len(unbillable), len(failed))  # fmt: skip
+             part["name"], len(priced), references["tariff_version"], len(unbillable), len(failed))  # fmt: skip
     counts = {"unbillable": len(unbillable), "not_billable": len(failed)}
-    return {"sha256": part["sha256"], "tariff_version": newest_version, "price_differences": len(price_differences), **counts}
+    return {"sha256": part["sha256"], "price_differences": len(price_differences), **counts}
 
 
-def attribute_calls(meta: Meta, rated: list[dict[str, Any]], config: PipelineConfig | None = None) -> Meta:
-    """Join each file's priced calls to the entitlement snapshot valid at each call; set aside
-    suspense calls; sum each file's calls per user."""
+def attribute_calls(
+    meta: Meta, rated: list[dict[str, Any]], references: dict[str, int], config: PipelineConfig | None = None
+) -> Meta:
+    """Join each file's priced calls to the month's entitlement snapshot valid at each call;
+    set aside suspense calls; sum each file's calls per user."""
     config = config or load_config()
-    settings, engine, now = config.entitlement_source, database.billing_engine(config.billing.connection), datetime.now(UTC)
-
-    def capture() -> entitlements.Snapshot:
-        if settings.source == "sql":
-            return entitlements.from_query(settings.connection, settings.query, now)
-        return entitlements.from_file(Path(_files(meta, "entitlements")[0]["local_path"]), now)
-
-    snapshot_id = entitlements.snapshot_for_month(engine, meta["billing_month"], capture, meta.get("refresh_entitlements", False))
+    settings, engine = config.entitlement_source, database.billing_engine(config.billing.connection)
+    snapshot_id = references["entitlement_snapshot"]
     history = entitlements.history(engine, snapshot_id)
     month_end = BillingMonth.parse(meta["billing_month"]).bounds(config.billing.timezone)[1]
     cutoff = pd.Timestamp(month_end) - pd.Timedelta(days=settings.stale_after_days)
@@ -382,7 +402,7 @@ def attribute_calls(meta: Meta, rated: list[dict[str, Any]], config: PipelineCon
     facts = {
         "entitlement_snapshot": snapshot_id,
         "delivery_failed_billed": delivery_failed,
-        "tariff_version": max(r["tariff_version"] for r in rated),
+        "tariff_version": references["tariff_version"],
         "price_differences": sum(r["price_differences"] for r in rated),
     }
     rated_counts = {key: sum(r[key] for r in rated) for key in ("unbillable", "not_billable")}

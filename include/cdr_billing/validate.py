@@ -307,7 +307,7 @@ def enforce_rejection_threshold(file_name: str, rows_read: int, rejected: pd.Dat
 
 def split_duplicates(accepted: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep the first row of each (source, transaction id) in one file: (kept, repeated)."""
-    (repeated,) = dedupe.repeated_per_file([accepted[dedupe.CALL_KEY]])
+    (repeated,) = dedupe.repeated_per_file([dedupe.call_hashes(accepted)], lambda _, rows: accepted.iloc[rows])
     if not repeated.any():  # the usual file: no copy
         return accepted, accepted.iloc[:0]
     return accepted[~repeated].reset_index(drop=True), accepted[repeated].reset_index(drop=True)

@@ -39,6 +39,7 @@ def test_tasks_run_in_billing_order(dag_bag):
     assert order == [
         "wait_for_cdr_files",
         "fetch_cdr_files",
+        "load_references",
         "list_cdr_files",
         "validate_cdr_file",
         "dedupe_calls",
@@ -49,6 +50,12 @@ def test_tasks_run_in_billing_order(dag_bag):
         "load_billing",
         "report_month",
     ]
+
+
+def test_tariff_and_snapshot_load_beside_the_files_validation(dag_bag):
+    tasks = dag_bag.dags["cdr_billing_monthly"].task_dict
+    assert tasks["load_references"].upstream_task_ids == {"fetch_cdr_files"}
+    assert {"rate_cdr_file", "attribute_calls"} <= tasks["load_references"].downstream_task_ids
 
 
 def test_files_are_validated_and_priced_one_task_per_file(dag_bag):
