@@ -98,12 +98,13 @@ def set_aside(partial: pd.DataFrame, repeated: np.ndarray) -> tuple[pd.DataFrame
     return positions, in_session.drop(columns="position").reset_index(drop=True)
 
 
-def plain_calls(accepted: pd.DataFrame, set_aside_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A file's accepted rows without the positions set aside, and the rows among those that
-    repeat a call of an earlier file: (plain calls, duplicates)."""
-    if set_aside_rows.empty:
-        return accepted, accepted.iloc[:0]
-    keep = np.ones(len(accepted), dtype=bool)
-    keep[set_aside_rows["position"].to_numpy()] = False
-    duplicates = set_aside_rows["position"].to_numpy()[set_aside_rows["duplicate"].to_numpy()]
-    return accepted[keep].reset_index(drop=True), accepted.iloc[duplicates].reset_index(drop=True)
+def file_calls(accepted: pa.Table, session_calls: pa.Table, set_aside_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A file's calls: its accepted rows less those set aside, then the combined partial calls
+    it heads; and the rows set aside that repeat an earlier call: (calls, duplicates)."""
+    positions = set_aside_rows["position"].to_numpy()
+    keep = np.ones(accepted.num_rows, dtype=bool)
+    keep[positions] = False
+    plain = accepted.filter(keep) if len(positions) else accepted
+    calls = pa.concat_tables([plain, session_calls.select(accepted.column_names).cast(accepted.schema)])
+    duplicates = accepted.take(positions[set_aside_rows["duplicate"].to_numpy()])
+    return calls.to_pandas(), duplicates.to_pandas()

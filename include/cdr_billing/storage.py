@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 Location = Any  # pathlib.Path or airflow.sdk.ObjectStoragePath: both have `/`, open, mkdir, read_text, write_text
@@ -31,12 +32,16 @@ def write_parquet(frame: pd.DataFrame, path: Location) -> None:
         frame.to_parquet(handle, index=False, compression="zstd", use_dictionary=False)
 
 
+def read_table(path: Location, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file as an Arrow table (only `columns`, when given)."""
+    with path.open("rb") as handle:
+        return pq.read_table(handle, columns=columns)
+
+
 def read_parquet(path: Location, columns: list[str] | None = None, rows: np.ndarray | None = None) -> pd.DataFrame:
     """Read a Parquet file (only `columns` and the rows at positions `rows`, when given)."""
-    with path.open("rb") as handle:
-        if rows is None:
-            return pd.read_parquet(handle, columns=columns)
-        return pq.read_table(handle, columns=columns).take(rows).to_pandas()
+    table = read_table(path, columns)
+    return (table if rows is None else table.take(rows)).to_pandas()
 
 
 def publish(local_dir: Path, target: Location) -> None:

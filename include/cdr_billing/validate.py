@@ -246,32 +246,38 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
     return typed
 
 
+def rows_where(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """The rows of `frame` where `mask` is True, column by column: an Arrow column is filtered
+    chunk by chunk (a take by positions joins a CSV column's chunks first: 4x slower on 1M rows)."""
+    return pd.DataFrame({name: frame[name].array[mask] for name in frame.columns})
+
+
 def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame) -> pd.DataFrame:
-    bad = fails.any(axis=1)
-    failing = fails[bad]
+    bad = fails.to_numpy().any(axis=1)
+    failing, bad = rows_where(fails, bad), rows_where(raw, bad)
     reasons = pd.Series("", index=failing.index, dtype=str)
-    for code in fails.columns:
+    for code in failing.columns:
         reasons = reasons.where(~failing[code], reasons + code + ";")
     reasons = reasons.str.rstrip(";")
-    originals = [json.dumps(record) for record in raw.loc[bad, list(TEXT_FIELDS)].to_dict("records")]
+    originals = [json.dumps(record) for record in bad[list(TEXT_FIELDS)].to_dict("records")]
     return pd.DataFrame(
         {
-            "source": raw.loc[bad, "source"].astype(str),
-            "source_file": raw.loc[bad, "source_file"].astype(str),
-            "source_row": raw.loc[bad, "source_row"].astype("int64"),
+            "source": bad["source"].astype(str),
+            "source_file": bad["source_file"].astype(str),
+            "source_row": bad["source_row"].astype("int64"),
             "reason_code": reasons.str.split(";").str[0].astype(str),
             "reasons": reasons,
             "original_values": pd.Series(originals, index=failing.index, dtype=str),
         }
-    ).reset_index(drop=True)
+    )
 
 
 def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> FileCheck:
     """Type one file's rows and split them into accepted and quarantined."""
     typed = _typed(raw, profile)
     fails = _failures(raw, typed, profile, month, rules)
-    bad = fails.any(axis=1)
-    accepted = typed[~bad]
+    bad = fails.to_numpy().any(axis=1)
+    accepted = rows_where(typed, ~bad) if bad.any() else typed
     accepted["completion_status"] = accepted["completion_status"].astype("int8")
     accepted["duration_seconds"] = accepted["duration_seconds"].astype("int64")
     return FileCheck(accepted.reset_index(drop=True), _quarantine_rows(raw, fails))
@@ -310,7 +316,7 @@ def split_duplicates(accepted: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     (repeated,) = dedupe.repeated_per_file([dedupe.call_hashes(accepted)], lambda _, rows: accepted.iloc[rows])
     if not repeated.any():  # the usual file: no copy
         return accepted, accepted.iloc[:0]
-    return accepted[~repeated].reset_index(drop=True), accepted[repeated].reset_index(drop=True)
+    return rows_where(accepted, ~repeated), rows_where(accepted, repeated)
 
 
 def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> list:

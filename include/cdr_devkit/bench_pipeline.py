@@ -113,13 +113,12 @@ def _bill_file(part: Path, rates, history, snapshot: int) -> tuple[dict[str, flo
 
     config, clock = load_config(), Stopwatch("project")
     with clock.stage("parquet_io"):
-        accepted = storage.read_parquet(part / "accepted.parquet")
+        accepted = storage.read_table(part / "accepted.parquet")
         set_aside = storage.read_parquet(part / "set_aside.parquet")
-        heads = storage.read_parquet(part / "session_calls.parquet")
+        heads = storage.read_table(part / "session_calls.parquet")
     with clock.stage("dedupe"):
-        plain, duplicates = dedupe.plain_calls(accepted, set_aside)
-        calls = pd.concat([plain, heads], ignore_index=True)
-    del accepted, plain
+        calls, duplicates = dedupe.file_calls(accepted, heads, set_aside)
+    del accepted
     with clock.stage("parquet_io"):
         in_file = storage.read_parquet(part / "duplicates_in_file.parquet")
         storage.write_parquet(pd.concat([in_file, duplicates], ignore_index=True), part / "duplicates.parquet")
