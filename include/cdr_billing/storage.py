@@ -26,10 +26,11 @@ def location(text: str, conn_id: str | None = None) -> Location:
 
 
 def write_parquet(frame: pd.DataFrame, path: Location) -> None:
-    """Write a frame as a Parquet file: zstd, no dictionary pages (ids and numbers are mostly
-    distinct; measured on 1M calls: half the write + read time of the defaults, 13 MB not 31 MB)."""
+    """Write a frame as a Parquet file: LZ4, no dictionary pages (ids and numbers are mostly
+    distinct). Measured on 1M accepted calls: write + read 0.43 s (zstd 0.59 s, the defaults
+    about twice that) for a 36 MB file (zstd 14 MB): intermediate files are read once or twice."""
     with path.open("wb") as handle:
-        frame.to_parquet(handle, index=False, compression="zstd", use_dictionary=False)
+        frame.to_parquet(handle, index=False, compression="lz4", use_dictionary=False)
 
 
 def read_table(path: Location, columns: list[str] | None = None) -> pa.Table:
