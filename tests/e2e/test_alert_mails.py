@@ -11,10 +11,12 @@ from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from cdr_billing.config import ALERT_KINDS
+from cdr_billing import alerts, read, validate
+from cdr_billing.config import ALERT_KINDS, load_config
 from cdr_billing.months import BillingMonth
 from cdr_devkit.airflow_env import PROJECT_ROOT, load_dag, run_dag
 from cdr_devkit.sample_data import generate_month
@@ -128,6 +130,33 @@ def test_a_file_failing_validation_mails_its_rows_masked_and_the_task_failure(da
     assert "Billing month <b>2026-08</b>" in body
     assert re.search(r'<a href="http[^"]+/tasks/validate_cdr_file[^"]*">Task log</a>', body)
     assert "What to do next: Read the validation mail" in body
+
+
+def test_a_file_failing_its_expectations_mails_which_ones(services, pipeline_connections, tmp_path):
+    """Great Expectations is the proof behind the row checks: when a file's accepted rows fail
+    it (here a repeated transaction id that got past them), the mail names the file, the
+    failed expectation and where its details are kept."""
+    month, config = BillingMonth(2026, 8), load_config()
+    generate_month(tmp_path, month)
+    carrier, profile = tmp_path / "cdr/carrier/carrier_cdr_202608.csv", config.profile_for("carrier")
+    checked = validate.check_rows(read.read_cdr_file(carrier, profile).assign(source="carrier"), profile, month, config.billing)
+    slipped = pd.concat([checked.accepted, checked.accepted.tail(1)], ignore_index=True)  # not through split_duplicates
+    with pytest.raises(validate.FileValidationError) as failed:
+        validate.ExpectationRunner(tmp_path / "gx").validate_file(slipped, carrier.name, profile, month, config.billing)
+    error = failed.value
+    before = set(services.maildir.glob("*.eml"))
+    alert = alerts.validation_alert(str(month), error.file_name, error.problem, error.expectations, error.samples)
+    alerts.send(alert, ["validation@example.com"], config.smtp_connection)
+
+    (mail,) = _new_mails(services, before)
+    assert mail["Subject"] == "[CDR billing] carrier_cdr_202608.csv failed validation (2026-08)"
+    body = _body(mail)
+    assert "Failed expectations: expect_column_values_to_be_unique." in body
+    assert "details in gx_results/carrier_cdr_202608.csv.json" in body
+    result = json.loads((tmp_path / "gx/carrier_cdr_202608.csv.json").read_text())
+    assert [r["expectation_config"]["type"] for r in result["results"] if not r["success"]] == [
+        "expect_column_values_to_be_unique"
+    ]
 
 
 def test_an_unreadable_file_fails_validation_with_mails_naming_it(dag, services, monkeypatch, tmp_path):
