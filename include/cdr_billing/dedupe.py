@@ -1,4 +1,4 @@
-"""Month-wide duplicates and partial-call parts, found from the key columns of every file.
+"""Month-wide duplicates and partial-call parts, found from each file's call hashes and partial parts.
 
 A call delivered again (same source and transaction id) in a later file of the month, or
 again in the same file, is a duplicate: the first delivery wins. The parts of partial calls
@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 from cdr_billing import rate
 
 CALL_KEY = ["source", "transaction_id"]  # the columns duplicates are found by
-PARTIAL_KEY = ["completion_status", "session_id"]  # the columns partial parts are found by
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: multiplies the bits of a hash apart
 
 

@@ -253,8 +253,8 @@ def rows_where(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
 
 
 def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame) -> pd.DataFrame:
-    bad = fails.to_numpy().any(axis=1)
-    failing, bad = rows_where(fails, bad), rows_where(raw, bad)
+    failed = fails.to_numpy().any(axis=1)
+    failing, bad = rows_where(fails, failed), rows_where(raw, failed)
     reasons = pd.Series("", index=failing.index, dtype=str)
     for code in failing.columns:
         reasons = reasons.where(~failing[code], reasons + code + ";")
