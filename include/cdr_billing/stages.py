@@ -1,8 +1,9 @@
 """What each Airflow task does: run one stage on the run's work directory.
 
 Every stage takes the small metadata dict of the stage before it (XCom), reads its input
-Parquet files, calls the domain functions and writes its outputs as Parquet next to them.
-The dict carries paths and counts only, never data.
+files, calls the domain functions and writes its outputs next to them: Parquet, or Arrow IPC
+for the bulk of a file that the next task reads whole (HANDOFF_FILES). The dict carries paths
+and counts only, never data.
 """
 
 from __future__ import annotations
@@ -62,27 +63,34 @@ def _work_file(meta: Meta, name: str) -> storage.Location:
     return _work_dir(meta) / name
 
 
+HANDOFF_FILES = {"accepted", "priced"}  # a file's bulk, read whole by the next task: Arrow IPC
+
+
+def _file_name(name: str) -> str:
+    return name + (storage.HANDOFF_SUFFIX if name in HANDOFF_FILES else storage.KEPT_SUFFIX)
+
+
 def _write(meta: Meta, name: str, frame: pd.DataFrame) -> None:
-    storage.write_parquet(frame, _work_file(meta, f"{name}.parquet"))
+    storage.write_frame(frame, _work_file(meta, _file_name(name)))
 
 
 def _read(meta: Meta, name: str) -> pd.DataFrame:
-    return storage.read_parquet(_work_file(meta, f"{name}.parquet"))
+    return storage.read_frame(_work_file(meta, _file_name(name)))
 
 
 def _part_file(meta: Meta, part: dict[str, Any], name: str) -> storage.Location:
-    """One intermediate Parquet file of one CDR file."""
-    return storage.location(part["dir"], meta.get("work_connection")) / f"{name}.parquet"
+    """One intermediate file of one CDR file."""
+    return storage.location(part["dir"], meta.get("work_connection")) / _file_name(name)
 
 
 def _write_part(meta: Meta, part: dict[str, Any], name: str, frame: pd.DataFrame) -> None:
-    storage.write_parquet(frame, _part_file(meta, part, name))
+    storage.write_frame(frame, _part_file(meta, part, name))
 
 
 def _read_part(
     meta: Meta, part: dict[str, Any], name: str, columns: list[str] | None = None, rows: np.ndarray | None = None
 ) -> pd.DataFrame:
-    return storage.read_parquet(_part_file(meta, part, name), columns, rows)
+    return storage.read_frame(_part_file(meta, part, name), columns, rows)
 
 
 def _with_counts(meta: Meta, **counts: int) -> Meta:

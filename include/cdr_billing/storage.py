@@ -25,22 +25,42 @@ def location(text: str, conn_id: str | None = None) -> Location:
     return ObjectStoragePath(text, conn_id=conn_id)
 
 
-def write_parquet(frame: pd.DataFrame, path: Location) -> None:
-    """Write a frame as a Parquet file: LZ4, no dictionary pages (ids and numbers are mostly
-    distinct). Measured on 1M accepted calls: write + read 0.43 s (zstd 0.59 s, the defaults
-    about twice that) for a 36 MB file (zstd 14 MB): intermediate files are read once or twice."""
-    with path.open("wb") as handle:
-        frame.to_parquet(handle, index=False, compression="lz4", use_dictionary=False)
+# The files one task hands to the next in bulk (a file's accepted rows, its priced calls) are
+# Arrow IPC, uncompressed: no encoding either way. On 1M accepted calls write + read take
+# 0.10 s against 0.45 s in Parquet (LZ4), for a file 5x larger (200 MB against 36 MB).
+HANDOFF_SUFFIX, KEPT_SUFFIX = ".arrow", ".parquet"
+
+
+def write_frame(frame: pd.DataFrame, path: Location) -> None:
+    """Write a frame in the format its file name says: Arrow IPC (.arrow), or Parquet in LZ4
+    without dictionary pages (ids and numbers are mostly distinct; zstd took 1.4x as long).
+    A local file is written under another name first and then renamed."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    written = path.with_name(path.name + ".partial") if isinstance(path, Path) else path  # an object appears whole
+    with written.open("wb") as handle:
+        if str(path).endswith(HANDOFF_SUFFIX):
+            with pa.ipc.new_file(handle, table.schema) as writer:
+                writer.write_table(table)
+        else:
+            pq.write_table(table, handle, compression="lz4", use_dictionary=False)
+    if written != path:
+        written.replace(path)  # a reader never sees half a file, and a mapped file is never rewritten under it
 
 
 def read_table(path: Location, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file as an Arrow table (only `columns`, when given)."""
-    with path.open("rb") as handle:
-        return pq.read_table(handle, columns=columns)
+    """Read an Arrow IPC or Parquet file as an Arrow table (only `columns`, when given)."""
+    if not str(path).endswith(HANDOFF_SUFFIX):
+        if isinstance(path, Path):
+            return pq.read_table(str(path), columns=columns)
+        with path.open("rb") as handle:  # threads on a Python file can abort the process at exit (apache/arrow#50482)
+            return pq.read_table(handle, columns=columns, use_threads=False)
+    with pa.memory_map(str(path)) if isinstance(path, Path) else path.open("rb") as handle:  # local: no copy
+        table = pa.ipc.open_file(handle).read_all()
+    return table if columns is None else table.select(columns)
 
 
-def read_parquet(path: Location, columns: list[str] | None = None, rows: np.ndarray | None = None) -> pd.DataFrame:
-    """Read a Parquet file (only `columns` and the rows at positions `rows`, when given)."""
+def read_frame(path: Location, columns: list[str] | None = None, rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Read an Arrow IPC or Parquet file (only `columns` and the rows at positions `rows`, when given)."""
     table = read_table(path, columns)
     return (table if rows is None else table.take(rows)).to_pandas()
 

@@ -95,10 +95,10 @@ def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, 
     with clock.stage("dedupe"):
         hashes, partial = pd.DataFrame({"hash": dedupe.call_hashes(accepted)}), dedupe.partial_rows(accepted)
     with clock.stage("parquet_io"):
-        storage.write_parquet(accepted, part / "accepted.parquet")
-        storage.write_parquet(in_file, part / "duplicates_in_file.parquet")
-        storage.write_parquet(hashes, part / "call_hashes.parquet")
-        storage.write_parquet(partial, part / "partial_parts.parquet")
+        storage.write_frame(accepted, part / "accepted.arrow")
+        storage.write_frame(in_file, part / "duplicates_in_file.parquet")
+        storage.write_frame(hashes, part / "call_hashes.parquet")
+        storage.write_frame(partial, part / "partial_parts.parquet")
     return clock.seconds, {"read": len(raw), "quarantined": len(checked.quarantined), "duplicates": len(in_file)}
 
 
@@ -113,15 +113,15 @@ def _bill_file(part: Path, rates, history, snapshot: int) -> tuple[dict[str, flo
 
     config, clock = load_config(), Stopwatch("project")
     with clock.stage("parquet_io"):
-        accepted = storage.read_table(part / "accepted.parquet")
-        set_aside = storage.read_parquet(part / "set_aside.parquet")
+        accepted = storage.read_table(part / "accepted.arrow")
+        set_aside = storage.read_frame(part / "set_aside.parquet")
         heads = storage.read_table(part / "session_calls.parquet")
     with clock.stage("dedupe"):
         calls, duplicates = dedupe.file_calls(accepted, heads, set_aside)
     del accepted
     with clock.stage("parquet_io"):
-        in_file = storage.read_parquet(part / "duplicates_in_file.parquet")
-        storage.write_parquet(pd.concat([in_file, duplicates], ignore_index=True), part / "duplicates.parquet")
+        in_file = storage.read_frame(part / "duplicates_in_file.parquet")
+        storage.write_frame(pd.concat([in_file, duplicates], ignore_index=True), part / "duplicates.parquet")
     with clock.stage("rate"):
         priced, unbillable, failed = rate.rate_calls(calls, rates, config.billing, config.markups())
     del calls
@@ -140,7 +140,7 @@ def _validate_with_gx(path: Path, part: Path, month: BillingMonth) -> dict[str, 
     from cdr_billing.config import load_config
 
     config, clock = load_config(), Stopwatch("project")
-    accepted = storage.read_parquet(part / "accepted.parquet")
+    accepted = storage.read_frame(part / "accepted.arrow")
     with clock.stage("gx_import"):
         runner = validate.ExpectationRunner(part / "gx_results")
     with clock.stage("gx_validate"):
@@ -242,15 +242,15 @@ def run_project(
         clock.report("per-file checks")
         with clock.stage("dedupe"):
             repeated = dedupe.repeated_per_file(
-                [storage.read_parquet(part / "call_hashes.parquet")["hash"].to_numpy() for part in parts],
-                lambda n, rows: storage.read_parquet(parts[n] / "accepted.parquet", dedupe.CALL_KEY, rows),
+                [storage.read_frame(part / "call_hashes.parquet")["hash"].to_numpy() for part in parts],
+                lambda n, rows: storage.read_frame(parts[n] / "accepted.arrow", dedupe.CALL_KEY, rows),
             )
         partial = []  # parts of partial calls from every file: a session may span files
         for n, (part, again) in enumerate(zip(parts, repeated, strict=True)):
             with clock.stage("dedupe"):
-                positions, in_session = dedupe.set_aside(storage.read_parquet(part / "partial_parts.parquet"), again)
+                positions, in_session = dedupe.set_aside(storage.read_frame(part / "partial_parts.parquet"), again)
                 partial.append(in_session.assign(part_index=n))
-                storage.write_parquet(positions, part / "set_aside.parquet")
+                storage.write_frame(positions, part / "set_aside.parquet")
                 counts["duplicates"] += int(again.sum())
         del repeated
         with clock.stage("combine"):
@@ -258,7 +258,7 @@ def run_project(
             counts["combined"] = len(merged)
         with clock.stage("parquet_io"):
             for n, part in enumerate(parts):
-                storage.write_parquet(heads[heads["part_index"] == n].drop(columns="part_index"), part / "session_calls.parquet")
+                storage.write_frame(heads[heads["part_index"] == n].drop(columns="part_index"), part / "session_calls.parquet")
         user_lines, call_totals = [], []
         for seconds, file_counts, users, totals in run_each(_bill_file, [(part, rates, history, snapshot) for part in parts]):
             clock.add(seconds)
