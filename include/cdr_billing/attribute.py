@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cdr_billing.frames import rows_where
 
 UNKNOWN_ACCOUNT, NOT_ENTITLED, NO_SEQUENCE_NUMBER = "UNKNOWN_ACCOUNT", "NOT_ENTITLED", "NO_SEQUENCE_NUMBER"
-JOINED = ["customer_id", "sequence_number", "default_sequence_number", "entitled", "last_login"]
+HELD_REASONS = np.array(["", NOT_ENTITLED, NO_SEQUENCE_NUMBER, UNKNOWN_ACCOUNT])  # a reason's code is its position
 
 
 def snapshot_at(starts_utc: pd.Series, history: pd.DataFrame, month_snapshot: int) -> np.ndarray:
@@ -24,25 +28,52 @@ def snapshot_at(starts_utc: pd.Series, history: pd.DataFrame, month_snapshot: in
     return np.where(position >= 0, snapshots["snapshot_id"].to_numpy()[np.maximum(position, 0)], month_snapshot)
 
 
+def account_rows(user_ids: pd.Series, snapshots: np.ndarray, history: pd.DataFrame) -> np.ndarray:
+    """Each call's row in `history`: its account in the snapshot that applies to it, or -1."""
+    users, found = pa.array(user_ids, type=pa.large_string()), np.full(len(user_ids), -1, dtype=np.int64)
+    for snapshot_id in np.unique(snapshots):
+        rows = np.flatnonzero(history["snapshot_id"].to_numpy() == snapshot_id)
+        calls = snapshots == snapshot_id
+        at = pc.index_in(users.filter(calls), value_set=pa.array(history["account_id"].iloc[rows], type=pa.large_string()))
+        found[calls] = np.where(at.is_null(), -1, rows[pc.fill_null(at, 0).to_numpy(zero_copy_only=False)])
+    return found
+
+
+def _account_terms(history: pd.DataFrame) -> pd.DataFrame:
+    """Per account of `history`: customer, last login, the sequence number billed (its own, else
+    the customer's default), whether that is the default, and why its calls are held (a
+    HELD_REASONS code; 0: billed)."""
+    own = history["sequence_number"].fillna("")
+    sequence = own.where(own != "", history["default_sequence_number"]).fillna("")
+    held = np.select([~history["entitled"].to_numpy(bool), (sequence == "").to_numpy()], [1, 2], 0)
+    return history[["customer_id", "last_login"]].assign(sequence_number=sequence, used_default_sequence=own == "", held=held)
+
+
+def _with_terms(calls: pd.DataFrame, snapshots: np.ndarray, rows: np.ndarray, terms: pd.DataFrame) -> pd.DataFrame:
+    """The calls with the snapshot that applied and their account's terms (empty for an unknown account)."""
+    at = pa.array(rows, mask=rows < 0)
+
+    def taken(name: str) -> pd.Series:
+        return pd.Series(pa.array(terms[name], type=pa.large_string()).take(at), index=calls.index, dtype="str")
+
+    return calls.assign(
+        entitlement_snapshot=snapshots,
+        customer_id=taken("customer_id"),
+        sequence_number=taken("sequence_number").fillna(""),
+        last_login=taken("last_login"),
+        used_default_sequence=(rows >= 0) & terms["used_default_sequence"].to_numpy(bool)[np.maximum(rows, 0)],
+    )
+
+
 def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (attributed calls with customer_id and sequence_number, suspense calls)."""
-    keyed = priced.assign(entitlement_snapshot=snapshot_at(priced["start_utc"], history, month_snapshot))
-    accounts = history.set_index(["snapshot_id", "account_id"])[JOINED]
-    joined = keyed.join(accounts, on=["entitlement_snapshot", "user_id"])
-    known = joined["customer_id"].notna()
-    own = joined["sequence_number"].fillna("")
-    sequence = own.where(own != "", joined["default_sequence_number"]).fillna("")
-    joined = joined.assign(sequence_number=sequence, used_default_sequence=known & (own == ""))
-    known, entitled = known.to_numpy(), joined["entitled"].fillna(False).to_numpy(bool)
-    no_sequence = (sequence == "").to_numpy()
-    held = ~known | ~entitled | no_sequence
-    suspense = np.flatnonzero(held)
-    reasons = np.select(  # the first that applies
-        [~known[suspense], ~entitled[suspense]], [UNKNOWN_ACCOUNT, NOT_ENTITLED], NO_SEQUENCE_NUMBER
-    )
-    kept = joined.drop(columns=["default_sequence_number", "entitled"])
-    in_suspense = kept.take(suspense).assign(reason_code=pd.Series(reasons, index=kept.index[suspense], dtype="str"))
-    return kept.take(np.flatnonzero(~held)).reset_index(drop=True), in_suspense.reset_index(drop=True)
+    snapshots = snapshot_at(priced["start_utc"], history, month_snapshot)
+    rows, terms = account_rows(priced["user_id"], snapshots, history), _account_terms(history)
+    reasons = np.where(rows >= 0, terms["held"].to_numpy()[np.maximum(rows, 0)], 3)
+    billed, held = reasons == 0, reasons != 0
+    attributed = _with_terms(rows_where(priced, billed), snapshots[billed], rows[billed], terms)
+    suspense = _with_terms(rows_where(priced, held), snapshots[held], rows[held], terms)
+    return attributed, suspense.assign(reason_code=pd.Series(HELD_REASONS[reasons[held]], dtype="str"))
 
 
 def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from cdr_billing import dedupe
 from cdr_billing.canonical import CARRIED_FIELDS, COMPLETION_STATUSES, LINEAGE_FIELDS, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
+from cdr_billing.frames import rows_where
 from cdr_billing.money import MoneyError, percent_to_basis_points, to_micro_units
 from cdr_billing.months import BillingMonth
 from cdr_billing.privacy import mask_number
@@ -244,12 +245,6 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
         else pd.Series(pd.NA, index=raw.index, dtype="Int64")
     )
     return typed
-
-
-def rows_where(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
-    """The rows of `frame` where `mask` is True, column by column: an Arrow column is filtered
-    chunk by chunk (a take by positions joins a CSV column's chunks first: 4x slower on 1M rows)."""
-    return pd.DataFrame({name: frame[name].array[mask] for name in frame.columns})
 
 
 def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame) -> pd.DataFrame:
