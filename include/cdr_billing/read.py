@@ -114,12 +114,22 @@ _TRIMMED_BY_ASCII_TRIM = b" \t\x0b\x0c"  # besides the line ends
 _KEPT_BY_ASCII_TRIM = b"\x1c\x1d\x1e\x1f"  # trimmed by str.strip() and the UTF-8 trim, kept by the ASCII trim
 
 
-def _record_lines(data: bytes, records: int) -> np.ndarray | None:
+_NOTABLE = b"\n\r" + _TRIMMED_BY_ASCII_TRIM + _KEPT_BY_ASCII_TRIM
+_PLAIN_ASCII = bytes(byte for byte in range(128) if byte not in _NOTABLE)
+
+
+def _notable_bytes(data: bytes) -> bytes:
+    """The file's line feeds, carriage returns, whitespace and non-ASCII bytes, in one pass
+    (0.1 s for 60 MB): usually a line feed per line and nothing else."""
+    return data.translate(None, _PLAIN_ASCII)
+
+
+def _record_lines(data: bytes, notable: bytes, records: int) -> np.ndarray | None:
     """The 1-based line of the header and of each of `records` records when each is one line
     (blank lines skipped): no bare carriage return, no blank first line; None otherwise."""
-    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+    if b"\r" in notable and data.count(b"\r") != data.count(b"\r\n"):
         return None
-    total = data.count(b"\n") + (not data.endswith(b"\n"))
+    total = notable.count(b"\n") + (not data.endswith(b"\n"))
     if records == total - 1:  # a record per line: no blank line, no line break inside a field
         return np.arange(1, total + 1, dtype=np.int64)
     bytes_ = np.frombuffer(data, dtype=np.uint8)
@@ -132,12 +142,13 @@ def _record_lines(data: bytes, records: int) -> np.ndarray | None:
     return lines if len(lines) == records + 1 and lines[0] == 1 else None
 
 
-def _trim_for(data: bytes) -> Trim:
+def _trim_for(notable: bytes) -> Trim:
     """The cheapest whitespace trim that equals `pc.utf8_trim_whitespace` on this file's
-    values (records of one line each): none when no value can start or end with whitespace."""
-    if not data.isascii() or any(bytes([byte]) in data for byte in _KEPT_BY_ASCII_TRIM):
+    values (records of one line each; `notable`: its _notable_bytes): none when no value can
+    start or end with whitespace."""
+    if not notable.isascii() or any(bytes([byte]) in notable for byte in _KEPT_BY_ASCII_TRIM):
         return pc.utf8_trim_whitespace
-    if any(bytes([byte]) in data for byte in _TRIMMED_BY_ASCII_TRIM):
+    if any(bytes([byte]) in notable for byte in _TRIMMED_BY_ASCII_TRIM):
         return pc.ascii_trim_whitespace
     return lambda values: values
 
@@ -163,10 +174,11 @@ def _read_csv_arrow(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
         )
     except (UnicodeDecodeError, csv.Error, pa.ArrowInvalid):
         return None
-    lines = _record_lines(data, table.num_rows)
+    notable = _notable_bytes(data)
+    lines = _record_lines(data, notable, table.num_rows)
     if lines is None or any(not pa.types.is_large_string(t) for t in table.schema.types):
         return None
-    return table, lines[1:], _trim_for(data)
+    return table, lines[1:], _trim_for(notable)
 
 
 def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pa.Table, np.ndarray, Trim]:
@@ -193,6 +205,14 @@ def _canonical_column(
     return values
 
 
+def _blank_rows(columns: list[pa.ChunkedArray | pa.Array]) -> pa.ChunkedArray | pa.Array | None:
+    """Rows with no value in any of the columns; None when the first column rules out every row."""
+    blank = pc.equal(columns[0], "")
+    if not pc.any(blank).as_py():
+        return None
+    return functools.reduce(pc.and_, [pc.equal(column, "") for column in columns[1:]], blank)
+
+
 def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
     """Read one CDR file: canonical text columns plus source_file and source_row.
 
@@ -215,8 +235,8 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
     canonical = {field: _canonical_column(table, positions.get(field), field, profile, trim) for field in TEXT_FIELDS}
     canonical["source_file"] = pa.repeat(pa.scalar(path.name, pa.large_string()), table.num_rows)
     canonical["source_row"] = pa.array(rows, type=pa.int64())
-    blank = functools.reduce(pc.and_, [pc.equal(canonical[f], "") for f in profile.columns if f in TEXT_FIELDS])
-    skipped = pc.sum(blank).as_py() or 0
+    blank = _blank_rows([canonical[f] for f in profile.columns if f in TEXT_FIELDS])
+    skipped = 0 if blank is None else pc.sum(blank).as_py()
     table = pa.table(canonical)
     if skipped:
         log.info("%s: skipped %d blank lines (not CDR rows)", path.name, skipped)
