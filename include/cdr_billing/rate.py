@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from cdr_billing.canonical import COMPLETION_FAILED, COMPLETION_PARTIAL
 from cdr_billing.config import BillingSettings
+from cdr_billing.frames import rows_where
 from cdr_billing.money import divide_half_up, micro_to_minor_divisor
 from cdr_billing.tariff import OPEN_START
 
@@ -194,37 +195,36 @@ def price_numbers(
 
 
 def _price_by_tariff(
-    calls: pd.DataFrame, rows: np.ndarray, rates: pd.DataFrame, rules: BillingSettings
+    calls: pd.DataFrame, candidates: np.ndarray, rates: pd.DataFrame, rules: BillingSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Price the calls at positions `rows` by the tariff: (priced, unbillable); the wide rows
-    are copied once, after pricing."""
-    e164 = normalise_numbers(calls["destination_party"].iloc[rows], rules).reset_index(drop=True)
-    durations = calls["duration_seconds"].to_numpy(np.int64)[rows]
-    position, seconds, cost = price_numbers(e164, calls["start_utc"].iloc[rows], durations, rates, rules.timezone)
-    hit, miss = np.flatnonzero(position >= 0), np.flatnonzero(position < 0)
-    used = position[hit]
+    """Price the calls where `candidates` is True by the tariff: (priced, unbillable); the wide
+    rows are selected once, after pricing."""
+    chosen = rows_where(calls[["destination_party", "start_utc", "duration_seconds"]], candidates)
+    e164 = normalise_numbers(chosen["destination_party"], rules)
+    durations = chosen["duration_seconds"].to_numpy(np.int64)
+    position, seconds, cost = price_numbers(e164, chosen["start_utc"], durations, rates, rules.timezone)
+    found = position >= 0
+    hit, miss = candidates.copy(), candidates.copy()
+    hit[candidates], miss[candidates] = found, ~found
+    used = position[found]
 
     def column(name: str) -> np.ndarray | pd.Series:
         if rates[name].dtype == "str":  # taken in Arrow, not through a million Python strings
             return pd.Series(pa.array(rates[name], type=pa.large_string()).take(used), dtype="str")
         return rates[name].to_numpy()[used]
 
-    priced = (
-        calls.take(rows[hit])
-        .reset_index(drop=True)
-        .assign(
-            destination_e164=e164.iloc[hit].reset_index(drop=True),
-            billed_seconds=seconds[hit],
-            cost_minor=cost[hit],
-            currency=column("currency"),
-            tariff_version=column("version_id"),
-            tariff_line=column("line"),
-            tariff_prefix=column("prefix"),
-            tariff_band=column("band"),
-            pricing="tariff",
-        )
+    priced = rows_where(calls, hit).assign(
+        destination_e164=pd.Series(e164.array[found], dtype="str"),
+        billed_seconds=seconds[found],
+        cost_minor=cost[found],
+        currency=column("currency"),
+        tariff_version=column("version_id"),
+        tariff_line=column("line"),
+        tariff_prefix=column("prefix"),
+        tariff_band=column("band"),
+        pricing="tariff",
     )
-    unpriced = calls.take(rows[miss]).reset_index(drop=True).assign(destination_e164=e164.iloc[miss].reset_index(drop=True))
+    unpriced = rows_where(calls, miss).assign(destination_e164=pd.Series(e164.array[~found], dtype="str"))
     return priced, _unbillable(unpriced, rates)
 
 
@@ -273,7 +273,7 @@ def compare_with_tariff(priced: pd.DataFrame, rates: pd.DataFrame, rules: Billin
     if checkable.empty:
         return checkable.assign(tariff_cost_minor=pd.Series(dtype="int64"))
     unpriced = checkable.drop(columns=["destination_e164", "billed_seconds", "cost_minor"]).reset_index(drop=True)
-    by_tariff, _ = _price_by_tariff(unpriced, np.arange(len(unpriced)), rates, rules)
+    by_tariff, _ = _price_by_tariff(unpriced, np.ones(len(unpriced), dtype=bool), rates, rules)
     both = checkable.reset_index(drop=True).merge(
         by_tariff[["source", "transaction_id", "cost_minor"]].rename(columns={"cost_minor": "tariff_cost_minor"}),
         on=["source", "transaction_id"],
@@ -292,7 +292,7 @@ def rate_calls(
     """
     failed = (calls["completion_status"] == COMPLETION_FAILED).to_numpy()
     pre_priced = calls["pre_priced"].to_numpy(bool)
-    by_tariff, unbillable = _price_by_tariff(calls, np.flatnonzero(~failed & ~pre_priced), rates, rules)
-    by_provider = _price_by_provider(calls[~failed & pre_priced], markups or {})
+    by_tariff, unbillable = _price_by_tariff(calls, ~failed & ~pre_priced, rates, rules)
+    by_provider = _price_by_provider(rows_where(calls, ~failed & pre_priced), markups or {})
     priced = pd.concat([by_provider, by_tariff], ignore_index=True) if len(by_provider) else by_tariff
-    return priced.astype({"cost_minor": np.int64, "billed_seconds": np.int64}), unbillable, calls[failed].reset_index(drop=True)
+    return priced.astype({"cost_minor": np.int64, "billed_seconds": np.int64}), unbillable, rows_where(calls, failed)
