@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdr_billing import rate
+from cdr_billing.frames import rows_where
 
 CALL_KEY = ["source", "transaction_id"]  # the columns duplicates are found by
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: multiplies the bits of a hash apart
@@ -79,7 +80,7 @@ def text_hashes(values: pa.Array) -> np.ndarray:
 def partial_rows(accepted: pd.DataFrame) -> pd.DataFrame:
     """A file's parts of partial calls, each with its position among the file's accepted rows."""
     partial = rate.partial_parts(accepted).to_numpy()
-    return accepted[partial].assign(position=np.flatnonzero(partial)).reset_index(drop=True)
+    return rows_where(accepted, partial).assign(position=np.flatnonzero(partial))
 
 
 def set_aside(partial: pd.DataFrame, repeated: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
