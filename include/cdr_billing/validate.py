@@ -203,6 +203,13 @@ def _basis_points(percentage: str) -> int | None:
     return points if 0 <= points <= 10_000 else None
 
 
+def _matches(text: pd.Series, pattern: str) -> np.ndarray:
+    """Whether each text matches an anchored pattern (RE2 in Arrow; pandas' fullmatch first
+    checks whether the pattern needs Python's re, which took half the time)."""
+    matched = pc.match_substring_regex(pa.array(text, type=pa.large_string()), pattern)
+    return pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
+
+
 def _failures(
     raw: pd.DataFrame, typed: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings
 ) -> pd.DataFrame:
@@ -224,9 +231,9 @@ def _failures(
     fails["BAD_REVENUE_SHARE"] = (raw["revenue_share_percentage"] != "") & typed["revenue_share_bp"].isna()
     if profile.priced:
         fails["BAD_COST"] = typed["provider_cost_micro"].isna()
-        fails["BAD_CURRENCY"] = ~raw["currency"].str.fullmatch(CURRENCY_CODE)
+        fails["BAD_CURRENCY"] = ~_matches(raw["currency"], CURRENCY_CODE)
     else:
-        fails["BAD_NUMBER"] = ~raw["destination_party"].str.fullmatch(PHONE_NUMBER)
+        fails["BAD_NUMBER"] = ~_matches(raw["destination_party"], PHONE_NUMBER)
     return fails.fillna(False).astype(bool)
 
 
