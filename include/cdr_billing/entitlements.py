@@ -20,7 +20,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 
 from cdr_billing import database
-from cdr_billing.schema import entitlement, entitlement_snapshot, month_entitlement, to_records
+from cdr_billing.schema import entitlement, entitlement_snapshot, month_entitlement
 
 COLUMNS = (
     "account_id", "user_principal_name", "customer_id", "sequence_number", "default_sequence_number", "entitled",
@@ -98,7 +98,7 @@ def store(engine: Engine, snapshot: Snapshot) -> int:
                 taken_at=snapshot.taken_at, source_name=snapshot.source_name, sha256=snapshot.sha256, row_count=len(snapshot.rows)
             )
         ).inserted_primary_key[0]
-        conn.execute(insert(entitlement), to_records(snapshot.rows, snapshot_id=snapshot_id))
+        database.insert_frame(conn, entitlement, snapshot.rows, snapshot_id=snapshot_id)
     return snapshot_id
 
 
@@ -118,15 +118,16 @@ def snapshot_for_month(engine: Engine, billing_month: str, capture: Callable[[],
 
 
 def history(engine: Engine, snapshot_id: int) -> pd.DataFrame:
-    """Every snapshot's rows up to and including `snapshot_id`'s moment, with taken_at."""
+    """Every snapshot's rows up to and including `snapshot_id`'s moment, with taken_at. The
+    rows come as the driver gives them: SQLAlchemy's row objects took 3x as long (50k accounts)."""
+    taken_at = entitlement_snapshot.c.taken_at
     with engine.connect() as conn:
-        limit = conn.execute(
-            select(entitlement_snapshot.c.taken_at).where(entitlement_snapshot.c.snapshot_id == snapshot_id)
-        ).scalar()
-        query = (
-            select(entitlement, entitlement_snapshot.c.taken_at)
-            .join(entitlement_snapshot, entitlement_snapshot.c.snapshot_id == entitlement.c.snapshot_id)
-            .where(entitlement_snapshot.c.taken_at <= limit)
+        limit = conn.execute(select(taken_at).where(entitlement_snapshot.c.snapshot_id == snapshot_id)).scalar()
+        snapshots = pd.DataFrame(
+            conn.execute(select(entitlement_snapshot.c.snapshot_id, taken_at).where(taken_at <= limit)).all(),
+            columns=["snapshot_id", "taken_at"],
         )
-        rows = pd.DataFrame(conn.execute(query).mappings().all())
-    return rows.assign(taken_at=pd.to_datetime(rows["taken_at"], utc=True), entitled=rows["entitled"].astype(bool))
+        result = conn.execute(select(entitlement).where(entitlement.c.snapshot_id.in_(snapshots["snapshot_id"].tolist())))
+        rows = pd.DataFrame.from_records(result.cursor.fetchall(), columns=list(result.keys()))
+    snapshots = snapshots.assign(taken_at=pd.to_datetime(snapshots["taken_at"], utc=True))
+    return rows.astype({"entitled": bool}).merge(snapshots, on="snapshot_id")

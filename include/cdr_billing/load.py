@@ -7,15 +7,13 @@ same run finds its batch and changes nothing.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
 from sqlalchemy import Table, delete, insert, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from cdr_billing import database
 from cdr_billing.schema import (
@@ -28,7 +26,6 @@ from cdr_billing.schema import (
     billing_user_line,
     quarantined_row,
     revenue_share,
-    to_records,
 )
 
 
@@ -65,27 +62,6 @@ def month_lock(billing_month: str) -> str:
     return f"load {billing_month}"
 
 
-def _insert(conn: Connection, table: Table, frame: pd.DataFrame, **constants: object) -> None:
-    """Insert a frame's rows; on PostgreSQL with COPY (a month has millions of billed calls).
-    Rows with missing values go through INSERT, so the database names the violated constraint."""
-    if frame.empty:
-        return
-    rows = frame.assign(**constants)[[column.name for column in table.columns]]
-    if conn.dialect.name != "postgresql" or rows.isna().any().any():
-        conn.execute(insert(table), to_records(rows))
-        return
-    buffer = io.StringIO()
-    rows.to_csv(buffer, index=False, header=False, quoting=csv.QUOTE_NONNUMERIC)  # quoted "" is an empty string, not NULL
-    buffer.seek(0)
-    copy = f"COPY {table.name} ({', '.join(rows.columns)}) FROM STDIN WITH (FORMAT csv)"
-    with conn.connection.driver_connection.cursor() as cursor:
-        if conn.dialect.driver == "psycopg2":
-            cursor.copy_expert(copy, buffer)
-        else:  # psycopg 3, which Airflow's PostgresHook uses
-            with cursor.copy(copy) as stream:
-                stream.write(buffer.getvalue())
-
-
 def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, counts: dict[str, int]) -> LoadResult:
     """Make a new current batch for the month, atomically."""
     with engine.begin() as conn:
@@ -106,7 +82,7 @@ def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, co
             )
         ).inserted_primary_key[0]
         for table, rows in batch.parts():
-            _insert(conn, table, rows, batch_id=batch_id)
+            database.insert_frame(conn, table, rows, batch_id=batch_id)
     return LoadResult(batch_id, previous, already_loaded=False)
 
 
@@ -116,9 +92,7 @@ def store_quarantine(engine: Engine, billing_month: str, run_id: str, source_fil
         conn.execute(
             delete(quarantined_row).where(quarantined_row.c.run_id == run_id, quarantined_row.c.source_file == source_file)
         )
-        if len(rows):
-            columns = [c.name for c in quarantined_row.columns if c.name not in ("run_id", "billing_month")]
-            conn.execute(insert(quarantined_row), to_records(rows[columns], run_id=run_id, billing_month=billing_month))
+        database.insert_frame(conn, quarantined_row, rows, run_id=run_id, billing_month=billing_month)
 
 
 LINE_COLUMNS = ["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"]
