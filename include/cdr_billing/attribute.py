@@ -31,8 +31,9 @@ def snapshot_at(starts_utc: pd.Series, history: pd.DataFrame, month_snapshot: in
 def account_rows(user_ids: pd.Series, snapshots: np.ndarray, history: pd.DataFrame) -> np.ndarray:
     """Each call's row in `history`: its account in the snapshot that applies to it, or -1."""
     users, found = pa.array(user_ids, type=pa.large_string()), np.full(len(user_ids), -1, dtype=np.int64)
+    snapshot_of_row = history["snapshot_id"].to_numpy()
     for snapshot_id in np.unique(snapshots):
-        rows = np.flatnonzero(history["snapshot_id"].to_numpy() == snapshot_id)
+        rows = np.flatnonzero(snapshot_of_row == snapshot_id)
         calls = snapshots == snapshot_id
         at = pc.index_in(users.filter(calls), value_set=pa.array(history["account_id"].iloc[rows], type=pa.large_string()))
         found[calls] = np.where(at.is_null(), -1, rows[pc.fill_null(at, 0).to_numpy(zero_copy_only=False)])

@@ -204,8 +204,9 @@ def _price_by_tariff(
     durations = chosen["duration_seconds"].to_numpy(np.int64)
     position, seconds, cost = price_numbers(e164, chosen["start_utc"], durations, rates, rules.timezone)
     found = position >= 0
-    hit, miss = candidates.copy(), candidates.copy()
-    hit[candidates], miss[candidates] = found, ~found
+    hit = candidates.copy()
+    hit[candidates] = found
+    miss = candidates & ~hit
     used = position[found]
 
     def column(name: str) -> np.ndarray | pd.Series:

@@ -112,8 +112,6 @@ def _is_utf8(encoding: str) -> bool:
 Trim = Callable[[pa.ChunkedArray], pa.ChunkedArray]
 _TRIMMED_BY_ASCII_TRIM = b" \t\x0b\x0c"  # besides the line ends
 _KEPT_BY_ASCII_TRIM = b"\x1c\x1d\x1e\x1f"  # trimmed by str.strip() and the UTF-8 trim, kept by the ASCII trim
-
-
 _NOTABLE = b"\n\r" + _TRIMMED_BY_ASCII_TRIM + _KEPT_BY_ASCII_TRIM
 _PLAIN_ASCII = bytes(byte for byte in range(128) if byte not in _NOTABLE)
 
