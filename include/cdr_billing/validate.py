@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdr_billing import dedupe
+from cdr_billing import dedupe, text_bytes
 from cdr_billing.canonical import CARRIED_FIELDS, COMPLETION_STATUSES, LINEAGE_FIELDS, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.frames import rows_where
@@ -30,6 +30,7 @@ from cdr_billing.months import BillingMonth
 from cdr_billing.privacy import mask_number
 
 EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+EXCEL_LAST_DAY = 2_958_465  # the serial of 9999-12-31
 PHONE_NUMBER = r"^\+?[0-9]{4,17}$"
 CURRENCY_CODE = r"^[A-Z]{3}$"
 DURATION_FACTORS = {"seconds": 1, "minutes": 60}
@@ -65,8 +66,6 @@ class FileCheck:
     quarantined: pd.DataFrame
 
 
-ISO_UTC, ISO_UTC_FORMAT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$", "%Y-%m-%dT%H:%M:%SZ"
-ISO_WALL, ISO_WALL_FORMAT = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "%Y-%m-%d %H:%M:%S"
 WHOLE_SECONDS = r"^[0-9]{1,15}$"
 
 
@@ -76,15 +75,6 @@ def _fast_parse(text: pd.Series, pattern: str, convert) -> tuple[pa.Array, np.nd
     arrow = pa.array(text, type=pa.large_string())
     values = convert(pc.if_else(pc.match_substring_regex(arrow, pattern), arrow, pa.scalar(None, pa.large_string())))
     return values, pc.is_null(values).to_numpy(zero_copy_only=False)
-
-
-def _strict_strptime(text: pa.Array, timestamp_format: str) -> pa.Array:
-    """Arrow's strptime of "YYYY-MM-DD?HH:MM:SS" text, null where it rolled an impossible day
-    or second over (2026-02-30 would be March 2) instead of refusing it."""
-    parsed = pc.strptime(text, timestamp_format, "us", error_is_null=True)
-    day, second = (pc.cast(pc.utf8_slice_codeunits(text, start, start + 2), pa.int64()) for start in (8, 17))
-    exact = pc.and_(pc.equal(pc.day(parsed), day), pc.equal(pc.second(parsed), second))
-    return pc.if_else(exact, parsed, pa.scalar(None, parsed.type))
 
 
 def _fill_rest(result: pd.Series, rest: np.ndarray, text: pd.Series, general: Callable[[pd.Series], pd.Series]) -> pd.Series:
@@ -107,31 +97,36 @@ def parse_timestamps(text: pd.Series, timezone: str, timestamp_format: str | Non
     Times without an offset are wall times in `timezone`; a wall time that occurs twice
     (autumn DST change) is read as its first occurrence. Unparsable text gives NaT. With a
     `timestamp_format` (strptime), text must follow it exactly. "YYYY-MM-DDTHH:MM:SSZ" and
-    "YYYY-MM-DD HH:MM:SS", the usual shapes, are parsed in Arrow; the rest by pandas.
+    "YYYY-MM-DD HH:MM:SS", the usual shapes, are parsed from their bytes; the rest by pandas.
     """
     if timestamp_format:
         parsed = pd.to_datetime(text, format=timestamp_format, errors="coerce")
         return _localise(parsed, timezone)
-    utc, rest = _fast_parse(text, ISO_UTC, lambda a: _strict_strptime(a, ISO_UTC_FORMAT))
-    result = pd.Series(utc.to_numpy(zero_copy_only=False), index=text.index).dt.tz_localize("UTC")
-    return _fill_rest(result, rest, text, lambda rows: _parse_without_z(rows, timezone))
+    utc, rest = _iso_timestamps(text, "T", zulu=True)
+    return _fill_rest(utc.dt.tz_localize("UTC"), rest, text, lambda rows: _parse_without_z(rows, timezone))
+
+
+def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Series, np.ndarray]:
+    """The rows of one ISO shape parsed from their bytes (naive, NaT elsewhere), and a mask of the rows left."""
+    micros, parsed = text_bytes.iso_timestamps(text_bytes.one_array(pa.array(text, type=pa.large_string())), separator, zulu)
+    return pd.Series(micros.view("datetime64[us]"), index=text.index).where(parsed), ~parsed
 
 
 def _parse_without_z(text: pd.Series, timezone: str) -> pd.Series:
-    wall, general = _fast_parse(text, ISO_WALL, lambda a: _strict_strptime(a, ISO_WALL_FORMAT))
-    result = _localise(pd.Series(wall.to_numpy(zero_copy_only=False), index=text.index), timezone)
-    return _fill_rest(result, general, text, lambda rows: _parse_general(rows, timezone))
+    wall, general = _iso_timestamps(text, " ", zulu=False)
+    return _fill_rest(_localise(wall, timezone), general, text, lambda rows: _parse_general(rows, timezone))
 
 
 def _parse_general(text: pd.Series, timezone: str) -> pd.Series:
     numeric = pd.to_numeric(text, errors="coerce")
     is_text = numeric.isna()
+    serial = numeric[~is_text].where((numeric >= 0) & (numeric <= EXCEL_LAST_DAY))  # others (an epoch in seconds?) NaT
     has_offset = is_text & text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
     aware = pd.to_datetime(text[has_offset], format="ISO8601", errors="coerce", utc=True)
     naive = pd.concat(
         [
             pd.to_datetime(text[is_text & ~has_offset], format="ISO8601", errors="coerce"),
-            (EXCEL_EPOCH + pd.to_timedelta(numeric[~is_text], unit="D")).dt.round("s"),
+            (EXCEL_EPOCH + pd.to_timedelta(serial, unit="D")).dt.round("s").astype("datetime64[us]"),
         ]
     )
     return pd.concat([aware.astype("datetime64[us, UTC]"), _localise(naive, timezone)]).reindex(text.index)

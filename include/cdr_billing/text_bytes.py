@@ -1,0 +1,67 @@
+"""Text columns as numpy bytes, for the parses that Arrow's string kernels do in many passes.
+
+A column of one shape (timestamps of one width, phone numbers of a few digits) is parsed
+with a handful of whole-array numpy operations on its UTF-8 bytes instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+DIGIT_ZERO = ord("0")
+
+
+def one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Text values as one large_string array (chunks joined), nulls as ""."""
+    values = pc.fill_null(values.cast(pa.large_string()), "")
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The value offsets (len + 1, from 0) and the bytes they index, of a large_string array."""
+    _, offset_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int64, count=len(values) + 1, offset=values.offset * 8)
+    data = np.frombuffer(data_buffer or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return offsets - offsets[0], data
+
+
+def fixed_width_rows(values: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The values `width` bytes long as an (n, width) byte matrix (other rows zero), and a
+    mask of those rows. No copy when every value has that width, the usual case."""
+    offsets, data = offsets_and_data(values)
+    fits = np.diff(offsets) == width
+    if fits.all():
+        return data.reshape(len(values), width), fits
+    matrix = np.zeros((len(values), width), dtype=np.uint8)
+    starts = offsets[:-1][fits]
+    matrix[fits] = data[starts[:, None] + np.arange(width)]
+    return matrix, fits
+
+
+_MONTH_DAYS = np.array([[0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]])
+_DAYS_BEFORE_MONTH = np.cumsum(_MONTH_DAYS, axis=1) - _MONTH_DAYS  # [leap, month]
+_YEARS = np.arange(10_000)
+_LEAP = (((_YEARS % 4 == 0) & (_YEARS % 100 != 0)) | (_YEARS % 400 == 0)).astype(np.int64)
+_DAYS_BEFORE_YEAR = np.concatenate([[0], np.cumsum(365 + _LEAP)[:-1]])
+_DAYS_BEFORE_YEAR -= _DAYS_BEFORE_YEAR[1970]  # days since 1970-01-01 of each year's first day
+_DATE_TIME_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+
+
+def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Microseconds since the epoch of "YYYY-MM-DD?HH:MM:SS" text (`separator` between date
+    and time, "Z" after it when `zulu`), and a mask of the rows that are exactly that shape
+    with a real date and time, proleptic Gregorian (others: 0). `values`: one large_string array."""
+    matrix, fits = fixed_width_rows(values, 19 + zulu)
+    digits = matrix[:, _DATE_TIME_DIGITS] - np.uint8(DIGIT_ZERO)  # a byte below "0" wraps above 9
+    century, year_of_century, month, day, hour, minute, second = (digits[:, 0::2].astype(np.int64) * 10 + digits[:, 1::2]).T
+    year = century * 100 + year_of_century
+    punctuation = np.frombuffer(("-- ::".replace(" ", separator) + "Z" * zulu).encode("ascii"), dtype=np.uint8)
+    ok = fits & (digits <= 9).all(axis=1) & (matrix[:, [4, 7, 10, 13, 16, 19][: 5 + zulu]] == punctuation).all(axis=1)
+    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (hour <= 23) & (minute <= 59) & (second <= 59)
+    year, month = np.where(ok, year, 1970), np.where(ok, month, 1)  # in the tables' range
+    leap = _LEAP[year]
+    ok &= day <= _MONTH_DAYS[leap, month]
+    days = _DAYS_BEFORE_YEAR[year] + _DAYS_BEFORE_MONTH[leap, month] + day - 1
+    return np.where(ok, (days * 86_400 + hour * 3_600 + minute * 60 + second) * 1_000_000, 0), ok
