@@ -271,7 +271,7 @@ def _validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig) -> 
     migrations.upgrade(engine)
     load.store_quarantine(engine, meta["billing_month"], meta["run_id"], name, checked.quarantined)
     validate.enforce_rejection_threshold(name, len(raw), checked.quarantined, config.billing.max_rejected_share)
-    accepted, duplicates = validate.split_duplicates(checked.accepted)
+    accepted, duplicates = checked.accepted, checked.duplicates
     folder = _work_file(meta, "files") / item["sha256"][:16]
     folder.mkdir(parents=True, exist_ok=True)
     part = {**{key: item[key] for key in ("name", "source", "sha256")}, "dir": str(folder)}
@@ -283,7 +283,7 @@ def _validate_file(meta: Meta, item: dict[str, Any], config: PipelineConfig) -> 
     _write_part(meta, part, "accepted", accepted)
     _write_part(meta, part, "duplicates_in_file", duplicates)
     _write_part(meta, part, "quarantined", checked.quarantined)
-    _write_part(meta, part, "call_hashes", pd.DataFrame({"hash": dedupe.call_hashes(accepted)}))  # for dedupe_calls
+    _write_part(meta, part, "call_hashes", pd.DataFrame({"hash": checked.call_hashes}))  # for dedupe_calls
     _write_part(meta, part, "partial_parts", dedupe.partial_rows(accepted))
     log.info("%s: read %d, accepted %d, quarantined %d, duplicates in the file %d",
              name, len(raw), len(accepted), len(checked.quarantined), len(duplicates))  # fmt: skip

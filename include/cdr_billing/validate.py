@@ -60,10 +60,13 @@ class FileValidationError(ValueError):
 
 @dataclass(frozen=True)
 class FileCheck:
-    """Outcome of checking one file."""
+    """Outcome of checking one file: rows accepted, rows quarantined, and the good rows that
+    repeat a call earlier in the file (the first delivery is accepted); the accepted rows' call hashes."""
 
     accepted: pd.DataFrame
     quarantined: pd.DataFrame
+    duplicates: pd.DataFrame
+    call_hashes: np.ndarray
 
 
 WHOLE_SECONDS = r"^[0-9]{1,15}$"
@@ -270,14 +273,29 @@ def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> FileCheck:
-    """Type one file's rows and split them into accepted and quarantined."""
+    """Type one file's rows and split them into accepted, quarantined and repeated; the wide
+    rows are selected once."""
     typed = _typed(raw, profile)
     fails = _failures(raw, typed, profile, month, rules)
-    bad = fails.to_numpy().any(axis=1)
-    accepted = rows_where(typed, ~bad) if bad.any() else typed
-    accepted["completion_status"] = accepted["completion_status"].astype("int8")
-    accepted["duration_seconds"] = accepted["duration_seconds"].astype("int64")
-    return FileCheck(accepted.reset_index(drop=True), _quarantine_rows(raw, fails))
+    good = np.flatnonzero(~fails.to_numpy().any(axis=1))
+    hashes = dedupe.call_hashes(typed)[good]
+    (again,) = dedupe.repeated_per_file([hashes], lambda _, rows: typed.iloc[good[rows]])
+    accepted = typed if len(good) == len(typed) and not again.any() else rows_where(typed, _mask(len(typed), good[~again]))
+    duplicates = rows_where(typed, _mask(len(typed), good[again]))
+    return FileCheck(_as_accepted(accepted), _quarantine_rows(raw, fails), _as_accepted(duplicates), hashes[~again])
+
+
+def _mask(length: int, positions: np.ndarray) -> np.ndarray:
+    mask = np.zeros(length, dtype=bool)
+    mask[positions] = True
+    return mask
+
+
+def _as_accepted(rows: pd.DataFrame) -> pd.DataFrame:
+    """Good rows with the types their checks guarantee (no missing duration or status)."""
+    rows["completion_status"] = rows["completion_status"].astype("int8")
+    rows["duration_seconds"] = rows["duration_seconds"].astype("int64")
+    return rows.reset_index(drop=True)
 
 
 SAMPLE_ROWS = 3
@@ -306,14 +324,6 @@ def enforce_rejection_threshold(file_name: str, rows_read: int, rejected: pd.Dat
             f"reasons: {top}",
             samples=_samples(rejected),
         )
-
-
-def split_duplicates(accepted: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep the first row of each (source, transaction id) in one file: (kept, repeated)."""
-    (repeated,) = dedupe.repeated_per_file([dedupe.call_hashes(accepted)], lambda _, rows: accepted.iloc[rows])
-    if not repeated.any():  # the usual file: no copy
-        return accepted, accepted.iloc[:0]
-    return rows_where(accepted, ~repeated), rows_where(accepted, repeated)
 
 
 def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> list:

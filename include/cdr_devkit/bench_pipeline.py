@@ -91,9 +91,9 @@ def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, 
     with clock.stage("check"):
         checked = validate.check_rows(raw, profile, month, rules)
         validate.enforce_rejection_threshold(Path(path).name, len(raw), checked.quarantined, rules.max_rejected_share)
-        accepted, in_file = validate.split_duplicates(checked.accepted)
+        accepted, in_file = checked.accepted, checked.duplicates
     with clock.stage("dedupe"):
-        hashes, partial = pd.DataFrame({"hash": dedupe.call_hashes(accepted)}), dedupe.partial_rows(accepted)
+        hashes, partial = pd.DataFrame({"hash": checked.call_hashes}), dedupe.partial_rows(accepted)
     with clock.stage("parquet_io"):
         storage.write_frame(accepted, part / "accepted.arrow")
         storage.write_frame(in_file, part / "duplicates_in_file.parquet")

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from openpyxl import Workbook
 
+from cdr_billing import dedupe
 from cdr_billing.config import load_config
 from cdr_billing.months import BillingMonth
 from cdr_billing.read import FileReadError, read_cdr_file
-from cdr_billing.validate import FileValidationError, check_rows, enforce_rejection_threshold, split_duplicates
+from cdr_billing.validate import FileValidationError, check_rows, enforce_rejection_threshold
 from cdr_devkit.sample_data import CONFERENCING_HEADER
 
 CONFIG = load_config()
@@ -55,7 +56,7 @@ def check(path: Path, profile_name: str):
     profile = CONFIG.profiles[profile_name]
     raw = read_cdr_file(path, profile).assign(source=profile_name)
     checked = check_rows(raw, profile, MONTH, RULES)
-    assert len(raw) == len(checked.accepted) + len(checked.quarantined), "a row was dropped silently"
+    assert len(raw) == len(checked.accepted) + len(checked.quarantined) + len(checked.duplicates), "a row was dropped silently"
     return raw, checked
 
 
@@ -195,8 +196,10 @@ def test_rows_from_another_month_are_quarantined_and_a_wrong_month_file_fails(tm
 def test_duplicate_ids_are_billed_once_and_counted(tmp_path):
     first = carrier_csv(tmp_path / "a.csv", [{"transaction_id": "T1"}, {"transaction_id": "T1"}])
     second = carrier_csv(tmp_path / "b.csv", [{"transaction_id": "T1"}, {"transaction_id": "T2"}])
-    accepted = pd.concat([check(first, "carrier_csv")[1].accepted, check(second, "carrier_csv")[1].accepted])
-    unique, duplicates = split_duplicates(accepted)
+    checks = [check(first, "carrier_csv")[1], check(second, "carrier_csv")[1]]
+    again = dedupe.repeated_per_file([c.call_hashes for c in checks], lambda n, rows: checks[n].accepted.iloc[rows])
+    unique = pd.concat([c.accepted[~repeated] for c, repeated in zip(checks, again, strict=True)])
+    duplicates = pd.concat([part for c, repeated in zip(checks, again, strict=True) for part in (c.duplicates, c.accepted[repeated])])
     assert unique["transaction_id"].tolist() == ["T1", "T2"]
     assert duplicates[["source_file", "source_row"]].values.tolist() == [["a.csv", 3], ["b.csv", 2]]
 

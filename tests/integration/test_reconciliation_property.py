@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
-from cdr_billing import aggregate, attribute, entitlements, rate, read, report, tariff, validate
+from cdr_billing import aggregate, attribute, dedupe, entitlements, rate, read, report, tariff, validate
 from cdr_billing.config import load_config
 from cdr_billing.migrations import upgrade
 from cdr_billing.money import from_minor_units
@@ -31,7 +31,8 @@ def _bill(root: Path, month: BillingMonth, engine) -> tuple[dict, dict]:
         raw = read.read_cdr_file(path, config.profile_for(source.name)).assign(source=source.name)
         read_rows += len(raw)
         checked.append(validate.check_rows(raw, config.profile_for(source.name), month, config.billing))
-    calls, duplicates = validate.split_duplicates(pd.concat([c.accepted for c in checked], ignore_index=True))
+    again = dedupe.repeated_per_file([c.call_hashes for c in checked], lambda n, rows: checked[n].accepted.iloc[rows])
+    calls = pd.concat([c.accepted[~repeated] for c, repeated in zip(checked, again, strict=True)], ignore_index=True)
     tariff.load_file(engine, sorted((root / "reference").glob("tariff*.csv"))[-1], config.billing.timezone)
     combined_calls, merged = rate.combine_partial_calls(calls)
     priced, unbillable, failed = rate.rate_calls(combined_calls, tariff.all_rates(engine), config.billing, config.markups())
@@ -45,7 +46,7 @@ def _bill(root: Path, month: BillingMonth, engine) -> tuple[dict, dict]:
         "read": read_rows,
         "billed": len(attributed),
         "quarantined": sum(len(c.quarantined) for c in checked),
-        "duplicates": len(duplicates),
+        "duplicates": sum(len(c.duplicates) + int(repeated.sum()) for c, repeated in zip(checked, again, strict=True)),
         "not_billable": len(failed),
         "unbillable": len(unbillable),
         "suspense": len(suspense),

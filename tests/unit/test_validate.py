@@ -3,7 +3,7 @@ import pandas as pd
 from cdr_billing.canonical import TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.months import BillingMonth
-from cdr_billing.validate import check_rows, parse_durations, parse_timestamps, split_duplicates
+from cdr_billing.validate import check_rows, parse_durations, parse_timestamps
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
 UNPRICED = SourceProfile(name="carrier", format="csv", columns={}, priced=False, timezone="UTC")
@@ -71,6 +71,9 @@ def test_bad_rows_are_quarantined_with_reasons_and_original_values():
 
 
 def test_duplicates_keep_the_first_delivery():
-    frame = pd.DataFrame({"source": ["a", "a", "b"], "transaction_id": ["t1", "t1", "t1"], "source_row": [2, 3, 2]})
-    unique, repeated = split_duplicates(frame)
-    assert unique["source_row"].tolist() == [2, 2] and repeated["source_row"].tolist() == [3]
+    raw = pd.concat([_raw(source="a", source_row=2), _raw(source="a", source_row=3), _raw(source="b", source_row=4),
+                     _raw(source="a", source_row=5, duration_of_usage="-1")], ignore_index=True)  # fmt: skip
+    checked = check_rows(raw, UNPRICED, MONTH, RULES)
+    assert checked.accepted["source_row"].tolist() == [2, 4] and checked.duplicates["source_row"].tolist() == [3]
+    assert checked.quarantined["source_row"].tolist() == [5]  # a bad row is quarantined, not a duplicate
+    assert len(checked.call_hashes) == 2 and checked.duplicates["duration_seconds"].dtype == "int64"
