@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdr_billing import text_bytes
 from cdr_billing.canonical import COMPLETION_FAILED, COMPLETION_PARTIAL
 from cdr_billing.config import BillingSettings
 from cdr_billing.frames import rows_where
@@ -24,23 +25,18 @@ NO_TARIFF_PREFIX = "NO_TARIFF_PREFIX"
 NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
 
 
+SEPARATORS = b" \t\n\v\f\r-()."  # what the separator pattern may remove: "+46 (70) 123-45.67"
+
+
 def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
-    """Return numbers as E.164 digits without "+": +46.., 0046.. and 0.. become 46.."""
-    text = pa.array(numbers, type=pa.large_string())
-    digits = pc.utf8_slice_codeunits(text, 1)
-    if pc.all(pc.and_(pc.starts_with(text, "+"), pc.ascii_is_decimal(digits))).as_py():  # already E.164: the usual case
-        return pd.Series(digits, index=numbers.index, dtype="str")
-    if not pc.all(pc.ascii_is_decimal(pc.replace_substring(text, "+", "", max_replacements=1))).as_py():
-        text = pc.replace_substring_regex(text, r"[\s\-().]", "")  # separators: + 46 (70) 123-45.67
-    plus, international = pc.starts_with(text, "+"), pc.starts_with(text, rules.international_prefix)
-    national = pc.and_not(pc.and_not(pc.starts_with(text, rules.national_prefix), plus), international)
-    country_code, nothing = pa.scalar(rules.country_code, pa.large_string()), pa.scalar("", pa.large_string())
-    e164 = pc.case_when(
-        pc.make_struct(plus, international, national),
-        pc.utf8_slice_codeunits(text, 1),
-        pc.utf8_slice_codeunits(text, len(rules.international_prefix)),
-        pc.binary_join_element_wise(country_code, pc.utf8_slice_codeunits(text, len(rules.national_prefix)), nothing),
-        text,
+    """Return numbers as E.164 digits without "+": +46.., 0046.. and 0.. become 46..
+    Separators are removed first; the prefixes are replaced on the numbers' bytes."""
+    text = text_bytes.one_array(pa.array(numbers, type=pa.large_string()))
+    written = text_bytes.offsets_and_data(text)[1].tobytes()
+    if any(byte in written for byte in SEPARATORS):
+        text = pc.replace_substring_regex(text, r"[\s\-().]", "")
+    e164 = text_bytes.replace_prefixes(
+        text, [("+", ""), (rules.international_prefix, ""), (rules.national_prefix, rules.country_code)]
     )
     return pd.Series(e164, index=numbers.index, dtype="str")
 
@@ -52,11 +48,9 @@ _POWERS = np.power(10, np.arange(E164_DIGITS + 1), dtype=np.int64)
 def _padded_numbers(digits: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """E.164 digit strings as int64 right-padded to 15 digits (-1 where not 1-15 digits without
     a leading 0), and their lengths."""
-    text = pa.array(digits, type=pa.large_string())
-    fits = pc.fill_null(pc.match_substring_regex(text, r"^[1-9]\d{0,14}$"), False)
-    values = pc.cast(pc.if_else(fits, text, "0"), pa.int64()).to_numpy(zero_copy_only=False)
-    lengths = pc.if_else(fits, pc.utf8_length(text), E164_DIGITS).to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.where(fits.to_numpy(zero_copy_only=False), values * _POWERS[E164_DIGITS - lengths], -1), lengths
+    values, lengths, fits = text_bytes.plain_numbers(text_bytes.one_array(pa.array(digits, type=pa.large_string())), E164_DIGITS)
+    lengths = np.where(fits, lengths, E164_DIGITS)
+    return np.where(fits, values * _POWERS[E164_DIGITS - lengths], -1), lengths
 
 
 class PrefixIndex:

@@ -65,3 +65,44 @@ def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.nda
     ok &= day <= _MONTH_DAYS[leap, month]
     days = _DAYS_BEFORE_YEAR[year] + _DAYS_BEFORE_MONTH[leap, month] + day - 1
     return np.where(ok, (days * 86_400 + hour * 3_600 + minute * 60 + second) * 1_000_000, 0), ok
+
+
+def replace_prefixes(values: pa.Array, replacements: list[tuple[str, str]]) -> pa.Array:
+    """Each value with its prefix replaced by the first (prefix, replacement) whose prefix it
+    starts with; others as they are. `values`: one large_string array; so is the result."""
+    offsets, data = offsets_and_data(values)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    longest = max((len(prefix.encode()) for prefix, _ in replacements), default=0)
+    ended = np.append(data, np.uint8(0))  # one more byte: every start indexes it
+    heads = [ended[np.minimum(starts + n, len(data))] for n in range(longest)]  # each value's first bytes
+    rule = np.full(len(values), len(replacements))  # past the list: no prefix
+    for n, (prefix, _) in enumerate(replacements):
+        found = lengths >= len(prefix.encode())
+        for head, byte in zip(heads, prefix.encode(), strict=False):
+            found &= head == byte
+        rule[(rule == len(replacements)) & found] = n
+    dropped = np.array([len(prefix.encode()) for prefix, _ in replacements] + [0])[rule]
+    added = np.array([len(replacement.encode()) for _, replacement in replacements] + [0])[rule]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths - dropped + added)])
+    kept = np.ones(len(data), dtype=bool)
+    for n in range(int(dropped.max(initial=0))):
+        kept[starts[dropped > n] + n] = False
+    result, inserted = np.empty(int(new_offsets[-1]), dtype=np.uint8), np.zeros(int(new_offsets[-1]), dtype=bool)
+    for n, (_, replacement) in enumerate(replacements):
+        for position, byte in enumerate(replacement.encode()):
+            at = new_offsets[:-1][rule == n] + position
+            result[at], inserted[at] = byte, True
+    result[~inserted] = data[kept]
+    return pa.LargeStringArray.from_buffers(len(values), pa.py_buffer(new_offsets), pa.py_buffer(result))
+
+
+def plain_numbers(values: pa.Array, max_digits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values of 1 to `max_digits` ASCII digits not starting with 0: (their numbers, 0
+    elsewhere; the value lengths; a mask of those values). `values`: one large_string array."""
+    offsets, data = offsets_and_data(values)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    ended = np.append(data, np.uint8(DIGIT_ZERO))  # a digit in the last value's span: an empty last value has a start
+    other_bytes = np.logical_or.reduceat((ended - np.uint8(DIGIT_ZERO)) > 9, starts) if len(values) else lengths > 0
+    fits = (lengths >= 1) & (lengths <= max_digits) & ~other_bytes & (ended[starts] != DIGIT_ZERO)
+    digits = values if fits.all() else pc.if_else(pa.array(fits), values, "0")
+    return pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False), lengths, fits

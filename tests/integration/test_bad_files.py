@@ -199,7 +199,9 @@ def test_duplicate_ids_are_billed_once_and_counted(tmp_path):
     checks = [check(first, "carrier_csv")[1], check(second, "carrier_csv")[1]]
     again = dedupe.repeated_per_file([c.call_hashes for c in checks], lambda n, rows: checks[n].accepted.iloc[rows])
     unique = pd.concat([c.accepted[~repeated] for c, repeated in zip(checks, again, strict=True)])
-    duplicates = pd.concat([part for c, repeated in zip(checks, again, strict=True) for part in (c.duplicates, c.accepted[repeated])])
+    duplicates = pd.concat(
+        [part for c, repeated in zip(checks, again, strict=True) for part in (c.duplicates, c.accepted[repeated])]
+    )
     assert unique["transaction_id"].tolist() == ["T1", "T2"]
     assert duplicates[["source_file", "source_row"]].values.tolist() == [["a.csv", 3], ["b.csv", 2]]
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from cdr_billing.text_bytes import iso_timestamps
+from cdr_billing.text_bytes import iso_timestamps, plain_numbers, replace_prefixes
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -30,3 +30,29 @@ def test_impossible_dates_and_other_shapes_are_refused():
     micros, parsed = iso_timestamps(pa.array([*refused, "2026-10-10 10:00:00"], pa.large_string()), " ", zulu=False)
     assert parsed.tolist() == [False] * len(refused) + [True]
     assert micros[-1] == (datetime(2026, 10, 10, 10, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
+
+
+NUMBERS = ["+46701234567", "0046701234567", "0701234567", "46701234567", "", "+", "0", "00", "000", "+0046", "abc",
+           "+4a", " 0701", "007", "0é", "é+", "0000000000000000000", "+0123", "1234567890123456", "123456789012345"]  # fmt: skip
+
+
+def test_prefixes_replaced_as_string_slicing_does():
+    rules = [("+", ""), ("00", ""), ("0", "46")]
+
+    def expected(number: str) -> str:
+        prefix, replacement = next(((p, r) for p, r in rules if number.startswith(p)), ("", ""))
+        return replacement + number[len(prefix) :]
+
+    for values in (NUMBERS, NUMBERS[::-1], ["", ""], [], ["0"] * 3):
+        replaced = replace_prefixes(pa.array(values, pa.large_string()), rules)
+        assert replaced.to_pylist() == [expected(v) for v in values]
+        replaced.validate(full=True)
+
+
+def test_plain_numbers_are_digits_only_without_a_leading_zero():
+    for values in (NUMBERS, NUMBERS[::-1], ["7", ""], []):
+        numbers, lengths, plain = plain_numbers(pa.array(values, pa.large_string()), 15)
+        fits = [v.isascii() and v.isdigit() and 1 <= len(v) <= 15 and v[0] != "0" for v in values]
+        assert plain.tolist() == fits
+        assert numbers[plain].tolist() == [int(v) for v, f in zip(values, fits, strict=True) if f]
+        assert lengths.tolist() == [len(v.encode()) for v in values]
