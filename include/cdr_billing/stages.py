@@ -63,7 +63,7 @@ def _work_file(meta: Meta, name: str) -> storage.Location:
     return _work_dir(meta) / name
 
 
-HANDOFF_FILES = {"accepted", "priced"}  # a file's bulk, read whole by the next task: Arrow IPC
+HANDOFF_FILES = {"accepted", "priced", "call_hashes"}  # read whole by the next task: Arrow IPC
 
 
 def _file_name(name: str) -> str:

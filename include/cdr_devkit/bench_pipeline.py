@@ -97,7 +97,7 @@ def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, 
     with clock.stage("parquet_io"):
         storage.write_frame(accepted, part / "accepted.arrow")
         storage.write_frame(in_file, part / "duplicates_in_file.parquet")
-        storage.write_frame(hashes, part / "call_hashes.parquet")
+        storage.write_frame(hashes, part / "call_hashes.arrow")
         storage.write_frame(partial, part / "partial_parts.parquet")
     return clock.seconds, {"read": len(raw), "quarantined": len(checked.quarantined), "duplicates": len(in_file)}
 
@@ -242,7 +242,7 @@ def run_project(
         clock.report("per-file checks")
         with clock.stage("dedupe"):
             repeated = dedupe.repeated_per_file(
-                [storage.read_frame(part / "call_hashes.parquet")["hash"].to_numpy() for part in parts],
+                [storage.read_frame(part / "call_hashes.arrow")["hash"].to_numpy() for part in parts],
                 lambda n, rows: storage.read_frame(parts[n] / "accepted.arrow", dedupe.CALL_KEY, rows),
             )
         partial = []  # parts of partial calls from every file: a session may span files
