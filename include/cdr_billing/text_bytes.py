@@ -96,13 +96,13 @@ def replace_prefixes(values: pa.Array, replacements: list[tuple[str, str]]) -> p
     return pa.LargeStringArray.from_buffers(len(values), pa.py_buffer(new_offsets), pa.py_buffer(result))
 
 
-def plain_numbers(values: pa.Array, max_digits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Values of 1 to `max_digits` ASCII digits not starting with 0: (their numbers, 0
-    elsewhere; the value lengths; a mask of those values). `values`: one large_string array."""
+def plain_numbers(values: pa.Array, max_digits: int, leading_zero: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values of 1 to `max_digits` ASCII digits (not starting with 0 unless `leading_zero`): their
+    numbers (0 elsewhere), the value lengths, a mask of those values. `values`: one large_string array."""
     offsets, data = offsets_and_data(values)
     starts, lengths = offsets[:-1], np.diff(offsets)
     ended = np.append(data, np.uint8(DIGIT_ZERO))  # a digit in the last value's span: an empty last value has a start
     other_bytes = np.logical_or.reduceat((ended - np.uint8(DIGIT_ZERO)) > 9, starts) if len(values) else lengths > 0
-    fits = (lengths >= 1) & (lengths <= max_digits) & ~other_bytes & (ended[starts] != DIGIT_ZERO)
+    fits = (lengths >= 1) & (lengths <= max_digits) & ~other_bytes & (leading_zero | (ended[starts] != DIGIT_ZERO))
     digits = values if fits.all() else pc.if_else(pa.array(fits), values, "0")
     return pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False), lengths, fits

@@ -69,29 +69,23 @@ class FileCheck:
     call_hashes: np.ndarray
 
 
-WHOLE_SECONDS = r"^[0-9]{1,15}$"
+WHOLE_SECONDS_DIGITS = 15
 
 
-def _fast_parse(text: pd.Series, pattern: str, convert) -> tuple[pa.Array, np.ndarray]:
-    """Convert in Arrow the rows whose text matches `pattern` exactly; return the values and a
-    mask of the rows left to the general parser (`convert` gives null where it cannot convert)."""
-    arrow = pa.array(text, type=pa.large_string())
-    values = convert(pc.if_else(pc.match_substring_regex(arrow, pattern), arrow, pa.scalar(None, pa.large_string())))
-    return values, pc.is_null(values).to_numpy(zero_copy_only=False)
+def _one_array(text: pd.Series) -> pa.Array:
+    return text_bytes.one_array(pa.array(text, type=pa.large_string()))
 
 
 def _fill_rest(result: pd.Series, rest: np.ndarray, text: pd.Series, general: Callable[[pd.Series], pd.Series]) -> pd.Series:
-    """Give the rows the Arrow fast path left (`rest`) the general parser's values."""
+    """Give the rows the fast path left (`rest`) the general parser's values."""
     if rest.any():
         result.iloc[np.flatnonzero(rest)] = general(text[rest]).array
     return result
 
 
-def _nullable_ints(values: pa.Array, missing: np.ndarray, index: pd.Index, dtype: str) -> pd.Series:
-    """Arrow integers as a nullable pandas column; `missing`: the null mask."""
-    return pd.Series(
-        pd.arrays.IntegerArray(pc.fill_null(values, 0).to_numpy(zero_copy_only=False), missing.copy()), index=index
-    ).astype(dtype)
+def _nullable_ints(values: np.ndarray, missing: np.ndarray, index: pd.Index, dtype: str) -> pd.Series:
+    """Integers as a nullable pandas column; `missing`: the null mask."""
+    return pd.Series(pd.arrays.IntegerArray(values, missing.copy()), index=index).astype(dtype)
 
 
 def parse_timestamps(text: pd.Series, timezone: str, timestamp_format: str | None = None) -> pd.Series:
@@ -111,7 +105,7 @@ def parse_timestamps(text: pd.Series, timezone: str, timestamp_format: str | Non
 
 def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Series, np.ndarray]:
     """The rows of one ISO shape parsed from their bytes (naive, NaT elsewhere), and a mask of the rows left."""
-    micros, parsed = text_bytes.iso_timestamps(text_bytes.one_array(pa.array(text, type=pa.large_string())), separator, zulu)
+    micros, parsed = text_bytes.iso_timestamps(_one_array(text), separator, zulu)
     return pd.Series(micros.view("datetime64[us]"), index=text.index).where(parsed), ~parsed
 
 
@@ -144,11 +138,11 @@ def _localise(naive: pd.Series, timezone: str) -> pd.Series:
 
 def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series:
     """Parse durations (seconds, minutes or "h:mm:ss") into whole seconds; NA when bad.
-    Whole seconds written as plain digits, the usual case, are converted in Arrow."""
+    Whole seconds written as plain digits, the usual case, are read from their bytes."""
     if unit == "seconds":
-        whole, rest = _fast_parse(text, WHOLE_SECONDS, lambda a: pc.cast(a, pa.int64()))
-        seconds = _nullable_ints(whole, rest, text.index, "Int64")
-        return _fill_rest(seconds, rest, text, lambda rows: _parse_durations(rows, unit, decimal))
+        whole, _, plain = text_bytes.plain_numbers(_one_array(text), WHOLE_SECONDS_DIGITS, leading_zero=True)
+        seconds = _nullable_ints(whole, ~plain, text.index, "Int64")
+        return _fill_rest(seconds, ~plain, text, lambda rows: _parse_durations(rows, unit, decimal))
     return _parse_durations(text, unit, decimal)
 
 
@@ -163,10 +157,10 @@ def _parse_durations(text: pd.Series, unit: str, decimal: str) -> pd.Series:
 
 
 def parse_statuses(text: pd.Series) -> pd.Series:
-    """Completion statuses 0-3 (nullable Int8); "1" in Arrow, anything else ("1.0") by pandas."""
-    codes = [str(status) for status in COMPLETION_STATUSES]
-    found, rest = _fast_parse(text, "^[0-9]$", lambda a: pc.index_in(a, value_set=pa.array(codes, pa.large_string())))
-    return _fill_rest(_nullable_ints(found, rest, text.index, "Int8"), rest, text, _parse_statuses)
+    """Completion statuses 0-3 (nullable Int8); a digit from its byte, anything else ("1.0") by pandas."""
+    digit, _, plain = text_bytes.plain_numbers(_one_array(text), 1, leading_zero=True)
+    rest = ~(plain & np.isin(digit, COMPLETION_STATUSES))
+    return _fill_rest(_nullable_ints(digit, rest, text.index, "Int8"), rest, text, _parse_statuses)
 
 
 def _parse_statuses(text: pd.Series) -> pd.Series:
@@ -180,7 +174,8 @@ def _convert_distinct(text: pd.Series, convert: Callable[[str], int | None], dty
     distinct = pc.unique(arrow)
     converted = pa.array([convert(value) for value in distinct.to_pylist()], type=pa.int64())
     values = pc.take(converted, pc.index_in(arrow, value_set=distinct))
-    return _nullable_ints(values, pc.is_null(values).to_numpy(zero_copy_only=False), text.index, dtype)
+    missing = pc.is_null(values).to_numpy(zero_copy_only=False)
+    return _nullable_ints(pc.fill_null(values, 0).to_numpy(zero_copy_only=False), missing, text.index, dtype)
 
 
 def _micro_units(cost: str) -> int | None:
