@@ -110,13 +110,15 @@ def set_aside(partial: pd.DataFrame, repeated: np.ndarray) -> tuple[pd.DataFrame
     return positions, in_session.drop(columns="position").reset_index(drop=True)
 
 
-def file_calls(accepted: pa.Table, session_calls: pa.Table, set_aside_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A file's calls: its accepted rows less those set aside, then the combined partial calls
-    it heads; and the rows set aside that repeat an earlier call: (calls, duplicates)."""
+def file_calls(
+    accepted: pa.Table, session_calls: pa.Table, set_aside_rows: pd.DataFrame
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """A file's accepted rows, then the combined partial calls it heads; a mask of the rows that
+    are its calls (all but those set aside: rating selects the wide rows once); and the rows set
+    aside that repeat an earlier call: (rows, calls mask, duplicates)."""
     positions = set_aside_rows["position"].to_numpy()
-    keep = np.ones(accepted.num_rows, dtype=bool)
-    keep[positions] = False
-    plain = accepted.filter(keep) if len(positions) else accepted
-    calls = pa.concat_tables([plain, session_calls.select(accepted.column_names).cast(accepted.schema)])
+    rows = pa.concat_tables([accepted, session_calls.select(accepted.column_names).cast(accepted.schema)])
+    calls = np.ones(rows.num_rows, dtype=bool)
+    calls[positions] = False
     duplicates = accepted.take(positions[set_aside_rows["duplicate"].to_numpy()])
-    return calls.to_pandas(), duplicates.to_pandas()
+    return rows.to_pandas(), calls, duplicates.to_pandas()

@@ -278,16 +278,22 @@ def compare_with_tariff(priced: pd.DataFrame, rates: pd.DataFrame, rules: Billin
 
 
 def rate_calls(
-    calls: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings, markups: dict[str, int] | None = None
+    calls: pd.DataFrame,
+    rates: pd.DataFrame,
+    rules: BillingSettings,
+    markups: dict[str, int] | None = None,
+    rows: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split calls into priced, unbillable (no rate) and not billable (status 0, failed).
 
     Status 1 and 2 are billed; status 3 (completed, delivery failed) is billed and keeps
     its status as the flag. `markups`: source -> basis points added to provider costs.
+    `rows`: a mask of the rows of `calls` to rate (default all); the others are in no result.
     """
-    failed = (calls["completion_status"] == COMPLETION_FAILED).to_numpy()
+    rows = np.ones(len(calls), dtype=bool) if rows is None else rows
+    failed = (calls["completion_status"] == COMPLETION_FAILED).to_numpy() & rows
     pre_priced = calls["pre_priced"].to_numpy(bool)
-    by_tariff, unbillable = _price_by_tariff(calls, ~failed & ~pre_priced, rates, rules)
-    by_provider = _price_by_provider(rows_where(calls, ~failed & pre_priced), markups or {})
+    by_tariff, unbillable = _price_by_tariff(calls, rows & ~failed & ~pre_priced, rates, rules)
+    by_provider = _price_by_provider(rows_where(calls, rows & ~failed & pre_priced), markups or {})
     priced = pd.concat([by_provider, by_tariff], ignore_index=True) if len(by_provider) else by_tariff
     return priced.astype({"cost_minor": np.int64, "billed_seconds": np.int64}), unbillable, rows_where(calls, failed)

@@ -152,6 +152,21 @@ def test_failed_calls_are_not_billed(tariff):
     assert priced.empty and unbillable.empty and len(failed) == 1
 
 
+def test_rows_left_out_are_in_no_result(tariff):
+    statuses = [1, 0, 1, 0, 1]
+    calls = pd.concat([_calls(completion_status=[status], destination_party=[number], transaction_id=[f"t{n}"])
+                       for n, (status, number) in enumerate(zip(statuses, ["0701234567", "0701234567", "+88216000000",
+                                                                         "0701234567", "0701234567"], strict=True))],
+                      ignore_index=True)  # fmt: skip
+    rows = np.array([True, True, True, False, False])
+    priced, unbillable, failed = rate_calls(calls, tariff, RULES, rows=rows)
+    assert (priced["transaction_id"].tolist(), unbillable["transaction_id"].tolist(), failed["transaction_id"].tolist()) == (
+        ["t0"],
+        ["t2"],
+        ["t1"],
+    )
+
+
 def test_provider_priced_calls_keep_the_provider_cost(tariff):
     calls = _calls(pre_priced=[True], provider_cost_micro=[12_340_000], currency=["EUR"], destination_party=[""])
     priced, _, _ = rate_calls(calls, tariff, RULES)
