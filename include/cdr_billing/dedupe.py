@@ -115,10 +115,10 @@ def file_calls(
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """A file's accepted rows, then the combined partial calls it heads; a mask of the rows that
     are its calls (all but those set aside: rating selects the wide rows once); and the rows set
-    aside that repeat an earlier call: (rows, calls mask, duplicates)."""
+    aside that repeat an earlier call: (rows, is_call, duplicates)."""
     positions = set_aside_rows["position"].to_numpy()
     rows = pa.concat_tables([accepted, session_calls.select(accepted.column_names).cast(accepted.schema)])
-    calls = np.ones(rows.num_rows, dtype=bool)
-    calls[positions] = False
+    is_call = np.ones(rows.num_rows, dtype=bool)
+    is_call[positions] = False
     duplicates = accepted.take(positions[set_aside_rows["duplicate"].to_numpy()])
-    return rows.to_pandas(), calls, duplicates.to_pandas()
+    return rows.to_pandas(), is_call, duplicates.to_pandas()

@@ -366,14 +366,14 @@ def rate_file(
     unbillable and failed calls; write the file's duplicates (in the file, then of earlier files)."""
     config = config or load_config()
     rates = tariff.all_rates(database.billing_engine(config.billing.connection))
-    rows, calls, duplicates = dedupe.file_calls(
+    rows, is_call, duplicates = dedupe.file_calls(
         storage.read_table(_part_file(meta, part, "accepted")),
         storage.read_table(_part_file(meta, part, "session_calls")),
         _read_part(meta, part, "set_aside"),
     )
     in_file = _read_part(meta, part, "duplicates_in_file")
     _write_part(meta, part, "duplicates", pd.concat([in_file, duplicates], ignore_index=True))  # in the file, then again
-    priced, unbillable, failed = rate.rate_calls(rows, rates, config.billing, config.markups(), calls)
+    priced, unbillable, failed = rate.rate_calls(rows, rates, config.billing, config.markups(), is_call)
     price_differences = rate.compare_with_tariff(priced, rates, config.billing)
     for name, frame in (("priced", priced), ("unbillable", unbillable), ("price_differences", price_differences)):
         _write_part(meta, part, name, frame)

@@ -117,13 +117,13 @@ def _bill_file(part: Path, rates, history, snapshot: int) -> tuple[dict[str, flo
         set_aside = storage.read_frame(part / "set_aside.parquet")
         heads = storage.read_table(part / "session_calls.parquet")
     with clock.stage("dedupe"):
-        rows, calls, duplicates = dedupe.file_calls(accepted, heads, set_aside)
+        rows, is_call, duplicates = dedupe.file_calls(accepted, heads, set_aside)
     del accepted
     with clock.stage("parquet_io"):
         in_file = storage.read_frame(part / "duplicates_in_file.parquet")
         storage.write_frame(pd.concat([in_file, duplicates], ignore_index=True), part / "duplicates.parquet")
     with clock.stage("rate"):
-        priced, unbillable, failed = rate.rate_calls(rows, rates, config.billing, config.markups(), calls)
+        priced, unbillable, failed = rate.rate_calls(rows, rates, config.billing, config.markups(), is_call)
     del rows
     with clock.stage("attribute"):
         attributed, suspense = attribute.attribute_calls(priced, history, snapshot)
