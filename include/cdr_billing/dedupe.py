@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdr_billing import rate
+from cdr_billing import rate, text_bytes
 from cdr_billing.frames import rows_where
 
 CALL_KEY = ["source", "transaction_id"]  # the columns duplicates are found by
@@ -68,9 +68,7 @@ def _rows_among(hashes: np.ndarray, values: np.ndarray) -> np.ndarray:
 def text_hashes(values: pa.Array) -> np.ndarray:
     """A 64-bit hash of each text value from its UTF-8 bytes and length alone: equal texts,
     equal hashes, whatever other values are hashed with them."""
-    _, offset_buffer, data_buffer = values.buffers()
-    offsets = np.frombuffer(offset_buffer, dtype=np.int64, count=len(values) + 1, offset=values.offset * 8)
-    data = np.frombuffer(data_buffer or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
+    offsets, data = text_bytes.offsets_and_data(values)
     lengths = np.diff(offsets)
     width = int(lengths.max()) if len(values) else 0
     words = np.zeros((len(values), (width + 7) // 8 * 8), dtype=np.uint8)  # each value's bytes, zero padded
@@ -79,7 +77,7 @@ def text_hashes(values: pa.Array) -> np.ndarray:
         words[:, :width] = data.reshape(len(values), width)
     else:
         rows = np.repeat(np.arange(len(values)), lengths)
-        words[rows, np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)] = data
+        words[rows, np.arange(len(data)) - np.repeat(offsets[:-1], lengths)] = data
     hashes = lengths.astype(np.uint64) * _MIX
     with np.errstate(over="ignore"):
         for n, word in enumerate(words.view(np.uint64).T):

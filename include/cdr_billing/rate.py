@@ -31,7 +31,7 @@ SEPARATORS = b" \t\n\v\f\r-()."  # what the separator pattern may remove: "+46 (
 def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     """Return numbers as E.164 digits without "+": +46.., 0046.. and 0.. become 46..
     Separators are removed first; the prefixes are replaced on the numbers' bytes."""
-    text = text_bytes.one_array(pa.array(numbers, type=pa.large_string()))
+    text = text_bytes.one_array(numbers)
     written = text_bytes.offsets_and_data(text)[1].tobytes()
     if any(byte in written for byte in SEPARATORS):
         text = pc.replace_substring_regex(text, r"[\s\-().]", "")
@@ -48,7 +48,7 @@ _POWERS = np.power(10, np.arange(E164_DIGITS + 1), dtype=np.int64)
 def _padded_numbers(digits: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """E.164 digit strings as int64 right-padded to 15 digits (-1 where not 1-15 digits without
     a leading 0), and their lengths."""
-    values, lengths, fits = text_bytes.plain_numbers(text_bytes.one_array(pa.array(digits, type=pa.large_string())), E164_DIGITS)
+    values, lengths, fits = text_bytes.plain_numbers(text_bytes.one_array(digits), E164_DIGITS)
     lengths = np.where(fits, lengths, E164_DIGITS)
     return np.where(fits, values * _POWERS[E164_DIGITS - lengths], -1), lengths
 

@@ -7,15 +7,16 @@ with a handful of whole-array numpy operations on its UTF-8 bytes instead.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 DIGIT_ZERO = ord("0")
 
 
-def one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Text values as one large_string array (chunks joined), nulls as ""."""
-    values = pc.fill_null(values.cast(pa.large_string()), "")
+def one_array(text: pd.Series) -> pa.Array:
+    """A text column as one large_string array (chunks joined), nulls as ""."""
+    values = pc.fill_null(pa.array(text, type=pa.large_string()), "")
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 

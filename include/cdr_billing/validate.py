@@ -72,10 +72,6 @@ class FileCheck:
 WHOLE_SECONDS_DIGITS = 15
 
 
-def _one_array(text: pd.Series) -> pa.Array:
-    return text_bytes.one_array(pa.array(text, type=pa.large_string()))
-
-
 def _fill_rest(result: pd.Series, rest: np.ndarray, text: pd.Series, general: Callable[[pd.Series], pd.Series]) -> pd.Series:
     """Give the rows the fast path left (`rest`) the general parser's values."""
     if rest.any():
@@ -105,7 +101,7 @@ def parse_timestamps(text: pd.Series, timezone: str, timestamp_format: str | Non
 
 def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Series, np.ndarray]:
     """The rows of one ISO shape parsed from their bytes (naive, NaT elsewhere), and a mask of the rows left."""
-    micros, parsed = text_bytes.iso_timestamps(_one_array(text), separator, zulu)
+    micros, parsed = text_bytes.iso_timestamps(text_bytes.one_array(text), separator, zulu)
     return pd.Series(micros.view("datetime64[us]"), index=text.index).where(parsed), ~parsed
 
 
@@ -140,7 +136,7 @@ def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series
     """Parse durations (seconds, minutes or "h:mm:ss") into whole seconds; NA when bad.
     Whole seconds written as plain digits, the usual case, are read from their bytes."""
     if unit == "seconds":
-        whole, _, plain = text_bytes.plain_numbers(_one_array(text), WHOLE_SECONDS_DIGITS, leading_zero=True)
+        whole, _, plain = text_bytes.plain_numbers(text_bytes.one_array(text), WHOLE_SECONDS_DIGITS, leading_zero=True)
         seconds = _nullable_ints(whole, ~plain, text.index, "Int64")
         return _fill_rest(seconds, ~plain, text, lambda rows: _parse_durations(rows, unit, decimal))
     return _parse_durations(text, unit, decimal)
@@ -158,7 +154,7 @@ def _parse_durations(text: pd.Series, unit: str, decimal: str) -> pd.Series:
 
 def parse_statuses(text: pd.Series) -> pd.Series:
     """Completion statuses 0-3 (nullable Int8); a digit from its byte, anything else ("1.0") by pandas."""
-    digit, _, plain = text_bytes.plain_numbers(_one_array(text), 1, leading_zero=True)
+    digit, _, plain = text_bytes.plain_numbers(text_bytes.one_array(text), 1, leading_zero=True)
     rest = ~(plain & np.isin(digit, COMPLETION_STATUSES))
     return _fill_rest(_nullable_ints(digit, rest, text.index, "Int8"), rest, text, _parse_statuses)
 
@@ -247,8 +243,7 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
     return typed
 
 
-def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame) -> pd.DataFrame:
-    failed = fails.to_numpy().any(axis=1)
+def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame, failed: np.ndarray) -> pd.DataFrame:
     failing, bad = rows_where(fails, failed), rows_where(raw, failed)
     reasons = pd.Series("", index=failing.index, dtype=str)
     for code in failing.columns:
@@ -272,18 +267,16 @@ def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, r
     rows are selected once."""
     typed = _typed(raw, profile)
     fails = _failures(raw, typed, profile, month, rules)
-    good = np.flatnonzero(~fails.to_numpy().any(axis=1))
+    failed = fails.to_numpy().any(axis=1)
+    good = np.flatnonzero(~failed)
     hashes = dedupe.call_hashes(typed)[good]
     (again,) = dedupe.repeated_per_file([hashes], lambda _, rows: typed.iloc[good[rows]])
-    accepted = typed if len(good) == len(typed) and not again.any() else rows_where(typed, _mask(len(typed), good[~again]))
-    duplicates = rows_where(typed, _mask(len(typed), good[again]))
-    return FileCheck(_as_accepted(accepted), _quarantine_rows(raw, fails), _as_accepted(duplicates), hashes[~again])
-
-
-def _mask(length: int, positions: np.ndarray) -> np.ndarray:
-    mask = np.zeros(length, dtype=bool)
-    mask[positions] = True
-    return mask
+    repeated = np.zeros(len(typed), dtype=bool)
+    repeated[good[again]] = True
+    kept = ~failed & ~repeated
+    accepted = typed if kept.all() else rows_where(typed, kept)
+    duplicates = rows_where(typed, repeated)
+    return FileCheck(_as_accepted(accepted), _quarantine_rows(raw, fails, failed), _as_accepted(duplicates), hashes[~again])
 
 
 def _as_accepted(rows: pd.DataFrame) -> pd.DataFrame:
