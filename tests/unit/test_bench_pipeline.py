@@ -6,7 +6,7 @@ from cdr_devkit.bench_pipeline import OUTCOMES, format_report, run_benchmark
 
 
 def test_project_and_duckdb_bill_a_small_month_identically(tmp_path):
-    result = run_benchmark(calls=20_000, files=2, base=tmp_path, validation=False)
+    result = run_benchmark(calls=20_000, files=2, base=tmp_path, validation=False, repeat=2)
 
     assert result["lines_identical"], result["lines_detail"]
     assert result["counts_identical"], result["counts"]
@@ -15,4 +15,7 @@ def test_project_and_duckdb_bill_a_small_month_identically(tmp_path):
     # the generated flaws are all there: 10 invalid kinds, 3 duplicates and 50 two-part calls per file, one across files
     assert (counts["quarantined"], counts["duplicates"], counts["combined"]) == (20, 6, 101)
     assert min(counts["unbillable"], counts["suspense"], counts["not_billable"]) > 0
-    assert "billing lines:" in format_report(result, validation=False)
+    report = format_report(result, validation=False)
+    assert "billing lines:" in report
+    assert len(result["rounds"]) == 2 and all(set(r) == {"parse", "project", "duckdb"} for r in result["rounds"])
+    assert "vs DuckDB per round:" in report and "median" in report
