@@ -314,14 +314,21 @@ def enforce_rejection_threshold(file_name: str, rows_read: int, rejected: pd.Dat
         )
 
 
+_SUITE_KEYS = ["transaction_id", "user_id", "start_utc", "duration_seconds", "completion_status"]
+
+
+def _suite_columns(profile: SourceProfile) -> list[str]:
+    """The columns the suite looks at: the keys, and the currency (priced files) or the number."""
+    return [*_SUITE_KEYS, "currency" if profile.priced else "destination_party"]
+
+
 def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> list:
     start, end = month.bounds(rules.timezone)
     tolerance = timedelta(hours=rules.month_tolerance_hours)
     expect = gx.expectations
-    keys = ["transaction_id", "user_id", "start_utc", "duration_seconds", "completion_status"]
     checks = [
-        expect.ExpectTableColumnsToMatchSet(column_set=keys, exact_match=False),
-        *[expect.ExpectColumnValuesToNotBeNull(column=column) for column in keys],
+        expect.ExpectTableColumnsToMatchSet(column_set=_SUITE_KEYS, exact_match=False),
+        *[expect.ExpectColumnValuesToNotBeNull(column=column) for column in _SUITE_KEYS],
         expect.ExpectColumnValuesToBeUnique(column="transaction_id"),
         expect.ExpectColumnValuesToBeOfType(column="duration_seconds", type_="int64"),
         expect.ExpectColumnValuesToBeOfType(column="completion_status", type_="int8"),
@@ -373,8 +380,11 @@ class ExpectationRunner:
     def validate_file(
         self, accepted: pd.DataFrame, file_name: str, profile: SourceProfile, month: BillingMonth, rules: BillingSettings
     ) -> Path:
-        """Validate one file's accepted rows; keep the result JSON; raise on failure."""
+        """Validate one file's accepted rows (every row; only the columns the suite looks at, since GX
+        fingerprints the whole batch it is given: 2.5 -> 1.6 s for 1M rows); keep the result JSON;
+        raise on failure."""
         gx = self._gx
+        accepted = accepted[[column for column in _suite_columns(profile) if column in accepted.columns]]
         name = _safe_name(file_name)
         batch = self._source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole_file")
         suite = self._context.suites.add(gx.ExpectationSuite(name=f"{profile.name}.{name}"))
