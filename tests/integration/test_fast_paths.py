@@ -62,20 +62,6 @@ def test_arrow_reader_equals_the_exact_reader_or_declines(name, tmp_path, monkey
         assert lines[line - 1].split(",")[0].strip() == transaction, f"{name}: row of {transaction} is line {line}"
 
 
-@pytest.mark.parametrize("name", FILES)
-def test_arrow_reader_scans_the_mapped_file_in_steps_alike(name, tmp_path, monkeypatch):
-    """The scan for line feeds, whitespace and non-ASCII bytes copies the mapped file a step at
-    a time: a step boundary inside a CRLF or a UTF-8 character changes nothing."""
-    path = tmp_path / "steps.csv"
-    path.write_bytes(FILES[name][0])
-    whole = read._read_csv_arrow(path, PROFILE)
-    monkeypatch.setattr(read, "_SCAN_STEP", 5)
-    stepped = read._read_csv_arrow(path, PROFILE)
-    assert (whole is None) == (stepped is None)
-    if whole is not None:
-        assert whole[0].equals(stepped[0]) and whole[1].tolist() == stepped[1].tolist() and whole[2] is stepped[2]
-
-
 def test_arrow_reader_keeps_ids_as_written(tmp_path):
     path = tmp_path / "ids.csv"
     path.write_text(HEADER + "\n" + row("00123", user_id="007", destination_party="+46701234567") + "\n")
