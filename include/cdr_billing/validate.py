@@ -317,9 +317,15 @@ def enforce_rejection_threshold(file_name: str, rows_read: int, rejected: pd.Dat
 _SUITE_KEYS = ["transaction_id", "user_id", "start_utc", "duration_seconds", "completion_status"]
 
 
+def _pattern_check(profile: SourceProfile) -> tuple[str, str]:
+    """The column whose values must match a pattern, and the pattern: the currency of a priced
+    file, else the number."""
+    return ("currency", CURRENCY_CODE) if profile.priced else ("destination_party", PHONE_NUMBER)
+
+
 def _suite_columns(profile: SourceProfile) -> list[str]:
-    """The columns the suite looks at: the keys, and the currency (priced files) or the number."""
-    return [*_SUITE_KEYS, "currency" if profile.priced else "destination_party"]
+    """The columns the suite looks at."""
+    return [*_SUITE_KEYS, _pattern_check(profile)[0]]
 
 
 def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> list:
@@ -338,11 +344,8 @@ def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: Billin
             column="start_utc", min_value=start - tolerance, max_value=end + tolerance, strict_max=True
         ),
     ]
-    if profile.priced:
-        checks.append(expect.ExpectColumnValuesToMatchRegex(column="currency", regex=CURRENCY_CODE))
-    else:
-        checks.append(expect.ExpectColumnValuesToMatchRegex(column="destination_party", regex=PHONE_NUMBER))
-    return checks
+    column, pattern = _pattern_check(profile)
+    return [*checks, expect.ExpectColumnValuesToMatchRegex(column=column, regex=pattern)]
 
 
 DATA_DOCS_INDEX = "data_docs/index.html"  # under an ExpectationRunner's results_dir
