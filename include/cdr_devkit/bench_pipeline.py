@@ -78,7 +78,7 @@ class Stopwatch:
 
 def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, float], dict[str, int]]:
     """A validate_cdr_file task without GX: read, row checks, duplicates inside the file, the
-    accepted rows, their call hashes and partial parts to Parquet. Returns (stage seconds, counts)."""
+    accepted rows, their call hashes and partial parts to files. Returns (stage seconds, counts)."""
     import pandas as pd
 
     from cdr_billing import dedupe, read, storage, validate
@@ -680,7 +680,7 @@ PROJECT_STAGES = [
     ("check", "check_rows + rejection threshold + in-file duplicates", "read"),
     ("dedupe", "month's duplicates and partial parts, from key columns", "accepted"),
     ("combine", "combine_partial_calls", "deduplicated"),
-    ("parquet_io", "intermediate Parquet files, written and read", None),
+    ("parquet_io", "intermediate files (Arrow IPC, Parquet), written and read", None),
     ("tariff", "tariff.load_file into SQLite + all_rates", None),
     ("rate", "rate_calls", "combined"),
     ("entitlements", "snapshot into SQLite + history", None),
