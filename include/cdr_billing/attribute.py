@@ -9,6 +9,8 @@ billed to a guessed customer: their calls go to suspense.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -42,12 +44,17 @@ def account_rows(user_ids: pd.Series, snapshots: np.ndarray, history: pd.DataFra
 
 def _account_terms(history: pd.DataFrame) -> pd.DataFrame:
     """Per account of `history`: customer, last login, the sequence number billed (its own, else
-    the customer's default), whether that is the default, and why its calls are held (a
-    HELD_REASONS code; 0: billed)."""
+    the customer's default), whether that is the default, why its calls are held (a
+    HELD_REASONS code; 0: billed), and a number for its (customer, sequence number, account)."""
     own = history["sequence_number"].fillna("")
     sequence = own.where(own != "", history["default_sequence_number"]).fillna("")
     held = np.select([~history["entitled"].to_numpy(bool), (sequence == "").to_numpy()], [1, 2], 0)
-    return history[["customer_id", "last_login"]].assign(sequence_number=sequence, used_default_sequence=own == "", held=held)
+    terms = history[["customer_id", "last_login", "account_id"]].assign(
+        sequence_number=sequence, used_default_sequence=own == "", held=held
+    )
+    return terms.assign(
+        user_code=terms.groupby(["customer_id", "sequence_number", "account_id"], sort=False, dropna=False).ngroup()
+    )
 
 
 def _with_terms(calls: pd.DataFrame, snapshots: np.ndarray, rows: np.ndarray, terms: pd.DataFrame) -> pd.DataFrame:
@@ -66,15 +73,26 @@ def _with_terms(calls: pd.DataFrame, snapshots: np.ndarray, rows: np.ndarray, te
     )
 
 
-def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (attributed calls with customer_id and sequence_number, suspense calls)."""
+class Attribution(NamedTuple):
+    """Calls attributed (with customer_id and sequence_number) and in suspense; per attributed
+    call, a number for its (customer id, sequence number, user id), to sum them by (equal
+    numbers, equal texts)."""
+
+    attributed: pd.DataFrame
+    suspense: pd.DataFrame
+    user_codes: np.ndarray
+
+
+def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int) -> Attribution:
+    """Attribute each call to the account terms valid at its start, or set it aside in suspense."""
     snapshots = snapshot_at(priced["start_utc"], history, month_snapshot)
     rows, terms = account_rows(priced["user_id"], snapshots, history), _account_terms(history)
     reasons = np.where(rows >= 0, terms["held"].to_numpy()[np.maximum(rows, 0)], 3)
     billed, held = reasons == 0, reasons != 0
     attributed = _with_terms(rows_where(priced, billed), snapshots[billed], rows[billed], terms)
     suspense = _with_terms(rows_where(priced, held), snapshots[held], rows[held], terms)
-    return attributed, suspense.assign(reason_code=pd.Series(HELD_REASONS[reasons[held]], dtype="str"))
+    suspense = suspense.assign(reason_code=pd.Series(HELD_REASONS[reasons[held]], dtype="str"))
+    return Attribution(attributed, suspense, terms["user_code"].to_numpy()[rows[billed]])
 
 
 def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:

@@ -397,10 +397,10 @@ def attribute_calls(
     billed = suspended = delivery_failed = 0
     stale = []
     for part in meta["parts"]:
-        attributed, suspense = attribute.attribute_calls(_read_part(meta, part, "priced"), history, snapshot_id)
+        attributed, suspense, user_codes = attribute.attribute_calls(_read_part(meta, part, "priced"), history, snapshot_id)
         _write_part(meta, part, "attributed", attributed)
         _write_part(meta, part, "suspense", suspense)
-        _write_part(meta, part, "user_lines", aggregate.aggregate_users(attributed))
+        _write_part(meta, part, "user_lines", aggregate.aggregate_users(attributed, user_codes))
         _write_part(meta, part, "revenue_share_sums", aggregate.revenue_share_sums(attributed))
         _write_part(meta, part, "call_totals", aggregate.call_totals(attributed))
         stale += attribute.stale_accounts(attributed, cutoff)

@@ -127,10 +127,10 @@ def _bill_file(part: Path, rates, history, snapshot: int) -> tuple[dict[str, flo
         priced, unbillable, failed = rate.rate_calls(rows, rates, config.billing, config.markups(), is_call)
     del rows
     with clock.stage("attribute"):
-        attributed, suspense = attribute.attribute_calls(priced, history, snapshot)
+        attributed, suspense, user_codes = attribute.attribute_calls(priced, history, snapshot)
     del priced
     with clock.stage("aggregate"):
-        user_lines, call_totals = aggregate.aggregate_users(attributed), aggregate.call_totals(attributed)
+        user_lines, call_totals = aggregate.aggregate_users(attributed, user_codes), aggregate.call_totals(attributed)
     counts = {"billed": len(attributed), "not_billable": len(failed), "unbillable": len(unbillable), "suspense": len(suspense)}
     return clock.seconds, counts, user_lines, call_totals
 

@@ -40,8 +40,8 @@ def _bill(root: Path, month: BillingMonth, engine) -> tuple[dict, dict]:
     snapshot = entitlements.snapshot_for_month(
         engine, str(month), lambda: entitlements.from_file(newest, datetime.now(UTC)), False
     )
-    attributed, suspense = attribute.attribute_calls(priced, entitlements.history(engine, snapshot), snapshot)
-    user_lines = aggregate.aggregate_users(attributed)
+    attributed, suspense, user_codes = attribute.attribute_calls(priced, entitlements.history(engine, snapshot), snapshot)
+    user_lines = aggregate.aggregate_users(attributed, user_codes)
     counts = {
         "read": read_rows,
         "billed": len(attributed),

@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
+from cdr_billing.aggregate import USER_KEYS, aggregate_users
 from cdr_billing.attribute import attribute_calls, snapshot_at, stale_accounts
 from cdr_billing.entitlements import EntitlementError, from_file
 
@@ -31,7 +32,7 @@ def calls(*rows: tuple[str, str]) -> pd.DataFrame:
 
 def test_calls_go_to_cost_center_default_or_suspense(tmp_path):
     snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT))
-    attributed, suspense = attribute_calls(calls(*[(a, "2026-10-05") for a in ("0001", "0002", "0003", "0404")]), snapshots, 1)
+    attributed, suspense, _ = attribute_calls(calls(*[(a, "2026-10-05") for a in ("0001", "0002", "0003", "0404")]), snapshots, 1)
     assert attributed[["user_id", "customer_id", "sequence_number"]].values.tolist() == [
         ["0001", "C1", "101"],
         ["0002", "C1", "100"],
@@ -44,8 +45,30 @@ def test_the_snapshot_valid_at_the_call_applies_and_the_months_covers_earlier_ca
     snapshots = history(tmp_path, ("entitlements_2026-10-10.csv", SNAPSHOT), ("entitlements_2026-10-20.csv", later))
     moments = pd.Series(pd.to_datetime(["2026-10-01", "2026-10-15", "2026-10-25"], utc=True))
     assert snapshot_at(moments, snapshots, month_snapshot=2).tolist() == [2, 1, 2]
-    attributed, _ = attribute_calls(calls(("0001", "2026-10-12"), ("0001", "2026-10-21")), snapshots, 2)
+    attributed, _, _ = attribute_calls(calls(("0001", "2026-10-12"), ("0001", "2026-10-21")), snapshots, 2)
     assert attributed["sequence_number"].tolist() == ["101", "102"]
+
+
+def test_user_codes_sum_an_account_once_per_cost_center_and_currency(tmp_path):
+    """An account in two snapshots with the same terms is one user line; a cost center changed
+    between them makes two; so does a second currency. The attribution's codes give the lines
+    that grouping by the texts gives."""
+    later = SNAPSHOT.replace("0001,a@x,C1,101", "0001,a@x,C1,102")
+    snapshots = history(tmp_path, ("e1.csv", SNAPSHOT), ("e2.csv", SNAPSHOT), ("e3.csv", later))
+    snapshots["taken_at"] = pd.to_datetime(
+        snapshots["snapshot_id"].map({1: "2026-10-01", 2: "2026-10-10", 3: "2026-10-20"}), utc=True
+    )
+    moments = ["2026-10-05", "2026-10-12", "2026-10-22", "2026-10-05", "2026-10-12", "2026-10-23"]
+    priced = calls(*zip(["0001", "0001", "0001", "0002", "0002", "0002"], moments, strict=True)).assign(
+        cost_minor=[1, 2, 4, 8, 16, 32], billed_seconds=[60, 60, 60, 60, 60, 60], currency=["SEK"] * 5 + ["EUR"]
+    )
+    attributed, _, user_codes = attribute_calls(priced, snapshots, 3)
+    assert user_codes[0] == user_codes[1] != user_codes[2]
+    lines = aggregate_users(attributed, user_codes)
+    assert lines[[*USER_KEYS, "total_minor", "call_count"]].values.tolist() == [
+        ["C1", "101", "SEK", "0001", 3, 2], ["C1", "102", "SEK", "0001", 4, 1],
+        ["C1", "100", "SEK", "0002", 24, 2], ["C1", "100", "EUR", "0002", 32, 1]]  # fmt: skip
+    assert lines.equals(aggregate_users(attributed))
 
 
 def test_account_ids_keep_leading_zeros(tmp_path):
@@ -58,7 +81,7 @@ def test_duplicate_accounts_are_rejected_with_lines(tmp_path):
 
 
 def test_stale_accounts_are_flagged(tmp_path):
-    attributed, _ = attribute_calls(
+    attributed, _, _ = attribute_calls(
         calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), history(tmp_path, ("e.csv", SNAPSHOT)), 1
     )
     assert stale_accounts(attributed, pd.Timestamp("2026-05-01", tz="UTC")) == [
