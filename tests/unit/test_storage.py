@@ -31,8 +31,9 @@ def _calls() -> pd.DataFrame:
 def test_a_frame_reads_back_as_written_and_no_partial_file_is_left(tmp_path: Path, name: str):
     storage.write_frame(_calls(), tmp_path / name)
     pd.testing.assert_frame_equal(storage.read_frame(tmp_path / name), _calls())
-    chosen = storage.read_frame(tmp_path / name, ["transaction_id"], np.array([2, 0]))
-    assert chosen["transaction_id"].tolist() == ["t3", "t1"]
+    for rows, ids in (([0, 2], ["t1", "t3"]), ([2, 0], ["t3", "t1"]), ([], [])):
+        chosen = storage.read_frame(tmp_path / name, ["transaction_id"], np.array(rows, dtype=np.int64))
+        assert chosen["transaction_id"].tolist() == ids
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
