@@ -47,7 +47,36 @@ _YEARS = np.arange(10_000)
 _LEAP = (((_YEARS % 4 == 0) & (_YEARS % 100 != 0)) | (_YEARS % 400 == 0)).astype(np.int64)
 _DAYS_BEFORE_YEAR = np.concatenate([[0], np.cumsum(365 + _LEAP)[:-1]])
 _DAYS_BEFORE_YEAR -= _DAYS_BEFORE_YEAR[1970]  # days since 1970-01-01 of each year's first day
-_DATE_TIME_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+# Indexed by year * 13 + month (month 0: no days): days since 1970-01-01 before the month, days in it.
+_DAYS_BEFORE_YEAR_MONTH = (_DAYS_BEFORE_YEAR[:, None] + _DAYS_BEFORE_MONTH[_LEAP]).ravel()
+_DAYS_IN_YEAR_MONTH = _MONTH_DAYS[_LEAP].ravel()
+
+
+def _two_digit_table(low: int, high: int) -> np.ndarray:
+    """Two bytes read as a little-endian uint16 -> the number their two ASCII digits make
+    when it is from low to high, else -1."""
+    table = np.full(1 << 16, -1, dtype=np.int16)
+    for number in range(low, high + 1):
+        table[(DIGIT_ZERO + number // 10) | (DIGIT_ZERO + number % 10) << 8] = number
+    return table
+
+
+# The two-digit fields of "YYYY-MM-DD?HH:MM:SS": (first column, the table that reads and range-checks them).
+_CENTURY, _YEAR_OF_CENTURY, _MONTH, _DAY, _HOUR, _MINUTE, _SECOND = (
+    (0, _two_digit_table(0, 99)), (2, _two_digit_table(0, 99)), (5, _two_digit_table(1, 12)), (8, _two_digit_table(1, 31)),
+    (11, _two_digit_table(0, 23)), (14, _two_digit_table(0, 59)), (17, _two_digit_table(0, 59)),
+)  # fmt: skip
+_PUNCTUATION_COLUMNS = (4, 7, 10, 13, 16, 19)
+
+
+def _two_digits(matrix: np.ndarray, field: tuple[int, np.ndarray]) -> np.ndarray:
+    """A two-digit field of each row of a C-contiguous byte matrix (-1: not digits or out of
+    range): one table lookup of its two bytes read as one uint16."""
+    column, table = field
+    rows, width = matrix.shape
+    if not rows:
+        return np.zeros(0, dtype=np.int16)
+    return table.take(np.ndarray((rows,), dtype="<u2", buffer=matrix, offset=column, strides=(width,)))
 
 
 def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -55,17 +84,18 @@ def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.nda
     and time, "Z" after it when `zulu`), and a mask of the rows that are exactly that shape
     with a real date and time, proleptic Gregorian (others: 0). `values`: one large_string array."""
     matrix, fits = fixed_width_rows(values, 19 + zulu)
-    digits = matrix[:, _DATE_TIME_DIGITS] - np.uint8(DIGIT_ZERO)  # a byte below "0" wraps above 9
-    century, year_of_century, month, day, hour, minute, second = (digits[:, 0::2].astype(np.int64) * 10 + digits[:, 1::2]).T
+    fields = [_two_digits(matrix, f) for f in (_CENTURY, _YEAR_OF_CENTURY, _MONTH, _DAY, _HOUR, _MINUTE, _SECOND)]
+    ok = fits & (np.minimum.reduce(fields) >= 0)
+    for column, mark in zip(_PUNCTUATION_COLUMNS, "-- ::".replace(" ", separator) + "Z" * zulu, strict=False):
+        ok &= matrix[:, column] == ord(mark)
+    century, year_of_century, month, day, hour, minute, second = (field.astype(np.int32) for field in fields)
     year = century * 100 + year_of_century
-    punctuation = np.frombuffer(("-- ::".replace(" ", separator) + "Z" * zulu).encode("ascii"), dtype=np.uint8)
-    ok = fits & (digits <= 9).all(axis=1) & (matrix[:, [4, 7, 10, 13, 16, 19][: 5 + zulu]] == punctuation).all(axis=1)
-    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (hour <= 23) & (minute <= 59) & (second <= 59)
-    year, month = np.where(ok, year, 1970), np.where(ok, month, 1)  # in the tables' range
-    leap = _LEAP[year]
-    ok &= day <= _MONTH_DAYS[leap, month]
-    days = _DAYS_BEFORE_YEAR[year] + _DAYS_BEFORE_MONTH[leap, month] + day - 1
-    return np.where(ok, (days * 86_400 + hour * 3_600 + minute * 60 + second) * 1_000_000, 0), ok
+    ok &= year >= 1
+    year_month = np.where(ok, year * 13 + month, 1970 * 13 + 1)  # in the tables' range
+    ok &= day <= _DAYS_IN_YEAR_MONTH[year_month]
+    days = _DAYS_BEFORE_YEAR_MONTH[year_month] + (day - 1)
+    seconds = days * 86_400 + (hour * 3_600 + minute * 60 + second)
+    return np.where(ok, seconds * 1_000_000, 0), ok
 
 
 def replace_prefixes(values: pa.Array, replacements: list[tuple[str, str]]) -> pa.Array:
