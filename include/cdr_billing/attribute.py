@@ -74,9 +74,9 @@ def _with_terms(calls: pd.DataFrame, snapshots: np.ndarray, rows: np.ndarray, te
 
 
 class Attribution(NamedTuple):
-    """Calls attributed (with customer_id and sequence_number) and in suspense; per attributed
-    call, a number for its (customer id, sequence number, user id), to sum them by (equal
-    numbers, equal texts)."""
+    """Calls attributed (with customer_id and sequence_number) and in suspense; and per
+    attributed call a number for its (customer id, sequence number, user id), equal numbers
+    for equal texts, which `aggregate.aggregate_users` sums the calls by."""
 
     attributed: pd.DataFrame
     suspense: pd.DataFrame
