@@ -2,7 +2,7 @@
 
 Every stage takes the small metadata dict of the stage before it (XCom), reads its input
 files, calls the domain functions and writes its outputs next to them: Parquet, or Arrow IPC
-for the bulk of a file that the next task reads whole (HANDOFF_FILES). The dict carries paths
+for the bulk of a file that the next task reads whole (storage.HANDOFF_FILES). The dict carries paths
 and counts only, never data.
 """
 
@@ -63,24 +63,17 @@ def _work_file(meta: Meta, name: str) -> storage.Location:
     return _work_dir(meta) / name
 
 
-HANDOFF_FILES = {"accepted", "priced", "call_hashes"}  # read whole by the next task: Arrow IPC
-
-
-def _file_name(name: str) -> str:
-    return name + (storage.HANDOFF_SUFFIX if name in HANDOFF_FILES else storage.KEPT_SUFFIX)
-
-
 def _write(meta: Meta, name: str, frame: pd.DataFrame) -> None:
-    storage.write_frame(frame, _work_file(meta, _file_name(name)))
+    storage.write_frame(frame, _work_file(meta, storage.file_name(name)))
 
 
 def _read(meta: Meta, name: str) -> pd.DataFrame:
-    return storage.read_frame(_work_file(meta, _file_name(name)))
+    return storage.read_frame(_work_file(meta, storage.file_name(name)))
 
 
 def _part_file(meta: Meta, part: dict[str, Any], name: str) -> storage.Location:
     """One intermediate file of one CDR file."""
-    return storage.location(part["dir"], meta.get("work_connection")) / _file_name(name)
+    return storage.location(part["dir"], meta.get("work_connection")) / storage.file_name(name)
 
 
 def _write_part(meta: Meta, part: dict[str, Any], name: str, frame: pd.DataFrame) -> None:

@@ -96,10 +96,10 @@ def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, 
     with clock.stage("dedupe"):
         hashes, partial = pd.DataFrame({"hash": checked.call_hashes}), dedupe.partial_rows(accepted)
     with clock.stage("parquet_io"):
-        storage.write_frame(accepted, part / "accepted.arrow")
-        storage.write_frame(in_file, part / "duplicates_in_file.parquet")
-        storage.write_frame(hashes, part / "call_hashes.arrow")
-        storage.write_frame(partial, part / "partial_parts.parquet")
+        storage.write_frame(accepted, part / storage.file_name("accepted"))
+        storage.write_frame(in_file, part / storage.file_name("duplicates_in_file"))
+        storage.write_frame(hashes, part / storage.file_name("call_hashes"))
+        storage.write_frame(partial, part / storage.file_name("partial_parts"))
     return clock.seconds, {"read": len(raw), "quarantined": len(checked.quarantined), "duplicates": len(in_file)}
 
 
@@ -114,15 +114,15 @@ def _bill_file(part: Path, rates, history, snapshot: int) -> tuple[dict[str, flo
 
     config, clock = load_config(), Stopwatch("project")
     with clock.stage("parquet_io"):
-        accepted = storage.read_table(part / "accepted.arrow")
-        set_aside = storage.read_frame(part / "set_aside.parquet")
-        heads = storage.read_table(part / "session_calls.parquet")
+        accepted = storage.read_table(part / storage.file_name("accepted"))
+        set_aside = storage.read_frame(part / storage.file_name("set_aside"))
+        heads = storage.read_table(part / storage.file_name("session_calls"))
     with clock.stage("dedupe"):
         rows, is_call, duplicates = dedupe.file_calls(accepted, heads, set_aside)
     del accepted
     with clock.stage("parquet_io"):
-        in_file = storage.read_frame(part / "duplicates_in_file.parquet")
-        storage.write_frame(pd.concat([in_file, duplicates], ignore_index=True), part / "duplicates.parquet")
+        in_file = storage.read_frame(part / storage.file_name("duplicates_in_file"))
+        storage.write_frame(pd.concat([in_file, duplicates], ignore_index=True), part / storage.file_name("duplicates"))
     with clock.stage("rate"):
         priced, unbillable, failed = rate.rate_calls(rows, rates, config.billing, config.markups(), is_call)
     del rows
@@ -141,7 +141,7 @@ def _validate_with_gx(path: Path, part: Path, month: BillingMonth) -> dict[str, 
     from cdr_billing.config import load_config
 
     config, clock = load_config(), Stopwatch("project")
-    accepted = storage.read_frame(part / "accepted.arrow")
+    accepted = storage.read_frame(part / storage.file_name("accepted"))
     with clock.stage("gx_import"):
         runner = validate.ExpectationRunner(part / "gx_results")
     with clock.stage("gx_validate"):
@@ -243,15 +243,15 @@ def run_project(
         clock.report("per-file checks")
         with clock.stage("dedupe"):
             repeated = dedupe.repeated_per_file(
-                [storage.read_frame(part / "call_hashes.arrow")["hash"].to_numpy() for part in parts],
-                lambda n, rows: storage.read_frame(parts[n] / "accepted.arrow", dedupe.CALL_KEY, rows),
+                [storage.read_frame(part / storage.file_name("call_hashes"))["hash"].to_numpy() for part in parts],
+                lambda n, rows: storage.read_frame(parts[n] / storage.file_name("accepted"), dedupe.CALL_KEY, rows),
             )
         partial = []  # parts of partial calls from every file: a session may span files
         for n, (part, again) in enumerate(zip(parts, repeated, strict=True)):
             with clock.stage("dedupe"):
-                positions, in_session = dedupe.set_aside(storage.read_frame(part / "partial_parts.parquet"), again)
+                positions, in_session = dedupe.set_aside(storage.read_frame(part / storage.file_name("partial_parts")), again)
                 partial.append(in_session.assign(part_index=n))
-                storage.write_frame(positions, part / "set_aside.parquet")
+                storage.write_frame(positions, part / storage.file_name("set_aside"))
                 counts["duplicates"] += int(again.sum())
         del repeated
         with clock.stage("combine"):
@@ -259,7 +259,9 @@ def run_project(
             counts["combined"] = len(merged)
         with clock.stage("parquet_io"):
             for n, part in enumerate(parts):
-                storage.write_frame(heads[heads["part_index"] == n].drop(columns="part_index"), part / "session_calls.parquet")
+                storage.write_frame(
+                    heads[heads["part_index"] == n].drop(columns="part_index"), part / storage.file_name("session_calls")
+                )
         user_lines, call_totals = [], []
         for seconds, file_counts, users, totals in run_each(_bill_file, [(part, rates, history, snapshot) for part in parts]):
             clock.add(seconds)
