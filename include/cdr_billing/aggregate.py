@@ -57,7 +57,8 @@ def call_totals(attributed: pd.DataFrame) -> pd.DataFrame:
 def revenue_share_sums(attributed: pd.DataFrame) -> pd.DataFrame:
     """Per (service provider, currency, share percentage) of the billed calls that carry one:
     calls and billed amount (not yet rounded to a share, so files can be summed first)."""
-    carrying = attributed[attributed["revenue_share_bp"].notna()]
+    columns = ["service_provider", "currency", "revenue_share_bp", "cost_minor"]
+    carrying = attributed.loc[attributed["revenue_share_bp"].notna(), columns]  # not every column of 1M calls
     return (
         carrying.assign(share_basis_points=carrying["revenue_share_bp"].astype("int64"))
         .groupby(SHARE_KEYS, sort=True)

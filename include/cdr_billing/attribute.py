@@ -97,12 +97,12 @@ def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot:
 
 def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:
     """Billed accounts whose last login is before the cutoff: their cost center may be out of date."""
-    last_login = pd.to_datetime(attributed["last_login"], errors="coerce")
-    stale = attributed[last_login.isna() | (last_login < cutoff.tz_localize(None))]
-    grouped = stale.groupby(["user_id", "customer_id", "last_login"]).size().rename("calls").reset_index()
+    accounts = attributed.groupby(["user_id", "customer_id", "last_login"], sort=False).size().rename("calls").reset_index()
+    last_login = pd.to_datetime(accounts["last_login"], errors="coerce")  # once per account, not per call
+    stale = accounts[last_login.isna() | (last_login < cutoff.tz_localize(None))]
     return [
         {"account_id": r.user_id, "customer_id": r.customer_id, "last_login": r.last_login or "never", "calls": int(r.calls)}
-        for r in grouped.sort_values(["customer_id", "user_id"]).itertuples()
+        for r in stale.sort_values(["customer_id", "user_id"]).itertuples()
     ]
 
 
