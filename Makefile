@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline postgres-server clean
+.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag postgres-server clean
 
 $(READY): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -38,6 +38,10 @@ bench-rating: setup
 # Options via ARGS, e.g. make bench-pipeline ARGS="--calls 200000 --no-validation"
 bench-pipeline: setup
 	$(BIN)/python -m cdr_devkit.bench_pipeline $(ARGS)
+
+# The whole DAG (SFTP, PostgreSQL billing DB) on the same month, e.g. make bench-dag ARGS="--calls 200000 --sqlite"
+bench-dag: setup
+	$(BIN)/python -m cdr_devkit.bench_dag $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check dags include plugins tests
