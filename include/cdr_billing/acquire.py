@@ -175,7 +175,9 @@ def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
     expected = _expected_checksum(sftp, remote)
     local = dest / remote.name
     partial = dest / f".{remote.name}.part"
-    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
+    digests = {"sha256": hashlib.sha256()}  # the ledger's; and the sidecar's algorithm, when it is another
+    if expected and expected[0] != "sha256":
+        digests[expected[0]] = hashlib.new(expected[0], usedforsecurity=False)
     received = 0
     try:
         with sftp.open(remote.path, "rb") as source, partial.open("wb") as target:

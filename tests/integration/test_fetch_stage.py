@@ -243,15 +243,17 @@ def test_hostile_remote_names_are_refused(site, hostile):
     assert not [p for p in site.config.archive_root.rglob("*") if p.is_file()]  # downloads stage there
 
 
-def test_checksum_mismatch_fails_over_to_a_good_copy(site):
-    real = sha256_of(site.primary_root / CARRIER)
-    (site.primary_root / (CARRIER + ".sha256")).write_text("0" * 64 + "  carrier_cdr_202610.csv\n")
-    (site.secondary_root / (CARRIER + ".sha256")).write_text(f"{real}  carrier_cdr_202610.csv\n")
+@pytest.mark.parametrize("algorithm", ["sha256", "md5"])
+def test_checksum_mismatch_fails_over_to_a_good_copy(site, algorithm):
+    real = hashlib.new(algorithm, (site.primary_root / CARRIER).read_bytes()).hexdigest()
+    (site.primary_root / f"{CARRIER}.{algorithm}").write_text("0" * len(real) + "  carrier_cdr_202610.csv\n")
+    (site.secondary_root / f"{CARRIER}.{algorithm}").write_text(f"{real}  carrier_cdr_202610.csv\n")
     site.serve_both()
     meta = site.fetch()
     assert meta["server"] == "cdr_sftp_secondary"
-    assert "sha256 checksum does not match" in meta["failovers"][0]["error"]
-    assert next(r for r in site.ledger() if r.name == "carrier_cdr_202610.csv").sha256 == real
+    assert f"{algorithm} checksum does not match" in meta["failovers"][0]["error"]
+    ledger_row = next(r for r in site.ledger() if r.name == "carrier_cdr_202610.csv")
+    assert ledger_row.sha256 == sha256_of(site.secondary_root / CARRIER)
     assert len(site.new_mails()) == 1
 
 
