@@ -23,7 +23,7 @@ import yaml
 
 from cdr_devkit.airflow_env import PROJECT_ROOT, airflow_settings, migrate
 from cdr_devkit.bench_data import BenchMonth, ensure_month
-from cdr_devkit.bench_pipeline import DEFAULT_BASE, SOURCE
+from cdr_devkit.bench_pipeline import SOURCE, add_month_arguments
 from cdr_devkit.services import LocalServices, connection_env, smtp_connection, stop_on_sigterm
 
 DEFAULT_ROOT = PROJECT_ROOT / ".bench" / "dag"
@@ -138,10 +138,7 @@ def format_report(facts: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=10_000_000, help="calls in the month (default 10,000,000)")
-    parser.add_argument("--files", type=int, default=10, help="carrier CSV files they are spread over (default 10)")
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="where generated months are cached")
+    add_month_arguments(parser)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the run's servers, Airflow and files live")
     parser.add_argument("--sqlite", action="store_true", help="a SQLite billing database instead of PostgreSQL")
     args = parser.parse_args(argv)

@@ -777,12 +777,17 @@ def format_report(result: dict, validation: bool) -> str:
     return "\n".join(out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_month_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick the generated month: calls, files, seed and where months are cached."""
     parser.add_argument("--calls", type=int, default=10_000_000, help="calls in the month (default 10,000,000)")
     parser.add_argument("--files", type=int, default=10, help="carrier CSV files they are spread over (default 10)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="where generated months are cached")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_month_arguments(parser)
     parser.add_argument("--no-validation", action="store_true", help="skip the Great Expectations suites")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of runs; each contender's fastest counts")
     parser.add_argument("--max-rss-gib", type=float, help="stop a contender whose RSS passes this (shared machines)")

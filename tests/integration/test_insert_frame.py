@@ -106,16 +106,24 @@ def _new_snapshots(conn, count: int) -> list[int]:
     ]
 
 
+def _insert_both_ways(engine, table, frame: pd.DataFrame, key_column: str, new_keys) -> int:
+    """Insert the frame by SQLAlchemy's INSERT and by insert_frame under two new keys; assert the
+    database keeps the same rows for both; return insert_frame's key."""
+    with engine.begin() as conn:
+        reference, fast = new_keys(conn, 2)
+        conn.execute(insert(table), to_records(frame, **{key_column: reference}))
+        database.insert_frame(conn, table, frame, **{key_column: fast})
+    with engine.connect() as conn:
+        assert _stored(conn, table, key_column, fast) == _stored(conn, table, key_column, reference)
+    return fast
+
+
 @pytest.mark.parametrize("batch_rows", [100_000, 2])
 def test_billed_calls_are_stored_as_sqlalchemy_stores_them(engine, monkeypatch, batch_rows):
     monkeypatch.setattr(database, "INSERT_BATCH_ROWS", batch_rows)  # 2: several COPY chunks / executemany calls
     calls = _billed_calls()
-    with engine.begin() as conn:
-        reference, fast = _new_batches(conn, 2)
-        conn.execute(insert(billed_call), to_records(calls, batch_id=reference))
-        database.insert_frame(conn, billed_call, calls, batch_id=fast)
+    fast = _insert_both_ways(engine, billed_call, calls, "batch_id", _new_batches)
     with engine.connect() as conn:
-        assert _stored(conn, billed_call, "batch_id", fast) == _stored(conn, billed_call, "batch_id", reference)
         back = pd.DataFrame(conn.execute(select(billed_call).where(billed_call.c.batch_id == fast)).mappings().all())
     back = back.sort_values("source_row").reset_index(drop=True)
     assert back["user_id"].tolist() == AWKWARD_TEXTS
@@ -126,13 +134,8 @@ def test_billed_calls_are_stored_as_sqlalchemy_stores_them(engine, monkeypatch, 
 
 
 def test_booleans_are_stored_as_sqlalchemy_stores_them(engine):
-    accounts = _entitlements()
-    with engine.begin() as conn:
-        reference, fast = _new_snapshots(conn, 2)
-        conn.execute(insert(entitlement), to_records(accounts, snapshot_id=reference))
-        database.insert_frame(conn, entitlement, accounts, snapshot_id=fast)
+    fast = _insert_both_ways(engine, entitlement, _entitlements(), "snapshot_id", _new_snapshots)
     with engine.connect() as conn:
-        assert _stored(conn, entitlement, "snapshot_id", fast) == _stored(conn, entitlement, "snapshot_id", reference)
         back = conn.execute(select(entitlement.c.entitled).where(entitlement.c.snapshot_id == fast).order_by("account_id"))
         assert [row[0] for row in back] == [True, False, True, True, False]
 
