@@ -2,9 +2,12 @@
 
 Serves the month `make bench-pipeline` generates (cached in `.bench/pipeline/`) from two local
 SFTP servers, bills it with a pipeline config that has only the carrier source, loads it into a
-throwaway PostgreSQL (`--sqlite`: a SQLite file, as the demo), runs the DAG once in this process
-(`dag.test`: the tasks one after another, mapped ones too) and prints each task's wall time, the
-run's, its peak RSS and counts. Everything else lives under `.bench/dag/`.
+throwaway PostgreSQL (`--sqlite`: a SQLite file, as the demo) and prints each task's wall time,
+the run's, its peak RSS and counts. By default the DAG runs once in this process (`dag.test`:
+the tasks one after another, mapped ones too); `--scheduler` triggers it on a running Airflow
+(api-server, scheduler with the LocalExecutor, dag-processor; metadata in PostgreSQL), where
+mapped tasks run side by side in their own processes, as in production. Everything else lives
+under `.bench/dag/`.
 """
 
 from __future__ import annotations
@@ -15,17 +18,26 @@ import os
 import resource
 import shutil
 import time
+import urllib.error
 from collections.abc import Sequence
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 
 import yaml
 
-from cdr_devkit.airflow_env import PROJECT_ROOT, airflow_settings, migrate
+from cdr_devkit.airflow_env import DAG_ID, PROJECT_ROOT, airflow_settings, migrate
+from cdr_devkit.airflow_server import RunningAirflow
 from cdr_devkit.bench_data import BenchMonth, ensure_month
-from cdr_devkit.bench_pipeline import SOURCE, add_month_arguments
-from cdr_devkit.services import LocalServices, connection_env, smtp_connection, stop_on_sigterm
+from cdr_devkit.bench_pipeline import SOURCE, add_month_arguments, process_tree_rss_mib
+from cdr_devkit.postgres import LocalPostgres
+from cdr_devkit.services import LocalServices, ServiceError, connection_env, smtp_connection, stop_on_sigterm
 
+DAG_PARSE_TIMEOUT_SECONDS = 120
+RUNNERS = {
+    "dag.test": "tasks one after another (dag.test)",
+    "scheduler": "triggered on a running Airflow (LocalExecutor; mapped tasks side by side)",
+}
 DEFAULT_ROOT = PROJECT_ROOT / ".bench" / "dag"
 SHIPPED_CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
 
@@ -54,41 +66,120 @@ def write_config(root: Path) -> Path:
     return path
 
 
-def task_seconds(run_id: str) -> list[dict]:
-    """Each task of the run, mapped instances summed: instances, state(s), seconds summed and the slowest."""
+def task_seconds(instances: list[dict]) -> list[dict]:
+    """Each task of the run (instances: task_id, state, start and end as datetimes), mapped
+    instances summed: instances, state(s), seconds summed, the slowest, first start and last end."""
+    tasks: dict[str, dict] = {}
+    for ti in sorted(instances, key=lambda ti: ti["start"]):
+        seconds = (ti["end"] - ti["start"]).total_seconds()
+        task = tasks.setdefault(ti["task_id"], {"task": ti["task_id"], "instances": 0, "states": set(), "seconds": 0.0,
+                                                "slowest": 0.0, "first_start": ti["start"], "last_end": ti["end"]})  # fmt: skip
+        task.update(instances=task["instances"] + 1, seconds=task["seconds"] + seconds, slowest=max(task["slowest"], seconds),
+                    last_end=max(task["last_end"], ti["end"]))  # fmt: skip
+        task["states"].add(str(ti["state"]))
+    run_start = min((ti["start"] for ti in instances), default=None)
+    return [
+        {
+            **task,
+            "states": sorted(task["states"]),
+            "first_start": (task["first_start"] - run_start).total_seconds(),
+            "last_end": (task["last_end"] - run_start).total_seconds(),
+        }  # fmt: skip
+        for task in tasks.values()
+    ]
+
+
+def _run_in_process(month: BenchMonth) -> tuple[dict, list[dict]]:
+    """The DAG run by `dag.test` in this process: (facts, its task instances)."""
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
+    from cdr_devkit.airflow_env import load_dag, run_dag
+
+    started = time.perf_counter()
+    dag_run = run_dag(load_dag(), logical_date=None, run_conf={"billing_month": str(month.month)})
+    wall = time.perf_counter() - started
     with create_session() as session:
-        instances = session.query(TaskInstance).filter(TaskInstance.run_id == run_id).all()
-    tasks: dict[str, dict] = {}
-    for ti in sorted(instances, key=lambda ti: ti.start_date):
-        seconds = (ti.end_date - ti.start_date).total_seconds()
-        task = tasks.setdefault(ti.task_id, {"task": ti.task_id, "instances": 0, "states": set(), "seconds": 0.0, "slowest": 0.0})
-        task.update(instances=task["instances"] + 1, seconds=task["seconds"] + seconds, slowest=max(task["slowest"], seconds))
-        task["states"].add(str(ti.state))
-    return [{**task, "states": sorted(task["states"])} for task in tasks.values()]
+        instances = [
+            {"task_id": ti.task_id, "state": ti.state, "start": ti.start_date, "end": ti.end_date}
+            for ti in session.query(TaskInstance).filter(TaskInstance.run_id == dag_run.run_id)
+        ]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"run_id": dag_run.run_id, "state": str(dag_run.state), "wall_seconds": wall, "peak_rss_mib": peak}, instances
 
 
-def run(month: BenchMonth, root: Path, sqlite: bool) -> dict:
+def _wait_for_dag(airflow: RunningAirflow) -> None:
+    """Wait until the dag-processor has parsed the DAG (the API knows it)."""
+    deadline = time.monotonic() + DAG_PARSE_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            airflow.api("GET", f"/dags/{DAG_ID}")
+            return
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+        time.sleep(1)
+    raise ServiceError(f"the dag-processor did not parse {DAG_ID} within {DAG_PARSE_TIMEOUT_SECONDS} s")
+
+
+def _watch_run(airflow: RunningAirflow, run_id: str) -> tuple[str, float]:
+    """Poll the run until it ends (or a task waits for a retry: failed); its state and the peak
+    RSS of Airflow's process tree (scheduler with its LocalExecutor workers and tasks, api-server,
+    dag-processor), sampled every 0.2 s."""
+    peak, polled = 0.0, 0.0
+    while True:
+        peak = max(peak, sum(process_tree_rss_mib(process.pid) for process in airflow.processes.values()))
+        if time.monotonic() - polled >= 1:
+            polled = time.monotonic()
+            state = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+            retrying = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?state=up_for_retry")
+            if state in ("success", "failed") or retrying["total_entries"]:
+                return ("failed" if retrying["total_entries"] else state), peak
+        time.sleep(0.2)
+
+
+def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[dict, list[dict]]:
+    """The DAG triggered on a running Airflow (LocalExecutor): (facts, its task instances)."""
+    migrate(home, env)
+    with RunningAirflow(home, env) as airflow:
+        _wait_for_dag(airflow)
+        airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        started = time.perf_counter()
+        conf = {"billing_month": str(month.month)}
+        run_id = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+        state, peak = _watch_run(airflow, run_id)
+        wall = time.perf_counter() - started
+        answer = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000")
+    instances = [
+        {
+            "task_id": ti["task_id"],
+            "state": ti["state"],
+            "start": datetime.fromisoformat(ti["start_date"]),
+            "end": datetime.fromisoformat(ti["end_date"]),
+        }
+        for ti in answer["task_instances"]
+        if ti["start_date"] and ti["end_date"]
+    ]
+    return {"run_id": run_id, "state": state, "wall_seconds": wall, "peak_rss_mib": peak}, instances
+
+
+def run(month: BenchMonth, root: Path, sqlite: bool, scheduler: bool = False) -> dict:
     """Serve the month, run the DAG once, return what happened (also kept in root/bench_dag.json)."""
-    for folder in ("work", "archive", "sftp", "mail"):
+    for folder in ("work", "archive", "sftp", "mail", "airflow"):
         shutil.rmtree(root / folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     serve_month(month, root / "sftp")
     os.environ["CDR_BILLING_CONFIG"] = str(write_config(root))
     os.environ.update(airflow_settings(root / "airflow", log_level="WARNING"))
-    migrate(root / "airflow")
     with ExitStack() as stack:
         services = stack.enter_context(LocalServices(root / "services"))
         servers = [services.start_sftp(name, root / "sftp") for name in ("sftp_primary", "sftp_secondary")]
+        postgres = None if sqlite and not scheduler else stack.enter_context(LocalPostgres())
         if sqlite:
             (root / "billing.sqlite").unlink(missing_ok=True)
             billing_db = {"conn_type": "sqlite", "host": str(root / "billing.sqlite")}
         else:
-            from cdr_devkit.postgres import LocalPostgres
-
-            billing_db = stack.enter_context(LocalPostgres()).connection()
+            billing_db = postgres.connection()
         connections = {
             "cdr_sftp_primary": servers[0].connection(services.client_key),
             "cdr_sftp_secondary": servers[1].connection(services.client_key),
@@ -96,25 +187,29 @@ def run(month: BenchMonth, root: Path, sqlite: bool) -> dict:
             "smtp_default": smtp_connection(services.start_smtp(root / "mail").port),
         }
         os.environ.update(connection_env(connections))
-        from cdr_devkit.airflow_env import load_dag, run_dag
-
-        started = time.perf_counter()
-        dag_run = run_dag(load_dag(), logical_date=None, run_conf={"billing_month": str(month.month)})
-        wall = time.perf_counter() - started
+        if scheduler:
+            env = {
+                **os.environ,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url_of(postgres.create_database("airflow_metadata")),
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # no scheduled run beside the triggered one
+            }
+            facts, instances = _run_scheduled(month, root / "airflow", env)
+        else:
+            migrate(root / "airflow")
+            facts, instances = _run_in_process(month)
     facts = {
         "calls": month.rows,
         "files": len(month.cdr_files),
         "billing_db": "sqlite" if sqlite else "postgresql",
-        "state": str(dag_run.state),
-        "wall_seconds": wall,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "tasks": task_seconds(dag_run.run_id),
+        "runner": "scheduler" if scheduler else "dag.test",
+        **facts,
+        "tasks": task_seconds(instances),
     }
     if facts["state"] == "success":
         from cdr_billing.config import load_config
         from cdr_billing.stages import run_work_dir
 
-        work_dir = run_work_dir(load_config(), str(month.month), dag_run.run_id)
+        work_dir = run_work_dir(load_config(), str(month.month), facts["run_id"])
         facts.update(counts=json.loads((work_dir / "report.json").read_text())["counts"], lines=str(work_dir / "lines.parquet"))
     (root / "bench_dag.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
     return facts
@@ -124,12 +219,15 @@ def format_report(facts: dict) -> str:
     """The task table and the run's totals."""
     out = [
         f"The DAG on {facts['calls']:,} CDR rows in {facts['files']} files, billing DB {facts['billing_db']}, "
-        "tasks one after another (dag.test)",
-        f"  {'task':<22}{'instances':>10}{'seconds':>10}{'slowest':>10}  state",
+        + RUNNERS[facts["runner"]],
+        f"  {'task':<22}{'instances':>10}{'seconds':>10}{'slowest':>10}{'from':>8}{'to':>8}  state",
     ]
     for task in facts["tasks"]:
         states = ",".join(task["states"])
-        out.append(f"  {task['task']:<22}{task['instances']:>10}{task['seconds']:>10.1f}{task['slowest']:>10.1f}  {states}")
+        out.append(
+            f"  {task['task']:<22}{task['instances']:>10}{task['seconds']:>10.1f}{task['slowest']:>10.1f}"
+            f"{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
+        )
     out.append(f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, peak RSS {facts['peak_rss_mib']:,.0f} MiB")
     if "counts" in facts:
         out.append("counts: " + ", ".join(f"{key} {value:,}" for key, value in facts["counts"].items()))
@@ -141,10 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_month_arguments(parser)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the run's servers, Airflow and files live")
     parser.add_argument("--sqlite", action="store_true", help="a SQLite billing database instead of PostgreSQL")
+    parser.add_argument("--scheduler", action="store_true", help="trigger the DAG on a running Airflow (LocalExecutor)")
     args = parser.parse_args(argv)
     stop_on_sigterm()
     month = ensure_month(args.base, args.calls, args.files, args.seed)
-    facts = run(month, args.root.resolve(), args.sqlite)
+    facts = run(month, args.root.resolve(), args.sqlite, args.scheduler)
     print(format_report(facts))
     return 0 if facts["state"] == "success" else 1
 

@@ -556,7 +556,7 @@ def _child(kind: str, month: BenchMonth, out: Path, validation: bool, workers: i
     (out / f"{kind}.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
 
 
-def _rss_mib(pid: int) -> float:
+def process_tree_rss_mib(pid: int) -> float:
     """Current resident set size of a process and its descendants (Linux), 0 when gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -564,7 +564,7 @@ def _rss_mib(pid: int) -> float:
     except OSError:
         return 0.0
     own = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
-    return own + sum(_rss_mib(int(child)) for child in children)
+    return own + sum(process_tree_rss_mib(int(child)) for child in children)
 
 
 def _spawn(kind: str, month: BenchMonth, base: Path, files: int, seed: int, out: Path, validation: bool,
@@ -586,7 +586,7 @@ def _spawn(kind: str, month: BenchMonth, base: Path, files: int, seed: int, out:
     (out / f"{kind}.json").unlink(missing_ok=True)
     child, tree_peak = subprocess.Popen(command, env=env), 0.0
     while child.poll() is None:
-        tree_peak = max(tree_peak, _rss_mib(child.pid))
+        tree_peak = max(tree_peak, process_tree_rss_mib(child.pid))
         if max_rss_gib and tree_peak > max_rss_gib * 1024:
             child.kill()
             child.wait()

@@ -1,5 +1,5 @@
-"""`make bench-dag` on a small month: the real DAG (SFTP, PostgreSQL) bills it as the benchmark's
-chained domain functions do."""
+"""`make bench-dag` on a small month, in one process and on a running Airflow: the real DAG
+(SFTP, PostgreSQL) bills it as the benchmark's chained domain functions do."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from cdr_devkit.bench_data import ensure_month
 from cdr_devkit.bench_pipeline import compare_lines, run_project
@@ -16,16 +17,20 @@ from cdr_devkit.bench_pipeline import compare_lines, run_project
 CALLS, FILES = 20_000, 2
 
 
-def test_the_dag_bills_the_benchmark_month_as_the_benchmark_does(tmp_path):
+@pytest.mark.parametrize("runner", ["dag.test", "scheduler"])
+def test_the_dag_bills_the_benchmark_month_as_the_benchmark_does(tmp_path, runner):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "CDR_BILLING"))}
     command = [sys.executable, "-m", "cdr_devkit.bench_dag", "--calls", str(CALLS), "--files", str(FILES),
                "--base", str(tmp_path / "months"), "--root", str(tmp_path / "dag")]  # fmt: skip
+    command += ["--scheduler"] if runner == "scheduler" else []
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     facts = json.loads((tmp_path / "dag" / "bench_dag.json").read_text())
+    assert facts["runner"] == runner
     tasks = {task["task"]: task for task in facts["tasks"]}
     assert tasks["validate_cdr_file"]["instances"] == FILES and tasks["rate_cdr_file"]["instances"] == FILES
     assert all(task["states"] == ["success"] for task in tasks.values())
+    assert tasks["load_billing"]["first_start"] >= tasks["attribute_calls"]["last_end"] > 0
     assert "load_billing" in done.stdout and "run: success" in done.stdout
 
     month = ensure_month(tmp_path / "months", CALLS, FILES)
