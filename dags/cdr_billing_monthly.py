@@ -38,17 +38,18 @@ def failure_mail(next_step: str):
     return task_failure_mail(list(CONFIG.recipients("task_failure")), CONFIG.billing.timezone, next_step, CONFIG.smtp_connection)
 
 
-def stage_task(task_id: str):
-    """A task that runs one function of `cdr_billing.stages` on its inputs (metadata from XCom)."""
+def stage_task(task_id: str, **task_args):
+    """A task that runs one function of `cdr_billing.stages` on its inputs (metadata from XCom);
+    `task_args`: more of the task's arguments."""
     stage, doc, next_step = STAGES[task_id]
 
     def run_stage(
-        meta: dict, item: dict | None = None, part: dict | None = None, validated=None, rated=None, references=None
+        meta: dict, item: dict | None = None, part: dict | None = None, validated=None, billed=None, references=None
     ) -> dict | list:
         from cdr_billing import stages
 
-        inputs = {"item": item, "part": part, "validated": validated, "rated": rated, "references": references}
-        # `validated` and `rated` collect a mapped task's results: a lazy sequence, read by index
+        inputs = {"item": item, "part": part, "validated": validated, "billed": billed, "references": references}
+        # `validated` and `billed` collect a mapped task's results: a lazy sequence, read by index
         inputs = {
             name: [value[i] for i in range(len(value))] if name in LISTS else value
             for name, value in inputs.items()
@@ -60,10 +61,11 @@ def stage_task(task_id: str):
         task_id=task_id,
         doc_md=f"{doc}\n\n**If it fails:** {next_step}",
         on_failure_callback=[failure_mail(next_step)],
+        **task_args,
     )(run_stage)
 
 
-LISTS = ("validated", "rated")
+LISTS = ("validated", "billed")
 
 # task id: (function in cdr_billing.stages, what it does, what the operator does when it fails)
 STAGES = {
@@ -99,22 +101,19 @@ STAGES = {
     ),
     "list_file_parts": (
         "file_parts",
-        "The files' intermediate results, which rate_cdr_file is mapped over (one task per file).",
+        "The files' intermediate results, which bill_cdr_file is mapped over (one task per file).",
         "Send the log to the pipeline's developers.",
     ),
-    "rate_cdr_file": (
-        "rate_file",
-        "One task per CDR file: price calls by the provider's cost or the tariff's longest prefix; set aside unbillable calls.",
-        "Send the log to the pipeline's developers; the tariff itself was checked by load_references.",
-    ),
-    "attribute_calls": (
-        "attribute_calls",
-        "Join calls to the entitlement snapshot; unknown or not-entitled accounts go to suspense.",
-        "Send the log to the pipeline's developers; the snapshot itself was checked by load_references.",
+    "bill_cdr_file": (
+        "bill_file",
+        "One task per CDR file: price calls by the provider's cost or the tariff's longest prefix (unbillable calls set "
+        "aside); join them to the entitlement snapshot valid at each call (unknown or not-entitled accounts go to "
+        "suspense); sum them per user.",
+        "Send the log to the pipeline's developers; the tariff and the snapshot were checked by load_references.",
     ),
     "aggregate_lines": (
         "aggregate_lines",
-        "Sum calls per user, then per customer id and sequence number; prove rows and money reconcile.",
+        "Sum the files' calls per user, then per customer id and sequence number; prove rows and money reconcile.",
         "Rows or money do not add up: do not bill the month; send the log to the pipeline's developers.",
     ),
     "load_billing": (
@@ -191,12 +190,13 @@ def cdr_billing_monthly():
     fetched = stage_task("fetch_cdr_files")(meta=wait_for_cdr_files())
     references = stage_task("load_references")(meta=fetched)
     files = stage_task("list_cdr_files")(meta=fetched)
-    validated = stage_task("validate_cdr_file").partial(meta=fetched).expand(item=files)
+    side_by_side = {"max_active_tis_per_dagrun": CONFIG.files_at_once}
+    validated = stage_task("validate_cdr_file", **side_by_side).partial(meta=fetched).expand(item=files)
     deduped = stage_task("dedupe_calls")(meta=fetched, validated=validated)
     parts = stage_task("list_file_parts")(meta=deduped)
-    rated = stage_task("rate_cdr_file").partial(meta=deduped, references=references).expand(part=parts)
-    attributed = stage_task("attribute_calls")(meta=deduped, rated=rated, references=references)
-    stage_task("report_month")(meta=stage_task("load_billing")(meta=stage_task("aggregate_lines")(meta=attributed)))
+    billed = stage_task("bill_cdr_file", **side_by_side).partial(meta=deduped, references=references).expand(part=parts)
+    aggregated = stage_task("aggregate_lines")(meta=deduped, billed=billed, references=references)
+    stage_task("report_month")(meta=stage_task("load_billing")(meta=aggregated))
 
 
 cdr_billing_monthly()

@@ -100,6 +100,7 @@ class PipelineConfig:
     work_root: str  # a local folder or an object storage URL (s3://, gs://, file://...)
     work_connection: str | None  # the Airflow connection of that object storage, if it needs one
     archive_root: Path
+    files_at_once: int  # mapped file tasks of one run at a time
     smtp_connection: str
     alert_to: tuple[str, ...]
     finance_to: tuple[str, ...]
@@ -155,6 +156,16 @@ def _alert_recipients(path: Path, raw: dict[str, Any]) -> dict[str, tuple[str, .
     return {kind: tuple(addresses) for kind, addresses in raw.items()}
 
 
+DEFAULT_FILES_AT_ONCE = 2
+
+
+def _positive(path: Path, key: str, value: Any) -> int:
+    """A setting that must be a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{path}: {key} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
 def load_config(path: Path | None = None) -> PipelineConfig:
     """Read the pipeline configuration ($CDR_BILLING_CONFIG or the shipped default)."""
     path = Path(path or os.environ.get(CONFIG_ENV) or CONFIG_DIR / "pipeline.yaml")
@@ -179,6 +190,7 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         work_root=os.path.expandvars(raw["work_root"]),
         work_connection=raw.get("work_connection"),
         archive_root=Path(os.path.expandvars(raw["archive_root"])),
+        files_at_once=_positive(path, "files_at_once", raw.get("files_at_once", DEFAULT_FILES_AT_ONCE)),
         smtp_connection=raw["alerts"]["smtp_connection"],
         alert_to=tuple(raw["alerts"]["to"]),
         finance_to=tuple(raw["alerts"]["finance_to"]),

@@ -232,7 +232,7 @@ def cdr_files(meta: Meta) -> list[dict[str, Any]]:
 
 
 def file_parts(meta: Meta) -> list[dict[str, Any]]:
-    """The files' intermediate results: rate_cdr_file is mapped over them, one task per file."""
+    """The files' intermediate results: bill_cdr_file is mapped over them, one task per file."""
     return meta["parts"]
 
 
@@ -352,13 +352,15 @@ def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineCo
     )
 
 
-def rate_file(
+def bill_file(
     meta: Meta, part: dict[str, Any], references: dict[str, int], config: PipelineConfig | None = None
 ) -> dict[str, Any]:
-    """Price one file's calls (the tariff versions stored, the month's among them); set aside
-    unbillable and failed calls; write the file's duplicates (in the file, then of earlier files)."""
+    """Bill one file's calls: price them (provider's cost or the tariff's longest prefix; unbillable
+    and failed calls set aside), attribute them to the entitlement snapshot valid at each call
+    (suspense set aside) and sum them per user; write the file's duplicates (in the file, then of
+    earlier files)."""
     config = config or load_config()
-    rates = tariff.all_rates(database.billing_engine(config.billing.connection))
+    engine = database.billing_engine(config.billing.connection)
     rows, is_call, duplicates = dedupe.file_calls(
         storage.read_table(_part_file(meta, part, "accepted")),
         storage.read_table(_part_file(meta, part, "session_calls")),
@@ -366,55 +368,57 @@ def rate_file(
     )
     in_file = _read_part(meta, part, "duplicates_in_file")
     _write_part(meta, part, "duplicates", pd.concat([in_file, duplicates], ignore_index=True))  # in the file, then again
+    rates = tariff.all_rates(engine)
     priced, unbillable, failed = rate.rate_calls(rows, rates, config.billing, config.markups(), is_call)
     price_differences = rate.compare_with_tariff(priced, rates, config.billing)
-    for name, frame in (("priced", priced), ("unbillable", unbillable), ("price_differences", price_differences)):
-        _write_part(meta, part, name, frame)
-    log.info("%s: priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable)",
-             part["name"], len(priced), references["tariff_version"], len(unbillable), len(failed))  # fmt: skip
-    counts = {"unbillable": len(unbillable), "not_billable": len(failed)}
-    return {"sha256": part["sha256"], "price_differences": len(price_differences), **counts}
-
-
-def attribute_calls(
-    meta: Meta, rated: list[dict[str, Any]], references: dict[str, int], config: PipelineConfig | None = None
-) -> Meta:
-    """Join each file's priced calls to the month's entitlement snapshot valid at each call;
-    set aside suspense calls; sum each file's calls per user."""
-    config = config or load_config()
-    settings, engine = config.entitlement_source, database.billing_engine(config.billing.connection)
     snapshot_id = references["entitlement_snapshot"]
-    history = entitlements.history(engine, snapshot_id)
-    month_end = BillingMonth.parse(meta["billing_month"]).bounds(config.billing.timezone)[1]
-    cutoff = pd.Timestamp(month_end) - pd.Timedelta(days=settings.stale_after_days)
-    billed = suspended = delivery_failed = 0
-    stale = []
-    for part in meta["parts"]:
-        attributed, suspense, user_codes = attribute.attribute_calls(_read_part(meta, part, "priced"), history, snapshot_id)
-        _write_part(meta, part, "attributed", attributed)
-        _write_part(meta, part, "suspense", suspense)
-        _write_part(meta, part, "user_lines", aggregate.aggregate_users(attributed, user_codes))
-        _write_part(meta, part, "revenue_share_sums", aggregate.revenue_share_sums(attributed))
-        _write_part(meta, part, "call_totals", aggregate.call_totals(attributed))
-        stale += attribute.stale_accounts(attributed, cutoff)
-        billed, suspended = billed + len(attributed), suspended + len(suspense)
-        delivery_failed += int((attributed["completion_status"] == 3).sum())
-    stale_accounts = attribute.merge_stale_accounts(stale)
-    _write(meta, "stale_accounts", pd.DataFrame(stale_accounts, columns=["account_id", "customer_id", "last_login", "calls"]))
-    log.info("snapshot %d: attributed %d calls, %d in suspense, %d stale accounts",
-             snapshot_id, billed, suspended, len(stale_accounts))  # fmt: skip
-    facts = {
-        "entitlement_snapshot": snapshot_id,
-        "delivery_failed_billed": delivery_failed,
-        "tariff_version": references["tariff_version"],
-        "price_differences": sum(r["price_differences"] for r in rated),
+    attributed, suspense, user_codes = attribute.attribute_calls(priced, entitlements.history(engine, snapshot_id), snapshot_id)
+    for name, frame in (
+        ("unbillable", unbillable),
+        ("price_differences", price_differences),
+        ("attributed", attributed),
+        ("suspense", suspense),
+        ("user_lines", aggregate.aggregate_users(attributed, user_codes)),
+        ("revenue_share_sums", aggregate.revenue_share_sums(attributed)),
+        ("call_totals", aggregate.call_totals(attributed)),
+        ("stale_accounts", _stale_accounts(meta, attributed, config)),
+    ):
+        _write_part(meta, part, name, frame)
+    log.info("%s: priced %d calls with tariff versions up to %d, %d unbillable, %d failed (not billable); "
+             "snapshot %d: attributed %d, %d in suspense", part["name"], len(priced), references["tariff_version"],
+             len(unbillable), len(failed), snapshot_id, len(attributed), len(suspense))  # fmt: skip
+    return {
+        "sha256": part["sha256"],
+        "price_differences": len(price_differences),
+        "delivery_failed_billed": int((attributed["completion_status"] == 3).sum()),
+        "billed": len(attributed),
+        "suspense": len(suspense),
+        "unbillable": len(unbillable),
+        "not_billable": len(failed),
     }
-    rated_counts = {key: sum(r[key] for r in rated) for key in ("unbillable", "not_billable")}
-    return _with_counts({**meta, **facts}, billed=billed, suspense=suspended, **rated_counts)
 
 
-def aggregate_lines(meta: Meta) -> Meta:
+STALE_ACCOUNT_COLUMNS = ["account_id", "customer_id", "last_login", "calls"]
+
+
+def _stale_accounts(meta: Meta, attributed: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
+    """The file's billed accounts whose last login is older than the month's end less the
+    entitlement source's stale_after_days."""
+    month_end = BillingMonth.parse(meta["billing_month"]).bounds(config.billing.timezone)[1]
+    cutoff = pd.Timestamp(month_end) - pd.Timedelta(days=config.entitlement_source.stale_after_days)
+    return pd.DataFrame(attribute.stale_accounts(attributed, cutoff), columns=STALE_ACCOUNT_COLUMNS)
+
+
+def aggregate_lines(meta: Meta, billed: list[dict[str, Any]], references: dict[str, int]) -> Meta:
     """Sum the files' user lines per user, then into billing lines; prove the totals and counts."""
+    stale_accounts = attribute.merge_stale_accounts(_read_parts(meta, "stale_accounts").to_dict("records"))
+    _write(meta, "stale_accounts", pd.DataFrame(stale_accounts, columns=STALE_ACCOUNT_COLUMNS))
+    facts = {
+        "entitlement_snapshot": references["entitlement_snapshot"],
+        "tariff_version": references["tariff_version"],
+        **{key: sum(b[key] for b in billed) for key in ("delivery_failed_billed", "price_differences")},
+    }
+    meta = _with_counts({**meta, **facts}, **{key: sum(b[key] for b in billed) for key in BILLED_COUNTS})
     user_lines = aggregate.merge_user_lines(_read_parts(meta, "user_lines"))
     lines = aggregate.aggregate_lines(user_lines)
     report.check_totals(lines, _read_parts(meta, "call_totals"))
@@ -423,9 +427,12 @@ def aggregate_lines(meta: Meta) -> Meta:
     _write(meta, "user_lines", user_lines)
     _write(meta, "lines", lines)
     _write(meta, "revenue_share", shares)
-    log.info("%d billing lines from %d user lines; revenue share of %d providers", len(lines), len(user_lines),
-             shares["service_provider"].nunique())  # fmt: skip
+    log.info("%d billing lines from %d user lines; revenue share of %d providers; %d stale accounts", len(lines),
+             len(user_lines), shares["service_provider"].nunique(), len(stale_accounts))  # fmt: skip
     return meta
+
+
+BILLED_COUNTS = ("billed", "suspense", "unbillable", "not_billable")
 
 
 def _detail(frame: pd.DataFrame) -> pd.Series:

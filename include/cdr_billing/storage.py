@@ -25,10 +25,10 @@ def location(text: str, conn_id: str | None = None) -> Location:
     return ObjectStoragePath(text, conn_id=conn_id)
 
 
-# The files one task hands to the next whole (a file's accepted rows, its priced calls, its call hashes) are
-# Arrow IPC, uncompressed: no encoding either way. On 1M accepted calls write + read take
-# 0.10 s against 0.45 s in Parquet (LZ4), for a file 5x larger (200 MB against 36 MB).
-HANDOFF_FILES = {"accepted", "priced", "call_hashes"}
+# The files one task hands to the next whole (a file's accepted rows, its call hashes) are Arrow IPC,
+# uncompressed: no encoding either way. On 1M accepted calls write + read take 0.10 s against
+# 0.45 s in Parquet (LZ4), for a file 5x larger (200 MB against 36 MB).
+HANDOFF_FILES = {"accepted", "call_hashes"}
 HANDOFF_SUFFIX, KEPT_SUFFIX = ".arrow", ".parquet"
 
 

@@ -55,9 +55,12 @@ def serve_month(month: BenchMonth, sftp_root: Path) -> None:
             shutil.copyfile(source, target)
 
 
-def write_config(root: Path) -> Path:
-    """The shipped pipeline config with only the carrier source, its files under `root`."""
+def write_config(root: Path, files_at_once: int | None = None) -> Path:
+    """The shipped pipeline config with only the carrier source, its files under `root`
+    (files_at_once: the config's own unless given)."""
     config = yaml.safe_load(SHIPPED_CONFIG.read_text(encoding="utf-8"))
+    if files_at_once:
+        config["files_at_once"] = files_at_once
     config["sources"] = [source for source in config["sources"] if source["name"] == SOURCE]
     config["profiles_file"] = str(SHIPPED_CONFIG.with_name(config.get("profiles_file", "profiles.yaml")))
     config.update(work_root=str(root / "work"), archive_root=str(root / "archive"))
@@ -68,7 +71,8 @@ def write_config(root: Path) -> Path:
 
 def task_seconds(instances: list[dict]) -> list[dict]:
     """Each task of the run (instances: task_id, state, start and end as datetimes), mapped
-    instances summed: instances, state(s), seconds summed, the slowest, first start and last end."""
+    instances summed: instances, the most at once, state(s), seconds summed, the slowest, first
+    start and last end (seconds after the run's first task started)."""
     tasks: dict[str, dict] = {}
     for ti in sorted(instances, key=lambda ti: ti["start"]):
         seconds = (ti["end"] - ti["start"]).total_seconds()
@@ -84,9 +88,20 @@ def task_seconds(instances: list[dict]) -> list[dict]:
             "states": sorted(task["states"]),
             "first_start": (task["first_start"] - run_start).total_seconds(),
             "last_end": (task["last_end"] - run_start).total_seconds(),
-        }  # fmt: skip
+            "most_at_once": most_at_once([ti for ti in instances if ti["task_id"] == task["task"]]),
+        }
         for task in tasks.values()
     ]
+
+
+def most_at_once(instances: list[dict]) -> int:
+    """The most instances running at the same moment (one ending as another starts: not both)."""
+    events = sorted([(ti["start"], 1) for ti in instances] + [(ti["end"], -1) for ti in instances], key=lambda e: (e[0], e[1]))
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
 
 
 def _run_in_process(month: BenchMonth) -> tuple[dict, list[dict]]:
@@ -163,13 +178,13 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[
     return {"run_id": run_id, "state": state, "wall_seconds": wall, "peak_rss_mib": peak}, instances
 
 
-def run(month: BenchMonth, root: Path, sqlite: bool, scheduler: bool = False) -> dict:
+def run(month: BenchMonth, root: Path, sqlite: bool, scheduler: bool = False, files_at_once: int | None = None) -> dict:
     """Serve the month, run the DAG once, return what happened (also kept in root/bench_dag.json)."""
     for folder in ("work", "archive", "sftp", "mail", "airflow"):
         shutil.rmtree(root / folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     serve_month(month, root / "sftp")
-    os.environ["CDR_BILLING_CONFIG"] = str(write_config(root))
+    os.environ["CDR_BILLING_CONFIG"] = str(write_config(root, files_at_once))
     os.environ.update(airflow_settings(root / "airflow", log_level="WARNING"))
     with ExitStack() as stack:
         services = stack.enter_context(LocalServices(root / "services"))
@@ -220,13 +235,13 @@ def format_report(facts: dict) -> str:
     out = [
         f"The DAG on {facts['calls']:,} CDR rows in {facts['files']} files, billing DB {facts['billing_db']}, "
         + RUNNERS[facts["runner"]],
-        f"  {'task':<22}{'instances':>10}{'seconds':>10}{'slowest':>10}{'from':>8}{'to':>8}  state",
+        f"  {'task':<22}{'instances':>10}{'at once':>8}{'seconds':>10}{'slowest':>10}{'from':>8}{'to':>8}  state",
     ]
     for task in facts["tasks"]:
         states = ",".join(task["states"])
         out.append(
-            f"  {task['task']:<22}{task['instances']:>10}{task['seconds']:>10.1f}{task['slowest']:>10.1f}"
-            f"{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
+            f"  {task['task']:<22}{task['instances']:>10}{task['most_at_once']:>8}{task['seconds']:>10.1f}"
+            f"{task['slowest']:>10.1f}{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
         )
     out.append(f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, peak RSS {facts['peak_rss_mib']:,.0f} MiB")
     if "counts" in facts:
@@ -240,10 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the run's servers, Airflow and files live")
     parser.add_argument("--sqlite", action="store_true", help="a SQLite billing database instead of PostgreSQL")
     parser.add_argument("--scheduler", action="store_true", help="trigger the DAG on a running Airflow (LocalExecutor)")
+    parser.add_argument("--files-at-once", type=int, help="the config's files_at_once (default: the shipped config's)")
     args = parser.parse_args(argv)
     stop_on_sigterm()
     month = ensure_month(args.base, args.calls, args.files, args.seed)
-    facts = run(month, args.root.resolve(), args.sqlite, args.scheduler)
+    facts = run(month, args.root.resolve(), args.sqlite, args.scheduler, args.files_at_once)
     print(format_report(facts))
     return 0 if facts["state"] == "success" else 1
 

@@ -104,9 +104,9 @@ def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, 
 
 
 def _bill_file(part: Path, rates, history, snapshot: int) -> tuple[dict[str, float], dict[str, int], object, object]:
-    """A rate_cdr_file task and one file of attribute_calls: the file's calls (accepted rows
-    less those set aside, plus the combined partial calls it heads), priced, attributed and
-    summed per user. Returns (stage seconds, counts, user lines, call totals)."""
+    """A bill_cdr_file task: the file's calls (accepted rows less those set aside, plus the
+    combined partial calls it heads), priced, attributed and summed per user. Returns (stage
+    seconds, counts, user lines, call totals)."""
     import pandas as pd
 
     from cdr_billing import aggregate, attribute, dedupe, rate, storage

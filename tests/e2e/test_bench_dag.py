@@ -22,15 +22,17 @@ def test_the_dag_bills_the_benchmark_month_as_the_benchmark_does(tmp_path, runne
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "CDR_BILLING"))}
     command = [sys.executable, "-m", "cdr_devkit.bench_dag", "--calls", str(CALLS), "--files", str(FILES),
                "--base", str(tmp_path / "months"), "--root", str(tmp_path / "dag")]  # fmt: skip
-    command += ["--scheduler"] if runner == "scheduler" else []
+    command += ["--scheduler", "--files-at-once", "1"] if runner == "scheduler" else []
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     facts = json.loads((tmp_path / "dag" / "bench_dag.json").read_text())
     assert facts["runner"] == runner
     tasks = {task["task"]: task for task in facts["tasks"]}
-    assert tasks["validate_cdr_file"]["instances"] == FILES and tasks["rate_cdr_file"]["instances"] == FILES
+    assert tasks["validate_cdr_file"]["instances"] == FILES and tasks["bill_cdr_file"]["instances"] == FILES
     assert all(task["states"] == ["success"] for task in tasks.values())
-    assert tasks["load_billing"]["first_start"] >= tasks["attribute_calls"]["last_end"] > 0
+    assert tasks["load_billing"]["first_start"] >= tasks["bill_cdr_file"]["last_end"] > 0
+    if runner == "scheduler":  # files_at_once 1: the mapped tasks one file at a time, though Airflow could run 4
+        assert tasks["validate_cdr_file"]["most_at_once"] == tasks["bill_cdr_file"]["most_at_once"] == 1
     assert "load_billing" in done.stdout and "run: success" in done.stdout
 
     month = ensure_month(tmp_path / "months", CALLS, FILES)

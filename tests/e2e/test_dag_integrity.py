@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cdr_billing.config import load_config
 from cdr_devkit.airflow_env import PROJECT_ROOT
 
 DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
@@ -44,8 +45,7 @@ def test_tasks_run_in_billing_order(dag_bag):
         "validate_cdr_file",
         "dedupe_calls",
         "list_file_parts",
-        "rate_cdr_file",
-        "attribute_calls",
+        "bill_cdr_file",
         "aggregate_lines",
         "load_billing",
         "report_month",
@@ -55,14 +55,21 @@ def test_tasks_run_in_billing_order(dag_bag):
 def test_tariff_and_snapshot_load_beside_the_files_validation(dag_bag):
     tasks = dag_bag.dags["cdr_billing_monthly"].task_dict
     assert tasks["load_references"].upstream_task_ids == {"fetch_cdr_files"}
-    assert {"rate_cdr_file", "attribute_calls"} <= tasks["load_references"].downstream_task_ids
+    assert {"bill_cdr_file", "aggregate_lines"} <= tasks["load_references"].downstream_task_ids
 
 
-def test_files_are_validated_and_priced_one_task_per_file(dag_bag):
+def test_files_are_validated_and_billed_one_task_per_file(dag_bag):
     """Dynamic task mapping: the workers of a Celery deployment share a month's files."""
     dag = dag_bag.dags["cdr_billing_monthly"]
     mapped = {t.task_id for t in dag.tasks if t.is_mapped}
-    assert mapped == {"validate_cdr_file", "rate_cdr_file"}
+    assert mapped == {"validate_cdr_file", "bill_cdr_file"}
+
+
+def test_a_run_works_on_as_many_files_at_once_as_the_config_says(dag_bag):
+    """Each mapped task holds one file in memory: files_at_once bounds a run's memory."""
+    tasks = dag_bag.dags["cdr_billing_monthly"].task_dict
+    limits = {tasks[t].max_active_tis_per_dagrun for t in ("validate_cdr_file", "bill_cdr_file")}
+    assert limits == {load_config().files_at_once}
 
 
 def test_waiting_for_files_holds_no_worker_slot(dag_bag):

@@ -35,8 +35,8 @@ def test_a_session_split_across_two_files_is_billed_as_one_call(tmp_path, postgr
     config = load_config()
     references = stages.load_references(meta, config)
     deduped = stages.dedupe_calls(meta, [stages.validate_file(meta, item, config) for item in cdr], config)
-    rated = [stages.rate_file(deduped, part, references, config) for part in deduped["parts"]]
-    month = stages.aggregate_lines(stages.attribute_calls(deduped, rated, references, config))
+    billed = [stages.bill_file(deduped, part, references, config) for part in deduped["parts"]]
+    month = stages.aggregate_lines(deduped, billed, references)
     lines = stages._read(month, "lines")
     got = {(r.customer_id, r.sequence_number): Decimal(int(r.total_minor)) / 100 for r in lines.itertuples()}
     assert got == expected_lines(root, 2026, 10)
