@@ -42,9 +42,8 @@ class Batch:
     exceptions: pd.DataFrame
 
     def parts(self) -> Iterator[tuple[Table, pd.DataFrame]]:
-        """Each table of the batch with its rows."""
+        """Each table of the batch with its rows, but the billed calls."""
         yield from ((billing_line, self.lines), (billing_user_line, self.user_lines), (revenue_share, self.revenue_share))
-        yield from ((billed_call, frame) for frame in self.billed_calls)
         yield billing_exception, self.exceptions
 
 
@@ -83,6 +82,7 @@ def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, co
         ).inserted_primary_key[0]
         for table, rows in batch.parts():
             database.insert_frame(conn, table, rows, batch_id=batch_id)
+        database.insert_partition(conn, billed_call, "batch_id", batch_id, batch.billed_calls)  # PostgreSQL: the batch's own
     return LoadResult(batch_id, previous, already_loaded=False)
 
 

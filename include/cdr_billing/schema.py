@@ -107,6 +107,7 @@ billed_call = Table(
     Column("source_row", BigInteger, nullable=False),
     Column("combined_rows", Text, nullable=False),  # rows of the partial parts merged into this call, "" if none
     Index("billed_call_of_line", "batch_id", "customer_id", "sequence_number", "currency"),
+    postgresql_partition_by="LIST (batch_id)",  # a partition per batch (migration 0003), SQLite: one table
 )
 
 billing_exception = Table(

@@ -1,10 +1,12 @@
 """Loading batches into a real PostgreSQL billing database."""
 
 import threading
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from cdr_billing.database import lock_key
 from cdr_billing.lineage import BILLED_CALL_COLUMNS
@@ -115,3 +117,50 @@ def test_concurrent_loads_leave_exactly_one_current_batch(engine):
         ).scalar()
     assert lines == 4 * len(LINES)  # every batch complete, none doubled
     assert current_lines(engine, "2026-05").to_dict("records") == LINES.to_dict("records")
+
+
+def _billed_calls(count: int, customer_id: str | None = "C1") -> pd.DataFrame:
+    return pd.DataFrame(
+        {"customer_id": [customer_id] * count, "sequence_number": "100", "currency": "EUR", "user_id": "u1",
+         "transaction_id": [f"t{n}" for n in range(count)], "start_utc": pd.Timestamp("2026-06-03 10:00", tz="UTC"),
+         "billed_seconds": 60, "cost_minor": 25, "pricing": "tariff", "source": "carrier", "source_file": "f.csv",
+         "source_row": range(2, count + 2), "combined_rows": ""}
+    )[BILLED_CALL_COLUMNS]  # fmt: skip
+
+
+def _partitions(engine) -> dict[str, int]:
+    """Each partition of billed_call with its number of indexes."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT c.relname, (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid) FROM pg_inherits i "
+                 "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'billed_call'::regclass")
+        ).all()  # fmt: skip
+    return dict(rows)
+
+
+def test_each_batch_s_billed_calls_are_a_partition_of_their_own_indexed_and_checked(engine):
+    batches = [
+        load_month(engine, "2026-06", run, replace(_batch(), billed_calls=[_billed_calls(calls), _billed_calls(1)]), {})
+        for run, calls in (("run-i", 3), ("run-j", 2))
+    ]
+    partitions = _partitions(engine)
+    assert {f"billed_call_batch_id_{b.batch_id}" for b in batches} <= partitions.keys()
+    assert all(partitions[f"billed_call_batch_id_{b.batch_id}"] == 1 for b in batches)  # the line index, built on attach
+    with engine.connect() as conn:
+        counts = conn.execute(text("SELECT batch_id, count(*) FROM billed_call GROUP BY batch_id")).all()
+        stored = pd.read_sql(text(f"SELECT * FROM billed_call WHERE batch_id = {batches[0].batch_id}"), conn)
+    assert {batch: calls for batch, calls in counts if batch in {b.batch_id for b in batches}} == {
+        batches[0].batch_id: 4, batches[1].batch_id: 3}  # fmt: skip
+    expected = pd.concat([_billed_calls(3), _billed_calls(1)], ignore_index=True)
+    assert stored.drop(columns="batch_id").sort_values(["transaction_id", "source_row"]).to_dict("records") == (
+        expected.sort_values(["transaction_id", "source_row"]).to_dict("records"))  # fmt: skip
+    with pytest.raises(IntegrityError, match="foreign key"), engine.begin() as conn:
+        conn.execute(text(f"DELETE FROM billing_batch WHERE batch_id = {batches[0].batch_id}"))
+
+
+def test_a_failed_load_leaves_no_partition_behind(engine):
+    before = _partitions(engine)
+    with pytest.raises(IntegrityError, match="null"):
+        load_month(engine, "2026-07", "run-k", replace(_batch(), billed_calls=[_billed_calls(2, customer_id=None)]), {})
+    assert _partitions(engine) == before
+    assert _batches(engine, "2026-07") == []

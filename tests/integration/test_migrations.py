@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, insert, inspect, select, text
 
 from cdr_billing import migrations
-from cdr_billing.schema import billing_batch, metadata
+from cdr_billing.schema import billed_call, billing_batch, metadata
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -24,7 +24,7 @@ def empty_database(request, postgres, tmp_path):
 
 def _differences(engine) -> list:
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+        differences = compare_metadata(MigrationContext.configure(conn, opts={"include_name": migrations.include_name}), metadata)
     return [d for d in differences if not (d[0] == "remove_table" and d[1].name == migrations.VERSION_TABLE)]
 
 
@@ -70,3 +70,34 @@ def test_the_documented_command_upgrades_and_reports_the_version(tmp_path):
 
     assert f"at version {migrations.head()} (was empty)" in run("upgrade")
     assert f"at version {migrations.head()}; newest known: {migrations.head()}" in run("current")
+
+
+def test_billed_calls_from_before_partitions_move_to_their_batch_s_partition(postgres):
+    engine = create_engine(postgres.url_of(postgres.create_database("migrations_partitions")))
+    calls = {"customer_id": "C1", "sequence_number": "1", "currency": "EUR", "user_id": "u", "start_utc": "2026-05-01 10:00+00",
+             "billed_seconds": 60, "cost_minor": 5, "pricing": "tariff", "source": "carrier", "source_file": "f.csv",
+             "combined_rows": ""}  # fmt: skip
+    with engine.begin() as conn:  # a database at 0002, with two batches' billed calls in the plain table
+        command.upgrade(migrations._config(conn), "0002")
+        batches = [
+            conn.execute(
+                insert(billing_batch).values(billing_month=m, run_id=m, status="current", counts="{}")
+            ).inserted_primary_key[0]
+            for m in ("2026-04", "2026-05")
+        ]
+        rows = [
+            {**calls, "batch_id": batch, "transaction_id": f"t{n}", "source_row": n}
+            for n, batch in enumerate([batches[0]] * 3 + [batches[1]])
+        ]
+        conn.execute(insert(billed_call), rows)
+    assert migrations.upgrade(engine) == migrations.head()
+    assert _differences(engine) == []
+    with engine.connect() as conn:
+        moved = conn.execute(
+            text("SELECT tableoid::regclass::text, batch_id, transaction_id FROM billed_call ORDER BY source_row")
+        ).all()
+        kind = conn.execute(text("SELECT relkind FROM pg_class WHERE relname = 'billed_call'")).scalar()
+    assert kind == "p"  # partitioned
+    assert [tuple(row) for row in moved] == [
+        (f"billed_call_batch_id_{batch}", batch, f"t{n}") for n, batch in enumerate([batches[0]] * 3 + [batches[1]])
+    ]

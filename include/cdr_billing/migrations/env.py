@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from cdr_billing.migrations import VERSION_TABLE
+from cdr_billing.migrations import VERSION_TABLE, include_name
 from cdr_billing.schema import metadata
 
 context.configure(
@@ -10,6 +10,7 @@ context.configure(
     target_metadata=metadata,
     version_table=VERSION_TABLE,
     render_as_batch=True,  # SQLite alters tables by copying them
+    include_name=include_name,
 )
 with context.begin_transaction():
     context.run_migrations()
