@@ -159,6 +159,7 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[
     with RunningAirflow(home, env) as airflow:
         _wait_for_dag(airflow)
         airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        idle = sum(process_tree_rss_mib(process.pid) for process in airflow.processes.values())
         started = time.perf_counter()
         conf = {"billing_month": str(month.month)}
         run_id = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
@@ -175,7 +176,7 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[
         for ti in answer["task_instances"]
         if ti["start_date"] and ti["end_date"]
     ]
-    return {"run_id": run_id, "state": state, "wall_seconds": wall, "peak_rss_mib": peak}, instances
+    return {"run_id": run_id, "state": state, "wall_seconds": wall, "peak_rss_mib": peak, "idle_rss_mib": idle}, instances
 
 
 def run(month: BenchMonth, root: Path, sqlite: bool, scheduler: bool = False, files_at_once: int | None = None) -> dict:
@@ -243,7 +244,8 @@ def format_report(facts: dict) -> str:
             f"  {task['task']:<22}{task['instances']:>10}{task['most_at_once']:>8}{task['seconds']:>10.1f}"
             f"{task['slowest']:>10.1f}{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
         )
-    out.append(f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, peak RSS {facts['peak_rss_mib']:,.0f} MiB")
+    idle = f" (Airflow idle before the run: {facts['idle_rss_mib']:,.0f} MiB)" if "idle_rss_mib" in facts else ""
+    out.append(f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, peak RSS {facts['peak_rss_mib']:,.0f} MiB{idle}")
     if "counts" in facts:
         out.append("counts: " + ", ".join(f"{key} {value:,}" for key, value in facts["counts"].items()))
     return "\n".join(out)
