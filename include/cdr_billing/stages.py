@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy.engine import Engine
 
 from cdr_billing import (
     acquire,
@@ -378,7 +379,7 @@ def bill_file(
             "suspense": len(suspense), **rated}  # fmt: skip
 
 
-def _rate_file(meta: Meta, part: dict[str, Any], engine, config: PipelineConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+def _rate_file(meta: Meta, part: dict[str, Any], engine: Engine, config: PipelineConfig) -> tuple[pd.DataFrame, dict[str, int]]:
     """Price one file's calls (provider's cost or the tariff's longest prefix); write its
     unbillable calls, price differences and duplicates (in the file, then of earlier files).
     Returns (priced calls, counts)."""
@@ -400,6 +401,7 @@ def _rate_file(meta: Meta, part: dict[str, Any], engine, config: PipelineConfig)
 
 
 STALE_ACCOUNT_COLUMNS = ["account_id", "customer_id", "last_login", "calls"]
+BILLED_COUNTS = ("billed", "suspense", "unbillable", "not_billable")  # summed over the files' bill_file results
 
 
 def _stale_accounts(meta: Meta, attributed: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
@@ -431,9 +433,6 @@ def aggregate_lines(meta: Meta, billed: list[dict[str, Any]], references: dict[s
     log.info("%d billing lines from %d user lines; revenue share of %d providers; %d stale accounts", len(lines),
              len(user_lines), shares["service_provider"].nunique(), len(stale_accounts))  # fmt: skip
     return meta
-
-
-BILLED_COUNTS = ("billed", "suspense", "unbillable", "not_billable")
 
 
 def _detail(frame: pd.DataFrame) -> pd.Series:
