@@ -73,35 +73,38 @@ def task_seconds(instances: list[dict]) -> list[dict]:
     """Each task of the run (instances: task_id, state, start and end as datetimes), mapped
     instances summed: instances, the most at once, state(s), seconds summed, the slowest, first
     start and last end (seconds after the run's first task started)."""
-    tasks: dict[str, dict] = {}
-    for ti in sorted(instances, key=lambda ti: ti["start"]):
-        seconds = (ti["end"] - ti["start"]).total_seconds()
-        task = tasks.setdefault(ti["task_id"], {"task": ti["task_id"], "instances": 0, "states": set(), "seconds": 0.0,
-                                                "slowest": 0.0, "first_start": ti["start"], "last_end": ti["end"]})  # fmt: skip
-        task.update(instances=task["instances"] + 1, seconds=task["seconds"] + seconds, slowest=max(task["slowest"], seconds),
-                    last_end=max(task["last_end"], ti["end"]))  # fmt: skip
-        task["states"].add(str(ti["state"]))
     run_start = min((ti["start"] for ti in instances), default=None)
-    return [
-        {
-            **task,
-            "states": sorted(task["states"]),
-            "first_start": (task["first_start"] - run_start).total_seconds(),
-            "last_end": (task["last_end"] - run_start).total_seconds(),
-            "most_at_once": most_at_once([ti for ti in instances if ti["task_id"] == task["task"]]),
-        }
-        for task in tasks.values()
-    ]
+    by_task: dict[str, list[dict]] = {}
+    for ti in sorted(instances, key=lambda ti: ti["start"]):
+        by_task.setdefault(ti["task_id"], []).append(ti)
+    tasks = []
+    for task, group in by_task.items():
+        seconds = [(ti["end"] - ti["start"]).total_seconds() for ti in group]
+        tasks.append({
+            "task": task,
+            "instances": len(group),
+            "states": sorted({str(ti["state"]) for ti in group}),
+            "seconds": sum(seconds),
+            "slowest": max(seconds),
+            "first_start": (group[0]["start"] - run_start).total_seconds(),
+            "last_end": (max(ti["end"] for ti in group) - run_start).total_seconds(),
+            "most_at_once": most_at_once(group),
+        })  # fmt: skip
+    return tasks
 
 
 def most_at_once(instances: list[dict]) -> int:
     """The most instances running at the same moment (one ending as another starts: not both)."""
-    events = sorted([(ti["start"], 1) for ti in instances] + [(ti["end"], -1) for ti in instances], key=lambda e: (e[0], e[1]))
     running = most = 0
-    for _, change in events:
+    for _, change in sorted([(ti["start"], 1) for ti in instances] + [(ti["end"], -1) for ti in instances]):
         running += change
         most = max(most, running)
     return most
+
+
+def _airflow_rss_mib(airflow: RunningAirflow) -> float:
+    """The resident memory of all of Airflow's processes (the components, their workers and tasks)."""
+    return sum(process_tree_rss_mib(process.pid) for process in airflow.processes.values())
 
 
 def _run_in_process(month: BenchMonth) -> tuple[dict, list[dict]]:
@@ -143,7 +146,7 @@ def _watch_run(airflow: RunningAirflow, run_id: str) -> tuple[str, float]:
     dag-processor), sampled every 0.2 s."""
     peak, polled = 0.0, 0.0
     while True:
-        peak = max(peak, sum(process_tree_rss_mib(process.pid) for process in airflow.processes.values()))
+        peak = max(peak, _airflow_rss_mib(airflow))
         if time.monotonic() - polled >= 1:
             polled = time.monotonic()
             state = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
@@ -159,7 +162,7 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[
     with RunningAirflow(home, env) as airflow:
         _wait_for_dag(airflow)
         airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
-        idle = sum(process_tree_rss_mib(process.pid) for process in airflow.processes.values())
+        idle = _airflow_rss_mib(airflow)
         started = time.perf_counter()
         conf = {"billing_month": str(month.month)}
         run_id = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
