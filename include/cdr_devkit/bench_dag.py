@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import time
 import urllib.error
@@ -29,7 +28,8 @@ import yaml
 from cdr_devkit.airflow_env import DAG_ID, PROJECT_ROOT, airflow_settings, migrate
 from cdr_devkit.airflow_server import RunningAirflow
 from cdr_devkit.bench_data import BenchMonth, ensure_month
-from cdr_devkit.bench_pipeline import SOURCE, add_month_arguments, process_tree_rss_mib
+from cdr_devkit.bench_pipeline import SOURCE, add_month_arguments
+from cdr_devkit.memory import peak_rss_mib, process_tree_rss_mib, reset_peak_rss
 from cdr_devkit.postgres import LocalPostgres
 from cdr_devkit.services import LocalServices, ServiceError, connection_env, smtp_connection, stop_on_sigterm
 
@@ -114,6 +114,7 @@ def _run_in_process(month: BenchMonth) -> tuple[dict, list[dict]]:
 
     from cdr_devkit.airflow_env import load_dag, run_dag
 
+    reset_peak_rss()  # the run's peak, not the month's generation in this process
     started = time.perf_counter()
     dag_run = run_dag(load_dag(), logical_date=None, run_conf={"billing_month": str(month.month)})
     wall = time.perf_counter() - started
@@ -122,8 +123,12 @@ def _run_in_process(month: BenchMonth) -> tuple[dict, list[dict]]:
             {"task_id": ti.task_id, "state": ti.state, "start": ti.start_date, "end": ti.end_date}
             for ti in session.query(TaskInstance).filter(TaskInstance.run_id == dag_run.run_id)
         ]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"run_id": dag_run.run_id, "state": str(dag_run.state), "wall_seconds": wall, "peak_rss_mib": peak}, instances
+    return {
+        "run_id": dag_run.run_id,
+        "state": str(dag_run.state),
+        "wall_seconds": wall,
+        "peak_rss_mib": peak_rss_mib(),
+    }, instances
 
 
 def _wait_for_dag(airflow: RunningAirflow) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from cdr_billing.months import BillingMonth
 from cdr_devkit.airflow_env import ALLOCATOR_SETTINGS
 from cdr_devkit.bench_data import MONTH, BenchMonth, ensure_month, month_dir
+from cdr_devkit.memory import peak_rss_mib, process_tree_rss_mib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = PROJECT_ROOT / ".bench" / "pipeline"
@@ -41,11 +41,6 @@ LINE_COLUMNS = [*LINE_KEYS, "total_minor", "call_count", "billed_seconds"]
 OUTCOMES = ("billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined")
 SOURCE = "carrier"  # its profile (carrier_csv) comes from pipeline.yaml
 PARSE_REPEATS = 3
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux: ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Stopwatch:
@@ -556,19 +551,8 @@ def _child(kind: str, month: BenchMonth, out: Path, validation: bool, workers: i
     (out / f"{kind}.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
 
 
-def process_tree_rss_mib(pid: int) -> float:
-    """Current resident set size of a process and its descendants (Linux), 0 when gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return 0.0
-    own = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
-    return own + sum(process_tree_rss_mib(int(child)) for child in children)
-
-
-def _spawn(kind: str, month: BenchMonth, base: Path, files: int, seed: int, out: Path, validation: bool,
-           max_rss_gib: float | None, workers: int) -> dict:  # fmt: skip
+def spawn_contender(kind: str, month: BenchMonth, base: Path, files: int, seed: int, out: Path, validation: bool,
+                    max_rss_gib: float | None, workers: int) -> dict:  # fmt: skip
     """Run one contender in a child process; stop it (only it) if its RSS (with its workers')
     passes max_rss_gib; the facts it wrote, with the peak RSS of its process tree (sampled)."""
     calls = int(month.root.name.split("_")[0].removeprefix("calls"))
@@ -657,7 +641,7 @@ def run_benchmark(
         seconds = {}
         for kind in ("parse", "project", "duckdb"):
             validated = validation and round_number == 0  # GX once: it is timed apart from the total
-            run = _spawn(kind, month, base, files, seed, out, validated, max_rss_gib, workers)
+            run = spawn_contender(kind, month, base, files, seed, out, validated, max_rss_gib, workers)
             run["peak_rss_mib"] = max(run["peak_rss_mib"], facts.get(kind, {}).get("peak_rss_mib", 0.0))
             seconds[kind] = total_seconds(kind, run["stage_seconds"])
             if kind == "project" and validated:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import resource
 import time
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -20,6 +19,7 @@ import pandas as pd
 
 from cdr_billing.config import BillingSettings
 from cdr_billing.rate import normalise_numbers, price_numbers, rate_calls
+from cdr_devkit.memory import peak_rss_mib
 
 RULES = BillingSettings("billing_db", "UTC", "46", "0", "00", 86400, 0, 0.01)
 INCREMENTS = [(60, 60), (30, 6), (1, 1)]
@@ -122,10 +122,6 @@ def duckdb_sql(calls: pd.DataFrame, tariff: pd.DataFrame) -> pd.Series:
     connection.register("tariff", tariff.drop(columns=["valid_from", "valid_to"]))
     result = connection.execute(DUCKDB_SQL).df()
     return pd.Series(result["cost"].to_numpy(), index=result["transaction_id"].to_numpy())
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:
