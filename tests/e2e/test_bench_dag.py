@@ -34,6 +34,7 @@ def test_the_dag_bills_the_benchmark_month_as_the_benchmark_does(tmp_path, runne
     if runner == "scheduler":  # files_at_once 1: the mapped tasks one file at a time, though Airflow could run 4
         assert tasks["validate_cdr_file"]["most_at_once"] == tasks["bill_cdr_file"]["most_at_once"] == 1
     assert "load_billing" in done.stdout and "run: success" in done.stdout
+    assert facts["peak_rss_mib"] > 100  # Airflow and the domain's libraries alone hold more
 
     month = ensure_month(tmp_path / "months", CALLS, FILES)
     lines, counts, _ = run_project(month.cdr_files, month.tariff, month.entitlements, month.month, tmp_path / "project",
