@@ -4,7 +4,7 @@ The project's read -> aggregate path (`bench_pipeline.run_project`, the DAG's ta
 one process) bills a month of two files and a month of six files of the same size, each in a
 fresh process. A file's rows take well over 100 MiB here while it is billed; what the month
 keeps per file is its per-user sums (bounded by the users, not the calls), its call hashes
-(8 bytes a call) and what the allocators keep for reuse: about 10 MiB a file on this machine.
+(8 bytes a call) and what the allocators keep for reuse: about 9 MiB a file on this machine.
 """
 
 from __future__ import annotations
