@@ -1,8 +1,9 @@
 """Load a month's billing lines into the billing database as one atomic batch.
 
 A batch per run: the new batch becomes the month's current one and the previous one is
-kept as superseded, in one transaction, under a per-month lock. A retried load of the
-same run finds its batch and changes nothing.
+kept as superseded, in one transaction, under a per-month lock; the new batch stores which
+one it superseded. A retried load of the same run (its first attempt committed, then died)
+finds its batch, changes nothing and returns the same result, superseded batch included.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, co
     """Make a new current batch for the month, atomically."""
     with engine.begin() as conn:
         database.hold_lock(conn, month_lock(billing_month))
-        existing = conn.execute(select(billing_batch.c.batch_id).where(billing_batch.c.run_id == run_id)).scalar()
+        existing = conn.execute(
+            select(billing_batch.c.batch_id, billing_batch.c.supersedes_batch_id).where(billing_batch.c.run_id == run_id)
+        ).first()
         if existing is not None:
-            return LoadResult(existing, None, already_loaded=True)
+            return LoadResult(existing.batch_id, existing.supersedes_batch_id, already_loaded=True)
         previous = conn.execute(
             select(billing_batch.c.batch_id).where(
                 billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT
@@ -77,7 +80,11 @@ def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, co
             conn.execute(update(billing_batch).where(billing_batch.c.batch_id == previous).values(status=SUPERSEDED))
         batch_id = conn.execute(
             insert(billing_batch).values(
-                billing_month=billing_month, run_id=run_id, status=CURRENT, counts=json.dumps(counts, sort_keys=True)
+                billing_month=billing_month,
+                run_id=run_id,
+                status=CURRENT,
+                counts=json.dumps(counts, sort_keys=True),
+                supersedes_batch_id=previous,
             )
         ).inserted_primary_key[0]
         for table, rows in batch.parts():
@@ -87,8 +94,11 @@ def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, co
 
 
 def store_quarantine(engine: Engine, billing_month: str, run_id: str, source_file: str, rows: pd.DataFrame) -> None:
-    """Replace the run's quarantined rows of one file (idempotent when the task is retried)."""
+    """Replace the run's quarantined rows of one file (idempotent when the task is retried), under
+    a lock: two attempts at once (a retry beside a stalled first try) would each delete none of
+    the other's uncommitted rows and both insert theirs."""
     with engine.begin() as conn:
+        database.hold_lock(conn, f"quarantine {run_id} {source_file}")
         conn.execute(
             delete(quarantined_row).where(quarantined_row.c.run_id == run_id, quarantined_row.c.source_file == source_file)
         )

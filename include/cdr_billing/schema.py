@@ -40,6 +40,8 @@ billing_batch = Table(
     Column("status", String(16), nullable=False),
     Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
     Column("counts", Text, nullable=False),
+    # The batch this one replaced as the month's current (None: the month's first), so a retried load tells it again.
+    Column("supersedes_batch_id", Integer, ForeignKey("billing_batch.batch_id")),
     Index(
         "one_current_batch_per_month",
         "billing_month",
