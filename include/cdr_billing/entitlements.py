@@ -63,12 +63,9 @@ def check_rows(raw: pd.DataFrame, source_name: str) -> pd.DataFrame:
 
 def from_file(path: Path, captured_at: datetime) -> Snapshot:
     """A snapshot from a CSV or Excel file; it describes the date in its name, if any."""
-    if path.suffix.lower() in (".xlsx", ".xlsm"):
-        import fastexcel
+    from cdr_billing.reference_table import read_table
 
-        raw = fastexcel.read_excel(str(path)).load_sheet(0, dtypes="string").to_pandas()
-    else:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    raw = read_table(path, EntitlementError)
     dated = _DATE_IN_NAME.search(path.name)
     taken_at = datetime.fromisoformat(dated.group(1)).replace(tzinfo=UTC) if dated else captured_at
     return Snapshot(check_rows(raw, path.name), path.name, hashlib.sha256(path.read_bytes()).hexdigest(), taken_at)

@@ -297,7 +297,7 @@ def load_references(meta: Meta, config: PipelineConfig | None = None) -> dict[st
     config = config or load_config()
     settings, engine, now = config.entitlement_source, database.billing_engine(config.billing.connection), datetime.now(UTC)
     migrations.upgrade(engine)
-    tariff_version = tariff.load_file(engine, Path(_files(meta, "tariff")[0]["local_path"]), config.billing.timezone)
+    tariff_version = tariff.load_file(engine, Path(_files(meta, "tariff")[0]["local_path"]), config.billing)
 
     def capture() -> entitlements.Snapshot:
         if settings.source == "sql":

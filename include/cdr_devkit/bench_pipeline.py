@@ -226,7 +226,7 @@ def run_project(
         started = time.perf_counter()
         checks = run_each(_check_file, [(Path(f), part, month) for f, part in zip(files, parts, strict=True)])
         with clock.stage("tariff"):  # while the workers check files, as the DAG's load_references task runs
-            tariff.load_file(engine, Path(tariff_path), config.billing.timezone)
+            tariff.load_file(engine, Path(tariff_path), config.billing)
             rates = tariff.all_rates(engine)
         with clock.stage("entitlements"):
             capture = lambda: entitlements.from_file(Path(entitlements_path), datetime.now(UTC))  # noqa: E731

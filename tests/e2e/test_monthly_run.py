@@ -150,7 +150,7 @@ def test_an_unknown_range_is_alerted_then_billed_by_a_rerun_once_added_to_the_ta
                  "first_increment": "60", "next_increment": "60", "minimum_charge": "0", "currency": "EUR"}  # fmt: skip
     addition = tmp_path / "tariff_satellite.csv"
     addition.write_text(",".join(satellite) + "\n" + ",".join(satellite.values()) + "\n")
-    load_file(billing_engine, addition, "Europe/Stockholm")
+    load_file(billing_engine, addition, load_config().billing)
     rerun = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"})
     assert rerun.state == "success"
     assert _current_lines(billing_engine, "2026-10") == expected_lines(sftp_root, 2026, 10, extra_rates=(satellite,))

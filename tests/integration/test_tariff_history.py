@@ -5,9 +5,11 @@ from __future__ import annotations
 import pandas as pd
 from sqlalchemy import create_engine
 
+from cdr_billing.config import BillingSettings
 from cdr_billing.migrations import upgrade
 from cdr_billing.tariff import all_rates, load_file
 
+RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
 HEADER = "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency,valid_from\n"
 
 
@@ -19,11 +21,11 @@ def test_loads_add_versions_and_keep_history(postgres, tmp_path):
     pd.DataFrame([{"prefix": "467", "destination": "Mobile", "price_per_minute": "0.0700", "connection_fee": "0.05",
                    "first_increment": "60", "next_increment": "60", "minimum_charge": "0.10", "currency": "EUR",
                    "valid_from": "2026-11-01"}]).to_excel(second, index=False)  # fmt: skip
-    v1 = load_file(engine, first, "Europe/Stockholm")
+    v1 = load_file(engine, first, RULES)
     before = all_rates(engine)
-    v2 = load_file(engine, second, "Europe/Stockholm")
+    v2 = load_file(engine, second, RULES)
     assert (v1, v2) == (1, 2)
-    assert load_file(engine, first, "Europe/Stockholm") == v1  # the same file again: its version, nothing added
+    assert load_file(engine, first, RULES) == v1  # the same file again: its version, nothing added
     after = all_rates(engine)
     assert after[after["version_id"] == v1].reset_index(drop=True).equals(before.reset_index(drop=True))
     new = after[after["version_id"] == v2].iloc[0]

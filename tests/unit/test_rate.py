@@ -29,7 +29,7 @@ TARIFF_CSV = """prefix,destination,price_per_minute,connection_fee,first_increme
 def tariff(tmp_path):
     path = tmp_path / "tariff.csv"
     path.write_text(TARIFF_CSV)
-    return read_tariff_file(path, "Europe/Stockholm").assign(version_id=1)
+    return read_tariff_file(path, RULES).assign(version_id=1)
 
 
 @pytest.mark.parametrize(
@@ -177,14 +177,14 @@ def test_tariff_with_a_bad_price_names_the_line(tmp_path):
     path = tmp_path / "tariff.csv"
     path.write_text(TARIFF_CSV + "49,Germany,abc,0,60,60,0,EUR\n")
     with pytest.raises(TariffError, match="tariff.csv line 5: price_per_minute"):
-        read_tariff_file(path, "Europe/Stockholm")
+        read_tariff_file(path, RULES)
 
 
 def test_tariff_with_a_repeated_prefix_is_refused(tmp_path):
     path = tmp_path / "tariff.csv"
     path.write_text(TARIFF_CSV + "467,Dup,0.1,0,60,60,0,EUR\n")
     with pytest.raises(TariffError, match="listed twice"):
-        read_tariff_file(path, "Europe/Stockholm")
+        read_tariff_file(path, RULES)
 
 
 def test_provider_costs_get_the_source_markup_rounded_once(tariff):

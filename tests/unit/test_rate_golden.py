@@ -57,7 +57,7 @@ def tariff_rates(tmp_path, *versions: str) -> pd.DataFrame:
     for number, text in enumerate(versions, start=1):
         path = tmp_path / f"tariff_v{number}.csv"
         path.write_text(text)
-        frames.append(read_tariff_file(path, RULES.timezone).assign(version_id=number))
+        frames.append(read_tariff_file(path, RULES).assign(version_id=number))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -147,19 +147,32 @@ RANDOM_RATES = st.lists(
 )  # fmt: skip
 
 
+# The only pairs of sampled validities or bands that share no moment: rows of one prefix that
+# differ in one of them do not overlap; any other two would, and a file with them is refused.
+DISJOINT = [{("", "2026-10-15"), ("2026-10-15", "")}, {("12345", "8", "18"), ("67", "", "")}]
+
+
+def without_overlaps(rows: list[tuple[str, tuple, tuple]]) -> list[tuple[str, tuple, tuple]]:
+    """The rows that overlap no earlier kept row of their prefix, as one file may hold."""
+    kept: list[tuple[str, tuple, tuple]] = []
+    for prefix, validity, band in rows:
+        if all(p != prefix or {validity, v} in DISJOINT or {band, b} in DISJOINT for p, v, b in kept):
+            kept.append((prefix, validity, band))
+    return kept
+
+
 @given(rates=RANDOM_RATES, numbers=st.lists(st.text("1234", min_size=1, max_size=7), min_size=1, max_size=30), start=OCTOBER)
 def test_the_interval_matcher_agrees_with_the_rule_row_by_row(tmp_path_factory, rates, numbers, start):
     from cdr_billing.rate import match_rates
 
     frames = []
     for version in {v for *_, v in rates}:
-        # one row per prefix, start of validity and band in a file (overlaps are refused on load)
-        rows = {(prefix, validity[0], band): validity for prefix, validity, band, v in rates if v == version}
-        lines = [f"{p},d,0.01,0,60,60,0,EUR,{vf},{vt},b,{days},{sh},{eh}\n" for (p, _, (days, sh, eh)), (vf, vt) in rows.items()]
+        rows = without_overlaps([(prefix, validity, band) for prefix, validity, band, v in rates if v == version])
+        lines = [f"{p},d,0.01,0,60,60,0,EUR,{vf},{vt},b,{days},{sh},{eh}\n" for p, (vf, vt), (days, sh, eh) in rows]
         text = HEADER + "".join(lines)
         path = tmp_path_factory.mktemp("t") / "tariff.csv"
         path.write_text(text)
-        frames.append(read_tariff_file(path, RULES.timezone).assign(version_id=version))
+        frames.append(read_tariff_file(path, RULES).assign(version_id=version))
     table = pd.concat(frames, ignore_index=True)
     moment = pd.Timestamp(start).tz_localize(RULES.timezone, ambiguous=True).tz_convert("UTC")
     found = match_rates(pd.Series(numbers), pd.Series([moment] * len(numbers)), table, RULES.timezone)
