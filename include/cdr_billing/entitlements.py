@@ -2,8 +2,10 @@
 
 A snapshot comes from a file fetched with the CDRs or from a SQL query on an Airflow
 connection. Every snapshot is stored with the moment it describes (`taken_at`: the date in
-the file name, else the capture time); a billing month pins the snapshot it was billed with,
-so a re-run is reproducible, unless the run asks for a fresh one (`refresh_entitlements`).
+the file name at midnight in the billing timezone, else the capture time); a billing month
+pins the snapshot it was billed with, so a re-run is reproducible, unless the run asks for a
+fresh one (`refresh_entitlements`). Concurrent runs of a month take turns on its pin (a lock
+held from reading it to writing it), so a month's first billing pins one snapshot.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pandas as pd
-from sqlalchemy import delete, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from cdr_billing import database
 from cdr_billing.schema import entitlement, entitlement_snapshot, month_entitlement
@@ -61,14 +64,20 @@ def check_rows(raw: pd.DataFrame, source_name: str) -> pd.DataFrame:
     return rows.assign(entitled=flag.isin(TRUE_WORDS))
 
 
-def from_file(path: Path, captured_at: datetime) -> Snapshot:
-    """A snapshot from a CSV or Excel file; it describes the date in its name, if any."""
+def from_file(path: Path, captured_at: datetime, timezone: str) -> Snapshot:
+    """A snapshot from a CSV or Excel file; it describes the date in its name, if any: that
+    day's midnight in the billing timezone, where the tariff's dates and the months begin."""
     from cdr_billing.reference_table import read_table
 
     raw = read_table(path, EntitlementError)
     dated = _DATE_IN_NAME.search(path.name)
-    taken_at = datetime.fromisoformat(dated.group(1)).replace(tzinfo=UTC) if dated else captured_at
+    taken_at = local_midnight(dated.group(1), timezone) if dated else captured_at
     return Snapshot(check_rows(raw, path.name), path.name, hashlib.sha256(path.read_bytes()).hexdigest(), taken_at)
+
+
+def local_midnight(day: str, timezone: str) -> datetime:
+    """The UTC moment a date (YYYY-MM-DD) begins in a timezone."""
+    return datetime.fromisoformat(day).replace(tzinfo=ZoneInfo(timezone)).astimezone(UTC)
 
 
 def from_query(conn_id: str, query: str, captured_at: datetime) -> Snapshot:
@@ -84,33 +93,47 @@ def from_query(conn_id: str, query: str, captured_at: datetime) -> Snapshot:
 def store(engine: Engine, snapshot: Snapshot) -> int:
     """Store a snapshot (the same content again: its existing id)."""
     with engine.begin() as conn:
-        database.hold_lock(conn, "entitlement_snapshot")
-        known = conn.execute(
-            select(entitlement_snapshot.c.snapshot_id).where(entitlement_snapshot.c.sha256 == snapshot.sha256)
-        ).scalar()
-        if known is not None:
-            return known
-        snapshot_id = conn.execute(
-            insert(entitlement_snapshot).values(
-                taken_at=snapshot.taken_at, source_name=snapshot.source_name, sha256=snapshot.sha256, row_count=len(snapshot.rows)
-            )
-        ).inserted_primary_key[0]
-        database.insert_frame(conn, entitlement, snapshot.rows, snapshot_id=snapshot_id)
+        return _store(conn, snapshot)
+
+
+def _store(conn: Connection, snapshot: Snapshot) -> int:
+    """Store a snapshot in the connection's transaction, under a lock: concurrent stores of the
+    same content would both find it missing and the second insert would break its uniqueness."""
+    database.hold_lock(conn, "entitlement_snapshot")
+    known = conn.execute(
+        select(entitlement_snapshot.c.snapshot_id).where(entitlement_snapshot.c.sha256 == snapshot.sha256)
+    ).scalar()
+    if known is not None:
+        return known
+    snapshot_id = conn.execute(
+        insert(entitlement_snapshot).values(
+            taken_at=snapshot.taken_at, source_name=snapshot.source_name, sha256=snapshot.sha256, row_count=len(snapshot.rows)
+        )
+    ).inserted_primary_key[0]
+    database.insert_frame(conn, entitlement, snapshot.rows, snapshot_id=snapshot_id)
     return snapshot_id
 
 
+def pin_lock(billing_month: str) -> str:
+    """The name of the lock held from reading a month's pin to writing it."""
+    return f"month_entitlement {billing_month}"
+
+
 def snapshot_for_month(engine: Engine, billing_month: str, capture: Callable[[], Snapshot], refresh: bool) -> int:
-    """The month's pinned snapshot; capture (and pin) one when there is none or on refresh."""
-    with engine.connect() as conn:
-        pinned = conn.execute(
-            select(month_entitlement.c.snapshot_id).where(month_entitlement.c.billing_month == billing_month)
-        ).scalar()
-    if pinned is not None and not refresh:
-        return pinned
-    snapshot_id = store(engine, capture())
+    """The month's pinned snapshot; capture, store and pin one when there is none or on refresh,
+    in one transaction under the month's pin lock, so concurrent runs pin once (a run that
+    waited finds the pin) and the snapshot and its pin commit together."""
     with engine.begin() as conn:
-        conn.execute(delete(month_entitlement).where(month_entitlement.c.billing_month == billing_month))
-        conn.execute(insert(month_entitlement).values(billing_month=billing_month, snapshot_id=snapshot_id))
+        database.hold_lock(conn, pin_lock(billing_month))
+        this_month = month_entitlement.c.billing_month == billing_month
+        pinned = conn.execute(select(month_entitlement.c.snapshot_id).where(this_month)).scalar()
+        if pinned is not None and not refresh:
+            return pinned
+        snapshot_id = _store(conn, capture())
+        if pinned is None:
+            conn.execute(insert(month_entitlement).values(billing_month=billing_month, snapshot_id=snapshot_id))
+        else:
+            conn.execute(update(month_entitlement).where(this_month).values(snapshot_id=snapshot_id))
     return snapshot_id
 
 

@@ -302,7 +302,7 @@ def load_references(meta: Meta, config: PipelineConfig | None = None) -> dict[st
     def capture() -> entitlements.Snapshot:
         if settings.source == "sql":
             return entitlements.from_query(settings.connection, settings.query, now)
-        return entitlements.from_file(Path(_files(meta, "entitlements")[0]["local_path"]), now)
+        return entitlements.from_file(Path(_files(meta, "entitlements")[0]["local_path"]), now, config.billing.timezone)
 
     snapshot_id = entitlements.snapshot_for_month(engine, meta["billing_month"], capture, meta.get("refresh_entitlements", False))
     log.info("tariff version %d, entitlement snapshot %d", tariff_version, snapshot_id)

@@ -229,7 +229,7 @@ def run_project(
             tariff.load_file(engine, Path(tariff_path), config.billing)
             rates = tariff.all_rates(engine)
         with clock.stage("entitlements"):
-            capture = lambda: entitlements.from_file(Path(entitlements_path), datetime.now(UTC))  # noqa: E731
+            capture = lambda: entitlements.from_file(Path(entitlements_path), datetime.now(UTC), config.billing.timezone)  # noqa: E731
             snapshot = entitlements.snapshot_for_month(engine, str(month), capture, False)
             history = entitlements.history(engine, snapshot)
         engine.dispose()

@@ -23,6 +23,7 @@ OCTOBER_1 = (
 OCTOBER_15 = OCTOBER_1.replace("0001,a@x,C1,101", "0001,a@x,C1,102")
 FIXED = OCTOBER_15.replace("0003,c@x,C2,201,200,false", "0003,c@x,C2,201,200,true") + "0404,d@x,C2,,200,true,2026-10-30\n"
 NOW = datetime(2026, 11, 3, tzinfo=UTC)
+TIMEZONE = "Europe/Stockholm"  # the billing timezone of the shipped config
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def engine(postgres):
 def snapshot_file(tmp_path, name: str, content: str):
     path = tmp_path / name
     path.write_text(content)
-    return lambda: from_file(path, NOW)
+    return lambda: from_file(path, NOW, TIMEZONE)
 
 
 def month_calls() -> pd.DataFrame:
@@ -73,6 +74,13 @@ def test_as_of_join_across_a_cost_center_change_default_sequence_and_suspense_un
     attributed, suspense, _ = attribute_calls(month_calls(), history(engine, fixed), fixed)
     assert suspense.empty
     assert attributed["cost_minor"].sum() == 150  # every call billed once the accounts are fixed
+
+
+def test_a_file_s_date_is_midnight_in_the_billing_timezone(tmp_path):
+    winter = snapshot_file(tmp_path, "entitlements_2026-11-02.csv", OCTOBER_1)()
+    summer = snapshot_file(tmp_path, "entitlements_2026-07-01.csv", OCTOBER_1)()
+    assert (winter.taken_at, summer.taken_at) == (datetime(2026, 11, 1, 23, tzinfo=UTC), datetime(2026, 6, 30, 22, tzinfo=UTC))
+    assert snapshot_file(tmp_path, "entitlements.csv", OCTOBER_1)().taken_at == NOW  # no date in the name: the capture time
 
 
 def test_a_snapshot_with_conflicting_rows_is_rejected_and_nothing_is_pinned(engine, tmp_path):

@@ -38,7 +38,7 @@ def _bill(root: Path, month: BillingMonth, engine) -> tuple[dict, dict]:
     priced, unbillable, failed = rate.rate_calls(combined_calls, tariff.all_rates(engine), config.billing, config.markups())
     newest = sorted((root / "reference").glob("entitlements_*.csv"))[-1]
     snapshot = entitlements.snapshot_for_month(
-        engine, str(month), lambda: entitlements.from_file(newest, datetime.now(UTC)), False
+        engine, str(month), lambda: entitlements.from_file(newest, datetime.now(UTC), config.billing.timezone), False
     )
     attributed, suspense, user_codes = attribute.attribute_calls(priced, entitlements.history(engine, snapshot), snapshot)
     user_lines = aggregate.aggregate_users(attributed, user_codes)

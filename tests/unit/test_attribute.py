@@ -20,7 +20,7 @@ def history(tmp_path, *snapshots: tuple[str, str]) -> pd.DataFrame:
     for number, (name, text) in enumerate(snapshots, start=1):
         path = tmp_path / name
         path.write_text(text)
-        snapshot = from_file(path, OCTOBER)
+        snapshot = from_file(path, OCTOBER, "Europe/Stockholm")
         frames.append(snapshot.rows.assign(snapshot_id=number, taken_at=pd.Timestamp(snapshot.taken_at)))
     return pd.concat(frames, ignore_index=True)
 
