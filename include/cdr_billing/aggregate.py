@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cdr_billing.money import divide_half_up
+from cdr_billing.money import check_sums, scale_half_up
 
 LINE_KEYS = ["customer_id", "sequence_number", "currency"]
 USER_KEYS = [*LINE_KEYS, "user_id"]
@@ -28,9 +28,10 @@ def aggregate_users(attributed: pd.DataFrame, user_codes: np.ndarray | None = No
     np.minimum.at(first, groups, np.arange(len(groups)))  # each group's first call
 
     def total(values: pd.Series) -> np.ndarray:
-        sums = np.zeros(count, dtype=np.int64)
+        sums, approximate = np.zeros(count, dtype=np.int64), np.zeros(count)
         np.add.at(sums, groups, values.to_numpy(np.int64))
-        return sums
+        np.add.at(approximate, groups, values.to_numpy(np.float64))
+        return check_sums(sums, approximate, "a user's calls")
 
     return pd.DataFrame({key: attributed[key].array.take(first) for key in USER_KEYS}).assign(
         total_minor=total(attributed["cost_minor"]),
@@ -39,19 +40,29 @@ def aggregate_users(attributed: pd.DataFrame, user_codes: np.ndarray | None = No
     )
 
 
+def checked_sums(frame: pd.DataFrame, keys: list[str], columns: list[str], what: str) -> pd.DataFrame:
+    """Integer columns summed per group, refused where a sum would not fit (money.check_sums)."""
+    twins = {f"{column}~": frame[column].astype("float64") for column in columns}
+    sums = frame[keys].assign(**{c: frame[c].astype("int64") for c in columns}, **twins).groupby(keys, sort=True).sum()
+    for column in columns:
+        check_sums(sums[column].to_numpy(), sums[f"{column}~"].to_numpy(), what)
+    return sums[columns].reset_index()
+
+
 def merge_user_lines(user_lines: pd.DataFrame) -> pd.DataFrame:
     """User lines of several files summed per user."""
-    return user_lines.groupby(USER_KEYS, sort=True)[TOTALS].sum().reset_index().astype(dict.fromkeys(TOTALS, "int64"))
+    return checked_sums(user_lines, USER_KEYS, TOTALS, "a user line")
 
 
 def aggregate_lines(user_lines: pd.DataFrame) -> pd.DataFrame:
     """One billing line per (customer id, sequence number, currency): the sum of its users' lines."""
-    return user_lines.groupby(LINE_KEYS, sort=True)[TOTALS].sum().reset_index().astype(dict.fromkeys(TOTALS, "int64"))
+    return checked_sums(user_lines, LINE_KEYS, TOTALS, "a billing line")
 
 
 def call_totals(attributed: pd.DataFrame) -> pd.DataFrame:
     """The billed calls' cost per currency, to prove the lines against."""
-    return attributed.groupby("currency", sort=True)["cost_minor"].sum().rename("total_minor").reset_index()
+    totals = checked_sums(attributed, ["currency"], ["cost_minor"], "the month's calls")
+    return totals.rename(columns={"cost_minor": "total_minor"})
 
 
 def revenue_share_sums(attributed: pd.DataFrame) -> pd.DataFrame:
@@ -59,18 +70,14 @@ def revenue_share_sums(attributed: pd.DataFrame) -> pd.DataFrame:
     calls and billed amount (not yet rounded to a share, so files can be summed first)."""
     columns = ["service_provider", "currency", "revenue_share_bp", "cost_minor"]
     carrying = attributed.loc[attributed["revenue_share_bp"].notna(), columns]  # not every column of 1M calls
-    return (
-        carrying.assign(share_basis_points=carrying["revenue_share_bp"].astype("int64"))
-        .groupby(SHARE_KEYS, sort=True)
-        .agg(call_count=("cost_minor", "size"), billed_minor=("cost_minor", "sum"))
-        .reset_index()
-        .astype({"call_count": "int64", "billed_minor": "int64"})
-    )
+    keyed = carrying.assign(share_basis_points=carrying["revenue_share_bp"].astype("int64"), call_count=1)
+    return checked_sums(keyed.rename(columns={"cost_minor": "billed_minor"}), SHARE_KEYS, ["call_count", "billed_minor"],
+                        "a revenue share")  # fmt: skip
 
 
 def revenue_share(sums: pd.DataFrame) -> pd.DataFrame:
     """The provider's share per (provider, currency, percentage): billed x percentage, summed
     exactly over all files and rounded half up once."""
-    grouped = sums.groupby(SHARE_KEYS, sort=True)[["call_count", "billed_minor"]].sum().reset_index()
-    share = divide_half_up(grouped["billed_minor"].to_numpy() * grouped["share_basis_points"].to_numpy(), 10_000)
+    grouped = checked_sums(sums, SHARE_KEYS, ["call_count", "billed_minor"], "a revenue share")
+    share = scale_half_up(grouped["billed_minor"].to_numpy(), grouped["share_basis_points"].to_numpy(), 10_000)
     return grouped.assign(share_minor=share).astype({"call_count": "int64", "billed_minor": "int64", "share_minor": "int64"})

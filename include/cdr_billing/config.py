@@ -57,6 +57,7 @@ class SourceProfile:
     encoding: str = "utf-8"
     defaults: dict[str, str] = field(default_factory=dict)
     value_maps: dict[str, dict[str, str]] = field(default_factory=dict)  # provider value -> canonical value
+    allow_credits: bool = False  # a negative provider cost is a credit (else the row is NEGATIVE_COST)
 
 
 @dataclass(frozen=True)

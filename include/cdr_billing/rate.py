@@ -18,7 +18,7 @@ from cdr_billing import text_bytes
 from cdr_billing.canonical import COMPLETION_FAILED, COMPLETION_PARTIAL
 from cdr_billing.config import BillingSettings
 from cdr_billing.frames import rows_where
-from cdr_billing.money import divide_half_up, micro_to_minor_divisor
+from cdr_billing.money import divide_half_up, micro_to_minor_divisor, scale_half_up
 from cdr_billing.tariff import OPEN_START
 
 NO_TARIFF_PREFIX = "NO_TARIFF_PREFIX"
@@ -224,10 +224,12 @@ def _price_by_tariff(
 
 
 def _price_by_provider(calls: pd.DataFrame, markups: dict[str, int]) -> pd.DataFrame:
-    """The provider's cost plus the source's markup (basis points), rounded half-up once."""
+    """The provider's cost plus the source's markup (basis points), rounded half-up once; exact
+    for any cost (scale_half_up never forms cost x markup)."""
     markup = calls["source"].map(markups).fillna(0).to_numpy(np.int64) if len(calls) else np.zeros(0, np.int64)
-    divisor = calls["currency"].map(micro_to_minor_divisor).to_numpy(np.int64)
-    cost = divide_half_up(calls["provider_cost_micro"].to_numpy(np.int64) * (10_000 + markup), divisor * 10_000)
+    divisors = {currency: micro_to_minor_divisor(currency) for currency in calls["currency"].unique()}
+    divisor = calls["currency"].map(divisors).to_numpy(np.int64)
+    cost = scale_half_up(calls["provider_cost_micro"].to_numpy(np.int64), 10_000 + markup, divisor * 10_000)
     return calls.assign(
         destination_e164="",
         billed_seconds=calls["duration_seconds"].to_numpy(np.int64),
@@ -245,13 +247,22 @@ def partial_parts(calls: pd.DataFrame) -> pd.Series:
     return (calls["completion_status"] == COMPLETION_PARTIAL) & (calls["session_id"] != "")
 
 
+def _in_part_order(parts: pd.DataFrame) -> pd.DataFrame:
+    """Parts by session, then start, then part number as a number (digits of any length: by
+    length, then text, leading zeros dropped; empty is 0), then transaction id."""
+    digits = parts["transaction_part_number"].str.lstrip("0")
+    keyed = parts.assign(_part_length=digits.str.len(), _part_digits=digits)
+    order = ["source", "session_id", "start_utc", "_part_length", "_part_digits", "transaction_id"]
+    return keyed.sort_values(order, kind="stable").drop(columns=["_part_length", "_part_digits"])
+
+
 def combine_partial_calls(calls: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Merge the parts (status 2) of each session into one call: the first part, with the
-    summed duration (and provider cost). Returns (calls, the parts merged away)."""
+    """Merge the parts (status 2) of each session into one call: the first part (_in_part_order),
+    with the summed duration (and provider cost). Returns (calls, the parts merged away)."""
     partial = partial_parts(calls)
     if not partial.any():
         return calls, calls.iloc[0:0]
-    parts = calls[partial].sort_values(["source", "session_id", "start_utc", "transaction_part_number"])
+    parts = _in_part_order(calls[partial])
     session = ["source", "session_id"]
     first = ~parts.duplicated(session)
     sums = parts.groupby(session)[["duration_seconds", "provider_cost_micro"]].sum(min_count=1)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,25 @@ from cdr_billing import dedupe, text_bytes
 from cdr_billing.canonical import CARRIED_FIELDS, COMPLETION_STATUSES, LINEAGE_FIELDS, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.frames import rows_where
-from cdr_billing.money import MoneyError, percent_to_basis_points, to_micro_units
+from cdr_billing.money import MAX_CALL_COST, MICRO, MoneyError, iso_currencies, percent_to_basis_points, to_micro_units
 from cdr_billing.months import BillingMonth
 from cdr_billing.privacy import mask_number
 
 EXCEL_EPOCH = pd.Timestamp("1899-12-30")
 EXCEL_LAST_DAY = 2_958_465  # the serial of 9999-12-31
 PHONE_NUMBER = r"^\+?[0-9]{4,17}$"
-CURRENCY_CODE = r"^[A-Z]{3}$"
 DURATION_FACTORS = {"seconds": 1, "minutes": 60}
+# The grammar of numeric values, after the profile's decimal separator became ".": no sign but
+# where stated, no exponent, no inf or nan, no thousands separators.
+DECIMAL_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # costs and durations (a negative one is out of range)
+HMS_DURATION = re.compile(r"(-?)([0-9]+):([0-5][0-9]):([0-5][0-9])")
+STATUS_NUMBER = re.compile(r"([0-3])(?:\.0+)?")  # "1.0": a status written as a number
+PERCENTAGE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+PART_NUMBER = r"^[0-9]*$"  # digits, or empty
+# A typed value beyond any range check: a duration, or a cost just past MAX_CALL_COST, stands in for
+# a larger written one, so the range check names it and no integer overflows.
+DURATION_BEYOND_RANGE = 10**15
+COST_BEYOND_RANGE = MAX_CALL_COST * MICRO + 1
 
 # Reason codes, in the order rows are checked; a row carries every reason it fails.
 REASONS = {
@@ -45,8 +56,11 @@ REASONS = {
     "DURATION_OUT_OF_RANGE": "duration is negative or above the maximum",
     "BAD_COMPLETION_STATUS": "completion status is not 0, 1, 2 or 3",
     "BAD_NUMBER": "destination number is not a phone number",
-    "BAD_COST": "provider cost is not a decimal number",
-    "BAD_CURRENCY": "currency is not a three-letter ISO code",
+    "BAD_PART_NUMBER": "transaction part number is not a whole number",
+    "BAD_COST": "provider cost is not a decimal number with at most six decimals",
+    "COST_OUT_OF_RANGE": f"provider cost is above {MAX_CALL_COST:,} in its currency",
+    "NEGATIVE_COST": "provider cost is negative and the source's profile allows no credits",
+    "BAD_CURRENCY": "currency is not an ISO 4217 currency code",
 }
 
 
@@ -144,12 +158,40 @@ def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series
 
 def _parse_durations(text: pd.Series, unit: str, decimal: str) -> pd.Series:
     if unit == "hms":
-        parts = text.str.extract(r"^\s*(-?)(\d+):([0-5]\d):([0-5]\d)\s*$")
-        magnitude = parts[1].astype(float) * 3600 + parts[2].astype(float) * 60 + parts[3].astype(float)
-        return magnitude.where(parts[0] != "-", -magnitude).astype("Int64")
-    seconds = pd.to_numeric(text.str.replace(decimal, ".", regex=False), errors="coerce") * DURATION_FACTORS[unit]
-    whole = seconds.where(seconds.notna() & (seconds == np.floor(seconds)))
-    return whole.astype("Int64")
+        return _convert_distinct(text, _hms_seconds, "Int64")
+    factor = DURATION_FACTORS[unit]
+    return _convert_distinct(with_decimal_point(text, decimal), lambda value: _decimal_seconds(value, factor), "Int64")
+
+
+def with_decimal_point(text: pd.Series, decimal: str) -> pd.Series:
+    """Numbers written with the profile's decimal separator, with a point instead; in a file
+    with decimal commas a point (a thousands separator?) makes the value fail the grammar."""
+    if decimal == ".":
+        return text
+    return text.str.replace(".", "!", regex=False).str.replace(decimal, ".", regex=False)
+
+
+def _hms_seconds(text: str) -> int | None:
+    """ "h:mm:ss" (any number of hours, a sign allowed) in seconds; None when not that shape."""
+    parts = HMS_DURATION.fullmatch(text.strip())
+    if parts is None:
+        return None
+    sign, hours, minutes, seconds = parts.groups()
+    total = int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+    return _within_duration_range(-total if sign else total)
+
+
+def _decimal_seconds(text: str, factor: int) -> int | None:
+    """A decimal number of seconds or minutes as whole seconds; None when not the grammar or not whole."""
+    text = text.strip()
+    if DECIMAL_NUMBER.fullmatch(text) is None:
+        return None
+    seconds = Decimal(text) * factor
+    return _within_duration_range(int(seconds)) if seconds == seconds.to_integral_value() else None
+
+
+def _within_duration_range(seconds: int) -> int:
+    return max(-DURATION_BEYOND_RANGE, min(seconds, DURATION_BEYOND_RANGE))
 
 
 def parse_statuses(text: pd.Series) -> pd.Series:
@@ -160,31 +202,42 @@ def parse_statuses(text: pd.Series) -> pd.Series:
 
 
 def _parse_statuses(text: pd.Series) -> pd.Series:
-    number = pd.to_numeric(text, errors="coerce")
-    return number.where(number.isin(COMPLETION_STATUSES)).astype("Int8")
+    return _convert_distinct(text, _status, "Int8")
+
+
+def _status(text: str) -> int | None:
+    matched = STATUS_NUMBER.fullmatch(text.strip())
+    return None if matched is None else int(matched.group(1))
 
 
 def _convert_distinct(text: pd.Series, convert: Callable[[str], int | None], dtype: str) -> pd.Series:
     """`convert` applied once per distinct value (None: not valid), as a nullable integer column."""
     arrow = pa.array(text, type=pa.large_string())
     distinct = pc.unique(arrow)
-    converted = pa.array([convert(value) for value in distinct.to_pylist()], type=pa.int64())
+    converted = pa.array([None if value is None else convert(value) for value in distinct.to_pylist()], type=pa.int64())
     values = pc.take(converted, pc.index_in(arrow, value_set=distinct))
     missing = pc.is_null(values).to_numpy(zero_copy_only=False)
     return _nullable_ints(pc.fill_null(values, 0).to_numpy(zero_copy_only=False), missing, text.index, dtype)
 
 
 def _micro_units(cost: str) -> int | None:
-    """A provider cost in integer micro-units; None when not a number or too precise."""
+    """A provider cost in integer micro-units; None when not the grammar or too precise. A cost
+    beyond MAX_CALL_COST becomes COST_BEYOND_RANGE (with its sign) for the range check."""
+    cost = cost.strip()
+    if DECIMAL_NUMBER.fullmatch(cost) is None:
+        return None
     try:
-        return to_micro_units(cost)
+        micro = to_micro_units(cost)
     except MoneyError:
         return None
+    return max(-COST_BEYOND_RANGE, min(micro, COST_BEYOND_RANGE))
 
 
 def _basis_points(percentage: str) -> int | None:
-    """A revenue share percentage in basis points; None when empty, not a number, more than
+    """A revenue share percentage in basis points; None when empty, not the grammar, more than
     two decimals or outside 0-100."""
+    if PERCENTAGE.fullmatch(percentage.strip()) is None:
+        return None
     try:
         points = percent_to_basis_points(percentage)
     except MoneyError:
@@ -192,12 +245,10 @@ def _basis_points(percentage: str) -> int | None:
     return points if 0 <= points <= 10_000 else None
 
 
-def _pattern_check(profile: SourceProfile) -> tuple[str, str, str]:
-    """The row check by pattern, also in the GX suite: (reason code, column, pattern): the
-    currency of a priced file, else the number."""
-    if profile.priced:
-        return "BAD_CURRENCY", "currency", CURRENCY_CODE
-    return "BAD_NUMBER", "destination_party", PHONE_NUMBER
+def _pattern_check(profile: SourceProfile) -> tuple[str, str]:
+    """The row check of the value that prices the call, also in the GX suite: (reason code,
+    column): the currency of a priced file, else the number."""
+    return ("BAD_CURRENCY", "currency") if profile.priced else ("BAD_NUMBER", "destination_party")
 
 
 def _matches(text: pd.Series, pattern: str) -> np.ndarray:
@@ -226,10 +277,15 @@ def _failures(
     )
     fails["BAD_COMPLETION_STATUS"] = typed["completion_status"].isna()
     fails["BAD_REVENUE_SHARE"] = (raw["revenue_share_percentage"] != "") & typed["revenue_share_bp"].isna()
+    fails["BAD_PART_NUMBER"] = ~_matches(raw["transaction_part_number"], PART_NUMBER)
     if profile.priced:
-        fails["BAD_COST"] = typed["provider_cost_micro"].isna()
-    reason, column, pattern = _pattern_check(profile)
-    fails[reason] = ~_matches(raw[column], pattern)
+        cost = typed["provider_cost_micro"]
+        fails["BAD_COST"] = cost.isna()
+        fails["COST_OUT_OF_RANGE"] = cost.abs() > MAX_CALL_COST * MICRO
+        fails["NEGATIVE_COST"] = (cost < 0) & (cost.abs() <= MAX_CALL_COST * MICRO) & (not profile.allow_credits)
+        fails["BAD_CURRENCY"] = ~typed["currency"].isin(iso_currencies()).to_numpy()
+    else:
+        fails["BAD_NUMBER"] = ~_matches(raw["destination_party"], PHONE_NUMBER)
     return fails.fillna(False).astype(bool)
 
 
@@ -237,13 +293,15 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
     """The columns the later stages use, typed; the others stay in the archived file (file, row)."""
     typed = raw[["source", *CARRIED_FIELDS, *LINEAGE_FIELDS]].copy()
     typed["pre_priced"] = profile.priced
+    if profile.priced:
+        typed["currency"] = raw["currency"].str.strip().str.upper()
     typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone, profile.timestamp_format)
     typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit, profile.decimal)
     typed["completion_status"] = parse_statuses(raw["completion_status"])
-    percentages = raw["revenue_share_percentage"].str.replace(profile.decimal, ".", regex=False)
+    percentages = with_decimal_point(raw["revenue_share_percentage"], profile.decimal)
     typed["revenue_share_bp"] = _convert_distinct(percentages, _basis_points, "Int32")
     typed["provider_cost_micro"] = (
-        _convert_distinct(raw["provider_cost"].str.replace(profile.decimal, ".", regex=False), _micro_units, "Int64")
+        _convert_distinct(with_decimal_point(raw["provider_cost"], profile.decimal), _micro_units, "Int64")
         if profile.priced
         else pd.Series(pd.NA, index=raw.index, dtype="Int64")
     )
@@ -345,8 +403,9 @@ def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: Billin
             column="start_utc", min_value=start - tolerance, max_value=end + tolerance, strict_max=True
         ),
     ]
-    _, column, pattern = _pattern_check(profile)
-    return [*checks, expect.ExpectColumnValuesToMatchRegex(column=column, regex=pattern)]
+    if profile.priced:
+        return [*checks, expect.ExpectColumnValuesToBeInSet(column="currency", value_set=sorted(iso_currencies()))]
+    return [*checks, expect.ExpectColumnValuesToMatchRegex(column="destination_party", regex=PHONE_NUMBER)]
 
 
 DATA_DOCS_INDEX = "data_docs/index.html"  # under an ExpectationRunner's results_dir

@@ -1,0 +1,126 @@
+"""Every CDR value that cannot be typed by its column's grammar is a quarantined row with a
+reason; costs in every ISO 4217 currency are exact at any size."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+import pandas as pd
+import pytest
+
+from cdr_billing.canonical import TEXT_FIELDS
+from cdr_billing.config import BillingSettings, SourceProfile
+from cdr_billing.months import BillingMonth
+from cdr_billing.rate import combine_partial_calls, rate_calls
+from cdr_billing.validate import check_rows
+
+RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
+CARRIER = SourceProfile(name="carrier", format="csv", columns={}, priced=False, timezone="UTC")
+PRICED = SourceProfile(name="bridge", format="xlsx", columns={}, priced=True, timezone="UTC")
+MONTH = BillingMonth(2026, 10)
+
+
+def _rows(profile: SourceProfile, column: str, values: list[str]) -> pd.DataFrame:
+    base = dict.fromkeys(TEXT_FIELDS, "")
+    base.update(transaction_id="t", user_id="u1", start_of_usage="2026-10-10T10:00:00Z", duration_of_usage="60",
+                completion_status="1", destination_party="+46701234567", provider_cost="1.00", currency="EUR",
+                source_file="f.csv", source="carrier")  # fmt: skip
+    rows = [{**base, column: value, "transaction_id": f"t{n}", "source_row": n + 2} for n, value in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def _outcomes(profile: SourceProfile, column: str, values: list[str]) -> dict[str, str]:
+    """value -> "" when accepted, else its first reason code."""
+    checked = check_rows(_rows(profile, column, values), profile, MONTH, RULES)
+    reasons = dict(zip(checked.quarantined["source_row"], checked.quarantined["reason_code"], strict=True))
+    return {value: reasons.get(n + 2, "") for n, value in enumerate(values)}
+
+
+def test_durations_follow_their_grammar():
+    outcomes = _outcomes(CARRIER, "duration_of_usage", ["60", "60.0", "0", "1e3", "inf", "nan", "1e400", "-5",
+                                                        "12345678901234567890", "86401", "60.5", "+60", "6 0", ""])  # fmt: skip
+    assert outcomes == {"60": "", "60.0": "", "0": "", "1e3": "BAD_DURATION", "inf": "BAD_DURATION", "nan": "BAD_DURATION",
+                        "1e400": "BAD_DURATION", "-5": "DURATION_OUT_OF_RANGE", "12345678901234567890": "DURATION_OUT_OF_RANGE",
+                        "86401": "DURATION_OUT_OF_RANGE", "60.5": "BAD_DURATION", "+60": "BAD_DURATION",
+                        "6 0": "BAD_DURATION", "": "BAD_DURATION"}  # fmt: skip
+
+
+def test_hms_durations_of_any_size_are_typed_or_out_of_range():
+    profile = SourceProfile(name="pbx", format="csv", columns={}, priced=False, duration_unit="hms", timezone="UTC")
+    outcomes = _outcomes(profile, "duration_of_usage", ["0:01:00", "24:00:00", "24:00:01", "99999999999999999999:00:00",
+                                                        "1:60:00", "1e3", "-0:00:01"])  # fmt: skip
+    assert outcomes == {"0:01:00": "", "24:00:00": "", "24:00:01": "DURATION_OUT_OF_RANGE",
+                        "99999999999999999999:00:00": "DURATION_OUT_OF_RANGE", "1:60:00": "BAD_DURATION",
+                        "1e3": "BAD_DURATION", "-0:00:01": "DURATION_OUT_OF_RANGE"}  # fmt: skip
+
+
+def test_statuses_revenue_shares_and_part_numbers_follow_their_grammar():
+    statuses = _outcomes(CARRIER, "completion_status", ["0", "3", "1.0", "1e0", "4", "-1", "1.5", "01"])
+    assert statuses == {"0": "", "3": "", "1.0": "", "1e0": "BAD_COMPLETION_STATUS", "4": "BAD_COMPLETION_STATUS",
+                        "-1": "BAD_COMPLETION_STATUS", "1.5": "BAD_COMPLETION_STATUS", "01": "BAD_COMPLETION_STATUS"}  # fmt: skip
+    shares = _outcomes(CARRIER, "revenue_share_percentage", ["12.5", "", "100", "1e1", "-5", "100.01", "12.345", "inf"])
+    assert shares == {"12.5": "", "": "", "100": "", "1e1": "BAD_REVENUE_SHARE", "-5": "BAD_REVENUE_SHARE",
+                      "100.01": "BAD_REVENUE_SHARE", "12.345": "BAD_REVENUE_SHARE", "inf": "BAD_REVENUE_SHARE"}  # fmt: skip
+    parts = _outcomes(CARRIER, "transaction_part_number", ["1", "", "10", "1.0", "a", "-1"])
+    assert parts == {"1": "", "": "", "10": "", "1.0": "BAD_PART_NUMBER", "a": "BAD_PART_NUMBER", "-1": "BAD_PART_NUMBER"}
+
+
+def test_costs_follow_their_grammar_and_ceiling():
+    outcomes = _outcomes(PRICED, "provider_cost", ["1.25", "0", "1e3", "inf", "nan", "-5", "9300000000000", "1000000000",
+                                                   "1000000000.000001", "1.1234567", "1,5", ""])  # fmt: skip
+    assert outcomes == {"1.25": "", "0": "", "1e3": "BAD_COST", "inf": "BAD_COST", "nan": "BAD_COST", "-5": "NEGATIVE_COST",
+                        "9300000000000": "COST_OUT_OF_RANGE", "1000000000": "", "1000000000.000001": "COST_OUT_OF_RANGE",
+                        "1.1234567": "BAD_COST", "1,5": "BAD_COST", "": "BAD_COST"}  # fmt: skip
+
+
+def test_a_comma_decimal_file_refuses_points():
+    profile = SourceProfile(name="b", format="csv", columns={}, priced=True, decimal=",", timezone="UTC")
+    assert _outcomes(profile, "provider_cost", ["1,5", "1.500", "1.500,00"]) == {"1,5": "", "1.500": "BAD_COST",
+                                                                              "1.500,00": "BAD_COST"}  # fmt: skip
+
+
+def test_credits_are_accepted_only_where_the_profile_allows_them():
+    profile = SourceProfile(name="b", format="xlsx", columns={}, priced=True, allow_credits=True, timezone="UTC")
+    assert _outcomes(profile, "provider_cost", ["-5", "-1000000001"]) == {"-5": "", "-1000000001": "COST_OUT_OF_RANGE"}
+
+
+def test_currencies_are_iso_4217_codes_in_any_case():
+    outcomes = _outcomes(PRICED, "currency", ["EUR", "clp", "JOD", "EURO", "ABC", "", "XAU", "XTS", "E1R"])
+    assert outcomes == {"EUR": "", "clp": "", "JOD": "", "EURO": "BAD_CURRENCY", "ABC": "BAD_CURRENCY", "": "BAD_CURRENCY",
+                        "XAU": "BAD_CURRENCY", "XTS": "BAD_CURRENCY", "E1R": "BAD_CURRENCY"}  # fmt: skip
+
+
+ONE_RATE = pd.DataFrame(
+    {"prefix": ["1"], "valid_from": [pd.Timestamp("1970-01-01", tz="UTC")], "valid_to": [pd.NaT], "currency": ["EUR"],
+     "band": ["all"], "version_id": [1], "line": [2], "weekday_mask": [127], "start_hour": [0], "end_hour": [24],
+     "price_micro": [1], "fee_micro": [0], "minimum_micro": [0], "first_increment": [1], "next_increment": [1]}
+)  # fmt: skip (the tariff prices none of these pre-priced calls)
+
+
+def _reference_cost(cost: str, markup_percent: str, decimals: int) -> Decimal:
+    """The documented rule, in Decimal: cost x (1 + markup), half up to the minor unit once."""
+    exact = Decimal(cost) * (1 + Decimal(markup_percent) / 100)
+    return exact.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+
+
+@pytest.mark.parametrize(
+    ("cost", "currency", "decimals"),
+    [("1500", "CLP", 0), ("0.0125", "JOD", 3), ("900000000", "EUR", 2), ("999999999.999999", "KWD", 3),
+     ("-1000000000", "SEK", 2), ("0.005", "EUR", 2), ("1000000000", "CLF", 4), ("1.5", "JPY", 0)],
+)  # fmt: skip
+def test_provider_costs_with_markup_are_exact_in_every_currency_and_size(cost, currency, decimals):
+    profile = SourceProfile(name="b", format="xlsx", columns={}, priced=True, allow_credits=True, timezone="UTC")
+    checked = check_rows(_rows(profile, "provider_cost", [cost]).assign(currency=currency), profile, MONTH, RULES)
+    assert checked.quarantined.empty
+    priced, _, _ = rate_calls(checked.accepted, ONE_RATE, RULES, markups={"carrier": 1250})
+    assert priced["cost_minor"].tolist() == [int(_reference_cost(cost, "12.5", decimals).scaleb(decimals))]
+
+
+def test_a_session_is_headed_by_its_earliest_part_by_number_not_text():
+    rows = _rows(CARRIER, "transaction_part_number", ["10", "9", "11"]).assign(
+        session_id="S", completion_status="2", destination_party=["+4510101", "+469999", "+4711111"]
+    )
+    accepted = check_rows(rows, CARRIER, MONTH, RULES).accepted
+    calls, merged = combine_partial_calls(accepted)
+    assert calls["destination_party"].tolist() == ["+469999"] and calls["duration_seconds"].tolist() == [180]
+    assert sorted(merged["transaction_part_number"]) == ["10", "11"]
