@@ -1,10 +1,13 @@
 """Attribute priced calls to who pays: customer id and sequence number (cost center).
 
-Each call is matched against the snapshot valid at its start: the latest one taken at or
-before it; a call older than every snapshot uses the month's own snapshot (the one the month
-is billed with, which a refresh replaces). A user without a cost center is
-billed to the customer's default sequence number. Unknown or not-entitled accounts are never
-billed to a guessed customer: their calls go to suspense.
+A call is billed by the first snapshot, from the one valid at its start (the latest taken at
+or before it; for a call older than every snapshot, the month's) forward to the month's own
+snapshot (the one the month is pinned to, which a refresh replaces), in which its account is
+billable: listed, entitled, with a customer id and a sequence number (its own, else the
+customer's default). So a mid-month cost-center change bills each call as of its time, and a
+correction pinned by a refresh applies to the calls the older snapshots could not bill.
+Accounts no snapshot bills are never billed to a guessed customer: their calls go to
+suspense, with the reason the month's snapshot gives.
 """
 
 from __future__ import annotations
@@ -19,15 +22,31 @@ import pyarrow.compute as pc
 from cdr_billing.frames import rows_where
 
 UNKNOWN_ACCOUNT, NOT_ENTITLED, NO_SEQUENCE_NUMBER = "UNKNOWN_ACCOUNT", "NOT_ENTITLED", "NO_SEQUENCE_NUMBER"
-HELD_REASONS = np.array(["", NOT_ENTITLED, NO_SEQUENCE_NUMBER, UNKNOWN_ACCOUNT])  # a reason's code is its position
+NO_CUSTOMER_ID = "NO_CUSTOMER_ID"
+HELD_REASONS = np.array(["", NOT_ENTITLED, NO_SEQUENCE_NUMBER, UNKNOWN_ACCOUNT, NO_CUSTOMER_ID])  # a code is its position
+UNKNOWN = 3
+
+
+def snapshot_order(history: pd.DataFrame, month_snapshot: int) -> pd.DataFrame:
+    """The snapshots a month's calls may be billed by, oldest first (by taken_at, then id), up to
+    the month's own."""
+    snapshots = history[["snapshot_id", "taken_at"]].drop_duplicates().sort_values(["taken_at", "snapshot_id"])
+    last = int(np.flatnonzero(snapshots["snapshot_id"].to_numpy() == month_snapshot)[0])
+    return snapshots.iloc[: last + 1].reset_index(drop=True)
+
+
+def first_snapshot(starts_utc: pd.Series, order: pd.DataFrame) -> np.ndarray:
+    """Each call's position in `order` of the snapshot valid at its start: the latest taken at
+    or before it, else the month's (the last)."""
+    taken = order["taken_at"].astype("int64").to_numpy()
+    position = np.searchsorted(taken, starts_utc.astype("int64").to_numpy(), side="right") - 1
+    return np.where(position >= 0, position, len(order) - 1)
 
 
 def snapshot_at(starts_utc: pd.Series, history: pd.DataFrame, month_snapshot: int) -> np.ndarray:
     """The snapshot id valid at each moment: the latest taken at or before it, else the month's."""
-    snapshots = history[["snapshot_id", "taken_at"]].drop_duplicates().sort_values(["taken_at", "snapshot_id"])
-    taken = snapshots["taken_at"].astype("int64").to_numpy()
-    position = np.searchsorted(taken, starts_utc.astype("int64").to_numpy(), side="right") - 1
-    return np.where(position >= 0, snapshots["snapshot_id"].to_numpy()[np.maximum(position, 0)], month_snapshot)
+    order = snapshot_order(history, month_snapshot)
+    return order["snapshot_id"].to_numpy()[first_snapshot(starts_utc, order)]
 
 
 def account_rows(user_ids: pd.Series, snapshots: np.ndarray, history: pd.DataFrame) -> np.ndarray:
@@ -48,7 +67,8 @@ def _account_terms(history: pd.DataFrame) -> pd.DataFrame:
     HELD_REASONS code; 0: billed), and a number for its (customer, sequence number, account)."""
     own = history["sequence_number"].fillna("")
     sequence = own.where(own != "", history["default_sequence_number"]).fillna("")
-    held = np.select([~history["entitled"].to_numpy(bool), (sequence == "").to_numpy()], [1, 2], 0)
+    no_customer = (history["customer_id"].fillna("") == "").to_numpy()
+    held = np.select([~history["entitled"].to_numpy(bool), no_customer, (sequence == "").to_numpy()], [1, 4, 2], 0)
     terms = history[["customer_id", "last_login", "account_id"]].assign(
         sequence_number=sequence, used_default_sequence=own == "", held=held
     )
@@ -83,11 +103,30 @@ class Attribution(NamedTuple):
     user_codes: np.ndarray
 
 
+def _billing_snapshots(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int, terms: pd.DataFrame):
+    """Per call: the snapshot that bills it (module docstring), its row in `history` and why it
+    is held (a HELD_REASONS code, 0: billed); a call no snapshot bills keeps the month's
+    snapshot's row and reason. Most calls are billed by their first snapshot: later ones are
+    looked at for the rest only."""
+    order = snapshot_order(history, month_snapshot)
+    first = first_snapshot(priced["start_utc"], order)
+    snapshots, rows = order["snapshot_id"].to_numpy()[first], np.full(len(priced), -1, dtype=np.int64)
+    reasons, pending = np.full(len(priced), UNKNOWN, dtype=np.int64), np.arange(len(priced))
+    for position in range(int(first.min(initial=len(order))), len(order)):
+        trying = pending[first[pending] <= position]
+        snapshots[trying] = order["snapshot_id"].iloc[position]
+        users = priced["user_id"] if len(trying) == len(priced) else priced["user_id"].iloc[trying]  # no copy: the usual case
+        rows[trying] = account_rows(users, snapshots[trying], history)
+        reasons[trying] = np.where(rows[trying] >= 0, terms["held"].to_numpy()[np.maximum(rows[trying], 0)], UNKNOWN)
+        pending = pending[reasons[pending] != 0]
+    return snapshots, rows, reasons
+
+
 def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int) -> Attribution:
-    """Attribute each call to the account terms valid at its start, or set it aside in suspense."""
-    snapshots = snapshot_at(priced["start_utc"], history, month_snapshot)
-    rows, terms = account_rows(priced["user_id"], snapshots, history), _account_terms(history)
-    reasons = np.where(rows >= 0, terms["held"].to_numpy()[np.maximum(rows, 0)], 3)
+    """Attribute each call to the first snapshot that bills its account (module docstring), or
+    set it aside in suspense."""
+    terms = _account_terms(history)
+    snapshots, rows, reasons = _billing_snapshots(priced, history, month_snapshot, terms)
     billed, held = reasons == 0, reasons != 0
     attributed = _with_terms(rows_where(priced, billed), snapshots[billed], rows[billed], terms)
     suspense = _with_terms(rows_where(priced, held), snapshots[held], rows[held], terms)

@@ -135,3 +135,13 @@ def record_reconciliation(engine: Engine, source: str, name: str, sha256: str, c
             .where(cdr_file.c.source == source, cdr_file.c.name == name, cdr_file.c.sha256 == sha256)
             .values(**counts)
         )
+
+
+def delivery_order(engine: Engine, files: list[dict]) -> list[dict]:
+    """CDR files (dicts with source, name, sha256) in the order their calls were delivered: the
+    ledger's first-seen time, then source and name. It is the same whether a file comes from a
+    server or the archive, and whatever order the servers list files in: first delivery wins by it."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(cdr_file.c.source, cdr_file.c.name, cdr_file.c.sha256, cdr_file.c.first_seen)).all()
+    first_seen = {(r.source, r.name, r.sha256): r.first_seen for r in rows}
+    return sorted(files, key=lambda f: (first_seen[(f["source"], f["name"], f["sha256"])], f["source"], f["name"]))

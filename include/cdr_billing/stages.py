@@ -310,17 +310,16 @@ def load_references(meta: Meta, config: PipelineConfig | None = None) -> dict[st
 
 
 def dedupe_calls(meta: Meta, validated: list[dict[str, Any]], config: PipelineConfig | None = None) -> Meta:
-    """Drop calls delivered again in a later file of the month (first delivery wins, in file
-    order); combine the parts of partial calls month-wide (a session may span files); reconcile
+    """Drop calls delivered again in a later file of the month (first delivery wins, in the
+    ledger's delivery order); combine the parts of partial calls month-wide (a session may span files); reconcile
     every file's rows and record them in the ledger."""
     config = config or load_config()
-    order = [f["sha256"] for f in cdr_files(meta)]
-    parts = sorted(validated, key=lambda part: order.index(part["sha256"]))
+    engine = database.billing_engine(config.billing.connection)
+    parts = ledger.delivery_order(engine, validated)
     repeated_rows = dedupe.repeated_per_file(
         [_read_part(meta, part, "call_hashes")["hash"].to_numpy() for part in parts],
         lambda n, rows: _read_part(meta, parts[n], "accepted", dedupe.CALL_KEY, rows),
     )
-    engine = database.billing_engine(config.billing.connection)
     partial = []  # parts of partial calls, from every file: a session may span files
     for i, (part, again) in enumerate(zip(parts, repeated_rows, strict=True)):
         positions, in_session = dedupe.set_aside(_read_part(meta, part, "partial_parts"), again)

@@ -86,3 +86,38 @@ def test_stale_accounts_are_flagged(tmp_path):
     )
     assert stale_accounts(attributed, pd.Timestamp("2026-05-01", tz="UTC")) == [
         {"account_id": "0002", "customer_id": "C1", "last_login": "2020-01-01", "calls": 1}]  # fmt: skip
+
+
+CORRECTED = SNAPSHOT.replace("0003,c@x,C2,201,200,false", "0003,c@x,C2,201,200,true") + "0404,d@x,C3,301,300,true,2026-11-01\n"
+
+
+def test_a_correction_pinned_by_a_refresh_bills_what_the_older_snapshots_could_not(tmp_path):
+    """0003 (not entitled) and 0404 (unknown) in the October snapshots, fixed in a November one
+    that the month is pinned to: their calls are billed by it; 0001's cost-center change on the
+    15th still bills each of its calls as of its time."""
+    moved = SNAPSHOT.replace("0001,a@x,C1,101", "0001,a@x,C1,102")
+    snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT), ("entitlements_2026-10-15.csv", moved),
+                        ("entitlements_2026-11-03.csv", CORRECTED))  # fmt: skip
+    month_calls = calls(("0001", "2026-10-05"), ("0001", "2026-10-20"), ("0003", "2026-10-05"), ("0404", "2026-10-20"))
+    attributed, suspense, _ = attribute_calls(month_calls, snapshots, 3)
+    assert attributed[["user_id", "customer_id", "sequence_number", "entitlement_snapshot"]].values.tolist() == [
+        ["0001", "C1", "101", 1], ["0001", "C1", "102", 2], ["0003", "C2", "201", 3], ["0404", "C3", "301", 3],
+    ]  # fmt: skip
+    assert suspense.empty
+    attributed, suspense, _ = attribute_calls(month_calls, snapshots[snapshots["snapshot_id"] < 3], 2)  # not refreshed
+    assert suspense[["user_id", "reason_code"]].values.tolist() == [["0003", "NOT_ENTITLED"], ["0404", "UNKNOWN_ACCOUNT"]]
+
+
+def test_an_account_revoked_mid_month_is_not_billed_by_an_older_snapshot(tmp_path):
+    revoked = SNAPSHOT.replace("0001,a@x,C1,101,100,true", "0001,a@x,C1,101,100,false")
+    snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT), ("entitlements_2026-10-15.csv", revoked))
+    attributed, suspense, _ = attribute_calls(calls(("0001", "2026-10-05"), ("0001", "2026-10-20")), snapshots, 2)
+    assert attributed["start_utc"].dt.day.tolist() == [5]
+    assert suspense[["user_id", "reason_code", "entitlement_snapshot"]].values.tolist() == [["0001", "NOT_ENTITLED", 2]]
+
+
+def test_an_entitled_account_without_a_customer_id_is_held(tmp_path):
+    snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT.replace("0001,a@x,C1,", "0001,a@x,,")))
+    attributed, suspense, _ = attribute_calls(calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), snapshots, 1)
+    assert attributed["user_id"].tolist() == ["0002"]
+    assert suspense[["user_id", "reason_code"]].values.tolist() == [["0001", "NO_CUSTOMER_ID"]]
