@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from iso4217 import Currency
+
 from cdr_billing.months import BillingMonth
 from cdr_devkit.airflow_env import ALLOCATOR_SETTINGS
 from cdr_devkit.bench_data import MONTH, BenchMonth, ensure_month, month_dir
@@ -312,24 +314,29 @@ WITH raw AS (
              THEN timezone({_quote(profile.timezone)},
                            TIMESTAMP '1899-12-30' + to_seconds(round_even(try_cast(start_text AS DOUBLE) * 86400, 0)))
              ELSE try_cast(start_text AS TIMESTAMPTZ) END AS start_utc,
-        try_cast(duration_text AS DOUBLE) AS seconds,
-        try_cast(status_text AS DOUBLE) AS status_number
+        -- the grammar of check_rows: whole seconds are digits (a "-" allowed, then out of range), ".0" allowed
+        CASE WHEN regexp_full_match(duration_text, '-?[0-9]+(\\.0+)?')
+             THEN try_cast(regexp_replace(duration_text, '\\.0+$', '') AS DOUBLE) END AS seconds,
+        CASE WHEN regexp_full_match(status_text, '[0-3](\\.0+)?') THEN CAST(left(status_text, 1) AS TINYINT) END
+            AS status_number
     FROM raw
 )
 SELECT {_quote(SOURCE)} AS source, transaction_id, session_id, user_id, start_utc,
-       CASE WHEN isfinite(seconds) AND seconds = floor(seconds) THEN seconds::BIGINT END AS duration_seconds,
-       CASE WHEN status_number IN (0, 1, 2, 3) THEN status_number::TINYINT END AS completion_status,
+       CASE WHEN seconds BETWEEN 0 AND {int(rules.max_call_seconds)} THEN seconds::BIGINT END AS duration_seconds,
+       status_number AS completion_status,
        destination_party, part_number,
        coalesce(NOT (
            transaction_id <> ''                                                  -- MISSING_TRANSACTION_ID
            AND user_id <> ''                                                     -- MISSING_ACCOUNT
            AND start_utc IS NOT NULL                                             -- BAD_TIMESTAMP
            AND start_utc >= {month_start} AND start_utc < {month_end}            -- OUTSIDE_MONTH
-           AND isfinite(seconds) AND seconds = floor(seconds)                    -- BAD_DURATION
+           AND seconds IS NOT NULL                                               -- BAD_DURATION
            AND seconds BETWEEN 0 AND {int(rules.max_call_seconds)}               -- DURATION_OUT_OF_RANGE
-           AND status_number IN (0, 1, 2, 3)                                     -- BAD_COMPLETION_STATUS
+           AND status_number IS NOT NULL                                         -- BAD_COMPLETION_STATUS
+           AND regexp_full_match(part_number, '[0-9]*')                          -- BAD_PART_NUMBER
            AND (share_text = '' OR (                                             -- BAD_REVENUE_SHARE: 0-100, two decimals
-                try_cast(share_text AS DECIMAL(38, 10)) BETWEEN 0 AND 100
+                regexp_full_match(share_text, '[0-9]+(\\.[0-9]+)?')
+                AND try_cast(share_text AS DECIMAL(38, 10)) BETWEEN 0 AND 100
                 AND try_cast(share_text AS DECIMAL(38, 2)) = try_cast(share_text AS DECIMAL(38, 10))))
            AND regexp_full_match(destination_party, '\\+?[0-9]{{4,17}}')        -- BAD_NUMBER
        ), true) AS rejected
@@ -343,9 +350,12 @@ WITH accepted AS (
     SELECT rowid AS rid, * EXCLUDE (rejected) FROM checked WHERE NOT rejected  -- rowid: file order, then row order
 ), firsts AS (  -- the first of each (source, transaction id)
     SELECT * FROM accepted QUALIFY row_number() OVER (PARTITION BY source, transaction_id ORDER BY rid) = 1
-), parts AS (  -- partial calls: one per session, the first part by start, then part number; durations summed
+), parts AS (  -- partial calls: one per session, the first by start, part number as a number, id; durations summed
     SELECT *,
-        row_number() OVER (PARTITION BY source, session_id ORDER BY start_utc, part_number, rid) AS part_rank,
+        row_number() OVER (
+            PARTITION BY source, session_id
+            ORDER BY start_utc, length(ltrim(part_number, '0')), ltrim(part_number, '0'), transaction_id
+        ) AS part_rank,
         sum(duration_seconds) OVER (PARTITION BY source, session_id) AS session_seconds,
         count(*) OVER (PARTITION BY source, session_id) AS session_parts
     FROM firsts WHERE completion_status = 2 AND session_id <> ''
@@ -356,6 +366,12 @@ UNION ALL
 SELECT rid, user_id, start_utc, session_seconds, completion_status, destination_party, session_parts
 FROM parts WHERE part_rank = 1
 """
+
+
+def _micro_per_minor_sql(currency: str) -> str:
+    """Micro-units per minor unit of a currency, from ISO 4217 (the iso4217 package, as the project)."""
+    cases = " ".join(f"WHEN {_quote(c.code)} THEN {10 ** (6 - c.exponent)}" for c in Currency if c.exponent is not None)
+    return f"CASE {currency} {cases} END"
 
 
 def _reference_sql(tariff_path: Path, entitlements_path: Path, columns: set[str], config) -> list[str]:
@@ -378,8 +394,7 @@ SELECT rowid + 2 AS tariff_row, ltrim(trim(prefix), '+') AS prefix,  -- tariff_r
        {micro("minimum_charge")} AS minimum_micro,
        CAST(trim(first_increment) AS BIGINT) AS first_increment, CAST(trim(next_increment) AS BIGINT) AS next_increment,
        upper(trim(currency)) AS currency,
-       CASE WHEN upper(trim(currency)) IN ('JPY', 'KRW', 'ISK') THEN 1000000  -- the minor units of cdr_billing.money
-            WHEN upper(trim(currency)) IN ('BHD', 'KWD', 'OMR', 'TND') THEN 1000 ELSE 10000 END AS micro_per_minor,
+       {_micro_per_minor_sql("upper(trim(currency))")} AS micro_per_minor,
        coalesce(timezone({zone}, CAST({optional("valid_from")} AS TIMESTAMP)), TIMESTAMPTZ '1970-01-01 00:00:00+00')
            AS valid_from,
        coalesce(timezone({zone}, CAST({optional("valid_to")} AS TIMESTAMP)), TIMESTAMPTZ 'infinity') AS valid_to,
@@ -443,7 +458,7 @@ WITH numbers AS (
 SELECT c.rid, c.parts,
     CASE WHEN c.completion_status = 0 THEN 'not_billable'
          WHEN p.rid IS NULL THEN 'unbillable'
-         WHEN e.account_id IS NULL OR NOT e.entitled OR e.sequence_number = '' THEN 'suspense'
+         WHEN e.account_id IS NULL OR NOT e.entitled OR e.customer_id = '' OR e.sequence_number = '' THEN 'suspense'
          ELSE 'billed' END AS outcome,
     e.customer_id, e.sequence_number, p.currency, p.cost_minor, p.billed_seconds
 FROM calls c LEFT JOIN costed p USING (rid) LEFT JOIN entitlements e ON e.account_id = c.user_id
