@@ -30,3 +30,14 @@ def test_loads_add_versions_and_keep_history(postgres, tmp_path):
     assert after[after["version_id"] == v1].reset_index(drop=True).equals(before.reset_index(drop=True))
     new = after[after["version_id"] == v2].iloc[0]
     assert (new["prefix"], new["price_micro"], str(new["valid_from"])) == ("467", 70_000, "2026-10-31 23:00:00+00:00")
+
+
+def test_a_stored_rate_keeps_its_normalised_prefix_and_the_moment_as_written(postgres, tmp_path):
+    engine = create_engine(postgres.url_of(postgres.create_database("tariff_normalised")))
+    upgrade(engine)
+    path = tmp_path / "tariff_denmark.csv"
+    path.write_text(HEADER + "0045,Denmark,0.0300,,60,60,,dkk,2026-10-25T02:30:00+01:00\n")
+    load_file(engine, path, RULES)
+    stored = all_rates(engine).iloc[0]
+    assert (stored["prefix"], stored["currency"], stored["fee_micro"]) == ("45", "DKK", 0)
+    assert str(stored["valid_from"]) == "2026-10-25 01:30:00+00:00"
