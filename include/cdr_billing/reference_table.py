@@ -73,7 +73,7 @@ def _read_csv(path: Path, text: str, error: type[ValueError]) -> pd.DataFrame:
     header = next(reader, None)
     if header is None:
         raise error(f"{path.name}: the file is empty (no header line)")
-    repeated = sorted({name for name in header if header.count(name) > 1})
+    repeated = sorted({name for name in header if name and header.count(name) > 1})  # unnamed columns are ignored
     if repeated:
         raise error(f"{path.name} line 1: columns {repeated} appear more than once in the header")
     rows, lines, line = [], [], reader.line_num
@@ -85,5 +85,4 @@ def _read_csv(path: Path, text: str, error: type[ValueError]) -> pd.DataFrame:
             raise error(f"{path.name} line {first_line}: {len(row)} values, the header has {len(header)} columns")
         rows.append(row + [""] * (len(header) - len(row)))
         lines.append(first_line)
-    columns = {name: [row[n] for row in rows] for n, name in enumerate(header)}
-    return pd.DataFrame(columns, index=pd.Index(lines, dtype="int64"), columns=header, dtype="str")
+    return pd.DataFrame(rows, index=pd.Index(lines, dtype="int64"), columns=header, dtype="str")

@@ -240,7 +240,7 @@ def _parse_row(line: int, written: dict[str, str], columns: tuple[_Column, ...],
     return row if len(problems) == known else None
 
 
-NEVER = pd.Timestamp.max.tz_localize("UTC")
+NEVER = pd.Timestamp(datetime.max.replace(tzinfo=UTC))  # no written moment is later
 
 
 def _overlap(a: dict, b: dict) -> bool:

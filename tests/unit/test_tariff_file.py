@@ -277,6 +277,18 @@ def test_a_row_with_more_values_than_the_header_is_refused(tmp_path):
     assert "tariff.csv line 3: 15 values, the header has 14 columns" in refusal(path)
 
 
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "tariff.csv"
+    path.write_text(",".join([*COLUMNS, "currency"]) + "\n" + row() + ",SEK\n", encoding="utf-8")
+    assert "tariff.csv line 1: columns ['currency'] appear more than once in the header" in refusal(path)
+
+
+def test_unnamed_columns_are_ignored(tmp_path):
+    path = tmp_path / "tariff.csv"
+    path.write_text(",".join([*COLUMNS, "", ""]) + "\n" + row() + ",,\n", encoding="utf-8")
+    assert read_tariff_file(path, RULES)["prefix"].tolist() == ["46"]
+
+
 def test_up_to_ten_bad_values_are_named_in_one_message(tmp_path):
     message = refusal(write(tmp_path, *(row(prefix=str(40 + n), currency="EURO") for n in range(12))))
     assert [line.split(":")[0] for line in message.splitlines()[:10]] == [f"tariff.csv line {n}" for n in range(2, 12)]
