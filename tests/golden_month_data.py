@@ -5,6 +5,7 @@ pipeline.yaml expects):
   cdr/conferencing/conferencing_cdr_2026-03.xlsx  priced legs (local times), CLP EUR SEK JOD KWD BHD
   cdr/carrier/carrier_cdr_202603_a.csv            tariff-priced carrier calls (UTC)
   cdr/carrier/carrier_cdr_202603_b.csv            a second carrier file: a session's 2nd part, re-deliveries
+  cdr/credits/credits_cdr_2026-03.xlsx            priced legs of a source whose profile allows credits
   reference/tariff_2026-03-01.csv                 the month's tariff (the newest version)
   reference/entitlements_2026-03-04.csv, _2026-03-18.csv (mid-month), _2026-04-02.csv (pinned first)
 and beside it (not on the servers until the test puts them there):
@@ -38,6 +39,7 @@ ENTITLEMENT_FIELDS = (
 )  # fmt: skip
 CARRIER_FILES = ("carrier_cdr_202603_a.csv", "carrier_cdr_202603_b.csv")
 CONFERENCING_FILE = "conferencing_cdr_2026-03.xlsx"
+CREDITS_FILE = "credits_cdr_2026-03.xlsx"  # the conferencing layout, from a source whose profile allows credits
 SNAPSHOTS = ("entitlements_2026-03-04.csv", "entitlements_2026-03-18.csv", "entitlements_2026-04-02.csv")
 CORRECTION = "entitlements_2026-04-15.csv"
 TARIFF_FILE, OLDER_TARIFF = "tariff_2026-03-01.csv", "older_tariff.csv"
@@ -343,6 +345,20 @@ def conferencing_legs(rng: random.Random) -> list[list]:
     return legs
 
 
+def credit_legs() -> list[list]:
+    """Legs of the source that allows credits: negative costs round half away from zero."""
+    return [
+        leg("CR-CLP", "2026-03-10 10:00:00", 60, "-1500", "CLP"),  # -1687.5 -> -1688
+        leg("CR-JOD", "2026-03-10 11:00:00", 60, "-0.0125", "JOD"),  # -0.0140625 -> -0.014
+        leg("CR-EUR", "2026-03-10 12:00:00", 60, "-5.00", "EUR"),  # -5.625 -> -5.63
+        leg("CR-KWD", "2026-03-10 13:00:00", 60, "-0.004", "KWD"),  # -0.0045 -> -0.005
+        leg("CR-charge", "2026-03-10 14:00:00", 60, "5.00", "EUR"),  # a charge: 5.625 -> 5.63
+        leg("CR-over-1G", "2026-03-10 15:00:00", 60, "-2000000000", "EUR"),  # COST_OUT_OF_RANGE
+        leg("CR-bad-cost", "2026-03-10 16:00:00", 60, "-1e3", "EUR"),  # BAD_COST
+        leg("CL-CLP-1500", "2026-03-10 17:00:00", 60, "-1500", "CLP"),  # the conferencing source's id: no duplicate
+    ]
+
+
 def write_conferencing(path: Path, legs: list[list]) -> None:
     """The provider's export: title rows above the header, local times, costs as text."""
     from openpyxl import Workbook
@@ -371,6 +387,7 @@ def write_golden_month(root: Path, extras: Path) -> None:
     write_csv(root / "cdr/carrier" / CARRIER_FILES[0], CARRIER_FIELDS, file_a)
     write_csv(root / "cdr/carrier" / CARRIER_FILES[1], CARRIER_FIELDS, file_b_rows() + filler_rows(rng, "FB", 40))
     write_conferencing(root / "cdr/conferencing" / CONFERENCING_FILE, conferencing_legs(rng))
+    write_conferencing(root / "cdr/credits" / CREDITS_FILE, credit_legs())
     write_csv(root / "reference" / TARIFF_FILE, TARIFF_FIELDS, [dict(zip(TARIFF_FIELDS, r, strict=True)) for r in TARIFF])
     write_csv(extras / OLDER_TARIFF, TARIFF_FIELDS, [dict(zip(TARIFF_FIELDS, r, strict=True)) for r in OLDER])
     for index, name in enumerate(SNAPSHOTS):

@@ -81,11 +81,13 @@ def to_minor(amount: Decimal, currency: str) -> int:
 
 @dataclass(frozen=True)
 class Delivered:
-    """One CDR file as delivered: its source, name, when the ledger first saw it, and path."""
+    """One CDR file as delivered: its source, name, when the ledger first saw it, and path;
+    allow_credits: its source's profile bills negative costs as credits."""
 
     source: str
     path: Path
     first_seen: datetime
+    allow_credits: bool = False
 
     @property
     def name(self) -> str:
@@ -161,8 +163,9 @@ def check_revenue_share(text: str) -> None:
         raise Quarantine("BAD_REVENUE_SHARE")
 
 
-def parse_cost(text: str, decimal_separator: str = ".") -> Decimal:
-    """A provider cost: -?digits(.digits)? with at most six decimals, |cost| <= 10^9, not negative."""
+def parse_cost(text: str, allow_credits: bool = False, decimal_separator: str = ".") -> Decimal:
+    """A provider cost: -?digits(.digits)? with at most six decimals, |cost| <= 10^9, negative
+    only where the profile allows credits."""
     if decimal_separator != ".":
         text = text.replace(".", "#").replace(decimal_separator, ".")
     if not DECIMAL_WRITTEN.fullmatch(text) or len(text.partition(".")[2]) > MAX_COST_DECIMALS:
@@ -170,7 +173,7 @@ def parse_cost(text: str, decimal_separator: str = ".") -> Decimal:
     cost = Decimal(text)
     if abs(cost) > MAX_COST:
         raise Quarantine("COST_OUT_OF_RANGE")
-    if cost < 0:
+    if cost < 0 and not allow_credits:
         raise Quarantine("NEGATIVE_COST")
     return cost
 
@@ -232,26 +235,32 @@ def conferencing_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
     return rows
 
 
-def conferencing_cdr(file: str, number: int, row: dict[str, object], year: int, month: int) -> Cdr:
-    """A conferencing leg, typed (local times, always completed); raises Quarantine."""
+def conferencing_cdr(source: str, file: str, number: int, row: dict[str, object], year: int, month: int,
+                     allow_credits: bool) -> Cdr:  # fmt: skip
+    """A leg of a conferencing-layout export, typed (local times, always completed); raises Quarantine."""
     start_value = row["Start Time"]
     if not isinstance(start_value, datetime):
         raise Quarantine("BAD_TIMESTAMP")
     start = start_value.replace(tzinfo=BILLING_ZONE).astimezone(UTC)
     in_month(start, year, month)
     seconds = parse_seconds(_text(row["Duration (sec)"]))
-    cost = parse_cost(_text(row["Cost"]))
+    cost = parse_cost(_text(row["Cost"]), allow_credits)
     currency = parse_currency(_text(row["Currency"]))
-    return Cdr("conferencing", file, number, _text(row["Leg ID"]), _text(row["Conference ID"]), None, 1, start, seconds,
+    return Cdr(source, file, number, _text(row["Leg ID"]), _text(row["Conference ID"]), None, 1, start, seconds,
                _text(row["PGIConnect ID"]), cost=cost, currency=currency)  # fmt: skip
 
 
 def read_file(delivered: Delivered, year: int, month: int) -> tuple[list[Cdr], dict[tuple[str, int], str]]:
-    """A file's valid CDRs and its quarantined rows {(file, row): reason}."""
+    """A file's valid CDRs and its quarantined rows {(file, row): reason}; sources other than
+    the carrier are exports in the conferencing layout."""
     if delivered.source == "carrier":
         rows, typed = carrier_rows(delivered.path), carrier_cdr
     else:
-        rows, typed = conferencing_rows(delivered.path), conferencing_cdr
+        rows = conferencing_rows(delivered.path)
+
+        def typed(file: str, number: int, row: dict, year: int, month: int) -> Cdr:
+            return conferencing_cdr(delivered.source, file, number, row, year, month, delivered.allow_credits)
+
     cdrs, quarantined = [], {}
     for number, row in rows:
         try:

@@ -26,7 +26,7 @@ from cdr_devkit.airflow_env import PROJECT_ROOT, load_dag, run_dag
 from cdr_devkit.services import LocalServices, connection_env, smtp_connection
 
 MONTH = "2026-03"
-MARKUPS = {"conferencing": Decimal("12.5")}
+MARKUPS = {"conferencing": Decimal("12.5"), "credits": Decimal("12.5")}
 
 
 @dataclass
@@ -42,16 +42,31 @@ class Golden:
 
 
 def golden_config(folder: Path) -> Path:
-    """The shipped pipeline.yaml for the golden month: two sources (conferencing with a 12.5 %
-    markup), its own work and archive roots, no file refused for its rejected rows (the oracle judges each row)."""
+    """The shipped pipeline.yaml for the golden month: conferencing and carrier, plus a source
+    in the conferencing layout whose profile allows credits (both priced ones with a 12.5 %
+    markup), its own work and archive roots, no file refused for its rejected rows (the oracle
+    judges each row)."""
+    profiles = yaml.safe_load((PROJECT_ROOT / "include/config/profiles.yaml").read_text())
+    profiles["credits_xlsx"] = {**profiles["conferencing_xlsx"], "allow_credits": True}
     raw = yaml.safe_load((PROJECT_ROOT / "include/config/pipeline.yaml").read_text())
     sources = {s["name"]: s for s in raw["sources"]}
-    raw["sources"] = [{**sources["conferencing"], "markup_percent": str(MARKUPS["conferencing"])}, sources["carrier"]]
+    credits = {
+        "name": "credits",
+        "profile": "credits_xlsx",
+        "remote_dir": "/cdr/credits",
+        "pattern": "credits_cdr_{yyyy}-{mm}*.xlsx",
+    }
+    raw["sources"] = [
+        {**sources["conferencing"], "markup_percent": str(MARKUPS["conferencing"])},
+        sources["carrier"],
+        {**credits, "markup_percent": str(MARKUPS["credits"])},
+    ]
     raw["billing"]["max_rejected_share"] = 1.0
     raw["work_root"] = str(folder / "work")
     raw["archive_root"] = str(folder / "archive")
-    raw["profiles_file"] = str(PROJECT_ROOT / "include/config/profiles.yaml")
+    raw["profiles_file"] = "profiles.yaml"
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "profiles.yaml").write_text(yaml.safe_dump(profiles))
     (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
     return folder / "pipeline.yaml"
 
@@ -175,8 +190,15 @@ def expected(golden: Golden, snapshots: list[Path]) -> MonthBill:
     files = [
         Delivered("carrier", golden.delivered / "cdr/carrier" / name, seen[("carrier", name)]) for name in data.CARRIER_FILES
     ]
-    files.append(Delivered("conferencing", golden.delivered / "cdr/conferencing" / data.CONFERENCING_FILE,
-                           seen[("conferencing", data.CONFERENCING_FILE)]))  # fmt: skip
+    files.append(
+        Delivered(
+            "conferencing",
+            golden.delivered / "cdr/conferencing" / data.CONFERENCING_FILE,
+            seen[("conferencing", data.CONFERENCING_FILE)],
+        )
+    )
+    files.append(Delivered("credits", golden.delivered / "cdr/credits" / data.CREDITS_FILE, seen[("credits", data.CREDITS_FILE)],
+                           allow_credits=True))  # fmt: skip
     tariffs = [golden.extras / data.OLDER_TARIFF, golden.delivered / "reference" / data.TARIFF_FILE]
     return bill_month(2026, 3, files, tariffs, snapshots, MARKUPS)
 
@@ -213,7 +235,8 @@ def _report(found: dict[str, list[str]]) -> str:
 
 
 def test_the_oracle_applies_the_documented_examples():
-    """Rule 2's examples, so the oracle is checked before it judges the engine."""
+    """Rule 2's examples (and a credit's rounding), so the oracle is checked before it judges the engine."""
+    assert billed_priced_cost(Decimal("-1500"), "CLP", Decimal("12.5")) == Decimal("-1688")
     assert billed_priced_cost(Decimal("1500"), "CLP", Decimal("12.5")) == Decimal("1688")
     assert billed_priced_cost(Decimal("0.0125"), "JOD", Decimal("12.5")) == Decimal("0.014")
     assert billed_priced_cost(Decimal("900000000"), "EUR", Decimal("12.5")) == Decimal("1012500000.00")
@@ -252,7 +275,10 @@ def test_c_a_correction_snapshot_bills_the_fixed_accounts_on_a_refresh(golden, d
     bill = expected(golden, [*first_snapshots(golden), golden.extras / data.CORRECTION])
     fixed = before.suspense - bill.suspense
     assert {tx for _, tx in fixed} == {"SU-unknown-06", "SU-unknown-19", "SU-noseq-07", "SU-nocust-08", "CL-fixed-12"}
-    assert fixed <= set(bill.calls)  # the oracle bills them now
+    assert fixed <= set(bill.calls)  # the oracle bills them now, and so must the engine:
+    assert {key: loaded_calls(golden.engine).get(key) for key in fixed} == {
+        key: (c.customer_id, c.sequence_number, c.currency, c.cost, c.seconds) for key, c in bill.calls.items() if key in fixed
+    }
     suspense_after = loaded_exceptions(golden.engine, "suspense")
     assert suspense_after == suspense_before - {tx for _, tx in fixed}
     found = disagreements(golden, bill, run.run_id)
