@@ -60,9 +60,14 @@ def aggregate_lines(user_lines: pd.DataFrame) -> pd.DataFrame:
 
 
 def call_totals(attributed: pd.DataFrame) -> pd.DataFrame:
-    """The billed calls' cost per currency, to prove the lines against."""
-    totals = checked_sums(attributed, ["currency"], ["cost_minor"], "the month's calls")
-    return totals.rename(columns={"cost_minor": "total_minor"})
+    """The billed calls' cost per currency, to prove the lines against; and the credits among
+    them (negative provider costs, where a source's profile allows them)."""
+    cost = attributed["cost_minor"].astype("int64")
+    credit = cost < 0
+    frame = attributed[["currency"]].assign(
+        total_minor=cost, credit_calls=credit.astype("int64"), credit_minor=cost.where(credit, 0)
+    )
+    return checked_sums(frame, ["currency"], ["total_minor", "credit_calls", "credit_minor"], "the month's calls")
 
 
 def revenue_share_sums(attributed: pd.DataFrame) -> pd.DataFrame:

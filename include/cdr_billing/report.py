@@ -127,6 +127,15 @@ def unbillable_ranges(unbillable: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
+def credits(call_totals: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per currency, the billed calls with a negative cost (credits) and their sum."""
+    summed = call_totals.groupby("currency", sort=True)[["credit_calls", "credit_minor"]].sum().reset_index()
+    return [
+        {"currency": r.currency, "calls": int(r.credit_calls), "total": str(from_minor_units(int(r.credit_minor), r.currency))}
+        for r in summed[summed["credit_calls"] > 0].itertuples()
+    ]
+
+
 def suspense_accounts(suspense: pd.DataFrame) -> list[dict[str, Any]]:
     """Accounts whose calls are in suspense, with the reason and the number of calls."""
     if suspense.empty:
@@ -161,6 +170,9 @@ def render_text(report: dict[str, Any]) -> str:
                 f"  {item['service_provider']:<16}{item['currency']:<5}{item['share_percent']:>6}% of {item['billed']:>12}"
                 f" = {item['share']:>10} ({item['calls']} calls)"
             )
+    if report.get("credits"):
+        out += ["", "Credits (negative provider costs, billed as credits):"]
+        out += [f"  {item['currency']:<5}{item['total']:>14} ({item['calls']} calls)" for item in report["credits"]]
     if report.get("suspense_accounts"):
         out += ["", "Accounts in suspense (fix the entitlement, then re-run with refresh_entitlements):"]
         for item in report["suspense_accounts"][:20]:
@@ -221,6 +233,9 @@ def render_html(report: dict[str, Any]) -> str:
                      ["Provider", "Currency", "Share %", "Calls", "Billed", "Share"],
                      [[r["service_provider"], r["currency"], r["share_percent"], r["calls"], r["billed"], r["share"]]
                       for r in shares]),
+            _section("Credits", "Billed calls with a negative provider cost (the source's profile allows credits).",
+                     ["Currency", "Calls", "Total"],
+                     [[r["currency"], r["calls"], r["total"]] for r in report.get("credits", [])]),
             _section("Unbillable number ranges", "Add them to the tariff, then re-run the month.",
                      ["Range", "Reason", "Calls", "Minutes"],
                      [[r["number_range"], r["reason_code"], r["calls"], r["minutes"]]

@@ -423,12 +423,14 @@ def aggregate_lines(meta: Meta, billed: list[dict[str, Any]], references: dict[s
     meta = _with_counts({**meta, **facts}, **{key: sum(b[key] for b in billed) for key in BILLED_COUNTS})
     user_lines = aggregate.merge_user_lines(_read_parts(meta, "user_lines"))
     lines = aggregate.aggregate_lines(user_lines)
-    report.check_totals(lines, _read_parts(meta, "call_totals"))
+    call_totals = _read_parts(meta, "call_totals")
+    report.check_totals(lines, call_totals)
     report.reconcile(meta["counts"])
     shares = aggregate.revenue_share(_read_parts(meta, "revenue_share_sums"))
     _write(meta, "user_lines", user_lines)
     _write(meta, "lines", lines)
     _write(meta, "revenue_share", shares)
+    meta = {**meta, "credits": report.credits(call_totals)}
     log.info("%d billing lines from %d user lines; revenue share of %d providers; %d stale accounts", len(lines),
              len(user_lines), shares["service_provider"].nunique(), len(stale_accounts))  # fmt: skip
     return meta
@@ -517,6 +519,7 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     month_report["data_docs"] = meta["data_docs"]
     month_report["unbillable_ranges"] = report.unbillable_ranges(_read_parts(meta, "unbillable"))
     month_report["delivery_failed_billed"] = meta["delivery_failed_billed"]
+    month_report["credits"] = meta["credits"]
     month_report["price_differences"] = meta["price_differences"]
     month_report["suspense_accounts"] = report.suspense_accounts(_read_parts(meta, "suspense"))
     month_report["stale_entitlements"] = _read(meta, "stale_accounts").to_dict("records")

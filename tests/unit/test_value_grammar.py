@@ -8,10 +8,13 @@ from decimal import ROUND_HALF_UP, Decimal
 import pandas as pd
 import pytest
 
+from cdr_billing.aggregate import aggregate_lines, aggregate_users, call_totals, revenue_share
 from cdr_billing.canonical import TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
+from cdr_billing.money import MoneyOverflowError
 from cdr_billing.months import BillingMonth
 from cdr_billing.rate import combine_partial_calls, rate_calls
+from cdr_billing.report import credits
 from cdr_billing.validate import check_rows
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
@@ -124,3 +127,31 @@ def test_a_session_is_headed_by_its_earliest_part_by_number_not_text():
     calls, merged = combine_partial_calls(accepted)
     assert calls["destination_party"].tolist() == ["+469999"] and calls["duration_seconds"].tolist() == [180]
     assert sorted(merged["transaction_part_number"]) == ["10", "11"]
+
+
+def test_sums_that_would_not_fit_the_billing_database_are_refused_not_wrapped():
+    user_lines = pd.DataFrame({"customer_id": ["C1", "C1"], "sequence_number": ["1", "1"], "currency": ["EUR", "EUR"],
+                               "user_id": ["a", "b"], "total_minor": [2**62, 2**62], "call_count": [1, 1],
+                               "billed_seconds": [60, 60]})  # fmt: skip
+    with pytest.raises(MoneyOverflowError, match="a billing line"):
+        aggregate_lines(user_lines)
+    calls = user_lines.drop(columns="total_minor").assign(cost_minor=[2**62, 2**62])
+    with pytest.raises(MoneyOverflowError, match="a user's calls"):
+        aggregate_users(calls.assign(user_id="a"))
+    near = user_lines.assign(total_minor=[2**61, -(2**61)])  # intermediate sums may be large, the line is 0
+    assert aggregate_lines(near)["total_minor"].tolist() == [0]
+
+
+def test_a_revenue_share_of_any_billed_amount_is_exact():
+    billed = 9 * 10**17 + 7
+    sums = pd.DataFrame({"service_provider": ["P"], "currency": ["EUR"], "share_basis_points": [1250], "call_count": [3],
+                         "billed_minor": [billed]})  # fmt: skip
+    expected = (Decimal(billed) * Decimal("0.125")).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    assert revenue_share(sums)["share_minor"].tolist() == [int(expected)]
+
+
+def test_credits_are_billed_negative_and_reported_per_currency():
+    calls = pd.DataFrame({"currency": ["EUR", "EUR", "SEK"], "cost_minor": [-563, 1000, 250]})
+    totals = call_totals(calls)
+    assert totals["total_minor"].tolist() == [437, 250]
+    assert credits(totals) == [{"currency": "EUR", "calls": 1, "total": "-5.63"}]
