@@ -11,6 +11,7 @@ from pathlib import Path
 # Airflow reads its settings when first imported: set them before anything imports it.
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="cdr-tests-"))
 os.environ["CDR_BILLING_CONFIG"] = str(Path(__file__).resolve().parents[1] / "include/config/pipeline.yaml")
+os.environ["CDR_BILLING_STABLE_SECONDS"] = "0"  # sftp.stable_seconds: the sample files are complete before the servers start
 from cdr_devkit.airflow_env import airflow_settings  # noqa: E402
 
 os.environ.update(airflow_settings(SESSION_DIR / "airflow"))

@@ -1,9 +1,13 @@
 """Fetch a month's files from an ordered list of SFTP servers, failing over in order.
 
-Host keys are verified by the SFTP hook against the key pinned in the connection (extra
-`host_key`) or known_hosts; an unknown or changed key makes that server fail, never
-trusted. Downloads stream to a temporary name, are checked against the remote size and a
-`.sha256`/`.md5` sidecar when the server has one, and are renamed atomically.
+The server's host key is compared with the key pinned in the Airflow connection (extra
+`host_key`) before anything is authenticated, and nothing else is trusted: no known_hosts,
+no system host keys, no `no_host_key_check`; a connection without a pinned key is refused.
+A file is fetched only once it is stable: its size and mtime unchanged over `stable_seconds`
+(listed twice), or, when its source names one, once its done marker or checksum sidecar
+exists. Downloads stream to a temporary name, are checked against the listed size, the
+file's attributes after the download and a `.sha256`/`.md5` sidecar when the server has
+one, and are renamed atomically.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import logging
 import os
 import socket
 import stat
+import time
+from base64 import b64decode
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from io import StringIO
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +51,22 @@ class TransferError(AcquireError):
     """A download does not match the size or checksum the server announced."""
 
 
+class HostKeyError(AcquireError):
+    """A server is not trusted: its connection pins no host key, or the server shows another."""
+
+
+class UnpinnedHostKeyError(HostKeyError):
+    """The connection has no pinned host key: the server is refused, never trusted on first use."""
+
+
+class HostKeyMismatchError(HostKeyError):
+    """The server's host key differs from the pinned one: possibly an attack."""
+
+
+class StillBeingWrittenError(AcquireError):
+    """A file changed while it was downloaded: it is fetched in a later run."""
+
+
 @dataclass(frozen=True)
 class FileRequest:
     """Which remote files to fetch: all matches, or only the newest name."""
@@ -52,11 +76,14 @@ class FileRequest:
     remote_dir: str
     pattern: str
     newest_only: bool = False
+    done_marker: str | None = None  # e.g. "{name}.done": the file is complete once this file exists
+    require_sidecar: bool = False  # the file is complete once its .sha256/.md5 sidecar exists
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A matching file on a server, with its checksum sidecar if there is one."""
+    """A matching file on a server, with its checksum sidecar if there is one. `marked`: None
+    when its source names no done marker or sidecar (stable by interval), else whether it exists."""
 
     role: str
     source: str
@@ -65,6 +92,16 @@ class RemoteFile:
     size: int
     mtime: int
     checksum_path: str | None = None
+    marked: bool | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files that may be fetched now, those still being written, and how many others were ignored."""
+
+    stable: list[RemoteFile]
+    unstable: list[RemoteFile]
+    ignored: int
 
 
 @dataclass(frozen=True)
@@ -97,6 +134,7 @@ class FetchResult:
     server: str
     failovers: list[dict[str, str]]
     ignored: int
+    not_yet_stable: list[RemoteFile] = field(default_factory=list)
 
 
 Reuse = Callable[[RemoteFile], FetchedFile | None]
@@ -122,6 +160,22 @@ def select_names(names: list[str], request: FileRequest) -> list[str]:
     return matched[-1:] if request.newest_only else matched
 
 
+def _done_markers(request: FileRequest, names: set[str]) -> set[str]:
+    """The listed names that are done markers of other listed names."""
+    if request.done_marker is None:
+        return set()
+    return {request.done_marker.format(name=n) for n in names} & names
+
+
+def _marked(request: FileRequest, name: str, names: set[str], sidecar: str | None) -> bool | None:
+    """Whether the file's done marker or required sidecar exists; None if its source names neither."""
+    if request.done_marker is not None:
+        return request.done_marker.format(name=name) in names
+    if request.require_sidecar:
+        return sidecar is not None
+    return None
+
+
 def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile], int]:
     """List the files each request matches; return them and how many other files in the
     CDR folders were ignored (other months, other names)."""
@@ -129,9 +183,10 @@ def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile
     for request in requests:
         entries = {e.filename: e for e in sftp.listdir_attr(request.remote_dir) if stat.S_ISREG(e.st_mode or 0)}
         sidecars = {n for n in entries if any(n.endswith(suffix) for suffix in CHECKSUM_SUFFIXES)}
-        names = select_names([n for n in entries if n not in sidecars], request)
+        markers = _done_markers(request, set(entries))
+        names = select_names([n for n in entries if n not in sidecars | markers], request)
         if request.role == "cdr":  # other months' CDR files; reference folders hold several kinds
-            ignored += len(entries) - len(sidecars) - len(names)
+            ignored += len(entries) - len(sidecars | markers) - len(names)
         base = request.remote_dir.rstrip("/")
         for name in names:
             sidecar = next((name + s for s in CHECKSUM_SUFFIXES if name + s in sidecars), None)
@@ -144,9 +199,37 @@ def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile
                     entries[name].st_size,
                     int(entries[name].st_mtime or 0),
                     f"{base}/{sidecar}" if sidecar else None,
+                    _marked(request, name, set(entries), sidecar),
                 )
             )
     return found, ignored
+
+
+def _is_stable(remote: RemoteFile, before: dict[tuple[str, str], tuple[int, int]], settled: Callable[[RemoteFile], bool]) -> bool:
+    """A marked file is stable once its marker exists; another once it is settled (an archived
+    copy) or its size and mtime are what the first listing showed."""
+    if remote.marked is not None:
+        return remote.marked
+    return settled(remote) or before.get((remote.source, remote.name)) == (remote.size, remote.mtime)
+
+
+def list_stable(
+    sftp: Any, requests: list[FileRequest], stable_seconds: float, settled: Callable[[RemoteFile], bool] = lambda _: False
+) -> Listing:
+    """List the requested files and split them into stable and still being written: a file
+    whose source names no marker must show the same size and mtime in two listings
+    `stable_seconds` apart (the wait is skipped when no file needs it)."""
+    first, ignored = list_remote(sftp, requests)
+    second = first
+    if any(r.marked is None and not settled(r) for r in first):
+        time.sleep(stable_seconds)
+        second, ignored = list_remote(sftp, requests)
+    before = {(r.source, r.name): (r.size, r.mtime) for r in first}
+    stable = [r for r in second if _is_stable(r, before, settled)]
+    unstable = [r for r in second if r not in stable]
+    for remote in unstable:
+        log.warning("%s: not yet stable (still being written or not marked done): not fetched in this run", remote.name)
+    return Listing(stable, unstable, ignored)
 
 
 def _expected_checksum(sftp: Any, remote: RemoteFile) -> tuple[str, str] | None:
@@ -170,6 +253,13 @@ def _pipelined_reads(source: Any, size: int) -> Iterator[bytes]:
         yield from source.readv([(offset, min(CHUNK_BYTES, end - offset)) for offset in range(start, end, CHUNK_BYTES)])
 
 
+def _check_unchanged(sftp: Any, remote: RemoteFile) -> None:
+    """Raise StillBeingWrittenError if the file's size or mtime moved since it was listed."""
+    now = sftp.stat(remote.path)
+    if (now.st_size, int(now.st_mtime or 0)) != (remote.size, remote.mtime):
+        raise StillBeingWrittenError(f"{remote.name}: changed while it was downloaded ({remote.size} -> {now.st_size} bytes)")
+
+
 def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
     """Stream a remote file to dest via a temporary name; verify it; return (path, sha256)."""
     expected = _expected_checksum(sftp, remote)
@@ -188,6 +278,7 @@ def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
                 received += len(chunk)
             target.flush()
             os.fsync(target.fileno())
+        _check_unchanged(sftp, remote)
         if received != remote.size:
             raise TransferError(f"{remote.name}: received {received} of {remote.size} bytes")
         if expected and digests[expected[0]].hexdigest() != expected[1]:
@@ -198,24 +289,113 @@ def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
     return local, digests["sha256"].hexdigest()
 
 
+def _pinned_host_key(conn_id: str, extra: dict[str, Any]) -> Any:
+    """The public host key pinned in the connection's extra `host_key` ("ssh-ed25519 AAAA..." or
+    the base64 alone); refuse a connection without one: a server is never trusted on first use."""
+    import paramiko
+
+    words = str(extra.get("host_key") or "").split()
+    if not words:
+        raise UnpinnedHostKeyError(
+            f"connection {conn_id} pins no host key (extra host_key): server unknown, not trusted (no trust on first use)"
+        )
+    blob = b64decode(words[1] if len(words) > 1 else words[0])
+    return paramiko.PKey.from_type_string(paramiko.Message(blob).get_text(), blob)
+
+
+def _host_key_algorithms(pinned: Any) -> list[str]:
+    """The host key algorithms to negotiate: only the pinned key's, so a server with several
+    host keys shows the pinned one."""
+    if pinned.get_name() == "ssh-rsa":
+        return ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
+    return [pinned.get_name()]
+
+
+def _private_key_from_text(text: str, passphrase: str | None) -> Any:
+    """The client key from the connection's extra `private_key` (any key type paramiko reads)."""
+    import paramiko
+
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key(StringIO(text), password=passphrase)
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise paramiko.SSHException("extra private_key is not a private key paramiko can read")
+
+
+def _client_key(extra: dict[str, Any]) -> Any | None:
+    """The connection's own client key (extra key_file or private_key); never ~/.ssh or an agent."""
+    import paramiko
+
+    passphrase = extra.get("private_key_passphrase")
+    if extra.get("private_key"):
+        return _private_key_from_text(extra["private_key"], passphrase)
+    if extra.get("key_file"):
+        return paramiko.PKey.from_path(extra["key_file"], passphrase)
+    return None
+
+
+def _verify_host_key(transport: Any, pinned: Any, conn_id: str) -> None:
+    """Compare the key the server proved it holds with the pin, before any credential is sent."""
+    if transport.get_remote_server_key().asbytes() != pinned.asbytes():
+        raise HostKeyMismatchError(f"{conn_id}: host key does not match the pinned key")
+
+
+def _authenticate(transport: Any, login: str, key: Any | None, password: str | None) -> None:
+    """Log in with the connection's key, else its password."""
+    import paramiko
+
+    if key is not None:
+        transport.auth_publickey(login, key)
+    elif password:
+        transport.auth_password(login, password)
+    else:
+        raise paramiko.AuthenticationException("the connection has no key_file, private_key or password")
+
+
+@contextmanager
+def open_sftp(conn_id: str, timeout_seconds: float) -> Iterator[Any]:
+    """An SFTP session to the connection's server, its host key checked against the pin first.
+
+    paramiko's Transport directly, not the SSH hook, whose known_hosts and system host keys
+    would win over the pin: connect, negotiate only the pinned key's algorithm, compare the
+    key, and only then authenticate."""
+    import paramiko
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    extra = conn.extra_dejson
+    pinned = _pinned_host_key(conn_id, extra)
+    sock = socket.create_connection((conn.host, conn.port or 22), timeout=timeout_seconds)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.banner_timeout = transport.auth_timeout = timeout_seconds
+        transport.get_security_options().key_types = _host_key_algorithms(pinned)
+        transport.start_client(timeout=timeout_seconds)
+        _verify_host_key(transport, pinned, conn_id)
+        _authenticate(transport, conn.login or "", _client_key(extra), conn.password)
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        sftp.get_channel().settimeout(timeout_seconds)
+        with sftp:
+            yield sftp
+    finally:
+        transport.close()
+
+
 def describe_error(exc: BaseException) -> str:
     """Return a one-line, secret-free description of a server failure."""
     import paramiko
 
-    if isinstance(exc, paramiko.BadHostKeyException):
+    if isinstance(exc, HostKeyMismatchError):
         return "host key does not match the pinned key: possible man-in-the-middle attack, server not trusted"
-    if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
-        return "host key is unknown (not pinned and not in known_hosts): server not trusted"
+    if isinstance(exc, UnpinnedHostKeyError):
+        return str(exc)
     if isinstance(exc, paramiko.AuthenticationException):
         return "authentication failed"
     if isinstance(exc, paramiko.SSHException) and any(
         hint in str(exc) for hint in ("No existing session", "Error reading SSH protocol banner")
     ):
         return "connection timed out: no SSH answer (server hung or not an SSH server)"
-    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        causes = list(exc.errors.values())
-        if causes and all(isinstance(c, ConnectionRefusedError) for c in causes):
-            return "connection refused"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "connection timed out"
     if isinstance(exc, ConnectionRefusedError):
@@ -231,22 +411,13 @@ def with_failover(conn_ids: list[str], timeout_seconds: int, action: Callable[[A
     """Run action(sftp, server) on the first server where it succeeds; return the result,
     that server and the failures before it. Raise AllServersFailedError if none does."""
     import paramiko
-    from airflow.providers.sftp.hooks.sftp import SFTPHook
 
     failovers: list[dict[str, str]] = []
     for conn_id in conn_ids:
-        hook = SFTPHook(
-            ssh_conn_id=conn_id,
-            conn_timeout=timeout_seconds,
-            banner_timeout=timeout_seconds,
-            auth_timeout=timeout_seconds,
-            conn_retry_attempts=1,
-        )
         try:
-            with hook.get_managed_conn() as sftp:
-                sftp.get_channel().settimeout(timeout_seconds)
+            with open_sftp(conn_id, timeout_seconds) as sftp:
                 return action(sftp, conn_id), conn_id, failovers
-        except (paramiko.SSHException, OSError, EOFError, TransferError) as exc:
+        except (paramiko.SSHException, OSError, EOFError, TransferError, HostKeyError) as exc:
             reason = describe_error(exc)
             log.warning("SFTP server %s failed: %s", conn_id, reason)
             failovers.append({"server": conn_id, "error": reason})
@@ -254,38 +425,54 @@ def with_failover(conn_ids: list[str], timeout_seconds: int, action: Callable[[A
 
 
 def fetch_with_failover(
-    conn_ids: list[str], requests: list[FileRequest], dest: Path, timeout_seconds: int, reuse: Reuse | None = None
+    conn_ids: list[str],
+    requests: list[FileRequest],
+    dest: Path,
+    timeout_seconds: int,
+    reuse: Reuse | None = None,
+    stable_seconds: float = 0,
 ) -> FetchResult:
-    """Fetch every requested file from the first server that delivers them all.
+    """Fetch every stable requested file from the first server that delivers them all.
 
     `reuse` may return an already archived copy of a remote file, which is then not
-    downloaded again. Files completed before a server failed are not fetched twice.
+    downloaded again (nor waited for: it was stable when it was archived). Files completed
+    before a server failed are not fetched twice. Files not yet stable are left for a later run.
     """
     dest.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[str, str], FetchedFile] = {}
-    ignored_counts: list[int] = []
+    listings: list[Listing] = []
 
     def fetch_all(sftp: Any, server: str) -> list[FetchedFile]:
-        remote_files, ignored = list_remote(sftp, requests)
-        ignored_counts.append(ignored)
-        for remote in remote_files:
-            key = (remote.source, remote.name)
-            if key in done:
-                continue
-            reused = reuse(remote) if reuse else None
-            if reused is not None:
-                done[key] = reused
-                log.info("%s: unchanged since it was archived, not downloaded again", remote.name)
-                continue
-            local, sha256 = download(sftp, remote, dest)
-            done[key] = FetchedFile(
-                remote.role, remote.source, remote.name, str(local), remote.size, remote.mtime, sha256, server, True, remote.path
-            )
-            log.info("fetched %s (%d bytes) from %s", remote.name, remote.size, server)
-        return [done[(r.source, r.name)] for r in remote_files]
+        listing = list_stable(sftp, requests, stable_seconds, settled=lambda r: reuse is not None and reuse(r) is not None)
+        changed = []
+        for remote in listing.stable:
+            try:
+                _fetch_one(sftp, remote, server, dest, done, reuse)
+            except StillBeingWrittenError as exc:
+                log.warning("%s: not fetched in this run", exc)
+                changed.append(remote)
+        listings.append(Listing([r for r in listing.stable if r not in changed], listing.unstable + changed, listing.ignored))
+        return [done[(r.source, r.name)] for r in listings[-1].stable]
 
     files, server, failovers = with_failover(conn_ids, timeout_seconds, fetch_all)
-    return FetchResult(files, server, failovers, ignored_counts[-1])
+    return FetchResult(files, server, failovers, listings[-1].ignored, listings[-1].unstable)
+
+
+def _fetch_one(sftp: Any, remote: RemoteFile, server: str, dest: Path, done: dict, reuse: Reuse | None) -> None:
+    """Put the remote file into `done`: fetched before, an archived copy, or downloaded now."""
+    key = (remote.source, remote.name)
+    if key in done:
+        return
+    reused = reuse(remote) if reuse else None
+    if reused is not None:
+        done[key] = reused
+        log.info("%s: unchanged since it was archived, not downloaded again", remote.name)
+        return
+    local, sha256 = download(sftp, remote, dest)
+    done[key] = FetchedFile(
+        remote.role, remote.source, remote.name, str(local), remote.size, remote.mtime, sha256, server, True, remote.path
+    )
+    log.info("fetched %s (%d bytes) from %s", remote.name, remote.size, server)
 
 
 def move_to_processed(server: str, moves: list[tuple[str, str]], timeout_seconds: int) -> None:
@@ -312,8 +499,10 @@ def move_to_processed(server: str, moves: list[tuple[str, str]], timeout_seconds
         log.error("could not move processed files on %s: %s", server, exc)
 
 
-def find_missing_sources(conn_ids: list[str], requests: list[FileRequest], timeout_seconds: int) -> list[str]:
-    """List the servers (with failover) and return the sources that have no file yet."""
-    remote_files, _, _ = with_failover(conn_ids, timeout_seconds, lambda sftp, _server: list_remote(sftp, requests)[0])
-    present = {r.source for r in remote_files}
+def find_missing_sources(
+    conn_ids: list[str], requests: list[FileRequest], timeout_seconds: int, stable_seconds: float = 0
+) -> list[str]:
+    """List the servers (with failover) and return the sources that have no stable file yet."""
+    listing, _, _ = with_failover(conn_ids, timeout_seconds, lambda sftp, _server: list_stable(sftp, requests, stable_seconds))
+    present = {r.source for r in listing.stable}
     return [r.source for r in requests if r.source not in present]

@@ -11,6 +11,9 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 CONFIG_ENV = "CDR_BILLING_CONFIG"
+# Overrides sftp.stable_seconds: for local demos and tests, whose files are complete before the servers start.
+STABLE_SECONDS_ENV = "CDR_BILLING_STABLE_SECONDS"
+DEFAULT_STABLE_SECONDS = 60
 
 
 class ConfigError(ValueError):
@@ -38,6 +41,8 @@ class CdrSource(RemoteFiles):
     profile: str = ""
     processed_dir: str | None = None  # move billed files here on the server that delivered them
     markup_percent: str = "0"  # added to a priced source's own costs, e.g. "12.5"
+    done_marker: str | None = None  # e.g. "{name}.done": a file is fetched once this file exists beside it
+    require_sidecar: bool = False  # a file is fetched once its .sha256/.md5 sidecar exists
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class PipelineConfig:
 
     sftp_connections: tuple[str, ...]
     connect_timeout_seconds: int
+    stable_seconds: float  # a file without a done marker is fetched once unchanged for this long
     files_deadline_days: int
     poke_interval_minutes: int
     sources: tuple[CdrSource, ...]
@@ -167,12 +173,32 @@ def _positive(path: Path, key: str, value: Any) -> int:
     return value
 
 
+def _stable_seconds(path: Path, raw: dict[str, Any]) -> float:
+    """sftp.stable_seconds ($CDR_BILLING_STABLE_SECONDS wins): a number of at least 0."""
+    value = os.environ.get(STABLE_SECONDS_ENV) or raw.get("stable_seconds", DEFAULT_STABLE_SECONDS)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1
+    if seconds < 0:
+        raise ConfigError(f"{path}: sftp.stable_seconds must be a number of seconds of at least 0, not {value!r}")
+    return seconds
+
+
+def _cdr_source(path: Path, spec: dict[str, Any]) -> CdrSource:
+    """A source; its done marker must name the file it marks."""
+    source = CdrSource(**spec)
+    if source.done_marker is not None and "{name}" not in source.done_marker:
+        raise ConfigError(f"{path}: source {source.name}: done_marker must contain {{name}}, e.g. \"{{name}}.done\"")
+    return source
+
+
 def load_config(path: Path | None = None) -> PipelineConfig:
     """Read the pipeline configuration ($CDR_BILLING_CONFIG or the shipped default)."""
     path = Path(path or os.environ.get(CONFIG_ENV) or CONFIG_DIR / "pipeline.yaml")
     raw = _read_yaml(path)
     profiles = load_profiles(path.parent / raw.get("profiles_file", "profiles.yaml"))
-    sources = tuple(CdrSource(**spec) for spec in raw["sources"])
+    sources = tuple(_cdr_source(path, spec) for spec in raw["sources"])
     if raw["entitlements"]["source"] not in ("file", "sql"):
         raise ConfigError(f"{path}: entitlements.source must be file or sql")
     unknown = [s.profile for s in sources if s.profile not in profiles]
@@ -181,6 +207,7 @@ def load_config(path: Path | None = None) -> PipelineConfig:
     return PipelineConfig(
         sftp_connections=tuple(raw["sftp"]["connections"]),
         connect_timeout_seconds=int(raw["sftp"]["connect_timeout_seconds"]),
+        stable_seconds=_stable_seconds(path, raw["sftp"]),
         files_deadline_days=int(raw["sftp"]["files_deadline_days"]),
         poke_interval_minutes=int(raw["sftp"]["poke_interval_minutes"]),
         sources=sources,

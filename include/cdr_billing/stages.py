@@ -130,7 +130,10 @@ def start_run(
 
 
 def _cdr_requests(config: PipelineConfig, month: str) -> list[acquire.FileRequest]:
-    return [acquire.FileRequest("cdr", s.name, s.remote_dir, s.pattern_for(month)) for s in config.sources]
+    return [
+        acquire.FileRequest("cdr", s.name, s.remote_dir, s.pattern_for(month), False, s.done_marker, s.require_sidecar)
+        for s in config.sources
+    ]
 
 
 def _reference_requests(config: PipelineConfig, month: str) -> list[acquire.FileRequest]:
@@ -144,14 +147,17 @@ def _reference_requests(config: PipelineConfig, month: str) -> list[acquire.File
 
 
 def files_arrived(meta: Meta, config: PipelineConfig | None = None, now: datetime | None = None) -> bool:
-    """True once every CDR source has a file for the month (on a server or archived).
+    """True once every CDR source has a stable file for the month (on a server or archived):
+    a source whose only files are still being written has not arrived.
 
     Past the deadline (month end + files_deadline_days) a missing source fails the run.
     """
     config = config or load_config()
     month = BillingMonth.parse(meta["billing_month"])
     requests = _cdr_requests(config, str(month))
-    missing = acquire.find_missing_sources(list(config.sftp_connections), requests, config.connect_timeout_seconds)
+    missing = acquire.find_missing_sources(
+        list(config.sftp_connections), requests, config.connect_timeout_seconds, config.stable_seconds
+    )
     if missing:
         engine = database.billing_engine(config.billing.connection)
         migrations.upgrade(engine)
@@ -182,6 +188,7 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         config.archive_root / "incoming" / Path(meta["work_dir"]).name,  # local: downloads are archived from here
         config.connect_timeout_seconds,
         reuse=ledger.archived_copy_finder(engine),
+        stable_seconds=config.stable_seconds,
     )
     for failed in result.failovers:
         _send(config, alerts.failover_alert(month, failed, result.server))
@@ -198,14 +205,15 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     usable += ledger.archived_month_files(engine, month, {s.name for s in config.sources}, {(f.source, f.name) for f in usable})
     missing = [r.source for r in requests if r.source not in {f.source for f in usable}]
     if missing:
-        raise MissingFilesError(f"no usable files for month {month} from sources {missing}")
+        unstable = sorted(r.name for r in result.not_yet_stable)
+        raise MissingFilesError(f"no usable files for month {month} from sources {missing} (not yet stable: {unstable})")
     counts = Counter(e.status for e in entries)
     downloaded = sum(f.downloaded for f in usable)
     log.info(
         "%d files usable (%d downloaded, %d from the archive), %d held, %d duplicate deliveries, %d other files ignored, "
-        "%d failovers",
+        "%d failovers, %d not yet stable (left for a later run)",
         len(usable), downloaded, len(usable) - downloaded, counts[ledger.HELD], counts[ledger.DUPLICATE_CONTENT],
-        result.ignored, len(result.failovers),
+        result.ignored, len(result.failovers), len(result.not_yet_stable),
     )  # fmt: skip
     files = [f.as_dict() for f in usable]
     return {
@@ -219,6 +227,7 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
             "held": counts[ledger.HELD],
             "duplicate_content": counts[ledger.DUPLICATE_CONTENT],
             "ignored": result.ignored,
+            "not_yet_stable": len(result.not_yet_stable),
         },
     }
 

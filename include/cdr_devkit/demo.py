@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 
+from cdr_billing.config import STABLE_SECONDS_ENV
 from cdr_devkit.airflow_env import PROJECT_ROOT, airflow_settings, migrate
 from cdr_devkit.sample_data import generate_month
 from cdr_devkit.services import LocalServices, connection_env, smtp_connection, stop_on_sigterm
@@ -21,7 +22,8 @@ AIRFLOW_HOME = PROJECT_ROOT / ".airflow"
 
 
 def start_demo_services(services: LocalServices, month: str) -> dict[str, str]:
-    """Generate the month, start the servers; return the connections as env vars."""
+    """Generate the month, start the servers; return the connections as env vars, and
+    sftp.stable_seconds 0: the generated files are complete before the servers start."""
     from cdr_billing.months import BillingMonth
 
     sftp_root = DEMO_DIR / "sftp"
@@ -30,14 +32,13 @@ def start_demo_services(services: LocalServices, month: str) -> dict[str, str]:
     primary = services.start_sftp("sftp_primary", sftp_root)
     secondary = services.start_sftp("sftp_secondary", sftp_root)
     smtp = services.start_smtp(DEMO_DIR / "mail")
-    return connection_env(
-        {
-            "cdr_sftp_primary": primary.connection(services.client_key),
-            "cdr_sftp_secondary": secondary.connection(services.client_key),
-            "billing_db": {"conn_type": "sqlite", "host": str(DEMO_DIR / "billing.sqlite")},
-            "smtp_default": smtp_connection(smtp.port),
-        }
-    )
+    connections = {
+        "cdr_sftp_primary": primary.connection(services.client_key),
+        "cdr_sftp_secondary": secondary.connection(services.client_key),
+        "billing_db": {"conn_type": "sqlite", "host": str(DEMO_DIR / "billing.sqlite")},
+        "smtp_default": smtp_connection(smtp.port),
+    }
+    return {**connection_env(connections), STABLE_SECONDS_ENV: "0"}
 
 
 def main() -> int:
