@@ -78,6 +78,14 @@ class SftpServer(ServerProcess):
 
     root: Path = Path()
     host_key: str = ""
+    log_path: Path = Path()
+
+    def auth_attempts(self) -> list[str]:
+        """The users that started to authenticate to this server, from its log."""
+        from cdr_devkit.sftp_server import AUTH_ATTEMPT
+
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines() if self.log_path.exists() else []
+        return [line.removeprefix(AUTH_ATTEMPT).strip() for line in lines if line.startswith(AUTH_ATTEMPT)]
 
     def connection(self, client_key: Path, host_key: str | None = None) -> dict:
         """The Airflow connection for this server, with its host key pinned."""
@@ -147,7 +155,9 @@ class LocalServices:
             str(max_bytes_per_second),
         )
         key_type, key_data = host_public.read_text().split()[:2]
-        server = SftpServer(name, bound, process, root=root, host_key=f"{key_type} {key_data}")
+        server = SftpServer(
+            name, bound, process, root=root, host_key=f"{key_type} {key_data}", log_path=self.base / f"{name}.log"
+        )
         self.servers.append(server)
         return server
 

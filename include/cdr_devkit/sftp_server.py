@@ -2,7 +2,8 @@
 
 Run as its own process so tests can kill it:
   python -m cdr_devkit.sftp_server --root DIR --host-key KEY --authorized-keys PUB --ready-file F
-It writes the port it listens on to the ready file once it accepts connections.
+It writes the port it listens on to the ready file once it accepts connections, and logs
+every client that starts to authenticate (stdout).
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ from pathlib import Path
 
 import asyncssh
 
+AUTH_ATTEMPT = "auth attempt by"  # logged when a client starts to authenticate: tests check who did
+
 
 class _KeyOnlyServer(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        print(f"{AUTH_ATTEMPT} {username}", flush=True)
+        return True
+
     def password_auth_supported(self) -> bool:
         return False
 
