@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import html
 import logging
+import socket
 from dataclasses import dataclass
 
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
@@ -16,15 +17,48 @@ from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 log = logging.getLogger(__name__)
 
 
+NEXT_STEP = "<!--next step-->"  # replaced by the task's next step, or UNREACHABLE_STEP, when a mail is sent
+UNREACHABLE_STEP = (
+    "A server or database did not answer (the error names it): the files and the data are not at fault. Check that it is "
+    "up and reachable from the workers (connection, network, credentials)."
+)
+# Errors that mean a server or database could not be reached, by class name (no driver imported here).
+UNREACHABLE_ERRORS = frozenset({"OperationalError", "InterfaceError", "NoValidConnectionsError", "SSHException",
+                                "SMTPConnectError", "SMTPServerDisconnected"})  # fmt: skip
+
+
+def is_unreachable(error: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, is a server or database that did not answer."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ConnectionError | TimeoutError | socket.gaierror) or type(error).__name__ in UNREACHABLE_ERRORS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class TaskFailureMail(SmtpNotifier):
-    """SmtpNotifier that renders its templates afresh for every call.
+    """SmtpNotifier that renders its templates afresh for every call, says what to do next for
+    the error at hand, and stays silent for an error whose own alert was mailed already.
 
     The base class renders subject and body in place, so in a process that sees two
     failures (dag.test, a long-lived worker) the second mail would repeat the first.
     """
 
+    def __init__(self, *, next_step: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.next_step = next_step
+
     def __call__(self, *args) -> None:
-        SmtpNotifier.__call__(copy.copy(self), *args)
+        error = args[0].get("exception") if len(args) == 1 else None
+        if getattr(error, "alert_mailed", False):
+            log.info("no failure mail: the %s alert said it", type(error).__name__)
+            return
+        mail = copy.copy(self)
+        step = UNREACHABLE_STEP if is_unreachable(error) else self.next_step
+        mail.html_content = self.html_content.replace(NEXT_STEP, html.escape(step))
+        SmtpNotifier.__call__(mail, *args)
 
 
 def task_failure_mail(recipients: list[str], timezone: str, next_step: str, smtp_conn_id: str) -> TaskFailureMail:
@@ -36,6 +70,7 @@ def task_failure_mail(recipients: list[str], timezone: str, next_step: str, smtp
     )
     sentence = "{{ ((exception ~ '').strip().split('\n') | first | default('no error message')) | truncate(300) }}"
     return TaskFailureMail(
+        next_step=next_step,
         smtp_conn_id=smtp_conn_id,
         to=recipients,
         subject=f"[CDR billing] {month}: {{{{ ti.task_id }}}} failed - {sentence}",
@@ -44,7 +79,7 @@ def task_failure_mail(recipients: list[str], timezone: str, next_step: str, smtp
             "(try {{ ti.try_number }}, run {{ run_id }}).</p>"
             f"<p>What went wrong: {sentence}</p>"
             '<p><a href="{{ ti.log_url }}">Task log</a></p>'
-            f"<p>What to do next: {html.escape(next_step)} Then clear the task in the Airflow UI to re-run it; "
+            f"<p>What to do next: {NEXT_STEP} Then clear the task in the Airflow UI to re-run it; "
             "re-running a month never bills it twice.</p>"
         ),
     )

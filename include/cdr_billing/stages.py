@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy.engine import Engine
 
 from cdr_billing import (
@@ -52,8 +53,11 @@ class MissingFilesError(RuntimeError):
     """A source delivered no usable file for the billing month."""
 
 
-class FilesNotArrivedError(RuntimeError):
-    """The deadline passed and a source has still delivered nothing for the month."""
+class FilesNotArrivedError(AirflowFailException):
+    """The deadline passed and a source has still delivered nothing for the month: final (a retry
+    would only wait and mail again); its files_not_arrived alert is the one mail."""
+
+    alert_mailed = True
 
 
 def _work_dir(meta: Meta) -> storage.Location:

@@ -4,6 +4,7 @@ content an operator can act on, and never a full phone number or a secret."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import logging
 import re
@@ -178,14 +179,25 @@ def test_files_not_arrived_by_the_deadline_mail_the_month_and_the_sources(dag, s
     before = set(services.maildir.glob("*.eml"))
     run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-07"})  # nothing delivered for July
     assert run.state == "failed"
-    mails = _by_recipient(_new_mails(services, before))
-    assert set(mails) == {"files-not-arrived@example.com", "task-failure@example.com"}
-    assert mails["files-not-arrived@example.com"]["Subject"] == (
-        "[CDR billing] Files for 2026-07 have not arrived from conferencing, carrier, pbx"
-    )
-    assert mails["task-failure@example.com"]["Subject"].startswith(
-        "[CDR billing] 2026-07: wait_for_cdr_files failed - files for month 2026-07 have not arrived"
-    )
+    (mail,) = _new_mails(services, before)  # the alert says it all: no failure mail beside it
+    assert mail["To"] == "files-not-arrived@example.com"
+    assert mail["Subject"] == "[CDR billing] Files for 2026-07 have not arrived from conferencing, carrier, pbx"
+    ti = run.get_task_instance("wait_for_cdr_files")
+    assert ti.state == "failed" and "the deadline (2026-08-11 00:00" in _body(mail)
+
+
+def test_an_unreachable_billing_database_is_not_blamed_on_the_files(dag, services, postgres, monkeypatch):
+    """The fetch cannot record its files: the failure mail says a database did not answer and
+    does not send the operator to the SFTP servers or the provider."""
+    monkeypatch.setenv("AIRFLOW_CONN_BILLING_DB", json.dumps({**postgres.connection(), "port": free_port()}))
+    before = set(services.maildir.glob("*.eml"))
+    run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"})
+    assert run.state == "failed"
+    (mail,) = _new_mails(services, before)
+    body = _body(mail)
+    assert "fetch_cdr_files failed" in mail["Subject"]
+    assert f"What to do next: {html.escape(alerts.UNREACHABLE_STEP)}" in body
+    assert "redeliver" not in body and "host keys" not in body
 
 
 def test_all_sftp_servers_down_fail_the_run_with_a_mail_naming_them(dag, services, pipeline_connections, monkeypatch):

@@ -2,6 +2,7 @@ import pandas as pd
 import pytest
 
 from cdr_billing.aggregate import aggregate_lines, aggregate_users, call_totals, revenue_share, revenue_share_sums
+from cdr_billing.alerts import is_unreachable
 from cdr_billing.report import ReconciliationError, check_totals, reconcile, reconcile_file
 
 COUNTS = {
@@ -107,3 +108,17 @@ def test_revenue_share_is_rounded_half_up_once_per_provider_and_percentage():
     shares = revenue_share(pd.concat(halves))
     # P 12.5 %: 4 cents -> 0.5 -> 1 (once, not 0.375 + 0.125 per call); P 30 %: 1.5 -> 2; Q: 0.5 -> 1; R carries none
     assert shares.values.tolist() == [["P", "EUR", 1250, 2, 4, 1], ["P", "EUR", 3000, 1, 5, 2], ["Q", "EUR", 1250, 1, 4, 1]]
+
+
+def test_an_error_raised_from_an_unreachable_server_is_told_apart_from_bad_data():
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as refused:
+            raise RuntimeError("could not record the files") from refused
+    except RuntimeError as chained:
+        assert is_unreachable(chained)
+    operational = type("OperationalError", (Exception,), {})("server closed the connection")
+    assert is_unreachable(operational)
+    assert not is_unreachable(ValueError("carrier.csv: line 3: bad duration")) and not is_unreachable(None)
+    assert not is_unreachable(FileNotFoundError("tariff.csv"))
