@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import logging
 import os
+import re
 import socket
 import stat
 import time
@@ -78,6 +79,8 @@ class FileRequest:
     newest_only: bool = False
     done_marker: str | None = None  # e.g. "{name}.done": the file is complete once this file exists
     require_sidecar: bool = False  # the file is complete once its .sha256/.md5 sidecar exists
+    # A history of dated files (entitlement snapshots): the one in force on this day (YYYY-MM-DD) and all later ones.
+    dated_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,20 @@ def select_names(names: list[str], request: FileRequest) -> list[str]:
     """Return the names that match the request's pattern, case-insensitively, sorted."""
     pattern = request.pattern.casefold()
     matched = sorted(n for n in names if fnmatch.fnmatchcase(n.casefold(), pattern))
+    if request.dated_from:
+        return dated_history(matched, request.dated_from)
     return matched[-1:] if request.newest_only else matched
+
+
+DATE_IN_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def dated_history(names: list[str], first_day: str) -> list[str]:
+    """The name dated (YYYY-MM-DD in the name) last on or before `first_day` (in force that day)
+    and those dated after it, oldest first; with no dated name, the newest name."""
+    dated = sorted((found.group(), name) for name in names if (found := DATE_IN_NAME.search(name)))
+    in_force = [name for day, name in dated if day <= first_day][-1:]
+    return in_force + [name for day, name in dated if day > first_day] or names[-1:]
 
 
 def _done_markers(request: FileRequest, names: set[str]) -> set[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from cdr_billing import text_bytes
 from cdr_billing.canonical import COMPLETION_FAILED, COMPLETION_PARTIAL
@@ -25,16 +24,10 @@ NO_TARIFF_PREFIX = "NO_TARIFF_PREFIX"
 NO_RATE_AT_CALL_TIME = "NO_RATE_AT_CALL_TIME"
 
 
-SEPARATORS = b" \t\n\v\f\r-()."  # what the separator pattern may remove: "+46 (70) 123-45.67"
-
-
 def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     """Return numbers as E.164 digits without "+": +46.., 0046.. and 0.. become 46..
     Separators are removed first; the prefixes are replaced on the numbers' bytes."""
-    text = text_bytes.one_array(numbers)
-    written = text_bytes.offsets_and_data(text)[1].tobytes()
-    if any(byte in written for byte in SEPARATORS):
-        text = pc.replace_substring_regex(text, r"[\s\-().]", "")
+    text = text_bytes.without_separators(text_bytes.one_array(numbers))
     e164 = text_bytes.replace_prefixes(
         text, [("+", ""), (rules.international_prefix, ""), (rules.national_prefix, rules.country_code)]
     )

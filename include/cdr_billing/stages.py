@@ -141,13 +141,12 @@ def _cdr_requests(config: PipelineConfig, month: str) -> list[acquire.FileReques
 
 
 def _reference_requests(config: PipelineConfig, month: str) -> list[acquire.FileRequest]:
-    references = [("tariff", config.tariff)]
-    if config.entitlement_source.source == "file":
-        references.append(("entitlements", config.entitlements))
-    return [
-        acquire.FileRequest(role, role, files.remote_dir, files.pattern_for(month), newest_only=True)
-        for role, files in references
-    ]
+    requests = [acquire.FileRequest("tariff", "tariff", config.tariff.remote_dir, config.tariff.pattern_for(month), True)]
+    if config.entitlement_source.source == "file":  # the snapshots in force during the month, and later ones
+        files = config.entitlements
+        requests.append(acquire.FileRequest("entitlements", "entitlements", files.remote_dir, files.pattern_for(month),
+                                            dated_from=f"{month}-01"))  # fmt: skip
+    return requests
 
 
 def files_arrived(meta: Meta, config: PipelineConfig | None = None, now: datetime | None = None) -> bool:
@@ -312,10 +311,14 @@ def load_references(meta: Meta, config: PipelineConfig | None = None) -> dict[st
     migrations.upgrade(engine)
     tariff_version = tariff.load_file(engine, Path(_files(meta, "tariff")[0]["local_path"]), config.billing)
 
+    snapshot_files = [Path(f["local_path"]) for f in _files(meta, "entitlements")]  # oldest first
+    for path in snapshot_files[:-1]:  # the month's history; the newest is what a month pins
+        entitlements.store(engine, entitlements.from_file(path, now, config.billing.timezone))
+
     def capture() -> entitlements.Snapshot:
         if settings.source == "sql":
             return entitlements.from_query(settings.connection, settings.query, now)
-        return entitlements.from_file(Path(_files(meta, "entitlements")[0]["local_path"]), now, config.billing.timezone)
+        return entitlements.from_file(snapshot_files[-1], now, config.billing.timezone)
 
     snapshot_id = entitlements.snapshot_for_month(engine, meta["billing_month"], capture, meta.get("refresh_entitlements", False))
     log.info("tariff version %d, entitlement snapshot %d", tariff_version, snapshot_id)

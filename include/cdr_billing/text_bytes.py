@@ -20,6 +20,18 @@ def one_array(text: pd.Series) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
+SEPARATORS = b" \t\n\v\f\r-()."  # what may be written between a phone number's digits: "+46 (70) 123-45.67"
+
+
+def without_separators(numbers: pa.Array) -> pa.Array:
+    """Phone numbers without the separators people write in them; `numbers`: one large_string
+    array (returned as it is when no value holds one, the usual case: one bytes scan)."""
+    written = offsets_and_data(numbers)[1].tobytes()
+    if not any(byte in written for byte in SEPARATORS):
+        return numbers
+    return pc.replace_substring_regex(numbers, r"[\s\-().]", "")
+
+
 def offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The value offsets (len + 1, from 0) and the bytes they index, of a large_string array."""
     _, offset_buffer, data_buffer = values.buffers()

@@ -285,7 +285,7 @@ def _failures(
         fails["NEGATIVE_COST"] = (cost < 0) & (cost.abs() <= MAX_CALL_COST * MICRO) & (not profile.allow_credits)
         fails["BAD_CURRENCY"] = ~typed["currency"].isin(iso_currencies()).to_numpy()
     else:
-        fails["BAD_NUMBER"] = ~_matches(raw["destination_party"], PHONE_NUMBER)
+        fails["BAD_NUMBER"] = ~_matches(typed["destination_party"], PHONE_NUMBER)  # separators removed
     return fails.fillna(False).astype(bool)
 
 
@@ -295,6 +295,8 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
     typed["pre_priced"] = profile.priced
     if profile.priced:
         typed["currency"] = raw["currency"].str.strip().str.upper()
+    numbers = text_bytes.without_separators(text_bytes.one_array(raw["destination_party"]))
+    typed["destination_party"] = pd.Series(numbers, index=raw.index, dtype="str")
     typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone, profile.timestamp_format)
     typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit, profile.decimal)
     typed["completion_status"] = parse_statuses(raw["completion_status"])

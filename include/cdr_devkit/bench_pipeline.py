@@ -304,7 +304,8 @@ CREATE TEMP TABLE checked AS
 WITH raw AS (
     SELECT {text["transaction_id"]} AS transaction_id, {text["session_id"]} AS session_id, {text["user_id"]} AS user_id,
            {text["start_of_usage"]} AS start_text, {text["duration_of_usage"]} AS duration_text,
-           {text["completion_status"]} AS status_text, {text["destination_party"]} AS destination_party,
+           {text["completion_status"]} AS status_text,
+           regexp_replace({text["destination_party"]}, '[\\s\\-().]', '', 'g') AS destination_party,  -- separators
            {text["transaction_part_number"]} AS part_number, {text["revenue_share_percentage"]} AS share_text
     FROM read_csv({file_list}, all_varchar = true, header = true, delim = {_quote(profile.delimiter)})
 ), typed AS (
@@ -426,7 +427,7 @@ def _outcomes_sql(config) -> str:
 CREATE TEMP TABLE outcomes AS
 WITH numbers AS (
     SELECT rid, start_utc, duration_seconds,
-        -- checked numbers are '+'? and digits only, so normalising needs no separator removal
+        -- checked numbers are '+'? and digits only (separators removed when read)
         CASE WHEN starts_with(destination_party, '+') THEN substr(destination_party, 2)
              WHEN starts_with(destination_party, {_quote(international)}) THEN substr(destination_party, {len(international) + 1})
              WHEN starts_with(destination_party, {_quote(national)})
