@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import functools
 import logging
 import re
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ import pyarrow.csv as pacsv
 
 from cdr_billing.canonical import TEXT_FIELDS, required_fields
 from cdr_billing.config import SourceProfile
+from cdr_billing.validate import FIELDS_MATCH_HEADER, control_character_rows
 
 HEADER_SEARCH_ROWS = 30
 log = logging.getLogger(__name__)
@@ -82,9 +85,10 @@ def _read_xlsx(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pd
     return frame, first_line + header_row
 
 
-def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray]:
+def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """The reader for every CSV: Python's csv module, which counts the lines of each record
-    (a quoted field may hold line breaks); short rows padded, blank lines skipped."""
+    (a quoted field may hold line breaks); blank lines skipped. A record with another number
+    of fields than the header is kept, flagged (False in the third array), never padded into a bill."""
     try:
         with path.open(newline="", encoding="utf-8-sig" if _is_utf8(profile.encoding) else profile.encoding) as handle:
             records = csv.reader(handle, delimiter=profile.delimiter)
@@ -93,16 +97,35 @@ def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
                 raise FileReadError(f"{path.name}: not a readable CSV file (it is empty)")
             rows, lines, line = [], [], records.line_num + 1
             for record in records:
-                if len(record) > len(header):
-                    raise FileReadError(f"{path.name}: line {line} has {len(record)} fields, the header {len(header)}")
                 if record:
-                    rows.append(record + [""] * (len(header) - len(record)))
+                    rows.append(record)
                     lines.append(line)
                 line = records.line_num + 1
     except (UnicodeDecodeError, csv.Error) as exc:
         raise FileReadError(f"{path.name}: not a readable CSV file ({exc})") from exc
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(header)
-    return pa.table([pa.array(c, pa.large_string()) for c in columns], names=header), np.array(lines, dtype=np.int64)
+    fitted = [_fitted(record, len(header)) for record in rows]
+    columns = list(zip(*fitted, strict=True)) if rows else [()] * len(header)
+    table = pa.table([pa.array(c, pa.large_string()) for c in columns], names=header)
+    fields_match = np.array([len(record) == len(header) for record in rows], dtype=bool)
+    return table, np.array(lines, dtype=np.int64), fields_match
+
+
+def _fitted(record: list[str], width: int) -> list[str]:
+    """A record's fields by position in the header's width, only to show a quarantined row's values."""
+    return record[:width] + [""] * (width - len(record))
+
+
+def _require_final_line_break(path: Path) -> None:
+    """A CSV file is complete only when its last line ends in a line break (LF, CRLF, or CR in a
+    file of CR line ends): a transfer cut off mid-row must not bill the row's first fields."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(size - len(codecs.BOM_UTF8), 0))
+        tail = handle.read()
+    if size == 0 or tail == codecs.BOM_UTF8:
+        return  # empty: the reader says so
+    if tail[-1:] not in (b"\n", b"\r"):
+        raise FileReadError(f"{path.name}: the last line has no line break: the file looks cut off (incomplete), not read")
 
 
 def _is_utf8(encoding: str) -> bool:
@@ -112,13 +135,14 @@ def _is_utf8(encoding: str) -> bool:
 Trim = Callable[[pa.ChunkedArray], pa.ChunkedArray]
 _TRIMMED_BY_ASCII_TRIM = b" \t\x0b\x0c"  # besides the line ends
 _KEPT_BY_ASCII_TRIM = b"\x1c\x1d\x1e\x1f"  # trimmed by str.strip() and the UTF-8 trim, kept by the ASCII trim
-_NOTABLE = b"\n\r" + _TRIMMED_BY_ASCII_TRIM + _KEPT_BY_ASCII_TRIM
+_OTHER_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F])
+_NOTABLE = b"\n\r" + _TRIMMED_BY_ASCII_TRIM + _KEPT_BY_ASCII_TRIM + _OTHER_CONTROLS
 _PLAIN_ASCII = bytes(byte for byte in range(128) if byte not in _NOTABLE)
 
 
 def _notable_bytes(data: bytes) -> bytes:
-    """The file's line feeds, carriage returns, whitespace and non-ASCII bytes, in one pass
-    (0.1 s for 60 MB): usually a line feed per line and nothing else."""
+    """The file's line feeds, carriage returns, whitespace, control and non-ASCII bytes, in one
+    pass (0.1 s for 60 MB): usually a line feed per line and nothing else."""
     return data.translate(None, _PLAIN_ASCII)
 
 
@@ -151,10 +175,71 @@ def _trim_for(notable: bytes) -> Trim:
     return lambda values: values
 
 
-def _read_csv_arrow(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray, Trim] | None:
+@dataclass(frozen=True)
+class _TextTable:
+    """A file's cells as text columns; each row's line in the file; how to trim the cells;
+    whether each row has the header's number of fields; whether a cell may hold a control character."""
+
+    table: pa.Table
+    lines: np.ndarray
+    trim: Trim
+    fields_match: np.ndarray
+    may_hold_controls: bool = True
+
+
+def _holds_control_characters(notable: bytes) -> bool:
+    """Whether a file of one-line records (`notable`: its _notable_bytes) has a control
+    character other than tab in some value (its line ends aside)."""
+    return any(bytes([byte]) in notable for byte in b"\x0b\x0c" + _KEPT_BY_ASCII_TRIM + _OTHER_CONTROLS)
+
+
+@dataclass(frozen=True)
+class _InvalidRows:
+    """The records pyarrow's parser skipped for their number of fields: 1-based record numbers
+    (the header is 1, blank lines not counted; None when parsed in parallel) and texts."""
+
+    numbers: list[int | None] = dataclasses.field(default_factory=list)
+    texts: list[str] = dataclasses.field(default_factory=list)
+
+    def skip(self, row: pacsv.InvalidRow) -> str:
+        self.numbers.append(row.number)
+        self.texts.append(row.text)
+        return "skip"
+
+
+def _parse_arrow(data: bytes, header: list[str], delimiter: str, use_threads: bool) -> tuple[pa.Table, _InvalidRows]:
+    invalid = _InvalidRows()
+    table = pacsv.read_csv(
+        pa.BufferReader(data),
+        read_options=pacsv.ReadOptions(use_threads=use_threads),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid.skip),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.large_string())),
+    )
+    return table, invalid
+
+
+def _with_invalid_rows(table: pa.Table, invalid: _InvalidRows, delimiter: str) -> tuple[pa.Table, np.ndarray]:
+    """The parsed records with the skipped ones put back in their places (their fields by position,
+    to show in quarantine), and which records have the header's number of fields."""
+    total = table.num_rows + len(invalid.texts)
+    places = np.array(invalid.numbers, dtype=np.int64) - 2  # the header is record 1
+    fields_match = np.ones(total, dtype=bool)
+    fields_match[places] = False
+    width = table.num_columns
+    fitted = [_fitted(next(csv.reader([text], delimiter=delimiter), []), width) for text in invalid.texts]
+    skipped = pa.table([pa.array(column, pa.large_string()) for column in zip(*fitted, strict=True)], names=table.column_names)
+    order = np.empty(total, dtype=np.int64)
+    order[fields_match] = np.arange(table.num_rows)
+    order[places] = table.num_rows + np.arange(len(places))
+    return pa.concat_tables([table, skipped]).take(order), fields_match
+
+
+def _read_csv_arrow(path: Path, profile: SourceProfile) -> _TextTable | None:
     """pyarrow's multi-threaded parser, every column as text, for a UTF-8 file whose records
     are one line each (checked: records = non-blank lines after the header); None when the
-    file needs the exact reader (other encodings, short rows, multi-line fields, ...)."""
+    file needs the exact reader (other encodings, multi-line fields, ...). Records with another
+    number of fields than the header are skipped by the parser and, when there are any, the file
+    is parsed again on one thread, which numbers them, to put them back flagged."""
     if not _is_utf8(profile.encoding):
         return None
     data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
@@ -165,37 +250,48 @@ def _read_csv_arrow(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
         header = next(csv.reader([(data[:end] if end >= 0 else data).decode()], delimiter=profile.delimiter))
         if len(set(header)) != len(header):
             return None
-        table = pacsv.read_csv(
-            pa.BufferReader(data),
-            parse_options=pacsv.ParseOptions(delimiter=profile.delimiter),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.large_string())),
-        )
+        table, invalid = _parse_arrow(data, header, profile.delimiter, use_threads=True)
+        if invalid.texts:
+            table, invalid = _parse_arrow(data, header, profile.delimiter, use_threads=False)
     except (UnicodeDecodeError, csv.Error, pa.ArrowInvalid):
         return None
     notable = _notable_bytes(data)
-    lines = _record_lines(data, notable, table.num_rows)
-    if lines is None or any(not pa.types.is_large_string(t) for t in table.schema.types):
+    lines = _record_lines(data, notable, table.num_rows + len(invalid.texts))
+    if lines is None or any(not pa.types.is_large_string(t) for t in table.schema.types) or None in invalid.numbers:
         return None
-    return table, lines[1:], _trim_for(notable)
+    fields_match = np.ones(table.num_rows, dtype=bool)
+    if invalid.texts:
+        table, fields_match = _with_invalid_rows(table, invalid, profile.delimiter)
+    return _TextTable(table, lines[1:], _trim_for(notable), fields_match, _holds_control_characters(notable))
 
 
-def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pa.Table, np.ndarray, Trim]:
-    """The file's cells as text columns, each row's line in the file, and how to trim the cells."""
+def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> _TextTable:
     if profile.format != "xlsx":
-        return _read_csv_arrow(path, profile) or (*_read_csv_exact(path, profile), pc.utf8_trim_whitespace)
+        _require_final_line_break(path)
+        fast = _read_csv_arrow(path, profile)
+        if fast is not None:
+            return fast
+        table, lines, fields_match = _read_csv_exact(path, profile)
+        return _TextTable(table, lines, pc.utf8_trim_whitespace, fields_match)
     frame, header_line = _read_xlsx(path, profile, wanted)
     columns = [pa.array(frame.iloc[:, n].fillna("").astype(str), type=pa.large_string()) for n in range(frame.shape[1])]
     table = pa.table(columns, names=[str(name) for name in frame.columns])
-    return table, frame.index.to_numpy() + header_line + 1, pc.utf8_trim_whitespace
+    rows = frame.index.to_numpy() + header_line + 1
+    return _TextTable(table, rows, pc.utf8_trim_whitespace, np.ones(len(rows), dtype=bool))
 
 
 def _canonical_column(
-    table: pa.Table, position: int | None, field: str, profile: SourceProfile, trim: Trim
+    table: pa.Table, position: int | None, field: str, profile: SourceProfile, text: _TextTable
 ) -> pa.ChunkedArray | pa.Array:
-    """One canonical field: the mapped column stripped (or the profile's default), with the value map applied."""
+    """One canonical field: the mapped column stripped (or the profile's default), with the value map applied.
+    A value holding a control character keeps it at either end, for the row check to see."""
     if position is None:
         return pa.repeat(pa.scalar(profile.defaults.get(field, ""), pa.large_string()), table.num_rows)
-    values = trim(pc.fill_null(table.column(position), ""))
+    written = pc.fill_null(table.column(position), "")
+    values = text.trim(written)
+    controls = control_character_rows(written) if text.may_hold_controls else None
+    if controls is not None:
+        values = pc.if_else(controls, written, values)
     mapping = profile.value_maps.get(field)
     if mapping:
         found = pc.index_in(values, value_set=pa.array(list(mapping), pa.large_string()))
@@ -215,10 +311,14 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
     """Read one CDR file: canonical text columns plus source_file and source_row.
 
     source_row is the 1-based line of the row in the file as a person opens it. Lines with
-    no value in any mapped column are not CDR rows: they are skipped (and logged).
+    no value in any mapped column are not CDR rows: they are skipped (and logged). A CSV row
+    with another number of fields than the header is kept, its fields by position, with
+    FIELDS_MATCH_HEADER False (quarantined as BAD_FIELD_COUNT); a CSV file whose last line has
+    no line break is refused as cut off.
     """
     wanted = {_normalise_header(profile.columns[f]) for f in required_fields(profile.priced) if f in profile.columns}
-    table, rows, trim = _text_table(path, profile, wanted)
+    text = _text_table(path, profile, wanted)
+    table = text.table
     by_header: dict[str, int] = {}
     for n, name in enumerate(table.column_names):
         by_header.setdefault(_normalise_header(name), n)
@@ -230,9 +330,10 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
     if missing:
         raise FileReadError(f"{path.name}: missing required columns: {', '.join(missing)}")
     positions = {field: by_header.get(_normalise_header(header)) for field, header in profile.columns.items()}
-    canonical = {field: _canonical_column(table, positions.get(field), field, profile, trim) for field in TEXT_FIELDS}
+    canonical = {field: _canonical_column(table, positions.get(field), field, profile, text) for field in TEXT_FIELDS}
     canonical["source_file"] = pa.repeat(pa.scalar(path.name, pa.large_string()), table.num_rows)
-    canonical["source_row"] = pa.array(rows, type=pa.int64())
+    canonical["source_row"] = pa.array(text.lines, type=pa.int64())
+    canonical[FIELDS_MATCH_HEADER] = pa.array(text.fields_match, type=pa.bool_())
     blank = _blank_rows([canonical[f] for f in profile.columns if f in TEXT_FIELDS])
     skipped = 0 if blank is None else pc.sum(blank).as_py()
     table = pa.table(canonical)
