@@ -79,6 +79,7 @@ class SftpServer(ServerProcess):
     root: Path = Path()
     host_key: str = ""
     log_path: Path = Path()
+    login: str = "billing"
 
     def auth_attempts(self) -> list[str]:
         """The users that started to authenticate to this server, from its log."""
@@ -93,7 +94,7 @@ class SftpServer(ServerProcess):
             "conn_type": "sftp",
             "host": "127.0.0.1",
             "port": self.port,
-            "login": "billing",
+            "login": self.login,
             "extra": {
                 "key_file": str(client_key),
                 "host_key": host_key or self.host_key,
@@ -158,6 +159,15 @@ class LocalServices:
         server = SftpServer(
             name, bound, process, root=root, host_key=f"{key_type} {key_data}", log_path=self.base / f"{name}.log"
         )
+        self.servers.append(server)
+        return server
+
+    def start_openssh(self, name: str) -> SftpServer:
+        """Start OpenSSH's sshd with its own host key (see cdr_devkit.openssh_server)."""
+        from cdr_devkit.openssh_server import start_sshd
+
+        host_key, host_public = self._key_pair(f"{name}_host")
+        server = start_sshd(self.base, name, host_key, host_public, self.client_public_key)
         self.servers.append(server)
         return server
 
