@@ -107,7 +107,8 @@ def test_healthy_primary_delivers_and_the_ledger_records_every_file(site):
             "carrier_cdr_202610.csv",
             "pbx_cdr_2026-10.csv",
             "tariff_2026-10-01.csv",
-            "entitlements_2026-11-02.csv",
+            "entitlements_2026-04-02.csv",  # the snapshot in force on October 1st
+            "entitlements_2026-11-02.csv",  # and the later one
         ]
     )
     assert {(r.status, r.server, r.billing_month) for r in rows} == {("accepted", "cdr_sftp_primary", "2026-10")}
@@ -208,10 +209,10 @@ def test_a_rerun_of_the_month_downloads_nothing_again(site):
     site.serve_both()
     first = site.fetch("run-1")
     again = site.fetch("run-2")
-    assert first["file_counts"]["downloaded"] == 5
-    assert again["file_counts"] == {**again["file_counts"], "downloaded": 0, "reused": 5}
+    assert first["file_counts"]["downloaded"] == 6
+    assert again["file_counts"] == {**again["file_counts"], "downloaded": 0, "reused": 6}
     assert sorted(f["local_path"] for f in again["files"]) == sorted(f["local_path"] for f in first["files"])
-    assert len(site.ledger()) == 5
+    assert len(site.ledger()) == 6
 
 
 def test_same_name_with_new_content_is_held_and_the_billed_content_stays(site):
