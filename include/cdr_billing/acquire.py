@@ -315,8 +315,11 @@ def _pinned_host_key(conn_id: str, extra: dict[str, Any]) -> Any:
         raise UnpinnedHostKeyError(
             f"connection {conn_id} pins no host key (extra host_key): server unknown, not trusted (no trust on first use)"
         )
-    blob = b64decode(words[1] if len(words) > 1 else words[0])
-    return paramiko.PKey.from_type_string(paramiko.Message(blob).get_text(), blob)
+    try:
+        blob = b64decode(words[1] if len(words) > 1 else words[0], validate=True)
+        return paramiko.PKey.from_type_string(paramiko.Message(blob).get_text(), blob)
+    except (ValueError, paramiko.SSHException, paramiko.pkey.UnknownKeyType) as exc:
+        raise UnpinnedHostKeyError(f"connection {conn_id}: extra host_key is not an SSH public key: server not trusted") from exc
 
 
 def _host_key_algorithms(pinned: Any) -> list[str]:
