@@ -163,6 +163,14 @@ STAGES = {
             description="Off: a re-run bills with the snapshot the month was first billed with (reproducible). "
             "On: capture a new one, e.g. after an account was fixed.",
         ),
+        "release_held_files": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Release held files",
+            description="Names of held CDR files (delivered again with other content) whose new content this run "
+            "bills, once checked with the provider. One name per line.",
+        ),
     },
 )
 def cdr_billing_monthly():
@@ -184,6 +192,7 @@ def cdr_billing_monthly():
             context["run_id"],
             clear_number=context["dag_run"].clear_number or 0,
             refresh_entitlements=bool(params.get("refresh_entitlements")),
+            release_held_files=params.get("release_held_files"),
         )
         return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)
 

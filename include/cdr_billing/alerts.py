@@ -149,7 +149,8 @@ def held_file_alert(month: str, source: str, name: str, reason: str) -> Alert:
         (
             f"The file {name} from source {source} was delivered again with different content ({reason}).",
             "The new content is held: it is not billed and the billed content is not replaced.",
-            "Ask the provider which version is right before anything is re-billed.",
+            "Ask the provider which version is right. To bill the new content: python -m cdr_billing.ledger release "
+            f"{name} (or trigger the month with release_held_files [{name}]), then re-run the month.",
         ),
     )
 

@@ -3,13 +3,18 @@
 A file is archived under <archive_root>/<source>/<sha256>/<name> and recorded once per
 (source, name, content). Same name and content again: the archived copy serves, nothing is
 billed twice. Same name, new content: the new content is *held* (never billed, never
-silently replacing the old) and alerted. A CDR file's content under a new name: a
-duplicate delivery, not billed.
+silently replacing the old) and alerted, until an operator who has checked it releases it
+(`python -m cdr_billing.ledger release NAME`, or the DAG param `release_held_files`): the
+released content is then the file's accepted one and the content billed before is
+`replaced`, so the month's next run bills the new content. A CDR file's content under a new
+name: a duplicate delivery, not billed.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +25,11 @@ from cdr_billing import database
 from cdr_billing.acquire import FetchedFile, RemoteFile
 from cdr_billing.schema import cdr_file
 
-ACCEPTED, HELD, DUPLICATE_CONTENT = "accepted", "held", "duplicate_content"
+ACCEPTED, HELD, DUPLICATE_CONTENT, REPLACED = "accepted", "held", "duplicate_content", "replaced"
+
+
+class LedgerError(ValueError):
+    """A ledger request names no file, or more than one."""
 
 
 @dataclass(frozen=True)
@@ -145,3 +154,100 @@ def delivery_order(engine: Engine, files: list[dict]) -> list[dict]:
         rows = conn.execute(select(cdr_file.c.source, cdr_file.c.name, cdr_file.c.sha256, cdr_file.c.first_seen)).all()
     first_seen = {(r.source, r.name, r.sha256): r.first_seen for r in rows}
     return sorted(files, key=lambda f: (first_seen[(f["source"], f["name"], f["sha256"])], f["source"], f["name"]))
+
+
+@dataclass(frozen=True)
+class ChangedFile:
+    """A file whose held content an operator released: the content billed before and now."""
+
+    source: str
+    name: str
+    billed_sha256: str
+    released_sha256: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"source": self.source, "name": self.name, "billed_sha256": self.billed_sha256,
+                "released_sha256": self.released_sha256}  # fmt: skip
+
+
+def _named(conn, name: str, source: str | None, status: str):
+    conditions = [cdr_file.c.name == name, cdr_file.c.status == status]
+    return conn.execute(select(cdr_file).where(*conditions, *([cdr_file.c.source == source] if source else []))).all()
+
+
+def release_held(engine: Engine, name: str, source: str | None = None, sha256_prefix: str = "") -> ChangedFile:
+    """Make a held file's content the accepted one (the content billed before becomes
+    `replaced`); the month's next run bills it. Releasing it again returns the same change."""
+    with engine.begin() as conn:
+        database.hold_lock(conn, "cdr_file")
+        held = [r for r in _named(conn, name, source, HELD) if r.sha256.startswith(sha256_prefix)]
+        if not held:
+            released = [r for r in _named(conn, name, source, ACCEPTED) if r.sha256.startswith(sha256_prefix)]
+            replaced = _named(conn, name, source, REPLACED)
+            if len(released) == 1 and replaced:  # released before (a retried task): the same change
+                return ChangedFile(released[0].source, name, replaced[-1].sha256, released[0].sha256)
+            raise LedgerError(f"no held file named {name!r}" + (f" from {source}" if source else ""))
+        if len(held) > 1:
+            contents = ", ".join(f"{r.source} {r.sha256[:12]}" for r in held)
+            raise LedgerError(f"{name!r} is held with several contents ({contents}): name one with --sha256")
+        (chosen,) = held
+        billed = _named(conn, name, chosen.source, ACCEPTED)
+        conn.execute(update(cdr_file).where(cdr_file.c.file_id.in_([r.file_id for r in billed])).values(status=REPLACED))
+        conn.execute(update(cdr_file).where(cdr_file.c.file_id == chosen.file_id).values(status=ACCEPTED))
+    return ChangedFile(chosen.source, name, billed[0].sha256 if billed else "", chosen.sha256)
+
+
+def _month_rows(engine: Engine, billing_month: str, status: str):
+    with engine.connect() as conn:
+        query = select(cdr_file).where(cdr_file.c.billing_month == billing_month, cdr_file.c.status == status)
+        return conn.execute(query.order_by(cdr_file.c.source, cdr_file.c.name, cdr_file.c.first_seen)).all()
+
+
+def held_files(engine: Engine, billing_month: str) -> list[dict[str, str]]:
+    """The month's files held with changed content, for the report and the Billing page."""
+    return [{"source": r.source, "name": r.name, "sha256": r.sha256, "first_seen": str(r.first_seen)}
+            for r in _month_rows(engine, billing_month, HELD)]  # fmt: skip
+
+
+def changed_files(engine: Engine, billing_month: str) -> list[dict[str, str]]:
+    """The month's files whose released content replaced the content billed before."""
+    accepted = {(r.source, r.name): r.sha256 for r in _month_rows(engine, billing_month, ACCEPTED)}
+    replaced = {(r.source, r.name): r.sha256 for r in _month_rows(engine, billing_month, REPLACED)}
+    return [ChangedFile(source, name, old, accepted[(source, name)]).as_dict()
+            for (source, name), old in replaced.items() if (source, name) in accepted]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cdr_billing.ledger held|release`: list the held files, or release one."""
+    from cdr_billing.config import load_config
+    from cdr_billing.migrations import upgrade
+
+    parser = argparse.ArgumentParser(description="The file ledger: held files and their release.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("held", help="list the held files").add_argument("--month", help="YYYY-MM (default: all)")
+    release = commands.add_parser("release", help="bill a held file's new content from the month's next run")
+    release.add_argument("name")
+    release.add_argument("--source", help="the CDR source, when several hold that name")
+    release.add_argument("--sha256", default="", help="the start of the content's hash, when held twice")
+    args = parser.parse_args(argv)
+    engine = database.billing_engine(load_config().billing.connection)
+    upgrade(engine)
+    if args.command == "held":
+        with engine.connect() as conn:
+            rows = conn.execute(select(cdr_file).where(cdr_file.c.status == HELD, *(
+                [cdr_file.c.billing_month == args.month] if args.month else []))).all()  # fmt: skip
+        for r in rows:
+            print(f"{r.billing_month}  {r.source:<14} {r.name:<40} sha256 {r.sha256[:12]}  first seen {r.first_seen}")
+        return 0
+    try:
+        changed = release_held(engine, args.name, args.source, args.sha256)
+    except LedgerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{changed.source} {changed.name}: content {changed.released_sha256[:12]} released (billed before: "
+          f"{changed.billed_sha256[:12] or 'none'}); re-run its month to bill it")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -170,6 +170,13 @@ def render_text(report: dict[str, Any]) -> str:
                 f"  {item['service_provider']:<16}{item['currency']:<5}{item['share_percent']:>6}% of {item['billed']:>12}"
                 f" = {item['share']:>10} ({item['calls']} calls)"
             )
+    if report.get("held_files"):
+        out += ["", "Held files (changed content, not billed; release: python -m cdr_billing.ledger release NAME):"]
+        out += [f"  {f['source']:<14} {f['name']:<40} sha256 {f['sha256'][:12]}" for f in report["held_files"]]
+    if report.get("changed_files"):
+        out += ["", "Files whose released content replaced what was billed before:"]
+        out += [f"  {f['source']:<14} {f['name']:<40} {f['billed_sha256'][:12]} -> {f['released_sha256'][:12]}"
+                for f in report["changed_files"]]  # fmt: skip
     if report.get("credits"):
         out += ["", "Credits (negative provider costs, billed as credits):"]
         out += [f"  {item['currency']:<5}{item['total']:>14} ({item['calls']} calls)" for item in report["credits"]]
@@ -233,6 +240,14 @@ def render_html(report: dict[str, Any]) -> str:
                      ["Provider", "Currency", "Share %", "Calls", "Billed", "Share"],
                      [[r["service_provider"], r["currency"], r["share_percent"], r["calls"], r["billed"], r["share"]]
                       for r in shares]),
+            _section("Held files", "Delivered again with other content: not billed until released "
+                     "(python -m cdr_billing.ledger release NAME, or the run's release_held_files).",
+                     ["Source", "File", "Content (sha256)", "First seen"],
+                     [[f["source"], f["name"], f["sha256"][:12], f["first_seen"]] for f in report.get("held_files", [])]),
+            _section("Changed files", "Released content that replaced what the month billed before.",
+                     ["Source", "File", "Billed before", "Billed now"],
+                     [[f["source"], f["name"], f["billed_sha256"][:12], f["released_sha256"][:12]]
+                      for f in report.get("changed_files", [])]),
             _section("Credits", "Billed calls with a negative provider cost (the source's profile allows credits).",
                      ["Currency", "Calls", "Total"],
                      [[r["currency"], r["calls"], r["total"]] for r in report.get("credits", [])]),

@@ -13,6 +13,7 @@ import logging
 import re
 import tempfile
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ def start_run(
     config: PipelineConfig | None = None,
     refresh_entitlements: bool = False,
     clear_number: int = 0,
+    release_held_files: list[str] | None = None,
 ) -> Meta:
     """Resolve the billing month and create the run's work directory.
 
@@ -130,6 +132,7 @@ def start_run(
         "work_dir": str(work_dir),
         "work_connection": config.work_connection,
         "refresh_entitlements": refresh_entitlements,
+        "release_held_files": list(release_held_files or []),
     }
 
 
@@ -196,7 +199,7 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     for failed in result.failovers:
         _send(config, alerts.failover_alert(month, failed, result.server))
     fetched = [ledger.archive(f, config.archive_root) if f.downloaded else f for f in result.files]
-    entries = ledger.record(engine, month, fetched)
+    entries = _release(engine, meta, ledger.record(engine, month, fetched))
     for entry in entries:
         if entry.status == ledger.HELD:
             _send(config, alerts.held_file_alert(month, entry.file.source, entry.file.name, entry.reason or "held earlier"))
@@ -211,11 +214,11 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         unstable = sorted(r.name for r in result.not_yet_stable)
         raise MissingFilesError(f"no usable files for month {month} from sources {missing} (not yet stable: {unstable})")
     counts = Counter(e.status for e in entries)
-    downloaded = sum(f.downloaded for f in usable)
+    downloaded, reused = sum(f.downloaded for f in result.files), sum(not f.downloaded for f in usable)
     log.info(
-        "%d files usable (%d downloaded, %d from the archive), %d held, %d duplicate deliveries, %d other files ignored, "
+        "%d files usable (%d from the archive), %d downloaded, %d held, %d duplicate deliveries, %d other files ignored, "
         "%d failovers, %d not yet stable (left for a later run)",
-        len(usable), downloaded, len(usable) - downloaded, counts[ledger.HELD], counts[ledger.DUPLICATE_CONTENT],
+        len(usable), reused, downloaded, counts[ledger.HELD], counts[ledger.DUPLICATE_CONTENT],
         result.ignored, len(result.failovers), len(result.not_yet_stable),
     )  # fmt: skip
     files = [f.as_dict() for f in usable]
@@ -226,13 +229,24 @@ def fetch(meta: Meta, config: PipelineConfig | None = None) -> Meta:
         "failovers": result.failovers,
         "file_counts": {
             "downloaded": downloaded,
-            "reused": len(usable) - downloaded,
+            "reused": reused,
             "held": counts[ledger.HELD],
             "duplicate_content": counts[ledger.DUPLICATE_CONTENT],
             "ignored": result.ignored,
             "not_yet_stable": len(result.not_yet_stable),
         },
     }
+
+
+def _release(engine: Engine, meta: Meta, entries: list[ledger.LedgerEntry]) -> list[ledger.LedgerEntry]:
+    """Release the held files the run names (`release_held_files`): their content is billed."""
+    changed = [ledger.release_held(engine, name) for name in meta.get("release_held_files", [])]
+    released = {(c.source, c.name, c.released_sha256) for c in changed}
+    for c in changed:
+        log.info("%s %s: held content %s released (billed before: %s)", c.source, c.name, c.released_sha256[:12],
+                 c.billed_sha256[:12])  # fmt: skip
+    return [replace(e, status=ledger.ACCEPTED) if (e.file.source, e.file.name, e.file.sha256) in released else e
+            for e in entries]  # fmt: skip
 
 
 def _files(meta: Meta, role: str) -> list[dict[str, Any]]:
@@ -536,6 +550,8 @@ def report_month(meta: Meta, config: PipelineConfig | None = None) -> Meta:
     month_report["unbillable_ranges"] = report.unbillable_ranges(_read_parts(meta, "unbillable"))
     month_report["delivery_failed_billed"] = meta["delivery_failed_billed"]
     month_report["credits"] = meta["credits"]
+    month_report["held_files"] = ledger.held_files(engine, meta["billing_month"])
+    month_report["changed_files"] = ledger.changed_files(engine, meta["billing_month"])
     month_report["price_differences"] = meta["price_differences"]
     month_report["suspense_accounts"] = report.suspense_accounts(_read_parts(meta, "suspense"))
     month_report["stale_entitlements"] = _read(meta, "stale_accounts").to_dict("records")

@@ -3,7 +3,8 @@ import pytest
 
 from cdr_billing.aggregate import aggregate_lines, aggregate_users, call_totals, revenue_share, revenue_share_sums
 from cdr_billing.alerts import is_unreachable
-from cdr_billing.report import ReconciliationError, check_totals, reconcile, reconcile_file
+from cdr_billing.load import LINE_COLUMNS
+from cdr_billing.report import OUTCOMES, ReconciliationError, check_totals, reconcile, reconcile_file
 
 COUNTS = {
     "read": 11,
@@ -122,3 +123,17 @@ def test_an_error_raised_from_an_unreachable_server_is_told_apart_from_bad_data(
     assert is_unreachable(operational)
     assert not is_unreachable(ValueError("carrier.csv: line 3: bad duration")) and not is_unreachable(None)
     assert not is_unreachable(FileNotFoundError("tariff.csv"))
+
+
+def test_the_report_names_held_and_changed_files_and_credits():
+    from cdr_billing.report import build_report, render_html, render_text
+
+    report = build_report("2026-10", {"batch_id": 7, "superseded_batch_id": 6}, dict.fromkeys(("read", *OUTCOMES), 0),
+                          pd.DataFrame(columns=LINE_COLUMNS), pd.DataFrame(columns=["kind", "reason_code"]))  # fmt: skip
+    report.update(held_files=[{"source": "carrier", "name": "c_b.csv", "sha256": "ab" * 32, "first_seen": "2026-11-03"}],
+                  changed_files=[{"source": "carrier", "name": "c_a.csv", "billed_sha256": "11" * 32,
+                                  "released_sha256": "22" * 32}],
+                  credits=[{"currency": "EUR", "calls": 2, "total": "-7.50"}], changes=[])  # fmt: skip
+    text, page = render_text(report), render_html(report)
+    assert "c_b.csv" in text and "abababababab" in text and "111111111111 -> 222222222222" in text and "-7.50" in text
+    assert "<h3>Held files</h3>" in page and "<h3>Changed files</h3>" in page and "<h3>Credits</h3>" in page

@@ -178,6 +178,16 @@ def _files_section(detail: MonthDetail) -> str:
     )
 
 
+def _held_files_section(held: list[dict[str, str]]) -> str:
+    """Files delivered again with other content: not billed until an operator releases them."""
+    if not held:
+        return ""
+    rows = [[e(f["source"]), e(f["name"]), f"<code>{e(f['sha256'][:12])}</code>", e(f["first_seen"])] for f in held]
+    release = "<p>Not billed until released: <code>python -m cdr_billing.ledger release NAME</code>, or a run with " \
+        "<code>release_held_files</code>.</p>"  # fmt: skip
+    return f"<section><h2>Held files</h2>{release}{table(['Source', 'File', 'Content', 'First seen'], rows, set())}</section>"
+
+
 def _batches_section(batches: list[Batch]) -> str:
     rows = [[e(b.batch_id), badge(b.status), f"<code>{e(b.run_id)}</code>", e(timestamp(b.loaded_at))] for b in batches]
     return f"<section><h2>Batches</h2>{table(['Batch', 'Status', 'Run', 'Loaded at'], rows, numeric={0})}</section>"
@@ -203,7 +213,7 @@ def month_page(detail: MonthDetail) -> str:
         f'<div class="grid">{_customers_section(detail)}</div><div class="grid">{_reconciliation_section(current)}'
         + _not_billed_section("Unbillable number ranges", "Number range", detail.unbillable, "No unbillable calls.")
         + _not_billed_section("Suspense accounts", "Account", detail.suspense, "No calls in suspense.")
-        + f"</div>{_batches_section(detail.batches)}"
+        + f"</div>{_held_files_section(detail.held_files)}{_batches_section(detail.batches)}"
     )
     return page(f"Billing {month}", body)
 

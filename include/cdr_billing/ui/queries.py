@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from cdr_billing import ledger
 from cdr_billing.config import PipelineConfig
 from cdr_billing.money import from_minor_units
 from cdr_billing.report import OUTCOMES, ReconciliationError, reconcile
@@ -110,6 +111,7 @@ class MonthDetail:
     unbillable: list[NotBilled]
     suspense: list[NotBilled]
     files: MonthFiles
+    held_files: list[dict[str, str]]  # delivered again with other content, not billed until released
 
 
 def _batches(engine: Engine, *conditions) -> list[Batch]:
@@ -271,4 +273,5 @@ def month_detail(engine: Engine, config: PipelineConfig, billing_month: str) -> 
         unbillable=grouped["unbillable"],
         suspense=grouped["suspense"],
         files=month_files(config, current) if current else MonthFiles(),
+        held_files=ledger.held_files(engine, billing_month),
     )
