@@ -63,6 +63,7 @@ class SourceProfile:
     defaults: dict[str, str] = field(default_factory=dict)
     value_maps: dict[str, dict[str, str]] = field(default_factory=dict)  # provider value -> canonical value
     allow_credits: bool = False  # a negative provider cost is a credit (else the row is NEGATIVE_COST)
+    ambiguous_times: str = "earliest"  # a local time the autumn clock change repeats: earliest, latest or reject
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def load_profiles(path: Path) -> dict[str, SourceProfile]:
             raise ConfigError(f"profile {name}: format must be xlsx or csv")
         if spec.get("duration_unit", "seconds") not in ("seconds", "minutes", "hms"):
             raise ConfigError(f"profile {name}: duration_unit must be seconds, minutes or hms")
+        if spec.get("ambiguous_times", "earliest") not in ("earliest", "latest", "reject"):
+            raise ConfigError(f"profile {name}: ambiguous_times must be earliest, latest or reject")
         profiles[name] = SourceProfile(name=name, **spec)
     return profiles
 

@@ -55,6 +55,8 @@ REASONS = {
     "MISSING_TRANSACTION_ID": "transaction id is empty",
     "MISSING_ACCOUNT": "user/account id is empty",
     "BAD_TIMESTAMP": "start time is not a date and time",
+    "NONEXISTENT_LOCAL_TIME": "start time is a wall time the spring clock change skips in the profile's timezone",
+    "AMBIGUOUS_LOCAL_TIME": "start time is a wall time the autumn clock change repeats, and the profile rejects those",
     "OUTSIDE_MONTH": "start time is outside the billing month",
     "BAD_DURATION": "duration is not a whole number of seconds",
     "DURATION_OUT_OF_RANGE": "duration is negative or above the maximum",
@@ -102,19 +104,22 @@ def _nullable_ints(values: np.ndarray, missing: np.ndarray, index: pd.Index, dty
     return pd.Series(pd.arrays.IntegerArray(values, missing.copy()), index=index).astype(dtype)
 
 
-def parse_timestamps(text: pd.Series, timezone: str, timestamp_format: str | None = None) -> pd.Series:
+def parse_timestamps(
+    text: pd.Series, timezone: str, timestamp_format: str | None = None, ambiguous: str = "earliest"
+) -> pd.Series:
     """Parse ISO text (with or without an offset) or Excel serial dates; return UTC.
 
     Times without an offset are wall times in `timezone`; a wall time that occurs twice
-    (autumn DST change) is read as its first occurrence. Unparsable text gives NaT. With a
+    (autumn DST change) is its first occurrence (`ambiguous` "earliest"), its second ("latest")
+    or NaT ("reject"); one that does not exist (spring) is NaT. Unparsable text gives NaT. With a
     `timestamp_format` (strptime), text must follow it exactly. "YYYY-MM-DDTHH:MM:SSZ" and
     "YYYY-MM-DD HH:MM:SS", the usual shapes, are parsed from their bytes; the rest by pandas.
     """
     if timestamp_format:
         parsed = pd.to_datetime(text, format=timestamp_format, errors="coerce")
-        return _localise(parsed, timezone)
+        return _localise(parsed, timezone, ambiguous)
     utc, rest = _iso_timestamps(text, "T", zulu=True)
-    return _fill_rest(utc.dt.tz_localize("UTC"), rest, text, lambda rows: _parse_without_z(rows, timezone))
+    return _fill_rest(utc.dt.tz_localize("UTC"), rest, text, lambda rows: _parse_without_z(rows, timezone, ambiguous))
 
 
 def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Series, np.ndarray]:
@@ -123,12 +128,12 @@ def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Ser
     return pd.Series(micros.view("datetime64[us]"), index=text.index).where(parsed), ~parsed
 
 
-def _parse_without_z(text: pd.Series, timezone: str) -> pd.Series:
+def _parse_without_z(text: pd.Series, timezone: str, ambiguous: str) -> pd.Series:
     wall, general = _iso_timestamps(text, " ", zulu=False)
-    return _fill_rest(_localise(wall, timezone), general, text, lambda rows: _parse_general(rows, timezone))
+    return _fill_rest(_localise(wall, timezone, ambiguous), general, text, lambda rows: _parse_general(rows, timezone, ambiguous))
 
 
-def _parse_general(text: pd.Series, timezone: str) -> pd.Series:
+def _parse_general(text: pd.Series, timezone: str, ambiguous: str) -> pd.Series:
     numeric = pd.to_numeric(text, errors="coerce")
     is_text = numeric.isna()
     serial = numeric[~is_text].where((numeric >= 0) & (numeric <= EXCEL_LAST_DAY))  # others (an epoch in seconds?) NaT
@@ -140,14 +145,28 @@ def _parse_general(text: pd.Series, timezone: str) -> pd.Series:
             (EXCEL_EPOCH + pd.to_timedelta(serial, unit="D")).dt.round("s").astype("datetime64[us]"),
         ]
     )
-    return pd.concat([aware.astype("datetime64[us, UTC]"), _localise(naive, timezone)]).reindex(text.index)
+    return pd.concat([aware.astype("datetime64[us, UTC]"), _localise(naive, timezone, ambiguous)]).reindex(text.index)
 
 
-def _localise(naive: pd.Series, timezone: str) -> pd.Series:
-    """Wall times in a zone to UTC; a repeated wall time is its first occurrence."""
-    first_occurrence = np.ones(len(naive), dtype=bool)
-    local = naive.dt.tz_localize(timezone, ambiguous=first_occurrence, nonexistent="shift_forward")
+AMBIGUOUS_TIMES = ("earliest", "latest", "reject")  # a profile's choice for a wall time the autumn change repeats
+
+
+def _localise(naive: pd.Series, timezone: str, ambiguous: str = "earliest") -> pd.Series:
+    """Wall times in a zone to UTC: a repeated one as the profile says (AMBIGUOUS_TIMES), one
+    that does not exist is NaT."""
+    choice = "NaT" if ambiguous == "reject" else np.full(len(naive), ambiguous == "earliest")  # True: the first (DST)
+    local = naive.dt.tz_localize(timezone, ambiguous=choice, nonexistent="NaT")
     return local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+
+
+def local_time_problems(text: pd.Series, profile: SourceProfile) -> pd.Series:
+    """For start times that did not parse (few): NONEXISTENT_LOCAL_TIME or AMBIGUOUS_LOCAL_TIME
+    where the text is a wall time the clock change skips or repeats (and the profile rejects
+    repeated ones), else "" (not a date and time at all)."""
+    wall = parse_timestamps(text, "UTC", profile.timestamp_format).dt.tz_localize(None)  # read as written, no zone
+    skipped = wall.notna() & wall.dt.tz_localize(profile.timezone, ambiguous=True, nonexistent="NaT").isna()
+    return pd.Series(np.select([skipped, wall.notna()], ["NONEXISTENT_LOCAL_TIME", "AMBIGUOUS_LOCAL_TIME"], ""),
+                     index=text.index, dtype="str")  # fmt: skip
 
 
 def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series:
@@ -308,7 +327,13 @@ def _failures(
     fails["BAD_CHARACTER"] = _control_character_rows_of(raw)
     fails["MISSING_TRANSACTION_ID"] = raw["transaction_id"] == ""
     fails["MISSING_ACCOUNT"] = raw["user_id"] == ""
-    fails["BAD_TIMESTAMP"] = typed["start_utc"].isna()
+    unparsed = typed["start_utc"].isna().to_numpy()
+    clock_change = pd.Series("", index=raw.index, dtype="str")
+    if unparsed.any():
+        clock_change[unparsed] = local_time_problems(raw["start_of_usage"][unparsed], profile).to_numpy()
+    fails["BAD_TIMESTAMP"] = unparsed & (clock_change == "").to_numpy()
+    fails["NONEXISTENT_LOCAL_TIME"] = (clock_change == "NONEXISTENT_LOCAL_TIME").to_numpy()
+    fails["AMBIGUOUS_LOCAL_TIME"] = (clock_change == "AMBIGUOUS_LOCAL_TIME").to_numpy()
     fails["OUTSIDE_MONTH"] = typed["start_utc"].notna() & (
         (typed["start_utc"] < start - tolerance) | (typed["start_utc"] >= end + tolerance)
     )
@@ -342,7 +367,8 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
         typed["currency"] = raw["currency"].str.strip().str.upper()
     numbers = text_bytes.without_separators(text_bytes.one_array(raw["destination_party"]))
     typed["destination_party"] = pd.Series(numbers, index=raw.index, dtype="str")
-    typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone, profile.timestamp_format)
+    typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone, profile.timestamp_format,
+                                          profile.ambiguous_times)  # fmt: skip
     typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit, profile.decimal)
     typed["completion_status"] = parse_statuses(raw["completion_status"])
     percentages = with_decimal_point(raw["revenue_share_percentage"], profile.decimal)

@@ -155,3 +155,37 @@ def test_credits_are_billed_negative_and_reported_per_currency():
     totals = call_totals(calls)
     assert totals["total_minor"].tolist() == [437, 250]
     assert credits(totals) == [{"currency": "EUR", "calls": 1, "total": "-5.63"}]
+
+
+@pytest.mark.parametrize(
+    ("ambiguous", "outcomes"),
+    [
+        ("earliest", {"2026-10-25 02:30:00": "2026-10-25 00:30:00+00:00", "2026-10-25 01:59:59": "2026-10-24 23:59:59+00:00",
+                      "2026-10-25 03:00:00": "2026-10-25 02:00:00+00:00", "2026-03-29 02:30:00": "NONEXISTENT_LOCAL_TIME",
+                      "2026-03-29 01:59:59": "2026-03-29 00:59:59+00:00", "2026-03-29 03:00:00": "2026-03-29 01:00:00+00:00",
+                      "2026-10-25T02:30:00+01:00": "2026-10-25 01:30:00+00:00", "2026-02-30 10:00:00": "BAD_TIMESTAMP"}),
+        ("latest", {"2026-10-25 02:30:00": "2026-10-25 01:30:00+00:00", "2026-03-29 02:00:00": "NONEXISTENT_LOCAL_TIME"}),
+        ("reject", {"2026-10-25 02:30:00": "AMBIGUOUS_LOCAL_TIME", "2026-10-25 02:00:00": "AMBIGUOUS_LOCAL_TIME",
+                    "2026-10-25 03:00:00": "2026-10-25 02:00:00+00:00", "2026-03-29 02:59:59": "NONEXISTENT_LOCAL_TIME"}),
+    ],
+)  # fmt: skip
+def test_local_times_around_both_clock_changes_follow_the_profile(ambiguous, outcomes):
+    profile = SourceProfile(name="pbx", format="csv", columns={}, priced=False, timezone="Europe/Stockholm",
+                            ambiguous_times=ambiguous)  # fmt: skip
+    months = {"03": BillingMonth(2026, 3), "10": BillingMonth(2026, 10), "02": BillingMonth(2026, 2)}
+    for written, expected in outcomes.items():
+        checked = check_rows(_rows(profile, "start_of_usage", [written]), profile, months[written[5:7]], RULES)
+        got = checked.quarantined["reason_code"].tolist() or [str(checked.accepted["start_utc"].iloc[0])]
+        assert got == [expected], written
+
+
+def test_a_profile_with_a_day_first_format_and_excel_serials_meet_the_same_rule():
+    dotted = SourceProfile(name="pbx", format="csv", columns={}, priced=False, timezone="Europe/Stockholm",
+                           timestamp_format="%d.%m.%Y %H:%M:%S", ambiguous_times="reject")  # fmt: skip
+    outcomes = _outcomes(dotted, "start_of_usage", ["25.10.2026 02:30:00", "25.10.2026 03:30:00"])
+    assert outcomes == {"25.10.2026 02:30:00": "AMBIGUOUS_LOCAL_TIME", "25.10.2026 03:30:00": ""}
+    serial = SourceProfile(name="x", format="xlsx", columns={}, priced=False, timezone="Europe/Stockholm")
+    spring = BillingMonth(2026, 3)
+    rows = _rows(serial, "start_of_usage", ["46110.1041666667", "46110.0416666667"])  # 2026-03-29 02:30 and 01:00
+    checked = check_rows(rows, serial, spring, RULES)
+    assert checked.quarantined["reason_code"].tolist() == ["NONEXISTENT_LOCAL_TIME"] and len(checked.accepted) == 1
