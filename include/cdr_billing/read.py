@@ -246,6 +246,11 @@ def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
     return table, np.array(lines, dtype=np.int64), fields_match
 
 
+def _exact_parts(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray, Trim, np.ndarray]:
+    table, lines, fields_match = _read_csv_exact(path, profile)
+    return table, lines, pc.utf8_trim_whitespace, fields_match
+
+
 def _fitted(record: list[str], width: int) -> list[str]:
     """A record's fields by position in the header's width, only to show a quarantined row's values."""
     return record[:width] + [""] * (width - len(record))
@@ -403,12 +408,9 @@ def _read_csv_arrow(path: Path, profile: SourceProfile) -> _TextTable | None:
 
 def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> _TextTable:
     if profile.format != "xlsx":
-        _require_final_line_break(path)
-        fast = _read_csv_arrow(path, profile)
-        if fast is not None:
-            return fast
-        table, lines, fields_match = _read_csv_exact(path, profile)
-        return _TextTable(table, lines, pc.utf8_trim_whitespace, fields_match)
+        text = _read_csv_arrow(path, profile) or _TextTable(*_exact_parts(path, profile))
+        _require_final_line_break(path)  # after the read: a file in another encoding is named as such
+        return text
     frame, header_line = _read_xlsx(path, profile, wanted)
     columns = [pa.array(frame.iloc[:, n].fillna("").astype(str), type=pa.large_string()) for n in range(frame.shape[1])]
     table = pa.table(columns, names=[str(name) for name in frame.columns])
