@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -63,12 +63,17 @@ def _pbx_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
         for row in csv.DictReader(handle, delimiter=";"):
             match = re.fullmatch(r"(\d+):([0-5]\d):([0-5]\d)", row["Längd"])
             started = datetime.strptime(row["Starttid"], "%d.%m.%Y %H:%M:%S").replace(tzinfo=ZONE)
-            if not match or not start <= started < end:
+            if not match or not start <= started < end or not _exists(started):
                 continue
             hours, minutes, seconds = (int(g) for g in match.groups())
             calls.append({"key": ("pbx", row["Samtals-ID"]), "account": row["Anknytning"], "status": PBX_STATUS[row["Status"]],
                           "duration": hours * 3600 + minutes * 60 + seconds, "number": row["Uppringt nummer"]})  # fmt: skip
     return calls
+
+
+def _exists(wall: datetime) -> bool:
+    """Whether a local wall time occurs at all: one the spring clock change skips is quarantined."""
+    return wall.astimezone(UTC).astimezone(ZONE).replace(tzinfo=None) == wall.replace(tzinfo=None)
 
 
 def _conferencing_calls(path: Path) -> list[dict]:
@@ -80,6 +85,8 @@ def _conferencing_calls(path: Path) -> list[dict]:
     calls = []
     for values in rows:
         row = dict(zip(header, values, strict=False))
+        if not _exists(row["Start Time"].replace(tzinfo=ZONE)):
+            continue
         cost = Decimal(repr(row["Cost"])).quantize(CENT, rounding=ROUND_HALF_UP)
         calls.append({"key": ("conferencing", row["Leg ID"]), "account": str(row["PGIConnect ID"]), "status": "1", "cost": cost})
     return calls
