@@ -27,11 +27,6 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"  # sshd re-executes itself: an a
 PRIVILEGE_SEPARATION_DIR = Path("/run/sshd")  # sshd started by root refuses to run without it
 
 
-def sshd_available() -> bool:
-    """Whether OpenSSH's server is installed."""
-    return Path(SSHD).is_file()
-
-
 def login_name() -> str:
     """The user sshd lets in: the one running it (root included, with a key only)."""
     return pwd.getpwuid(os.getuid()).pw_name
@@ -118,6 +113,8 @@ class OpenSshServer(SftpServer):
 
 def start_sshd(base: Path, name: str, host_key: Path, host_public_key: Path, authorized_keys: Path) -> OpenSshServer:
     """Start sshd on a free loopback port; its log is <base>/<name>.log."""
+    if not Path(SSHD).is_file():
+        raise FileNotFoundError(f"OpenSSH's sshd is not installed ({SSHD}): make openssh-server installs it")
     if os.getuid() == 0:
         PRIVILEGE_SEPARATION_DIR.mkdir(mode=0o755, exist_ok=True)
     port = free_port()

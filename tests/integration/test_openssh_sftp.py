@@ -21,10 +21,8 @@ from sqlalchemy import create_engine, select
 from cdr_billing import stages
 from cdr_billing.config import PipelineConfig, RemoteFiles, load_config
 from cdr_billing.schema import cdr_file
-from cdr_devkit.openssh_server import login_name, sshd_available
+from cdr_devkit.openssh_server import login_name
 from cdr_devkit.services import LocalServices, SftpServer, connection_env, smtp_connection
-
-pytestmark = pytest.mark.skipif(not sshd_available(), reason="OpenSSH's sshd is not installed: make openssh-server")
 
 DATABASES = itertools.count()
 BIG = "carrier_cdr_202610_big.csv"
