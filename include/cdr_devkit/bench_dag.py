@@ -194,6 +194,7 @@ def run(month: BenchMonth, root: Path, sqlite: bool, scheduler: bool = False, fi
     root.mkdir(parents=True, exist_ok=True)
     serve_month(month, root / "sftp")
     os.environ["CDR_BILLING_CONFIG"] = str(write_config(root, files_at_once))
+    os.environ["CDR_BILLING_STABLE_SECONDS"] = "0"  # the served files are complete: no stability wait in the timing
     os.environ.update(airflow_settings(root / "airflow", log_level="WARNING"))
     with ExitStack() as stack:
         services = stack.enter_context(LocalServices(root / "services"))
