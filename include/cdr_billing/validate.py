@@ -128,12 +128,12 @@ def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Ser
     return pd.Series(micros.view("datetime64[us]"), index=text.index).where(parsed), ~parsed
 
 
-def _parse_without_z(text: pd.Series, timezone: str, ambiguous: str) -> pd.Series:
+def _parse_without_z(text: pd.Series, timezone: str, ambiguous: str = "earliest") -> pd.Series:
     wall, general = _iso_timestamps(text, " ", zulu=False)
     return _fill_rest(_localise(wall, timezone, ambiguous), general, text, lambda rows: _parse_general(rows, timezone, ambiguous))
 
 
-def _parse_general(text: pd.Series, timezone: str, ambiguous: str) -> pd.Series:
+def _parse_general(text: pd.Series, timezone: str, ambiguous: str = "earliest") -> pd.Series:
     numeric = pd.to_numeric(text, errors="coerce")
     is_text = numeric.isna()
     serial = numeric[~is_text].where((numeric >= 0) & (numeric <= EXCEL_LAST_DAY))  # others (an epoch in seconds?) NaT

@@ -93,7 +93,7 @@ def test_timestamps_fast_path_equals_the_general_parser():
     pd.testing.assert_series_equal(fast, general, check_names=False)
     unreadable = {"2026-02-30T09:00:00Z", "2026-13-40T99:00:00Z", "", "soon", "2100-02-29T00:00:00Z", "2026-10-05T24:00:00Z",
                   "2026-10-05 09:60:00", "2026-10-05T09:00:60Z", "2026-1O-05T09:00:00Z", "2026-10-05x09:00:00Z",
-                  "1000000000", "1e300", "-5", "inf"}  # fmt: skip
+                  "1000000000", "1e300", "-5", "inf", "2026-03-29 02:30:00"}  # fmt: skip (the last: skipped by the clock)
     assert fast.isna().tolist() == [value in unreadable for value in text]  # an epoch or a huge serial is no crash
 
 
@@ -102,7 +102,7 @@ def test_durations_and_statuses_fast_paths_equal_the_general_parsers():
         ["60", "0", "007", "-5", "60.0", "1e2", "", "x", "61.5", "999999999999999"], index=range(5, 15), dtype="str"
     )
     pd.testing.assert_series_equal(parse_durations(durations, "seconds"), _parse_durations(durations, "seconds", "."))
-    assert parse_durations(durations, "seconds").tolist()[:6] == [60, 0, 7, -5, 60, 100]
+    assert parse_durations(durations, "seconds").fillna(-1).tolist()[:6] == [60, 0, 7, -5, 60, -1]  # "1e2": no exponents
     statuses = pd.Series(["0", "1", "2", "3", "4", "1.0", "", "x", " 2"], index=range(3, 12), dtype="str")
     assert parse_statuses(statuses).tolist() == [0, 1, 2, 3, pd.NA, 1, pd.NA, pd.NA, 2]
     assert str(parse_statuses(statuses).dtype) == "Int8"
