@@ -5,7 +5,6 @@ hostile names and checksums."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import shutil
 import threading
@@ -18,15 +17,14 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from cdr_billing import stages
 from cdr_billing.acquire import AllServersFailedError, UnsafeRemoteNameError
-from cdr_billing.config import PipelineConfig, load_config
+from cdr_billing.config import PipelineConfig
 from cdr_billing.schema import cdr_file
-from cdr_devkit.services import LocalServices, SftpServer, connection_env, free_port, smtp_connection
+from cdr_devkit.services import LocalServices, SftpServer, connection_env, free_port
 
-DATABASES = itertools.count()
 CARRIER = "cdr/carrier/carrier_cdr_202610.csv"
 
 
@@ -77,21 +75,15 @@ def sha256_of(path: Path) -> str:
 
 
 @pytest.fixture
-def site(tmp_path, sftp_root, postgres, services, monkeypatch):
+def site(tmp_path, sftp_root, fetch_environment, services, monkeypatch):
     roots = []
     for name in ("primary", "secondary"):
         root = tmp_path / name
         shutil.copytree(sftp_root, root)
         roots.append(root)
-    database = postgres.create_database(f"fetch_{next(DATABASES)}")
-    for key, value in connection_env(
-        {"billing_db": postgres.connection(database), "smtp_default": smtp_connection(services.smtp.port)}
-    ).items():
-        monkeypatch.setenv(key, value)
-    config = replace(load_config(), work_root=str(tmp_path / "work"), archive_root=tmp_path / "archive")
     with LocalServices(tmp_path / "servers") as local:
         yield Site(
-            local, roots[0], roots[1], config, create_engine(postgres.url_of(database)),
+            local, roots[0], roots[1], fetch_environment.config, fetch_environment.engine,
             services.maildir, monkeypatch, set(services.maildir.glob("*.eml")),
         )  # fmt: skip
 

@@ -5,24 +5,19 @@ pinned key is refused. Both fail over to the secondary and mail the failover ale
 
 from __future__ import annotations
 
-import itertools
 import os
 import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from email import message_from_bytes
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from cdr_billing import stages
-from cdr_billing.config import load_config
 from cdr_billing.schema import cdr_file
-from cdr_devkit.services import LocalServices, SftpServer, connection_env, smtp_connection
-
-DATABASES = itertools.count()
+from cdr_devkit.services import LocalServices, SftpServer, connection_env
 
 
 @contextmanager
@@ -45,21 +40,16 @@ def planted_in_known_hosts(known_hosts: Path, line: str) -> Iterator[None]:
 
 
 @pytest.fixture
-def run(tmp_path, postgres, services, monkeypatch):
+def run(fetch_environment, services, monkeypatch):
     """fetch(primary, secondary) -> the fetch stage's result, its ledger rows and new mails."""
-    database = postgres.create_database(f"host_key_{next(DATABASES)}")
-    for key, value in connection_env(
-        {"billing_db": postgres.connection(database), "smtp_default": smtp_connection(services.smtp.port)}
-    ).items():
-        monkeypatch.setenv(key, value)
-    config = replace(load_config(), work_root=str(tmp_path / "work"), archive_root=tmp_path / "archive")
+    config = fetch_environment.config
     mails_before = set(services.maildir.glob("*.eml"))
 
     def fetch(primary: dict, secondary: dict) -> tuple[dict, list, list]:
         for key, value in connection_env({"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}).items():
             monkeypatch.setenv(key, value)
         meta = stages.fetch(stages.start_run("2026-10", None, "pin-1", config), config)
-        with create_engine(postgres.url_of(database)).connect() as conn:
+        with fetch_environment.engine.connect() as conn:
             rows = conn.execute(select(cdr_file)).all()
         mails = [message_from_bytes(p.read_bytes()) for p in sorted(set(services.maildir.glob("*.eml")) - mails_before)]
         return meta, rows, mails

@@ -5,7 +5,6 @@ a changed host key, the primary killed in the middle of a transfer."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import shutil
 import threading
@@ -16,15 +15,14 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from cdr_billing import stages
-from cdr_billing.config import PipelineConfig, RemoteFiles, load_config
+from cdr_billing.config import PipelineConfig, RemoteFiles
 from cdr_billing.schema import cdr_file
 from cdr_devkit.openssh_server import login_name
-from cdr_devkit.services import LocalServices, SftpServer, connection_env, smtp_connection
+from cdr_devkit.services import LocalServices, SftpServer, connection_env
 
-DATABASES = itertools.count()
 BIG = "carrier_cdr_202610_big.csv"
 
 
@@ -75,19 +73,13 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path, sftp_root, postgres, services, monkeypatch):
+def site(tmp_path, sftp_root, fetch_environment, services, monkeypatch):
     root = tmp_path / "served"
     shutil.copytree(sftp_root, root)
-    database = postgres.create_database(f"openssh_{next(DATABASES)}")
-    for key, value in connection_env(
-        {"billing_db": postgres.connection(database), "smtp_default": smtp_connection(services.smtp.port)}
-    ).items():
-        monkeypatch.setenv(key, value)
-    config = replace(load_config(), work_root=str(tmp_path / "work"), archive_root=tmp_path / "archive")
     with LocalServices(tmp_path / "servers") as local:
         site = Site(
             local, root, local.start_openssh("openssh_primary"), local.start_openssh("openssh_secondary"),
-            served_from(config, root), create_engine(postgres.url_of(database)), services.maildir,
+            served_from(fetch_environment.config, root), fetch_environment.engine, services.maildir,
             set(services.maildir.glob("*.eml")), monkeypatch,
         )  # fmt: skip
         site.connect(site.connection(site.primary), site.connection(site.secondary))

@@ -5,7 +5,6 @@ required sidecar; until then the fetch leaves it for a later run and the sensor 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import shutil
 import threading
 import time
@@ -19,13 +18,12 @@ import pytest
 
 from cdr_billing import stages
 from cdr_billing.acquire import FetchResult, FileRequest, fetch_with_failover
-from cdr_billing.config import PipelineConfig, load_config
-from cdr_devkit.services import LocalServices, connection_env, smtp_connection
+from cdr_billing.config import PipelineConfig
+from cdr_devkit.services import LocalServices, connection_env
 
 CARRIER = "cdr/carrier/carrier_cdr_202610.csv"
 LATE = "carrier_cdr_202610_late.csv"
 ROW = b"T202610-9999999,S1,voice,SUB-00061,2026-10-10T10:00:00Z,,,60,60,+4670,+4687,1,1,,X,0,o,p\n"
-DATABASES = itertools.count()
 
 
 @contextmanager
@@ -138,16 +136,11 @@ def test_a_source_requiring_sidecars_fetches_a_file_once_its_checksum_is_there(r
 
 
 @pytest.fixture
-def config(tmp_path, postgres, services, monkeypatch) -> PipelineConfig:
+def config(fetch_environment) -> PipelineConfig:
     """The shipped config on a fresh ledger, the carrier source marked done by "{name}.done"."""
-    database = postgres.create_database(f"stable_{next(DATABASES)}")
-    for key, value in connection_env(
-        {"billing_db": postgres.connection(database), "smtp_default": smtp_connection(services.smtp.port)}
-    ).items():
-        monkeypatch.setenv(key, value)
-    shipped = load_config()
+    shipped = fetch_environment.config
     sources = tuple(replace(s, done_marker="{name}.done") if s.name == "carrier" else s for s in shipped.sources)
-    return replace(shipped, sources=sources, work_root=str(tmp_path / "work"), archive_root=tmp_path / "archive")
+    return replace(shipped, sources=sources)
 
 
 def october(config: PipelineConfig, run_id: str) -> dict:
