@@ -242,3 +242,33 @@ def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(t
     with create_engine(postgres.url_of(database)).connect() as conn:
         stored = conn.execute(select(quarantined_row.c.source_row, quarantined_row.c.reason_code).order_by("source_row")).all()
     assert [tuple(r) for r in stored] == [(3, "DURATION_OUT_OF_RANGE"), (4, "BAD_NUMBER"), (5, "BAD_COMPLETION_STATUS")]
+
+
+def test_short_and_long_rows_are_quarantined_by_line_and_never_padded(tmp_path):
+    path = carrier_csv(tmp_path / "carrier.csv", [{"transaction_id": "T1", "revenue_share_percentage": "12.5"}] * 2)
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace(",12.5,", ",12.5,,,")  # two fields too many
+    lines[2] = lines[2].replace("+46701234567,", "", 1)  # one field short: the share would move under another header
+    path.write_text("".join(lines))
+    raw, checked = check(path, "carrier_csv")
+    assert checked.quarantined[["source_row", "reasons"]].values.tolist() == [[2, "BAD_FIELD_COUNT"], [3, "BAD_FIELD_COUNT"]]
+
+
+def test_a_cut_off_file_fails_its_task_with_a_mail_naming_the_file(tmp_path, monkeypatch):
+    from cdr_billing import stages
+
+    path = carrier_csv(tmp_path / "carrier_cdr_202610.csv", [{"transaction_id": "T1"}, {"transaction_id": "T2"}])
+    path.write_bytes(path.read_bytes()[:-25])
+    mailed = []
+    monkeypatch.setattr(stages, "_send", lambda config, alert: mailed.append(alert))
+    meta = {"billing_month": "2026-10", "run_id": "run-cut", "work_dir": str(tmp_path), "files": [
+        {"role": "cdr", "source": "carrier", "name": path.name, "local_path": str(path), "sha256": "0" * 64}]}  # fmt: skip
+    with pytest.raises(FileValidationError, match="carrier_cdr_202610.csv: the last line has no line break: the file looks"):
+        stages.validate_file(meta, meta["files"][0], CONFIG)
+    assert len(mailed) == 1 and "carrier_cdr_202610.csv" in str(vars(mailed[0]))
+
+
+def test_a_nul_in_a_transaction_id_is_quarantined_not_loaded(tmp_path):
+    _, checked = check(carrier_csv(tmp_path / "nul.csv", [{"transaction_id": "T\x001"}, {"transaction_id": "T2"}]), "carrier_csv")
+    assert checked.quarantined[["source_row", "reasons"]].values.tolist() == [[2, "BAD_CHARACTER"]]
+    assert checked.accepted["transaction_id"].tolist() == ["T2"]
