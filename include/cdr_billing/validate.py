@@ -30,7 +30,7 @@ from cdr_billing.money import MAX_CALL_COST, MICRO, MoneyError, iso_currencies, 
 from cdr_billing.months import BillingMonth
 from cdr_billing.privacy import mask_number
 
-EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+EXCEL_EPOCH = np.datetime64("1899-12-30T00:00:00", "s")
 EXCEL_LAST_DAY = 2_958_465  # the serial of 9999-12-31
 PHONE_NUMBER = r"^\+?[0-9]{4,17}$"
 DURATION_FACTORS = {"seconds": 1, "minutes": 60}
@@ -62,6 +62,7 @@ REASONS = {
     "DURATION_OUT_OF_RANGE": "duration is negative or above the maximum",
     "BAD_COMPLETION_STATUS": "completion status is not 0, 1, 2 or 3",
     "BAD_NUMBER": "destination number is not a phone number",
+    "BAD_REVENUE_SHARE": "revenue share is not a percentage from 0 to 100 with at most two decimals",
     "BAD_PART_NUMBER": "transaction part number is not a whole number",
     "BAD_COST": "provider cost is not a decimal number with at most six decimals",
     "COST_OUT_OF_RANGE": f"provider cost is above {MAX_CALL_COST:,} in its currency",
@@ -142,10 +143,17 @@ def _parse_general(text: pd.Series, timezone: str, ambiguous: str = "earliest") 
     naive = pd.concat(
         [
             pd.to_datetime(text[is_text & ~has_offset], format="ISO8601", errors="coerce"),
-            (EXCEL_EPOCH + pd.to_timedelta(serial, unit="D")).dt.round("s").astype("datetime64[us]"),
+            _excel_serials(serial),
         ]
     )
     return pd.concat([aware.astype("datetime64[us, UTC]"), _localise(naive, timezone, ambiguous)]).reindex(text.index)
+
+
+def _excel_serials(serial: pd.Series) -> pd.Series:
+    """Excel serial days (up to 9999-12-31) as naive date-times, to the second: in whole seconds
+    on numpy's second clock, which reaches year 9999 (pandas' nanosecond timedeltas end at 292 years)."""
+    seconds = np.round(serial.to_numpy(np.float64) * 86_400).astype("timedelta64[s]")
+    return pd.Series((EXCEL_EPOCH + seconds).astype("datetime64[us]"), index=serial.index)
 
 
 AMBIGUOUS_TIMES = ("earliest", "latest", "reject")  # a profile's choice for a wall time the autumn change repeats

@@ -15,7 +15,7 @@ from cdr_billing.money import MoneyOverflowError
 from cdr_billing.months import BillingMonth
 from cdr_billing.rate import combine_partial_calls, rate_calls
 from cdr_billing.report import credits
-from cdr_billing.validate import check_rows
+from cdr_billing.validate import REASONS, check_rows, parse_timestamps
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
 CARRIER = SourceProfile(name="carrier", format="csv", columns={}, priced=False, timezone="UTC")
@@ -189,3 +189,16 @@ def test_a_profile_with_a_day_first_format_and_excel_serials_meet_the_same_rule(
     rows = _rows(serial, "start_of_usage", ["46110.1041666667", "46110.0416666667"])  # 2026-03-29 02:30 and 01:00
     checked = check_rows(rows, serial, spring, RULES)
     assert checked.quarantined["reason_code"].tolist() == ["NONEXISTENT_LOCAL_TIME"] and len(checked.accepted) == 1
+
+
+def test_excel_serials_up_to_9999_beside_fractional_ones_are_no_crash():
+    parsed = parse_timestamps(pd.Series([".1", "106752", "2958465", "2958466"], dtype="str"), "UTC")
+    assert [str(v) for v in parsed] == ["1899-12-30 02:24:00+00:00", "2192-04-09 00:00:00+00:00",
+                                        "9999-12-31 00:00:00+00:00", "NaT"]  # fmt: skip
+
+
+def test_every_reason_a_row_check_gives_is_documented():
+    codes = set(_outcomes(CARRIER, "revenue_share_percentage", ["1e1"]).values()) | set(
+        _outcomes(PRICED, "provider_cost", ["-5", "1e3", "9300000000000"]).values()
+    )
+    assert codes - {""} <= set(REASONS)
