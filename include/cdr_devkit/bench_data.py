@@ -17,7 +17,8 @@ What a month holds, on purpose (per file; "k" = max(1, rows per file // 100,000)
 - completion status 1 (93 %), 0 failed (4 %), 3 delivery failed (2 %), and 0.5 % of the
   rows as two partial parts (status 2) sharing a session id and account: most in time
   order with one number, 15 % transferred to another number and numbered against time or
-  starting together (the part number decides which part, and so which number, is billed), one session
+  starting together (the part number as a number decides which part, and so which number, is
+  billed: parts 9 and 10 too, where text order would pick 10), one session
   per file boundary split across two files, and k rows of status 2 without a session id;
 - k rows of each invalid kind (quarantined): bad timestamp, start just before the month
   (Stockholm midnight), negative duration, fractional duration, duration above the
@@ -51,7 +52,7 @@ from cdr_billing.entitlements import COLUMNS as ENTITLEMENT_COLUMNS
 from cdr_billing.months import BillingMonth
 from cdr_billing.tariff import REQUIRED_COLUMNS as TARIFF_COLUMNS
 
-GENERATOR_VERSION = 2  # bump when the generated content changes: the cache key includes it
+GENERATOR_VERSION = 3  # bump when the generated content changes: the cache key includes it
 MONTH = BillingMonth(2026, 10)
 TIMEZONE = "Europe/Stockholm"  # the billing timezone of pipeline.yaml: month bounds
 PREFIXES = 5_000
@@ -269,10 +270,10 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
             destination[j] = destination[i]
         if o < 0.1:  # numbered against time: the earlier part (by start) is still the first
             part[i], part[j] = "2", "1"
-        elif o < 0.15:  # both start together: part number 1 (the later row) is the first
+        elif o < 0.15:  # both start together: the lower part number (the later row) is the first; 9 before 10
             starts[j] = starts[i]
             start_text[j] = start_text[i]
-            part[i], part[j] = "2", "1"
+            part[i], part[j] = ("2", "1") if o < 0.125 else ("10", "9")
         else:
             part[j] = "2"
     clean[pairs] = clean[pairs + 1] = False
