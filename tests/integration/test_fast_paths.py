@@ -9,21 +9,13 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
+from carrier_rows import HEADER, row
 from cdr_billing import read
 from cdr_billing.canonical import CARRIER_FIELDS
 from cdr_billing.config import load_config
 from cdr_billing.validate import _parse_durations, _parse_general, parse_durations, parse_statuses, parse_timestamps
 
 PROFILE = load_config().profiles["carrier_csv"]
-HEADER = ",".join(CARRIER_FIELDS)
-
-
-def row(transaction: str, **values: str) -> str:
-    cells = dict.fromkeys(CARRIER_FIELDS, "")
-    cells.update(transaction_id=transaction, user_id="SUB-1", start_of_usage="2026-10-05T09:00:00Z", duration_of_usage="60",
-                 destination_party="+46701234567", completion_status="1")  # fmt: skip
-    cells.update(values)
-    return ",".join(cells[field] for field in CARRIER_FIELDS)
 
 
 # name: (file bytes, whether the Arrow reader may take it)

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 from openpyxl import Workbook
 
+from carrier_rows import HEADER, row
 from cdr_billing import read
-from cdr_billing.canonical import CARRIER_FIELDS
 from cdr_billing.config import load_config
 from cdr_billing.months import BillingMonth
 from cdr_billing.read import FileReadError, read_cdr_file
@@ -31,18 +31,8 @@ from cdr_devkit.sample_data import CONFERENCING_HEADER
 
 CONFIG = load_config()
 OCTOBER = BillingMonth(2026, 10)
-HEADER = ",".join(CARRIER_FIELDS)
 PBX_HEADER = "Samtals-ID;Anknytning;Uppringt nummer;Starttid;Längd;Status;Kommentar"
 LEG = ["CONF-1", "L1", "0012345", "+46850512345", datetime(2026, 10, 5, 9, 0), datetime(2026, 10, 5, 9, 2), 120, 0.09, "EUR"]
-
-
-def row(transaction: str, **values: str) -> str:
-    """A carrier CSV line, good unless `values` say otherwise."""
-    cells = dict.fromkeys(CARRIER_FIELDS, "")
-    cells.update(transaction_id=transaction, user_id="SUB-1", start_of_usage="2026-10-05T09:00:00Z", duration_of_usage="60",
-                 destination_party="+46701234567", completion_status="1")  # fmt: skip
-    cells.update(values)
-    return ",".join(cells[name] for name in CARRIER_FIELDS)
 
 
 def carrier(*lines: str, end: str = "\n") -> bytes:
