@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import codecs
 import csv
-import dataclasses
 import functools
 import logging
 import re
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from cdr_billing.canonical import TEXT_FIELDS, required_fields
+from cdr_billing.canonical import FIELDS_MATCH_HEADER, TEXT_FIELDS, required_fields
 from cdr_billing.config import SourceProfile
-from cdr_billing.validate import FIELDS_MATCH_HEADER, control_character_rows
+from cdr_billing.text_bytes import control_character_rows
 
 HEADER_SEARCH_ROWS = 30
 log = logging.getLogger(__name__)
@@ -94,18 +93,6 @@ def _column_number(letters: bytes) -> int:
     for letter in letters:
         number = number * 26 + letter - 64
     return number
-
-
-def _numbers_above(limit: int) -> bytes:
-    """A regex for a decimal number above `limit` (no leading zeros)."""
-    digits = str(limit)
-    longer = rb"[1-9][0-9]{%d,}" % len(digits)
-    same_length = [
-        (digits[:n] + f"[{int(digits[n]) + 1}-9]" + "[0-9]" * (len(digits) - n - 1)).encode()
-        for n in range(len(digits))
-        if digits[n] != "9"
-    ]
-    return b"(?:" + b"|".join([longer, *same_length]) + b")"
 
 
 # With the letters of a sheet's XML made "A" and its digits "0", a reference with a column beyond Z
@@ -339,8 +326,8 @@ class _InvalidRows:
     """The records pyarrow's parser skipped for their number of fields: 1-based record numbers
     (the header is 1, blank lines not counted; None when parsed in parallel) and texts."""
 
-    numbers: list[int | None] = dataclasses.field(default_factory=list)
-    texts: list[str] = dataclasses.field(default_factory=list)
+    numbers: list[int | None] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
 
     def skip(self, row: pacsv.InvalidRow) -> str:
         self.numbers.append(row.number)

@@ -149,3 +149,30 @@ def plain_numbers(values: pa.Array, max_digits: int, leading_zero: bool = False)
     fits = (lengths >= 1) & (lengths <= max_digits) & ~other_bytes & (leading_zero | (ended[starts] != DIGIT_ZERO))
     digits = values if fits.all() else pc.if_else(pa.array(fits), values, "0")
     return pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False), lengths, fits
+
+
+CONTROL_CHARACTER = r"[\x00-\x08\x0a-\x1f\x7f]"  # RE2: a control character but tab
+
+
+def control_character_rows(values: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """Which values hold a control character other than tab (None: none does). The column's bytes
+    are scanned first, at memory speed (a control character is one byte below 0x20 or 0x7F in UTF-8,
+    never part of another character); the regex runs only on a column where one may be."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    if not any(_may_hold_control_byte(chunk) for chunk in chunks):
+        return None
+    return pc.fill_null(pc.match_substring_regex(values, CONTROL_CHARACTER), False).to_numpy(zero_copy_only=False)
+
+
+CACHED_BYTES = 1 << 18
+
+
+def _may_hold_control_byte(chunk: pa.Array) -> bool:
+    """Whether the data buffer of a string array (all of it: a slice's neighbours too) has a byte
+    below 0x20 (tab included) or 0x7F; in slices of 256 KiB, which stay in the cache."""
+    data = chunk.buffers()[2]
+    if data is None:
+        return False
+    bytes_ = np.frombuffer(data, dtype=np.uint8)
+    parts = (bytes_[start : start + CACHED_BYTES] for start in range(0, len(bytes_), CACHED_BYTES))
+    return any(part.min() < 0x20 or (part == 0x7F).any() for part in parts)

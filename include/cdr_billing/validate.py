@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdr_billing import dedupe, text_bytes
-from cdr_billing.canonical import CARRIED_FIELDS, COMPLETION_STATUSES, LINEAGE_FIELDS, TEXT_FIELDS
+from cdr_billing.canonical import CARRIED_FIELDS, COMPLETION_STATUSES, FIELDS_MATCH_HEADER, LINEAGE_FIELDS, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.frames import rows_where
 from cdr_billing.money import MAX_CALL_COST, MICRO, MoneyError, iso_currencies, percent_to_basis_points, to_micro_units
@@ -41,8 +41,6 @@ HMS_DURATION = re.compile(r"(-?)([0-9]+):([0-5][0-9]):([0-5][0-9])")
 STATUS_NUMBER = re.compile(r"([0-3])(?:\.0+)?")  # "1.0": a status written as a number
 PERCENTAGE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 PART_NUMBER = r"^[0-9]*$"  # digits, or empty
-CONTROL_CHARACTER = r"[\x00-\x08\x0a-\x1f\x7f]"  # RE2: a control character but tab
-FIELDS_MATCH_HEADER = "fields_match_header"  # the reader's column: False where a CSV row's fields are not the header's
 # A typed value beyond any range check: a duration, or a cost just past MAX_CALL_COST, stands in for
 # a larger written one, so the range check names it and no integer overflows.
 DURATION_BEYOND_RANGE = 10**15
@@ -276,36 +274,12 @@ def _basis_points(percentage: str) -> int | None:
     return points if 0 <= points <= 10_000 else None
 
 
-def control_character_rows(values: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
-    """Which values hold a control character other than tab (None: none does). The column's bytes
-    are scanned first, at memory speed (a control character is one byte below 0x20 or 0x7F in UTF-8,
-    never part of another character); the regex runs only on a column where one may be."""
-    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    if not any(_may_hold_control_byte(chunk) for chunk in chunks):
-        return None
-    return pc.fill_null(pc.match_substring_regex(values, CONTROL_CHARACTER), False).to_numpy(zero_copy_only=False)
-
-
-CACHED_BYTES = 1 << 18
-
-
-def _may_hold_control_byte(chunk: pa.Array) -> bool:
-    """Whether the data buffer of a string array (all of it: a slice's neighbours too) has a byte
-    below 0x20 (tab included) or 0x7F; in slices of 256 KiB, which stay in the cache."""
-    data = chunk.buffers()[2]
-    if data is None:
-        return False
-    bytes_ = np.frombuffer(data, dtype=np.uint8)
-    parts = (bytes_[start : start + CACHED_BYTES] for start in range(0, len(bytes_), CACHED_BYTES))
-    return any(part.min() < 0x20 or (part == 0x7F).any() for part in parts)
-
-
 def _control_character_rows_of(raw: pd.DataFrame) -> np.ndarray:
     """Rows with a control character in any text field (BAD_CHARACTER)."""
     found = np.zeros(len(raw), dtype=bool)
     for name in TEXT_FIELDS:
         if name in raw:
-            rows = control_character_rows(pa.array(raw[name], type=pa.large_string()))
+            rows = text_bytes.control_character_rows(pa.array(raw[name], type=pa.large_string()))
             if rows is not None:
                 found |= rows
     return found
