@@ -325,7 +325,7 @@ def load_references(meta: Meta, config: PipelineConfig | None = None) -> dict[st
     migrations.upgrade(engine)
     tariff_version = tariff.load_file(engine, Path(_files(meta, "tariff")[0]["local_path"]), config.billing)
 
-    snapshot_files = [Path(f["local_path"]) for f in _files(meta, "entitlements")]  # oldest first
+    snapshot_files = sorted((Path(f["local_path"]) for f in _files(meta, "entitlements")), key=lambda p: p.name)  # by date
     for path in snapshot_files[:-1]:  # the month's history; the newest is what a month pins
         entitlements.store(engine, entitlements.from_file(path, now, config.billing.timezone))
 
