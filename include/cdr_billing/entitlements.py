@@ -11,7 +11,6 @@ held from reading it to writing it), so a month's first billing pins one snapsho
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from cdr_billing import database
+from cdr_billing.acquire import DATE_IN_NAME
 from cdr_billing.schema import entitlement, entitlement_snapshot, month_entitlement
 
 COLUMNS = (
@@ -30,7 +30,6 @@ COLUMNS = (
     "last_login",
 )  # fmt: skip
 TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
-_DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 
 class EntitlementError(ValueError):
@@ -70,8 +69,8 @@ def from_file(path: Path, captured_at: datetime, timezone: str) -> Snapshot:
     from cdr_billing.reference_table import read_table
 
     raw = read_table(path, EntitlementError)
-    dated = _DATE_IN_NAME.search(path.name)
-    taken_at = local_midnight(dated.group(1), timezone) if dated else captured_at
+    dated = DATE_IN_NAME.search(path.name)
+    taken_at = local_midnight(dated.group(), timezone) if dated else captured_at
     return Snapshot(check_rows(raw, path.name), path.name, hashlib.sha256(path.read_bytes()).hexdigest(), taken_at)
 
 
