@@ -25,7 +25,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk import (
+    CronDataIntervalTimetable,
+    Param,
+    PokeReturnValue,
+    dag,
+    get_current_context,
+    task,
+)
 
 from cdr_billing.alerts import task_failure_mail
 from cdr_billing.config import load_config
@@ -35,7 +42,12 @@ CONFIG = load_config()
 
 def failure_mail(next_step: str):
     """The failure mail of a task: month, task, the error in one sentence, log link, next step."""
-    return task_failure_mail(list(CONFIG.recipients("task_failure")), CONFIG.billing.timezone, next_step, CONFIG.smtp_connection)
+    return task_failure_mail(
+        list(CONFIG.recipients("task_failure")),
+        CONFIG.billing.timezone,
+        next_step,
+        CONFIG.smtp_connection,
+    )
 
 
 def stage_task(task_id: str, **task_args):
@@ -44,11 +56,22 @@ def stage_task(task_id: str, **task_args):
     stage, doc, next_step = STAGES[task_id]
 
     def run_stage(
-        meta: dict, item: dict | None = None, part: dict | None = None, validated=None, billed=None, references=None
+        meta: dict,
+        item: dict | None = None,
+        part: dict | None = None,
+        validated=None,
+        billed=None,
+        references=None,
     ) -> dict | list:
         from cdr_billing import stages
 
-        inputs = {"item": item, "part": part, "validated": validated, "billed": billed, "references": references}
+        inputs = {
+            "item": item,
+            "part": part,
+            "validated": validated,
+            "billed": billed,
+            "references": references,
+        }
         # `validated` and `billed` collect a mapped task's results: a lazy sequence, read by index
         inputs = {
             name: [value[i] for i in range(len(value))] if name in LISTS else value
@@ -200,10 +223,16 @@ def cdr_billing_monthly():
     references = stage_task("load_references")(meta=fetched)
     files = stage_task("list_cdr_files")(meta=fetched)
     side_by_side = {"max_active_tis_per_dagrun": CONFIG.files_at_once}
-    validated = stage_task("validate_cdr_file", **side_by_side).partial(meta=fetched).expand(item=files)
+    validated = (
+        stage_task("validate_cdr_file", **side_by_side).partial(meta=fetched).expand(item=files)
+    )
     deduped = stage_task("dedupe_calls")(meta=fetched, validated=validated)
     parts = stage_task("list_file_parts")(meta=deduped)
-    billed = stage_task("bill_cdr_file", **side_by_side).partial(meta=deduped, references=references).expand(part=parts)
+    billed = (
+        stage_task("bill_cdr_file", **side_by_side)
+        .partial(meta=deduped, references=references)
+        .expand(part=parts)
+    )
     aggregated = stage_task("aggregate_lines")(meta=deduped, billed=billed, references=references)
     stage_task("report_month")(meta=stage_task("load_billing")(meta=aggregated))
 

@@ -10,8 +10,12 @@ from pathlib import Path
 
 # Airflow reads its settings when first imported: set them before anything imports it.
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="cdr-tests-"))
-os.environ["CDR_BILLING_CONFIG"] = str(Path(__file__).resolve().parents[1] / "include/config/pipeline.yaml")
-os.environ["CDR_BILLING_STABLE_SECONDS"] = "0"  # sftp.stable_seconds: the sample files are complete before the servers start
+os.environ["CDR_BILLING_CONFIG"] = str(
+    Path(__file__).resolve().parents[1] / "include/config/pipeline.yaml"
+)
+os.environ["CDR_BILLING_STABLE_SECONDS"] = (
+    "0"  # sftp.stable_seconds: the sample files are complete before the servers start
+)
 from cdr_devkit.airflow_env import airflow_settings  # noqa: E402
 
 os.environ.update(airflow_settings(SESSION_DIR / "airflow"))
@@ -44,7 +48,10 @@ BACKFILL_MONTHS = [BillingMonth(2026, m) for m in (1, 2, 3)]
 def sftp_root() -> Path:
     """A generated sample month, served by both SFTP servers."""
     root = SESSION_DIR / "sftp"
-    for month in [*reversed(BACKFILL_MONTHS), SAMPLE_MONTH]:  # each month also writes a small previous-month file
+    for month in [
+        *reversed(BACKFILL_MONTHS),
+        SAMPLE_MONTH,
+    ]:  # each month also writes a small previous-month file
         generate_month(root, month)
     return root
 
@@ -110,12 +117,17 @@ def running_airflow(pipeline_connections: dict[str, dict], postgres: LocalPostgr
     """Airflow's api-server, scheduler and dag-processor on their own Airflow home with a
     PostgreSQL metadata database (as in production), billing into the database `billing_ui`."""
     home = SESSION_DIR / "airflow-server"
-    connections = {**pipeline_connections, "billing_db": postgres.connection(postgres.create_database("billing_ui"))}
+    connections = {
+        **pipeline_connections,
+        "billing_db": postgres.connection(postgres.create_database("billing_ui")),
+    }
     env = {
         **os.environ,
         **airflow_settings(home),
         **connection_env(connections),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url_of(postgres.create_database("airflow_metadata")),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url_of(
+            postgres.create_database("airflow_metadata")
+        ),
     }
     migrate(home, env)
     with RunningAirflow(home, env) as airflow:

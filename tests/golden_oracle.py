@@ -197,7 +197,8 @@ def carrier_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) of a carrier CSV; the header is line 1."""
     with path.open(newline="", encoding="utf-8") as handle:
         return [
-            (line, {k: (v or "").strip() for k, v in row.items()}) for line, row in enumerate(csv.DictReader(handle), start=2)
+            (line, {k: (v or "").strip() for k, v in row.items()})
+            for line, row in enumerate(csv.DictReader(handle), start=2)
         ]
 
 
@@ -212,8 +213,19 @@ def carrier_cdr(file: str, line: int, row: dict[str, str], year: int, month: int
     status = parse_status(row["completion_status"])
     part = parse_part(row["transaction_part_number"])
     check_revenue_share(row["revenue_share_percentage"])
-    return Cdr("carrier", file, line, row["transaction_id"], row["session_id"], part, status, start, seconds,
-               row["user_id"], destination=row["destination_party"])  # fmt: skip
+    return Cdr(
+        "carrier",
+        file,
+        line,
+        row["transaction_id"],
+        row["session_id"],
+        part,
+        status,
+        start,
+        seconds,
+        row["user_id"],
+        destination=row["destination_party"],
+    )
 
 
 CONFERENCING_HEADER = "Conference ID"
@@ -235,8 +247,15 @@ def conferencing_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
     return rows
 
 
-def conferencing_cdr(source: str, file: str, number: int, row: dict[str, object], year: int, month: int,
-                     allow_credits: bool) -> Cdr:  # fmt: skip
+def conferencing_cdr(
+    source: str,
+    file: str,
+    number: int,
+    row: dict[str, object],
+    year: int,
+    month: int,
+    allow_credits: bool,
+) -> Cdr:
     """A leg of a conferencing-layout export, typed (local times, always completed); raises Quarantine."""
     start_value = row["Start Time"]
     if not isinstance(start_value, datetime):
@@ -246,11 +265,25 @@ def conferencing_cdr(source: str, file: str, number: int, row: dict[str, object]
     seconds = parse_seconds(_text(row["Duration (sec)"]))
     cost = parse_cost(_text(row["Cost"]), allow_credits)
     currency = parse_currency(_text(row["Currency"]))
-    return Cdr(source, file, number, _text(row["Leg ID"]), _text(row["Conference ID"]), None, 1, start, seconds,
-               _text(row["PGIConnect ID"]), cost=cost, currency=currency)  # fmt: skip
+    return Cdr(
+        source,
+        file,
+        number,
+        _text(row["Leg ID"]),
+        _text(row["Conference ID"]),
+        None,
+        1,
+        start,
+        seconds,
+        _text(row["PGIConnect ID"]),
+        cost=cost,
+        currency=currency,
+    )
 
 
-def read_file(delivered: Delivered, year: int, month: int) -> tuple[list[Cdr], dict[tuple[str, int], str]]:
+def read_file(
+    delivered: Delivered, year: int, month: int
+) -> tuple[list[Cdr], dict[tuple[str, int], str]]:
     """A file's valid CDRs and its quarantined rows {(file, row): reason}; sources other than
     the carrier are exports in the conferencing layout."""
     if delivered.source == "carrier":
@@ -259,7 +292,9 @@ def read_file(delivered: Delivered, year: int, month: int) -> tuple[list[Cdr], d
         rows = conferencing_rows(delivered.path)
 
         def typed(file: str, number: int, row: dict, year: int, month: int) -> Cdr:
-            return conferencing_cdr(delivered.source, file, number, row, year, month, delivered.allow_credits)
+            return conferencing_cdr(
+                delivered.source, file, number, row, year, month, delivered.allow_credits
+            )
 
     cdrs, quarantined = [], {}
     for number, row in rows:
@@ -273,7 +308,9 @@ def read_file(delivered: Delivered, year: int, month: int) -> tuple[list[Cdr], d
 # --- duplicates and partial calls ----------------------------------------------------------
 
 
-def drop_duplicates(files: list[Delivered], cdrs_by_file: dict[str, list[Cdr]]) -> tuple[list[Cdr], list[Cdr]]:
+def drop_duplicates(
+    files: list[Delivered], cdrs_by_file: dict[str, list[Cdr]]
+) -> tuple[list[Cdr], list[Cdr]]:
     """Keep each (source, transaction id) first in (first seen, source, file name, row) order;
     returns (kept, duplicates)."""
     ordered = sorted(files, key=lambda f: (f.first_seen, f.source, f.name))
@@ -305,10 +342,23 @@ def combine_partials(cdrs: list[Cdr]) -> list[Cdr]:
         head = min(parts, key=head_order)
         costs = [p.cost for p in parts]
         calls.append(
-            Cdr(head.source, head.file, head.row, head.transaction_id, head.session_id, head.part, head.status, head.start,
-                sum(p.seconds for p in parts), head.account, head.destination,
-                sum(costs) if head.cost is not None else None, head.currency, parts=parts)
-        )  # fmt: skip
+            Cdr(
+                head.source,
+                head.file,
+                head.row,
+                head.transaction_id,
+                head.session_id,
+                head.part,
+                head.status,
+                head.start,
+                sum(p.seconds for p in parts),
+                head.account,
+                head.destination,
+                sum(costs) if head.cost is not None else None,
+                head.currency,
+                parts=parts,
+            )
+        )
     return calls
 
 
@@ -356,13 +406,23 @@ def read_tariff(path: Path, version: int) -> list[Rate]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     return [
-        Rate(version, row["prefix"].strip(), Decimal(row["price_per_minute"]), Decimal(row["connection_fee"] or "0"),
-             int(row["first_increment"]), int(row["next_increment"]), Decimal(row["minimum_charge"] or "0"),
-             row["currency"].strip().upper(), _local_moment(row.get("valid_from") or ""),
-             _local_moment(row.get("valid_to") or ""), row.get("weekdays") or "1234567", int(row.get("start_hour") or 0),
-             int(row.get("end_hour") or 24))
+        Rate(
+            version,
+            row["prefix"].strip(),
+            Decimal(row["price_per_minute"]),
+            Decimal(row["connection_fee"] or "0"),
+            int(row["first_increment"]),
+            int(row["next_increment"]),
+            Decimal(row["minimum_charge"] or "0"),
+            row["currency"].strip().upper(),
+            _local_moment(row.get("valid_from") or ""),
+            _local_moment(row.get("valid_to") or ""),
+            row.get("weekdays") or "1234567",
+            int(row.get("start_hour") or 0),
+            int(row.get("end_hour") or 24),
+        )
         for row in rows
-    ]  # fmt: skip
+    ]
 
 
 def e164_digits(number: str) -> str:
@@ -390,7 +450,9 @@ def billed_seconds(seconds: int, rate: Rate) -> int:
     """0 for a 0 s call, else the first increment plus the rest in whole next increments."""
     if seconds == 0:
         return 0
-    increments = (Decimal(max(seconds - rate.first_increment, 0)) / rate.next_increment).to_integral_value(ROUND_CEILING)
+    increments = (
+        Decimal(max(seconds - rate.first_increment, 0)) / rate.next_increment
+    ).to_integral_value(ROUND_CEILING)
     return rate.first_increment + int(increments) * rate.next_increment
 
 
@@ -420,13 +482,22 @@ def read_snapshot(path: Path) -> Snapshot:
     """An entitlements_YYYY-MM-DD.csv file."""
     day = snapshot_date(path)
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        accounts = {row["account_id"].strip(): {k: (v or "").strip() for k, v in row.items()} for row in csv.DictReader(handle)}
-    return Snapshot(datetime(day.year, day.month, day.day, tzinfo=BILLING_ZONE), path.name, accounts)
+        accounts = {
+            row["account_id"].strip(): {k: (v or "").strip() for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        }
+    return Snapshot(
+        datetime(day.year, day.month, day.day, tzinfo=BILLING_ZONE), path.name, accounts
+    )
 
 
 def billable_as(account: dict[str, str] | None) -> tuple[str, str] | None:
     """(customer id, sequence number) if the account may be billed in that snapshot."""
-    if account is None or account["entitled"].lower() not in TRUE_WORDS or not account["customer_id"]:
+    if (
+        account is None
+        or account["entitled"].lower() not in TRUE_WORDS
+        or not account["customer_id"]
+    ):
         return None
     sequence = account["sequence_number"] or account["default_sequence_number"]
     return (account["customer_id"], sequence) if sequence else None
@@ -472,7 +543,9 @@ class MonthBill:
     """What the oracle expects of a month."""
 
     lines: dict[tuple[str, str, str], Line]
-    calls: dict[tuple[str, str], BilledCall]  # (source, transaction id of the call or its head part)
+    calls: dict[
+        tuple[str, str], BilledCall
+    ]  # (source, transaction id of the call or its head part)
     quarantined: dict[tuple[str, int], str]  # (file, row) -> reason code
     duplicates: set[tuple[str, int]]  # (file, row)
     failed: set[tuple[str, str]]  # status 0
@@ -480,10 +553,16 @@ class MonthBill:
     suspense: set[tuple[str, str]]
 
 
-def price(call: Cdr, markups: dict[str, Decimal], rates: list[Rate]) -> tuple[str, Decimal, int] | None:
+def price(
+    call: Cdr, markups: dict[str, Decimal], rates: list[Rate]
+) -> tuple[str, Decimal, int] | None:
     """(currency, cost, billed seconds) of a call; None if no tariff prefix has a rate for it."""
     if call.cost is not None:
-        return call.currency, billed_priced_cost(call.cost, call.currency, markups.get(call.source, Decimal(0))), call.seconds
+        return (
+            call.currency,
+            billed_priced_cost(call.cost, call.currency, markups.get(call.source, Decimal(0))),
+            call.seconds,
+        )
     rate = rate_for(e164_digits(call.destination), call.start, rates)
     if rate is None:
         return None
@@ -506,9 +585,13 @@ def bill_month(
         cdrs_by_file[delivered.name], bad = read_file(delivered, year, month)
         quarantined.update(bad)
     kept, duplicates = drop_duplicates(files, cdrs_by_file)
-    rates = [rate for version, path in enumerate(tariff_versions) for rate in read_tariff(path, version)]
+    rates = [
+        rate for version, path in enumerate(tariff_versions) for rate in read_tariff(path, version)
+    ]
     snapshots = sorted((read_snapshot(p) for p in snapshot_files), key=lambda s: s.taken_at)
-    bill = MonthBill({}, {}, quarantined, {(d.file, d.row) for d in duplicates}, set(), set(), set())
+    bill = MonthBill(
+        {}, {}, quarantined, {(d.file, d.row) for d in duplicates}, set(), set(), set()
+    )
     sums: dict[tuple[str, str, str], list] = defaultdict(lambda: [Decimal(0), 0, 0])
     for call in combine_partials(kept):
         key = (call.source, call.transaction_id)

@@ -33,7 +33,11 @@ def _carrier_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
                 duration = int(row["duration_of_usage"])
             except ValueError:
                 continue
-            if not (start <= started < end) or not 0 <= duration <= 86400 or row["completion_status"] not in "0123":
+            if (
+                not (start <= started < end)
+                or not 0 <= duration <= 86400
+                or row["completion_status"] not in "0123"
+            ):
                 continue
             if not re.fullmatch(r"\+?[0-9]{4,17}", row["destination_party"]):
                 continue
@@ -66,8 +70,15 @@ def _pbx_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
             if not match or not start <= started < end or not _exists(started):
                 continue
             hours, minutes, seconds = (int(g) for g in match.groups())
-            calls.append({"key": ("pbx", row["Samtals-ID"]), "account": row["Anknytning"], "status": PBX_STATUS[row["Status"]],
-                          "duration": hours * 3600 + minutes * 60 + seconds, "number": row["Uppringt nummer"]})  # fmt: skip
+            calls.append(
+                {
+                    "key": ("pbx", row["Samtals-ID"]),
+                    "account": row["Anknytning"],
+                    "status": PBX_STATUS[row["Status"]],
+                    "duration": hours * 3600 + minutes * 60 + seconds,
+                    "number": row["Uppringt nummer"],
+                }
+            )
     return calls
 
 
@@ -88,7 +99,14 @@ def _conferencing_calls(path: Path) -> list[dict]:
         if not _exists(row["Start Time"].replace(tzinfo=ZONE)):
             continue
         cost = Decimal(repr(row["Cost"])).quantize(CENT, rounding=ROUND_HALF_UP)
-        calls.append({"key": ("conferencing", row["Leg ID"]), "account": str(row["PGIConnect ID"]), "status": "1", "cost": cost})
+        calls.append(
+            {
+                "key": ("conferencing", row["Leg ID"]),
+                "account": str(row["PGIConnect ID"]),
+                "status": "1",
+                "cost": cost,
+            }
+        )
     return calls
 
 
@@ -110,7 +128,9 @@ def _tariff_cost(number: str, duration: int, tariff: list[dict]) -> Decimal | No
     billed = (
         0
         if duration == 0
-        else first + int((Decimal(max(duration - first, 0)) / following).to_integral_value(ROUND_CEILING)) * following
+        else first
+        + int((Decimal(max(duration - first, 0)) / following).to_integral_value(ROUND_CEILING))
+        * following
     )
     cost = Decimal(rate["connection_fee"]) + Decimal(rate["price_per_minute"]) * billed / 60
     return max(cost, Decimal(rate["minimum_charge"])).quantize(CENT, rounding=ROUND_HALF_UP)
@@ -132,33 +152,51 @@ def _combine_partials(calls: list[dict]) -> list[dict]:
     return merged
 
 
-def expected_lines(sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()) -> dict[tuple[str, str], Decimal]:
+def expected_lines(
+    sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()
+) -> dict[tuple[str, str], Decimal]:
     """Return {(customer id, sequence number): total} for the sample month under sftp_root,
     priced with its tariff file plus `extra_rates` (rows added to the tariff later)."""
     totals = defaultdict(Decimal)
     for account, _, cost in _billed_calls(sftp_root, year, month, extra_rates):
-        totals[(account["customer_id"], account["sequence_number"] or account["default_sequence_number"])] += cost
+        totals[
+            (
+                account["customer_id"],
+                account["sequence_number"] or account["default_sequence_number"],
+            )
+        ] += cost
     return dict(totals)
 
 
-def expected_revenue_share(sftp_root: Path, year: int, month: int) -> dict[tuple[str, Decimal], tuple[Decimal, Decimal]]:
+def expected_revenue_share(
+    sftp_root: Path, year: int, month: int
+) -> dict[tuple[str, Decimal], tuple[Decimal, Decimal]]:
     """Return {(service provider, share percent): (billed, share)} over the billed calls that carry a share."""
     billed = defaultdict(Decimal)
     for _, call, cost in _billed_calls(sftp_root, year, month):
         if call.get("share"):
             billed[(call["provider"], Decimal(call["share"]))] += cost
-    return {key: (total, (total * key[1] / 100).quantize(CENT, rounding=ROUND_HALF_UP)) for key, total in billed.items()}
+    return {
+        key: (total, (total * key[1] / 100).quantize(CENT, rounding=ROUND_HALF_UP))
+        for key, total in billed.items()
+    }
 
 
-def _billed_calls(sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()) -> list[tuple[dict, dict, Decimal]]:
+def _billed_calls(
+    sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()
+) -> list[tuple[dict, dict, Decimal]]:
     """(account, call, cost) of every billed call of the month."""
     start, end = _month_bounds(year, month)
     calls = _carrier_calls(sftp_root / f"cdr/carrier/carrier_cdr_{year}{month:02d}.csv", start, end)
-    calls += _conferencing_calls(sftp_root / f"cdr/conferencing/conferencing_cdr_{year}-{month:02d}.xlsx")
+    calls += _conferencing_calls(
+        sftp_root / f"cdr/conferencing/conferencing_cdr_{year}-{month:02d}.xlsx"
+    )
     calls += _pbx_calls(sftp_root / f"cdr/pbx/pbx_cdr_{year}-{month:02d}.csv", start, end)
     with sorted((sftp_root / "reference").glob("tariff*.csv"))[-1].open(newline="") as handle:
         tariff = list(csv.DictReader(handle)) + list(extra_rates)
-    with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(newline="") as handle:
+    with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(
+        newline=""
+    ) as handle:
         accounts = {row["account_id"]: row for row in csv.DictReader(handle)}
     seen, unique = set(), []
     for call in calls:

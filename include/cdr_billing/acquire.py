@@ -197,7 +197,11 @@ def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile
     CDR folders were ignored (other months, other names)."""
     found, ignored = [], 0
     for request in requests:
-        entries = {e.filename: e for e in sftp.listdir_attr(request.remote_dir) if stat.S_ISREG(e.st_mode or 0)}
+        entries = {
+            e.filename: e
+            for e in sftp.listdir_attr(request.remote_dir)
+            if stat.S_ISREG(e.st_mode or 0)
+        }
         sidecars = {n for n in entries if any(n.endswith(suffix) for suffix in CHECKSUM_SUFFIXES)}
         markers = _done_markers(request, set(entries))
         names = select_names([n for n in entries if n not in sidecars | markers], request)
@@ -221,16 +225,26 @@ def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile
     return found, ignored
 
 
-def _is_stable(remote: RemoteFile, before: dict[tuple[str, str], tuple[int, int]], settled: Callable[[RemoteFile], bool]) -> bool:
+def _is_stable(
+    remote: RemoteFile,
+    before: dict[tuple[str, str], tuple[int, int]],
+    settled: Callable[[RemoteFile], bool],
+) -> bool:
     """A marked file is stable once its marker exists; another once it is settled (an archived
     copy) or its size and mtime are what the first listing showed."""
     if remote.marked is not None:
         return remote.marked
-    return settled(remote) or before.get((remote.source, remote.name)) == (remote.size, remote.mtime)
+    return settled(remote) or before.get((remote.source, remote.name)) == (
+        remote.size,
+        remote.mtime,
+    )
 
 
 def list_stable(
-    sftp: Any, requests: list[FileRequest], stable_seconds: float, settled: Callable[[RemoteFile], bool] = lambda _: False
+    sftp: Any,
+    requests: list[FileRequest],
+    stable_seconds: float,
+    settled: Callable[[RemoteFile], bool] = lambda _: False,
 ) -> Listing:
     """List the requested files and split them into stable and still being written: a file
     whose source names no marker must show the same size and mtime in two listings
@@ -244,7 +258,10 @@ def list_stable(
     stable = [r for r in second if _is_stable(r, before, settled)]
     unstable = [r for r in second if r not in stable]
     for remote in unstable:
-        log.warning("%s: not yet stable (still being written or not marked done): not fetched in this run", remote.name)
+        log.warning(
+            "%s: not yet stable (still being written or not marked done): not fetched in this run",
+            remote.name,
+        )
     return Listing(stable, unstable, ignored)
 
 
@@ -256,7 +273,9 @@ def _expected_checksum(sftp: Any, remote: RemoteFile) -> tuple[str, str] | None:
         words = handle.read(4096).decode("ascii", errors="replace").split()
     algorithm = CHECKSUM_SUFFIXES[Path(remote.checksum_path).suffix]
     if not words:
-        raise TransferError(f"{remote.name}: checksum file {Path(remote.checksum_path).name} is empty")
+        raise TransferError(
+            f"{remote.name}: checksum file {Path(remote.checksum_path).name} is empty"
+        )
     return algorithm, words[0].lower()
 
 
@@ -266,14 +285,18 @@ def _pipelined_reads(source: Any, size: int) -> Iterator[bytes]:
     whole-file prefetch would buffer up to the whole file)."""
     for start in range(0, size, READ_WINDOW_BYTES):
         end = min(start + READ_WINDOW_BYTES, size)
-        yield from source.readv([(offset, min(CHUNK_BYTES, end - offset)) for offset in range(start, end, CHUNK_BYTES)])
+        yield from source.readv(
+            [(offset, min(CHUNK_BYTES, end - offset)) for offset in range(start, end, CHUNK_BYTES)]
+        )
 
 
 def _check_unchanged(sftp: Any, remote: RemoteFile) -> None:
     """Raise StillBeingWrittenError if the file's size or mtime moved since it was listed."""
     now = sftp.stat(remote.path)
     if (now.st_size, int(now.st_mtime or 0)) != (remote.size, remote.mtime):
-        raise StillBeingWrittenError(f"{remote.name}: changed while it was downloaded ({remote.size} -> {now.st_size} bytes)")
+        raise StillBeingWrittenError(
+            f"{remote.name}: changed while it was downloaded ({remote.size} -> {now.st_size} bytes)"
+        )
 
 
 def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
@@ -281,7 +304,9 @@ def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
     expected = _expected_checksum(sftp, remote)
     local = dest / remote.name
     partial = dest / f".{remote.name}.part"
-    digests = {"sha256": hashlib.sha256()}  # the ledger's; and the sidecar's algorithm, when it is another
+    digests = {
+        "sha256": hashlib.sha256()
+    }  # the ledger's; and the sidecar's algorithm, when it is another
     if expected and expected[0] != "sha256":
         digests[expected[0]] = hashlib.new(expected[0], usedforsecurity=False)
     received = 0
@@ -298,7 +323,9 @@ def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
         if received != remote.size:
             raise TransferError(f"{remote.name}: received {received} of {remote.size} bytes")
         if expected and digests[expected[0]].hexdigest() != expected[1]:
-            raise TransferError(f"{remote.name}: {expected[0]} checksum does not match its sidecar file")
+            raise TransferError(
+                f"{remote.name}: {expected[0]} checksum does not match its sidecar file"
+            )
         os.replace(partial, local)
     finally:
         partial.unlink(missing_ok=True)
@@ -319,7 +346,9 @@ def _pinned_host_key(conn_id: str, extra: dict[str, Any]) -> Any:
         blob = b64decode(words[1] if len(words) > 1 else words[0], validate=True)
         return paramiko.PKey.from_type_string(paramiko.Message(blob).get_text(), blob)
     except (ValueError, paramiko.SSHException, paramiko.pkey.UnknownKeyType) as exc:
-        raise UnpinnedHostKeyError(f"connection {conn_id}: extra host_key is not an SSH public key: server not trusted") from exc
+        raise UnpinnedHostKeyError(
+            f"connection {conn_id}: extra host_key is not an SSH public key: server not trusted"
+        ) from exc
 
 
 def _host_key_algorithms(pinned: Any) -> list[str]:
@@ -369,7 +398,9 @@ def _authenticate(transport: Any, login: str, key: Any | None, password: str | N
     elif password:
         transport.auth_password(login, password)
     else:
-        raise paramiko.AuthenticationException("the connection has no key_file, private_key or password")
+        raise paramiko.AuthenticationException(
+            "the connection has no key_file, private_key or password"
+        )
 
 
 @contextmanager
@@ -426,7 +457,9 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def with_failover(conn_ids: list[str], timeout_seconds: int, action: Callable[[Any, str], T]) -> tuple[T, str, list[dict]]:
+def with_failover(
+    conn_ids: list[str], timeout_seconds: int, action: Callable[[Any, str], T]
+) -> tuple[T, str, list[dict]]:
     """Run action(sftp, server) on the first server where it succeeds; return the result,
     that server and the failures before it. Raise AllServersFailedError if none does."""
     import paramiko
@@ -440,7 +473,9 @@ def with_failover(conn_ids: list[str], timeout_seconds: int, action: Callable[[A
             reason = describe_error(exc)
             log.warning("SFTP server %s failed: %s", conn_id, reason)
             failovers.append({"server": conn_id, "error": reason})
-    raise AllServersFailedError("all SFTP servers failed: " + "; ".join(f"{f['server']}: {f['error']}" for f in failovers))
+    raise AllServersFailedError(
+        "all SFTP servers failed: " + "; ".join(f"{f['server']}: {f['error']}" for f in failovers)
+    )
 
 
 def fetch_with_failover(
@@ -462,7 +497,12 @@ def fetch_with_failover(
     listings: list[Listing] = []
 
     def fetch_all(sftp: Any, server: str) -> list[FetchedFile]:
-        listing = list_stable(sftp, requests, stable_seconds, settled=lambda r: reuse is not None and reuse(r) is not None)
+        listing = list_stable(
+            sftp,
+            requests,
+            stable_seconds,
+            settled=lambda r: reuse is not None and reuse(r) is not None,
+        )
         changed = []
         for remote in listing.stable:
             try:
@@ -470,14 +510,22 @@ def fetch_with_failover(
             except StillBeingWrittenError as exc:
                 log.warning("%s: not fetched in this run", exc)
                 changed.append(remote)
-        listings.append(Listing([r for r in listing.stable if r not in changed], listing.unstable + changed, listing.ignored))
+        listings.append(
+            Listing(
+                [r for r in listing.stable if r not in changed],
+                listing.unstable + changed,
+                listing.ignored,
+            )
+        )
         return [done[(r.source, r.name)] for r in listings[-1].stable]
 
     files, server, failovers = with_failover(conn_ids, timeout_seconds, fetch_all)
     return FetchResult(files, server, failovers, listings[-1].ignored, listings[-1].unstable)
 
 
-def _fetch_one(sftp: Any, remote: RemoteFile, server: str, dest: Path, done: dict, reuse: Reuse | None) -> None:
+def _fetch_one(
+    sftp: Any, remote: RemoteFile, server: str, dest: Path, done: dict, reuse: Reuse | None
+) -> None:
     """Put the remote file into `done`: fetched before, an archived copy, or downloaded now."""
     key = (remote.source, remote.name)
     if key in done:
@@ -489,7 +537,16 @@ def _fetch_one(sftp: Any, remote: RemoteFile, server: str, dest: Path, done: dic
         return
     local, sha256 = download(sftp, remote, dest)
     done[key] = FetchedFile(
-        remote.role, remote.source, remote.name, str(local), remote.size, remote.mtime, sha256, server, True, remote.path
+        remote.role,
+        remote.source,
+        remote.name,
+        str(local),
+        remote.size,
+        remote.mtime,
+        sha256,
+        server,
+        True,
+        remote.path,
     )
     log.info("fetched %s (%d bytes) from %s", remote.name, remote.size, server)
 
@@ -519,9 +576,14 @@ def move_to_processed(server: str, moves: list[tuple[str, str]], timeout_seconds
 
 
 def find_missing_sources(
-    conn_ids: list[str], requests: list[FileRequest], timeout_seconds: int, stable_seconds: float = 0
+    conn_ids: list[str],
+    requests: list[FileRequest],
+    timeout_seconds: int,
+    stable_seconds: float = 0,
 ) -> list[str]:
     """List the servers (with failover) and return the sources that have no stable file yet."""
-    listing, _, _ = with_failover(conn_ids, timeout_seconds, lambda sftp, _server: list_stable(sftp, requests, stable_seconds))
+    listing, _, _ = with_failover(
+        conn_ids, timeout_seconds, lambda sftp, _server: list_stable(sftp, requests, stable_seconds)
+    )
     present = {r.source for r in listing.stable}
     return [r.source for r in requests if r.source not in present]

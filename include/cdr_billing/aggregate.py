@@ -40,10 +40,17 @@ def aggregate_users(attributed: pd.DataFrame, user_codes: np.ndarray | None = No
     )
 
 
-def checked_sums(frame: pd.DataFrame, keys: list[str], columns: list[str], what: str) -> pd.DataFrame:
+def checked_sums(
+    frame: pd.DataFrame, keys: list[str], columns: list[str], what: str
+) -> pd.DataFrame:
     """Integer columns summed per group, refused where a sum would not fit (money.check_sums)."""
     twins = {f"{column}~": frame[column].astype("float64") for column in columns}
-    sums = frame[keys].assign(**{c: frame[c].astype("int64") for c in columns}, **twins).groupby(keys, sort=True).sum()
+    sums = (
+        frame[keys]
+        .assign(**{c: frame[c].astype("int64") for c in columns}, **twins)
+        .groupby(keys, sort=True)
+        .sum()
+    )
     for column in columns:
         check_sums(sums[column].to_numpy(), sums[f"{column}~"].to_numpy(), what)
     return sums[columns].reset_index()
@@ -67,22 +74,36 @@ def call_totals(attributed: pd.DataFrame) -> pd.DataFrame:
     frame = attributed[["currency"]].assign(
         total_minor=cost, credit_calls=credit.astype("int64"), credit_minor=cost.where(credit, 0)
     )
-    return checked_sums(frame, ["currency"], ["total_minor", "credit_calls", "credit_minor"], "the month's calls")
+    return checked_sums(
+        frame, ["currency"], ["total_minor", "credit_calls", "credit_minor"], "the month's calls"
+    )
 
 
 def revenue_share_sums(attributed: pd.DataFrame) -> pd.DataFrame:
     """Per (service provider, currency, share percentage) of the billed calls that carry one:
     calls and billed amount (not yet rounded to a share, so files can be summed first)."""
     columns = ["service_provider", "currency", "revenue_share_bp", "cost_minor"]
-    carrying = attributed.loc[attributed["revenue_share_bp"].notna(), columns]  # not every column of 1M calls
-    keyed = carrying.assign(share_basis_points=carrying["revenue_share_bp"].astype("int64"), call_count=1)
-    return checked_sums(keyed.rename(columns={"cost_minor": "billed_minor"}), SHARE_KEYS, ["call_count", "billed_minor"],
-                        "a revenue share")  # fmt: skip
+    carrying = attributed.loc[
+        attributed["revenue_share_bp"].notna(), columns
+    ]  # not every column of 1M calls
+    keyed = carrying.assign(
+        share_basis_points=carrying["revenue_share_bp"].astype("int64"), call_count=1
+    )
+    return checked_sums(
+        keyed.rename(columns={"cost_minor": "billed_minor"}),
+        SHARE_KEYS,
+        ["call_count", "billed_minor"],
+        "a revenue share",
+    )
 
 
 def revenue_share(sums: pd.DataFrame) -> pd.DataFrame:
     """The provider's share per (provider, currency, percentage): billed x percentage, summed
     exactly over all files and rounded half up once."""
     grouped = checked_sums(sums, SHARE_KEYS, ["call_count", "billed_minor"], "a revenue share")
-    share = scale_half_up(grouped["billed_minor"].to_numpy(), grouped["share_basis_points"].to_numpy(), 10_000)
-    return grouped.assign(share_minor=share).astype({"call_count": "int64", "billed_minor": "int64", "share_minor": "int64"})
+    share = scale_half_up(
+        grouped["billed_minor"].to_numpy(), grouped["share_basis_points"].to_numpy(), 10_000
+    )
+    return grouped.assign(share_minor=share).astype(
+        {"call_count": "int64", "billed_minor": "int64", "share_minor": "int64"}
+    )

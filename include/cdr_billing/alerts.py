@@ -17,14 +17,24 @@ from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 log = logging.getLogger(__name__)
 
 
-NEXT_STEP = "<!--next step-->"  # replaced by the task's next step, or UNREACHABLE_STEP, when a mail is sent
+NEXT_STEP = (
+    "<!--next step-->"  # replaced by the task's next step, or UNREACHABLE_STEP, when a mail is sent
+)
 UNREACHABLE_STEP = (
     "A server or database did not answer (the error names it): the files and the data are not at fault. Check that it is "
     "up and reachable from the workers (connection, network, credentials)."
 )
 # Errors that mean a server or database could not be reached, by class name (no driver imported here).
-UNREACHABLE_ERRORS = frozenset({"OperationalError", "InterfaceError", "NoValidConnectionsError", "SSHException",
-                                "SMTPConnectError", "SMTPServerDisconnected"})  # fmt: skip
+UNREACHABLE_ERRORS = frozenset(
+    {
+        "OperationalError",
+        "InterfaceError",
+        "NoValidConnectionsError",
+        "SSHException",
+        "SMTPConnectError",
+        "SMTPServerDisconnected",
+    }
+)
 
 
 def is_unreachable(error: BaseException | None) -> bool:
@@ -32,7 +42,10 @@ def is_unreachable(error: BaseException | None) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, ConnectionError | TimeoutError | socket.gaierror) or type(error).__name__ in UNREACHABLE_ERRORS:
+        if (
+            isinstance(error, ConnectionError | TimeoutError | socket.gaierror)
+            or type(error).__name__ in UNREACHABLE_ERRORS
+        ):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -61,7 +74,9 @@ class TaskFailureMail(SmtpNotifier):
         SmtpNotifier.__call__(mail, *args)
 
 
-def task_failure_mail(recipients: list[str], timezone: str, next_step: str, smtp_conn_id: str) -> TaskFailureMail:
+def task_failure_mail(
+    recipients: list[str], timezone: str, next_step: str, smtp_conn_id: str
+) -> TaskFailureMail:
     """The mail a failed task sends: which month, which task, what went wrong in one sentence,
     the log link and what to do next."""
     month = (
@@ -111,7 +126,13 @@ def files_not_arrived_alert(month: str, missing: list[str], deadline: str) -> Al
     )
 
 
-def validation_alert(month: str, file_name: str, problem: str, expectations: tuple[str, ...], samples: tuple[str, ...]) -> Alert:
+def validation_alert(
+    month: str,
+    file_name: str,
+    problem: str,
+    expectations: tuple[str, ...],
+    samples: tuple[str, ...],
+) -> Alert:
     """A file failed validation: the month is not billed until it is fixed or redelivered."""
     return Alert(
         "validation",
@@ -160,7 +181,11 @@ MAX_LISTED = 20
 
 def _listing(kind: str, subject: str, intro: str, items: list[str], advice: str) -> Alert:
     """An alert that lists up to MAX_LISTED items between an introduction and the advice."""
-    more = [f"... and {len(items) - MAX_LISTED} more (see the month report)."] if len(items) > MAX_LISTED else []
+    more = (
+        [f"... and {len(items) - MAX_LISTED} more (see the month report)."]
+        if len(items) > MAX_LISTED
+        else []
+    )
     return Alert(kind, subject, (intro, *items[:MAX_LISTED], *more, advice))
 
 
@@ -170,7 +195,10 @@ def unbillable_alert(month: str, ranges: list[dict]) -> Alert:
         "unbillable",
         f"[CDR billing] {sum(r['calls'] for r in ranges)} unbillable calls in {len(ranges)} number ranges ({month})",
         f"These calls of {month} match no tariff rate and are kept as unbillable, not billed at zero:",
-        [f"{r['number_range']}: {r['calls']} calls, {r['minutes']} minutes ({r['reason_code']})" for r in ranges],
+        [
+            f"{r['number_range']}: {r['calls']} calls, {r['minutes']} minutes ({r['reason_code']})"
+            for r in ranges
+        ],
         "Add the ranges to the tariff (python -m cdr_billing.tariff load FILE), then re-run the month: "
         "the calls will be billed and the new batch replaces the current one.",
     )

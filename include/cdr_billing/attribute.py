@@ -21,16 +21,26 @@ import pyarrow.compute as pc
 
 from cdr_billing.frames import rows_where
 
-UNKNOWN_ACCOUNT, NOT_ENTITLED, NO_SEQUENCE_NUMBER = "UNKNOWN_ACCOUNT", "NOT_ENTITLED", "NO_SEQUENCE_NUMBER"
+UNKNOWN_ACCOUNT, NOT_ENTITLED, NO_SEQUENCE_NUMBER = (
+    "UNKNOWN_ACCOUNT",
+    "NOT_ENTITLED",
+    "NO_SEQUENCE_NUMBER",
+)
 NO_CUSTOMER_ID = "NO_CUSTOMER_ID"
-HELD_REASONS = np.array(["", NOT_ENTITLED, NO_SEQUENCE_NUMBER, UNKNOWN_ACCOUNT, NO_CUSTOMER_ID])  # a code is its position
+HELD_REASONS = np.array(
+    ["", NOT_ENTITLED, NO_SEQUENCE_NUMBER, UNKNOWN_ACCOUNT, NO_CUSTOMER_ID]
+)  # a code is its position
 UNKNOWN = 3
 
 
 def snapshot_order(history: pd.DataFrame, month_snapshot: int) -> pd.DataFrame:
     """The snapshots a month's calls may be billed by, oldest first (by taken_at, then id), up to
     the month's own."""
-    snapshots = history[["snapshot_id", "taken_at"]].drop_duplicates().sort_values(["taken_at", "snapshot_id"])
+    snapshots = (
+        history[["snapshot_id", "taken_at"]]
+        .drop_duplicates()
+        .sort_values(["taken_at", "snapshot_id"])
+    )
     last = int(np.flatnonzero(snapshots["snapshot_id"].to_numpy() == month_snapshot)[0])
     return snapshots.iloc[: last + 1].reset_index(drop=True)
 
@@ -51,13 +61,21 @@ def snapshot_at(starts_utc: pd.Series, history: pd.DataFrame, month_snapshot: in
 
 def account_rows(user_ids: pd.Series, snapshots: np.ndarray, history: pd.DataFrame) -> np.ndarray:
     """Each call's row in `history`: its account in the snapshot that applies to it, or -1."""
-    users, found = pa.array(user_ids, type=pa.large_string()), np.full(len(user_ids), -1, dtype=np.int64)
+    users, found = (
+        pa.array(user_ids, type=pa.large_string()),
+        np.full(len(user_ids), -1, dtype=np.int64),
+    )
     snapshot_of_row = history["snapshot_id"].to_numpy()
     for snapshot_id in np.unique(snapshots):
         rows = np.flatnonzero(snapshot_of_row == snapshot_id)
         calls = snapshots == snapshot_id
-        at = pc.index_in(users.filter(calls), value_set=pa.array(history["account_id"].iloc[rows], type=pa.large_string()))
-        found[calls] = np.where(at.is_null(), -1, rows[pc.fill_null(at, 0).to_numpy(zero_copy_only=False)])
+        at = pc.index_in(
+            users.filter(calls),
+            value_set=pa.array(history["account_id"].iloc[rows], type=pa.large_string()),
+        )
+        found[calls] = np.where(
+            at.is_null(), -1, rows[pc.fill_null(at, 0).to_numpy(zero_copy_only=False)]
+        )
     return found
 
 
@@ -68,28 +86,39 @@ def _account_terms(history: pd.DataFrame) -> pd.DataFrame:
     own = history["sequence_number"].fillna("")
     sequence = own.where(own != "", history["default_sequence_number"]).fillna("")
     no_customer = (history["customer_id"].fillna("") == "").to_numpy()
-    held = np.select([~history["entitled"].to_numpy(bool), no_customer, (sequence == "").to_numpy()], [1, 4, 2], 0)
+    held = np.select(
+        [~history["entitled"].to_numpy(bool), no_customer, (sequence == "").to_numpy()],
+        [1, 4, 2],
+        0,
+    )
     terms = history[["customer_id", "last_login", "account_id"]].assign(
         sequence_number=sequence, used_default_sequence=own == "", held=held
     )
     return terms.assign(
-        user_code=terms.groupby(["customer_id", "sequence_number", "account_id"], sort=False, dropna=False).ngroup()
+        user_code=terms.groupby(
+            ["customer_id", "sequence_number", "account_id"], sort=False, dropna=False
+        ).ngroup()
     )
 
 
-def _with_terms(calls: pd.DataFrame, snapshots: np.ndarray, rows: np.ndarray, terms: pd.DataFrame) -> pd.DataFrame:
+def _with_terms(
+    calls: pd.DataFrame, snapshots: np.ndarray, rows: np.ndarray, terms: pd.DataFrame
+) -> pd.DataFrame:
     """The calls with the snapshot that applied and their account's terms (empty for an unknown account)."""
     at = pa.array(rows, mask=rows < 0)
 
     def taken(name: str) -> pd.Series:
-        return pd.Series(pa.array(terms[name], type=pa.large_string()).take(at), index=calls.index, dtype="str")
+        return pd.Series(
+            pa.array(terms[name], type=pa.large_string()).take(at), index=calls.index, dtype="str"
+        )
 
     return calls.assign(
         entitlement_snapshot=snapshots,
         customer_id=taken("customer_id"),
         sequence_number=taken("sequence_number").fillna(""),
         last_login=taken("last_login"),
-        used_default_sequence=(rows >= 0) & terms["used_default_sequence"].to_numpy(bool)[np.maximum(rows, 0)],
+        used_default_sequence=(rows >= 0)
+        & terms["used_default_sequence"].to_numpy(bool)[np.maximum(rows, 0)],
     )
 
 
@@ -103,26 +132,37 @@ class Attribution(NamedTuple):
     user_codes: np.ndarray
 
 
-def _billing_snapshots(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int, terms: pd.DataFrame):
+def _billing_snapshots(
+    priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int, terms: pd.DataFrame
+):
     """Per call: the snapshot that bills it (module docstring), its row in `history` and why it
     is held (a HELD_REASONS code, 0: billed); a call no snapshot bills keeps the month's
     snapshot's row and reason. Most calls are billed by their first snapshot: later ones are
     looked at for the rest only."""
     order = snapshot_order(history, month_snapshot)
     first = first_snapshot(priced["start_utc"], order)
-    snapshots, rows = order["snapshot_id"].to_numpy()[first], np.full(len(priced), -1, dtype=np.int64)
+    snapshots, rows = (
+        order["snapshot_id"].to_numpy()[first],
+        np.full(len(priced), -1, dtype=np.int64),
+    )
     reasons, pending = np.full(len(priced), UNKNOWN, dtype=np.int64), np.arange(len(priced))
     for position in range(int(first.min(initial=len(order))), len(order)):
         trying = pending[first[pending] <= position]
         snapshots[trying] = order["snapshot_id"].iloc[position]
-        users = priced["user_id"] if len(trying) == len(priced) else priced["user_id"].iloc[trying]  # no copy: the usual case
+        users = (
+            priced["user_id"] if len(trying) == len(priced) else priced["user_id"].iloc[trying]
+        )  # no copy: the usual case
         rows[trying] = account_rows(users, snapshots[trying], history)
-        reasons[trying] = np.where(rows[trying] >= 0, terms["held"].to_numpy()[np.maximum(rows[trying], 0)], UNKNOWN)
+        reasons[trying] = np.where(
+            rows[trying] >= 0, terms["held"].to_numpy()[np.maximum(rows[trying], 0)], UNKNOWN
+        )
         pending = pending[reasons[pending] != 0]
     return snapshots, rows, reasons
 
 
-def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int) -> Attribution:
+def attribute_calls(
+    priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int
+) -> Attribution:
     """Attribute each call to the first snapshot that bills its account (module docstring), or
     set it aside in suspense."""
     terms = _account_terms(history)
@@ -136,11 +176,23 @@ def attribute_calls(priced: pd.DataFrame, history: pd.DataFrame, month_snapshot:
 
 def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:
     """Billed accounts whose last login is before the cutoff: their cost center may be out of date."""
-    accounts = attributed.groupby(["user_id", "customer_id", "last_login"], sort=False).size().rename("calls").reset_index()
-    last_login = pd.to_datetime(accounts["last_login"], errors="coerce")  # once per account, not per call
+    accounts = (
+        attributed.groupby(["user_id", "customer_id", "last_login"], sort=False)
+        .size()
+        .rename("calls")
+        .reset_index()
+    )
+    last_login = pd.to_datetime(
+        accounts["last_login"], errors="coerce"
+    )  # once per account, not per call
     stale = accounts[last_login.isna() | (last_login < cutoff.tz_localize(None))]
     return [
-        {"account_id": r.user_id, "customer_id": r.customer_id, "last_login": r.last_login or "never", "calls": int(r.calls)}
+        {
+            "account_id": r.user_id,
+            "customer_id": r.customer_id,
+            "last_login": r.last_login or "never",
+            "calls": int(r.calls),
+        }
         for r in stale.sort_values(["customer_id", "user_id"]).itertuples()
     ]
 

@@ -14,7 +14,15 @@ import pandas as pd
 from cdr_billing.money import from_minor_units
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-AVAILABLE = ("billing_month", "customer_id", "sequence_number", "currency", "total", "call_count", "billed_seconds")
+AVAILABLE = (
+    "billing_month",
+    "customer_id",
+    "sequence_number",
+    "currency",
+    "total",
+    "call_count",
+    "billed_seconds",
+)
 
 
 def neutralise(value: object) -> object:
@@ -30,10 +38,16 @@ def rows(lines: pd.DataFrame, billing_month: str, columns: dict[str, str]) -> li
     if unknown:
         raise ValueError(f"billing file: unknown columns {unknown}; choose from {list(AVAILABLE)}")
     records = [
-        {**line, "billing_month": billing_month, "total": from_minor_units(line["total_minor"], line["currency"])}
+        {
+            **line,
+            "billing_month": billing_month,
+            "total": from_minor_units(line["total_minor"], line["currency"]),
+        }
         for line in lines.to_dict("records")
     ]
-    return [list(columns.values())] + [[neutralise(record[name]) for name in columns] for record in records]
+    return [list(columns.values())] + [
+        [neutralise(record[name]) for name in columns] for record in records
+    ]
 
 
 def write(lines: pd.DataFrame, billing_month: str, columns: dict[str, str], directory):
@@ -41,7 +55,10 @@ def write(lines: pd.DataFrame, billing_month: str, columns: dict[str, str], dire
     from openpyxl import Workbook
 
     table = rows(lines, billing_month, columns)
-    csv_path, xlsx_path = directory / f"billing_{billing_month}.csv", directory / f"billing_{billing_month}.xlsx"
+    csv_path, xlsx_path = (
+        directory / f"billing_{billing_month}.csv",
+        directory / f"billing_{billing_month}.xlsx",
+    )
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(table)
     book = Workbook()

@@ -43,7 +43,13 @@ CARRIED_FIELDS = (
 )
 
 # Fields a profile must map (or default) for a row to be billable at all.
-REQUIRED_FIELDS = ("transaction_id", "user_id", "start_of_usage", "duration_of_usage", "completion_status")
+REQUIRED_FIELDS = (
+    "transaction_id",
+    "user_id",
+    "start_of_usage",
+    "duration_of_usage",
+    "completion_status",
+)
 REQUIRED_PRICED = ("provider_cost", "currency")
 REQUIRED_UNPRICED = ("destination_party",)
 

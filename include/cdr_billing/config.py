@@ -41,7 +41,9 @@ class CdrSource(RemoteFiles):
     profile: str = ""
     processed_dir: str | None = None  # move billed files here on the server that delivered them
     markup_percent: str = "0"  # added to a priced source's own costs, e.g. "12.5"
-    done_marker: str | None = None  # e.g. "{name}.done": a file is fetched once this file exists beside it
+    done_marker: str | None = (
+        None  # e.g. "{name}.done": a file is fetched once this file exists beside it
+    )
     require_sidecar: bool = False  # a file is fetched once its .sha256/.md5 sidecar exists
 
 
@@ -61,9 +63,15 @@ class SourceProfile:
     delimiter: str = ","
     encoding: str = "utf-8"
     defaults: dict[str, str] = field(default_factory=dict)
-    value_maps: dict[str, dict[str, str]] = field(default_factory=dict)  # provider value -> canonical value
-    allow_credits: bool = False  # a negative provider cost is a credit (else the row is NEGATIVE_COST)
-    ambiguous_times: str = "earliest"  # a local time the autumn clock change repeats: earliest, latest or reject
+    value_maps: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # provider value -> canonical value
+    allow_credits: bool = (
+        False  # a negative provider cost is a credit (else the row is NEGATIVE_COST)
+    )
+    ambiguous_times: str = (
+        "earliest"  # a local time the autumn clock change repeats: earliest, latest or reject
+    )
 
 
 @dataclass(frozen=True)
@@ -155,14 +163,23 @@ def load_profiles(path: Path) -> dict[str, SourceProfile]:
 
 # The alert kinds `alerts.recipients` may route (see alerts.py).
 ALERT_KINDS = (
-    "task_failure", "failover", "held_file", "files_not_arrived", "validation", "unbillable", "suspense", "month_report",
-)  # fmt: skip
+    "task_failure",
+    "failover",
+    "held_file",
+    "files_not_arrived",
+    "validation",
+    "unbillable",
+    "suspense",
+    "month_report",
+)
 
 
 def _alert_recipients(path: Path, raw: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     unknown = sorted(set(raw) - set(ALERT_KINDS))
     if unknown:
-        raise ConfigError(f"{path}: alerts.recipients has unknown kinds {unknown}; known: {list(ALERT_KINDS)}")
+        raise ConfigError(
+            f"{path}: alerts.recipients has unknown kinds {unknown}; known: {list(ALERT_KINDS)}"
+        )
     return {kind: tuple(addresses) for kind, addresses in raw.items()}
 
 
@@ -184,7 +201,9 @@ def _stable_seconds(path: Path, raw: dict[str, Any]) -> float:
     except (TypeError, ValueError):
         seconds = -1
     if seconds < 0:
-        raise ConfigError(f"{path}: sftp.stable_seconds must be a number of seconds of at least 0, not {value!r}")
+        raise ConfigError(
+            f"{path}: sftp.stable_seconds must be a number of seconds of at least 0, not {value!r}"
+        )
     return seconds
 
 
@@ -192,7 +211,9 @@ def _cdr_source(path: Path, spec: dict[str, Any]) -> CdrSource:
     """A source; its done marker must name the file it marks."""
     source = CdrSource(**spec)
     if source.done_marker is not None and "{name}" not in source.done_marker:
-        raise ConfigError(f"{path}: source {source.name}: done_marker must contain {{name}}, e.g. \"{{name}}.done\"")
+        raise ConfigError(
+            f'{path}: source {source.name}: done_marker must contain {{name}}, e.g. "{{name}}.done"'
+        )
     return source
 
 
@@ -221,7 +242,9 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         work_root=os.path.expandvars(raw["work_root"]),
         work_connection=raw.get("work_connection"),
         archive_root=Path(os.path.expandvars(raw["archive_root"])),
-        files_at_once=_positive(path, "files_at_once", raw.get("files_at_once", DEFAULT_FILES_AT_ONCE)),
+        files_at_once=_positive(
+            path, "files_at_once", raw.get("files_at_once", DEFAULT_FILES_AT_ONCE)
+        ),
         smtp_connection=raw["alerts"]["smtp_connection"],
         alert_to=tuple(raw["alerts"]["to"]),
         finance_to=tuple(raw["alerts"]["finance_to"]),

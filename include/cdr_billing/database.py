@@ -27,7 +27,10 @@ def billing_engine(conn_id: str) -> Engine:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options a command uses to find the billing database."""
-    parser.add_argument("--conn", help="Airflow connection id of the billing database (default: the pipeline config's)")
+    parser.add_argument(
+        "--conn",
+        help="Airflow connection id of the billing database (default: the pipeline config's)",
+    )
     parser.add_argument("--url", help="SQLAlchemy URL instead of an Airflow connection")
 
 
@@ -53,7 +56,9 @@ def hold_lock(conn: Connection, name: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
 
 
-INSERT_BATCH_ROWS = 100_000  # rows formatted and sent at a time: memory stays flat, the server works meanwhile
+INSERT_BATCH_ROWS = (
+    100_000  # rows formatted and sent at a time: memory stays flat, the server works meanwhile
+)
 
 
 def insert_frame(conn: Connection, table: Table, frame: pd.DataFrame, **constants: object) -> None:
@@ -66,14 +71,19 @@ def insert_frame(conn: Connection, table: Table, frame: pd.DataFrame, **constant
     if rows.isna().any().any() or conn.dialect.name not in ("postgresql", "sqlite"):
         conn.execute(insert(table), to_records(rows))
         return
-    batches = [rows.iloc[start : start + INSERT_BATCH_ROWS] for start in range(0, len(rows), INSERT_BATCH_ROWS)]
+    batches = [
+        rows.iloc[start : start + INSERT_BATCH_ROWS]
+        for start in range(0, len(rows), INSERT_BATCH_ROWS)
+    ]
     if conn.dialect.name == "sqlite":
         _insert_sqlite(conn, table.name, batches)
     else:
         _copy_postgres(conn, table.name, batches)
 
 
-def insert_partition(conn: Connection, table: Table, key_column: str, key: int, frames: Iterable[pd.DataFrame]) -> None:
+def insert_partition(
+    conn: Connection, table: Table, key_column: str, key: int, frames: Iterable[pd.DataFrame]
+) -> None:
     """Insert rows that share one value of a table's partition key. PostgreSQL (the table
     partitioned by LIST of key_column): into a new table without index or foreign key, then
     attached as the key's partition, where PostgreSQL indexes and checks it in bulk (10 million
@@ -84,19 +94,27 @@ def insert_partition(conn: Connection, table: Table, key_column: str, key: int, 
         return
     name = f"{table.name}_{key_column}_{int(key)}"
     conn.execute(text(f"CREATE TABLE {name} (LIKE {table.name} INCLUDING DEFAULTS)"))
-    partition = Table(name, MetaData(), *(Column(column.name, column.type) for column in table.columns))
+    partition = Table(
+        name, MetaData(), *(Column(column.name, column.type) for column in table.columns)
+    )
     for frame in frames:
         insert_frame(conn, partition, frame, **{key_column: key})
-    conn.execute(text(f"ALTER TABLE {table.name} ATTACH PARTITION {name} FOR VALUES IN ({int(key)})"))
+    conn.execute(
+        text(f"ALTER TABLE {table.name} ATTACH PARTITION {name} FOR VALUES IN ({int(key)})")
+    )
 
 
 def _insert_sqlite(conn: Connection, table_name: str, batches: list[pd.DataFrame]) -> None:
     """executemany on the driver (2.3x faster than SQLAlchemy's INSERT of dicts), storing the same values."""
     columns = list(batches[0].columns)
-    statement = f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    statement = (
+        f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    )
     with closing(conn.connection.driver_connection.cursor()) as cursor:
         for batch in batches:
-            cursor.executemany(statement, zip(*(_driver_values(batch[name]) for name in columns), strict=True))
+            cursor.executemany(
+                statement, zip(*(_driver_values(batch[name]) for name in columns), strict=True)
+            )
 
 
 def _copy_postgres(conn: Connection, table_name: str, batches: list[pd.DataFrame]) -> None:
@@ -134,12 +152,16 @@ def _csv_bytes(rows: pd.DataFrame) -> bytes:
     """Rows as PostgreSQL COPY CSV: every value quoted (a quoted "" is an empty string, not NULL)."""
     table = pa.table(
         {
-            name: _timestamp_text(rows[name], utc=True) if pd.api.types.is_datetime64_any_dtype(rows[name].dtype) else rows[name]
+            name: _timestamp_text(rows[name], utc=True)
+            if pd.api.types.is_datetime64_any_dtype(rows[name].dtype)
+            else rows[name]
             for name in rows.columns
         }
     )
     sink = io.BytesIO()
-    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    pacsv.write_csv(
+        table, sink, pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    )
     return sink.getvalue()
 
 

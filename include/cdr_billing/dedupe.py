@@ -25,11 +25,15 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: multiplies the bits
 def call_hashes(keys: pd.DataFrame) -> np.ndarray:
     """A 64-bit hash of each row's transaction id that depends on that id alone, so each
     file's hashes are computed on their own (in the file's task) and compared month-wide."""
-    ids = pc.fill_null(pa.chunked_array(pa.array(keys["transaction_id"])).cast(pa.large_string()), "")
+    ids = pc.fill_null(
+        pa.chunked_array(pa.array(keys["transaction_id"])).cast(pa.large_string()), ""
+    )
     return np.concatenate([np.zeros(0, np.uint64), *(text_hashes(chunk) for chunk in ids.chunks)])
 
 
-def repeated_per_file(hashes_per_file: list[np.ndarray], keys_at: Callable[[int, np.ndarray], pd.DataFrame]) -> list[np.ndarray]:
+def repeated_per_file(
+    hashes_per_file: list[np.ndarray], keys_at: Callable[[int, np.ndarray], pd.DataFrame]
+) -> list[np.ndarray]:
     """For each file's call hashes, in file order: a mask of the rows whose call came in an
     earlier file (or earlier in the same file). `keys_at(file, rows)`: the CALL_KEY columns of
     those rows of that file.
@@ -44,7 +48,11 @@ def repeated_per_file(hashes_per_file: list[np.ndarray], keys_at: Callable[[int,
     if not any(len(rows) for rows in candidates):
         return masks
     candidate_keys = pd.concat(
-        [keys_at(n, rows)[CALL_KEY].assign(file=n, row=rows) for n, rows in enumerate(candidates) if len(rows)],
+        [
+            keys_at(n, rows)[CALL_KEY].assign(file=n, row=rows)
+            for n, rows in enumerate(candidates)
+            if len(rows)
+        ],
         ignore_index=True,
     )  # file order, then row order: the first delivery wins
     again = candidate_keys[candidate_keys[CALL_KEY].duplicated().to_numpy()]
@@ -71,7 +79,9 @@ def text_hashes(values: pa.Array) -> np.ndarray:
     offsets, data = text_bytes.offsets_and_data(values)
     lengths = np.diff(offsets)
     width = int(lengths.max()) if len(values) else 0
-    words = np.zeros((len(values), (width + 7) // 8 * 8), dtype=np.uint8)  # each value's bytes, zero padded
+    words = np.zeros(
+        (len(values), (width + 7) // 8 * 8), dtype=np.uint8
+    )  # each value's bytes, zero padded
     same_length = bool(len(values)) and bool((lengths == width).all())
     if same_length:
         words[:, :width] = data.reshape(len(values), width)
@@ -83,7 +93,9 @@ def text_hashes(values: pa.Array) -> np.ndarray:
         for n, word in enumerate(words.view(np.uint64).T):
             mixed = (hashes ^ word) * _MIX
             mixed ^= mixed >> np.uint64(31)
-            hashes = mixed if same_length else np.where(lengths > 8 * n, mixed, hashes)  # a value's own words only
+            hashes = (
+                mixed if same_length else np.where(lengths > 8 * n, mixed, hashes)
+            )  # a value's own words only
     return hashes
 
 
@@ -115,7 +127,9 @@ def file_calls(
     are its calls (all but those set aside: rating selects the wide rows once); and the rows set
     aside that repeat an earlier call: (rows, is_call, duplicates)."""
     positions = set_aside_rows["position"].to_numpy()
-    rows = pa.concat_tables([accepted, session_calls.select(accepted.column_names).cast(accepted.schema)])
+    rows = pa.concat_tables(
+        [accepted, session_calls.select(accepted.column_names).cast(accepted.schema)]
+    )
     is_call = np.ones(rows.num_rows, dtype=bool)
     is_call[positions] = False
     duplicates = accepted.take(positions[set_aside_rows["duplicate"].to_numpy()])

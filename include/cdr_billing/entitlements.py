@@ -26,9 +26,14 @@ from cdr_billing.acquire import DATE_IN_NAME
 from cdr_billing.schema import entitlement, entitlement_snapshot, month_entitlement
 
 COLUMNS = (
-    "account_id", "user_principal_name", "customer_id", "sequence_number", "default_sequence_number", "entitled",
+    "account_id",
+    "user_principal_name",
+    "customer_id",
+    "sequence_number",
+    "default_sequence_number",
+    "entitled",
     "last_login",
-)  # fmt: skip
+)
 TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
 
 
@@ -56,10 +61,14 @@ def check_rows(raw: pd.DataFrame, source_name: str) -> pd.DataFrame:
     flag = rows["entitled"].str.lower()
     bad_flag = ~flag.isin(TRUE_WORDS | FALSE_WORDS)
     if bad_flag.any():
-        raise EntitlementError(f"{source_name}: 'entitled' is not true/false on lines {lines[bad_flag].tolist()[:10]}")
+        raise EntitlementError(
+            f"{source_name}: 'entitled' is not true/false on lines {lines[bad_flag].tolist()[:10]}"
+        )
     repeated = rows["account_id"].duplicated(keep=False)
     if repeated.any():
-        raise EntitlementError(f"{source_name}: account ids listed more than once on lines {lines[repeated].tolist()[:10]}")
+        raise EntitlementError(
+            f"{source_name}: account ids listed more than once on lines {lines[repeated].tolist()[:10]}"
+        )
     return rows.assign(entitled=flag.isin(TRUE_WORDS))
 
 
@@ -71,7 +80,12 @@ def from_file(path: Path, captured_at: datetime, timezone: str) -> Snapshot:
     raw = read_table(path, EntitlementError)
     dated = DATE_IN_NAME.search(path.name)
     taken_at = local_midnight(dated.group(), timezone) if dated else captured_at
-    return Snapshot(check_rows(raw, path.name), path.name, hashlib.sha256(path.read_bytes()).hexdigest(), taken_at)
+    return Snapshot(
+        check_rows(raw, path.name),
+        path.name,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        taken_at,
+    )
 
 
 def local_midnight(day: str, timezone: str) -> datetime:
@@ -100,13 +114,18 @@ def _store(conn: Connection, snapshot: Snapshot) -> int:
     same content would both find it missing and the second insert would break its uniqueness."""
     database.hold_lock(conn, "entitlement_snapshot")
     known = conn.execute(
-        select(entitlement_snapshot.c.snapshot_id).where(entitlement_snapshot.c.sha256 == snapshot.sha256)
+        select(entitlement_snapshot.c.snapshot_id).where(
+            entitlement_snapshot.c.sha256 == snapshot.sha256
+        )
     ).scalar()
     if known is not None:
         return known
     snapshot_id = conn.execute(
         insert(entitlement_snapshot).values(
-            taken_at=snapshot.taken_at, source_name=snapshot.source_name, sha256=snapshot.sha256, row_count=len(snapshot.rows)
+            taken_at=snapshot.taken_at,
+            source_name=snapshot.source_name,
+            sha256=snapshot.sha256,
+            row_count=len(snapshot.rows),
         )
     ).inserted_primary_key[0]
     database.insert_frame(conn, entitlement, snapshot.rows, snapshot_id=snapshot_id)
@@ -118,7 +137,9 @@ def pin_lock(billing_month: str) -> str:
     return f"month_entitlement {billing_month}"
 
 
-def snapshot_for_month(engine: Engine, billing_month: str, capture: Callable[[], Snapshot], refresh: bool) -> int:
+def snapshot_for_month(
+    engine: Engine, billing_month: str, capture: Callable[[], Snapshot], refresh: bool
+) -> int:
     """The month's pinned snapshot; capture, store and pin one when there is none or on refresh,
     in one transaction under the month's pin lock, so concurrent runs pin once (a run that
     waited finds the pin) and the snapshot and its pin commit together."""
@@ -130,9 +151,15 @@ def snapshot_for_month(engine: Engine, billing_month: str, capture: Callable[[],
             return pinned
         snapshot_id = _store(conn, capture())
         if pinned is None:
-            conn.execute(insert(month_entitlement).values(billing_month=billing_month, snapshot_id=snapshot_id))
+            conn.execute(
+                insert(month_entitlement).values(
+                    billing_month=billing_month, snapshot_id=snapshot_id
+                )
+            )
         else:
-            conn.execute(update(month_entitlement).where(this_month).values(snapshot_id=snapshot_id))
+            conn.execute(
+                update(month_entitlement).where(this_month).values(snapshot_id=snapshot_id)
+            )
     return snapshot_id
 
 
@@ -141,12 +168,20 @@ def history(engine: Engine, snapshot_id: int) -> pd.DataFrame:
     rows come as the driver gives them: SQLAlchemy's row objects took 3x as long (50k accounts)."""
     taken_at = entitlement_snapshot.c.taken_at
     with engine.connect() as conn:
-        limit = conn.execute(select(taken_at).where(entitlement_snapshot.c.snapshot_id == snapshot_id)).scalar()
+        limit = conn.execute(
+            select(taken_at).where(entitlement_snapshot.c.snapshot_id == snapshot_id)
+        ).scalar()
         snapshots = pd.DataFrame(
-            conn.execute(select(entitlement_snapshot.c.snapshot_id, taken_at).where(taken_at <= limit)).all(),
+            conn.execute(
+                select(entitlement_snapshot.c.snapshot_id, taken_at).where(taken_at <= limit)
+            ).all(),
             columns=["snapshot_id", "taken_at"],
         )
-        result = conn.execute(select(entitlement).where(entitlement.c.snapshot_id.in_(snapshots["snapshot_id"].tolist())))
+        result = conn.execute(
+            select(entitlement).where(
+                entitlement.c.snapshot_id.in_(snapshots["snapshot_id"].tolist())
+            )
+        )
         rows = pd.DataFrame.from_records(result.cursor.fetchall(), columns=list(result.keys()))
     snapshots = snapshots.assign(taken_at=pd.to_datetime(snapshots["taken_at"], utc=True))
     return rows.astype({"entitled": bool}).merge(snapshots, on="snapshot_id")

@@ -59,46 +59,73 @@ def billed_calls(attributed: pd.DataFrame, combined_parts: pd.DataFrame) -> pd.D
             .agg(list)
         )
         joined = calls.join(
-            rows.rename(columns={"source_file": "part_files", "source_row": "part_rows"}), on=["source", "session_id"]
+            rows.rename(columns={"source_file": "part_files", "source_row": "part_rows"}),
+            on=["source", "session_id"],
         )
         merged = (calls["completion_status"] == 2) & joined["part_rows"].notna()
         calls.loc[merged, "combined_rows"] = [
-            ",".join(str(row) if file == own else f"{file}:{row}" for file, row in zip(files, part_rows, strict=True))
+            ",".join(
+                str(row) if file == own else f"{file}:{row}"
+                for file, row in zip(files, part_rows, strict=True)
+            )
             for own, files, part_rows in zip(
-                calls.loc[merged, "source_file"], joined.loc[merged, "part_files"], joined.loc[merged, "part_rows"], strict=True
+                calls.loc[merged, "source_file"],
+                joined.loc[merged, "part_files"],
+                joined.loc[merged, "part_rows"],
+                strict=True,
             )
         ]
-    return calls[BILLED_CALL_COLUMNS].astype({"source_row": "int64", "billed_seconds": "int64", "cost_minor": "int64"})
+    return calls[BILLED_CALL_COLUMNS].astype(
+        {"source_row": "int64", "billed_seconds": "int64", "cost_minor": "int64"}
+    )
 
 
-def line_calls(engine: Engine, billing_month: str, customer_id: str, sequence_number: str) -> pd.DataFrame:
+def line_calls(
+    engine: Engine, billing_month: str, customer_id: str, sequence_number: str
+) -> pd.DataFrame:
     """The calls of one billing line of the month's current batch, with their files and rows."""
     with engine.connect() as conn:
         result = conn.execute(
-            text(LINE_CALLS_SQL), {"month": billing_month, "customer_id": customer_id, "sequence_number": sequence_number}
+            text(LINE_CALLS_SQL),
+            {
+                "month": billing_month,
+                "customer_id": customer_id,
+                "sequence_number": sequence_number,
+            },
         )
         return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cdr_billing.lineage", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cdr_billing.lineage", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--month", required=True, help="billing month YYYY-MM")
     parser.add_argument("--customer", required=True, help="customer id")
     parser.add_argument("--sequence", required=True, help="sequence number")
     database.add_arguments(parser)
     parser.add_argument("--csv", help="write every call to this CSV file")
     args = parser.parse_args(argv)
-    calls = line_calls(database.engine_from_arguments(args), args.month, args.customer, args.sequence)
+    calls = line_calls(
+        database.engine_from_arguments(args), args.month, args.customer, args.sequence
+    )
     if calls.empty:
-        print(f"no billed calls for {args.customer}/{args.sequence} in {args.month}'s current batch", file=sys.stderr)
+        print(
+            f"no billed calls for {args.customer}/{args.sequence} in {args.month}'s current batch",
+            file=sys.stderr,
+        )
         return 1
     for currency, group in calls.groupby("currency"):
         total = from_minor_units(int(group["cost_minor"].sum()), currency)
         batch = group["batch_id"].iat[0]
-        print(f"{args.month} {args.customer}/{args.sequence}: {len(group)} calls, {total} {currency} (batch {batch})")
+        print(
+            f"{args.month} {args.customer}/{args.sequence}: {len(group)} calls, {total} {currency} (batch {batch})"
+        )
     for source_file, group in calls.groupby("source_file"):
         sha = group["sha256"].iat[0] or "not in the ledger"
-        print(f"  {source_file} (sha256 {sha[:16]}, from {group['server'].iat[0]}): rows {_ranges(group['source_row'])}")
+        print(
+            f"  {source_file} (sha256 {sha[:16]}, from {group['server'].iat[0]}): rows {_ranges(group['source_row'])}"
+        )
     if args.csv:
         calls.to_csv(args.csv, index=False)
         print(f"wrote {len(calls)} calls to {args.csv}")

@@ -44,7 +44,11 @@ class Batch:
 
     def parts(self) -> Iterator[tuple[Table, pd.DataFrame]]:
         """Each table of the batch with its rows, but the billed calls."""
-        yield from ((billing_line, self.lines), (billing_user_line, self.user_lines), (revenue_share, self.revenue_share))
+        yield from (
+            (billing_line, self.lines),
+            (billing_user_line, self.user_lines),
+            (revenue_share, self.revenue_share),
+        )
         yield billing_exception, self.exceptions
 
 
@@ -62,12 +66,16 @@ def month_lock(billing_month: str) -> str:
     return f"load {billing_month}"
 
 
-def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, counts: dict[str, int]) -> LoadResult:
+def load_month(
+    engine: Engine, billing_month: str, run_id: str, batch: Batch, counts: dict[str, int]
+) -> LoadResult:
     """Make a new current batch for the month, atomically."""
     with engine.begin() as conn:
         database.hold_lock(conn, month_lock(billing_month))
         existing = conn.execute(
-            select(billing_batch.c.batch_id, billing_batch.c.supersedes_batch_id).where(billing_batch.c.run_id == run_id)
+            select(billing_batch.c.batch_id, billing_batch.c.supersedes_batch_id).where(
+                billing_batch.c.run_id == run_id
+            )
         ).first()
         if existing is not None:
             return LoadResult(existing.batch_id, existing.supersedes_batch_id, already_loaded=True)
@@ -77,7 +85,11 @@ def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, co
             )
         ).scalar()
         if previous is not None:
-            conn.execute(update(billing_batch).where(billing_batch.c.batch_id == previous).values(status=SUPERSEDED))
+            conn.execute(
+                update(billing_batch)
+                .where(billing_batch.c.batch_id == previous)
+                .values(status=SUPERSEDED)
+            )
         batch_id = conn.execute(
             insert(billing_batch).values(
                 billing_month=billing_month,
@@ -89,23 +101,38 @@ def load_month(engine: Engine, billing_month: str, run_id: str, batch: Batch, co
         ).inserted_primary_key[0]
         for table, rows in batch.parts():
             database.insert_frame(conn, table, rows, batch_id=batch_id)
-        database.insert_partition(conn, billed_call, "batch_id", batch_id, batch.billed_calls)  # PostgreSQL: the batch's own
+        database.insert_partition(
+            conn, billed_call, "batch_id", batch_id, batch.billed_calls
+        )  # PostgreSQL: the batch's own
     return LoadResult(batch_id, previous, already_loaded=False)
 
 
-def store_quarantine(engine: Engine, billing_month: str, run_id: str, source_file: str, rows: pd.DataFrame) -> None:
+def store_quarantine(
+    engine: Engine, billing_month: str, run_id: str, source_file: str, rows: pd.DataFrame
+) -> None:
     """Replace the run's quarantined rows of one file (idempotent when the task is retried), under
     a lock: two attempts at once (a retry beside a stalled first try) would each delete none of
     the other's uncommitted rows and both insert theirs."""
     with engine.begin() as conn:
         database.hold_lock(conn, f"quarantine {run_id} {source_file}")
         conn.execute(
-            delete(quarantined_row).where(quarantined_row.c.run_id == run_id, quarantined_row.c.source_file == source_file)
+            delete(quarantined_row).where(
+                quarantined_row.c.run_id == run_id, quarantined_row.c.source_file == source_file
+            )
         )
-        database.insert_frame(conn, quarantined_row, rows, run_id=run_id, billing_month=billing_month)
+        database.insert_frame(
+            conn, quarantined_row, rows, run_id=run_id, billing_month=billing_month
+        )
 
 
-LINE_COLUMNS = ["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"]
+LINE_COLUMNS = [
+    "customer_id",
+    "sequence_number",
+    "currency",
+    "total_minor",
+    "call_count",
+    "billed_seconds",
+]
 
 
 def _lines(engine: Engine, *conditions) -> pd.DataFrame:
@@ -113,7 +140,9 @@ def _lines(engine: Engine, *conditions) -> pd.DataFrame:
         select(*[billing_line.c[name] for name in LINE_COLUMNS])
         .join(billing_batch, billing_batch.c.batch_id == billing_line.c.batch_id)
         .where(*conditions)
-        .order_by(billing_line.c.customer_id, billing_line.c.sequence_number, billing_line.c.currency)
+        .order_by(
+            billing_line.c.customer_id, billing_line.c.sequence_number, billing_line.c.currency
+        )
     )
     with engine.connect() as conn:
         return pd.DataFrame(conn.execute(query).mappings().all(), columns=LINE_COLUMNS)
@@ -121,7 +150,9 @@ def _lines(engine: Engine, *conditions) -> pd.DataFrame:
 
 def current_lines(engine: Engine, billing_month: str) -> pd.DataFrame:
     """Return the billing lines of the month's current batch."""
-    return _lines(engine, billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT)
+    return _lines(
+        engine, billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT
+    )
 
 
 def batch_lines(engine: Engine, batch_id: int) -> pd.DataFrame:

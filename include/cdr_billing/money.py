@@ -87,13 +87,17 @@ def divide_half_up(numerator: np.ndarray, denominator: np.ndarray | int) -> np.n
     return np.sign(numerator) * ((np.abs(numerator) + denominator // 2) // denominator)
 
 
-def scale_half_up(amount: np.ndarray, numerator: np.ndarray | int, denominator: np.ndarray | int) -> np.ndarray:
+def scale_half_up(
+    amount: np.ndarray, numerator: np.ndarray | int, denominator: np.ndarray | int
+) -> np.ndarray:
     """amount x numerator / denominator rounded half away from zero, exact for any int64 amount:
     the amount is split into whole denominators and a rest first, so no product grows beyond
     the result or denominator x numerator (cost x markup, billed x revenue share)."""
     amount = np.asarray(amount, dtype=np.int64)
     whole, rest = np.divmod(np.abs(amount), denominator)
-    return np.sign(amount) * (whole * numerator + (rest * numerator + denominator // 2) // denominator)
+    return np.sign(amount) * (
+        whole * numerator + (rest * numerator + denominator // 2) // denominator
+    )
 
 
 def check_sums(sums: np.ndarray, approximate: np.ndarray, what: str) -> np.ndarray:
@@ -102,7 +106,9 @@ def check_sums(sums: np.ndarray, approximate: np.ndarray, what: str) -> np.ndarr
     sum fits, whatever their intermediate values."""
     too_large = np.abs(approximate) >= MAX_SUM_MINOR
     if too_large.any():
-        raise MoneyOverflowError(f"{what}: a sum of about {approximate[too_large][0]:.3g} minor units is too large to bill")
+        raise MoneyOverflowError(
+            f"{what}: a sum of about {approximate[too_large][0]:.3g} minor units is too large to bill"
+        )
     return sums
 
 

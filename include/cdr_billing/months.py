@@ -42,7 +42,9 @@ class BillingMonth:
         )
 
 
-def resolve_billing_month(param: str | None, data_interval_start: datetime | None, timezone: str) -> BillingMonth:
+def resolve_billing_month(
+    param: str | None, data_interval_start: datetime | None, timezone: str
+) -> BillingMonth:
     """Pick the month a run bills: the `billing_month` param, else its data interval start."""
     if param:
         return BillingMonth.parse(param)

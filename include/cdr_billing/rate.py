@@ -29,7 +29,8 @@ def normalise_numbers(numbers: pd.Series, rules: BillingSettings) -> pd.Series:
     Separators are removed first; the prefixes are replaced on the numbers' bytes."""
     text = text_bytes.without_separators(text_bytes.one_array(numbers))
     e164 = text_bytes.replace_prefixes(
-        text, [("+", ""), (rules.international_prefix, ""), (rules.national_prefix, rules.country_code)]
+        text,
+        [("+", ""), (rules.international_prefix, ""), (rules.national_prefix, rules.country_code)],
     )
     return pd.Series(e164, index=numbers.index, dtype="str")
 
@@ -60,11 +61,17 @@ class PrefixIndex:
         self.bounds = np.unique(np.concatenate([low, high]))
         self.innermost = np.full(len(self.bounds), -1, dtype=np.int64)
         starts, stops = np.searchsorted(self.bounds, low), np.searchsorted(self.bounds, high)
-        for prefix_id in np.argsort(lengths, kind="stable"):  # longer prefixes overwrite the shorter they nest in
+        for prefix_id in np.argsort(
+            lengths, kind="stable"
+        ):  # longer prefixes overwrite the shorter they nest in
             self.innermost[starts[prefix_id] : stops[prefix_id]] = prefix_id
         by_text = {p: n for n, p in enumerate(prefixes)}
         self.parent = np.array(
-            [next((by_text[p[:k]] for k in range(len(p) - 1, 0, -1) if p[:k] in by_text), -1) for p in prefixes], dtype=np.int64
+            [
+                next((by_text[p[:k]] for k in range(len(p) - 1, 0, -1) if p[:k] in by_text), -1)
+                for p in prefixes
+            ],
+            dtype=np.int64,
         )
 
     def lookup(self, padded: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -94,7 +101,12 @@ def _rate_at_call_time(
     local = moment.dt.tz_convert(timezone)
     start, hour = moment.astype("int64").to_numpy(), local.dt.hour.to_numpy(np.int64)
     weekday_bit = np.left_shift(1, local.dt.day_of_week.to_numpy(np.int64))
-    valid_to = pairs["valid_to"].astype("int64").where(pairs["valid_to"].notna(), np.iinfo(np.int64).max).to_numpy()
+    valid_to = (
+        pairs["valid_to"]
+        .astype("int64")
+        .where(pairs["valid_to"].notna(), np.iinfo(np.int64).max)
+        .to_numpy()
+    )
     applies = (
         (pairs["valid_from"].astype("int64").to_numpy() <= start)
         & (start < valid_to)
@@ -108,7 +120,9 @@ def _rate_at_call_time(
     return found.to_numpy()
 
 
-def match_rates(numbers: pd.Series, starts_utc: pd.Series, rates: pd.DataFrame, timezone: str) -> np.ndarray:
+def match_rates(
+    numbers: pd.Series, starts_utc: pd.Series, rates: pd.DataFrame, timezone: str
+) -> np.ndarray:
     """Return, per call, the position in `rates` of the rate that applies, or -1.
 
     The longest prefix with a rate valid at the call's start (validity period, weekday and
@@ -117,9 +131,20 @@ def match_rates(numbers: pd.Series, starts_utc: pd.Series, rates: pd.DataFrame, 
     """
     prefixes = sorted(rates["prefix"].unique())
     index = PrefixIndex(prefixes)
-    rates = rates.assign(position=np.arange(len(rates)), prefix_id=rates["prefix"].map({p: n for n, p in enumerate(prefixes)}))
-    always = (rates["valid_from"] <= OPEN_START) & rates["valid_to"].isna() & (rates["weekday_mask"] == 127)
-    always &= (rates["start_hour"] == 0) & (rates["end_hour"] == 24) & ~rates["prefix_id"].duplicated(keep=False)
+    rates = rates.assign(
+        position=np.arange(len(rates)),
+        prefix_id=rates["prefix"].map({p: n for n, p in enumerate(prefixes)}),
+    )
+    always = (
+        (rates["valid_from"] <= OPEN_START)
+        & rates["valid_to"].isna()
+        & (rates["weekday_mask"] == 127)
+    )
+    always &= (
+        (rates["start_hour"] == 0)
+        & (rates["end_hour"] == 24)
+        & ~rates["prefix_id"].duplicated(keep=False)
+    )
     simple = np.full(len(prefixes), -1, dtype=np.int64)
     simple[rates.loc[always, "prefix_id"].to_numpy()] = rates.loc[always, "position"].to_numpy()
     starts = starts_utc.reset_index(drop=True)
@@ -129,7 +154,9 @@ def match_rates(numbers: pd.Series, starts_utc: pd.Series, rates: pd.DataFrame, 
     while pending.size:
         chosen = simple[current[pending]]
         checked = chosen < 0
-        chosen[checked] = _rate_at_call_time(pending[checked], current[pending[checked]], rates, starts, timezone)
+        chosen[checked] = _rate_at_call_time(
+            pending[checked], current[pending[checked]], rates, starts, timezone
+        )
         found[pending] = chosen
         retry = pending[chosen < 0]  # no rate at that time: the next shorter prefix may have one
         current[retry] = index.parent[current[retry]]
@@ -145,7 +172,11 @@ def billed_seconds(duration: np.ndarray, first: np.ndarray, following: np.ndarra
 
 
 def tariff_cost_minor(
-    seconds: np.ndarray, price_micro: np.ndarray, fee_micro: np.ndarray, minimum_micro: np.ndarray, divisor: np.ndarray
+    seconds: np.ndarray,
+    price_micro: np.ndarray,
+    fee_micro: np.ndarray,
+    minimum_micro: np.ndarray,
+    divisor: np.ndarray,
 ) -> np.ndarray:
     """Cost in minor units: fee + price x seconds / 60, at least the minimum, half-up."""
     sixtieths = np.maximum(fee_micro * 60 + price_micro * seconds, minimum_micro * 60)
@@ -161,12 +192,18 @@ def _unbillable(calls: pd.DataFrame, rates: pd.DataFrame) -> pd.DataFrame:
     known = known_prefix != ""
     return calls.assign(
         reason_code=np.where(known, NO_RATE_AT_CALL_TIME, NO_TARIFF_PREFIX),
-        number_range=np.where(known, known_prefix, calls["destination_e164"].str[:UNKNOWN_RANGE_DIGITS].to_numpy()),
+        number_range=np.where(
+            known, known_prefix, calls["destination_e164"].str[:UNKNOWN_RANGE_DIGITS].to_numpy()
+        ),
     ).reset_index(drop=True)
 
 
 def price_numbers(
-    e164: pd.Series, starts_utc: pd.Series, durations: np.ndarray, rates: pd.DataFrame, timezone: str
+    e164: pd.Series,
+    starts_utc: pd.Series,
+    durations: np.ndarray,
+    rates: pd.DataFrame,
+    timezone: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rating core on arrays: per call the rate position (-1: none), billed seconds and cost."""
     position = match_rates(e164, starts_utc, rates, timezone)
@@ -175,9 +212,15 @@ def price_numbers(
     def column(name: str) -> np.ndarray:
         return rates[name].to_numpy()[used]
 
-    divisors = rates["currency"].map({c: micro_to_minor_divisor(c) for c in rates["currency"].unique()}).to_numpy(np.int64)
+    divisors = (
+        rates["currency"]
+        .map({c: micro_to_minor_divisor(c) for c in rates["currency"].unique()})
+        .to_numpy(np.int64)
+    )
     seconds = billed_seconds(durations, column("first_increment"), column("next_increment"))
-    cost = tariff_cost_minor(seconds, column("price_micro"), column("fee_micro"), column("minimum_micro"), divisors[used])
+    cost = tariff_cost_minor(
+        seconds, column("price_micro"), column("fee_micro"), column("minimum_micro"), divisors[used]
+    )
     return position, seconds, cost
 
 
@@ -189,7 +232,9 @@ def _price_by_tariff(
     chosen = rows_where(calls[["destination_party", "start_utc", "duration_seconds"]], candidates)
     e164 = normalise_numbers(chosen["destination_party"], rules)
     durations = chosen["duration_seconds"].to_numpy(np.int64)
-    position, seconds, cost = price_numbers(e164, chosen["start_utc"], durations, rates, rules.timezone)
+    position, seconds, cost = price_numbers(
+        e164, chosen["start_utc"], durations, rates, rules.timezone
+    )
     found = position >= 0
     hit = candidates.copy()
     hit[candidates] = found
@@ -212,17 +257,27 @@ def _price_by_tariff(
         tariff_band=column("band"),
         pricing="tariff",
     )
-    unpriced = rows_where(calls, miss).assign(destination_e164=pd.Series(e164.array[~found], dtype="str"))
+    unpriced = rows_where(calls, miss).assign(
+        destination_e164=pd.Series(e164.array[~found], dtype="str")
+    )
     return priced, _unbillable(unpriced, rates)
 
 
 def _price_by_provider(calls: pd.DataFrame, markups: dict[str, int]) -> pd.DataFrame:
     """The provider's cost plus the source's markup (basis points), rounded half-up once; exact
     for any cost (scale_half_up never forms cost x markup)."""
-    markup = calls["source"].map(markups).fillna(0).to_numpy(np.int64) if len(calls) else np.zeros(0, np.int64)
-    divisors = {currency: micro_to_minor_divisor(currency) for currency in calls["currency"].unique()}
+    markup = (
+        calls["source"].map(markups).fillna(0).to_numpy(np.int64)
+        if len(calls)
+        else np.zeros(0, np.int64)
+    )
+    divisors = {
+        currency: micro_to_minor_divisor(currency) for currency in calls["currency"].unique()
+    }
     divisor = calls["currency"].map(divisors).to_numpy(np.int64)
-    cost = scale_half_up(calls["provider_cost_micro"].to_numpy(np.int64), 10_000 + markup, divisor * 10_000)
+    cost = scale_half_up(
+        calls["provider_cost_micro"].to_numpy(np.int64), 10_000 + markup, divisor * 10_000
+    )
     return calls.assign(
         destination_e164="",
         billed_seconds=calls["duration_seconds"].to_numpy(np.int64),
@@ -259,26 +314,38 @@ def combine_partial_calls(calls: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     session = ["source", "session_id"]
     first = ~parts.duplicated(session)
     sums = parts.groupby(session)[["duration_seconds", "provider_cost_micro"]].sum(min_count=1)
-    heads = parts[first].drop(columns=["duration_seconds", "provider_cost_micro"]).join(sums, on=session)
+    heads = (
+        parts[first]
+        .drop(columns=["duration_seconds", "provider_cost_micro"])
+        .join(sums, on=session)
+    )
     merged = parts[~first].assign(reason_code="PART_OF_SESSION")
     combined = pd.concat([calls[~partial], heads[calls.columns]], ignore_index=True)
     return combined.astype(calls.dtypes.to_dict()), merged.reset_index(drop=True)
 
 
-def compare_with_tariff(priced: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings) -> pd.DataFrame:
+def compare_with_tariff(
+    priced: pd.DataFrame, rates: pd.DataFrame, rules: BillingSettings
+) -> pd.DataFrame:
     """Provider-priced calls that have a destination number the tariff also prices: the
     ones whose costs differ by more than the tolerance (percent of the tariff cost)."""
     checkable = priced[(priced["pricing"] == "provider") & (priced["destination_party"] != "")]
     if checkable.empty:
         return checkable.assign(tariff_cost_minor=pd.Series(dtype="int64"))
-    unpriced = checkable.drop(columns=["destination_e164", "billed_seconds", "cost_minor"]).reset_index(drop=True)
+    unpriced = checkable.drop(
+        columns=["destination_e164", "billed_seconds", "cost_minor"]
+    ).reset_index(drop=True)
     by_tariff, _ = _price_by_tariff(unpriced, np.ones(len(unpriced), dtype=bool), rates, rules)
     both = checkable.reset_index(drop=True).merge(
-        by_tariff[["source", "transaction_id", "cost_minor"]].rename(columns={"cost_minor": "tariff_cost_minor"}),
+        by_tariff[["source", "transaction_id", "cost_minor"]].rename(
+            columns={"cost_minor": "tariff_cost_minor"}
+        ),
         on=["source", "transaction_id"],
     )
     difference = (both["cost_minor"] - both["tariff_cost_minor"]).abs()
-    return both[difference * 100 > both["tariff_cost_minor"] * rules.price_check_tolerance_percent].reset_index(drop=True)
+    return both[
+        difference * 100 > both["tariff_cost_minor"] * rules.price_check_tolerance_percent
+    ].reset_index(drop=True)
 
 
 def rate_calls(
@@ -299,5 +366,11 @@ def rate_calls(
     pre_priced = calls["pre_priced"].to_numpy(bool)
     by_tariff, unbillable = _price_by_tariff(calls, rows & ~failed & ~pre_priced, rates, rules)
     by_provider = _price_by_provider(rows_where(calls, rows & ~failed & pre_priced), markups or {})
-    priced = pd.concat([by_provider, by_tariff], ignore_index=True) if len(by_provider) else by_tariff
-    return priced.astype({"cost_minor": np.int64, "billed_seconds": np.int64}), unbillable, rows_where(calls, failed)
+    priced = (
+        pd.concat([by_provider, by_tariff], ignore_index=True) if len(by_provider) else by_tariff
+    )
+    return (
+        priced.astype({"cost_minor": np.int64, "billed_seconds": np.int64}),
+        unbillable,
+        rows_where(calls, failed),
+    )

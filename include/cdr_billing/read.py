@@ -44,7 +44,9 @@ def _find_header_row(preview: pd.DataFrame, wanted: set[str], path: Path) -> int
     for index, row in preview.iterrows():
         if wanted <= {_normalise_header(v) for v in row if isinstance(v, str)}:
             return int(index)
-    raise FileReadError(f"{path.name}: no header row with columns {sorted(wanted)} in the first {HEADER_SEARCH_ROWS} rows")
+    raise FileReadError(
+        f"{path.name}: no header row with columns {sorted(wanted)} in the first {HEADER_SEARCH_ROWS} rows"
+    )
 
 
 _SHEET_ENTRY = re.compile(r'<(?:\w+:)?sheet\b[^>]*?\bname="([^"]*)"[^>]*?\br:id="([^"]+)"')
@@ -52,14 +54,18 @@ _RELATION = re.compile(
     r'<Relationship\b[^>]*?\bId="([^"]+)"[^>]*?\bTarget="([^"]+)"|<Relationship\b[^>]*?\bTarget="([^"]+)"[^>]*?\bId="([^"]+)"'
 )
 _FIRST_VALUE_CELL = re.compile(
-    r'<(?:\w+:)?c\b[^>]*?\br="[A-Z]+(\d+)"[^>]*?(?<!/)>(?:(?!</(?:\w+:)?c>).)*?<(?:\w+:)?(?:v|is)\b', re.S
+    r'<(?:\w+:)?c\b[^>]*?\br="[A-Z]+(\d+)"[^>]*?(?<!/)>(?:(?!</(?:\w+:)?c>).)*?<(?:\w+:)?(?:v|is)\b',
+    re.S,
 )
 
 
 def _sheet_member(archive: zipfile.ZipFile, sheet: str | int) -> str:
     """The archive member of a sheet, by name or position, from the workbook and its relations."""
     sheets = _SHEET_ENTRY.findall(archive.read("xl/workbook.xml").decode("utf-8", "replace"))
-    relations = {m[0] or m[3]: m[1] or m[2] for m in _RELATION.findall(archive.read("xl/_rels/workbook.xml.rels").decode())}
+    relations = {
+        m[0] or m[3]: m[1] or m[2]
+        for m in _RELATION.findall(archive.read("xl/_rels/workbook.xml.rels").decode())
+    }
     rel_id = sheets[sheet][1] if isinstance(sheet, int) else dict(sheets)[sheet]
     target = relations[rel_id].lstrip("/")
     return target if target.startswith("xl/") else f"xl/{target}"
@@ -80,10 +86,14 @@ MAX_XLSX_ROWS = 1_048_576
 MAX_XLSX_COLUMNS = 64
 MAX_XLSX_CELLS = 50_000_000  # cells written, and the rectangle they span (about 1.6 GB in calamine)
 MAX_XLSX_UNCOMPRESSED = 2_000_000_000  # bytes, all members together
-MAX_COMPRESSION_RATIO = 200  # a member's size over its compressed size, for members above RATIO_FREE_BYTES
+MAX_COMPRESSION_RATIO = (
+    200  # a member's size over its compressed size, for members above RATIO_FREE_BYTES
+)
 RATIO_FREE_BYTES = 1 << 20
 SHEET_CHUNK = 1 << 22
-_DIMENSION = re.compile(rb'<(?:\w+:)?dimension\b[^>]*?\bref="\$?([A-Z]+)\$?([0-9]+)(?::\$?([A-Z]+)\$?([0-9]+))?"')
+_DIMENSION = re.compile(
+    rb'<(?:\w+:)?dimension\b[^>]*?\bref="\$?([A-Z]+)\$?([0-9]+)(?::\$?([A-Z]+)\$?([0-9]+))?"'
+)
 _ROOT_PREFIX = re.compile(rb"<(\w+:)?worksheet\b")
 _REFERENCE = re.compile(rb'r="([A-Z]*)([0-9]+)"')  # a cell's or a row's
 
@@ -118,14 +128,23 @@ def _check_xlsx_archive(path: Path, sheet: str | int) -> None:
             for info in archive.infolist():
                 if info.filename != member and info.compress_size > RATIO_FREE_BYTES // 1024:
                     _drain(archive, info)  # zipfile stops at the declared size and checks the CRC
-    except (zipfile.BadZipFile, KeyError, IndexError, OSError, EOFError, NotImplementedError) as exc:
+    except (
+        zipfile.BadZipFile,
+        KeyError,
+        IndexError,
+        OSError,
+        EOFError,
+        NotImplementedError,
+    ) as exc:
         raise FileReadError(f"{path.name}: not a readable xlsx file ({exc})") from exc
 
 
 def _check_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
     total = sum(info.file_size for info in members)
     if total > MAX_XLSX_UNCOMPRESSED:
-        raise FileReadError(f"{path.name}: the xlsx file unpacks to {total:,} bytes, above the cap of {MAX_XLSX_UNCOMPRESSED:,}")
+        raise FileReadError(
+            f"{path.name}: the xlsx file unpacks to {total:,} bytes, above the cap of {MAX_XLSX_UNCOMPRESSED:,}"
+        )
     for info in members:
         ratio = info.file_size / max(info.compress_size, 1)
         if info.file_size > RATIO_FREE_BYTES and ratio > MAX_COMPRESSION_RATIO:
@@ -158,7 +177,9 @@ def _check_sheet(path: Path, archive: zipfile.ZipFile, member: str) -> None:
                 far = any(reference in shapes for reference in _FAR_REFERENCES)
                 carry = chunk[-_OVERLAP:]
     if cells > MAX_XLSX_CELLS:
-        raise FileReadError(f"{path.name}: the sheet has {cells:,} cells, above the cap of {MAX_XLSX_CELLS:,}")
+        raise FileReadError(
+            f"{path.name}: the sheet has {cells:,} cells, above the cap of {MAX_XLSX_CELLS:,}"
+        )
     if far:
         _check_used_area(path, archive, member)
 
@@ -166,7 +187,10 @@ def _check_sheet(path: Path, archive: zipfile.ZipFile, member: str) -> None:
 def _check_dimension(path: Path, dimension: re.Match | None) -> None:
     if dimension is None:
         return
-    last_column, last_row = dimension.group(3) or dimension.group(1), dimension.group(4) or dimension.group(2)
+    last_column, last_row = (
+        dimension.group(3) or dimension.group(1),
+        dimension.group(4) or dimension.group(2),
+    )
     rows, columns = int(last_row), _column_number(last_column)
     if rows > MAX_XLSX_ROWS or columns > MAX_XLSX_COLUMNS or rows * columns > MAX_XLSX_CELLS:
         raise FileReadError(
@@ -198,13 +222,20 @@ def _read_xlsx(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pd
     sheet = profile.sheet if profile.sheet is not None else 0
     _check_xlsx_archive(path, sheet)
     try:
-        grid = fastexcel.read_excel(str(path)).load_sheet(sheet, header_row=None, dtypes="string").to_pandas()
+        grid = (
+            fastexcel.read_excel(str(path))
+            .load_sheet(sheet, header_row=None, dtypes="string")
+            .to_pandas()
+        )
         first_line = _first_data_row(path, sheet)
     except Exception as exc:  # fastexcel and zipfile raise their own families of errors
         raise FileReadError(f"{path.name}: not a readable xlsx file ({exc})") from exc
     header_row = _find_header_row(grid.head(HEADER_SEARCH_ROWS), wanted, path)
     frame = grid.iloc[header_row + 1 :].reset_index(drop=True)
-    frame.columns = [value if isinstance(value, str) else f"column {n + 1}" for n, value in enumerate(grid.iloc[header_row])]
+    frame.columns = [
+        value if isinstance(value, str) else f"column {n + 1}"
+        for n, value in enumerate(grid.iloc[header_row])
+    ]
     return frame, first_line + header_row
 
 
@@ -213,9 +244,13 @@ def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
     (a quoted field may hold line breaks); blank lines skipped. A record with another number
     of fields than the header is kept, flagged (False in the third array), never padded into a bill."""
     try:
-        with path.open(newline="", encoding="utf-8-sig" if _is_utf8(profile.encoding) else profile.encoding) as handle:
+        with path.open(
+            newline="", encoding="utf-8-sig" if _is_utf8(profile.encoding) else profile.encoding
+        ) as handle:
             records = csv.reader(handle, delimiter=profile.delimiter)
-            header = next((record for record in records if record), None)  # blank lines above it skipped
+            header = next(
+                (record for record in records if record), None
+            )  # blank lines above it skipped
             if header is None:
                 raise FileReadError(f"{path.name}: not a readable CSV file (it is empty)")
             rows, lines, line = [], [], records.line_num + 1
@@ -233,7 +268,9 @@ def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
     return table, np.array(lines, dtype=np.int64), fields_match
 
 
-def _exact_parts(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray, Trim, np.ndarray]:
+def _exact_parts(
+    path: Path, profile: SourceProfile
+) -> tuple[pa.Table, np.ndarray, Trim, np.ndarray]:
     table, lines, fields_match = _read_csv_exact(path, profile)
     return table, lines, pc.utf8_trim_whitespace, fields_match
 
@@ -253,7 +290,9 @@ def _require_final_line_break(path: Path) -> None:
     if size == 0 or tail == codecs.BOM_UTF8:
         return  # empty: the reader says so
     if tail[-1:] not in (b"\n", b"\r"):
-        raise FileReadError(f"{path.name}: the last line has no line break: the file looks cut off (incomplete), not read")
+        raise FileReadError(
+            f"{path.name}: the last line has no line break: the file looks cut off (incomplete), not read"
+        )
 
 
 def _is_utf8(encoding: str) -> bool:
@@ -262,7 +301,9 @@ def _is_utf8(encoding: str) -> bool:
 
 Trim = Callable[[pa.ChunkedArray], pa.ChunkedArray]
 _TRIMMED_BY_ASCII_TRIM = b" \t\x0b\x0c"  # besides the line ends
-_KEPT_BY_ASCII_TRIM = b"\x1c\x1d\x1e\x1f"  # trimmed by str.strip() and the UTF-8 trim, kept by the ASCII trim
+_KEPT_BY_ASCII_TRIM = (
+    b"\x1c\x1d\x1e\x1f"  # trimmed by str.strip() and the UTF-8 trim, kept by the ASCII trim
+)
 _OTHER_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F])
 _NOTABLE = b"\n\r" + _TRIMMED_BY_ASCII_TRIM + _KEPT_BY_ASCII_TRIM + _OTHER_CONTROLS
 _PLAIN_ASCII = bytes(byte for byte in range(128) if byte not in _NOTABLE)
@@ -318,7 +359,9 @@ class _TextTable:
 def _holds_control_characters(notable: bytes) -> bool:
     """Whether a file of one-line records (`notable`: its _notable_bytes) has a control
     character other than tab in some value (its line ends aside)."""
-    return any(bytes([byte]) in notable for byte in b"\x0b\x0c" + _KEPT_BY_ASCII_TRIM + _OTHER_CONTROLS)
+    return any(
+        bytes([byte]) in notable for byte in b"\x0b\x0c" + _KEPT_BY_ASCII_TRIM + _OTHER_CONTROLS
+    )
 
 
 @dataclass(frozen=True)
@@ -335,7 +378,9 @@ class _InvalidRows:
         return "skip"
 
 
-def _parse_arrow(data: bytes, header: list[str], delimiter: str, use_threads: bool) -> tuple[pa.Table, _InvalidRows]:
+def _parse_arrow(
+    data: bytes, header: list[str], delimiter: str, use_threads: bool
+) -> tuple[pa.Table, _InvalidRows]:
     invalid = _InvalidRows()
     table = pacsv.read_csv(
         pa.BufferReader(data),
@@ -346,7 +391,9 @@ def _parse_arrow(data: bytes, header: list[str], delimiter: str, use_threads: bo
     return table, invalid
 
 
-def _with_invalid_rows(table: pa.Table, invalid: _InvalidRows, delimiter: str) -> tuple[pa.Table, np.ndarray]:
+def _with_invalid_rows(
+    table: pa.Table, invalid: _InvalidRows, delimiter: str
+) -> tuple[pa.Table, np.ndarray]:
     """The parsed records with the skipped ones put back in their places (their fields by position,
     to show in quarantine), and which records have the header's number of fields."""
     total = table.num_rows + len(invalid.texts)
@@ -354,8 +401,13 @@ def _with_invalid_rows(table: pa.Table, invalid: _InvalidRows, delimiter: str) -
     fields_match = np.ones(total, dtype=bool)
     fields_match[places] = False
     width = table.num_columns
-    fitted = [_fitted(next(csv.reader([text], delimiter=delimiter), []), width) for text in invalid.texts]
-    skipped = pa.table([pa.array(column, pa.large_string()) for column in zip(*fitted, strict=True)], names=table.column_names)
+    fitted = [
+        _fitted(next(csv.reader([text], delimiter=delimiter), []), width) for text in invalid.texts
+    ]
+    skipped = pa.table(
+        [pa.array(column, pa.large_string()) for column in zip(*fitted, strict=True)],
+        names=table.column_names,
+    )
     order = np.empty(total, dtype=np.int64)
     order[fields_match] = np.arange(table.num_rows)
     order[places] = table.num_rows + np.arange(len(places))
@@ -375,7 +427,9 @@ def _read_csv_arrow(path: Path, profile: SourceProfile) -> _TextTable | None:
         return None
     try:
         end = data.find(b"\n")
-        header = next(csv.reader([(data[:end] if end >= 0 else data).decode()], delimiter=profile.delimiter))
+        header = next(
+            csv.reader([(data[:end] if end >= 0 else data).decode()], delimiter=profile.delimiter)
+        )
         if len(set(header)) != len(header):
             return None
         table, invalid = _parse_arrow(data, header, profile.delimiter, use_threads=True)
@@ -385,21 +439,32 @@ def _read_csv_arrow(path: Path, profile: SourceProfile) -> _TextTable | None:
         return None
     notable = _notable_bytes(data)
     lines = _record_lines(data, notable, table.num_rows + len(invalid.texts))
-    if lines is None or any(not pa.types.is_large_string(t) for t in table.schema.types) or None in invalid.numbers:
+    if (
+        lines is None
+        or any(not pa.types.is_large_string(t) for t in table.schema.types)
+        or None in invalid.numbers
+    ):
         return None
     fields_match = np.ones(table.num_rows, dtype=bool)
     if invalid.texts:
         table, fields_match = _with_invalid_rows(table, invalid, profile.delimiter)
-    return _TextTable(table, lines[1:], _trim_for(notable), fields_match, _holds_control_characters(notable))
+    return _TextTable(
+        table, lines[1:], _trim_for(notable), fields_match, _holds_control_characters(notable)
+    )
 
 
 def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> _TextTable:
     if profile.format != "xlsx":
         text = _read_csv_arrow(path, profile) or _TextTable(*_exact_parts(path, profile))
-        _require_final_line_break(path)  # after the read: a file in another encoding is named as such
+        _require_final_line_break(
+            path
+        )  # after the read: a file in another encoding is named as such
         return text
     frame, header_line = _read_xlsx(path, profile, wanted)
-    columns = [pa.array(frame.iloc[:, n].fillna("").astype(str), type=pa.large_string()) for n in range(frame.shape[1])]
+    columns = [
+        pa.array(frame.iloc[:, n].fillna("").astype(str), type=pa.large_string())
+        for n in range(frame.shape[1])
+    ]
     table = pa.table(columns, names=[str(name) for name in frame.columns])
     rows = frame.index.to_numpy() + header_line + 1
     return _TextTable(table, rows, pc.utf8_trim_whitespace, np.ones(len(rows), dtype=bool))
@@ -411,7 +476,9 @@ def _canonical_column(
     """One canonical field: the mapped column stripped (or the profile's default), with the value map applied.
     A value holding a control character keeps it at either end, for the row check to see."""
     if position is None:
-        return pa.repeat(pa.scalar(profile.defaults.get(field, ""), pa.large_string()), table.num_rows)
+        return pa.repeat(
+            pa.scalar(profile.defaults.get(field, ""), pa.large_string()), table.num_rows
+        )
     written = pc.fill_null(table.column(position), "")
     values = text.trim(written)
     controls = control_character_rows(written) if text.may_hold_controls else None
@@ -420,7 +487,11 @@ def _canonical_column(
     mapping = profile.value_maps.get(field)
     if mapping:
         found = pc.index_in(values, value_set=pa.array(list(mapping), pa.large_string()))
-        values = pc.if_else(pc.is_null(found), values, pc.take(pa.array(list(mapping.values()), pa.large_string()), found))
+        values = pc.if_else(
+            pc.is_null(found),
+            values,
+            pc.take(pa.array(list(mapping.values()), pa.large_string()), found),
+        )
     return values
 
 
@@ -441,7 +512,11 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
     FIELDS_MATCH_HEADER False (quarantined as BAD_FIELD_COUNT); a CSV file whose last line has
     no line break is refused as cut off.
     """
-    wanted = {_normalise_header(profile.columns[f]) for f in required_fields(profile.priced) if f in profile.columns}
+    wanted = {
+        _normalise_header(profile.columns[f])
+        for f in required_fields(profile.priced)
+        if f in profile.columns
+    }
     text = _text_table(path, profile, wanted)
     table = text.table
     by_header: dict[str, int] = {}
@@ -450,12 +525,18 @@ def read_cdr_file(path: Path, profile: SourceProfile) -> pd.DataFrame:
     missing = [
         f"{field} (column {profile.columns.get(field)!r})"
         for field in required_fields(profile.priced)
-        if field not in profile.defaults and _normalise_header(profile.columns.get(field, "")) not in by_header
+        if field not in profile.defaults
+        and _normalise_header(profile.columns.get(field, "")) not in by_header
     ]
     if missing:
         raise FileReadError(f"{path.name}: missing required columns: {', '.join(missing)}")
-    positions = {field: by_header.get(_normalise_header(header)) for field, header in profile.columns.items()}
-    canonical = {field: _canonical_column(table, positions.get(field), field, profile, text) for field in TEXT_FIELDS}
+    positions = {
+        field: by_header.get(_normalise_header(header)) for field, header in profile.columns.items()
+    }
+    canonical = {
+        field: _canonical_column(table, positions.get(field), field, profile, text)
+        for field in TEXT_FIELDS
+    }
     canonical["source_file"] = pa.repeat(pa.scalar(path.name, pa.large_string()), table.num_rows)
     canonical["source_row"] = pa.array(text.lines, type=pa.int64())
     canonical[FIELDS_MATCH_HEADER] = pa.array(text.fields_match, type=pa.bool_())

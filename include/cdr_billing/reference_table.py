@@ -19,9 +19,11 @@ import pandas as pd
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 # UTF-32 LE first: its mark begins with UTF-16 LE's.
 BYTE_ORDER_MARKS = (
-    (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
     (codecs.BOM_UTF16_BE, "UTF-16"),
-)  # fmt: skip
+)
 EXPECTED = "reference files must be UTF-8"
 
 
@@ -73,7 +75,9 @@ def _read_csv(path: Path, text: str, error: type[ValueError]) -> pd.DataFrame:
     header = next(reader, None)
     if header is None:
         raise error(f"{path.name}: the file is empty (no header line)")
-    repeated = sorted({name for name in header if name and header.count(name) > 1})  # unnamed columns are ignored
+    repeated = sorted(
+        {name for name in header if name and header.count(name) > 1}
+    )  # unnamed columns are ignored
     if repeated:
         raise error(f"{path.name} line 1: columns {repeated} appear more than once in the header")
     rows, lines, line = [], [], reader.line_num
@@ -82,7 +86,9 @@ def _read_csv(path: Path, text: str, error: type[ValueError]) -> pd.DataFrame:
         if not row:  # a blank line
             continue
         if len(row) > len(header):
-            raise error(f"{path.name} line {first_line}: {len(row)} values, the header has {len(header)} columns")
+            raise error(
+                f"{path.name} line {first_line}: {len(row)} values, the header has {len(header)} columns"
+            )
         rows.append(row + [""] * (len(header) - len(row)))
         lines.append(first_line)
     return pd.DataFrame(rows, index=pd.Index(lines, dtype="int64"), columns=header, dtype="str")

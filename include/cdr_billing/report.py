@@ -12,7 +12,15 @@ from cdr_billing.aggregate import LINE_KEYS
 from cdr_billing.money import from_minor_units
 
 # read = billed + quarantined + duplicates + not_billable + unbillable + suspense + combined
-OUTCOMES = ("billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined")
+OUTCOMES = (
+    "billed",
+    "quarantined",
+    "duplicates",
+    "not_billable",
+    "unbillable",
+    "suspense",
+    "combined",
+)
 
 
 class ReconciliationError(AssertionError):
@@ -24,14 +32,18 @@ def reconcile(counts: dict[str, int]) -> None:
     accounted = sum(counts[outcome] for outcome in OUTCOMES)
     if accounted != counts["read"]:
         detail = ", ".join(f"{o}={counts[o]}" for o in OUTCOMES)
-        raise ReconciliationError(f"rows read {counts['read']} != rows accounted {accounted} ({detail})")
+        raise ReconciliationError(
+            f"rows read {counts['read']} != rows accounted {accounted} ({detail})"
+        )
 
 
 def reconcile_file(stats: dict[str, int | str]) -> None:
     """Check one file: rows read = billable + quarantined + duplicate."""
     accounted = stats["billable"] + stats["quarantined"] + stats["duplicate"]
     if accounted != stats["read"]:
-        raise ReconciliationError(f"{stats['name']}: rows read {stats['read']} != billable + quarantined + duplicate {accounted}")
+        raise ReconciliationError(
+            f"{stats['name']}: rows read {stats['read']} != billable + quarantined + duplicate {accounted}"
+        )
 
 
 def check_totals(lines: pd.DataFrame, call_totals: pd.DataFrame) -> None:
@@ -44,7 +56,11 @@ def check_totals(lines: pd.DataFrame, call_totals: pd.DataFrame) -> None:
 
 
 def build_report(
-    billing_month: str, batch: dict[str, Any], counts: dict[str, int], lines: pd.DataFrame, exceptions: pd.DataFrame
+    billing_month: str,
+    batch: dict[str, Any],
+    counts: dict[str, int],
+    lines: pd.DataFrame,
+    exceptions: pd.DataFrame,
 ) -> dict[str, Any]:
     """Return the month report as plain data (money as decimal strings)."""
     return {
@@ -63,7 +79,11 @@ def build_report(
             for row in lines.itertuples()
         ],
         "exceptions": (
-            exceptions.groupby(["kind", "reason_code"]).size().rename("rows").reset_index().to_dict("records")
+            exceptions.groupby(["kind", "reason_code"])
+            .size()
+            .rename("rows")
+            .reset_index()
+            .to_dict("records")
             if len(exceptions)
             else []
         ),
@@ -73,15 +93,24 @@ def build_report(
 def diff_lines(previous: pd.DataFrame, current: pd.DataFrame) -> list[dict[str, Any]]:
     """Lines whose total differs from the superseded batch (new and dropped lines included)."""
     both = previous.merge(current, on=LINE_KEYS, how="outer", suffixes=("_before", "_after"))
-    before, after = both["total_minor_before"].fillna(0).astype("int64"), both["total_minor_after"].fillna(0).astype("int64")
-    changed = both[(before != after) | both["total_minor_before"].isna() | both["total_minor_after"].isna()]
+    before, after = (
+        both["total_minor_before"].fillna(0).astype("int64"),
+        both["total_minor_after"].fillna(0).astype("int64"),
+    )
+    changed = both[
+        (before != after) | both["total_minor_before"].isna() | both["total_minor_after"].isna()
+    ]
     return [
         {
             "customer_id": row.customer_id,
             "sequence_number": row.sequence_number,
             "currency": row.currency,
-            "before": str(from_minor_units(before[i], row.currency)) if pd.notna(row.total_minor_before) else "",
-            "after": str(from_minor_units(after[i], row.currency)) if pd.notna(row.total_minor_after) else "",
+            "before": str(from_minor_units(before[i], row.currency))
+            if pd.notna(row.total_minor_before)
+            else "",
+            "after": str(from_minor_units(after[i], row.currency))
+            if pd.notna(row.total_minor_after)
+            else "",
             "change": str(from_minor_units(after[i] - before[i], row.currency)),
         }
         for i, row in changed.sort_values(LINE_KEYS).iterrows()
@@ -90,12 +119,20 @@ def diff_lines(previous: pd.DataFrame, current: pd.DataFrame) -> list[dict[str, 
 
 def customer_totals(lines: pd.DataFrame) -> list[dict[str, Any]]:
     """Totals per customer and currency, all sequence numbers together."""
-    totals = lines.groupby(["customer_id", "currency"], sort=True)[["total_minor", "call_count"]].sum().reset_index()
+    totals = (
+        lines.groupby(["customer_id", "currency"], sort=True)[["total_minor", "call_count"]]
+        .sum()
+        .reset_index()
+    )
     return [
-        {"customer_id": r.customer_id, "currency": r.currency, "total": str(from_minor_units(int(r.total_minor), r.currency)),
-         "call_count": int(r.call_count)}
+        {
+            "customer_id": r.customer_id,
+            "currency": r.currency,
+            "total": str(from_minor_units(int(r.total_minor), r.currency)),
+            "call_count": int(r.call_count),
+        }
         for r in totals.itertuples()
-    ]  # fmt: skip
+    ]
 
 
 def revenue_share_report(shares: pd.DataFrame) -> list[dict[str, Any]]:
@@ -122,16 +159,29 @@ def unbillable_ranges(unbillable: pd.DataFrame) -> list[dict[str, Any]]:
     )
     ranges = grouped.reset_index().sort_values(["calls", "number_range"], ascending=[False, True])
     return [
-        {"number_range": r.number_range, "reason_code": r.reason_code, "calls": int(r.calls), "minutes": round(r.seconds / 60, 1)}
+        {
+            "number_range": r.number_range,
+            "reason_code": r.reason_code,
+            "calls": int(r.calls),
+            "minutes": round(r.seconds / 60, 1),
+        }
         for r in ranges.itertuples()
     ]
 
 
 def credits(call_totals: pd.DataFrame) -> list[dict[str, Any]]:
     """Per currency, the billed calls with a negative cost (credits) and their sum."""
-    summed = call_totals.groupby("currency", sort=True)[["credit_calls", "credit_minor"]].sum().reset_index()
+    summed = (
+        call_totals.groupby("currency", sort=True)[["credit_calls", "credit_minor"]]
+        .sum()
+        .reset_index()
+    )
     return [
-        {"currency": r.currency, "calls": int(r.credit_calls), "total": str(from_minor_units(int(r.credit_minor), r.currency))}
+        {
+            "currency": r.currency,
+            "calls": int(r.credit_calls),
+            "total": str(from_minor_units(int(r.credit_minor), r.currency)),
+        }
         for r in summed[summed["credit_calls"] > 0].itertuples()
     ]
 
@@ -142,13 +192,18 @@ def suspense_accounts(suspense: pd.DataFrame) -> list[dict[str, Any]]:
         return []
     grouped = suspense.groupby(["user_id", "reason_code"]).size().rename("calls").reset_index()
     ordered = grouped.sort_values(["calls", "user_id"], ascending=[False, True])
-    return [{"account_id": r.user_id, "reason_code": r.reason_code, "calls": int(r.calls)} for r in ordered.itertuples()]
+    return [
+        {"account_id": r.user_id, "reason_code": r.reason_code, "calls": int(r.calls)}
+        for r in ordered.itertuples()
+    ]
 
 
 def render_text(report: dict[str, Any]) -> str:
     """Render the report as a fixed-width text table for logs and terminals."""
     out = [f"Billing month {report['billing_month']}  (batch {report['batch']['batch_id']})", ""]
-    out.append(f"{'customer':<12}{'sequence':<10}{'cur':<5}{'total':>14}{'calls':>8}{'minutes':>10}")
+    out.append(
+        f"{'customer':<12}{'sequence':<10}{'cur':<5}{'total':>14}{'calls':>8}{'minutes':>10}"
+    )
     for line in report["lines"]:
         out.append(
             f"{line['customer_id']:<12}{line['sequence_number']:<10}{line['currency']:<5}"
@@ -159,7 +214,10 @@ def render_text(report: dict[str, Any]) -> str:
     for item in report["exceptions"]:
         out.append(f"  {item['kind']:<12} {item['reason_code']:<24} {item['rows']}")
     if report.get("changes") is not None:
-        out += ["", f"Changes from the superseded batch {report['batch']['superseded_batch_id']}: {len(report['changes'])} lines"]
+        out += [
+            "",
+            f"Changes from the superseded batch {report['batch']['superseded_batch_id']}: {len(report['changes'])} lines",
+        ]
         for item in report["changes"]:
             before_after = f"{item['before']:>12} -> {item['after']:>12} ({item['change']})"
             out.append(f"  {item['customer_id']:<12}{item['sequence_number']:<10}{before_after}")
@@ -171,19 +229,35 @@ def render_text(report: dict[str, Any]) -> str:
                 f" = {item['share']:>10} ({item['calls']} calls)"
             )
     if report.get("held_files"):
-        out += ["", "Held files (changed content, not billed; release: python -m cdr_billing.ledger release NAME):"]
-        out += [f"  {f['source']:<14} {f['name']:<40} sha256 {f['sha256'][:12]}" for f in report["held_files"]]
+        out += [
+            "",
+            "Held files (changed content, not billed; release: python -m cdr_billing.ledger release NAME):",
+        ]
+        out += [
+            f"  {f['source']:<14} {f['name']:<40} sha256 {f['sha256'][:12]}"
+            for f in report["held_files"]
+        ]
     if report.get("changed_files"):
         out += ["", "Files whose released content replaced what was billed before:"]
-        out += [f"  {f['source']:<14} {f['name']:<40} {f['billed_sha256'][:12]} -> {f['released_sha256'][:12]}"
-                for f in report["changed_files"]]  # fmt: skip
+        out += [
+            f"  {f['source']:<14} {f['name']:<40} {f['billed_sha256'][:12]} -> {f['released_sha256'][:12]}"
+            for f in report["changed_files"]
+        ]
     if report.get("credits"):
         out += ["", "Credits (negative provider costs, billed as credits):"]
-        out += [f"  {item['currency']:<5}{item['total']:>14} ({item['calls']} calls)" for item in report["credits"]]
+        out += [
+            f"  {item['currency']:<5}{item['total']:>14} ({item['calls']} calls)"
+            for item in report["credits"]
+        ]
     if report.get("suspense_accounts"):
-        out += ["", "Accounts in suspense (fix the entitlement, then re-run with refresh_entitlements):"]
+        out += [
+            "",
+            "Accounts in suspense (fix the entitlement, then re-run with refresh_entitlements):",
+        ]
         for item in report["suspense_accounts"][:20]:
-            out.append(f"  {item['account_id']:<24} {item['reason_code']:<24} {item['calls']:>6} calls")
+            out.append(
+                f"  {item['account_id']:<24} {item['reason_code']:<24} {item['calls']:>6} calls"
+            )
     if report.get("stale_entitlements"):
         out.append(
             f"\nStale entitlements (no login for a long time, cost center may be outdated): {len(report['stale_entitlements'])}"
@@ -201,10 +275,14 @@ def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
     """An HTML table; every cell escaped, numbers right-aligned."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td{' align=right' if isinstance(c, int | float) or _is_amount(c) else ''}>{escape(str(c))}</td>"
-                         for c in row) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td{' align=right' if isinstance(c, int | float) or _is_amount(c) else ''}>{escape(str(c))}</td>"
+            for c in row
+        )
+        + "</tr>"
         for row in rows
-    )  # fmt: skip
+    )
     return f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
 
 
@@ -213,54 +291,133 @@ def _is_amount(cell: Any) -> bool:
 
 
 def _section(title: str, intro: str, headers: list[str], rows: list[list[Any]]) -> str:
-    return f"<h3>{escape(title)}</h3><p>{escape(intro)}</p>" + _html_table(headers, rows) if rows else ""
+    return (
+        f"<h3>{escape(title)}</h3><p>{escape(intro)}</p>" + _html_table(headers, rows)
+        if rows
+        else ""
+    )
 
 
 def render_html(report: dict[str, Any]) -> str:
     """The month report as an HTML mail for finance: totals, reconciliation, changes and what needs attention."""
-    lines = [[x["customer_id"], x["sequence_number"], x["currency"], x["total"], x["call_count"]] for x in report["lines"]]
-    customers = [[x["customer_id"], x["currency"], x["total"], x["call_count"]] for x in report.get("customer_totals", [])]
+    lines = [
+        [x["customer_id"], x["sequence_number"], x["currency"], x["total"], x["call_count"]]
+        for x in report["lines"]
+    ]
+    customers = [
+        [x["customer_id"], x["currency"], x["total"], x["call_count"]]
+        for x in report.get("customer_totals", [])
+    ]
     counts = [[key, report["counts"][key]] for key in ("read", *OUTCOMES)]
     changes = report.get("changes")
     shares = report.get("revenue_share", [])
     return "".join(
         [
             f"<h2>Billing month {escape(report['billing_month'])} (batch {report['batch']['batch_id']})</h2>",
-            _section("Totals per customer", "All sequence numbers together.", ["Customer", "Currency", "Total", "Calls"],
-                     customers),
-            _section("Billing lines", "What the billing system charges.", ["Customer", "Sequence", "Currency", "Total", "Calls"],
-                     lines),
-            _section("Reconciliation", "Every row read has exactly one outcome.", ["Rows", "Count"], counts),
-            "<p>First batch of the month.</p>" if changes is None else _section(
-                "Changes from the superseded batch", f"{len(changes)} lines changed.",
+            _section(
+                "Totals per customer",
+                "All sequence numbers together.",
+                ["Customer", "Currency", "Total", "Calls"],
+                customers,
+            ),
+            _section(
+                "Billing lines",
+                "What the billing system charges.",
+                ["Customer", "Sequence", "Currency", "Total", "Calls"],
+                lines,
+            ),
+            _section(
+                "Reconciliation",
+                "Every row read has exactly one outcome.",
+                ["Rows", "Count"],
+                counts,
+            ),
+            "<p>First batch of the month.</p>"
+            if changes is None
+            else _section(
+                "Changes from the superseded batch",
+                f"{len(changes)} lines changed.",
                 ["Customer", "Sequence", "Currency", "Before", "After", "Change"],
-                [[c["customer_id"], c["sequence_number"], c["currency"], c["before"], c["after"], c["change"]] for c in changes],
-            ) or "<p>No line changed from the superseded batch.</p>",
-            _section("Revenue share per service provider", "Of the billed calls that carry a revenue share percentage.",
-                     ["Provider", "Currency", "Share %", "Calls", "Billed", "Share"],
-                     [[r["service_provider"], r["currency"], r["share_percent"], r["calls"], r["billed"], r["share"]]
-                      for r in shares]),
-            _section("Held files", "Delivered again with other content: not billed until released "
-                     "(python -m cdr_billing.ledger release NAME, or the run's release_held_files).",
-                     ["Source", "File", "Content (sha256)", "First seen"],
-                     [[f["source"], f["name"], f["sha256"][:12], f["first_seen"]] for f in report.get("held_files", [])]),
-            _section("Changed files", "Released content that replaced what the month billed before.",
-                     ["Source", "File", "Billed before", "Billed now"],
-                     [[f["source"], f["name"], f["billed_sha256"][:12], f["released_sha256"][:12]]
-                      for f in report.get("changed_files", [])]),
-            _section("Credits", "Billed calls with a negative provider cost (the source's profile allows credits).",
-                     ["Currency", "Calls", "Total"],
-                     [[r["currency"], r["calls"], r["total"]] for r in report.get("credits", [])]),
-            _section("Unbillable number ranges", "Add them to the tariff, then re-run the month.",
-                     ["Range", "Reason", "Calls", "Minutes"],
-                     [[r["number_range"], r["reason_code"], r["calls"], r["minutes"]]
-                      for r in report.get("unbillable_ranges", [])]),
-            _section("Accounts in suspense", "Fix the entitlement, then re-run with refresh_entitlements.",
-                     ["Account", "Reason", "Calls"],
-                     [[r["account_id"], r["reason_code"], r["calls"]] for r in report.get("suspense_accounts", [])[:50]]),
-            _section("Stale entitlements", "No login for a long time: the cost center may be outdated.",
-                     ["Account", "Customer", "Last login", "Calls"],
-                     [[r["account_id"], r["customer_id"], r["last_login"], r["calls"]]
-                      for r in report.get("stale_entitlements", [])[:50]]),
+                [
+                    [
+                        c["customer_id"],
+                        c["sequence_number"],
+                        c["currency"],
+                        c["before"],
+                        c["after"],
+                        c["change"],
+                    ]
+                    for c in changes
+                ],
+            )
+            or "<p>No line changed from the superseded batch.</p>",
+            _section(
+                "Revenue share per service provider",
+                "Of the billed calls that carry a revenue share percentage.",
+                ["Provider", "Currency", "Share %", "Calls", "Billed", "Share"],
+                [
+                    [
+                        r["service_provider"],
+                        r["currency"],
+                        r["share_percent"],
+                        r["calls"],
+                        r["billed"],
+                        r["share"],
+                    ]
+                    for r in shares
+                ],
+            ),
+            _section(
+                "Held files",
+                "Delivered again with other content: not billed until released "
+                "(python -m cdr_billing.ledger release NAME, or the run's release_held_files).",
+                ["Source", "File", "Content (sha256)", "First seen"],
+                [
+                    [f["source"], f["name"], f["sha256"][:12], f["first_seen"]]
+                    for f in report.get("held_files", [])
+                ],
+            ),
+            _section(
+                "Changed files",
+                "Released content that replaced what the month billed before.",
+                ["Source", "File", "Billed before", "Billed now"],
+                [
+                    [f["source"], f["name"], f["billed_sha256"][:12], f["released_sha256"][:12]]
+                    for f in report.get("changed_files", [])
+                ],
+            ),
+            _section(
+                "Credits",
+                "Billed calls with a negative provider cost (the source's profile allows credits).",
+                ["Currency", "Calls", "Total"],
+                [[r["currency"], r["calls"], r["total"]] for r in report.get("credits", [])],
+            ),
+            _section(
+                "Unbillable number ranges",
+                "Add them to the tariff, then re-run the month.",
+                ["Range", "Reason", "Calls", "Minutes"],
+                [
+                    [r["number_range"], r["reason_code"], r["calls"], r["minutes"]]
+                    for r in report.get("unbillable_ranges", [])
+                ],
+            ),
+            _section(
+                "Accounts in suspense",
+                "Fix the entitlement, then re-run with refresh_entitlements.",
+                ["Account", "Reason", "Calls"],
+                [
+                    [r["account_id"], r["reason_code"], r["calls"]]
+                    for r in report.get("suspense_accounts", [])[:50]
+                ],
+            ),
+            _section(
+                "Stale entitlements",
+                "No login for a long time: the cost center may be outdated.",
+                ["Account", "Customer", "Last login", "Calls"],
+                [
+                    [r["account_id"], r["customer_id"], r["last_login"], r["calls"]]
+                    for r in report.get("stale_entitlements", [])[:50]
+                ],
+            ),
         ]
-    )  # fmt: skip
+    )

@@ -38,7 +38,12 @@ billing_batch = Table(
     Column("billing_month", String(7), nullable=False),
     Column("run_id", String(250), nullable=False, unique=True),
     Column("status", String(16), nullable=False),
-    Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column(
+        "loaded_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.current_timestamp(),
+    ),
     Column("counts", Text, nullable=False),
     # The batch this one replaced as the month's current (None: the month's first), so a retried load tells it again.
     Column("supersedes_batch_id", Integer, ForeignKey("billing_batch.batch_id")),
@@ -107,7 +112,9 @@ billed_call = Table(
     Column("source", String(64), nullable=False),
     Column("source_file", Text, nullable=False),
     Column("source_row", BigInteger, nullable=False),
-    Column("combined_rows", Text, nullable=False),  # rows of the partial parts merged into this call, "" if none
+    Column(
+        "combined_rows", Text, nullable=False
+    ),  # rows of the partial parts merged into this call, "" if none
     Index("billed_call_of_line", "batch_id", "customer_id", "sequence_number", "currency"),
     postgresql_partition_by="LIST (batch_id)",  # a partition per batch (migration 0003), SQLite: one table
 )
@@ -132,7 +139,12 @@ tariff_version = Table(
     Column("source_name", Text, nullable=False),
     Column("sha256", String(64), nullable=False, unique=True),
     Column("rate_count", Integer, nullable=False),
-    Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column(
+        "loaded_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.current_timestamp(),
+    ),
 )
 
 tariff_rate = Table(
@@ -164,13 +176,20 @@ entitlement_snapshot = Table(
     Column("source_name", Text, nullable=False),
     Column("sha256", String(64), nullable=False, unique=True),
     Column("row_count", Integer, nullable=False),
-    Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column(
+        "loaded_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.current_timestamp(),
+    ),
 )
 
 entitlement = Table(
     "entitlement",
     metadata,
-    Column("snapshot_id", Integer, ForeignKey("entitlement_snapshot.snapshot_id"), primary_key=True),
+    Column(
+        "snapshot_id", Integer, ForeignKey("entitlement_snapshot.snapshot_id"), primary_key=True
+    ),
     Column("account_id", String(128), primary_key=True),
     Column("user_principal_name", Text, nullable=False),
     Column("customer_id", String(64), nullable=False),
@@ -212,7 +231,12 @@ cdr_file = Table(
     Column("sha256", String(64), nullable=False),
     Column("server", String(250), nullable=False),
     Column("billing_month", String(7), nullable=False),
-    Column("first_seen", DateTime(timezone=True), nullable=False, server_default=func.current_timestamp()),
+    Column(
+        "first_seen",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.current_timestamp(),
+    ),
     Column("status", String(32), nullable=False),
     Column("archive_path", Text, nullable=False),
     # Reconciliation of the file's rows, written by the validate stage: read = billable + quarantined + duplicate.
@@ -226,9 +250,15 @@ cdr_file = Table(
 
 def _python_values(column: pd.Series) -> list:
     """A column's values as Python objects: missing as None, timestamps as datetimes."""
-    values = (column.astype(object) if isinstance(column.dtype, pd.DatetimeTZDtype) else column).tolist()
+    values = (
+        column.astype(object) if isinstance(column.dtype, pd.DatetimeTZDtype) else column
+    ).tolist()
     missing = column.isna().to_numpy()
-    return [None if gone else value for value, gone in zip(values, missing, strict=True)] if missing.any() else values
+    return (
+        [None if gone else value for value, gone in zip(values, missing, strict=True)]
+        if missing.any()
+        else values
+    )
 
 
 def to_records(frame: pd.DataFrame, **constants: object) -> list[dict]:
@@ -236,4 +266,7 @@ def to_records(frame: pd.DataFrame, **constants: object) -> list[dict]:
     column by column: 4x faster than through an object frame)."""
     frame = frame.assign(**constants)
     names = list(frame.columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*(_python_values(frame[name]) for name in names), strict=True)]
+    return [
+        dict(zip(names, row, strict=True))
+        for row in zip(*(_python_values(frame[name]) for name in names), strict=True)
+    ]

@@ -42,7 +42,9 @@ def write_frame(frame: pd.DataFrame, path: Location) -> None:
     without dictionary pages (ids and numbers are mostly distinct; zstd took 1.4x as long).
     A local file is written under another name first and then renamed."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    written = path.with_name(path.name + ".partial") if isinstance(path, Path) else path  # an object appears whole
+    written = (
+        path.with_name(path.name + ".partial") if isinstance(path, Path) else path
+    )  # an object appears whole
     with written.open("wb") as handle:
         if str(path).endswith(HANDOFF_SUFFIX):
             with pa.ipc.new_file(handle, table.schema) as writer:
@@ -50,7 +52,9 @@ def write_frame(frame: pd.DataFrame, path: Location) -> None:
         else:
             pq.write_table(table, handle, compression="lz4", use_dictionary=False)
     if written != path:
-        written.replace(path)  # a reader never sees half a file, and a mapped file is never rewritten under it
+        written.replace(
+            path
+        )  # a reader never sees half a file, and a mapped file is never rewritten under it
 
 
 def read_table(path: Location, columns: list[str] | None = None) -> pa.Table:
@@ -58,14 +62,20 @@ def read_table(path: Location, columns: list[str] | None = None) -> pa.Table:
     if not str(path).endswith(HANDOFF_SUFFIX):
         if isinstance(path, Path):
             return pq.read_table(str(path), columns=columns)
-        with path.open("rb") as handle:  # threads on a Python file can abort the process at exit (apache/arrow#50482)
+        with path.open(
+            "rb"
+        ) as handle:  # threads on a Python file can abort the process at exit (apache/arrow#50482)
             return pq.read_table(handle, columns=columns, use_threads=False)
-    with pa.memory_map(str(path)) if isinstance(path, Path) else path.open("rb") as handle:  # local: no copy
+    with (
+        pa.memory_map(str(path)) if isinstance(path, Path) else path.open("rb") as handle
+    ):  # local: no copy
         table = pa.ipc.open_file(handle).read_all()
     return table if columns is None else table.select(columns)
 
 
-def read_frame(path: Location, columns: list[str] | None = None, rows: np.ndarray | None = None) -> pd.DataFrame:
+def read_frame(
+    path: Location, columns: list[str] | None = None, rows: np.ndarray | None = None
+) -> pd.DataFrame:
     """Read an Arrow IPC or Parquet file (only `columns` and the rows at positions `rows`, when
     given). Increasing positions are selected chunk by chunk (a take joins the chunks first:
     4x slower for a few rows of a CSV file's 1M)."""

@@ -52,9 +52,15 @@ from cdr_billing.reference_table import read_table
 from cdr_billing.schema import tariff_rate, tariff_version, to_records
 
 REQUIRED_COLUMNS = (
-    "prefix", "destination", "price_per_minute", "connection_fee", "first_increment", "next_increment", "minimum_charge",
+    "prefix",
+    "destination",
+    "price_per_minute",
+    "connection_fee",
+    "first_increment",
+    "next_increment",
+    "minimum_charge",
     "currency",
-)  # fmt: skip
+)
 OPTIONAL_COLUMNS = ("valid_from", "valid_to", "band", "weekdays", "start_hour", "end_hour")
 OPEN_START = pd.Timestamp("1970-01-01", tz="UTC")
 MAX_NAMED_PROBLEMS = 10
@@ -78,7 +84,9 @@ def _amount_micro(text: str) -> int:
     """An amount in micro-units: the strict grammar keeps signs, exponents, inf/nan and
     thousands separators out, the ceiling keeps price x seconds within int64."""
     if not AMOUNT.fullmatch(text):
-        raise _Refused("is not an amount: digits, optionally a point and at most six decimals (no sign or exponent)")
+        raise _Refused(
+            "is not an amount: digits, optionally a point and at most six decimals (no sign or exponent)"
+        )
     whole, _, decimals = text.partition(".")
     micro = int(whole) * MICRO + int(decimals.ljust(6, "0"))
     if micro > MAX_TARIFF_AMOUNT * MICRO:
@@ -144,7 +152,9 @@ def _e164_prefix(rules: BillingSettings) -> Callable[[str], str]:
         elif digits.startswith(rules.national_prefix):
             digits = rules.country_code + digits.removeprefix(rules.national_prefix)
         if not E164_PREFIX.fullmatch(digits):
-            raise _Refused(f"is not a number prefix: as E.164 ({digits!r}) it must be 1-15 digits not starting with 0")
+            raise _Refused(
+                f"is not a number prefix: as E.164 ({digits!r}) it must be 1-15 digits not starting with 0"
+            )
         return digits
 
     return parse
@@ -161,7 +171,9 @@ def _moment(timezone: str) -> Callable[[str], pd.Timestamp | None]:
         try:
             written = datetime.fromisoformat(text)
         except ValueError:
-            raise _Refused("is not a date (YYYY-MM-DD) or date-time (YYYY-MM-DD HH:MM[:SS][+HH:MM])") from None
+            raise _Refused(
+                "is not a date (YYYY-MM-DD) or date-time (YYYY-MM-DD HH:MM[:SS][+HH:MM])"
+            ) from None
         if written.tzinfo is not None:
             return pd.Timestamp(written).tz_convert("UTC")
         return pd.Timestamp(_wall_time_in_utc(written, zone))
@@ -179,7 +191,9 @@ def _wall_time_in_utc(wall: datetime, zone: ZoneInfo) -> datetime:
             f"occurs twice in {zone.key} (the clocks go back): write it with its UTC offset, {first.isoformat()} (the first) "
             f"or {second.isoformat()} (the second)"
         )
-    raise _Refused(f"does not exist in {zone.key} (the clocks go forward): write it with a UTC offset")
+    raise _Refused(
+        f"does not exist in {zone.key} (the clocks go forward): write it with a UTC offset"
+    )
 
 
 @dataclass(frozen=True)
@@ -218,7 +232,9 @@ def _problem(line: int, column: str, written: str, reason: str) -> Problem:
     return line, f"{column} {written!r} {reason}"
 
 
-def _parse_row(line: int, written: dict[str, str], columns: tuple[_Column, ...], problems: list[Problem]) -> dict | None:
+def _parse_row(
+    line: int, written: dict[str, str], columns: tuple[_Column, ...], problems: list[Problem]
+) -> dict | None:
     """One row's stored values, or None when a value is refused (added to `problems`)."""
     row: dict = {"line": line}
     known = len(problems)
@@ -234,7 +250,14 @@ def _parse_row(line: int, written: dict[str, str], columns: tuple[_Column, ...],
         return None
     row["valid_from"] = row["valid_from"] or OPEN_START
     if row["start_hour"] >= row["end_hour"]:
-        problems.append(_problem(line, "end_hour", written["end_hour"], f"is not after start_hour {row['start_hour']}"))
+        problems.append(
+            _problem(
+                line,
+                "end_hour",
+                written["end_hour"],
+                f"is not after start_hour {row['start_hour']}",
+            )
+        )
     if row["valid_to"] is not None and row["valid_to"] <= row["valid_from"]:
         problems.append(_problem(line, "valid_to", written["valid_to"], "is not after valid_from"))
     return row if len(problems) == known else None
@@ -262,8 +285,13 @@ def _overlapping_rows(rows: list[dict]) -> list[Problem]:
         earlier = by_prefix.setdefault(row["prefix"], [])
         clash = next((other for other in earlier if _overlap(other, row)), None)
         if clash is not None:
-            problems.append((row["line"], f"prefix {row['prefix']!r} is listed twice for overlapping times: line "
-                                          f"{clash['line']} has the same prefix, validity, weekdays and hours"))  # fmt: skip
+            problems.append(
+                (
+                    row["line"],
+                    f"prefix {row['prefix']!r} is listed twice for overlapping times: line "
+                    f"{clash['line']} has the same prefix, validity, weekdays and hours",
+                )
+            )
         earlier.append(row)
     return problems
 
@@ -272,7 +300,11 @@ def _refusal(path: Path, problems: list[Problem]) -> TariffError:
     """Up to MAX_NAMED_PROBLEMS problems, by line, one a line of the message, then how many in all."""
     ordered = sorted(problems, key=lambda problem: problem[0])
     named = [f"{path.name} line {line}: {what}" for line, what in ordered[:MAX_NAMED_PROBLEMS]]
-    shown = f"the first {MAX_NAMED_PROBLEMS} shown" if len(ordered) > MAX_NAMED_PROBLEMS else "all shown"
+    shown = (
+        f"the first {MAX_NAMED_PROBLEMS} shown"
+        if len(ordered) > MAX_NAMED_PROBLEMS
+        else "all shown"
+    )
     summary = f"{path.name}: refused, nothing of it was stored ({len(ordered)} bad values, {shown})"
     return TariffError("\n".join([*named, summary]))
 
@@ -287,11 +319,16 @@ def _as_frame(rows: list[dict], columns: tuple[_Column, ...]) -> pd.DataFrame:
     return tariff
 
 
-def _written_rows(raw: pd.DataFrame, columns: tuple[_Column, ...]) -> list[tuple[int, dict[str, str]]]:
+def _written_rows(
+    raw: pd.DataFrame, columns: tuple[_Column, ...]
+) -> list[tuple[int, dict[str, str]]]:
     """(line, {column: text}) per row; column lists, as to_dict is 10x slower on Arrow strings."""
     names = [column.name for column in columns]
     texts = zip(*(raw[name].tolist() for name in names), strict=True)
-    return [(line, dict(zip(names, values, strict=True))) for line, values in zip(raw.index.tolist(), texts, strict=True)]
+    return [
+        (line, dict(zip(names, values, strict=True)))
+        for line, values in zip(raw.index.tolist(), texts, strict=True)
+    ]
 
 
 def read_tariff_file(path: Path, rules: BillingSettings) -> pd.DataFrame:
@@ -303,7 +340,10 @@ def read_tariff_file(path: Path, rules: BillingSettings) -> pd.DataFrame:
     raw = raw.assign(**{c: "" for c in OPTIONAL_COLUMNS if c not in raw.columns})
     columns = _columns(rules)
     problems: list[Problem] = []
-    parsed = [_parse_row(line, written, columns, problems) for line, written in _written_rows(raw, columns)]
+    parsed = [
+        _parse_row(line, written, columns, problems)
+        for line, written in _written_rows(raw, columns)
+    ]
     rows = [row for row in parsed if row is not None]
     problems += _overlapping_rows(rows)
     if problems:
@@ -315,11 +355,15 @@ def store_version(engine: Engine, tariff: pd.DataFrame, source_name: str, sha256
     """Store a tariff as a new version (the same file content again: its existing version)."""
     with engine.begin() as conn:
         database.hold_lock(conn, "tariff_version")
-        existing = conn.execute(select(tariff_version.c.version_id).where(tariff_version.c.sha256 == sha256)).scalar()
+        existing = conn.execute(
+            select(tariff_version.c.version_id).where(tariff_version.c.sha256 == sha256)
+        ).scalar()
         if existing is not None:
             return existing
         version_id = conn.execute(
-            insert(tariff_version).values(source_name=source_name, sha256=sha256, rate_count=len(tariff))
+            insert(tariff_version).values(
+                source_name=source_name, sha256=sha256, rate_count=len(tariff)
+            )
         ).inserted_primary_key[0]
         conn.execute(insert(tariff_rate), to_records(tariff, version_id=version_id))
     return version_id
@@ -338,11 +382,23 @@ def _sha256(path: Path) -> str:
 def all_rates(engine: Engine) -> pd.DataFrame:
     """Every rate of every version, for rating (newest version wins per prefix and moment)."""
     with engine.connect() as conn:
-        rows = conn.execute(select(tariff_rate).order_by(tariff_rate.c.version_id, tariff_rate.c.line)).mappings().all()
+        rows = (
+            conn.execute(select(tariff_rate).order_by(tariff_rate.c.version_id, tariff_rate.c.line))
+            .mappings()
+            .all()
+        )
     rates = pd.DataFrame(rows, columns=[c.name for c in tariff_rate.columns])
     for column in ("valid_from", "valid_to"):
         rates[column] = pd.to_datetime(rates[column], utc=True)
-    integers = ["price_micro", "fee_micro", "minimum_micro", "first_increment", "next_increment", "start_hour", "end_hour"]
+    integers = [
+        "price_micro",
+        "fee_micro",
+        "minimum_micro",
+        "first_increment",
+        "next_increment",
+        "start_hour",
+        "end_hour",
+    ]
     return rates.astype(dict.fromkeys([*integers, "weekday_mask", "version_id", "line"], "int64"))
 
 
@@ -352,7 +408,9 @@ def main() -> None:
     from cdr_billing.database import billing_engine
     from cdr_billing.migrations import upgrade
 
-    parser = argparse.ArgumentParser(description="Load a tariff file as a new version (history is never changed).")
+    parser = argparse.ArgumentParser(
+        description="Load a tariff file as a new version (history is never changed)."
+    )
     parser.add_argument("action", choices=["load"])
     parser.add_argument("file", type=Path)
     args = parser.parse_args()

@@ -20,7 +20,9 @@ def one_array(text: pd.Series) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
-SEPARATORS = b" \t\n\v\f\r-()."  # what may be written between a phone number's digits: "+46 (70) 123-45.67"
+SEPARATORS = (
+    b" \t\n\v\f\r-()."  # what may be written between a phone number's digits: "+46 (70) 123-45.67"
+)
 
 
 def without_separators(numbers: pa.Array) -> pa.Array:
@@ -35,7 +37,9 @@ def without_separators(numbers: pa.Array) -> pa.Array:
 def offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The value offsets (len + 1, from 0) and the bytes they index, of a large_string array."""
     _, offset_buffer, data_buffer = values.buffers()
-    offsets = np.frombuffer(offset_buffer, dtype=np.int64, count=len(values) + 1, offset=values.offset * 8)
+    offsets = np.frombuffer(
+        offset_buffer, dtype=np.int64, count=len(values) + 1, offset=values.offset * 8
+    )
     data = np.frombuffer(data_buffer or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
     return offsets - offsets[0], data
 
@@ -53,7 +57,12 @@ def fixed_width_rows(values: pa.Array, width: int) -> tuple[np.ndarray, np.ndarr
     return matrix, fits
 
 
-_MONTH_DAYS = np.array([[0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]])
+_MONTH_DAYS = np.array(
+    [
+        [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31],
+        [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31],
+    ]
+)
 _DAYS_BEFORE_MONTH = np.cumsum(_MONTH_DAYS, axis=1) - _MONTH_DAYS  # [leap, month]
 _YEARS = np.arange(10_000)
 _LEAP = (((_YEARS % 4 == 0) & (_YEARS % 100 != 0)) | (_YEARS % 400 == 0)).astype(np.int64)
@@ -75,9 +84,14 @@ def _two_digit_table(low: int, high: int) -> np.ndarray:
 
 # The two-digit fields of "YYYY-MM-DD?HH:MM:SS": (first column, the table that reads and range-checks them).
 _CENTURY, _YEAR_OF_CENTURY, _MONTH, _DAY, _HOUR, _MINUTE, _SECOND = (
-    (0, _two_digit_table(0, 99)), (2, _two_digit_table(0, 99)), (5, _two_digit_table(1, 12)), (8, _two_digit_table(1, 31)),
-    (11, _two_digit_table(0, 23)), (14, _two_digit_table(0, 59)), (17, _two_digit_table(0, 59)),
-)  # fmt: skip
+    (0, _two_digit_table(0, 99)),
+    (2, _two_digit_table(0, 99)),
+    (5, _two_digit_table(1, 12)),
+    (8, _two_digit_table(1, 31)),
+    (11, _two_digit_table(0, 23)),
+    (14, _two_digit_table(0, 59)),
+    (17, _two_digit_table(0, 59)),
+)
 _PUNCTUATION_COLUMNS = (4, 7, 10, 13, 16, 19)
 
 
@@ -88,7 +102,9 @@ def _two_digits(matrix: np.ndarray, field: tuple[int, np.ndarray]) -> np.ndarray
     rows, width = matrix.shape
     if not rows:
         return np.zeros(0, dtype=np.int16)
-    return table.take(np.ndarray((rows,), dtype="<u2", buffer=matrix, offset=column, strides=(width,)))
+    return table.take(
+        np.ndarray((rows,), dtype="<u2", buffer=matrix, offset=column, strides=(width,))
+    )
 
 
 def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -96,11 +112,18 @@ def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.nda
     and time, "Z" after it when `zulu`), and a mask of the rows that are exactly that shape
     with a real date and time, proleptic Gregorian (others: 0). `values`: one large_string array."""
     matrix, fits = fixed_width_rows(values, 19 + zulu)
-    fields = [_two_digits(matrix, f) for f in (_CENTURY, _YEAR_OF_CENTURY, _MONTH, _DAY, _HOUR, _MINUTE, _SECOND)]
+    fields = [
+        _two_digits(matrix, f)
+        for f in (_CENTURY, _YEAR_OF_CENTURY, _MONTH, _DAY, _HOUR, _MINUTE, _SECOND)
+    ]
     ok = fits & (np.minimum.reduce(fields) >= 0)
-    for column, mark in zip(_PUNCTUATION_COLUMNS, "-- ::".replace(" ", separator) + "Z" * zulu, strict=False):
+    for column, mark in zip(
+        _PUNCTUATION_COLUMNS, "-- ::".replace(" ", separator) + "Z" * zulu, strict=False
+    ):
         ok &= matrix[:, column] == ord(mark)
-    century, year_of_century, month, day, hour, minute, second = (field.astype(np.int32) for field in fields)
+    century, year_of_century, month, day, hour, minute, second = (
+        field.astype(np.int32) for field in fields
+    )
     year = century * 100 + year_of_century
     ok &= year >= 1
     year_month = np.where(ok, year * 13 + month, 1970 * 13 + 1)  # in the tables' range
@@ -117,7 +140,9 @@ def replace_prefixes(values: pa.Array, replacements: list[tuple[str, str]]) -> p
     starts, lengths = offsets[:-1], np.diff(offsets)
     longest = max((len(prefix.encode()) for prefix, _ in replacements), default=0)
     ended = np.append(data, np.uint8(0))  # one more byte: every start indexes it
-    heads = [ended[np.minimum(starts + n, len(data))] for n in range(longest)]  # each value's first bytes
+    heads = [
+        ended[np.minimum(starts + n, len(data))] for n in range(longest)
+    ]  # each value's first bytes
     rule = np.full(len(values), len(replacements))  # past the list: no prefix
     for n, (prefix, _) in enumerate(replacements):
         found = lengths >= len(prefix.encode())
@@ -130,23 +155,41 @@ def replace_prefixes(values: pa.Array, replacements: list[tuple[str, str]]) -> p
     kept = np.ones(len(data), dtype=bool)
     for n in range(int(dropped.max(initial=0))):
         kept[starts[dropped > n] + n] = False
-    result, inserted = np.empty(int(new_offsets[-1]), dtype=np.uint8), np.zeros(int(new_offsets[-1]), dtype=bool)
+    result, inserted = (
+        np.empty(int(new_offsets[-1]), dtype=np.uint8),
+        np.zeros(int(new_offsets[-1]), dtype=bool),
+    )
     for n, (_, replacement) in enumerate(replacements):
         for position, byte in enumerate(replacement.encode()):
             at = new_offsets[:-1][rule == n] + position
             result[at], inserted[at] = byte, True
     result[~inserted] = data[kept]
-    return pa.LargeStringArray.from_buffers(len(values), pa.py_buffer(new_offsets), pa.py_buffer(result))
+    return pa.LargeStringArray.from_buffers(
+        len(values), pa.py_buffer(new_offsets), pa.py_buffer(result)
+    )
 
 
-def plain_numbers(values: pa.Array, max_digits: int, leading_zero: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def plain_numbers(
+    values: pa.Array, max_digits: int, leading_zero: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values of 1 to `max_digits` ASCII digits (not starting with 0 unless `leading_zero`): their
     numbers (0 elsewhere), the value lengths, a mask of those values. `values`: one large_string array."""
     offsets, data = offsets_and_data(values)
     starts, lengths = offsets[:-1], np.diff(offsets)
-    ended = np.append(data, np.uint8(DIGIT_ZERO))  # a digit in the last value's span: an empty last value has a start
-    other_bytes = np.logical_or.reduceat((ended - np.uint8(DIGIT_ZERO)) > 9, starts) if len(values) else lengths > 0
-    fits = (lengths >= 1) & (lengths <= max_digits) & ~other_bytes & (leading_zero | (ended[starts] != DIGIT_ZERO))
+    ended = np.append(
+        data, np.uint8(DIGIT_ZERO)
+    )  # a digit in the last value's span: an empty last value has a start
+    other_bytes = (
+        np.logical_or.reduceat((ended - np.uint8(DIGIT_ZERO)) > 9, starts)
+        if len(values)
+        else lengths > 0
+    )
+    fits = (
+        (lengths >= 1)
+        & (lengths <= max_digits)
+        & ~other_bytes
+        & (leading_zero | (ended[starts] != DIGIT_ZERO))
+    )
     digits = values if fits.all() else pc.if_else(pa.array(fits), values, "0")
     return pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False), lengths, fits
 
@@ -161,7 +204,9 @@ def control_character_rows(values: pa.ChunkedArray | pa.Array) -> np.ndarray | N
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
     if not any(_may_hold_control_byte(chunk) for chunk in chunks):
         return None
-    return pc.fill_null(pc.match_substring_regex(values, CONTROL_CHARACTER), False).to_numpy(zero_copy_only=False)
+    return pc.fill_null(pc.match_substring_regex(values, CONTROL_CHARACTER), False).to_numpy(
+        zero_copy_only=False
+    )
 
 
 CACHED_BYTES = 1 << 18

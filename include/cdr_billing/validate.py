@@ -23,10 +23,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdr_billing import dedupe, text_bytes
-from cdr_billing.canonical import CARRIED_FIELDS, COMPLETION_STATUSES, FIELDS_MATCH_HEADER, LINEAGE_FIELDS, TEXT_FIELDS
+from cdr_billing.canonical import (
+    CARRIED_FIELDS,
+    COMPLETION_STATUSES,
+    FIELDS_MATCH_HEADER,
+    LINEAGE_FIELDS,
+    TEXT_FIELDS,
+)
 from cdr_billing.config import BillingSettings, SourceProfile
 from cdr_billing.frames import rows_where
-from cdr_billing.money import MAX_CALL_COST, MICRO, MoneyError, iso_currencies, percent_to_basis_points, to_micro_units
+from cdr_billing.money import (
+    MAX_CALL_COST,
+    MICRO,
+    MoneyError,
+    iso_currencies,
+    percent_to_basis_points,
+    to_micro_units,
+)
 from cdr_billing.months import BillingMonth
 from cdr_billing.privacy import mask_number
 
@@ -36,7 +49,9 @@ PHONE_NUMBER = r"^\+?[0-9]{4,17}$"
 DURATION_FACTORS = {"seconds": 1, "minutes": 60}
 # The grammar of numeric values, after the profile's decimal separator became ".": no sign but
 # where stated, no exponent, no inf or nan, no thousands separators.
-DECIMAL_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # costs and durations (a negative one is out of range)
+DECIMAL_NUMBER = re.compile(
+    r"-?[0-9]+(?:\.[0-9]+)?"
+)  # costs and durations (a negative one is out of range)
 HMS_DURATION = re.compile(r"(-?)([0-9]+):([0-5][0-9]):([0-5][0-9])")
 STATUS_NUMBER = re.compile(r"([0-3])(?:\.0+)?")  # "1.0": a status written as a number
 PERCENTAGE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
@@ -72,9 +87,22 @@ REASONS = {
 class FileValidationError(ValueError):
     """A whole CDR file fails validation; the message names the file and the failures."""
 
-    def __init__(self, file_name: str, problem: str, expectations: tuple[str, ...] = (), samples: tuple[str, ...] = ()):
-        super().__init__(f"{file_name}: {problem}" + (f"; e.g. {'; '.join(samples)}" if samples else ""))
-        self.file_name, self.problem, self.expectations, self.samples = file_name, problem, expectations, samples
+    def __init__(
+        self,
+        file_name: str,
+        problem: str,
+        expectations: tuple[str, ...] = (),
+        samples: tuple[str, ...] = (),
+    ):
+        super().__init__(
+            f"{file_name}: {problem}" + (f"; e.g. {'; '.join(samples)}" if samples else "")
+        )
+        self.file_name, self.problem, self.expectations, self.samples = (
+            file_name,
+            problem,
+            expectations,
+            samples,
+        )
 
 
 @dataclass(frozen=True)
@@ -91,14 +119,18 @@ class FileCheck:
 WHOLE_SECONDS_DIGITS = 15
 
 
-def _fill_rest(result: pd.Series, rest: np.ndarray, text: pd.Series, general: Callable[[pd.Series], pd.Series]) -> pd.Series:
+def _fill_rest(
+    result: pd.Series, rest: np.ndarray, text: pd.Series, general: Callable[[pd.Series], pd.Series]
+) -> pd.Series:
     """Give the rows the fast path left (`rest`) the general parser's values."""
     if rest.any():
         result.iloc[np.flatnonzero(rest)] = general(text[rest]).array
     return result
 
 
-def _nullable_ints(values: np.ndarray, missing: np.ndarray, index: pd.Index, dtype: str) -> pd.Series:
+def _nullable_ints(
+    values: np.ndarray, missing: np.ndarray, index: pd.Index, dtype: str
+) -> pd.Series:
     """Integers as a nullable pandas column; `missing`: the null mask."""
     return pd.Series(pd.arrays.IntegerArray(values, missing.copy()), index=index).astype(dtype)
 
@@ -118,7 +150,12 @@ def parse_timestamps(
         parsed = pd.to_datetime(text, format=timestamp_format, errors="coerce")
         return _localise(parsed, timezone, ambiguous)
     utc, rest = _iso_timestamps(text, "T", zulu=True)
-    return _fill_rest(utc.dt.tz_localize("UTC"), rest, text, lambda rows: _parse_without_z(rows, timezone, ambiguous))
+    return _fill_rest(
+        utc.dt.tz_localize("UTC"),
+        rest,
+        text,
+        lambda rows: _parse_without_z(rows, timezone, ambiguous),
+    )
 
 
 def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Series, np.ndarray]:
@@ -129,13 +166,20 @@ def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Ser
 
 def _parse_without_z(text: pd.Series, timezone: str, ambiguous: str = "earliest") -> pd.Series:
     wall, general = _iso_timestamps(text, " ", zulu=False)
-    return _fill_rest(_localise(wall, timezone, ambiguous), general, text, lambda rows: _parse_general(rows, timezone, ambiguous))
+    return _fill_rest(
+        _localise(wall, timezone, ambiguous),
+        general,
+        text,
+        lambda rows: _parse_general(rows, timezone, ambiguous),
+    )
 
 
 def _parse_general(text: pd.Series, timezone: str, ambiguous: str = "earliest") -> pd.Series:
     numeric = pd.to_numeric(text, errors="coerce")
     is_text = numeric.isna()
-    serial = numeric[~is_text].where((numeric >= 0) & (numeric <= EXCEL_LAST_DAY))  # others (an epoch in seconds?) NaT
+    serial = numeric[~is_text].where(
+        (numeric >= 0) & (numeric <= EXCEL_LAST_DAY)
+    )  # others (an epoch in seconds?) NaT
     has_offset = is_text & text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
     aware = pd.to_datetime(text[has_offset], format="ISO8601", errors="coerce", utc=True)
     naive = pd.concat(
@@ -144,7 +188,9 @@ def _parse_general(text: pd.Series, timezone: str, ambiguous: str = "earliest") 
             _excel_serials(serial),
         ]
     )
-    return pd.concat([aware.astype("datetime64[us, UTC]"), _localise(naive, timezone, ambiguous)]).reindex(text.index)
+    return pd.concat(
+        [aware.astype("datetime64[us, UTC]"), _localise(naive, timezone, ambiguous)]
+    ).reindex(text.index)
 
 
 def _excel_serials(serial: pd.Series) -> pd.Series:
@@ -154,13 +200,19 @@ def _excel_serials(serial: pd.Series) -> pd.Series:
     return pd.Series((EXCEL_EPOCH + seconds).astype("datetime64[us]"), index=serial.index)
 
 
-AMBIGUOUS_TIMES = ("earliest", "latest", "reject")  # a profile's choice for a wall time the autumn change repeats
+AMBIGUOUS_TIMES = (
+    "earliest",
+    "latest",
+    "reject",
+)  # a profile's choice for a wall time the autumn change repeats
 
 
 def _localise(naive: pd.Series, timezone: str, ambiguous: str = "earliest") -> pd.Series:
     """Wall times in a zone to UTC: a repeated one as the profile says (AMBIGUOUS_TIMES), one
     that does not exist is NaT."""
-    choice = "NaT" if ambiguous == "reject" else np.full(len(naive), ambiguous == "earliest")  # True: the first (DST)
+    choice = (
+        "NaT" if ambiguous == "reject" else np.full(len(naive), ambiguous == "earliest")
+    )  # True: the first (DST)
     local = naive.dt.tz_localize(timezone, ambiguous=choice, nonexistent="NaT")
     return local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
 
@@ -169,17 +221,27 @@ def local_time_problems(text: pd.Series, profile: SourceProfile) -> pd.Series:
     """For start times that did not parse (few): NONEXISTENT_LOCAL_TIME or AMBIGUOUS_LOCAL_TIME
     where the text is a wall time the clock change skips or repeats (and the profile rejects
     repeated ones), else "" (not a date and time at all)."""
-    wall = parse_timestamps(text, "UTC", profile.timestamp_format).dt.tz_localize(None)  # read as written, no zone
-    skipped = wall.notna() & wall.dt.tz_localize(profile.timezone, ambiguous=True, nonexistent="NaT").isna()
-    return pd.Series(np.select([skipped, wall.notna()], ["NONEXISTENT_LOCAL_TIME", "AMBIGUOUS_LOCAL_TIME"], ""),
-                     index=text.index, dtype="str")  # fmt: skip
+    wall = parse_timestamps(text, "UTC", profile.timestamp_format).dt.tz_localize(
+        None
+    )  # read as written, no zone
+    skipped = (
+        wall.notna()
+        & wall.dt.tz_localize(profile.timezone, ambiguous=True, nonexistent="NaT").isna()
+    )
+    return pd.Series(
+        np.select([skipped, wall.notna()], ["NONEXISTENT_LOCAL_TIME", "AMBIGUOUS_LOCAL_TIME"], ""),
+        index=text.index,
+        dtype="str",
+    )
 
 
 def parse_durations(text: pd.Series, unit: str, decimal: str = ".") -> pd.Series:
     """Parse durations (seconds, minutes or "h:mm:ss") into whole seconds; NA when bad.
     Whole seconds written as plain digits, the usual case, are read from their bytes."""
     if unit == "seconds":
-        whole, _, plain = text_bytes.plain_numbers(text_bytes.one_array(text), WHOLE_SECONDS_DIGITS, leading_zero=True)
+        whole, _, plain = text_bytes.plain_numbers(
+            text_bytes.one_array(text), WHOLE_SECONDS_DIGITS, leading_zero=True
+        )
         seconds = _nullable_ints(whole, ~plain, text.index, "Int64")
         return _fill_rest(seconds, ~plain, text, lambda rows: _parse_durations(rows, unit, decimal))
     return _parse_durations(text, unit, decimal)
@@ -189,7 +251,9 @@ def _parse_durations(text: pd.Series, unit: str, decimal: str) -> pd.Series:
     if unit == "hms":
         return _convert_distinct(text, _hms_seconds, "Int64")
     factor = DURATION_FACTORS[unit]
-    return _convert_distinct(with_decimal_point(text, decimal), lambda value: _decimal_seconds(value, factor), "Int64")
+    return _convert_distinct(
+        with_decimal_point(text, decimal), lambda value: _decimal_seconds(value, factor), "Int64"
+    )
 
 
 def with_decimal_point(text: pd.Series, decimal: str) -> pd.Series:
@@ -239,14 +303,21 @@ def _status(text: str) -> int | None:
     return None if matched is None else int(matched.group(1))
 
 
-def _convert_distinct(text: pd.Series, convert: Callable[[str], int | None], dtype: str) -> pd.Series:
+def _convert_distinct(
+    text: pd.Series, convert: Callable[[str], int | None], dtype: str
+) -> pd.Series:
     """`convert` applied once per distinct value (None: not valid), as a nullable integer column."""
     arrow = pa.array(text, type=pa.large_string())
     distinct = pc.unique(arrow)
-    converted = pa.array([None if value is None else convert(value) for value in distinct.to_pylist()], type=pa.int64())
+    converted = pa.array(
+        [None if value is None else convert(value) for value in distinct.to_pylist()],
+        type=pa.int64(),
+    )
     values = pc.take(converted, pc.index_in(arrow, value_set=distinct))
     missing = pc.is_null(values).to_numpy(zero_copy_only=False)
-    return _nullable_ints(pc.fill_null(values, 0).to_numpy(zero_copy_only=False), missing, text.index, dtype)
+    return _nullable_ints(
+        pc.fill_null(values, 0).to_numpy(zero_copy_only=False), missing, text.index, dtype
+    )
 
 
 def _micro_units(cost: str) -> int | None:
@@ -299,20 +370,28 @@ def _matches(text: pd.Series, pattern: str) -> np.ndarray:
 
 
 def _failures(
-    raw: pd.DataFrame, typed: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings
+    raw: pd.DataFrame,
+    typed: pd.DataFrame,
+    profile: SourceProfile,
+    month: BillingMonth,
+    rules: BillingSettings,
 ) -> pd.DataFrame:
     """Return one boolean column per reason code: True where the row fails it."""
     start, end = month.bounds(rules.timezone)
     tolerance = timedelta(hours=rules.month_tolerance_hours)
     fails = pd.DataFrame(index=raw.index)
-    fails["BAD_FIELD_COUNT"] = ~raw[FIELDS_MATCH_HEADER].to_numpy(dtype=bool) if FIELDS_MATCH_HEADER in raw else False
+    fails["BAD_FIELD_COUNT"] = (
+        ~raw[FIELDS_MATCH_HEADER].to_numpy(dtype=bool) if FIELDS_MATCH_HEADER in raw else False
+    )
     fails["BAD_CHARACTER"] = _control_character_rows_of(raw)
     fails["MISSING_TRANSACTION_ID"] = raw["transaction_id"] == ""
     fails["MISSING_ACCOUNT"] = raw["user_id"] == ""
     unparsed = typed["start_utc"].isna().to_numpy()
     clock_change = pd.Series("", index=raw.index, dtype="str")
     if unparsed.any():
-        clock_change[unparsed] = local_time_problems(raw["start_of_usage"][unparsed], profile).to_numpy()
+        clock_change[unparsed] = local_time_problems(
+            raw["start_of_usage"][unparsed], profile
+        ).to_numpy()
     fails["BAD_TIMESTAMP"] = unparsed & (clock_change == "").to_numpy()
     fails["NONEXISTENT_LOCAL_TIME"] = (clock_change == "NONEXISTENT_LOCAL_TIME").to_numpy()
     fails["AMBIGUOUS_LOCAL_TIME"] = (clock_change == "AMBIGUOUS_LOCAL_TIME").to_numpy()
@@ -324,16 +403,22 @@ def _failures(
         (typed["duration_seconds"] < 0) | (typed["duration_seconds"] > rules.max_call_seconds)
     )
     fails["BAD_COMPLETION_STATUS"] = typed["completion_status"].isna()
-    fails["BAD_REVENUE_SHARE"] = (raw["revenue_share_percentage"] != "") & typed["revenue_share_bp"].isna()
+    fails["BAD_REVENUE_SHARE"] = (raw["revenue_share_percentage"] != "") & typed[
+        "revenue_share_bp"
+    ].isna()
     fails["BAD_PART_NUMBER"] = ~_matches(raw["transaction_part_number"], PART_NUMBER)
     if profile.priced:
         cost = typed["provider_cost_micro"]
         fails["BAD_COST"] = cost.isna()
         fails["COST_OUT_OF_RANGE"] = cost.abs() > MAX_CALL_COST * MICRO
-        fails["NEGATIVE_COST"] = (cost < 0) & (cost.abs() <= MAX_CALL_COST * MICRO) & (not profile.allow_credits)
+        fails["NEGATIVE_COST"] = (
+            (cost < 0) & (cost.abs() <= MAX_CALL_COST * MICRO) & (not profile.allow_credits)
+        )
         fails["BAD_CURRENCY"] = ~typed["currency"].isin(iso_currencies()).to_numpy()
     else:
-        fails["BAD_NUMBER"] = ~_matches(typed["destination_party"], PHONE_NUMBER)  # separators removed
+        fails["BAD_NUMBER"] = ~_matches(
+            typed["destination_party"], PHONE_NUMBER
+        )  # separators removed
     fails = fails.fillna(False).astype(bool)
     misaligned = fails["BAD_FIELD_COUNT"].to_numpy()
     if misaligned.any():  # its values may sit under other headers: their checks would say nothing
@@ -349,14 +434,19 @@ def _typed(raw: pd.DataFrame, profile: SourceProfile) -> pd.DataFrame:
         typed["currency"] = raw["currency"].str.strip().str.upper()
     numbers = text_bytes.without_separators(text_bytes.one_array(raw["destination_party"]))
     typed["destination_party"] = pd.Series(numbers, index=raw.index, dtype="str")
-    typed["start_utc"] = parse_timestamps(raw["start_of_usage"], profile.timezone, profile.timestamp_format,
-                                          profile.ambiguous_times)  # fmt: skip
-    typed["duration_seconds"] = parse_durations(raw["duration_of_usage"], profile.duration_unit, profile.decimal)
+    typed["start_utc"] = parse_timestamps(
+        raw["start_of_usage"], profile.timezone, profile.timestamp_format, profile.ambiguous_times
+    )
+    typed["duration_seconds"] = parse_durations(
+        raw["duration_of_usage"], profile.duration_unit, profile.decimal
+    )
     typed["completion_status"] = parse_statuses(raw["completion_status"])
     percentages = with_decimal_point(raw["revenue_share_percentage"], profile.decimal)
     typed["revenue_share_bp"] = _convert_distinct(percentages, _basis_points, "Int32")
     typed["provider_cost_micro"] = (
-        _convert_distinct(with_decimal_point(raw["provider_cost"], profile.decimal), _micro_units, "Int64")
+        _convert_distinct(
+            with_decimal_point(raw["provider_cost"], profile.decimal), _micro_units, "Int64"
+        )
         if profile.priced
         else pd.Series(pd.NA, index=raw.index, dtype="Int64")
     )
@@ -382,7 +472,9 @@ def _quarantine_rows(raw: pd.DataFrame, fails: pd.DataFrame, failed: np.ndarray)
     )
 
 
-def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> FileCheck:
+def check_rows(
+    raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, rules: BillingSettings
+) -> FileCheck:
     """Type one file's rows and split them into accepted, quarantined and repeated; the wide
     rows are selected once."""
     typed = _typed(raw, profile)
@@ -396,7 +488,12 @@ def check_rows(raw: pd.DataFrame, profile: SourceProfile, month: BillingMonth, r
     kept = ~failed & ~repeated
     accepted = typed if kept.all() else rows_where(typed, kept)
     duplicates = rows_where(typed, repeated)
-    return FileCheck(_as_accepted(accepted), _quarantine_rows(raw, fails, failed), _as_accepted(duplicates), hashes[~again])
+    return FileCheck(
+        _as_accepted(accepted),
+        _quarantine_rows(raw, fails, failed),
+        _as_accepted(duplicates),
+        hashes[~again],
+    )
 
 
 def _as_accepted(rows: pd.DataFrame) -> pd.DataFrame:
@@ -414,12 +511,20 @@ def _samples(rejected: pd.DataFrame) -> tuple[str, ...]:
     samples = []
     for row in rejected.head(SAMPLE_ROWS).itertuples():
         values = json.loads(row.original_values)
-        numbers = ", ".join(mask_number(values[f]) for f in ("originating_party", "destination_party") if values.get(f))
-        samples.append(f"line {row.source_row} {row.reasons}" + (f" ({numbers})" if numbers else ""))
+        numbers = ", ".join(
+            mask_number(values[f])
+            for f in ("originating_party", "destination_party")
+            if values.get(f)
+        )
+        samples.append(
+            f"line {row.source_row} {row.reasons}" + (f" ({numbers})" if numbers else "")
+        )
     return tuple(samples)
 
 
-def enforce_rejection_threshold(file_name: str, rows_read: int, rejected: pd.DataFrame, max_share: float) -> None:
+def enforce_rejection_threshold(
+    file_name: str, rows_read: int, rejected: pd.DataFrame, max_share: float
+) -> None:
     """Fail a file whose share of quarantined rows is above the threshold."""
     if rows_read == 0:
         raise FileValidationError(file_name, "the file holds no CDR rows")
@@ -452,15 +557,30 @@ def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: Billin
         expect.ExpectColumnValuesToBeUnique(column="transaction_id"),
         expect.ExpectColumnValuesToBeOfType(column="duration_seconds", type_="int64"),
         expect.ExpectColumnValuesToBeOfType(column="completion_status", type_="int8"),
-        expect.ExpectColumnValuesToBeBetween(column="duration_seconds", min_value=0, max_value=rules.max_call_seconds),
-        expect.ExpectColumnValuesToBeInSet(column="completion_status", value_set=list(COMPLETION_STATUSES)),
         expect.ExpectColumnValuesToBeBetween(
-            column="start_utc", min_value=start - tolerance, max_value=end + tolerance, strict_max=True
+            column="duration_seconds", min_value=0, max_value=rules.max_call_seconds
+        ),
+        expect.ExpectColumnValuesToBeInSet(
+            column="completion_status", value_set=list(COMPLETION_STATUSES)
+        ),
+        expect.ExpectColumnValuesToBeBetween(
+            column="start_utc",
+            min_value=start - tolerance,
+            max_value=end + tolerance,
+            strict_max=True,
         ),
     ]
     if profile.priced:
-        return [*checks, expect.ExpectColumnValuesToBeInSet(column="currency", value_set=sorted(iso_currencies()))]
-    return [*checks, expect.ExpectColumnValuesToMatchRegex(column="destination_party", regex=PHONE_NUMBER)]
+        return [
+            *checks,
+            expect.ExpectColumnValuesToBeInSet(
+                column="currency", value_set=sorted(iso_currencies())
+            ),
+        ]
+    return [
+        *checks,
+        expect.ExpectColumnValuesToMatchRegex(column="destination_party", regex=PHONE_NUMBER),
+    ]
 
 
 DATA_DOCS_INDEX = "data_docs/index.html"  # under an ExpectationRunner's results_dir
@@ -487,7 +607,10 @@ class ExpectationRunner:
             site_name="cdr_billing",
             site_config={
                 "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(self.docs_dir)},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(self.docs_dir),
+                },
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             },
         )
@@ -496,34 +619,53 @@ class ExpectationRunner:
         results_dir.mkdir(parents=True, exist_ok=True)
 
     def validate_file(
-        self, accepted: pd.DataFrame, file_name: str, profile: SourceProfile, month: BillingMonth, rules: BillingSettings
+        self,
+        accepted: pd.DataFrame,
+        file_name: str,
+        profile: SourceProfile,
+        month: BillingMonth,
+        rules: BillingSettings,
     ) -> Path:
         """Validate one file's accepted rows (every row; only the columns the suite looks at, since GX
         fingerprints the whole batch it is given: 2.5 -> 1.6 s for 1M rows); keep the result JSON;
         raise on failure."""
         gx = self._gx
-        accepted = accepted[[column for column in _suite_columns(profile) if column in accepted.columns]]
+        accepted = accepted[
+            [column for column in _suite_columns(profile) if column in accepted.columns]
+        ]
         name = _safe_name(file_name)
-        batch = self._source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole_file")
+        batch = self._source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(
+            "whole_file"
+        )
         suite = self._context.suites.add(gx.ExpectationSuite(name=f"{profile.name}.{name}"))
         for expectation in _expectations(gx, profile, month, rules):
             suite.add_expectation(expectation)
-        definition = self._context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        definition = self._context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
         checkpoint = self._context.checkpoints.add(
             gx.Checkpoint(
                 name=f"checkpoint.{name}",
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["cdr_billing"])],
+                actions=[
+                    gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["cdr_billing"])
+                ],
                 result_format="SUMMARY",
             )
         )
-        result = next(iter(checkpoint.run(batch_parameters={"dataframe": accepted}).run_results.values()))
+        result = next(
+            iter(checkpoint.run(batch_parameters={"dataframe": accepted}).run_results.values())
+        )
         result_path = self._results_dir / f"{name}.json"
-        result_path.write_text(json.dumps(result.to_json_dict(), default=str, indent=1), encoding="utf-8")
+        result_path.write_text(
+            json.dumps(result.to_json_dict(), default=str, indent=1), encoding="utf-8"
+        )
         if not result.success:
             failed = [r.expectation_config.type for r in result.results if not r.success]
             raise FileValidationError(
-                file_name, f"failed expectations {failed} (details in gx_results/{result_path.name})", expectations=tuple(failed)
+                file_name,
+                f"failed expectations {failed} (details in gx_results/{result_path.name})",
+                expectations=tuple(failed),
             )
         return result_path
 
@@ -533,7 +675,11 @@ def write_docs_index(path, docs: dict[str, str]):
     path: a local path or an ObjectStoragePath in the run's work directory."""
     folder = str(path.parent) + "/"
     items = "".join(
-        f'<li><a href="{html.escape(index.removeprefix(folder))}">{html.escape(name)}</a></li>' for name, index in docs.items()
+        f'<li><a href="{html.escape(index.removeprefix(folder))}">{html.escape(name)}</a></li>'
+        for name, index in docs.items()
     )
-    path.write_text(f"<html><body><h1>Great Expectations Data Docs</h1><ul>{items}</ul></body></html>", encoding="utf-8")
+    path.write_text(
+        f"<html><body><h1>Great Expectations Data Docs</h1><ul>{items}</ul></body></html>",
+        encoding="utf-8",
+    )
     return path

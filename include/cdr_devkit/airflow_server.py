@@ -28,7 +28,9 @@ START_TIMEOUT_SECONDS = 120
 class RunningAirflow:
     """Airflow's components as subprocesses of one Airflow home; stops them on exit."""
 
-    def __init__(self, airflow_home: Path, env: dict[str, str], admin_password: str = "admin") -> None:
+    def __init__(
+        self, airflow_home: Path, env: dict[str, str], admin_password: str = "admin"
+    ) -> None:
         self.airflow_home = airflow_home
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -53,7 +55,10 @@ class RunningAirflow:
     def airflow(self, *args: str) -> str:
         """Run an `airflow ...` CLI command against this Airflow home; return its output."""
         done = subprocess.run(
-            [str(Path(sys.executable).with_name("airflow")), *args], env=self.env, capture_output=True, text=True
+            [str(Path(sys.executable).with_name("airflow")), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
             raise ServiceError(
@@ -115,7 +120,12 @@ class RunningAirflow:
     def token(self) -> str:
         """A JWT for the admin user (SimpleAuthManager), cached."""
         if self._token is None:
-            body = self.request("POST", "/auth/token", {"username": ADMIN_USER, "password": self.admin_password}, auth=False)
+            body = self.request(
+                "POST",
+                "/auth/token",
+                {"username": ADMIN_USER, "password": self.admin_password},
+                auth=False,
+            )
             self._token = body["access_token"]
         return self._token
 
@@ -125,7 +135,9 @@ class RunningAirflow:
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers=headers
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             body = response.read()
         return json.loads(body) if body else None

@@ -31,7 +31,13 @@ from cdr_devkit.bench_data import BenchMonth, ensure_month
 from cdr_devkit.bench_pipeline import SOURCE, add_month_arguments
 from cdr_devkit.memory import peak_rss_mib, process_tree_rss_mib, reset_peak_rss
 from cdr_devkit.postgres import LocalPostgres
-from cdr_devkit.services import LocalServices, ServiceError, connection_env, smtp_connection, stop_on_sigterm
+from cdr_devkit.services import (
+    LocalServices,
+    ServiceError,
+    connection_env,
+    smtp_connection,
+    stop_on_sigterm,
+)
 
 DAG_PARSE_TIMEOUT_SECONDS = 120
 RUNNERS = {
@@ -62,7 +68,9 @@ def write_config(root: Path, files_at_once: int | None = None) -> Path:
     if files_at_once:
         config["files_at_once"] = files_at_once
     config["sources"] = [source for source in config["sources"] if source["name"] == SOURCE]
-    config["profiles_file"] = str(SHIPPED_CONFIG.with_name(config.get("profiles_file", "profiles.yaml")))
+    config["profiles_file"] = str(
+        SHIPPED_CONFIG.with_name(config.get("profiles_file", "profiles.yaml"))
+    )
     config.update(work_root=str(root / "work"), archive_root=str(root / "archive"))
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -80,23 +88,27 @@ def task_seconds(instances: list[dict]) -> list[dict]:
     tasks = []
     for task, group in by_task.items():
         seconds = [(ti["end"] - ti["start"]).total_seconds() for ti in group]
-        tasks.append({
-            "task": task,
-            "instances": len(group),
-            "states": sorted({str(ti["state"]) for ti in group}),
-            "seconds": sum(seconds),
-            "slowest": max(seconds),
-            "first_start": (group[0]["start"] - run_start).total_seconds(),
-            "last_end": (max(ti["end"] for ti in group) - run_start).total_seconds(),
-            "most_at_once": most_at_once(group),
-        })  # fmt: skip
+        tasks.append(
+            {
+                "task": task,
+                "instances": len(group),
+                "states": sorted({str(ti["state"]) for ti in group}),
+                "seconds": sum(seconds),
+                "slowest": max(seconds),
+                "first_start": (group[0]["start"] - run_start).total_seconds(),
+                "last_end": (max(ti["end"] for ti in group) - run_start).total_seconds(),
+                "most_at_once": most_at_once(group),
+            }
+        )
     return tasks
 
 
 def most_at_once(instances: list[dict]) -> int:
     """The most instances running at the same moment (one ending as another starts: not both)."""
     running = most = 0
-    for _, change in sorted([(ti["start"], 1) for ti in instances] + [(ti["end"], -1) for ti in instances]):
+    for _, change in sorted(
+        [(ti["start"], 1) for ti in instances] + [(ti["end"], -1) for ti in instances]
+    ):
         running += change
         most = max(most, running)
     return most
@@ -142,7 +154,9 @@ def _wait_for_dag(airflow: RunningAirflow) -> None:
             if error.code != 404:
                 raise
         time.sleep(1)
-    raise ServiceError(f"the dag-processor did not parse {DAG_ID} within {DAG_PARSE_TIMEOUT_SECONDS} s")
+    raise ServiceError(
+        f"the dag-processor did not parse {DAG_ID} within {DAG_PARSE_TIMEOUT_SECONDS} s"
+    )
 
 
 def _watch_run(airflow: RunningAirflow, run_id: str) -> tuple[str, float]:
@@ -155,7 +169,9 @@ def _watch_run(airflow: RunningAirflow, run_id: str) -> tuple[str, float]:
         if time.monotonic() - polled >= 1:
             polled = time.monotonic()
             state = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
-            retrying = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?state=up_for_retry")
+            retrying = airflow.api(
+                "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?state=up_for_retry"
+            )
             if state in ("success", "failed") or retrying["total_entries"]:
                 return ("failed" if retrying["total_entries"] else state), peak
         time.sleep(0.2)
@@ -170,7 +186,9 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[
         idle = _airflow_rss_mib(airflow)
         started = time.perf_counter()
         conf = {"billing_month": str(month.month)}
-        run_id = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+        run_id = airflow.api(
+            "POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}
+        )["dag_run_id"]
         state, peak = _watch_run(airflow, run_id)
         wall = time.perf_counter() - started
         answer = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000")
@@ -184,21 +202,37 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[
         for ti in answer["task_instances"]
         if ti["start_date"] and ti["end_date"]
     ]
-    return {"run_id": run_id, "state": state, "wall_seconds": wall, "peak_rss_mib": peak, "idle_rss_mib": idle}, instances
+    return {
+        "run_id": run_id,
+        "state": state,
+        "wall_seconds": wall,
+        "peak_rss_mib": peak,
+        "idle_rss_mib": idle,
+    }, instances
 
 
-def run(month: BenchMonth, root: Path, sqlite: bool, scheduler: bool = False, files_at_once: int | None = None) -> dict:
+def run(
+    month: BenchMonth,
+    root: Path,
+    sqlite: bool,
+    scheduler: bool = False,
+    files_at_once: int | None = None,
+) -> dict:
     """Serve the month, run the DAG once, return what happened (also kept in root/bench_dag.json)."""
     for folder in ("work", "archive", "sftp", "mail", "airflow"):
         shutil.rmtree(root / folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     serve_month(month, root / "sftp")
     os.environ["CDR_BILLING_CONFIG"] = str(write_config(root, files_at_once))
-    os.environ["CDR_BILLING_STABLE_SECONDS"] = "0"  # the served files are complete: no stability wait in the timing
+    os.environ["CDR_BILLING_STABLE_SECONDS"] = (
+        "0"  # the served files are complete: no stability wait in the timing
+    )
     os.environ.update(airflow_settings(root / "airflow", log_level="WARNING"))
     with ExitStack() as stack:
         services = stack.enter_context(LocalServices(root / "services"))
-        servers = [services.start_sftp(name, root / "sftp") for name in ("sftp_primary", "sftp_secondary")]
+        servers = [
+            services.start_sftp(name, root / "sftp") for name in ("sftp_primary", "sftp_secondary")
+        ]
         postgres = None if sqlite and not scheduler else stack.enter_context(LocalPostgres())
         if sqlite:
             (root / "billing.sqlite").unlink(missing_ok=True)
@@ -215,7 +249,9 @@ def run(month: BenchMonth, root: Path, sqlite: bool, scheduler: bool = False, fi
         if scheduler:
             env = {
                 **os.environ,
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url_of(postgres.create_database("airflow_metadata")),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url_of(
+                    postgres.create_database("airflow_metadata")
+                ),
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # no scheduled run beside the triggered one
             }
             facts, instances = _run_scheduled(month, root / "airflow", env)
@@ -235,7 +271,10 @@ def run(month: BenchMonth, root: Path, sqlite: bool, scheduler: bool = False, fi
         from cdr_billing.stages import run_work_dir
 
         work_dir = run_work_dir(load_config(), str(month.month), facts["run_id"])
-        facts.update(counts=json.loads((work_dir / "report.json").read_text())["counts"], lines=str(work_dir / "lines.parquet"))
+        facts.update(
+            counts=json.loads((work_dir / "report.json").read_text())["counts"],
+            lines=str(work_dir / "lines.parquet"),
+        )
     (root / "bench_dag.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
     return facts
 
@@ -253,20 +292,43 @@ def format_report(facts: dict) -> str:
             f"  {task['task']:<22}{task['instances']:>10}{task['most_at_once']:>8}{task['seconds']:>10.1f}"
             f"{task['slowest']:>10.1f}{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
         )
-    idle = f" (Airflow idle before the run: {facts['idle_rss_mib']:,.0f} MiB)" if "idle_rss_mib" in facts else ""
-    out.append(f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, peak RSS {facts['peak_rss_mib']:,.0f} MiB{idle}")
+    idle = (
+        f" (Airflow idle before the run: {facts['idle_rss_mib']:,.0f} MiB)"
+        if "idle_rss_mib" in facts
+        else ""
+    )
+    out.append(
+        f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, peak RSS {facts['peak_rss_mib']:,.0f} MiB{idle}"
+    )
     if "counts" in facts:
-        out.append("counts: " + ", ".join(f"{key} {value:,}" for key, value in facts["counts"].items()))
+        out.append(
+            "counts: " + ", ".join(f"{key} {value:,}" for key, value in facts["counts"].items())
+        )
     return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_month_arguments(parser)
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the run's servers, Airflow and files live")
-    parser.add_argument("--sqlite", action="store_true", help="a SQLite billing database instead of PostgreSQL")
-    parser.add_argument("--scheduler", action="store_true", help="trigger the DAG on a running Airflow (LocalExecutor)")
-    parser.add_argument("--files-at-once", type=int, help="the config's files_at_once (default: the shipped config's)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=DEFAULT_ROOT,
+        help="where the run's servers, Airflow and files live",
+    )
+    parser.add_argument(
+        "--sqlite", action="store_true", help="a SQLite billing database instead of PostgreSQL"
+    )
+    parser.add_argument(
+        "--scheduler",
+        action="store_true",
+        help="trigger the DAG on a running Airflow (LocalExecutor)",
+    )
+    parser.add_argument(
+        "--files-at-once",
+        type=int,
+        help="the config's files_at_once (default: the shipped config's)",
+    )
     args = parser.parse_args(argv)
     stop_on_sigterm()
     month = ensure_month(args.base, args.calls, args.files, args.seed)

@@ -61,7 +61,23 @@ NUMBER_DIGITS = 12  # E.164 digits of a generated destination number
 UNKNOWN_RANGE = 888  # no tariff prefix starts with 88
 DURATIONS = np.array([0, 1, 12, 59, 60, 61, 95, 180, 600, 1800])
 INCREMENTS = [(60, 60), (30, 6), (1, 1)]
-COUNTRIES = ["1", "44", "46", "49", "33", "358", "47", "45", "31", "34", "39", "61", "81", "86", "91"]
+COUNTRIES = [
+    "1",
+    "44",
+    "46",
+    "49",
+    "33",
+    "358",
+    "47",
+    "45",
+    "31",
+    "34",
+    "39",
+    "61",
+    "81",
+    "86",
+    "91",
+]
 PROVIDERS = np.array(["NordCarrier", "BalticTransit"])
 SHARES = np.array(["", "12.5", "30"])
 
@@ -84,19 +100,28 @@ def month_dir(base: Path, calls: int, files: int, seed: int) -> Path:
 
 
 def _listing(root: Path, files: int) -> BenchMonth:
-    cdr = tuple(root / "cdr" / f"carrier_cdr_{MONTH.year}{MONTH.month:02d}_{k + 1:02d}.csv" for k in range(files))
+    cdr = tuple(
+        root / "cdr" / f"carrier_cdr_{MONTH.year}{MONTH.month:02d}_{k + 1:02d}.csv"
+        for k in range(files)
+    )
     rows = int((root / "complete").read_text().split()[0]) if (root / "complete").exists() else 0
     return BenchMonth(
-        root, cdr, root / "reference" / f"tariff_{MONTH}-01.csv", root / "reference" / f"entitlements_{MONTH.next()}-02.csv",
-        MONTH, rows,
-    )  # fmt: skip
+        root,
+        cdr,
+        root / "reference" / f"tariff_{MONTH}-01.csv",
+        root / "reference" / f"entitlements_{MONTH.next()}-02.csv",
+        MONTH,
+        rows,
+    )
 
 
 def ensure_month(base: Path, calls: int, files: int, seed: int = 11, log=print) -> BenchMonth:
     """Return the cached month for these parameters, generating it first when needed."""
     root = month_dir(base, calls, files, seed)
     listing = _listing(root, files)
-    if (root / "complete").exists() and all(p.exists() for p in (*listing.cdr_files, listing.tariff, listing.entitlements)):
+    if (root / "complete").exists() and all(
+        p.exists() for p in (*listing.cdr_files, listing.tariff, listing.entitlements)
+    ):
         log(f"reusing the generated month in {root}")
         return listing
     log(f"generating {calls:,} calls in {files} files under {root} ...")
@@ -130,16 +155,29 @@ def _write_tariff(path: Path, rng: random.Random) -> list[str]:
     for line, prefix in enumerate(prefixes):
         first, following = rng.choice(INCREMENTS)
         price = rng.randrange(1_000, 500_000, 100)
-        base = {"prefix": prefix, "destination": f"destination {line}", "price_per_minute": _money(price),
-                "connection_fee": _money(rng.choice([0, 0, 10_000, 50_000])),
-                "minimum_charge": _money(rng.choice([0, 0, 100_000])), "first_increment": str(first),
-                "next_increment": str(following), "currency": "SEK" if prefix.startswith("46") else "EUR",
-                "valid_from": "", "valid_to": ""}  # fmt: skip
+        base = {
+            "prefix": prefix,
+            "destination": f"destination {line}",
+            "price_per_minute": _money(price),
+            "connection_fee": _money(rng.choice([0, 0, 10_000, 50_000])),
+            "minimum_charge": _money(rng.choice([0, 0, 100_000])),
+            "first_increment": str(first),
+            "next_increment": str(following),
+            "currency": "SEK" if prefix.startswith("46") else "EUR",
+            "valid_from": "",
+            "valid_to": "",
+        }
         if prefix in late:
             rows.append({**base, "valid_from": f"{MONTH}-20"})
         elif prefix in changes:
             rows.append({**base, "valid_to": f"{MONTH}-15"})
-            rows.append({**base, "price_per_minute": _money(price * 3 // 2 // 100 * 100), "valid_from": f"{MONTH}-15"})
+            rows.append(
+                {
+                    **base,
+                    "price_per_minute": _money(price * 3 // 2 // 100 * 100),
+                    "valid_from": f"{MONTH}-15",
+                }
+            )
         else:
             rows.append(base)
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -156,19 +194,33 @@ def _write_entitlements(path: Path, rng: np.random.Generator) -> int:
     customer = rng.integers(0, CUSTOMERS, ACCOUNTS)
     default = np.char.add("9", np.char.zfill((customer * 10).astype(str), 5)).astype(object)
     default[np.isin(customer, np.arange(10))] = ""  # customers without a default cost center
-    own = np.char.add(np.char.add("9", np.char.zfill((customer * 10).astype(str), 5)), rng.integers(1, 5, ACCOUNTS).astype(str))
+    own = np.char.add(
+        np.char.add("9", np.char.zfill((customer * 10).astype(str), 5)),
+        rng.integers(1, 5, ACCOUNTS).astype(str),
+    )
     own = own.astype(object)
     own[rng.random(ACCOUNTS) < 0.2] = ""
     entitled = rng.random(ACCOUNTS) >= 0.01
     yes, no = np.array(["true", "true", "TRUE", "yes", "1"]), np.array(["false", "0", "no"])
-    flags = np.where(entitled, yes[rng.integers(0, len(yes), ACCOUNTS)], no[rng.integers(0, len(no), ACCOUNTS)])
+    flags = np.where(
+        entitled, yes[rng.integers(0, len(yes), ACCOUNTS)], no[rng.integers(0, len(no), ACCOUNTS)]
+    )
     logins = rng.integers(0, 400, ACCOUNTS).astype("timedelta64[D]") + np.datetime64("2025-10-01")
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(ENTITLEMENT_COLUMNS)
         for n in range(ACCOUNTS):
-            writer.writerow([_account(n), f"user{n}@c{customer[n]}.example.com", f"C{10_000 + customer[n]}", own[n],
-                             default[n], flags[n], str(logins[n])])  # fmt: skip
+            writer.writerow(
+                [
+                    _account(n),
+                    f"user{n}@c{customer[n]}.example.com",
+                    f"C{10_000 + customer[n]}",
+                    own[n],
+                    default[n],
+                    flags[n],
+                    str(logins[n]),
+                ]
+            )
     return ACCOUNTS
 
 
@@ -194,7 +246,9 @@ class _Clock:
 
     def text(self, seconds: np.ndarray) -> pa.Array:
         offset = seconds - self.base
-        return pc.binary_join_element_wise(pc.take(self.hours, offset // 3600), pc.take(self.minutes, offset % 3600), "")
+        return pc.binary_join_element_wise(
+            pc.take(self.hours, offset // 3600), pc.take(self.minutes, offset % 3600), ""
+        )
 
 
 def _numbers(rng: np.random.Generator, n: int, prefixes: list[str]) -> pa.Array:
@@ -203,12 +257,18 @@ def _numbers(rng: np.random.Generator, n: int, prefixes: list[str]) -> pa.Array:
     values = np.array([int(p) for p in prefixes], dtype=np.int64)
     lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
     swedish = np.flatnonzero(np.char.startswith(np.array(prefixes), "46"))
-    pick = np.where(rng.random(n) < 0.6, swedish[rng.integers(0, len(swedish), n)], rng.integers(0, len(prefixes), n))
+    pick = np.where(
+        rng.random(n) < 0.6,
+        swedish[rng.integers(0, len(swedish), n)],
+        rng.integers(0, len(prefixes), n),
+    )
     tail_digits = NUMBER_DIGITS - lengths[pick]
     scale = np.power(10, tail_digits, dtype=np.int64)
     digits = values[pick] * scale + (rng.random(n) * scale).astype(np.int64)
     unknown = rng.random(n) < 0.01
-    digits[unknown] = UNKNOWN_RANGE * 10 ** (NUMBER_DIGITS - 3) + rng.integers(0, 10 ** (NUMBER_DIGITS - 3), int(unknown.sum()))
+    digits[unknown] = UNKNOWN_RANGE * 10 ** (NUMBER_DIGITS - 3) + rng.integers(
+        0, 10 ** (NUMBER_DIGITS - 3), int(unknown.sum())
+    )
     text = pa.array(digits).cast(pa.string())
     style = rng.random(n)
     is_swedish = (digits // 10 ** (NUMBER_DIGITS - 2)) == 46
@@ -217,10 +277,14 @@ def _numbers(rng: np.random.Generator, n: int, prefixes: list[str]) -> pa.Array:
     written[(written == 2) & ~is_swedish] = 0
     plus = pc.binary_join_element_wise("+", text, "")
     zeros = pc.binary_join_element_wise("00", text, "")
-    return pc.if_else(pa.array(written == 0), plus, pc.if_else(pa.array(written == 1), zeros, national))
+    return pc.if_else(
+        pa.array(written == 0), plus, pc.if_else(pa.array(written == 1), zeros, national)
+    )
 
 
-def _write_calls(paths: tuple[Path, ...], calls: int, prefixes: list[str], accounts: int, seed: int) -> int:
+def _write_calls(
+    paths: tuple[Path, ...], calls: int, prefixes: list[str], accounts: int, seed: int
+) -> int:
     month_start, month_end = (_utc_seconds(b) for b in MONTH.bounds(TIMEZONE))
     clock = _Clock(month_start - 86_400, month_end + 86_400 * 2)
     starts = np.sort(np.random.default_rng(seed + 2).integers(month_start, month_end, calls))
@@ -229,11 +293,26 @@ def _write_calls(paths: tuple[Path, ...], calls: int, prefixes: list[str], accou
     for k, (path, size) in enumerate(zip(paths, sizes, strict=True)):
         rng = np.random.default_rng([seed, k])
         table, previous, carried = _file_rows(
-            rng, k, len(paths), first_row, starts[first_row : first_row + size], prefixes, accounts, clock, previous, carried,
-        )  # fmt: skip
-        with path.open("wb") as handle:  # the header unquoted, as a carrier (and sample_data) writes it
+            rng,
+            k,
+            len(paths),
+            first_row,
+            starts[first_row : first_row + size],
+            prefixes,
+            accounts,
+            clock,
+            previous,
+            carried,
+        )
+        with path.open(
+            "wb"
+        ) as handle:  # the header unquoted, as a carrier (and sample_data) writes it
             handle.write((",".join(CARRIER_FIELDS) + "\n").encode())
-            pacsv.write_csv(table, handle, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"))
+            pacsv.write_csv(
+                table,
+                handle,
+                write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"),
+            )
         first_row += size
         written += table.num_rows
     return written
@@ -243,12 +322,16 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
     """One file's rows as a pyarrow table; returns (table, its clean rows, the open boundary session)."""
     n = len(starts)
     g = np.arange(first_row, first_row + n)
-    duration = np.where(rng.random(n) < 0.7, DURATIONS[rng.integers(0, len(DURATIONS), n)], rng.integers(1, 3601, n))
+    duration = np.where(
+        rng.random(n) < 0.7, DURATIONS[rng.integers(0, len(DURATIONS), n)], rng.integers(1, 3601, n)
+    )
     status = rng.choice(np.array(["1", "0", "3"]), n, p=[0.94, 0.04, 0.02]).astype(object)
     user = (rng.random(n) ** 2 * accounts).astype(np.int64)
     user_text = np.char.add("SUB-", np.char.zfill(user.astype(str), 6)).astype(object)
     unknown = rng.random(n) < 0.005
-    user_text[unknown] = np.char.add("SUB-", (900_000 + rng.integers(0, UNKNOWN_ACCOUNTS, int(unknown.sum()))).astype(str))
+    user_text[unknown] = np.char.add(
+        "SUB-", (900_000 + rng.integers(0, UNKNOWN_ACCOUNTS, int(unknown.sum()))).astype(str)
+    )
     destination = np.array(_numbers(rng, n, prefixes).to_pylist(), dtype=object)
     session = np.char.add("S", np.char.zfill(g.astype(str), 9)).astype(object)
     part = np.full(n, "1", dtype=object)
@@ -259,18 +342,24 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
     share = SHARES[g % 3].astype(object)
 
     # Partial calls: pairs (i, i+1) at positions 0 mod 4; singles use positions 2 and 3 mod 4.
-    pairs = rng.choice(np.arange(4, n - 4, 4), size=min(max(2, n // 200), (n - 8) // 4), replace=False)
+    pairs = rng.choice(
+        np.arange(4, n - 4, 4), size=min(max(2, n // 200), (n - 8) // 4), replace=False
+    )
     order = rng.random(len(pairs))
     for i, o in zip(pairs, order, strict=True):
         j = i + 1
         session[i] = session[j] = f"SP{g[i]:09d}"
         status[i] = status[j] = "2"
         user_text[j] = user_text[i]
-        if o >= 0.15:  # the same number; the others were transferred: which part is first decides the price
+        if (
+            o >= 0.15
+        ):  # the same number; the others were transferred: which part is first decides the price
             destination[j] = destination[i]
         if o < 0.1:  # numbered against time: the earlier part (by start) is still the first
             part[i], part[j] = "2", "1"
-        elif o < 0.15:  # both start together: the lower part number (the later row) is the first; 9 before 10
+        elif (
+            o < 0.15
+        ):  # both start together: the lower part number (the later row) is the first; 9 before 10
             starts[j] = starts[i]
             start_text[j] = start_text[i]
             part[i], part[j] = ("2", "1") if o < 0.125 else ("10", "9")
@@ -290,7 +379,12 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
     singles = rng.permutation(np.concatenate([np.arange(2, n - 2, 4), np.arange(3, n - 2, 4)]))
     edits = [
         ("start", f"{MONTH.year}-13-40T99:00:00Z"),  # BAD_TIMESTAMP
-        ("start", datetime.fromtimestamp(_utc_seconds(MONTH.bounds(TIMEZONE)[0]) - 1, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")),
+        (
+            "start",
+            datetime.fromtimestamp(_utc_seconds(MONTH.bounds(TIMEZONE)[0]) - 1, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+        ),
         ("duration", "-5"),  # DURATION_OUT_OF_RANGE
         ("duration", "12.5"),  # BAD_DURATION
         ("duration", "90000"),  # DURATION_OUT_OF_RANGE (max_call_seconds 86400)
@@ -302,13 +396,27 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
         # valid, written oddly:
         ("duration", "60.0"),
         ("status", "1.0"),
-        ("start", datetime.fromtimestamp(_utc_seconds(MONTH.bounds(TIMEZONE)[0]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")),
+        (
+            "start",
+            datetime.fromtimestamp(_utc_seconds(MONTH.bounds(TIMEZONE)[0]), UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+        ),
         ("share", "12.50"),
-        ("destination", "+4412345678901234"),  # 16 digits: valid text, but no E.164 number: unbillable
+        (
+            "destination",
+            "+4412345678901234",
+        ),  # 16 digits: valid text, but no E.164 number: unbillable
         ("status_partial_alone", "2"),  # status 2 without a session id: billed on its own
     ]
-    columns = {"start": start_text, "duration": duration_text, "user": user_text, "status": status,
-               "destination": destination, "share": share}  # fmt: skip
+    columns = {
+        "start": start_text,
+        "duration": duration_text,
+        "user": user_text,
+        "status": status,
+        "destination": destination,
+        "share": share,
+    }
     for e, (field, value) in enumerate(edits):
         for i in singles[e * each : (e + 1) * each]:
             if field == "status_partial_alone":
@@ -319,7 +427,9 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
 
     end = starts + duration
     table = {
-        "transaction_id": pa.array(np.char.add(f"T{MONTH.year}{MONTH.month:02d}-", np.char.zfill(g.astype(str), 9))),
+        "transaction_id": pa.array(
+            np.char.add(f"T{MONTH.year}{MONTH.month:02d}-", np.char.zfill(g.astype(str), 9))
+        ),
         "session_id": pa.array(session, pa.string()),
         "service_name": pa.array(np.full(n, "voice")),
         "user_id": pa.array(user_text, pa.string()),
@@ -328,7 +438,9 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
         "end_of_usage": clock.text(end),
         "duration_of_usage": pa.array(duration_text, pa.string()),
         "amount_of_usage": pa.array(duration.astype(str)),
-        "originating_party": pa.array(np.char.add("+46701", np.char.zfill(rng.integers(0, 10**6, n).astype(str), 6))),
+        "originating_party": pa.array(
+            np.char.add("+46701", np.char.zfill(rng.integers(0, 10**6, n).astype(str), 6))
+        ),
         "destination_party": pa.array(destination, pa.string()),
         "transaction_part_number": pa.array(part, pa.string()),
         "completion_status": pa.array(status, pa.string()),
@@ -341,7 +453,11 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
     own = pa.table({name: table[name] for name in CARRIER_FIELDS})
     # Re-delivered duplicates: clean rows of the previous file (the first file: its own), one second longer.
     source = previous if previous is not None else own.filter(pa.array(clean))
-    copies = source.take(pa.array(rng.choice(source.num_rows, size=max(3, n // 10_000), replace=False)))
+    copies = source.take(
+        pa.array(rng.choice(source.num_rows, size=max(3, n // 10_000), replace=False))
+    )
     longer = pc.cast(pc.add(pc.cast(copies["duration_of_usage"], pa.int64()), 1), pa.string())
-    copies = copies.set_column(CARRIER_FIELDS.index("duration_of_usage"), "duration_of_usage", longer)
+    copies = copies.set_column(
+        CARRIER_FIELDS.index("duration_of_usage"), "duration_of_usage", longer
+    )
     return pa.concat_tables([own, copies]), own.filter(pa.array(clean)), carried

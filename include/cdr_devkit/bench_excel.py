@@ -30,8 +30,19 @@ def write_file(path: Path, rows: int) -> None:
     for n in range(rows):
         begun = start + timedelta(seconds=n * 8)
         duration = rng.randint(30, 5400)
-        sheet.append([f"CONF-{n // 4:06d}", f"L{n:08d}", f"{rng.randrange(10**6):07d}", "+46850512345", begun,
-                      begun + timedelta(seconds=duration), duration, round(duration * 0.00075, 4), "EUR"])  # fmt: skip
+        sheet.append(
+            [
+                f"CONF-{n // 4:06d}",
+                f"L{n:08d}",
+                f"{rng.randrange(10**6):07d}",
+                "+46850512345",
+                begun,
+                begun + timedelta(seconds=duration),
+                duration,
+                round(duration * 0.00075, 4),
+                "EUR",
+            ]
+        )
     book.save(path)
 
 
@@ -50,14 +61,21 @@ def read_openpyxl(path: Path) -> list[str]:
 def read_fastexcel(path: Path) -> list[str]:
     import fastexcel
 
-    return fastexcel.read_excel(str(path)).load_sheet(0, header_row=1, dtypes="string").to_pandas()["Leg ID"].tolist()
+    return (
+        fastexcel.read_excel(str(path))
+        .load_sheet(0, header_row=1, dtypes="string")
+        .to_pandas()["Leg ID"]
+        .tolist()
+    )
 
 
 def read_project(path: Path) -> list[str]:
     from cdr_billing.config import load_config
     from cdr_billing.read import read_cdr_file
 
-    return read_cdr_file(path, load_config().profiles["conferencing_xlsx"])["transaction_id"].tolist()
+    return read_cdr_file(path, load_config().profiles["conferencing_xlsx"])[
+        "transaction_id"
+    ].tolist()
 
 
 def timed(label: str, read, path: Path) -> tuple[float, list[str]]:
@@ -84,7 +102,9 @@ def main() -> int:
         print("MISMATCH: the readers disagree on the leg ids")
         return 1
     print(f"same {len(our_ids):,} leg ids from all three readers")
-    print(f"speed-up vs openpyxl: bare fastexcel {peer / bare:.1f}x, project reader {peer / ours:.1f}x")
+    print(
+        f"speed-up vs openpyxl: bare fastexcel {peer / bare:.1f}x, project reader {peer / ours:.1f}x"
+    )
     return 0
 
 

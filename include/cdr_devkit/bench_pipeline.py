@@ -41,7 +41,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = PROJECT_ROOT / ".bench" / "pipeline"
 LINE_KEYS = ["customer_id", "sequence_number", "currency"]
 LINE_COLUMNS = [*LINE_KEYS, "total_minor", "call_count", "billed_seconds"]
-OUTCOMES = ("billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined")
+OUTCOMES = (
+    "billed",
+    "quarantined",
+    "duplicates",
+    "not_billable",
+    "unbillable",
+    "suspense",
+    "combined",
+)
 SOURCE = "carrier"  # its profile (carrier_csv) comes from pipeline.yaml
 PARSE_REPEATS = 3
 
@@ -59,7 +67,10 @@ class Stopwatch:
 
     def report(self, what: str) -> None:
         if self.progress:
-            self.progress(f"[{self.label}] {what} done: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items()))
+            self.progress(
+                f"[{self.label}] {what} done: "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+            )
 
     @contextmanager
     def stage(self, name: str):
@@ -68,13 +79,17 @@ class Stopwatch:
         elapsed = time.perf_counter() - started
         self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
         if self.progress:
-            self.progress(f"[{self.label}] {name:<14}{elapsed:8.2f} s   peak RSS {peak_rss_mib():8,.0f} MiB")
+            self.progress(
+                f"[{self.label}] {name:<14}{elapsed:8.2f} s   peak RSS {peak_rss_mib():8,.0f} MiB"
+            )
 
 
 # --- the project ------------------------------------------------------------------------
 
 
-def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, float], dict[str, int]]:
+def _check_file(
+    path: Path, part: Path, month: BillingMonth
+) -> tuple[dict[str, float], dict[str, int]]:
     """A validate_cdr_file task without GX: read, row checks, duplicates inside the file, the
     accepted rows, their call hashes and partial parts to files. Returns (stage seconds, counts)."""
     import pandas as pd
@@ -89,7 +104,9 @@ def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, 
         raw = read.read_cdr_file(Path(path), profile).assign(source=SOURCE)
     with clock.stage("check"):
         checked = validate.check_rows(raw, profile, month, rules)
-        validate.enforce_rejection_threshold(Path(path).name, len(raw), checked.quarantined, rules.max_rejected_share)
+        validate.enforce_rejection_threshold(
+            Path(path).name, len(raw), checked.quarantined, rules.max_rejected_share
+        )
         accepted, in_file = checked.accepted, checked.duplicates
     with clock.stage("dedupe"):
         hashes, partial = pd.DataFrame({"hash": checked.call_hashes}), dedupe.partial_rows(accepted)
@@ -98,10 +115,16 @@ def _check_file(path: Path, part: Path, month: BillingMonth) -> tuple[dict[str, 
         storage.write_frame(in_file, part / storage.file_name("duplicates_in_file"))
         storage.write_frame(hashes, part / storage.file_name("call_hashes"))
         storage.write_frame(partial, part / storage.file_name("partial_parts"))
-    return clock.seconds, {"read": len(raw), "quarantined": len(checked.quarantined), "duplicates": len(in_file)}
+    return clock.seconds, {
+        "read": len(raw),
+        "quarantined": len(checked.quarantined),
+        "duplicates": len(in_file),
+    }
 
 
-def _bill_file(part: Path, rates, history, snapshot: int) -> tuple[dict[str, float], dict[str, int], object, object]:
+def _bill_file(
+    part: Path, rates, history, snapshot: int
+) -> tuple[dict[str, float], dict[str, int], object, object]:
     """A bill_cdr_file task: the file's calls (accepted rows less those set aside, plus the
     combined partial calls it heads), priced, attributed and summed per user. Returns (stage
     seconds, counts, user lines, call totals)."""
@@ -120,16 +143,29 @@ def _bill_file(part: Path, rates, history, snapshot: int) -> tuple[dict[str, flo
     del accepted
     with clock.stage("parquet_io"):
         in_file = storage.read_frame(part / storage.file_name("duplicates_in_file"))
-        storage.write_frame(pd.concat([in_file, duplicates], ignore_index=True), part / storage.file_name("duplicates"))
+        storage.write_frame(
+            pd.concat([in_file, duplicates], ignore_index=True),
+            part / storage.file_name("duplicates"),
+        )
     with clock.stage("rate"):
-        priced, unbillable, failed = rate.rate_calls(rows, rates, config.billing, config.markups(), is_call)
+        priced, unbillable, failed = rate.rate_calls(
+            rows, rates, config.billing, config.markups(), is_call
+        )
     del rows
     with clock.stage("attribute"):
         attributed, suspense, user_codes = attribute.attribute_calls(priced, history, snapshot)
     del priced
     with clock.stage("aggregate"):
-        user_lines, call_totals = aggregate.aggregate_users(attributed, user_codes), aggregate.call_totals(attributed)
-    counts = {"billed": len(attributed), "not_billable": len(failed), "unbillable": len(unbillable), "suspense": len(suspense)}
+        user_lines, call_totals = (
+            aggregate.aggregate_users(attributed, user_codes),
+            aggregate.call_totals(attributed),
+        )
+    counts = {
+        "billed": len(attributed),
+        "not_billable": len(failed),
+        "unbillable": len(unbillable),
+        "suspense": len(suspense),
+    }
     return clock.seconds, counts, user_lines, call_totals
 
 
@@ -143,7 +179,9 @@ def _validate_with_gx(path: Path, part: Path, month: BillingMonth) -> dict[str, 
     with clock.stage("gx_import"):
         runner = validate.ExpectationRunner(part / "gx_results")
     with clock.stage("gx_validate"):
-        runner.validate_file(accepted, Path(path).name, config.profile_for(SOURCE), month, config.billing)
+        runner.validate_file(
+            accepted, Path(path).name, config.profile_for(SOURCE), month, config.billing
+        )
     return clock.seconds
 
 
@@ -177,11 +215,15 @@ def _workers(count: int, fresh_process_per_task: bool = False):
         pool = ProcessPoolExecutor(max(count, 1), mp_context=context, max_tasks_per_child=1)
     else:
         threads = max(1, (os.cpu_count() or 1) // count)
-        pool = ProcessPoolExecutor(count, mp_context=context, initializer=_warm_up, initargs=(threads,))
+        pool = ProcessPoolExecutor(
+            count, mp_context=context, initializer=_warm_up, initargs=(threads,)
+        )
         for started in [pool.submit(_started) for _ in range(count)]:
             started.result()
     with pool:
-        yield lambda function, arguments: (f.result() for f in [pool.submit(function, *a) for a in arguments])
+        yield lambda function, arguments: (
+            f.result() for f in [pool.submit(function, *a) for a in arguments]
+        )
 
 
 def run_project(
@@ -216,7 +258,17 @@ def run_project(
     work_dir.mkdir(parents=True, exist_ok=True)
     clock = Stopwatch("project", progress)
     counts = dict.fromkeys(
-        ("read", "billed", "quarantined", "duplicates", "not_billable", "unbillable", "suspense", "combined"), 0
+        (
+            "read",
+            "billed",
+            "quarantined",
+            "duplicates",
+            "not_billable",
+            "unbillable",
+            "suspense",
+            "combined",
+        ),
+        0,
     )
     parts = [work_dir / f"part{n}" for n in range(len(files))]
     with _workers(workers) as run_each:
@@ -226,12 +278,18 @@ def run_project(
         with clock.stage("db_setup"):
             upgrade(engine)
         started = time.perf_counter()
-        checks = run_each(_check_file, [(Path(f), part, month) for f, part in zip(files, parts, strict=True)])
-        with clock.stage("tariff"):  # while the workers check files, as the DAG's load_references task runs
+        checks = run_each(
+            _check_file, [(Path(f), part, month) for f, part in zip(files, parts, strict=True)]
+        )
+        with clock.stage(
+            "tariff"
+        ):  # while the workers check files, as the DAG's load_references task runs
             tariff.load_file(engine, Path(tariff_path), config.billing)
             rates = tariff.all_rates(engine)
         with clock.stage("entitlements"):
-            capture = lambda: entitlements.from_file(Path(entitlements_path), datetime.now(UTC), config.billing.timezone)  # noqa: E731
+            capture = lambda: entitlements.from_file(
+                Path(entitlements_path), datetime.now(UTC), config.billing.timezone
+            )  # noqa: E731
             snapshot = entitlements.snapshot_for_month(engine, str(month), capture, False)
             history = entitlements.history(engine, snapshot)
         engine.dispose()
@@ -241,13 +299,20 @@ def run_project(
         clock.report("per-file checks")
         with clock.stage("dedupe"):
             repeated = dedupe.repeated_per_file(
-                [storage.read_frame(part / storage.file_name("call_hashes"))["hash"].to_numpy() for part in parts],
-                lambda n, rows: storage.read_frame(parts[n] / storage.file_name("accepted"), dedupe.CALL_KEY, rows),
+                [
+                    storage.read_frame(part / storage.file_name("call_hashes"))["hash"].to_numpy()
+                    for part in parts
+                ],
+                lambda n, rows: storage.read_frame(
+                    parts[n] / storage.file_name("accepted"), dedupe.CALL_KEY, rows
+                ),
             )
         partial = []  # parts of partial calls from every file: a session may span files
         for n, (part, again) in enumerate(zip(parts, repeated, strict=True)):
             with clock.stage("dedupe"):
-                positions, in_session = dedupe.set_aside(storage.read_frame(part / storage.file_name("partial_parts")), again)
+                positions, in_session = dedupe.set_aside(
+                    storage.read_frame(part / storage.file_name("partial_parts")), again
+                )
                 partial.append(in_session.assign(part_index=n))
                 storage.write_frame(positions, part / storage.file_name("set_aside"))
                 counts["duplicates"] += int(again.sum())
@@ -258,24 +323,34 @@ def run_project(
         with clock.stage("parquet_io"):
             for n, part in enumerate(parts):
                 storage.write_frame(
-                    heads[heads["part_index"] == n].drop(columns="part_index"), part / storage.file_name("session_calls")
+                    heads[heads["part_index"] == n].drop(columns="part_index"),
+                    part / storage.file_name("session_calls"),
                 )
         user_lines, call_totals = [], []
-        for seconds, file_counts, users, totals in run_each(_bill_file, [(part, rates, history, snapshot) for part in parts]):
+        for seconds, file_counts, users, totals in run_each(
+            _bill_file, [(part, rates, history, snapshot) for part in parts]
+        ):
             clock.add(seconds)
             counts.update({key: counts[key] + value for key, value in file_counts.items()})
             user_lines.append(users)
             call_totals.append(totals)
         clock.report("per-file rating")
         with clock.stage("aggregate"):
-            lines = aggregate.aggregate_lines(aggregate.merge_user_lines(pd.concat(user_lines, ignore_index=True)))
+            lines = aggregate.aggregate_lines(
+                aggregate.merge_user_lines(pd.concat(user_lines, ignore_index=True))
+            )
         clock.seconds["wall"] = time.perf_counter() - started
-    report.check_totals(lines, pd.concat(call_totals, ignore_index=True))  # the project's own proofs, outside the timing
+    report.check_totals(
+        lines, pd.concat(call_totals, ignore_index=True)
+    )  # the project's own proofs, outside the timing
     report.reconcile(counts)
     if validation:
         with _workers(workers, fresh_process_per_task=True) as run_each:
             started = time.perf_counter()
-            for seconds in run_each(_validate_with_gx, [(Path(f), part, month) for f, part in zip(files, parts, strict=True)]):
+            for seconds in run_each(
+                _validate_with_gx,
+                [(Path(f), part, month) for f, part in zip(files, parts, strict=True)],
+            ):
                 clock.add(seconds)
             clock.seconds["gx_wall"] = time.perf_counter() - started
         clock.report("GX")
@@ -371,11 +446,17 @@ FROM parts WHERE part_rank = 1
 
 def _micro_per_minor_sql(currency: str) -> str:
     """Micro-units per minor unit of a currency, from ISO 4217 (the iso4217 package, as the project)."""
-    cases = " ".join(f"WHEN {_quote(c.code)} THEN {10 ** (6 - c.exponent)}" for c in Currency if c.exponent is not None)
+    cases = " ".join(
+        f"WHEN {_quote(c.code)} THEN {10 ** (6 - c.exponent)}"
+        for c in Currency
+        if c.exponent is not None
+    )
     return f"CASE {currency} {cases} END"
 
 
-def _reference_sql(tariff_path: Path, entitlements_path: Path, columns: set[str], config) -> list[str]:
+def _reference_sql(
+    tariff_path: Path, entitlements_path: Path, columns: set[str], config
+) -> list[str]:
     """The tariff (integer micro-units, validity in UTC) and the entitlement snapshot as tables."""
     zone = _quote(config.billing.timezone)
 
@@ -396,9 +477,13 @@ SELECT rowid + 2 AS tariff_row, ltrim(trim(prefix), '+') AS prefix,  -- tariff_r
        CAST(trim(first_increment) AS BIGINT) AS first_increment, CAST(trim(next_increment) AS BIGINT) AS next_increment,
        upper(trim(currency)) AS currency,
        {_micro_per_minor_sql("upper(trim(currency))")} AS micro_per_minor,
-       coalesce(timezone({zone}, CAST({optional("valid_from")} AS TIMESTAMP)), TIMESTAMPTZ '1970-01-01 00:00:00+00')
+       coalesce(timezone({zone}, CAST({
+        optional("valid_from")
+    } AS TIMESTAMP)), TIMESTAMPTZ '1970-01-01 00:00:00+00')
            AS valid_from,
-       coalesce(timezone({zone}, CAST({optional("valid_to")} AS TIMESTAMP)), TIMESTAMPTZ 'infinity') AS valid_to,
+       coalesce(timezone({zone}, CAST({
+        optional("valid_to")
+    } AS TIMESTAMP)), TIMESTAMPTZ 'infinity') AS valid_to,
        {
         " OR ".join(
             f"try_cast(nullif(trim({c}), '') AS DECIMAL(38, 12)) <> try_cast(nullif(trim({c}), '') AS DECIMAL(38, 6))"
@@ -500,31 +585,45 @@ def run_duckdb(
     clock = Stopwatch("duckdb", progress)
     connection = duckdb.connect()
     connection.execute(f"SET threads = {int(threads)}")
-    connection.execute(f"SET TimeZone = {_quote(config.profile_for(SOURCE).timezone)}")  # naive CDR timestamps
+    connection.execute(
+        f"SET TimeZone = {_quote(config.profile_for(SOURCE).timezone)}"
+    )  # naive CDR timestamps
     with clock.stage("read+check"):
         connection.execute(_check_sql(files, month, config))
     with clock.stage("dedupe+combine"):
         connection.execute(CALLS_SQL)
     with clock.stage("reference"):
-        described = connection.execute(f"DESCRIBE SELECT * FROM read_csv({_quote(str(tariff_path))}, all_varchar = true)")
+        described = connection.execute(
+            f"DESCRIBE SELECT * FROM read_csv({_quote(str(tariff_path))}, all_varchar = true)"
+        )
         columns = {row[0] for row in described.fetchall()}
         if columns & {"band", "weekdays", "start_hour", "end_hour"}:
             raise NotImplementedError("the DuckDB peer has no weekday/hour bands")
-        for statement in _reference_sql(Path(tariff_path), Path(entitlements_path), columns, config):
+        for statement in _reference_sql(
+            Path(tariff_path), Path(entitlements_path), columns, config
+        ):
             connection.execute(statement)
         if connection.execute("SELECT count(*) FROM tariff WHERE too_precise").fetchone()[0]:
-            raise ValueError("tariff: a price with more than six decimals (the project refuses the file)")
+            raise ValueError(
+                "tariff: a price with more than six decimals (the project refuses the file)"
+            )
         bad_flags, repeated = connection.execute(
             "SELECT count(*) FILTER (WHERE NOT flag_ok), count(*) - count(DISTINCT account_id) FROM entitlements"
         ).fetchone()
         if bad_flags or repeated:
-            raise ValueError(f"entitlements: {bad_flags} bad 'entitled' flags, {repeated} repeated accounts")
+            raise ValueError(
+                f"entitlements: {bad_flags} bad 'entitled' flags, {repeated} repeated accounts"
+            )
     with clock.stage("rate+attribute"):
         connection.execute(_outcomes_sql(config))
     with clock.stage("aggregate"):
         lines = connection.execute(LINES_SQL).df()
         cursor = connection.execute(COUNTS_SQL)
-        counts = dict(zip([d[0] for d in cursor.description], (int(v) for v in cursor.fetchone()), strict=True))
+        counts = dict(
+            zip(
+                [d[0] for d in cursor.description], (int(v) for v in cursor.fetchone()), strict=True
+            )
+        )
     connection.close()
     return lines[LINE_COLUMNS], counts, clock.seconds
 
@@ -552,17 +651,29 @@ def _child(kind: str, month: BenchMonth, out: Path, validation: bool, workers: i
     """Run one contender in this process; write its lines (Parquet) and facts (JSON) to out."""
     progress = lambda text: print(text, flush=True)  # noqa: E731
     facts: dict = {}
-    if kind == "parse":  # cheap: the best of a few, so one unlucky moment on a shared machine does not set the floor
+    if (
+        kind == "parse"
+    ):  # cheap: the best of a few, so one unlucky moment on a shared machine does not set the floor
         runs = [run_parse(month.cdr_files) for _ in range(PARSE_REPEATS)]
         facts.update(rows=runs[0][0], stage_seconds={"parse": min(seconds for _, seconds in runs)})
     else:
         if kind == "project":
             # a fresh work dir, as each DAG run has its own (replacing a 200 MB file costs 0.15 s)
             shutil.rmtree(out / "project", ignore_errors=True)
-            result = run_project(month.cdr_files, month.tariff, month.entitlements, month.month, out / "project",
-                                 validation=validation, workers=workers, progress=progress)  # fmt: skip
+            result = run_project(
+                month.cdr_files,
+                month.tariff,
+                month.entitlements,
+                month.month,
+                out / "project",
+                validation=validation,
+                workers=workers,
+                progress=progress,
+            )
         else:
-            result = run_duckdb(month.cdr_files, month.tariff, month.entitlements, month.month, progress=progress)
+            result = run_duckdb(
+                month.cdr_files, month.tariff, month.entitlements, month.month, progress=progress
+            )
         lines, counts, seconds = result
         lines.to_parquet(out / f"{kind}_lines.parquet", index=False)
         facts.update(counts=counts, stage_seconds=seconds)
@@ -570,13 +681,39 @@ def _child(kind: str, month: BenchMonth, out: Path, validation: bool, workers: i
     (out / f"{kind}.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
 
 
-def spawn_contender(kind: str, month: BenchMonth, base: Path, files: int, seed: int, out: Path, validation: bool,
-                    max_rss_gib: float | None, workers: int) -> dict:  # fmt: skip
+def spawn_contender(
+    kind: str,
+    month: BenchMonth,
+    base: Path,
+    files: int,
+    seed: int,
+    out: Path,
+    validation: bool,
+    max_rss_gib: float | None,
+    workers: int,
+) -> dict:
     """Run one contender in a child process; stop it (only it) if its RSS (with its workers')
     passes max_rss_gib; the facts it wrote, with the peak RSS of its process tree (sampled)."""
     calls = int(month.root.name.split("_")[0].removeprefix("calls"))
-    command = [sys.executable, "-m", "cdr_devkit.bench_pipeline", "--run", kind, "--base", str(base), "--calls", str(calls),
-               "--files", str(files), "--seed", str(seed), "--out", str(out), "--workers", str(workers)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "cdr_devkit.bench_pipeline",
+        "--run",
+        kind,
+        "--base",
+        str(base),
+        "--calls",
+        str(calls),
+        "--files",
+        str(files),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+    ]
     if not validation:
         command.append("--no-validation")
     include = str(PROJECT_ROOT / "include")
@@ -615,20 +752,27 @@ def compare_lines(project, duckdb) -> tuple[bool, str]:
     import pandas as pd
 
     def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame[LINE_COLUMNS].astype({k: str for k in LINE_KEYS} | dict.fromkeys(LINE_COLUMNS[3:], "int64"))
+        frame = frame[LINE_COLUMNS].astype(
+            {k: str for k in LINE_KEYS} | dict.fromkeys(LINE_COLUMNS[3:], "int64")
+        )
         return frame.sort_values(LINE_KEYS).reset_index(drop=True)
 
     left, right = tidy(project), tidy(duckdb)
     if left.equals(right):
         return True, f"{len(left):,} lines, identical"
-    both = left.merge(right, on=LINE_KEYS, how="outer", suffixes=("_project", "_duckdb"), indicator=True)
+    both = left.merge(
+        right, on=LINE_KEYS, how="outer", suffixes=("_project", "_duckdb"), indicator=True
+    )
     differing = both[
         (both["_merge"] != "both")
         | (both["total_minor_project"] != both["total_minor_duckdb"])
         | (both["call_count_project"] != both["call_count_duckdb"])
         | (both["billed_seconds_project"] != both["billed_seconds_duckdb"])
     ]
-    return False, f"{len(differing):,} of {len(both):,} lines differ, e.g.:\n{differing.head(10).to_string()}"
+    return (
+        False,
+        f"{len(differing):,} of {len(both):,} lines differ, e.g.:\n{differing.head(10).to_string()}",
+    )
 
 
 def run_benchmark(
@@ -659,25 +803,46 @@ def run_benchmark(
     for round_number in range(repeat):
         seconds = {}
         for kind in ("parse", "project", "duckdb"):
-            validated = validation and round_number == 0  # GX once: it is timed apart from the total
-            run = spawn_contender(kind, month, base, files, seed, out, validated, max_rss_gib, workers)
-            run["peak_rss_mib"] = max(run["peak_rss_mib"], facts.get(kind, {}).get("peak_rss_mib", 0.0))
+            validated = (
+                validation and round_number == 0
+            )  # GX once: it is timed apart from the total
+            run = spawn_contender(
+                kind, month, base, files, seed, out, validated, max_rss_gib, workers
+            )
+            run["peak_rss_mib"] = max(
+                run["peak_rss_mib"], facts.get(kind, {}).get("peak_rss_mib", 0.0)
+            )
             seconds[kind] = total_seconds(kind, run["stage_seconds"])
             if kind == "project" and validated:
                 gx_seconds = {k: v for k, v in run["stage_seconds"].items() if k.startswith("gx_")}
-            if kind not in facts or seconds[kind] < total_seconds(kind, facts[kind]["stage_seconds"]):
+            if kind not in facts or seconds[kind] < total_seconds(
+                kind, facts[kind]["stage_seconds"]
+            ):
                 facts[kind] = run
             if kind != "parse" and run["counts"] != facts[kind]["counts"]:
                 raise RuntimeError(f"{kind}: counts changed between runs")
         rounds.append(seconds)
     facts["project"]["stage_seconds"].update(gx_seconds)
-    same, detail = compare_lines(pd.read_parquet(out / "project_lines.parquet"), pd.read_parquet(out / "duckdb_lines.parquet"))
+    same, detail = compare_lines(
+        pd.read_parquet(out / "project_lines.parquet"),
+        pd.read_parquet(out / "duckdb_lines.parquet"),
+    )
     counts = {kind: facts[kind]["counts"] for kind in ("project", "duckdb")}
     identity = {kind: sum(c[o] for o in OUTCOMES) == c["read"] for kind, c in counts.items()}
-    return {"month": month, "facts": facts, "lines_identical": same, "lines_detail": detail, "counts": counts,
-            "counts_identical": counts["project"] == counts["duckdb"], "identity": identity,
-            "parse_rows": facts["parse"]["rows"], "repeat": repeat, "rounds": rounds,
-            "load": (load_before, os.getloadavg()), "workers": workers}  # fmt: skip
+    return {
+        "month": month,
+        "facts": facts,
+        "lines_identical": same,
+        "lines_detail": detail,
+        "counts": counts,
+        "counts_identical": counts["project"] == counts["duckdb"],
+        "identity": identity,
+        "parse_rows": facts["parse"]["rows"],
+        "repeat": repeat,
+        "rounds": rounds,
+        "load": (load_before, os.getloadavg()),
+        "workers": workers,
+    }
 
 
 PROJECT_STAGES = [
@@ -699,8 +864,14 @@ def _stage_rows(counts: dict) -> dict:
     deduplicated = accepted - counts["duplicates"]
     combined = deduplicated - counts["combined"]
     priced = combined - counts["not_billable"] - counts["unbillable"]
-    return {"read": counts["read"], "accepted": accepted, "deduplicated": deduplicated, "combined": combined,
-            "priced": priced, "billed": counts["billed"]}  # fmt: skip
+    return {
+        "read": counts["read"],
+        "accepted": accepted,
+        "deduplicated": deduplicated,
+        "combined": combined,
+        "priced": priced,
+        "billed": counts["billed"],
+    }
 
 
 def _round_ratios(rounds: list[dict[str, float]]) -> list[str]:
@@ -709,9 +880,14 @@ def _round_ratios(rounds: list[dict[str, float]]) -> list[str]:
     if len(rounds) < 2:
         return []
     out = []
-    for label, ratio in (("vs DuckDB", lambda r: r["duckdb"] / r["project"]), ("vs parse", lambda r: r["project"] / r["parse"])):
+    for label, ratio in (
+        ("vs DuckDB", lambda r: r["duckdb"] / r["project"]),
+        ("vs parse", lambda r: r["project"] / r["parse"]),
+    ):
         values = [ratio(r) for r in rounds]
-        out.append(f"  {label} per round: {', '.join(f'{v:.2f}x' for v in values)}; median {statistics.median(values):.2f}x")
+        out.append(
+            f"  {label} per round: {', '.join(f'{v:.2f}x' for v in values)}; median {statistics.median(values):.2f}x"
+        )
     return out
 
 
@@ -733,33 +909,80 @@ def format_report(result: dict, validation: bool) -> str:
     parse = facts["parse"]["stage_seconds"]["parse"]
     head = f"  {'stage':<58}{'wall':>11}{'rows in':>13}{'rows/s':>14}"
     (before, after) = result["load"]
-    runs = f"the fastest of {result['repeat']} rounds each (GX in the first)" if result["repeat"] > 1 else "one run each"
-    out += [f"\n{read_rows:,} rows read in {len(result['month'].cdr_files)} files (month {result['month'].month}); "
-            f"{os.cpu_count()} cores; wall clock, {runs} (the parse: best of {PARSE_REPEATS}); load average "
-            f"{before[0]:.1f} before, {after[0]:.1f} after (timings are noisy when the machine is shared)",
-            "", f"project (cdr_billing): per-file steps in {result['workers']} worker processes, as mapped tasks; "
-            "stage times summed over the workers", head]  # fmt: skip
+    runs = (
+        f"the fastest of {result['repeat']} rounds each (GX in the first)"
+        if result["repeat"] > 1
+        else "one run each"
+    )
+    out += [
+        f"\n{read_rows:,} rows read in {len(result['month'].cdr_files)} files (month {result['month'].month}); "
+        f"{os.cpu_count()} cores; wall clock, {runs} (the parse: best of {PARSE_REPEATS}); load average "
+        f"{before[0]:.1f} before, {after[0]:.1f} after (timings are noisy when the machine is shared)",
+        "",
+        f"project (cdr_billing): per-file steps in {result['workers']} worker processes, as mapped tasks; "
+        "stage times summed over the workers",
+        head,
+    ]
     for name, what, rows_key in PROJECT_STAGES:
-        out.append(line(f"{name} ({what})", project.get(name, 0.0), rows[rows_key] if rows_key else None))
-    out.append(line("TOTAL read -> aggregate, wall clock (row checks in, GX out)", project_total, read_rows))
+        out.append(
+            line(f"{name} ({what})", project.get(name, 0.0), rows[rows_key] if rows_key else None)
+        )
+    out.append(
+        line(
+            "TOTAL read -> aggregate, wall clock (row checks in, GX out)", project_total, read_rows
+        )
+    )
     if validation:
-        out.append(line("GX: import + context, summed (not in the total)", project.get("gx_import", 0.0), None))
-        out.append(line("GX: validate_file, summed (not in the total)", project.get("gx_validate", 0.0), rows["accepted"]))
-        out.append(line("GX: wall clock, a fresh process per file", project.get("gx_wall", 0.0), rows["accepted"]))
+        out.append(
+            line(
+                "GX: import + context, summed (not in the total)",
+                project.get("gx_import", 0.0),
+                None,
+            )
+        )
+        out.append(
+            line(
+                "GX: validate_file, summed (not in the total)",
+                project.get("gx_validate", 0.0),
+                rows["accepted"],
+            )
+        )
+        out.append(
+            line(
+                "GX: wall clock, a fresh process per file",
+                project.get("gx_wall", 0.0),
+                rows["accepted"],
+            )
+        )
     else:
         out.append("  GX validation: skipped (--no-validation)")
-    out.append(line("billing DB migrations (setup, not in the total)", project.get("db_setup", 0.0), None))
+    out.append(
+        line("billing DB migrations (setup, not in the total)", project.get("db_setup", 0.0), None)
+    )
     out += ["", f"DuckDB {__import__('duckdb').__version__} SQL (threads = 2)", head]
-    duck_rows = {"read+check": read_rows, "dedupe+combine": rows["accepted"], "reference": None,
-                 "rate+attribute": rows["combined"], "aggregate": None}  # fmt: skip
+    duck_rows = {
+        "read+check": read_rows,
+        "dedupe+combine": rows["accepted"],
+        "reference": None,
+        "rate+attribute": rows["combined"],
+        "aggregate": None,
+    }
     for name, seconds in duck.items():
         out.append(line(name, seconds, duck_rows.get(name)))
     out.append(line("TOTAL", duck_total, read_rows))
-    out += ["", "bare pyarrow.csv.read_csv, every column as text", head, line("parse", parse, result["parse_rows"])]
+    out += [
+        "",
+        "bare pyarrow.csv.read_csv, every column as text",
+        head,
+        line("parse", parse, result["parse_rows"]),
+    ]
     rss = {kind: facts[kind]["peak_rss_mib"] for kind in ("project", "duckdb", "parse")}
     gx_note = "with GX" if validation else "no GX"
-    out += ["", f"peak RSS: project {rss['project']:,.0f} MiB ({gx_note}), DuckDB {rss['duckdb']:,.0f} MiB, "
-            f"parse {rss['parse']:,.0f} MiB"]  # fmt: skip
+    out += [
+        "",
+        f"peak RSS: project {rss['project']:,.0f} MiB ({gx_note}), DuckDB {rss['duckdb']:,.0f} MiB, "
+        f"parse {rss['parse']:,.0f} MiB",
+    ]
     versus_duck, versus_parse = duck_total / project_total, project_total / parse
     out += [
         f"project vs DuckDB: {versus_duck:.2f}x (DuckDB time / project time; > 1: the project is faster; target >= 1.5)",
@@ -782,19 +1005,36 @@ def format_report(result: dict, validation: bool) -> str:
 
 def add_month_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that pick the generated month: calls, files, seed and where months are cached."""
-    parser.add_argument("--calls", type=int, default=10_000_000, help="calls in the month (default 10,000,000)")
-    parser.add_argument("--files", type=int, default=10, help="carrier CSV files they are spread over (default 10)")
+    parser.add_argument(
+        "--calls", type=int, default=10_000_000, help="calls in the month (default 10,000,000)"
+    )
+    parser.add_argument(
+        "--files", type=int, default=10, help="carrier CSV files they are spread over (default 10)"
+    )
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="where generated months are cached")
+    parser.add_argument(
+        "--base", type=Path, default=DEFAULT_BASE, help="where generated months are cached"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_month_arguments(parser)
-    parser.add_argument("--no-validation", action="store_true", help="skip the Great Expectations suites")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds of runs; each contender's fastest counts")
-    parser.add_argument("--max-rss-gib", type=float, help="stop a contender whose RSS passes this (shared machines)")
-    parser.add_argument("--workers", type=int, default=2, help="processes for the project's per-file steps (default 2)")
+    parser.add_argument(
+        "--no-validation", action="store_true", help="skip the Great Expectations suites"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of runs; each contender's fastest counts"
+    )
+    parser.add_argument(
+        "--max-rss-gib", type=float, help="stop a contender whose RSS passes this (shared machines)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes for the project's per-file steps (default 2)",
+    )
     parser.add_argument("--run", choices=["project", "duckdb", "parse"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -803,9 +1043,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         month = ensure_month(args.base, args.calls, args.files, args.seed, log=lambda _: None)
         _child(args.run, month, args.out, validation, args.workers)
         return 0
-    result = run_benchmark(args.calls, args.files, args.seed, args.base, validation, args.repeat, args.max_rss_gib, args.workers)
+    result = run_benchmark(
+        args.calls,
+        args.files,
+        args.seed,
+        args.base,
+        validation,
+        args.repeat,
+        args.max_rss_gib,
+        args.workers,
+    )
     print(format_report(result, validation))
-    ok = result["lines_identical"] and result["counts_identical"] and all(result["identity"].values())
+    ok = (
+        result["lines_identical"]
+        and result["counts_identical"]
+        and all(result["identity"].values())
+    )
     return 0 if ok else 1
 
 

@@ -29,17 +29,52 @@ def make_tariff(prefixes: int, seed: int = 3) -> pd.DataFrame:
     rng = random.Random(seed)
     chosen: set[str] = set()
     while len(chosen) < prefixes:
-        country = rng.choice(["1", "44", "46", "49", "33", "358", "47", "45", "31", "34", "39", "61", "81", "86", "91"])
+        country = rng.choice(
+            [
+                "1",
+                "44",
+                "46",
+                "49",
+                "33",
+                "358",
+                "47",
+                "45",
+                "31",
+                "34",
+                "39",
+                "61",
+                "81",
+                "86",
+                "91",
+            ]
+        )
         chosen.add(country + "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 5))))
     rows = []
     for line, prefix in enumerate(sorted(chosen), start=2):
         first, following = rng.choice(INCREMENTS)
-        rows.append({"prefix": prefix, "destination": f"d{line}", "price_micro": rng.randrange(1_000, 500_000, 100),
-                     "fee_micro": rng.choice([0, 0, 10_000, 50_000]), "minimum_micro": rng.choice([0, 0, 100_000]),
-                     "first_increment": first, "next_increment": following, "currency": "EUR", "line": line})  # fmt: skip
+        rows.append(
+            {
+                "prefix": prefix,
+                "destination": f"d{line}",
+                "price_micro": rng.randrange(1_000, 500_000, 100),
+                "fee_micro": rng.choice([0, 0, 10_000, 50_000]),
+                "minimum_micro": rng.choice([0, 0, 100_000]),
+                "first_increment": first,
+                "next_increment": following,
+                "currency": "EUR",
+                "line": line,
+            }
+        )
     tariff = pd.DataFrame(rows)
-    return tariff.assign(version_id=1, band="all", weekday_mask=127, start_hour=0, end_hour=24,
-                         valid_from=pd.Timestamp("1970-01-01", tz="UTC"), valid_to=pd.NaT)  # fmt: skip
+    return tariff.assign(
+        version_id=1,
+        band="all",
+        weekday_mask=127,
+        start_hour=0,
+        end_hour=24,
+        valid_from=pd.Timestamp("1970-01-01", tz="UTC"),
+        valid_to=pd.NaT,
+    )
 
 
 def make_calls(tariff: pd.DataFrame, count: int, seed: int = 4) -> pd.DataFrame:
@@ -49,13 +84,25 @@ def make_calls(tariff: pd.DataFrame, count: int, seed: int = 4) -> pd.DataFrame:
     heads[rng.random(count) < 0.01] = "999"  # an unknown range
     tails = rng.integers(10**6, 10**7, count).astype(str).astype(object)
     numbers = "+" + heads + tails
-    starts = pd.Timestamp("2026-10-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 30 * 86400, count), unit="s")
-    return pd.DataFrame({
-        "transaction_id": np.arange(count).astype(str), "source": "carrier", "user_id": "u", "completion_status": 1,
-        "duration_seconds": rng.integers(0, 3600, count), "destination_party": pd.array(numbers, dtype="str"),
-        "pre_priced": False, "provider_cost_micro": pd.array(np.zeros(count, np.int64), dtype="Int64"), "currency": "",
-        "source_file": "bench.csv", "source_row": np.arange(count) + 2, "start_utc": starts,
-    })  # fmt: skip
+    starts = pd.Timestamp("2026-10-01", tz="UTC") + pd.to_timedelta(
+        rng.integers(0, 30 * 86400, count), unit="s"
+    )
+    return pd.DataFrame(
+        {
+            "transaction_id": np.arange(count).astype(str),
+            "source": "carrier",
+            "user_id": "u",
+            "completion_status": 1,
+            "duration_seconds": rng.integers(0, 3600, count),
+            "destination_party": pd.array(numbers, dtype="str"),
+            "pre_priced": False,
+            "provider_cost_micro": pd.array(np.zeros(count, np.int64), dtype="Int64"),
+            "currency": "",
+            "source_file": "bench.csv",
+            "source_row": np.arange(count) + 2,
+            "start_utc": starts,
+        }
+    )
 
 
 def engine(calls: pd.DataFrame, tariff: pd.DataFrame) -> pd.Series:
@@ -81,15 +128,30 @@ def python_loop(calls: pd.DataFrame, tariff: pd.DataFrame) -> pd.Series:
         calls["transaction_id"], calls["destination_party"], calls["duration_seconds"], strict=True
     ):
         digits = number.lstrip("+")
-        rate = next((rates[digits[:n]] for n in range(min(longest, len(digits)), 0, -1) if digits[:n] in rates), None)
+        rate = next(
+            (
+                rates[digits[:n]]
+                for n in range(min(longest, len(digits)), 0, -1)
+                if digits[:n] in rates
+            ),
+            None,
+        )
         if rate is None:
             continue
         billed = (
             0
             if duration == 0
-            else rate.first_increment + -(-max(duration - rate.first_increment, 0) // rate.next_increment) * rate.next_increment
+            else rate.first_increment
+            + -(-max(duration - rate.first_increment, 0) // rate.next_increment)
+            * rate.next_increment
         )
-        cost = max(Decimal(rate.fee_micro) + Decimal(rate.price_micro) * billed / 60, Decimal(rate.minimum_micro)) / micro
+        cost = (
+            max(
+                Decimal(rate.fee_micro) + Decimal(rate.price_micro) * billed / 60,
+                Decimal(rate.minimum_micro),
+            )
+            / micro
+        )
         costs[transaction_id] = int(cost.quantize(cent, rounding=ROUND_HALF_UP) * 100)
     return pd.Series(costs)
 
@@ -131,20 +193,34 @@ def main() -> int:
     args = parser.parse_args()
     tariff = make_tariff(args.prefixes)
     calls = make_calls(tariff, args.calls)
-    print(f"{args.calls:,} calls, {args.prefixes:,} prefixes; peak RSS after generating: {peak_rss_mib():,.0f} MiB")
+    print(
+        f"{args.calls:,} calls, {args.prefixes:,} prefixes; peak RSS after generating: {peak_rss_mib():,.0f} MiB"
+    )
     results, times = {}, {}
-    implementations = (("engine", engine), ("engine frames", engine_frames), ("duckdb", duckdb_sql), ("python loop", python_loop))
+    implementations = (
+        ("engine", engine),
+        ("engine frames", engine_frames),
+        ("duckdb", duckdb_sql),
+        ("python loop", python_loop),
+    )
     for name, implementation in implementations:
         started = time.perf_counter()
         results[name] = implementation(calls, tariff).sort_index()
         times[name] = time.perf_counter() - started
         rate_per_second = args.calls / times[name]
-        print(f"{name:<14}{times[name]:>9.2f} s{rate_per_second:>14,.0f} calls/s   peak RSS so far {peak_rss_mib():,.0f} MiB")
+        print(
+            f"{name:<14}{times[name]:>9.2f} s{rate_per_second:>14,.0f} calls/s   peak RSS so far {peak_rss_mib():,.0f} MiB"
+        )
     agree = all(results["engine"].equals(other) for other in results.values())
     print(f"all agree on every cost ({len(results['engine']):,} priced calls): {agree}")
     for name in ("engine", "engine frames"):
-        versus_duckdb, versus_loop = times["duckdb"] / times[name], times["python loop"] / times[name]
-        print(f"{name} vs DuckDB: {versus_duckdb:.2f}x faster; vs the Python loop: {versus_loop:.1f}x faster")
+        versus_duckdb, versus_loop = (
+            times["duckdb"] / times[name],
+            times["python loop"] / times[name],
+        )
+        print(
+            f"{name} vs DuckDB: {versus_duckdb:.2f}x faster; vs the Python loop: {versus_loop:.1f}x faster"
+        )
     return 0 if agree else 1
 
 

@@ -43,11 +43,15 @@ def start_demo_services(services: LocalServices, month: str) -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--month", default="2026-10", help="billing month to generate and bill (YYYY-MM)")
+    parser.add_argument(
+        "--month", default="2026-10", help="billing month to generate and bill (YYYY-MM)"
+    )
     args = parser.parse_args()
     stop_on_sigterm()
     os.environ.update(airflow_settings(AIRFLOW_HOME, log_level="WARNING"))
-    print(f"Billing sample month {args.month}: migrating {AIRFLOW_HOME}, starting SFTP and SMTP servers, running the DAG")
+    print(
+        f"Billing sample month {args.month}: migrating {AIRFLOW_HOME}, starting SFTP and SMTP servers, running the DAG"
+    )
     migrate(AIRFLOW_HOME)
     with LocalServices(DEMO_DIR / "services") as services:
         os.environ.update(start_demo_services(services, args.month))
@@ -66,7 +70,9 @@ def main() -> int:
     counts = json.loads((work_dir / "report.json").read_text())["counts"]
     print(
         "Summary: read {read}, billed {billed}, rejected {quarantined}, unbillable {unbillable}, suspense {suspense}, "
-        "failed calls {not_billable}, duplicates {duplicates}, partial parts combined {combined}".format(**counts)
+        "failed calls {not_billable}, duplicates {duplicates}, partial parts combined {combined}".format(
+            **counts
+        )
     )
     print(f"Billing database: {DEMO_DIR / 'billing.sqlite'}; mails: {DEMO_DIR / 'mail'}")
     print(f"Run files, Great Expectations Data Docs and the report: {work_dir}")

@@ -77,7 +77,9 @@ def _wait_for_banner(process: subprocess.Popen, port: int, name: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServiceError(f"{name}: sshd exited with code {process.returncode} before it was ready")
+            raise ServiceError(
+                f"{name}: sshd exited with code {process.returncode} before it was ready"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
                 if probe.recv(8).startswith(b"SSH-"):
@@ -94,7 +96,11 @@ class OpenSshServer(SftpServer):
 
     def auth_attempts(self) -> list[str]:
         """The users that offered a key, from sshd's log."""
-        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        text = (
+            self.log_path.read_text(encoding="utf-8", errors="replace")
+            if self.log_path.exists()
+            else ""
+        )
         return re.findall(r"(?:Accepted|Failed|Postponed) publickey for (\S+)", text)
 
     def kill(self) -> None:
@@ -111,20 +117,34 @@ class OpenSshServer(SftpServer):
         self.kill()
 
 
-def start_sshd(base: Path, name: str, host_key: Path, host_public_key: Path, authorized_keys: Path) -> OpenSshServer:
+def start_sshd(
+    base: Path, name: str, host_key: Path, host_public_key: Path, authorized_keys: Path
+) -> OpenSshServer:
     """Start sshd on a free loopback port; its log is <base>/<name>.log."""
     if not Path(SSHD).is_file():
-        raise FileNotFoundError(f"OpenSSH's sshd is not installed ({SSHD}): make openssh-server installs it")
+        raise FileNotFoundError(
+            f"OpenSSH's sshd is not installed ({SSHD}): make openssh-server installs it"
+        )
     if os.getuid() == 0:
         PRIVILEGE_SEPARATION_DIR.mkdir(mode=0o755, exist_ok=True)
     port = free_port()
     config = base / f"{name}_sshd_config"
-    config.write_text(sshd_config(port, host_key, authorized_keys, base / f"{name}.pid"), encoding="utf-8")
+    config.write_text(
+        sshd_config(port, host_key, authorized_keys, base / f"{name}.pid"), encoding="utf-8"
+    )
     log_path = base / f"{name}.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
     _wait_for_banner(process, port, name)
     key_type, key_data = host_public_key.read_text().split()[:2]
     return OpenSshServer(
-        name, port, process, root=Path("/"), host_key=f"{key_type} {key_data}", log_path=log_path, login=login_name()
+        name,
+        port,
+        process,
+        root=Path("/"),
+        host_key=f"{key_type} {key_data}",
+        log_path=log_path,
+        login=login_name(),
     )

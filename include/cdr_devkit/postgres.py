@@ -26,7 +26,9 @@ def server_bin_dir() -> Path:
     if shutil.which("initdb"):
         found.append(Path(shutil.which("initdb")).parent)
     if not found:
-        raise PostgresNotFoundError("PostgreSQL server binaries not found: install the postgresql package")
+        raise PostgresNotFoundError(
+            "PostgreSQL server binaries not found: install the postgresql package"
+        )
     return found[0]
 
 
@@ -45,7 +47,9 @@ class LocalPostgres:
         prefix = ["runuser", "-u", "postgres", "--"] if self._as_root else []
         done = subprocess.run([*prefix, *command], capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"{Path(command[0]).name} failed ({done.returncode}): {done.stderr.strip()}")
+            raise RuntimeError(
+                f"{Path(command[0]).name} failed ({done.returncode}): {done.stderr.strip()}"
+            )
 
     @property
     def url(self) -> str:
@@ -68,7 +72,16 @@ class LocalPostgres:
 
     def create_database(self, name: str) -> str:
         """Create an empty database; return its name."""
-        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        self._run(
+            str(self.bin / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            name,
+        )
         return name
 
     def start(self) -> LocalPostgres:
@@ -76,12 +89,40 @@ class LocalPostgres:
         self.base.chmod(0o755)
         if self._as_root:
             shutil.chown(self.base, "postgres", "postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
         self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"), "-w", "start"
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "start",
         )
-        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database)
+        self._run(
+            str(self.bin / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            self.database,
+        )
         return self
 
     def stop(self) -> None:

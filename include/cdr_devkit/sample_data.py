@@ -39,7 +39,17 @@ TARIFF = [
     ("1", "USA and Canada", "0.0250", "0.0000", "1", "1", "0.00"),
     ("358", "Finland", "0.0500", "0.0100", "60", "60", "0.00"),
 ]
-DESTINATIONS = ["+4687", "+46701", "+46735", "+4631", "+447700", "+4420", "+4930", "+1212", "+35840"]
+DESTINATIONS = [
+    "+4687",
+    "+46701",
+    "+46735",
+    "+4631",
+    "+447700",
+    "+4420",
+    "+4930",
+    "+1212",
+    "+35840",
+]
 UNKNOWN_RANGE = "+88216"
 CONFERENCE_NUMBERS = ["+46850512345", "+442071234567", "+4969123456"]
 
@@ -85,7 +95,9 @@ def _accounts(rng: random.Random) -> tuple[list[dict], list[str], list[str], lis
                 "account_id": account,
                 "user_principal_name": f"user{index}@{customer.lower()}.example.com",
                 "customer_id": customer,
-                "sequence_number": "" if index % 5 == 0 else f"{CUSTOMERS[customer]}{index % 3 + 1}",
+                "sequence_number": ""
+                if index % 5 == 0
+                else f"{CUSTOMERS[customer]}{index % 3 + 1}",
                 "default_sequence_number": CUSTOMERS[customer],
                 "entitled": "false" if index in (7, 93) else "true",
                 "last_login": f"2026-{rng.randint(1, 9):02d}-{rng.randint(1, 28):02d}",
@@ -101,7 +113,12 @@ def _start_times(rng: random.Random, month: BillingMonth, count: int) -> list[da
 
 
 def write_carrier_csv(
-    path: Path, rng: random.Random, month: BillingMonth, users: list[str], calls: int, with_flaws: bool = True
+    path: Path,
+    rng: random.Random,
+    month: BillingMonth,
+    users: list[str],
+    calls: int,
+    with_flaws: bool = True,
 ) -> None:
     """Carrier CDRs in the canonical fields, UTC timestamps; with_flaws adds 20 calls in two
     partial parts, three invalid rows and three re-delivered duplicates (needs 440 calls)."""
@@ -135,9 +152,15 @@ def write_carrier_csv(
         )
     if with_flaws:
         for k, first in enumerate(range(400, 440, 2)):  # 20 calls delivered in two partial parts
-            rows[first + 1].update(user_id=rows[first]["user_id"], destination_party=rows[first]["destination_party"])
+            rows[first + 1].update(
+                user_id=rows[first]["user_id"], destination_party=rows[first]["destination_party"]
+            )
             for part, row in enumerate((rows[first], rows[first + 1]), start=1):
-                row.update(session_id=f"SP{k:04d}", completion_status="2", transaction_part_number=str(part))
+                row.update(
+                    session_id=f"SP{k:04d}",
+                    completion_status="2",
+                    transaction_part_number=str(part),
+                )
         rows[10]["duration_of_usage"] = "-5"
         rows[20]["start_of_usage"] = "2026-13-40T99:00:00Z"
         rows[30]["start_of_usage"] = f"{month.year - 1}-06-15T10:00:00Z"
@@ -146,27 +169,60 @@ def write_carrier_csv(
 
 
 CONFERENCING_HEADER = [
-    "Conference ID", "Leg ID", "PGIConnect ID", "Dial-in Number", "Start Time", "End Time", "Duration (sec)", "Cost", "Currency",
-]  # fmt: skip
-PBX_HEADER = ["Samtals-ID", "Anknytning", "Uppringt nummer", "Starttid", "Längd", "Status", "Kommentar"]
+    "Conference ID",
+    "Leg ID",
+    "PGIConnect ID",
+    "Dial-in Number",
+    "Start Time",
+    "End Time",
+    "Duration (sec)",
+    "Cost",
+    "Currency",
+]
+PBX_HEADER = [
+    "Samtals-ID",
+    "Anknytning",
+    "Uppringt nummer",
+    "Starttid",
+    "Längd",
+    "Status",
+    "Kommentar",
+]
 
 
-def write_pbx_csv(path: Path, rng: random.Random, month: BillingMonth, extensions: list[str], calls: int) -> None:
+def write_pbx_csv(
+    path: Path, rng: random.Random, month: BillingMonth, extensions: list[str], calls: int
+) -> None:
     """An internal PBX export: Latin-1, semicolons, local times, "h:mm:ss", text statuses."""
     with path.open("w", newline="", encoding="latin-1") as handle:
         writer = csv.writer(handle, delimiter=";")
         writer.writerow(PBX_HEADER)
         for n, started in enumerate(_start_times(rng, month, calls)):
             seconds = rng.choice([0, 5, 59, 61, 125, 3599, rng.randint(1, 7200)])
-            duration = f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if n != 7 else "1:75:00"
+            duration = (
+                f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+                if n != 7
+                else "1:75:00"
+            )
             status = rng.choices(["ANSWERED", "NO ANSWER", "BUSY"], weights=[90, 7, 3])[0]
             number = _national_variants(rng, _phone(rng, rng.choice(DESTINATIONS)))
             comment = rng.choice(["Växel", "Försäljning", "Kundtjänst", ""])
-            writer.writerow([f"PBX-{n:06d}", rng.choice(extensions), number,
-                             started.strftime("%d.%m.%Y %H:%M:%S"), duration, status, comment])  # fmt: skip
+            writer.writerow(
+                [
+                    f"PBX-{n:06d}",
+                    rng.choice(extensions),
+                    number,
+                    started.strftime("%d.%m.%Y %H:%M:%S"),
+                    duration,
+                    status,
+                    comment,
+                ]
+            )
 
 
-def write_conferencing_xlsx(path: Path, rng: random.Random, month: BillingMonth, accounts: list[str], legs: int) -> None:
+def write_conferencing_xlsx(
+    path: Path, rng: random.Random, month: BillingMonth, accounts: list[str], legs: int
+) -> None:
     """A conferencing provider's export: title rows, local times, cost per leg."""
     from openpyxl import Workbook
 
@@ -205,7 +261,12 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
 
 
 def generate_month(
-    root: Path, month: BillingMonth, seed: int = 7, carrier_calls: int = 3000, conference_legs: int = 1500, pbx_calls: int = 800
+    root: Path,
+    month: BillingMonth,
+    seed: int = 7,
+    carrier_calls: int = 3000,
+    conference_legs: int = 1500,
+    pbx_calls: int = 800,
 ) -> SampleMonth:
     """Write a month of sample inputs under root (an SFTP server's directory)."""
     rng = random.Random(seed)
@@ -213,11 +274,28 @@ def generate_month(
         (root / folder).mkdir(parents=True, exist_ok=True)
     snapshot, conferencing, carrier, pbx = _accounts(rng)
     previous = BillingMonth(month.year - (month.month == 1), (month.month - 2) % 12 + 1)
-    write_carrier_csv(root / f"cdr/carrier/carrier_cdr_{month.year}{month.month:02d}.csv", rng, month, carrier, carrier_calls)
     write_carrier_csv(
-        root / f"cdr/carrier/carrier_cdr_{previous.year}{previous.month:02d}.csv", rng, previous, carrier, 50, with_flaws=False
+        root / f"cdr/carrier/carrier_cdr_{month.year}{month.month:02d}.csv",
+        rng,
+        month,
+        carrier,
+        carrier_calls,
     )
-    write_conferencing_xlsx(root / f"cdr/conferencing/conferencing_cdr_{month}.xlsx", rng, month, conferencing, conference_legs)
+    write_carrier_csv(
+        root / f"cdr/carrier/carrier_cdr_{previous.year}{previous.month:02d}.csv",
+        rng,
+        previous,
+        carrier,
+        50,
+        with_flaws=False,
+    )
+    write_conferencing_xlsx(
+        root / f"cdr/conferencing/conferencing_cdr_{month}.xlsx",
+        rng,
+        month,
+        conferencing,
+        conference_legs,
+    )
     write_pbx_csv(root / f"cdr/pbx/pbx_cdr_{month}.csv", rng, month, pbx, pbx_calls)
     _write_csv(
         root / f"reference/tariff_{month}-01.csv",

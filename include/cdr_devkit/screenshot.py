@@ -67,7 +67,9 @@ class DevTools:
 
     def evaluate(self, session: str, expression: str) -> Any:
         """The value of a JavaScript expression in the page."""
-        return self.call("Runtime.evaluate", session, expression=expression, returnByValue=True)["result"].get("value")
+        return self.call("Runtime.evaluate", session, expression=expression, returnByValue=True)[
+            "result"
+        ].get("value")
 
     def wait_for(self, session: str, expression: str, what: str) -> None:
         """Wait until the expression is true in the page."""
@@ -75,7 +77,9 @@ class DevTools:
         while not self.evaluate(session, expression):
             if time.monotonic() > deadline:
                 shown = self.evaluate(session, f"{FRAME}?.title || document.title")
-                raise ScreenshotError(f"{what} did not appear within {WAIT_SECONDS} s (the page shows {shown!r})")
+                raise ScreenshotError(
+                    f"{what} did not appear within {WAIT_SECONDS} s (the page shows {shown!r})"
+                )
             time.sleep(0.5)
 
 
@@ -84,11 +88,21 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         raise ScreenshotError("Chromium is missing: apt-get install -y chromium")
-    command = [binary, "--headless", "--remote-debugging-port=0", f"--user-data-dir={profile}", "--hide-scrollbars",
-               f"--window-size={WIDTH},{HEIGHT}", "--no-first-run", "about:blank"]  # fmt: skip
+    command = [
+        binary,
+        "--headless",
+        "--remote-debugging-port=0",
+        f"--user-data-dir={profile}",
+        "--hide-scrollbars",
+        f"--window-size={WIDTH},{HEIGHT}",
+        "--no-first-run",
+        "about:blank",
+    ]
     if os.geteuid() == 0:
         command.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
-    browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    browser = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + 30
     while not port_file.exists() or len(port_file.read_text().split()) < 2:
@@ -101,15 +115,28 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
 
 def capture(devtools: DevTools, base_url: str, token: str, month: str) -> bytes:
     """Log in with the token cookie, open Billing in the UI, click the month; return the PNG."""
-    devtools.call("Storage.setCookies", cookies=[{"name": "_token", "value": token, "url": f"{base_url}/"}])
+    devtools.call(
+        "Storage.setCookies", cookies=[{"name": "_token", "value": token, "url": f"{base_url}/"}]
+    )
     target = devtools.call("Target.createTarget", url="about:blank")["targetId"]
     session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    devtools.call("Emulation.setDeviceMetricsOverride", session, width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
+    devtools.call(
+        "Emulation.setDeviceMetricsOverride",
+        session,
+        width=WIDTH,
+        height=HEIGHT,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
     devtools.call("Page.navigate", session, url=f"{base_url}/plugin/billing")
     link = f"{FRAME}?.querySelector('a[href=\"month/{month}\"]')"
     devtools.wait_for(session, f"!!{link}", "the Billing page in the UI, with its month list,")
     devtools.evaluate(session, f"{link}.click()")
-    devtools.wait_for(session, f"{FRAME}?.title === 'Billing {month}' && !!{FRAME}.querySelector('svg.chart')", "the month page")
+    devtools.wait_for(
+        session,
+        f"{FRAME}?.title === 'Billing {month}' && !!{FRAME}.querySelector('svg.chart')",
+        "the month page",
+    )
     time.sleep(1)  # let the UI settle (fonts, nav icons)
     return base64.b64decode(devtools.call("Page.captureScreenshot", session, format="png")["data"])
 
@@ -121,13 +148,22 @@ def check_month(month: str) -> None:
             query = "SELECT 1 FROM billing_batch WHERE billing_month = ? AND status = 'current'"
             if db.execute(query, (month,)).fetchone():
                 return
-    raise ScreenshotError(f"the demo billing database has no batch for {month}: run `make demo MONTH={month}` first")
+    raise ScreenshotError(
+        f"the demo billing database has no batch for {month}: run `make demo MONTH={month}` first"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--month", default="2026-10", help="the billed demo month to show (YYYY-MM)")
-    parser.add_argument("--output", type=Path, default=OUTPUT, help=f"PNG file (default {OUTPUT.relative_to(PROJECT_ROOT)})")
+    parser.add_argument(
+        "--month", default="2026-10", help="the billed demo month to show (YYYY-MM)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=OUTPUT,
+        help=f"PNG file (default {OUTPUT.relative_to(PROJECT_ROOT)})",
+    )
     args = parser.parse_args()
     stop_on_sigterm()
     check_month(args.month)
@@ -148,7 +184,9 @@ def main() -> int:
                 browser.wait(timeout=20)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(png)
-    print(f"Wrote {args.output} ({len(png)} bytes): the Billing page of {args.month} in the Airflow UI")
+    print(
+        f"Wrote {args.output} ({len(png)} bytes): the Billing page of {args.month} in the Airflow UI"
+    )
     return 0
 
 

@@ -85,8 +85,16 @@ class SftpServer(ServerProcess):
         """The users that started to authenticate to this server, from its log."""
         from cdr_devkit.sftp_server import AUTH_ATTEMPT
 
-        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines() if self.log_path.exists() else []
-        return [line.removeprefix(AUTH_ATTEMPT).strip() for line in lines if line.startswith(AUTH_ATTEMPT)]
+        lines = (
+            self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if self.log_path.exists()
+            else []
+        )
+        return [
+            line.removeprefix(AUTH_ATTEMPT).strip()
+            for line in lines
+            if line.startswith(AUTH_ATTEMPT)
+        ]
 
     def connection(self, client_key: Path, host_key: str | None = None) -> dict:
         """The Airflow connection for this server, with its host key pinned."""
@@ -138,7 +146,9 @@ class LocalServices:
         )
         return process, _wait_ready(process, ready, name)
 
-    def start_sftp(self, name: str, root: Path, port: int = 0, max_bytes_per_second: int = 0) -> SftpServer:
+    def start_sftp(
+        self, name: str, root: Path, port: int = 0, max_bytes_per_second: int = 0
+    ) -> SftpServer:
         """Start an SFTP server with its own host key, serving root (optionally throttled)."""
         host_key, host_public = self._key_pair(f"{name}_host")
         process, bound = self._spawn(
@@ -157,7 +167,12 @@ class LocalServices:
         )
         key_type, key_data = host_public.read_text().split()[:2]
         server = SftpServer(
-            name, bound, process, root=root, host_key=f"{key_type} {key_data}", log_path=self.base / f"{name}.log"
+            name,
+            bound,
+            process,
+            root=root,
+            host_key=f"{key_type} {key_data}",
+            log_path=self.base / f"{name}.log",
         )
         self.servers.append(server)
         return server
@@ -173,7 +188,9 @@ class LocalServices:
 
     def start_smtp(self, maildir: Path) -> ServerProcess:
         """Start an SMTP server that writes each message to maildir."""
-        process, port = self._spawn("smtp", "cdr_devkit.smtp_server", "--maildir", str(maildir), "--port", str(free_port()))
+        process, port = self._spawn(
+            "smtp", "cdr_devkit.smtp_server", "--maildir", str(maildir), "--port", str(free_port())
+        )
         server = ServerProcess("smtp", port, process)
         self.servers.append(server)
         return server
@@ -197,10 +214,17 @@ def smtp_connection(port: int) -> dict:
         "conn_type": "smtp",
         "host": "127.0.0.1",
         "port": port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "cdr-billing@localhost", "retry_limit": 1},
+        "extra": {
+            "disable_tls": True,
+            "disable_ssl": True,
+            "from_email": "cdr-billing@localhost",
+            "retry_limit": 1,
+        },
     }
 
 
 def connection_env(connections: dict[str, dict]) -> dict[str, str]:
     """Airflow connections as AIRFLOW_CONN_<ID> environment variables (JSON)."""
-    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(spec) for conn_id, spec in connections.items()}
+    return {
+        f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(spec) for conn_id, spec in connections.items()
+    }

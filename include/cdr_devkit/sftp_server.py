@@ -40,7 +40,9 @@ class ThrottledSFTPServer(asyncssh.SFTPServer):
         return super().read(file_obj, offset, size)
 
 
-async def serve(root: Path, host_key: Path, authorized_keys: Path, port: int, ready_file: Path) -> None:
+async def serve(
+    root: Path, host_key: Path, authorized_keys: Path, port: int, ready_file: Path
+) -> None:
     server = await asyncssh.create_server(
         _KeyOnlyServer,
         "127.0.0.1",

@@ -15,7 +15,17 @@ RUN_TIMEOUT_SECONDS = 400
 
 
 def _backfill(airflow, *extra: str) -> None:
-    airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", "2026-01-01", "--to-date", "2026-03-31", *extra)
+    airflow.airflow(
+        "backfill",
+        "create",
+        "--dag-id",
+        DAG_ID,
+        "--from-date",
+        "2026-01-01",
+        "--to-date",
+        "2026-03-31",
+        *extra,
+    )
 
 
 def _wait_for_backfill(airflow) -> list[dict]:
@@ -24,7 +34,11 @@ def _wait_for_backfill(airflow) -> list[dict]:
     while time.monotonic() < deadline:
         backfills = airflow.api("GET", f"/backfills?dag_id={DAG_ID}")["backfills"]
         if all(b["completed_at"] for b in backfills):
-            return [r for r in airflow.api("GET", f"/dags/{DAG_ID}/dagRuns?limit=100")["dag_runs"] if r["run_type"] == "backfill"]
+            return [
+                r
+                for r in airflow.api("GET", f"/dags/{DAG_ID}/dagRuns?limit=100")["dag_runs"]
+                if r["run_type"] == "backfill"
+            ]
         time.sleep(3)
     pytest.fail(f"the backfill did not complete within {RUN_TIMEOUT_SECONDS} s: {backfills}")
 
@@ -33,7 +47,9 @@ def _batches(postgres) -> list[tuple[str, str]]:
     engine = create_engine(postgres.url_of("billing_ui"))
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT billing_month, status FROM billing_batch WHERE billing_month < '2026-04' ORDER BY batch_id")
+            text(
+                "SELECT billing_month, status FROM billing_batch WHERE billing_month < '2026-04' ORDER BY batch_id"
+            )
         ).all()
     engine.dispose()
     return [tuple(row) for row in rows]
@@ -41,7 +57,9 @@ def _batches(postgres) -> list[tuple[str, str]]:
 
 def test_backfill_bills_each_month_once_then_rebills_on_request(running_airflow, postgres):
     months = [str(month) for month in BACKFILL_MONTHS]
-    running_airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})  # backfill runs of a paused DAG stay queued
+    running_airflow.api(
+        "PATCH", f"/dags/{DAG_ID}", {"is_paused": False}
+    )  # backfill runs of a paused DAG stay queued
     _backfill(running_airflow)
     runs = _wait_for_backfill(running_airflow)
     assert [r["state"] for r in runs] == ["success"] * 3
@@ -51,5 +69,9 @@ def test_backfill_bills_each_month_once_then_rebills_on_request(running_airflow,
     runs = _wait_for_backfill(running_airflow)
     assert [r["state"] for r in runs] == ["success"] * len(runs)
     batches = _batches(postgres)
-    assert sorted(b for b in batches if b[1] == "current") == [(month, "current") for month in months]
-    assert sorted(b for b in batches if b[1] == "superseded") == [(month, "superseded") for month in months]
+    assert sorted(b for b in batches if b[1] == "current") == [
+        (month, "current") for month in months
+    ]
+    assert sorted(b for b in batches if b[1] == "superseded") == [
+        (month, "superseded") for month in months
+    ]

@@ -19,26 +19,56 @@ CALLS, FILES = 20_000, 2
 
 @pytest.mark.parametrize("runner", ["dag.test", "scheduler"])
 def test_the_dag_bills_the_benchmark_month_as_the_benchmark_does(tmp_path, runner):
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "CDR_BILLING"))}
-    command = [sys.executable, "-m", "cdr_devkit.bench_dag", "--calls", str(CALLS), "--files", str(FILES),
-               "--base", str(tmp_path / "months"), "--root", str(tmp_path / "dag")]  # fmt: skip
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AIRFLOW", "CDR_BILLING"))
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "cdr_devkit.bench_dag",
+        "--calls",
+        str(CALLS),
+        "--files",
+        str(FILES),
+        "--base",
+        str(tmp_path / "months"),
+        "--root",
+        str(tmp_path / "dag"),
+    ]
     command += ["--scheduler", "--files-at-once", "1"] if runner == "scheduler" else []
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     facts = json.loads((tmp_path / "dag" / "bench_dag.json").read_text())
     assert facts["runner"] == runner
     tasks = {task["task"]: task for task in facts["tasks"]}
-    assert tasks["validate_cdr_file"]["instances"] == FILES and tasks["bill_cdr_file"]["instances"] == FILES
+    assert (
+        tasks["validate_cdr_file"]["instances"] == FILES
+        and tasks["bill_cdr_file"]["instances"] == FILES
+    )
     assert all(task["states"] == ["success"] for task in tasks.values())
     assert tasks["load_billing"]["first_start"] >= tasks["bill_cdr_file"]["last_end"] > 0
-    if runner == "scheduler":  # files_at_once 1: the mapped tasks one file at a time, though Airflow could run 4
-        assert tasks["validate_cdr_file"]["most_at_once"] == tasks["bill_cdr_file"]["most_at_once"] == 1
+    if (
+        runner == "scheduler"
+    ):  # files_at_once 1: the mapped tasks one file at a time, though Airflow could run 4
+        assert (
+            tasks["validate_cdr_file"]["most_at_once"]
+            == tasks["bill_cdr_file"]["most_at_once"]
+            == 1
+        )
     assert "load_billing" in done.stdout and "run: success" in done.stdout
     assert facts["peak_rss_mib"] > 100  # Airflow and the domain's libraries alone hold more
 
     month = ensure_month(tmp_path / "months", CALLS, FILES)
-    lines, counts, _ = run_project(month.cdr_files, month.tariff, month.entitlements, month.month, tmp_path / "project",
-                                   validation=False)  # fmt: skip
+    lines, counts, _ = run_project(
+        month.cdr_files,
+        month.tariff,
+        month.entitlements,
+        month.month,
+        tmp_path / "project",
+        validation=False,
+    )
     identical, detail = compare_lines(pd.read_parquet(facts["lines"]), lines)
     assert identical, detail
     assert {key: facts["counts"][key] for key in counts} == counts

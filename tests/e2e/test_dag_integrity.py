@@ -31,7 +31,9 @@ def test_every_task_retries_and_alerts_by_mail(dag_bag):
         assert dag.tags, dag.dag_id
         for task in dag.tasks:
             assert task.retries >= 1, task.task_id
-            assert any(isinstance(cb, SmtpNotifier) for cb in task.on_failure_callback), task.task_id
+            assert any(isinstance(cb, SmtpNotifier) for cb in task.on_failure_callback), (
+                task.task_id
+            )
 
 
 def test_tasks_run_in_billing_order(dag_bag):

@@ -73,7 +73,11 @@ def golden_config(folder: Path) -> Path:
 
 def load_older_tariff(path: Path) -> None:
     """A tariff version from before the month, loaded the way operators do (the CLI)."""
-    subprocess.run([sys.executable, "-m", "cdr_billing.tariff", "load", str(path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cdr_billing.tariff", "load", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,10 @@ def golden(tmp_path_factory, postgres, airflow_home):
     config = golden_config(base / "config")
     database = postgres.create_database("golden")
     with LocalServices(base / "services") as local, pytest.MonkeyPatch.context() as env:
-        primary, secondary = local.start_sftp("golden_primary", root), local.start_sftp("golden_secondary", root)
+        primary, secondary = (
+            local.start_sftp("golden_primary", root),
+            local.start_sftp("golden_secondary", root),
+        )
         smtp = local.start_smtp(base / "mail")
         connections = {
             "cdr_sftp_primary": primary.connection(local.client_key),
@@ -111,7 +118,10 @@ def dag(golden):
 def current_batch(engine: Engine) -> tuple[int, str]:
     with engine.connect() as conn:
         return conn.execute(
-            text("SELECT batch_id, run_id FROM billing_batch WHERE billing_month = :m AND status = 'current'"), {"m": MONTH}
+            text(
+                "SELECT batch_id, run_id FROM billing_batch WHERE billing_month = :m AND status = 'current'"
+            ),
+            {"m": MONTH},
         ).one()
 
 
@@ -119,13 +129,17 @@ def loaded_lines(engine: Engine) -> dict[tuple[str, str, str], Line]:
     """The current batch's billing lines, amounts back in major units."""
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT l.customer_id, l.sequence_number, l.currency, l.total_minor, l.call_count, l.billed_seconds "
-                 "FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = :m AND b.status = 'current'"),
+            text(
+                "SELECT l.customer_id, l.sequence_number, l.currency, l.total_minor, l.call_count, l.billed_seconds "
+                "FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = :m AND b.status = 'current'"
+            ),
             {"m": MONTH},
-        ).all()  # fmt: skip
+        ).all()
     return {
         (r.customer_id, r.sequence_number, r.currency): Line(
-            Decimal(r.total_minor).scaleb(-minor_unit(r.currency)), int(r.call_count), int(r.billed_seconds)
+            Decimal(r.total_minor).scaleb(-minor_unit(r.currency)),
+            int(r.call_count),
+            int(r.billed_seconds),
         )
         for r in rows
     }
@@ -135,20 +149,31 @@ def loaded_calls(engine: Engine) -> dict[tuple[str, str], tuple]:
     """{(source, transaction id): (customer, sequence, currency, cost, seconds)} of the current batch."""
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT c.* FROM billed_call c JOIN billing_batch b USING (batch_id) "
-                 "WHERE b.billing_month = :m AND b.status = 'current'"), {"m": MONTH}
-        ).all()  # fmt: skip
+            text(
+                "SELECT c.* FROM billed_call c JOIN billing_batch b USING (batch_id) "
+                "WHERE b.billing_month = :m AND b.status = 'current'"
+            ),
+            {"m": MONTH},
+        ).all()
     return {
-        (r.source, r.transaction_id): (r.customer_id, r.sequence_number, r.currency,
-                                       Decimal(r.cost_minor).scaleb(-minor_unit(r.currency)), int(r.billed_seconds))
+        (r.source, r.transaction_id): (
+            r.customer_id,
+            r.sequence_number,
+            r.currency,
+            Decimal(r.cost_minor).scaleb(-minor_unit(r.currency)),
+            int(r.billed_seconds),
+        )
         for r in rows
-    }  # fmt: skip
+    }
 
 
 def loaded_quarantine(engine: Engine, run_id: str) -> dict[tuple[str, int], str]:
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT source_file, source_row, reason_code FROM quarantined_row WHERE run_id = :r"), {"r": run_id}
+            text(
+                "SELECT source_file, source_row, reason_code FROM quarantined_row WHERE run_id = :r"
+            ),
+            {"r": run_id},
         ).all()
     return {(Path(r.source_file).name, int(r.source_row)): r.reason_code for r in rows}
 
@@ -158,17 +183,22 @@ def loaded_exceptions(engine: Engine, kind: str) -> set[str]:
     with engine.connect() as conn:
         return set(
             conn.execute(
-                text("SELECT e.transaction_id FROM billing_exception e JOIN billing_batch b USING (batch_id) "
-                     "WHERE b.billing_month = :m AND b.status = 'current' AND e.kind = :k"), {"m": MONTH, "k": kind}
+                text(
+                    "SELECT e.transaction_id FROM billing_exception e JOIN billing_batch b USING (batch_id) "
+                    "WHERE b.billing_month = :m AND b.status = 'current' AND e.kind = :k"
+                ),
+                {"m": MONTH, "k": kind},
             ).scalars()
-        )  # fmt: skip
+        )
 
 
 def first_seen(engine: Engine) -> dict[tuple[str, str], object]:
     """When the ledger first saw each CDR file of the month (duplicates are ordered by it)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT source, name, min(first_seen) AS seen FROM cdr_file WHERE billing_month = :m GROUP BY source, name"),
+            text(
+                "SELECT source, name, min(first_seen) AS seen FROM cdr_file WHERE billing_month = :m GROUP BY source, name"
+            ),
             {"m": MONTH},
         ).all()
     return {(r.source, r.name): r.seen for r in rows}
@@ -178,7 +208,9 @@ def month_report(golden: Golden, run_id: str) -> dict:
     from cdr_billing.config import load_config
     from cdr_billing.stages import run_work_dir
 
-    return json.loads((run_work_dir(load_config(golden.config), MONTH, run_id) / "report.json").read_text())
+    return json.loads(
+        (run_work_dir(load_config(golden.config), MONTH, run_id) / "report.json").read_text()
+    )
 
 
 # --- the oracle's view ---------------------------------------------------------------------
@@ -188,7 +220,8 @@ def expected(golden: Golden, snapshots: list[Path]) -> MonthBill:
     """The oracle's month: every CDR file as delivered, with the ledger's first-seen times."""
     seen = first_seen(golden.engine)
     files = [
-        Delivered("carrier", golden.delivered / "cdr/carrier" / name, seen[("carrier", name)]) for name in data.CARRIER_FILES
+        Delivered("carrier", golden.delivered / "cdr/carrier" / name, seen[("carrier", name)])
+        for name in data.CARRIER_FILES
     ]
     files.append(
         Delivered(
@@ -197,8 +230,14 @@ def expected(golden: Golden, snapshots: list[Path]) -> MonthBill:
             seen[("conferencing", data.CONFERENCING_FILE)],
         )
     )
-    files.append(Delivered("credits", golden.delivered / "cdr/credits" / data.CREDITS_FILE, seen[("credits", data.CREDITS_FILE)],
-                           allow_credits=True))  # fmt: skip
+    files.append(
+        Delivered(
+            "credits",
+            golden.delivered / "cdr/credits" / data.CREDITS_FILE,
+            seen[("credits", data.CREDITS_FILE)],
+            allow_credits=True,
+        )
+    )
     tariffs = [golden.extras / data.OLDER_TARIFF, golden.delivered / "reference" / data.TARIFF_FILE]
     return bill_month(2026, 3, files, tariffs, snapshots, MARKUPS)
 
@@ -208,27 +247,39 @@ def first_snapshots(golden: Golden) -> list[Path]:
 
 
 def _diff(got: dict, want: dict) -> list[str]:
-    return [f"{key}: engine {got.get(key)} oracle {want.get(key)}" for key in sorted(set(got) | set(want), key=str)
-            if got.get(key) != want.get(key)]  # fmt: skip
+    return [
+        f"{key}: engine {got.get(key)} oracle {want.get(key)}"
+        for key in sorted(set(got) | set(want), key=str)
+        if got.get(key) != want.get(key)
+    ]
 
 
 def disagreements(golden: Golden, bill: MonthBill, run_id: str) -> dict[str, list[str]]:
     """Where the loaded batch differs from the oracle: lines, then per call, row and exception."""
-    want_calls = {k: (c.customer_id, c.sequence_number, c.currency, c.cost, c.seconds) for k, c in bill.calls.items()}
+    want_calls = {
+        k: (c.customer_id, c.sequence_number, c.currency, c.cost, c.seconds)
+        for k, c in bill.calls.items()
+    }
     found = {
         "lines": _diff(loaded_lines(golden.engine), bill.lines),
         "billed calls": _diff(loaded_calls(golden.engine), want_calls),
         "quarantined rows": _diff(loaded_quarantine(golden.engine, run_id), bill.quarantined),
-        "suspense": _diff(dict.fromkeys(loaded_exceptions(golden.engine, "suspense"), True),
-                          dict.fromkeys((tx for _, tx in bill.suspense), True)),
-        "unbillable": _diff(dict.fromkeys(loaded_exceptions(golden.engine, "unbillable"), True),
-                            dict.fromkeys((tx for _, tx in bill.unbillable), True)),
-    }  # fmt: skip
+        "suspense": _diff(
+            dict.fromkeys(loaded_exceptions(golden.engine, "suspense"), True),
+            dict.fromkeys((tx for _, tx in bill.suspense), True),
+        ),
+        "unbillable": _diff(
+            dict.fromkeys(loaded_exceptions(golden.engine, "unbillable"), True),
+            dict.fromkeys((tx for _, tx in bill.unbillable), True),
+        ),
+    }
     return {facet: rows for facet, rows in found.items() if rows}
 
 
 def _report(found: dict[str, list[str]]) -> str:
-    return "\n".join(f"{facet} ({len(rows)}):\n  " + "\n  ".join(rows) for facet, rows in found.items())
+    return "\n".join(
+        f"{facet} ({len(rows)}):\n  " + "\n  ".join(rows) for facet, rows in found.items()
+    )
 
 
 # --- the scenario --------------------------------------------------------------------------
@@ -239,10 +290,23 @@ def test_the_oracle_applies_the_documented_examples():
     assert billed_priced_cost(Decimal("-1500"), "CLP", Decimal("12.5")) == Decimal("-1688")
     assert billed_priced_cost(Decimal("1500"), "CLP", Decimal("12.5")) == Decimal("1688")
     assert billed_priced_cost(Decimal("0.0125"), "JOD", Decimal("12.5")) == Decimal("0.014")
-    assert billed_priced_cost(Decimal("900000000"), "EUR", Decimal("12.5")) == Decimal("1012500000.00")
-    assert [minor_unit(c) for c in ("clp", "EUR", "SEK", "JOD", "KWD", "BHD", "EURO", "ABC", "XAU", "")] == [
-        0, 2, 2, 3, 3, 3, None, None, None, None,
-    ]  # fmt: skip
+    assert billed_priced_cost(Decimal("900000000"), "EUR", Decimal("12.5")) == Decimal(
+        "1012500000.00"
+    )
+    assert [
+        minor_unit(c) for c in ("clp", "EUR", "SEK", "JOD", "KWD", "BHD", "EURO", "ABC", "XAU", "")
+    ] == [
+        0,
+        2,
+        2,
+        3,
+        3,
+        3,
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_a_the_first_run_bills_what_the_oracle_expects(golden, dag):
@@ -256,30 +320,46 @@ def test_a_the_first_run_bills_what_the_oracle_expects(golden, dag):
 
 
 def test_b_a_file_no_longer_listed_is_billed_from_the_archive_the_same(golden, dag):
-    (golden.root / "cdr/carrier" / data.CARRIER_FILES[1]).unlink()  # holds a session's part 2 and re-deliveries
+    (
+        golden.root / "cdr/carrier" / data.CARRIER_FILES[1]
+    ).unlink()  # holds a session's part 2 and re-deliveries
     run = run_dag(dag, logical_date=None, run_conf={"billing_month": MONTH})
     assert run.state == "success"
     assert golden.first_lines is not None, "the first run must run first"
     assert loaded_lines(golden.engine) == golden.first_lines
     assert month_report(golden, run.run_id)["changes"] == []
     found = disagreements(golden, expected(golden, first_snapshots(golden)), run.run_id)
-    assert not found, "engine and oracle disagree after the re-run without file b:\n" + _report(found)
+    assert not found, "engine and oracle disagree after the re-run without file b:\n" + _report(
+        found
+    )
 
 
 def test_c_a_correction_snapshot_bills_the_fixed_accounts_on_a_refresh(golden, dag):
     shutil.copy(golden.extras / data.CORRECTION, golden.root / "reference" / data.CORRECTION)
     before = expected(golden, first_snapshots(golden))
     suspense_before = loaded_exceptions(golden.engine, "suspense")
-    run = run_dag(dag, logical_date=None, run_conf={"billing_month": MONTH, "refresh_entitlements": True})
+    run = run_dag(
+        dag, logical_date=None, run_conf={"billing_month": MONTH, "refresh_entitlements": True}
+    )
     assert run.state == "success"
     bill = expected(golden, [*first_snapshots(golden), golden.extras / data.CORRECTION])
     fixed = before.suspense - bill.suspense
-    assert {tx for _, tx in fixed} == {"SU-unknown-06", "SU-unknown-19", "SU-noseq-07", "SU-nocust-08", "CL-fixed-12"}
+    assert {tx for _, tx in fixed} == {
+        "SU-unknown-06",
+        "SU-unknown-19",
+        "SU-noseq-07",
+        "SU-nocust-08",
+        "CL-fixed-12",
+    }
     assert fixed <= set(bill.calls)  # the oracle bills them now, and so must the engine:
     assert {key: loaded_calls(golden.engine).get(key) for key in fixed} == {
-        key: (c.customer_id, c.sequence_number, c.currency, c.cost, c.seconds) for key, c in bill.calls.items() if key in fixed
+        key: (c.customer_id, c.sequence_number, c.currency, c.cost, c.seconds)
+        for key, c in bill.calls.items()
+        if key in fixed
     }
     suspense_after = loaded_exceptions(golden.engine, "suspense")
     assert suspense_after == suspense_before - {tx for _, tx in fixed}
     found = disagreements(golden, bill, run.run_id)
-    assert not found, "engine and oracle disagree after the refresh with the correction:\n" + _report(found)
+    assert not found, (
+        "engine and oracle disagree after the refresh with the correction:\n" + _report(found)
+    )

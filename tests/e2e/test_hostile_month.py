@@ -36,13 +36,24 @@ def month(tmp_path, services, monkeypatch) -> Path:
     generate_month(root, MONTH)
     server = services.local.start_sftp(f"hostile_{tmp_path.name[-20:]}", root)
     for conn_id in ("cdr_sftp_primary", "cdr_sftp_secondary"):
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(server.connection(services.local.client_key)))
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}",
+            json.dumps(server.connection(services.local.client_key)),
+        )
     return root
 
 
 def _new_mails(services, before: set[Path]) -> dict[str, str]:
-    mails = [message_from_bytes(p.read_bytes()) for p in sorted(set(services.maildir.glob("*.eml")) - before)]
-    return {m["Subject"]: (m.get_payload(0) if m.is_multipart() else m).get_payload(decode=True).decode() for m in mails}
+    mails = [
+        message_from_bytes(p.read_bytes())
+        for p in sorted(set(services.maildir.glob("*.eml")) - before)
+    ]
+    return {
+        m["Subject"]: (m.get_payload(0) if m.is_multipart() else m)
+        .get_payload(decode=True)
+        .decode()
+        for m in mails
+    }
 
 
 def _edit_carrier_rows(root: Path, edit) -> None:
@@ -56,22 +67,31 @@ def _edit_carrier_rows(root: Path, edit) -> None:
 
 def test_a_nul_byte_and_a_short_row_are_quarantined_and_the_month_is_billed(dag, month):
     def edit(rows):
-        rows[5][0] = rows[5][0] + "\x00"  # a NUL byte in a transaction id (the load failed on it before)
+        rows[5][0] = (
+            rows[5][0] + "\x00"
+        )  # a NUL byte in a transaction id (the load failed on it before)
         rows[9] = rows[9][:-2]  # a row two fields short (it was padded and billed before)
 
     _edit_carrier_rows(month, edit)
     run = run_dag(dag[0], logical_date=None, run_conf={"billing_month": str(MONTH)})
     assert run.state == "success"
     with dag[1].connect() as conn:
-        reasons = conn.execute(text("SELECT source_row, reason_code FROM quarantined_row WHERE source_file = :f "
-                                    "ORDER BY source_row"), {"f": Path(CARRIER).name}).all()  # fmt: skip
+        reasons = conn.execute(
+            text(
+                "SELECT source_row, reason_code FROM quarantined_row WHERE source_file = :f "
+                "ORDER BY source_row"
+            ),
+            {"f": Path(CARRIER).name},
+        ).all()
     assert (6, "BAD_CHARACTER") in reasons and (10, "BAD_FIELD_COUNT") in reasons
 
 
 def test_a_cut_off_csv_fails_its_file_with_a_mail_naming_it(dag, month, services):
     path = month / CARRIER
     data = path.read_bytes()
-    path.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 40])  # the last line cut in the middle
+    path.write_bytes(
+        data[: data.rindex(b"\n", 0, len(data) - 1) + 40]
+    )  # the last line cut in the middle
     before = set(services.maildir.glob("*.eml"))
     run = run_dag(dag[0], logical_date=None, run_conf={"billing_month": str(MONTH)})
     assert run.state == "failed"
@@ -86,7 +106,8 @@ def test_an_xlsx_that_declares_a_huge_sheet_fails_with_a_mail_not_a_crash(dag, m
         members = {name: source.read(name) for name in source.namelist()}
     sheet = members["xl/worksheets/sheet1.xml"].decode()
     members["xl/worksheets/sheet1.xml"] = sheet.replace(
-        "</sheetData>", '<row r="1048576"><c r="XFD1048576" t="inlineStr"><is><t>x</t></is></c></row></sheetData>'
+        "</sheetData>",
+        '<row r="1048576"><c r="XFD1048576" t="inlineStr"><is><t>x</t></is></c></row></sheetData>',
     ).encode()
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
         for name, content in members.items():
@@ -101,9 +122,15 @@ def test_an_xlsx_that_declares_a_huge_sheet_fails_with_a_mail_not_a_crash(dag, m
 
 def test_a_tariff_in_latin_1_fails_naming_the_file_and_utf_8(dag, month, services):
     tariff = next((month / "reference").glob("tariff*.csv"))
-    tariff.write_bytes(tariff.read_bytes().replace(b"Sweden", "Sverige f\u00f6rort".encode("latin-1"), 1))
+    tariff.write_bytes(
+        tariff.read_bytes().replace(b"Sweden", "Sverige f\u00f6rort".encode("latin-1"), 1)
+    )
     before = set(services.maildir.glob("*.eml"))
     run = run_dag(dag[0], logical_date=None, run_conf={"billing_month": str(MONTH)})
     assert run.state == "failed"
-    failure = next(body for subject, body in _new_mails(services, before).items() if "load_references failed" in subject)
+    failure = next(
+        body
+        for subject, body in _new_mails(services, before).items()
+        if "load_references failed" in subject
+    )
     assert tariff.name in failure and "UTF-8" in failure

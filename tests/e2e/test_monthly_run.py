@@ -46,7 +46,10 @@ def _current_lines(engine, month: str) -> dict[tuple[str, str], Decimal]:
 def _batches(engine, month: str) -> list[str]:
     with engine.connect() as conn:
         return (
-            conn.execute(text("SELECT status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"), {"m": month})
+            conn.execute(
+                text("SELECT status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"),
+                {"m": month},
+            )
             .scalars()
             .all()
         )
@@ -59,56 +62,96 @@ def test_the_month_bills_what_an_independent_computation_expects(dag, billing_en
     assert len(expected) == 16
     assert _current_lines(billing_engine, "2026-10") == expected
     with billing_engine.connect() as conn:
-        files = conn.execute(text("SELECT name, rows_read, rows_billable, rows_quarantined, rows_duplicate FROM cdr_file "
-                                  "WHERE rows_read IS NOT NULL ORDER BY name")).all()  # fmt: skip
-    assert [f.name for f in files] == ["carrier_cdr_202610.csv", "conferencing_cdr_2026-10.xlsx", "pbx_cdr_2026-10.csv"]
-    assert all(f.rows_read == f.rows_billable + f.rows_quarantined + f.rows_duplicate for f in files)
+        files = conn.execute(
+            text(
+                "SELECT name, rows_read, rows_billable, rows_quarantined, rows_duplicate FROM cdr_file "
+                "WHERE rows_read IS NOT NULL ORDER BY name"
+            )
+        ).all()
+    assert [f.name for f in files] == [
+        "carrier_cdr_202610.csv",
+        "conferencing_cdr_2026-10.xlsx",
+        "pbx_cdr_2026-10.csv",
+    ]
+    assert all(
+        f.rows_read == f.rows_billable + f.rows_quarantined + f.rows_duplicate for f in files
+    )
     assert [(f.rows_quarantined, f.rows_duplicate) for f in files] == [(3, 3), (0, 0), (1, 0)]
-    month_report = json.loads((run_work_dir(load_config(), "2026-10", run.run_id) / "report.json").read_text())
+    month_report = json.loads(
+        (run_work_dir(load_config(), "2026-10", run.run_id) / "report.json").read_text()
+    )
     assert Path(month_report["data_docs"]).is_file() and len(month_report["files"]) == 3
 
 
 def _source_lines(path: Path, encoding: str, delimiter: str) -> dict[int, dict]:
     """{line number as a person opens the file: row} of a CSV file."""
     with path.open(newline="", encoding=encoding) as handle:
-        return {number: row for number, row in enumerate(csv.DictReader(handle, delimiter=delimiter), start=2)}
+        return {
+            number: row
+            for number, row in enumerate(csv.DictReader(handle, delimiter=delimiter), start=2)
+        }
 
 
-def test_every_line_traces_to_its_calls_and_their_input_rows(billing_engine, postgres, sftp_root, tmp_path):
+def test_every_line_traces_to_its_calls_and_their_input_rows(
+    billing_engine, postgres, sftp_root, tmp_path
+):
     lines = pd.read_sql(
         "SELECT l.* FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = '2026-10' "
-        "AND b.status = 'current'", billing_engine
-    )  # fmt: skip
+        "AND b.status = 'current'",
+        billing_engine,
+    )
     carrier = _source_lines(sftp_root / "cdr/carrier/carrier_cdr_202610.csv", "utf-8", ",")
     pbx = _source_lines(sftp_root / "cdr/pbx/pbx_cdr_2026-10.csv", "latin-1", ";")
     traced_rows = 0
     for line in lines.itertuples():
         calls = line_calls(billing_engine, "2026-10", line.customer_id, line.sequence_number)
         assert (len(calls), calls["cost_minor"].sum()) == (line.call_count, line.total_minor)
-        assert calls["sha256"].notna().all() and calls["archive_path"].map(lambda p: Path(p).is_file()).all()
+        assert (
+            calls["sha256"].notna().all()
+            and calls["archive_path"].map(lambda p: Path(p).is_file()).all()
+        )
         for call in calls.itertuples():
             if call.source == "carrier":
                 assert carrier[call.source_row]["transaction_id"] == call.transaction_id
                 for part in filter(None, call.combined_rows.split(",")):
-                    assert carrier[int(part)]["session_id"] == carrier[call.source_row]["session_id"]
+                    assert (
+                        carrier[int(part)]["session_id"] == carrier[call.source_row]["session_id"]
+                    )
             elif call.source == "pbx":
                 assert pbx[call.source_row]["Samtals-ID"] == call.transaction_id
             traced_rows += 1
     assert traced_rows == lines["call_count"].sum()
     with billing_engine.connect() as conn:
         user_total = conn.execute(
-            text("SELECT sum(u.total_minor) FROM billing_user_line u JOIN billing_batch b USING (batch_id) "
-                 "WHERE b.billing_month = '2026-10' AND b.status = 'current'")
-        ).scalar()  # fmt: skip
+            text(
+                "SELECT sum(u.total_minor) FROM billing_user_line u JOIN billing_batch b USING (batch_id) "
+                "WHERE b.billing_month = '2026-10' AND b.status = 'current'"
+            )
+        ).scalar()
     assert int(user_total) == int(lines["total_minor"].sum())
 
     first = lines.iloc[0]
     out = tmp_path / "calls.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "cdr_billing.lineage", "--url", postgres.url, "--month", "2026-10",
-         "--customer", first.customer_id, "--sequence", first.sequence_number, "--csv", str(out)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cdr_billing.lineage",
+            "--url",
+            postgres.url,
+            "--month",
+            "2026-10",
+            "--customer",
+            first.customer_id,
+            "--sequence",
+            first.sequence_number,
+            "--csv",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"{first.call_count} calls" in done.stdout and "rows " in done.stdout
     assert len(pd.read_csv(out)) == first.call_count
 
@@ -116,10 +159,14 @@ def test_every_line_traces_to_its_calls_and_their_input_rows(billing_engine, pos
 def test_the_revenue_share_matches_an_independent_computation(billing_engine, sftp_root):
     shares = pd.read_sql(
         "SELECT r.* FROM revenue_share r JOIN billing_batch b USING (batch_id) WHERE b.billing_month = '2026-10' "
-        "AND b.status = 'current'", billing_engine
-    )  # fmt: skip
+        "AND b.status = 'current'",
+        billing_engine,
+    )
     got = {
-        (r.service_provider, Decimal(r.share_basis_points) / 100): (Decimal(r.billed_minor) / 100, Decimal(r.share_minor) / 100)
+        (r.service_provider, Decimal(r.share_basis_points) / 100): (
+            Decimal(r.billed_minor) / 100,
+            Decimal(r.share_minor) / 100,
+        )
         for r in shares.itertuples()
     }
     assert got == expected_revenue_share(sftp_root, 2026, 10)
@@ -140,26 +187,46 @@ def test_an_unknown_range_is_alerted_then_billed_by_a_rerun_once_added_to_the_ta
 
     before = set(services.maildir.glob("*.eml"))
     assert run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"}).state == "success"
-    subjects = [message_from_bytes(p.read_bytes())["Subject"] for p in set(services.maildir.glob("*.eml")) - before]
+    subjects = [
+        message_from_bytes(p.read_bytes())["Subject"]
+        for p in set(services.maildir.glob("*.eml")) - before
+    ]
     assert sorted(subjects)[:2] == [
         "[CDR billing] 147 calls of 5 accounts in suspense (2026-10)",
         "[CDR billing] 29 unbillable calls in 1 number ranges (2026-10)",
     ]
     assert sorted(subjects)[2].startswith("[CDR billing] Month report 2026-10: 16 billing lines")
-    satellite = {"prefix": "88216", "destination": "Satellite", "price_per_minute": "1.5000", "connection_fee": "0",
-                 "first_increment": "60", "next_increment": "60", "minimum_charge": "0", "currency": "EUR"}  # fmt: skip
+    satellite = {
+        "prefix": "88216",
+        "destination": "Satellite",
+        "price_per_minute": "1.5000",
+        "connection_fee": "0",
+        "first_increment": "60",
+        "next_increment": "60",
+        "minimum_charge": "0",
+        "currency": "EUR",
+    }
     addition = tmp_path / "tariff_satellite.csv"
     addition.write_text(",".join(satellite) + "\n" + ",".join(satellite.values()) + "\n")
     load_file(billing_engine, addition, load_config().billing)
     rerun = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"})
     assert rerun.state == "success"
-    assert _current_lines(billing_engine, "2026-10") == expected_lines(sftp_root, 2026, 10, extra_rates=(satellite,))
+    assert _current_lines(billing_engine, "2026-10") == expected_lines(
+        sftp_root, 2026, 10, extra_rates=(satellite,)
+    )
     assert _current_lines(billing_engine, "2026-10") != expected_lines(sftp_root, 2026, 10)
-    report = json.loads((run_work_dir(load_config(), "2026-10", rerun.run_id) / "report.json").read_text())
+    report = json.loads(
+        (run_work_dir(load_config(), "2026-10", rerun.run_id) / "report.json").read_text()
+    )
     assert report["counts"]["unbillable"] == 0 and report["unbillable_ranges"] == []
-    assert report["changes"] and all(not change["change"].startswith("-") for change in report["changes"])
+    assert report["changes"] and all(
+        not change["change"].startswith("-") for change in report["changes"]
+    )
     billing_csv = Path(report["billing_file"]["csv"]).read_text().splitlines()
-    assert billing_csv[0] == "CustomerId,SequenceNumber,Month,Amount,Currency" and len(billing_csv) == 17
+    assert (
+        billing_csv[0] == "CustomerId,SequenceNumber,Month,Amount,Currency"
+        and len(billing_csv) == 17
+    )
 
 
 def test_fixed_accounts_are_billed_by_a_rerun_with_a_fresh_snapshot(
@@ -180,14 +247,26 @@ def test_fixed_accounts_are_billed_by_a_rerun_with_a_fresh_snapshot(
         writer.writerows(rows)
     server = services.local.start_sftp("sftp_fixed", root)
     for conn_id in ("cdr_sftp_primary", "cdr_sftp_secondary"):
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(server.connection(services.local.client_key)))
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}",
+            json.dumps(server.connection(services.local.client_key)),
+        )
 
     def suspense_reasons(run) -> set[str]:
-        report = json.loads((run_work_dir(load_config(), "2026-10", run.run_id) / "report.json").read_text())
+        report = json.loads(
+            (run_work_dir(load_config(), "2026-10", run.run_id) / "report.json").read_text()
+        )
         return {a["reason_code"] for a in report["suspense_accounts"]}
 
     pinned = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10"})
-    assert suspense_reasons(pinned) == {"NOT_ENTITLED", "UNKNOWN_ACCOUNT"}  # the month keeps its first snapshot
-    fresh = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-10", "refresh_entitlements": True})
+    assert suspense_reasons(pinned) == {
+        "NOT_ENTITLED",
+        "UNKNOWN_ACCOUNT",
+    }  # the month keeps its first snapshot
+    fresh = run_dag(
+        dag, logical_date=None, run_conf={"billing_month": "2026-10", "refresh_entitlements": True}
+    )
     assert fresh.state == "success"
-    assert suspense_reasons(fresh) == {"UNKNOWN_ACCOUNT"}  # the not-entitled accounts are billed now
+    assert suspense_reasons(fresh) == {
+        "UNKNOWN_ACCOUNT"
+    }  # the not-entitled accounts are billed now

@@ -44,7 +44,14 @@ TIMEOUT_SECONDS = 400
 T = TypeVar("T")
 OLD_LINES = pd.DataFrame(  # the month's batch before the run: one line the run does not bill
     [("C-OLD", "1", "EUR", 1234, 1, 60)],
-    columns=["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"],
+    columns=[
+        "customer_id",
+        "sequence_number",
+        "currency",
+        "total_minor",
+        "call_count",
+        "billed_seconds",
+    ],
 )
 
 
@@ -61,9 +68,18 @@ def _wait(what: str, probe: Callable[[], T | None], interval: float = 0.02) -> T
 def _seed_old_batch(engine: Engine) -> int:
     migrations.upgrade(engine)
     shares = pd.DataFrame(
-        columns=["service_provider", "currency", "share_basis_points", "call_count", "billed_minor", "share_minor"]
+        columns=[
+            "service_provider",
+            "currency",
+            "share_basis_points",
+            "call_count",
+            "billed_minor",
+            "share_minor",
+        ]
     )
-    exceptions = pd.DataFrame(columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"])
+    exceptions = pd.DataFrame(
+        columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"]
+    )
     batch = Batch(OLD_LINES, OLD_LINES.assign(user_id="u1"), shares, [], exceptions)
     return load_month(engine, MONTH, f"before_retried_{MONTH}", batch, {"read": 1}).batch_id
 
@@ -78,8 +94,13 @@ class Run:
     def _run_id(self) -> str | None:
         with self.metadata.connect() as conn:
             return conn.execute(
-                text("SELECT run_id FROM dag_run WHERE dag_id = :dag AND run_type = 'backfill' AND logical_date = :day"),
-                {"dag": DAG_ID, "day": pd.Timestamp(f"{MONTH}-01", tz="Europe/Stockholm").to_pydatetime()},
+                text(
+                    "SELECT run_id FROM dag_run WHERE dag_id = :dag AND run_type = 'backfill' AND logical_date = :day"
+                ),
+                {
+                    "dag": DAG_ID,
+                    "day": pd.Timestamp(f"{MONTH}-01", tz="Europe/Stockholm").to_pydatetime(),
+                },
             ).scalar()
 
     def task(self, task_id: str):
@@ -97,7 +118,9 @@ class Run:
 
         def reached():
             ti = self.task(task_id)
-            return ti if ti is not None and (ti.state, ti.try_number) == (state, try_number) else None
+            return (
+                ti if ti is not None and (ti.state, ti.try_number) == (state, try_number) else None
+            )
 
         return _wait(f"{task_id} try {try_number} {state}", reached)
 
@@ -105,14 +128,18 @@ class Run:
         """Make the failed try's retry due now, as a retry policy's delay of 0 s would."""
         with self.metadata.begin() as conn:
             conn.execute(
-                text("UPDATE task_instance SET retry_delay_override = 0 WHERE dag_id = :dag AND run_id = :run "
-                     "AND task_id = :task AND state = 'up_for_retry'"),
+                text(
+                    "UPDATE task_instance SET retry_delay_override = 0 WHERE dag_id = :dag AND run_id = :run "
+                    "AND task_id = :task AND state = 'up_for_retry'"
+                ),
                 {"dag": DAG_ID, "run": self.run_id, "task": task_id},
-            )  # fmt: skip
+            )
 
     def state(self) -> str | None:
         with self.metadata.connect() as conn:
-            state = conn.execute(text("SELECT state FROM dag_run WHERE run_id = :run"), {"run": self.run_id}).scalar()
+            state = conn.execute(
+                text("SELECT state FROM dag_run WHERE run_id = :run"), {"run": self.run_id}
+            ).scalar()
         return state if state in ("success", "failed") else None
 
 
@@ -127,15 +154,19 @@ def _xcom_held(metadata: Engine) -> Iterator[None]:
 def _load_lock_waiter(billing: Connection) -> bool | None:
     """True once a load waits for the month's load lock (which the test holds)."""
     waiting = billing.execute(
-        text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key "
-             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+        text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
         {"key": lock_key(month_lock(MONTH))},
-    ).scalar()  # fmt: skip
+    ).scalar()
     return True if waiting else None
 
 
 def _month_report_mails(maildir: Path, before: set[Path]) -> list[Message]:
-    mails = [message_from_bytes(p.read_bytes()) for p in sorted(set(maildir.glob("*.eml")) - before)]
+    mails = [
+        message_from_bytes(p.read_bytes()) for p in sorted(set(maildir.glob("*.eml")) - before)
+    ]
     return [m for m in mails if m["Subject"].startswith(f"[CDR billing] Month report {MONTH}")]
 
 
@@ -162,7 +193,14 @@ def test_a_load_and_a_report_retried_by_airflow_after_their_work_tell_the_supers
     with billing.connect() as lock:
         lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": lock_key(month_lock(MONTH))})
         running_airflow.airflow(
-            "backfill", "create", "--dag-id", DAG_ID, "--from-date", f"{MONTH}-01", "--to-date", f"{MONTH}-31"
+            "backfill",
+            "create",
+            "--dag-id",
+            DAG_ID,
+            "--from-date",
+            f"{MONTH}-01",
+            "--to-date",
+            f"{MONTH}-31",
         )
         run = Run(metadata)
         load_try = run.wait_for("load_billing", "running", 1)
@@ -170,11 +208,15 @@ def test_a_load_and_a_report_retried_by_airflow_after_their_work_tell_the_supers
 
         def committed() -> bool:
             with billing.connect() as conn:
-                found = conn.execute(text("SELECT 1 FROM billing_batch WHERE run_id = :run"), {"run": run.run_id}).first()
+                found = conn.execute(
+                    text("SELECT 1 FROM billing_batch WHERE run_id = :run"), {"run": run.run_id}
+                ).first()
             return found is not None
 
         with _xcom_held(metadata):
-            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(month_lock(MONTH))})
+            lock.execute(
+                text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(month_lock(MONTH))}
+            )
             _wait("load_billing's commit", lambda: committed() or None)
             os.kill(load_try.pid, signal.SIGKILL)
     run.wait_for("load_billing", "up_for_retry", 1)
@@ -183,7 +225,10 @@ def test_a_load_and_a_report_retried_by_airflow_after_their_work_tell_the_supers
 
     with _xcom_held(metadata):
         report_try = run.wait_for("report_month", "running", 1)
-        _wait("the first month report mail", lambda: _month_report_mails(services.maildir, mails_before) or None)
+        _wait(
+            "the first month report mail",
+            lambda: _month_report_mails(services.maildir, mails_before) or None,
+        )
         os.kill(report_try.pid, signal.SIGKILL)
     run.wait_for("report_month", "up_for_retry", 1)
     run.retry_now("report_month")
@@ -192,15 +237,24 @@ def test_a_load_and_a_report_retried_by_airflow_after_their_work_tell_the_supers
 
     with billing.connect() as conn:
         batches = conn.execute(
-            text("SELECT run_id, status, supersedes_batch_id FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"),
+            text(
+                "SELECT run_id, status, supersedes_batch_id FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"
+            ),
             {"m": MONTH},
         ).all()
-    assert [tuple(b) for b in batches] == [(f"before_retried_{MONTH}", "superseded", None), (run.run_id, "current", old_batch)]
+    assert [tuple(b) for b in batches] == [
+        (f"before_retried_{MONTH}", "superseded", None),
+        (run.run_id, "current", old_batch),
+    ]
     first, retried = _month_report_mails(services.maildir, mails_before)
     assert (retried["Subject"], _body(retried)) == (first["Subject"], _body(first))
-    changed = len(expected_lines(sftp_root, 2026, 10)) + 1  # every line is new, and the old batch's line is gone
+    changed = (
+        len(expected_lines(sftp_root, 2026, 10)) + 1
+    )  # every line is new, and the old batch's line is gone
     assert f"Changes from the superseded batch</h3><p>{changed} lines changed." in _body(first)
     assert "First batch of the month" not in _body(first)
-    month_report = json.loads((run_work_dir(_config_of(running_airflow), MONTH, run.run_id) / "report.json").read_text())
+    month_report = json.loads(
+        (run_work_dir(_config_of(running_airflow), MONTH, run.run_id) / "report.json").read_text()
+    )
     assert month_report["batch"]["superseded_batch_id"] == old_batch
     assert len(month_report["changes"]) == changed

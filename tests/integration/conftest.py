@@ -28,8 +28,13 @@ class FetchEnvironment:
 def fetch_environment(tmp_path, postgres, services, monkeypatch) -> FetchEnvironment:
     database = postgres.create_database(f"fetch_{next(DATABASES)}")
     for key, value in connection_env(
-        {"billing_db": postgres.connection(database), "smtp_default": smtp_connection(services.smtp.port)}
+        {
+            "billing_db": postgres.connection(database),
+            "smtp_default": smtp_connection(services.smtp.port),
+        }
     ).items():
         monkeypatch.setenv(key, value)
-    config = replace(load_config(), work_root=str(tmp_path / "work"), archive_root=tmp_path / "archive")
+    config = replace(
+        load_config(), work_root=str(tmp_path / "work"), archive_root=tmp_path / "archive"
+    )
     return FetchEnvironment(config, create_engine(postgres.url_of(database)))

@@ -16,28 +16,41 @@ def connections(services, monkeypatch):
     """Set the two SFTP connections for one test."""
 
     def set_connections(primary: dict, secondary: dict) -> None:
-        for key, value in connection_env({"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}).items():
+        for key, value in connection_env(
+            {"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}
+        ).items():
             monkeypatch.setenv(key, value)
 
     return set_connections
 
 
 def fetch(tmp_path):
-    return fetch_with_failover(["cdr_sftp_primary", "cdr_sftp_secondary"], REQUESTS, tmp_path, timeout_seconds=5)
+    return fetch_with_failover(
+        ["cdr_sftp_primary", "cdr_sftp_secondary"], REQUESTS, tmp_path, timeout_seconds=5
+    )
 
 
 def test_primary_serves_when_healthy(services, connections, tmp_path, sftp_root):
-    connections(services.sftp_connection(services.primary), services.sftp_connection(services.secondary))
+    connections(
+        services.sftp_connection(services.primary), services.sftp_connection(services.secondary)
+    )
     result = fetch(tmp_path)
-    assert [(f.name, f.server) for f in result.files] == [("carrier_cdr_202610.csv", "cdr_sftp_primary")]
+    assert [(f.name, f.server) for f in result.files] == [
+        ("carrier_cdr_202610.csv", "cdr_sftp_primary")
+    ]
     original = (sftp_root / "cdr/carrier/carrier_cdr_202610.csv").read_bytes()
     assert result.files[0].sha256 == hashlib.sha256(original).hexdigest()
     assert (tmp_path / "carrier_cdr_202610.csv").read_bytes() == original
-    assert result.failovers == [] and result.ignored == 5  # the other months' carrier files (September, December to March)
+    assert (
+        result.failovers == [] and result.ignored == 5
+    )  # the other months' carrier files (September, December to March)
 
 
 def test_primary_down_fails_over_to_secondary(services, connections, tmp_path):
-    connections(services.sftp_connection(services.primary, port=free_port()), services.sftp_connection(services.secondary))
+    connections(
+        services.sftp_connection(services.primary, port=free_port()),
+        services.sftp_connection(services.secondary),
+    )
     result = fetch(tmp_path)
     assert result.files[0].server == "cdr_sftp_secondary"
     assert result.failovers == [{"server": "cdr_sftp_primary", "error": "connection refused"}]
@@ -67,7 +80,8 @@ def test_all_servers_down_is_a_clear_failure(services, connections, tmp_path):
         services.sftp_connection(services.secondary, port=free_port()),
     )
     with pytest.raises(
-        AllServersFailedError, match="cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused"
+        AllServersFailedError,
+        match="cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused",
     ):
         fetch(tmp_path)
     assert not any(name.endswith(".part") for name in os.listdir(tmp_path))

@@ -23,10 +23,22 @@ CONFIG = load_config()
 RULES = CONFIG.billing
 MONTH = BillingMonth(2026, 10)
 XLSX_HEADER = CONFERENCING_HEADER
-GOOD_LEG = ["CONF-1", "L1", "0012345", "+46850512345", datetime(2026, 10, 5, 9, 0), datetime(2026, 10, 5, 9, 2), 120, 0.09, "EUR"]
+GOOD_LEG = [
+    "CONF-1",
+    "L1",
+    "0012345",
+    "+46850512345",
+    datetime(2026, 10, 5, 9, 0),
+    datetime(2026, 10, 5, 9, 2),
+    120,
+    0.09,
+    "EUR",
+]
 
 
-def xlsx(path: Path, rows: list[list], header: list[str] = XLSX_HEADER, title_rows: int = 2) -> Path:
+def xlsx(
+    path: Path, rows: list[list], header: list[str] = XLSX_HEADER, title_rows: int = 2
+) -> Path:
     book = Workbook()
     sheet = book.active
     for n in range(title_rows):
@@ -42,8 +54,14 @@ def carrier_csv(path: Path, rows: list[dict], encoding: str = "utf-8", **overrid
     from cdr_billing.canonical import CARRIER_FIELDS
 
     base = dict.fromkeys(CARRIER_FIELDS, "")
-    base.update(transaction_id="T1", user_id="SUB-1", start_of_usage="2026-10-05T09:00:00Z", duration_of_usage="60",
-                destination_party="+46701234567", completion_status="1")  # fmt: skip
+    base.update(
+        transaction_id="T1",
+        user_id="SUB-1",
+        start_of_usage="2026-10-05T09:00:00Z",
+        duration_of_usage="60",
+        destination_party="+46701234567",
+        completion_status="1",
+    )
     with path.open("w", newline="", encoding=encoding) as handle:
         writer = csv.DictWriter(handle, fieldnames=list(CARRIER_FIELDS), **overrides)
         writer.writeheader()
@@ -56,7 +74,9 @@ def check(path: Path, profile_name: str):
     profile = CONFIG.profiles[profile_name]
     raw = read_cdr_file(path, profile).assign(source=profile_name)
     checked = check_rows(raw, profile, MONTH, RULES)
-    assert len(raw) == len(checked.accepted) + len(checked.quarantined) + len(checked.duplicates), "a row was dropped silently"
+    assert len(raw) == len(checked.accepted) + len(checked.quarantined) + len(checked.duplicates), (
+        "a row was dropped silently"
+    )
     return raw, checked
 
 
@@ -67,7 +87,9 @@ def reasons(checked) -> list[str]:
 def test_corrupted_xlsx_is_a_clear_file_error(tmp_path):
     path = tmp_path / "conferencing_cdr_2026-10.xlsx"
     path.write_bytes(b"PK\x03\x04 this is not a zip archive")
-    with pytest.raises(FileReadError, match="conferencing_cdr_2026-10.xlsx: not a readable xlsx file"):
+    with pytest.raises(
+        FileReadError, match="conferencing_cdr_2026-10.xlsx: not a readable xlsx file"
+    ):
         check(path, "conferencing_xlsx")
 
 
@@ -86,7 +108,9 @@ def test_header_only_file_fails_as_holding_no_rows(tmp_path):
 
 
 def test_title_rows_above_the_header_are_skipped_and_rows_keep_their_line_numbers(tmp_path):
-    raw, checked = check(xlsx(tmp_path / "titled.xlsx", [GOOD_LEG], title_rows=5), "conferencing_xlsx")
+    raw, checked = check(
+        xlsx(tmp_path / "titled.xlsx", [GOOD_LEG], title_rows=5), "conferencing_xlsx"
+    )
     assert raw["source_row"].tolist() == [7]  # 5 title rows, the header on line 6
     assert raw["user_id"].tolist() == ["0012345"]  # leading zeros kept
     assert len(checked.accepted) == 1
@@ -94,7 +118,9 @@ def test_title_rows_above_the_header_are_skipped_and_rows_keep_their_line_number
 
 def test_headers_match_case_and_space_insensitively_and_extra_columns_are_ignored(tmp_path):
     header = [h.upper() + "  " for h in XLSX_HEADER] + ["Internal note"]
-    raw, checked = check(xlsx(tmp_path / "shouting.xlsx", [GOOD_LEG + ["n/a"]], header=header), "conferencing_xlsx")
+    raw, checked = check(
+        xlsx(tmp_path / "shouting.xlsx", [GOOD_LEG + ["n/a"]], header=header), "conferencing_xlsx"
+    )
     assert len(checked.accepted) == 1
 
 
@@ -109,7 +135,8 @@ def test_missing_csv_column_is_named_in_the_error(tmp_path):
     frame = pd.read_csv(path, dtype=str).drop(columns=["destination_party"])
     frame.to_csv(path, index=False)
     with pytest.raises(
-        FileReadError, match="carrier.csv: missing required columns: destination_party \\(column 'destination_party'\\)"
+        FileReadError,
+        match="carrier.csv: missing required columns: destination_party \\(column 'destination_party'\\)",
     ):
         check(path, "carrier_csv")
 
@@ -134,7 +161,10 @@ def test_merged_cells_leave_the_hidden_rows_empty_and_quarantined(tmp_path):
 
 def test_excel_serial_dates_parse_like_date_cells(tmp_path):
     serial = GOOD_LEG[:4] + [46300.375] + GOOD_LEG[5:]  # 2026-10-05 09:00 as a plain number
-    _, checked = check(xlsx(tmp_path / "serial.xlsx", [GOOD_LEG, serial[:1] + ["L2"] + serial[2:]]), "conferencing_xlsx")
+    _, checked = check(
+        xlsx(tmp_path / "serial.xlsx", [GOOD_LEG, serial[:1] + ["L2"] + serial[2:]]),
+        "conferencing_xlsx",
+    )
     assert checked.accepted["start_utc"].nunique() == 1
 
 
@@ -164,8 +194,14 @@ def test_byte_order_mark_does_not_hide_the_first_column(tmp_path):
 
 
 def test_semicolons_with_decimal_commas(tmp_path):
-    profile = replace(CONFIG.profiles["conferencing_xlsx"], name="conf_csv", format="csv", delimiter=";", decimal=",",
-                      timestamp_format="%Y-%m-%d %H:%M")  # fmt: skip
+    profile = replace(
+        CONFIG.profiles["conferencing_xlsx"],
+        name="conf_csv",
+        format="csv",
+        delimiter=";",
+        decimal=",",
+        timestamp_format="%Y-%m-%d %H:%M",
+    )
     path = tmp_path / "conf.csv"
     path.write_text(
         ";".join(XLSX_HEADER) + "\n"
@@ -180,7 +216,10 @@ def test_semicolons_with_decimal_commas(tmp_path):
 
 
 def test_negative_and_huge_durations(tmp_path):
-    rows = [{"transaction_id": "T1", "duration_of_usage": "-5"}, {"transaction_id": "T2", "duration_of_usage": "999999"}]
+    rows = [
+        {"transaction_id": "T1", "duration_of_usage": "-5"},
+        {"transaction_id": "T2", "duration_of_usage": "999999"},
+    ]
     _, checked = check(carrier_csv(tmp_path / "durations.csv", rows), "carrier_csv")
     assert reasons(checked) == ["DURATION_OUT_OF_RANGE", "DURATION_OUT_OF_RANGE"]
 
@@ -197,10 +236,16 @@ def test_duplicate_ids_are_billed_once_and_counted(tmp_path):
     first = carrier_csv(tmp_path / "a.csv", [{"transaction_id": "T1"}, {"transaction_id": "T1"}])
     second = carrier_csv(tmp_path / "b.csv", [{"transaction_id": "T1"}, {"transaction_id": "T2"}])
     checks = [check(first, "carrier_csv")[1], check(second, "carrier_csv")[1]]
-    again = dedupe.repeated_per_file([c.call_hashes for c in checks], lambda n, rows: checks[n].accepted.iloc[rows])
+    again = dedupe.repeated_per_file(
+        [c.call_hashes for c in checks], lambda n, rows: checks[n].accepted.iloc[rows]
+    )
     unique = pd.concat([c.accepted[~repeated] for c, repeated in zip(checks, again, strict=True)])
     duplicates = pd.concat(
-        [part for c, repeated in zip(checks, again, strict=True) for part in (c.duplicates, c.accepted[repeated])]
+        [
+            part
+            for c, repeated in zip(checks, again, strict=True)
+            for part in (c.duplicates, c.accepted[repeated])
+        ]
     )
     assert unique["transaction_id"].tolist() == ["T1", "T2"]
     assert duplicates[["source_file", "source_row"]].values.tolist() == [["a.csv", 3], ["b.csv", 2]]
@@ -216,11 +261,16 @@ def test_row_numbers_stay_true_when_the_sheet_starts_below_and_right_of_a1(tmp_p
             sheet.cell(row=line, column=column, value=value)
     book.save(tmp_path / "offset.xlsx")
     raw, checked = check(tmp_path / "offset.xlsx", "conferencing_xlsx")
-    assert raw[["transaction_id", "source_row"]].values.tolist() == [["L1", 5], ["L2", 7]]  # the blank line is no CDR
+    assert raw[["transaction_id", "source_row"]].values.tolist() == [
+        ["L1", 5],
+        ["L2", 7],
+    ]  # the blank line is no CDR
     assert len(checked.accepted) == 2
 
 
-def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(tmp_path, postgres, monkeypatch):
+def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(
+    tmp_path, postgres, monkeypatch
+):
     import json
 
     from sqlalchemy import create_engine, select
@@ -230,45 +280,101 @@ def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(t
 
     database = postgres.create_database("quarantine_limit")
     monkeypatch.setenv("AIRFLOW_CONN_BILLING_DB", json.dumps(postgres.connection(database)))
-    rows = [{"transaction_id": "T1"}, {"transaction_id": "T2", "duration_of_usage": "-1"},
-            {"transaction_id": "T3", "destination_party": "n/a"}, {"transaction_id": "T4", "completion_status": "7"}]  # fmt: skip
+    rows = [
+        {"transaction_id": "T1"},
+        {"transaction_id": "T2", "duration_of_usage": "-1"},
+        {"transaction_id": "T3", "destination_party": "n/a"},
+        {"transaction_id": "T4", "completion_status": "7"},
+    ]
     path = carrier_csv(tmp_path / "carrier_cdr_202610.csv", rows)
-    meta = {"billing_month": "2026-10", "run_id": "run-q", "work_dir": str(tmp_path), "files": [
-        {"role": "cdr", "source": "carrier", "name": path.name, "local_path": str(path), "sha256": "0" * 64}]}  # fmt: skip
-    with pytest.raises(FileValidationError, match=r"carrier_cdr_202610.csv: 3 of 4 rows \(75.0%\) failed validation") as failure:
+    meta = {
+        "billing_month": "2026-10",
+        "run_id": "run-q",
+        "work_dir": str(tmp_path),
+        "files": [
+            {
+                "role": "cdr",
+                "source": "carrier",
+                "name": path.name,
+                "local_path": str(path),
+                "sha256": "0" * 64,
+            }
+        ],
+    }
+    with pytest.raises(
+        FileValidationError,
+        match=r"carrier_cdr_202610.csv: 3 of 4 rows \(75.0%\) failed validation",
+    ) as failure:
         stages.validate_file(meta, meta["files"][0], CONFIG)
-    assert "line 3 DURATION_OUT_OF_RANGE (+4670*****67)" in str(failure.value)  # numbers masked for the alert
+    assert "line 3 DURATION_OUT_OF_RANGE (+4670*****67)" in str(
+        failure.value
+    )  # numbers masked for the alert
     assert "+46701234567" not in str(failure.value)
     with create_engine(postgres.url_of(database)).connect() as conn:
-        stored = conn.execute(select(quarantined_row.c.source_row, quarantined_row.c.reason_code).order_by("source_row")).all()
-    assert [tuple(r) for r in stored] == [(3, "DURATION_OUT_OF_RANGE"), (4, "BAD_NUMBER"), (5, "BAD_COMPLETION_STATUS")]
+        stored = conn.execute(
+            select(quarantined_row.c.source_row, quarantined_row.c.reason_code).order_by(
+                "source_row"
+            )
+        ).all()
+    assert [tuple(r) for r in stored] == [
+        (3, "DURATION_OUT_OF_RANGE"),
+        (4, "BAD_NUMBER"),
+        (5, "BAD_COMPLETION_STATUS"),
+    ]
 
 
 def test_short_and_long_rows_are_quarantined_by_line_and_never_padded(tmp_path):
-    path = carrier_csv(tmp_path / "carrier.csv", [{"transaction_id": "T1", "revenue_share_percentage": "12.5"}] * 2)
+    path = carrier_csv(
+        tmp_path / "carrier.csv", [{"transaction_id": "T1", "revenue_share_percentage": "12.5"}] * 2
+    )
     lines = path.read_text().splitlines(keepends=True)
     lines[1] = lines[1].replace(",12.5,", ",12.5,,,")  # two fields too many
-    lines[2] = lines[2].replace("+46701234567,", "", 1)  # one field short: the share would move under another header
+    lines[2] = lines[2].replace(
+        "+46701234567,", "", 1
+    )  # one field short: the share would move under another header
     path.write_text("".join(lines))
     raw, checked = check(path, "carrier_csv")
-    assert checked.quarantined[["source_row", "reasons"]].values.tolist() == [[2, "BAD_FIELD_COUNT"], [3, "BAD_FIELD_COUNT"]]
+    assert checked.quarantined[["source_row", "reasons"]].values.tolist() == [
+        [2, "BAD_FIELD_COUNT"],
+        [3, "BAD_FIELD_COUNT"],
+    ]
 
 
 def test_a_cut_off_file_fails_its_task_with_a_mail_naming_the_file(tmp_path, monkeypatch):
     from cdr_billing import stages
 
-    path = carrier_csv(tmp_path / "carrier_cdr_202610.csv", [{"transaction_id": "T1"}, {"transaction_id": "T2"}])
+    path = carrier_csv(
+        tmp_path / "carrier_cdr_202610.csv", [{"transaction_id": "T1"}, {"transaction_id": "T2"}]
+    )
     path.write_bytes(path.read_bytes()[:-25])
     mailed = []
     monkeypatch.setattr(stages, "_send", lambda config, alert: mailed.append(alert))
-    meta = {"billing_month": "2026-10", "run_id": "run-cut", "work_dir": str(tmp_path), "files": [
-        {"role": "cdr", "source": "carrier", "name": path.name, "local_path": str(path), "sha256": "0" * 64}]}  # fmt: skip
-    with pytest.raises(FileValidationError, match="carrier_cdr_202610.csv: the last line has no line break: the file looks"):
+    meta = {
+        "billing_month": "2026-10",
+        "run_id": "run-cut",
+        "work_dir": str(tmp_path),
+        "files": [
+            {
+                "role": "cdr",
+                "source": "carrier",
+                "name": path.name,
+                "local_path": str(path),
+                "sha256": "0" * 64,
+            }
+        ],
+    }
+    with pytest.raises(
+        FileValidationError,
+        match="carrier_cdr_202610.csv: the last line has no line break: the file looks",
+    ):
         stages.validate_file(meta, meta["files"][0], CONFIG)
     assert len(mailed) == 1 and "carrier_cdr_202610.csv" in str(vars(mailed[0]))
 
 
 def test_a_nul_in_a_transaction_id_is_quarantined_not_loaded(tmp_path):
-    _, checked = check(carrier_csv(tmp_path / "nul.csv", [{"transaction_id": "T\x001"}, {"transaction_id": "T2"}]), "carrier_csv")
+    _, checked = check(
+        carrier_csv(tmp_path / "nul.csv", [{"transaction_id": "T\x001"}, {"transaction_id": "T2"}]),
+        "carrier_csv",
+    )
     assert checked.quarantined[["source_row", "reasons"]].values.tolist() == [[2, "BAD_CHARACTER"]]
     assert checked.accepted["transaction_id"].tolist() == ["T2"]

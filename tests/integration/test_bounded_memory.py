@@ -22,7 +22,9 @@ def _billed_in_own_process(base: Path, files: int) -> dict:
     month = ensure_month(base, CALLS_PER_FILE * files, files, log=lambda _: None)
     out = base / f"run_{files}"
     out.mkdir()
-    return spawn_contender("project", month, base, files, 11, out, validation=False, max_rss_gib=None, workers=1)
+    return spawn_contender(
+        "project", month, base, files, 11, out, validation=False, max_rss_gib=None, workers=1
+    )
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):

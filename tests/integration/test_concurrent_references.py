@@ -47,7 +47,9 @@ def at_once(url: str, attempt: Callable[[Engine], T]) -> list[T]:
     def one(_: int) -> T:
         engine = create_engine(url)
         try:
-            with engine.connect():  # connected before the start, so the attempts meet in the database
+            with (
+                engine.connect()
+            ):  # connected before the start, so the attempts meet in the database
                 pass
             start.wait()
             return attempt(engine)
@@ -74,17 +76,28 @@ def snapshot_file(tmp_path: Path, name: str, content: str) -> Callable[[], entit
 
 def test_a_month_s_first_billing_pins_one_snapshot(database, tmp_path):
     capture = snapshot_file(tmp_path, "entitlements_2026-10-01.csv", SNAPSHOT)
-    ids = at_once(database, lambda engine: entitlements.snapshot_for_month(engine, "2026-10", capture, refresh=False))
+    ids = at_once(
+        database,
+        lambda engine: entitlements.snapshot_for_month(engine, "2026-10", capture, refresh=False),
+    )
     assert len(set(ids)) == 1
     assert (count(database, "month_entitlement"), count(database, "entitlement_snapshot")) == (1, 1)
 
 
 def test_concurrent_refreshes_leave_one_pin_on_the_fresh_snapshot(database, tmp_path):
     first = entitlements.snapshot_for_month(
-        create_engine(database), "2026-10", snapshot_file(tmp_path, "entitlements_2026-10-01.csv", SNAPSHOT), refresh=False
+        create_engine(database),
+        "2026-10",
+        snapshot_file(tmp_path, "entitlements_2026-10-01.csv", SNAPSHOT),
+        refresh=False,
     )
-    fresh = snapshot_file(tmp_path, "entitlements_2026-10-20.csv", SNAPSHOT + "0003,c@x,C2,,200,true,2026-10-19\n")
-    ids = at_once(database, lambda engine: entitlements.snapshot_for_month(engine, "2026-10", fresh, refresh=True))
+    fresh = snapshot_file(
+        tmp_path, "entitlements_2026-10-20.csv", SNAPSHOT + "0003,c@x,C2,,200,true,2026-10-19\n"
+    )
+    ids = at_once(
+        database,
+        lambda engine: entitlements.snapshot_for_month(engine, "2026-10", fresh, refresh=True),
+    )
     assert len(set(ids)) == 1 and ids[0] != first
     assert (count(database, "month_entitlement"), count(database, "entitlement_snapshot")) == (1, 2)
     with create_engine(database).connect() as conn:
@@ -109,40 +122,80 @@ def test_a_tariff_file_is_stored_as_one_version(database, sftp_root):
 def test_fetched_files_are_recorded_once(database, tmp_path):
     files = [
         FetchedFile(
-            "cdr", "carrier", name, str(tmp_path / name), 10, 1_700_000_000, hashlib.sha256(name.encode()).hexdigest(), "p"
+            "cdr",
+            "carrier",
+            name,
+            str(tmp_path / name),
+            10,
+            1_700_000_000,
+            hashlib.sha256(name.encode()).hexdigest(),
+            "p",
         )
         for name in ("carrier_cdr_202610.csv", "carrier_cdr_202610_2.csv")
     ]
-    results = at_once(database, lambda engine: [entry.status for entry in ledger.record(engine, "2026-10", files)])
+    results = at_once(
+        database, lambda engine: [entry.status for entry in ledger.record(engine, "2026-10", files)]
+    )
     assert results == [[ledger.ACCEPTED, ledger.ACCEPTED]] * ATTEMPTS
     assert count(database, "cdr_file") == 2
 
 
 def test_a_file_s_quarantined_rows_are_stored_once(database):
     rows = pd.DataFrame(
-        {"source": "carrier", "source_file": "carrier_cdr_202610.csv", "source_row": [2, 5], "reason_code": "BAD_NUMBER",
-         "reasons": "BAD_NUMBER", "original_values": "{}"}
-    )  # fmt: skip
-    at_once(database, lambda engine: load.store_quarantine(engine, "2026-10", "run-1", "carrier_cdr_202610.csv", rows))
+        {
+            "source": "carrier",
+            "source_file": "carrier_cdr_202610.csv",
+            "source_row": [2, 5],
+            "reason_code": "BAD_NUMBER",
+            "reasons": "BAD_NUMBER",
+            "original_values": "{}",
+        }
+    )
+    at_once(
+        database,
+        lambda engine: load.store_quarantine(
+            engine, "2026-10", "run-1", "carrier_cdr_202610.csv", rows
+        ),
+    )
     assert count(database, "quarantined_row") == 2
 
 
 def _batch() -> load.Batch:
     lines = pd.DataFrame(
         [("C1", "100", "EUR", 500, 2, 120)],
-        columns=["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"],
+        columns=[
+            "customer_id",
+            "sequence_number",
+            "currency",
+            "total_minor",
+            "call_count",
+            "billed_seconds",
+        ],
     )
     shares = pd.DataFrame(
-        columns=["service_provider", "currency", "share_basis_points", "call_count", "billed_minor", "share_minor"]
+        columns=[
+            "service_provider",
+            "currency",
+            "share_basis_points",
+            "call_count",
+            "billed_minor",
+            "share_minor",
+        ]
     )
-    exceptions = pd.DataFrame(columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"])
+    exceptions = pd.DataFrame(
+        columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"]
+    )
     return load.Batch(lines, lines.assign(user_id="u1"), shares, [], exceptions)
 
 
 def test_a_run_s_load_makes_one_batch_and_every_attempt_gets_it(database):
     before = load.load_month(create_engine(database), "2026-10", "run-0", _batch(), {"read": 2})
-    results = at_once(database, lambda engine: load.load_month(engine, "2026-10", "run-1", _batch(), {"read": 2}))
-    assert {(r.batch_id, r.superseded_batch_id) for r in results} == {(before.batch_id + 1, before.batch_id)}
+    results = at_once(
+        database, lambda engine: load.load_month(engine, "2026-10", "run-1", _batch(), {"read": 2})
+    )
+    assert {(r.batch_id, r.superseded_batch_id) for r in results} == {
+        (before.batch_id + 1, before.batch_id)
+    }
     assert sum(not r.already_loaded for r in results) == 1
     assert (count(database, "billing_batch"), count(database, "billing_line")) == (2, 2)
 
@@ -158,7 +211,12 @@ def test_concurrent_runs_of_a_month_chain_their_batches(database):
 
     results = at_once(database, load_a_run)
     superseded = sorted((r.superseded_batch_id for r in results), key=lambda batch: batch or 0)
-    assert superseded == [None, *sorted(r.batch_id for r in results)[:-1]]  # each replaced the one loaded before it
+    assert superseded == [
+        None,
+        *sorted(r.batch_id for r in results)[:-1],
+    ]  # each replaced the one loaded before it
     with create_engine(database).connect() as conn:
-        statuses = conn.execute(text("SELECT status, count(*) FROM billing_batch GROUP BY status ORDER BY status")).all()
+        statuses = conn.execute(
+            text("SELECT status, count(*) FROM billing_batch GROUP BY status ORDER BY status")
+        ).all()
     assert [tuple(s) for s in statuses] == [("current", 1), ("superseded", ATTEMPTS - 1)]

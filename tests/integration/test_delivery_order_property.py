@@ -38,17 +38,27 @@ def _config():
     return replace(config, billing=replace(config.billing, max_rejected_share=1.0))
 
 
-def _bill(postgres, root: Path, work: Path, carrier_files: list[Path], listing: list[int] | None = None) -> pd.DataFrame:
+def _bill(
+    postgres, root: Path, work: Path, carrier_files: list[Path], listing: list[int] | None = None
+) -> pd.DataFrame:
     """The month's lines in a billing database of its own, the CDR files listed in `listing` order."""
     database = postgres.create_database(f"delivery{next(COUNTER)}")
     os.environ["AIRFLOW_CONN_BILLING_DB"] = json.dumps(postgres.connection(database))
     cdr = [item("cdr", "carrier", path) for path in carrier_files]
-    cdr += [item("cdr", "conferencing", next((root / "cdr/conferencing").glob("*.xlsx"))),
-            item("cdr", "pbx", next((root / "cdr/pbx").glob("*.csv")))]  # fmt: skip
+    cdr += [
+        item("cdr", "conferencing", next((root / "cdr/conferencing").glob("*.xlsx"))),
+        item("cdr", "pbx", next((root / "cdr/pbx").glob("*.csv"))),
+    ]
     if listing is not None:
         cdr = [cdr[n] for n in listing]
-    references = [item("tariff", "tariff", next((root / "reference").glob("tariff*.csv"))),
-                  item("entitlements", "entitlements", sorted((root / "reference").glob("entitlements_*.csv"))[-1])]  # fmt: skip
+    references = [
+        item("tariff", "tariff", next((root / "reference").glob("tariff*.csv"))),
+        item(
+            "entitlements",
+            "entitlements",
+            sorted((root / "reference").glob("entitlements_*.csv"))[-1],
+        ),
+    ]
     return lines_of(bill_month(_config(), str(MONTH), work, cdr, references))
 
 
@@ -71,7 +81,9 @@ def _split(carrier: Path, cuts: list[int], folder: Path) -> list[Path]:
     return pieces
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_the_lines_do_not_depend_on_listing_order_or_on_how_rows_are_split_into_files(
     data, postgres, month_root, whole_month_lines, tmp_path_factory
@@ -83,4 +95,6 @@ def test_the_lines_do_not_depend_on_listing_order_or_on_how_rows_are_split_into_
     pieces = _split(carrier, cuts, folder / "files")
     listing = data.draw(st.permutations(range(len(pieces) + 2)), label="listing order")
     lines = _bill(postgres, month_root, folder / "work", pieces, listing)
-    pd.testing.assert_frame_equal(lines.reset_index(drop=True), whole_month_lines.reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        lines.reset_index(drop=True), whole_month_lines.reset_index(drop=True)
+    )

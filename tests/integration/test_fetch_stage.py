@@ -45,12 +45,19 @@ class Site:
         return self.local.start_sftp(name, root, **options)
 
     def connect(self, primary: dict, secondary: dict) -> None:
-        for key, value in connection_env({"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}).items():
+        for key, value in connection_env(
+            {"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}
+        ).items():
             self.monkeypatch.setenv(key, value)
 
     def serve_both(self) -> tuple[SftpServer, SftpServer]:
-        primary, secondary = self.start("primary", self.primary_root), self.start("secondary", self.secondary_root)
-        self.connect(primary.connection(self.local.client_key), secondary.connection(self.local.client_key))
+        primary, secondary = (
+            self.start("primary", self.primary_root),
+            self.start("secondary", self.secondary_root),
+        )
+        self.connect(
+            primary.connection(self.local.client_key), secondary.connection(self.local.client_key)
+        )
         return primary, secondary
 
     def fetch(self, run_id: str = "run-1") -> dict:
@@ -83,9 +90,15 @@ def site(tmp_path, sftp_root, fetch_environment, services, monkeypatch):
         roots.append(root)
     with LocalServices(tmp_path / "servers") as local:
         yield Site(
-            local, roots[0], roots[1], fetch_environment.config, fetch_environment.engine,
-            services.maildir, monkeypatch, set(services.maildir.glob("*.eml")),
-        )  # fmt: skip
+            local,
+            roots[0],
+            roots[1],
+            fetch_environment.config,
+            fetch_environment.engine,
+            services.maildir,
+            monkeypatch,
+            set(services.maildir.glob("*.eml")),
+        )
 
 
 def test_healthy_primary_delivers_and_the_ledger_records_every_file(site):
@@ -103,11 +116,15 @@ def test_healthy_primary_delivers_and_the_ledger_records_every_file(site):
             "entitlements_2026-11-02.csv",  # and the later one
         ]
     )
-    assert {(r.status, r.server, r.billing_month) for r in rows} == {("accepted", "cdr_sftp_primary", "2026-10")}
+    assert {(r.status, r.server, r.billing_month) for r in rows} == {
+        ("accepted", "cdr_sftp_primary", "2026-10")
+    }
     carrier = next(r for r in rows if r.name == "carrier_cdr_202610.csv")
     assert carrier.sha256 == sha256_of(site.primary_root / CARRIER)
     assert carrier.size == (site.primary_root / CARRIER).stat().st_size
-    assert meta["file_counts"]["ignored"] == 11  # the other months' CDR files (see conftest.BACKFILL_MONTHS)
+    assert (
+        meta["file_counts"]["ignored"] == 11
+    )  # the other months' CDR files (see conftest.BACKFILL_MONTHS)
     assert site.new_mails() == []
 
 
@@ -121,17 +138,24 @@ def test_primary_down_before_the_run_fails_over_with_one_alert(site):
     assert meta["server"] == "cdr_sftp_secondary"
     assert {r.server for r in site.ledger()} == {"cdr_sftp_secondary"}
     (mail,) = site.new_mails()
-    assert mail["Subject"] == "[CDR billing] SFTP failover for 2026-10: cdr_sftp_primary failed, cdr_sftp_secondary took over"
+    assert (
+        mail["Subject"]
+        == "[CDR billing] SFTP failover for 2026-10: cdr_sftp_primary failed, cdr_sftp_secondary took over"
+    )
     assert "connection refused" in mail_text(mail)
 
 
 def test_primary_killed_in_the_middle_of_a_100_mb_transfer(site, tmp_path):
     big_name = "carrier_cdr_202610_big.csv"
     (site.primary_root / "cdr/carrier" / big_name).write_bytes(os.urandom(100 * 1024 * 1024))
-    os.link(site.primary_root / "cdr/carrier" / big_name, site.secondary_root / "cdr/carrier" / big_name)
+    os.link(
+        site.primary_root / "cdr/carrier" / big_name, site.secondary_root / "cdr/carrier" / big_name
+    )
     primary = site.start("primary", site.primary_root, max_bytes_per_second=20 * 1024 * 1024)
     secondary = site.start("secondary", site.secondary_root)
-    site.connect(primary.connection(site.local.client_key), secondary.connection(site.local.client_key))
+    site.connect(
+        primary.connection(site.local.client_key), secondary.connection(site.local.client_key)
+    )
 
     def kill_primary_midway() -> None:
         deadline = time.monotonic() + 60
@@ -155,7 +179,9 @@ def test_primary_killed_in_the_middle_of_a_100_mb_transfer(site, tmp_path):
     big = next(r for r in site.ledger() if r.name == big_name)
     assert big.sha256 == sha256_of(site.secondary_root / "cdr/carrier" / big_name)
     assert big.server == "cdr_sftp_secondary"
-    assert peak < 40 * 1024 * 1024, f"download memory grew to {peak / 2**20:.0f} MiB for a 100 MiB file"
+    assert peak < 40 * 1024 * 1024, (
+        f"download memory grew to {peak / 2**20:.0f} MiB for a 100 MiB file"
+    )
     (mail,) = site.new_mails()
     assert "cdr_sftp_primary failed, cdr_sftp_secondary took over" in mail["Subject"]
 
@@ -167,14 +193,18 @@ def test_changed_host_key_on_the_primary_is_never_trusted(site):
     meta = site.fetch()
     assert meta["server"] == "cdr_sftp_secondary"
     (mail,) = site.new_mails()
-    assert "host key does not match the pinned key: possible man-in-the-middle attack" in mail_text(mail)
+    assert "host key does not match the pinned key: possible man-in-the-middle attack" in mail_text(
+        mail
+    )
 
 
 def test_authentication_failure_fails_over(site, tmp_path):
     primary, secondary = site.serve_both()
     other = LocalServices(tmp_path / "other")  # has a client key of its own, unknown to the servers
     site.connect(primary.connection(other.client_key), secondary.connection(site.local.client_key))
-    assert site.fetch()["failovers"] == [{"server": "cdr_sftp_primary", "error": "authentication failed"}]
+    assert site.fetch()["failovers"] == [
+        {"server": "cdr_sftp_primary", "error": "authentication failed"}
+    ]
 
 
 def test_missing_remote_directory_fails_over(site):
@@ -187,11 +217,18 @@ def test_missing_remote_directory_fails_over(site):
 
 def test_both_servers_down_is_a_clear_failure(site):
     site.connect(
-        {**site.start("primary", site.primary_root).connection(site.local.client_key), "port": free_port()},
-        {**site.start("secondary", site.secondary_root).connection(site.local.client_key), "port": free_port()},
+        {
+            **site.start("primary", site.primary_root).connection(site.local.client_key),
+            "port": free_port(),
+        },
+        {
+            **site.start("secondary", site.secondary_root).connection(site.local.client_key),
+            "port": free_port(),
+        },
     )
     with pytest.raises(
-        AllServersFailedError, match="cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused"
+        AllServersFailedError,
+        match="cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused",
     ):
         site.fetch()
     assert site.ledger() == []
@@ -203,7 +240,9 @@ def test_a_rerun_of_the_month_downloads_nothing_again(site):
     again = site.fetch("run-2")
     assert first["file_counts"]["downloaded"] == 6
     assert again["file_counts"] == {**again["file_counts"], "downloaded": 0, "reused": 6}
-    assert sorted(f["local_path"] for f in again["files"]) == sorted(f["local_path"] for f in first["files"])
+    assert sorted(f["local_path"] for f in again["files"]) == sorted(
+        f["local_path"] for f in first["files"]
+    )
     assert len(site.ledger()) == 6
 
 
@@ -213,19 +252,29 @@ def test_same_name_with_new_content_is_held_and_the_billed_content_stays(site):
     original_sha = sha256_of(site.primary_root / CARRIER)
     for root in (site.primary_root, site.secondary_root):
         with (root / CARRIER).open("a") as handle:
-            handle.write("T202610-9999999,S1,voice,SUB-00061,2026-10-10T10:00:00Z,,,60,60,+4670,+4687,1,1,,X,0,o,p\n")
+            handle.write(
+                "T202610-9999999,S1,voice,SUB-00061,2026-10-10T10:00:00Z,,,60,60,+4670,+4687,1,1,,X,0,o,p\n"
+            )
     again = site.fetch("run-2")
     carrier_rows = [r for r in site.ledger() if r.name == "carrier_cdr_202610.csv"]
-    assert [(r.status, r.sha256 == original_sha) for r in carrier_rows] == [("accepted", True), ("held", False)]
+    assert [(r.status, r.sha256 == original_sha) for r in carrier_rows] == [
+        ("accepted", True),
+        ("held", False),
+    ]
     assert again["file_counts"]["held"] == 1
     used = next(f for f in again["files"] if f["name"] == "carrier_cdr_202610.csv")
     billed_before = next(f for f in first["files"] if f["name"] == used["name"])
     assert (used["sha256"], used["local_path"]) == (original_sha, billed_before["local_path"])
     (mail,) = site.new_mails()
-    assert mail["Subject"] == "[CDR billing] carrier_cdr_202610.csv changed content: held, not billed (2026-10)"
+    assert (
+        mail["Subject"]
+        == "[CDR billing] carrier_cdr_202610.csv changed content: held, not billed (2026-10)"
+    )
 
 
-@pytest.mark.parametrize("hostile", ["carrier_cdr_202610\x1b[2J.csv", "carrier_cdr_202610..\\..\\evil.csv"])
+@pytest.mark.parametrize(
+    "hostile", ["carrier_cdr_202610\x1b[2J.csv", "carrier_cdr_202610..\\..\\evil.csv"]
+)
 def test_hostile_remote_names_are_refused(site, hostile):
     for root in (site.primary_root, site.secondary_root):
         (root / "cdr/carrier" / hostile).write_text("x")
@@ -233,13 +282,17 @@ def test_hostile_remote_names_are_refused(site, hostile):
     with pytest.raises(UnsafeRemoteNameError, match="refusing unsafe remote file name"):
         site.fetch()
     assert site.ledger() == []
-    assert not [p for p in site.config.archive_root.rglob("*") if p.is_file()]  # downloads stage there
+    assert not [
+        p for p in site.config.archive_root.rglob("*") if p.is_file()
+    ]  # downloads stage there
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "md5"])
 def test_checksum_mismatch_fails_over_to_a_good_copy(site, algorithm):
     real = hashlib.new(algorithm, (site.primary_root / CARRIER).read_bytes()).hexdigest()
-    (site.primary_root / f"{CARRIER}.{algorithm}").write_text("0" * len(real) + "  carrier_cdr_202610.csv\n")
+    (site.primary_root / f"{CARRIER}.{algorithm}").write_text(
+        "0" * len(real) + "  carrier_cdr_202610.csv\n"
+    )
     (site.secondary_root / f"{CARRIER}.{algorithm}").write_text(f"{real}  carrier_cdr_202610.csv\n")
     site.serve_both()
     meta = site.fetch()
@@ -257,7 +310,9 @@ def test_waiting_for_files_until_the_deadline(site):
 
     site.serve_both()
     november = stages.start_run("2026-11", None, "wait-1", site.config)
-    assert stages.files_arrived(november, site.config, now=datetime(2026, 12, 5, tzinfo=UTC)) is False
+    assert (
+        stages.files_arrived(november, site.config, now=datetime(2026, 12, 5, tzinfo=UTC)) is False
+    )
     with pytest.raises(FilesNotArrivedError, match="files for month 2026-11 have not arrived"):
         stages.files_arrived(november, site.config, now=datetime(2026, 12, 12, tzinfo=UTC))
     october = stages.start_run("2026-10", None, "wait-2", site.config)
@@ -267,7 +322,9 @@ def test_waiting_for_files_until_the_deadline(site):
 def test_processed_files_move_on_the_server_and_reruns_use_the_archive(site):
     carrier = next(s for s in site.config.sources if s.name == "carrier")
     moved = replace(carrier, processed_dir="/cdr/carrier/processed")
-    site.config = replace(site.config, sources=tuple(moved if s is carrier else s for s in site.config.sources))
+    site.config = replace(
+        site.config, sources=tuple(moved if s is carrier else s for s in site.config.sources)
+    )
     site.serve_both()
     first = site.fetch("run-1")
     assert not (site.primary_root / CARRIER).exists()
@@ -276,7 +333,10 @@ def test_processed_files_move_on_the_server_and_reruns_use_the_archive(site):
     site.connect(*[site.local.servers[0].connection(site.local.client_key)] * 2)  # the primary only
     again = site.fetch("run-2")
     reused = next(f for f in again["files"] if f["name"] == "carrier_cdr_202610.csv")
-    assert reused["local_path"] == next(f for f in first["files"] if f["name"] == "carrier_cdr_202610.csv")["local_path"]
+    assert (
+        reused["local_path"]
+        == next(f for f in first["files"] if f["name"] == "carrier_cdr_202610.csv")["local_path"]
+    )
     assert stages.files_arrived(stages.start_run("2026-10", None, "wait", site.config), site.config)
 
 

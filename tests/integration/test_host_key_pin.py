@@ -46,12 +46,17 @@ def run(fetch_environment, services, monkeypatch):
     mails_before = set(services.maildir.glob("*.eml"))
 
     def fetch(primary: dict, secondary: dict) -> tuple[dict, list, list]:
-        for key, value in connection_env({"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}).items():
+        for key, value in connection_env(
+            {"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}
+        ).items():
             monkeypatch.setenv(key, value)
         meta = stages.fetch(stages.start_run("2026-10", None, "pin-1", config), config)
         with fetch_environment.engine.connect() as conn:
             rows = conn.execute(select(cdr_file)).all()
-        mails = [message_from_bytes(p.read_bytes()) for p in sorted(set(services.maildir.glob("*.eml")) - mails_before)]
+        mails = [
+            message_from_bytes(p.read_bytes())
+            for p in sorted(set(services.maildir.glob("*.eml")) - mails_before)
+        ]
         return meta, rows, mails
 
     return fetch
@@ -73,11 +78,19 @@ def mail_text(mail) -> str:
     return part.get_payload(decode=True).decode()
 
 
-def test_a_rogue_server_in_known_hosts_is_refused_before_authentication(services, rogue, run, tmp_path, monkeypatch):
+def test_a_rogue_server_in_known_hosts_is_refused_before_authentication(
+    services, rogue, run, tmp_path, monkeypatch
+):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     real_known_hosts = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh/known_hosts"
-    impostor = services.sftp_connection(services.primary, port=rogue.port)  # the primary's pin, the rogue's address
-    impostor["extra"] = {**impostor["extra"], "no_host_key_check": True, "allow_host_key_change": True}  # ignored
+    impostor = services.sftp_connection(
+        services.primary, port=rogue.port
+    )  # the primary's pin, the rogue's address
+    impostor["extra"] = {
+        **impostor["extra"],
+        "no_host_key_check": True,
+        "allow_host_key_change": True,
+    }  # ignored
     with (
         planted_in_known_hosts(tmp_path / "home/.ssh/known_hosts", known_hosts_line(rogue)),
         planted_in_known_hosts(real_known_hosts, known_hosts_line(rogue)),
@@ -91,17 +104,23 @@ def test_a_rogue_server_in_known_hosts_is_refused_before_authentication(services
         }
     ]
     assert rogue.auth_attempts() == [], "a credential was offered to the rogue server"
-    assert "billing" in services.secondary.auth_attempts()  # the log records authentication when it happens
+    assert (
+        "billing" in services.secondary.auth_attempts()
+    )  # the log records authentication when it happens
     assert {r.server for r in rows} == {"cdr_sftp_secondary"} and len(rows) == len(meta["files"])
     (mail,) = mails
     assert "cdr_sftp_primary failed, cdr_sftp_secondary took over" in mail["Subject"]
     assert "possible man-in-the-middle attack" in mail_text(mail)
 
 
-def test_a_connection_without_a_pinned_host_key_is_refused(services, rogue, run, tmp_path, monkeypatch):
+def test_a_connection_without_a_pinned_host_key_is_refused(
+    services, rogue, run, tmp_path, monkeypatch
+):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     unpinned = services.sftp_connection(services.primary, port=rogue.port)
-    unpinned["extra"] = {k: v for k, v in unpinned["extra"].items() if k != "host_key"} | {"no_host_key_check": True}
+    unpinned["extra"] = {k: v for k, v in unpinned["extra"].items() if k != "host_key"} | {
+        "no_host_key_check": True
+    }
     with planted_in_known_hosts(tmp_path / "home/.ssh/known_hosts", known_hosts_line(rogue)):
         meta, rows, mails = run(unpinned, services.sftp_connection(services.secondary))
     assert meta["server"] == "cdr_sftp_secondary"

@@ -32,14 +32,26 @@ from cdr_devkit.sample_data import CONFERENCING_HEADER
 CONFIG = load_config()
 OCTOBER = BillingMonth(2026, 10)
 PBX_HEADER = "Samtals-ID;Anknytning;Uppringt nummer;Starttid;Längd;Status;Kommentar"
-LEG = ["CONF-1", "L1", "0012345", "+46850512345", datetime(2026, 10, 5, 9, 0), datetime(2026, 10, 5, 9, 2), 120, 0.09, "EUR"]
+LEG = [
+    "CONF-1",
+    "L1",
+    "0012345",
+    "+46850512345",
+    datetime(2026, 10, 5, 9, 0),
+    datetime(2026, 10, 5, 9, 2),
+    120,
+    0.09,
+    "EUR",
+]
 
 
 def carrier(*lines: str, end: str = "\n") -> bytes:
     return end.join([HEADER, *lines, ""]).encode()
 
 
-def pbx_row(transaction: str, start: str = "05.10.2026 09:00:00", length: str = "0:01:00", comment: str = "") -> str:
+def pbx_row(
+    transaction: str, start: str = "05.10.2026 09:00:00", length: str = "0:01:00", comment: str = ""
+) -> str:
     return f"{transaction};EXT-1;0701234567;{start};{length};ANSWERED;{comment}"
 
 
@@ -61,7 +73,10 @@ def workbook(rows: list[list], header: list[str] = CONFERENCING_HEADER) -> bytes
 def with_member(xlsx: bytes, name: str, edit: Callable[[bytes], bytes]) -> bytes:
     """The xlsx with one archive member rewritten (raw XML an Excel writer would not make)."""
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(xlsx)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+    with (
+        zipfile.ZipFile(io.BytesIO(xlsx)) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target,
+    ):
         for info in source.infolist():
             data = source.read(info)
             target.writestr(info.filename, edit(data) if info.filename == name else data)
@@ -76,7 +91,8 @@ def far_cell(xlsx: bytes, reference: str, dimension: str | None = "A1:I4") -> by
 
     def edit(xml: bytes) -> bytes:
         xml = xml.replace(
-            b"</row></sheetData>", f'<c r="{reference}" t="inlineStr"><is><t>x</t></is></c></row></sheetData>'.encode()
+            b"</row></sheetData>",
+            f'<c r="{reference}" t="inlineStr"><is><t>x</t></is></c></row></sheetData>'.encode(),
         )
         replacement = b"" if dimension is None else f'<dimension ref="{dimension}"/>'.encode()
         return re.sub(rb"<dimension [^>]*/>", replacement, xml)
@@ -88,13 +104,20 @@ def inline_cell(xlsx: bytes, cell: str, text: str) -> bytes:
     """The xlsx with the text of one cell replaced by an inline string, as written (escapes kept)."""
     pattern = re.compile(rf'<c r="{cell}"[^>]*?(?:/>|>.*?</c>)'.encode())
     return with_member(
-        xlsx, SHEET, lambda xml: pattern.sub(f'<c r="{cell}" t="inlineStr"><is><t>{text}</t></is></c>'.encode(), xml)
+        xlsx,
+        SHEET,
+        lambda xml: pattern.sub(
+            f'<c r="{cell}" t="inlineStr"><is><t>{text}</t></is></c>'.encode(), xml
+        ),
     )
 
 
 def zip_bomb() -> bytes:
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(workbook([LEG]))) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+    with (
+        zipfile.ZipFile(io.BytesIO(workbook([LEG]))) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target,
+    ):
         for info in source.infolist():
             target.writestr(info.filename, source.read(info))
         target.writestr("xl/media/padding.bin", b"\0" * (64 << 20))  # 64 MiB in about 64 KiB
@@ -130,12 +153,18 @@ CASES: dict[str, Case] = {
     "cut after the last row's last field": Case(
         "carrier_csv", lambda: carrier(row("T1"), row("T2"))[:-1], Refused("looks cut off")
     ),
-    "cut inside a row": Case("carrier_csv", lambda: carrier(row("T1"), row("T2"))[:-20], Refused("looks cut off")),
+    "cut inside a row": Case(
+        "carrier_csv", lambda: carrier(row("T1"), row("T2"))[:-20], Refused("looks cut off")
+    ),
     "header only, cut": Case("carrier_csv", lambda: HEADER.encode(), Refused("looks cut off")),
     "header only": Case("carrier_csv", lambda: carrier(), Rows(0)),
     "empty": Case("carrier_csv", lambda: b"", Refused("not a readable CSV file \\(it is empty\\)")),
     "a byte-order mark only": Case("carrier_csv", lambda: b"\xef\xbb\xbf", Refused("it is empty")),
-    "a short row": Case("carrier_csv", lambda: carrier(row("T1"), "T2,S2,voice", row("T3")), Rows(2, {3: "BAD_FIELD_COUNT"})),
+    "a short row": Case(
+        "carrier_csv",
+        lambda: carrier(row("T1"), "T2,S2,voice", row("T3")),
+        Rows(2, {3: "BAD_FIELD_COUNT"}),
+    ),
     "a row one field short (a share would shift)": Case(
         "carrier_csv",
         lambda: carrier(row("T1", revenue_share_percentage="12.5").replace(",,", ",", 1)),
@@ -152,26 +181,44 @@ CASES: dict[str, Case] = {
         Rows(2, {5: "BAD_FIELD_COUNT", 6: "BAD_FIELD_COUNT"}),
     ),
     "a latin-1 short row": Case(
-        "pbx_csv", lambda: pbx(pbx_row("P1"), "P2;EXT-1", pbx_row("P3")), Rows(2, {3: "BAD_FIELD_COUNT"})
+        "pbx_csv",
+        lambda: pbx(pbx_row("P1"), "P2;EXT-1", pbx_row("P3")),
+        Rows(2, {3: "BAD_FIELD_COUNT"}),
     ),
-    "a latin-1 file cut off": Case("pbx_csv", lambda: pbx(pbx_row("P1"), pbx_row("P2"))[:-1], Refused("looks cut off")),
-    "only blank and delimiter-only lines": Case("carrier_csv", lambda: carrier("", ",,,", "   "), Rows(0)),
+    "a latin-1 file cut off": Case(
+        "pbx_csv", lambda: pbx(pbx_row("P1"), pbx_row("P2"))[:-1], Refused("looks cut off")
+    ),
+    "only blank and delimiter-only lines": Case(
+        "carrier_csv", lambda: carrier("", ",,,", "   "), Rows(0)
+    ),
     # --- control characters
-    "a NUL in a transaction id": Case("carrier_csv", lambda: carrier(row("T1\x00"), row("T2")), Rows(1, {2: "BAD_CHARACTER"})),
+    "a NUL in a transaction id": Case(
+        "carrier_csv", lambda: carrier(row("T1\x00"), row("T2")), Rows(1, {2: "BAD_CHARACTER"})
+    ),
     "a NUL at the end of an account (not trimmed away)": Case(
-        "carrier_csv", lambda: carrier(row("T1", user_id="SUB-1\x00"), row("T2")), Rows(1, {2: "BAD_CHARACTER"})
+        "carrier_csv",
+        lambda: carrier(row("T1", user_id="SUB-1\x00"), row("T2")),
+        Rows(1, {2: "BAD_CHARACTER"}),
     ),
     "a vertical tab around an account": Case(
-        "carrier_csv", lambda: carrier(row("T1", user_id="\x0bSUB-1\x0c"), row("T2")), Rows(1, {2: "BAD_CHARACTER"})
+        "carrier_csv",
+        lambda: carrier(row("T1", user_id="\x0bSUB-1\x0c"), row("T2")),
+        Rows(1, {2: "BAD_CHARACTER"}),
     ),
     "DEL in a number": Case(
-        "carrier_csv", lambda: carrier(row("T1", destination_party="+4670\x7f1234567")), Rows(0, {2: "BAD_CHARACTER;BAD_NUMBER"})
+        "carrier_csv",
+        lambda: carrier(row("T1", destination_party="+4670\x7f1234567")),
+        Rows(0, {2: "BAD_CHARACTER;BAD_NUMBER"}),
     ),
     "an escape sequence in a text field": Case(
-        "carrier_csv", lambda: carrier(row("T1", additional_info="\x1b[31mred"), row("T2")), Rows(1, {2: "BAD_CHARACTER"})
+        "carrier_csv",
+        lambda: carrier(row("T1", additional_info="\x1b[31mred"), row("T2")),
+        Rows(1, {2: "BAD_CHARACTER"}),
     ),
     "a line feed in a quoted field": Case(
-        "carrier_csv", lambda: carrier(row("T1", additional_info='"two\nlines"'), row("T2")), Rows(1, {2: "BAD_CHARACTER"})
+        "carrier_csv",
+        lambda: carrier(row("T1", additional_info='"two\nlines"'), row("T2")),
+        Rows(1, {2: "BAD_CHARACTER"}),
     ),
     "a CRLF in a quoted field of a CRLF file": Case(
         "carrier_csv",
@@ -179,22 +226,36 @@ CASES: dict[str, Case] = {
         Rows(2, {3: "BAD_CHARACTER"}),
     ),
     "a tab inside and around values is fine": Case(
-        "carrier_csv", lambda: carrier(row("T1", additional_info="a\tb", user_id="\tSUB-1")), Rows(1)
+        "carrier_csv",
+        lambda: carrier(row("T1", additional_info="a\tb", user_id="\tSUB-1")),
+        Rows(1),
     ),
     "a NUL in a latin-1 comment": Case(
-        "pbx_csv", lambda: pbx(pbx_row("P1", comment="V\xe4x\x00el"), pbx_row("P2")), Rows(1, {2: "BAD_CHARACTER"})
+        "pbx_csv",
+        lambda: pbx(pbx_row("P1", comment="V\xe4x\x00el"), pbx_row("P2")),
+        Rows(1, {2: "BAD_CHARACTER"}),
     ),
     "a NUL in an xlsx cell (_x0000_)": Case(
-        XLSX, lambda: inline_cell(workbook([LEG, ["C1", "L2", *LEG[2:]]]), "B4", "L1_x0000_"), Rows(1, {4: "BAD_CHARACTER"})
+        XLSX,
+        lambda: inline_cell(workbook([LEG, ["C1", "L2", *LEG[2:]]]), "B4", "L1_x0000_"),
+        Rows(1, {4: "BAD_CHARACTER"}),
     ),
     # --- line ends, encodings, headers
-    "CR-only line ends": Case("carrier_csv", lambda: carrier(row("T1"), row("T2"), end="\r"), Rows(2)),
-    "mixed LF and CRLF line ends": Case(
-        "carrier_csv", lambda: (HEADER + "\r\n" + row("T1") + "\n" + row("T2") + "\r\n").encode(), Rows(2)
+    "CR-only line ends": Case(
+        "carrier_csv", lambda: carrier(row("T1"), row("T2"), end="\r"), Rows(2)
     ),
-    "a UTF-8 byte-order mark": Case("carrier_csv", lambda: b"\xef\xbb\xbf" + carrier(row("T1")), Rows(1)),
+    "mixed LF and CRLF line ends": Case(
+        "carrier_csv",
+        lambda: (HEADER + "\r\n" + row("T1") + "\n" + row("T2") + "\r\n").encode(),
+        Rows(2),
+    ),
+    "a UTF-8 byte-order mark": Case(
+        "carrier_csv", lambda: b"\xef\xbb\xbf" + carrier(row("T1")), Rows(1)
+    ),
     "UTF-16 under a UTF-8 profile": Case(
-        "carrier_csv", lambda: carrier(row("T1")).decode().encode("utf-16"), Refused("not a readable CSV file")
+        "carrier_csv",
+        lambda: carrier(row("T1")).decode().encode("utf-16"),
+        Refused("not a readable CSV file"),
     ),
     "Latin-1 under a UTF-8 profile": Case(
         "carrier_csv",
@@ -212,15 +273,21 @@ CASES: dict[str, Case] = {
     "a header with stray spaces and capitals": Case(
         "carrier_csv", lambda: carrier(row("T1")).replace(b"user_id", b" USER_ID "), Rows(1)
     ),
-    "a 100 KB cell on the Arrow path": Case("carrier_csv", lambda: carrier(row("T1", additional_info="x" * 100_000)), Rows(1)),
-    "a 100 KB cell on the exact path": Case("pbx_csv", lambda: pbx(pbx_row("P1", comment="x" * 100_000)), Rows(1)),
+    "a 100 KB cell on the Arrow path": Case(
+        "carrier_csv", lambda: carrier(row("T1", additional_info="x" * 100_000)), Rows(1)
+    ),
+    "a 100 KB cell on the exact path": Case(
+        "pbx_csv", lambda: pbx(pbx_row("P1", comment="x" * 100_000)), Rows(1)
+    ),
     "a giant cell (10 MB), beyond pyarrow's block": Case(
         "carrier_csv",
         lambda: carrier(row("T1", additional_info="x" * 10_000_000)),
         Refused("field larger than field limit \\(131072\\)"),
     ),
     "a giant cell (1 MB) on the exact path": Case(
-        "pbx_csv", lambda: pbx(pbx_row("P1", comment="x" * 1_000_000)), Refused("field larger than field limit")
+        "pbx_csv",
+        lambda: pbx(pbx_row("P1", comment="x" * 1_000_000)),
+        Refused("field larger than field limit"),
     ),
     # --- values
     "huge and odd durations": Case(
@@ -231,7 +298,9 @@ CASES: dict[str, Case] = {
                 for n, v in enumerate(["inf", "1e400", "12345678901234567890", "-0", " 60 ", "+60"])
             )
         ),
-        Rows(2, {2: "BAD_DURATION", 3: "BAD_DURATION", 4: "DURATION_OUT_OF_RANGE", 7: "BAD_DURATION"}),
+        Rows(
+            2, {2: "BAD_DURATION", 3: "BAD_DURATION", 4: "DURATION_OUT_OF_RANGE", 7: "BAD_DURATION"}
+        ),
     ),
     "an hms duration of 20 digits of hours": Case(
         "pbx_csv",
@@ -241,18 +310,25 @@ CASES: dict[str, Case] = {
     "statuses and part numbers": Case(
         "carrier_csv",
         lambda: carrier(
-            row("T1", completion_status="1e0"), row("T2", transaction_part_number="-1"), row("T3", completion_status="1.0")
+            row("T1", completion_status="1e0"),
+            row("T2", transaction_part_number="-1"),
+            row("T3", completion_status="1.0"),
         ),
         Rows(1, {2: "BAD_COMPLETION_STATUS", 3: "BAD_PART_NUMBER"}),
     ),
     "timestamps: an epoch, a huge serial, February 30th": Case(
         "carrier_csv",
         lambda: carrier(
-            *(row(f"T{n}", start_of_usage=v) for n, v in enumerate(["1790000000", "3000000", "2026-02-30T09:00:00Z"]))
+            *(
+                row(f"T{n}", start_of_usage=v)
+                for n, v in enumerate(["1790000000", "3000000", "2026-02-30T09:00:00Z"])
+            )
         ),
         Rows(0, {2: "BAD_TIMESTAMP", 3: "BAD_TIMESTAMP", 4: "BAD_TIMESTAMP"}),
     ),
-    "a local time the autumn change repeats": Case("pbx_csv", lambda: pbx(pbx_row("P1", start="25.10.2026 02:30:00")), Rows(1)),
+    "a local time the autumn change repeats": Case(
+        "pbx_csv", lambda: pbx(pbx_row("P1", start="25.10.2026 02:30:00")), Rows(1)
+    ),
     "a local time in the spring gap": Case(
         "pbx_csv",
         lambda: pbx(pbx_row("P1", start="29.03.2026 02:30:00")),
@@ -260,7 +336,9 @@ CASES: dict[str, Case] = {
         BillingMonth(2026, 3),
     ),
     "an xlsx cost of 9.3 trillion": Case(
-        XLSX, lambda: workbook([[*LEG[:7], 9_300_000_000_000, "EUR"]]), Rows(0, {3: "COST_OUT_OF_RANGE"})
+        XLSX,
+        lambda: workbook([[*LEG[:7], 9_300_000_000_000, "EUR"]]),
+        Rows(0, {3: "COST_OUT_OF_RANGE"}),
     ),
     "xlsx dates as numbers out of range": Case(
         XLSX,
@@ -277,19 +355,39 @@ CASES: dict[str, Case] = {
         Refused("declares 1,048,576 rows x 16,384 columns"),
     ),
     "a far cell under a small declared dimension": Case(
-        XLSX, lambda: far_cell(workbook([LEG]), "XFD1048576"), Refused("uses cells up to row 1,048,576, column 16,384")
+        XLSX,
+        lambda: far_cell(workbook([LEG]), "XFD1048576"),
+        Refused("uses cells up to row 1,048,576, column 16,384"),
     ),
     "a far row and no dimension": Case(
-        XLSX, lambda: far_cell(workbook([LEG]), "A2000000", None), Refused("uses cells up to row 2,000,000")
+        XLSX,
+        lambda: far_cell(workbook([LEG]), "A2000000", None),
+        Refused("uses cells up to row 2,000,000"),
     ),
-    "64 columns and 781,250 rows are allowed": Case(XLSX, lambda: far_cell(workbook([LEG]), "BL781250", None), Rows(1)),
-    "65 columns": Case(XLSX, lambda: far_cell(workbook([LEG]), "BM4", None), Refused("column 65, above the cap")),
-    "a zip bomb member": Case(XLSX, zip_bomb, Refused("member xl/media/padding.bin is compressed .* to 1, above the cap of 200")),
-    "a CSV named .xlsx": Case(XLSX, lambda: carrier(row("T1")), Refused("not a readable xlsx file \\(not a zip archive\\)")),
-    "a truncated xlsx": Case(XLSX, lambda: workbook([LEG])[:-200], Refused("not a readable xlsx file")),
+    "64 columns and 781,250 rows are allowed": Case(
+        XLSX, lambda: far_cell(workbook([LEG]), "BL781250", None), Rows(1)
+    ),
+    "65 columns": Case(
+        XLSX, lambda: far_cell(workbook([LEG]), "BM4", None), Refused("column 65, above the cap")
+    ),
+    "a zip bomb member": Case(
+        XLSX,
+        zip_bomb,
+        Refused("member xl/media/padding.bin is compressed .* to 1, above the cap of 200"),
+    ),
+    "a CSV named .xlsx": Case(
+        XLSX,
+        lambda: carrier(row("T1")),
+        Refused("not a readable xlsx file \\(not a zip archive\\)"),
+    ),
+    "a truncated xlsx": Case(
+        XLSX, lambda: workbook([LEG])[:-200], Refused("not a readable xlsx file")
+    ),
     "a sheet with no rows": Case(
         XLSX,
-        lambda: with_member(workbook([]), SHEET, lambda x: re.sub(rb"<sheetData>.*</sheetData>", b"<sheetData/>", x)),
+        lambda: with_member(
+            workbook([]), SHEET, lambda x: re.sub(rb"<sheetData>.*</sheetData>", b"<sheetData/>", x)
+        ),
         Refused("no header row"),
     ),
 }
@@ -302,7 +400,10 @@ def outcome(path: Path, profile_name: str, month: BillingMonth) -> Rows:
     checked = check_rows(raw, profile, month, CONFIG.billing)
     assert len(raw) == len(checked.accepted) + len(checked.quarantined) + len(checked.duplicates)
     assert set(";".join(checked.quarantined["reasons"]).split(";")) - {""} <= set(REASONS)
-    return Rows(len(checked.accepted), dict(zip(checked.quarantined["source_row"], checked.quarantined["reasons"], strict=True)))
+    return Rows(
+        len(checked.accepted),
+        dict(zip(checked.quarantined["source_row"], checked.quarantined["reasons"], strict=True)),
+    )
 
 
 def written(tmp_path: Path, name: str, case: Case) -> Path:
@@ -317,7 +418,9 @@ def test_hostile_file(name, tmp_path):
     case = CASES[name]
     path = written(tmp_path, name, case)
     if isinstance(case.outcome, Refused):
-        with pytest.raises(FileReadError, match=rf"^{re.escape(path.name)}: .*{case.outcome.message}"):
+        with pytest.raises(
+            FileReadError, match=rf"^{re.escape(path.name)}: .*{case.outcome.message}"
+        ):
             outcome(path, case.profile, case.month)
     else:
         assert outcome(path, case.profile, case.month) == case.outcome
@@ -329,17 +432,32 @@ def test_the_corpus_is_large_enough():
 
 def test_a_quarantined_short_row_keeps_its_fields_by_position_and_no_row_shifts(tmp_path):
     path = tmp_path / "short.csv"
-    path.write_bytes(carrier(row("T1", revenue_share_percentage="12.5"), "T2,S2", row("T3", revenue_share_percentage="12.5")))
+    path.write_bytes(
+        carrier(
+            row("T1", revenue_share_percentage="12.5"),
+            "T2,S2",
+            row("T3", revenue_share_percentage="12.5"),
+        )
+    )
     raw = read_cdr_file(path, CONFIG.profiles["carrier_csv"])
     assert raw[["transaction_id", "session_id", "user_id", "source_row"]].values.tolist() == [
-        ["T1", "", "SUB-1", 2], ["T2", "S2", "", 3], ["T3", "", "SUB-1", 4]]  # fmt: skip
-    checked = check_rows(raw.assign(source="carrier_csv"), CONFIG.profiles["carrier_csv"], OCTOBER, CONFIG.billing)
+        ["T1", "", "SUB-1", 2],
+        ["T2", "S2", "", 3],
+        ["T3", "", "SUB-1", 4],
+    ]
+    checked = check_rows(
+        raw.assign(source="carrier_csv"), CONFIG.profiles["carrier_csv"], OCTOBER, CONFIG.billing
+    )
     assert checked.accepted["revenue_share_bp"].tolist() == [1250, 1250]
 
 
 def test_the_arrow_path_reads_a_file_with_a_bad_row_as_the_exact_reader_does(tmp_path, monkeypatch):
     path = tmp_path / "mixed.csv"
-    path.write_bytes(carrier(row("T1"), "T2,S2", "", row("T3") + ",x", row("T4\x00"), row("T5", user_id=" SUB-5 ")))
+    path.write_bytes(
+        carrier(
+            row("T1"), "T2,S2", "", row("T3") + ",x", row("T4\x00"), row("T5", user_id=" SUB-5 ")
+        )
+    )
     profile = CONFIG.profiles["carrier_csv"]
     assert read._read_csv_arrow(path, profile) is not None
     fast = read_cdr_file(path, profile)
@@ -370,11 +488,17 @@ def _limit_address_space() -> None:
 def read_under_memory_limit(path: Path, mode: str = "guarded") -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", READ_IN_A_CHILD, str(path), mode],
-        capture_output=True, text=True, timeout=120, preexec_fn=_limit_address_space,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_address_space,
+    )
 
 
-@pytest.mark.parametrize("name", ["one cell at XFD1048576", "a far cell under a small declared dimension", "a zip bomb member"])
+@pytest.mark.parametrize(
+    "name",
+    ["one cell at XFD1048576", "a far cell under a small declared dimension", "a zip bomb member"],
+)
 def test_an_xlsx_attack_is_a_clear_error_within_2_gib(name, tmp_path):
     path = written(tmp_path, name, CASES[name])
     done = read_under_memory_limit(path)

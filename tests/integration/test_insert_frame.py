@@ -11,9 +11,21 @@ from sqlalchemy import create_engine, insert, select
 from cdr_billing import database
 from cdr_billing.lineage import BILLED_CALL_COLUMNS
 from cdr_billing.migrations import upgrade
-from cdr_billing.schema import billed_call, billing_batch, entitlement, entitlement_snapshot, to_records
+from cdr_billing.schema import (
+    billed_call,
+    billing_batch,
+    entitlement,
+    entitlement_snapshot,
+    to_records,
+)
 
-AWKWARD_TEXTS = ["plain", "", 'a "quoted", comma', "line\nbreak\r\nand\ttab", "back\\slash 'single' åäö €"]
+AWKWARD_TEXTS = [
+    "plain",
+    "",
+    'a "quoted", comma',
+    "line\nbreak\r\nand\ttab",
+    "back\\slash 'single' åäö €",
+]
 
 
 def _billed_calls() -> pd.DataFrame:
@@ -36,7 +48,7 @@ def _billed_calls() -> pd.DataFrame:
                     ],
                     format="ISO8601",
                     utc=True,
-                )  # fmt: skip
+                )
             ).astype("datetime64[us, UTC]"),
             "billed_seconds": [0, 60, 86_400, 1, 7],
             "cost_minor": [0, -15, 2**62, 1, -(2**62)],
@@ -63,14 +75,21 @@ def _entitlements() -> pd.DataFrame:
     )
 
 
-@pytest.fixture(params=["sqlite", "psycopg2", "psycopg"])  # psycopg (3): the driver of Airflow's PostgresHook
+@pytest.fixture(
+    params=["sqlite", "psycopg2", "psycopg"]
+)  # psycopg (3): the driver of Airflow's PostgresHook
 def engine(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
     else:
         url = request.getfixturevalue("postgres").url.replace("+psycopg2:", f"+{request.param}:")
     # a session zone other than UTC, so text without its offset would be read as the wrong moment
-    engine = create_engine(url, connect_args={} if request.param == "sqlite" else {"options": "-c TimeZone=America/New_York"})
+    engine = create_engine(
+        url,
+        connect_args={}
+        if request.param == "sqlite"
+        else {"options": "-c TimeZone=America/New_York"},
+    )
     upgrade(engine)
     yield engine
     engine.dispose()
@@ -89,7 +108,12 @@ def _stored(conn, table, key_column, key) -> list[tuple]:
 def _new_batches(conn, count: int) -> list[int]:
     return [
         conn.execute(
-            insert(billing_batch).values(billing_month="1999-01", run_id=f"test-{uuid.uuid4()}", status="superseded", counts="{}")
+            insert(billing_batch).values(
+                billing_month="1999-01",
+                run_id=f"test-{uuid.uuid4()}",
+                status="superseded",
+                counts="{}",
+            )
         ).inserted_primary_key[0]
         for _ in range(count)
     ]
@@ -99,7 +123,10 @@ def _new_snapshots(conn, count: int) -> list[int]:
     return [
         conn.execute(
             insert(entitlement_snapshot).values(
-                taken_at=datetime(2026, 11, 2, tzinfo=UTC), source_name="test", sha256=uuid.uuid4().hex, row_count=5
+                taken_at=datetime(2026, 11, 2, tzinfo=UTC),
+                source_name="test",
+                sha256=uuid.uuid4().hex,
+                row_count=5,
             )
         ).inserted_primary_key[0]
         for _ in range(count)
@@ -120,11 +147,15 @@ def _insert_both_ways(engine, table, frame: pd.DataFrame, key_column: str, new_k
 
 @pytest.mark.parametrize("batch_rows", [100_000, 2])
 def test_billed_calls_are_stored_as_sqlalchemy_stores_them(engine, monkeypatch, batch_rows):
-    monkeypatch.setattr(database, "INSERT_BATCH_ROWS", batch_rows)  # 2: several COPY chunks / executemany calls
+    monkeypatch.setattr(
+        database, "INSERT_BATCH_ROWS", batch_rows
+    )  # 2: several COPY chunks / executemany calls
     calls = _billed_calls()
     fast = _insert_both_ways(engine, billed_call, calls, "batch_id", _new_batches)
     with engine.connect() as conn:
-        back = pd.DataFrame(conn.execute(select(billed_call).where(billed_call.c.batch_id == fast)).mappings().all())
+        back = pd.DataFrame(
+            conn.execute(select(billed_call).where(billed_call.c.batch_id == fast)).mappings().all()
+        )
     back = back.sort_values("source_row").reset_index(drop=True)
     assert back["user_id"].tolist() == AWKWARD_TEXTS
     assert back["cost_minor"].tolist() == calls["cost_minor"].tolist()
@@ -136,7 +167,11 @@ def test_billed_calls_are_stored_as_sqlalchemy_stores_them(engine, monkeypatch, 
 def test_booleans_are_stored_as_sqlalchemy_stores_them(engine):
     fast = _insert_both_ways(engine, entitlement, _entitlements(), "snapshot_id", _new_snapshots)
     with engine.connect() as conn:
-        back = conn.execute(select(entitlement.c.entitled).where(entitlement.c.snapshot_id == fast).order_by("account_id"))
+        back = conn.execute(
+            select(entitlement.c.entitled)
+            .where(entitlement.c.snapshot_id == fast)
+            .order_by("account_id")
+        )
         assert [row[0] for row in back] == [True, False, True, True, False]
 
 

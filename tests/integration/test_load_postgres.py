@@ -38,9 +38,15 @@ EXCEPTIONS = pd.DataFrame(
 def _batch(lines: pd.DataFrame = LINES) -> Batch:
     user_lines = lines.assign(user_id="u1")
     shares = pd.DataFrame(
-        {"service_provider": ["P"], "currency": ["EUR"], "share_basis_points": [1250], "call_count": [4],
-         "billed_minor": [1333], "share_minor": [167]}
-    )  # fmt: skip
+        {
+            "service_provider": ["P"],
+            "currency": ["EUR"],
+            "share_basis_points": [1250],
+            "call_count": [4],
+            "billed_minor": [1333],
+            "share_minor": [167],
+        }
+    )
     return Batch(lines, user_lines, shares, [pd.DataFrame(columns=BILLED_CALL_COLUMNS)], EXCEPTIONS)
 
 
@@ -54,7 +60,10 @@ def engine(postgres):
 def _batches(engine, month):
     with engine.connect() as conn:
         return conn.execute(
-            text("SELECT batch_id, status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"), {"m": month}
+            text(
+                "SELECT batch_id, status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"
+            ),
+            {"m": month},
         ).all()
 
 
@@ -83,7 +92,9 @@ def test_a_failed_load_leaves_the_old_batch_current(engine):
 
 
 def _load_in_thread(engine, month: str, run_id: str) -> threading.Thread:
-    thread = threading.Thread(target=load_month, args=(engine, month, run_id, _batch(), {"read": 5}))
+    thread = threading.Thread(
+        target=load_month, args=(engine, month, run_id, _batch(), {"read": 5})
+    )
     thread.start()
     return thread
 
@@ -93,7 +104,9 @@ def test_two_concurrent_loads_of_a_month_serialise(engine):
     load_month(engine, "2026-04", "run-f", _batch(), {"read": 5})
     holder = engine.connect()
     holder.begin()
-    holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(month_lock("2026-04"))})  # a load in progress
+    holder.execute(
+        text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(month_lock("2026-04"))}
+    )  # a load in progress
     waiting = _load_in_thread(engine, "2026-04", "run-g")
     waiting.join(timeout=2)
     assert waiting.is_alive(), "the second load must wait for the month's lock"
@@ -113,7 +126,9 @@ def test_concurrent_loads_leave_exactly_one_current_batch(engine):
     assert sorted(statuses) == ["current"] + ["superseded"] * 3
     with engine.connect() as conn:
         lines = conn.execute(
-            text("SELECT count(*) FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = '2026-05'")
+            text(
+                "SELECT count(*) FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = '2026-05'"
+            )
         ).scalar()
     assert lines == 4 * len(LINES)  # every batch complete, none doubled
     assert current_lines(engine, "2026-05").to_dict("records") == LINES.to_dict("records")
@@ -121,39 +136,67 @@ def test_concurrent_loads_leave_exactly_one_current_batch(engine):
 
 def _billed_calls(count: int, customer_id: str | None = "C1") -> pd.DataFrame:
     return pd.DataFrame(
-        {"customer_id": [customer_id] * count, "sequence_number": "100", "currency": "EUR", "user_id": "u1",
-         "transaction_id": [f"t{n}" for n in range(count)], "start_utc": pd.Timestamp("2026-06-03 10:00", tz="UTC"),
-         "billed_seconds": 60, "cost_minor": 25, "pricing": "tariff", "source": "carrier", "source_file": "f.csv",
-         "source_row": range(2, count + 2), "combined_rows": ""}
-    )[BILLED_CALL_COLUMNS]  # fmt: skip
+        {
+            "customer_id": [customer_id] * count,
+            "sequence_number": "100",
+            "currency": "EUR",
+            "user_id": "u1",
+            "transaction_id": [f"t{n}" for n in range(count)],
+            "start_utc": pd.Timestamp("2026-06-03 10:00", tz="UTC"),
+            "billed_seconds": 60,
+            "cost_minor": 25,
+            "pricing": "tariff",
+            "source": "carrier",
+            "source_file": "f.csv",
+            "source_row": range(2, count + 2),
+            "combined_rows": "",
+        }
+    )[BILLED_CALL_COLUMNS]
 
 
 def _partitions(engine) -> dict[str, int]:
     """Each partition of billed_call with its number of indexes."""
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT c.relname, (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid) FROM pg_inherits i "
-                 "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'billed_call'::regclass")
-        ).all()  # fmt: skip
+            text(
+                "SELECT c.relname, (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'billed_call'::regclass"
+            )
+        ).all()
     return dict(rows)
 
 
 def test_each_batch_s_billed_calls_are_a_partition_of_their_own_indexed_and_checked(engine):
     batches = [
-        load_month(engine, "2026-06", run, replace(_batch(), billed_calls=[_billed_calls(calls), _billed_calls(1)]), {})
+        load_month(
+            engine,
+            "2026-06",
+            run,
+            replace(_batch(), billed_calls=[_billed_calls(calls), _billed_calls(1)]),
+            {},
+        )
         for run, calls in (("run-i", 3), ("run-j", 2))
     ]
     partitions = _partitions(engine)
     assert {f"billed_call_batch_id_{b.batch_id}" for b in batches} <= partitions.keys()
-    assert all(partitions[f"billed_call_batch_id_{b.batch_id}"] == 1 for b in batches)  # the line index, built on attach
+    assert all(
+        partitions[f"billed_call_batch_id_{b.batch_id}"] == 1 for b in batches
+    )  # the line index, built on attach
     with engine.connect() as conn:
-        counts = conn.execute(text("SELECT batch_id, count(*) FROM billed_call GROUP BY batch_id")).all()
-        stored = pd.read_sql(text(f"SELECT * FROM billed_call WHERE batch_id = {batches[0].batch_id}"), conn)
+        counts = conn.execute(
+            text("SELECT batch_id, count(*) FROM billed_call GROUP BY batch_id")
+        ).all()
+        stored = pd.read_sql(
+            text(f"SELECT * FROM billed_call WHERE batch_id = {batches[0].batch_id}"), conn
+        )
     assert {batch: calls for batch, calls in counts if batch in {b.batch_id for b in batches}} == {
-        batches[0].batch_id: 4, batches[1].batch_id: 3}  # fmt: skip
+        batches[0].batch_id: 4,
+        batches[1].batch_id: 3,
+    }
     expected = pd.concat([_billed_calls(3), _billed_calls(1)], ignore_index=True)
-    assert stored.drop(columns="batch_id").sort_values(["transaction_id", "source_row"]).to_dict("records") == (
-        expected.sort_values(["transaction_id", "source_row"]).to_dict("records"))  # fmt: skip
+    assert stored.drop(columns="batch_id").sort_values(["transaction_id", "source_row"]).to_dict(
+        "records"
+    ) == (expected.sort_values(["transaction_id", "source_row"]).to_dict("records"))
     with pytest.raises(IntegrityError, match="foreign key"), engine.begin() as conn:
         conn.execute(text(f"DELETE FROM billing_batch WHERE batch_id = {batches[0].batch_id}"))
 
@@ -161,6 +204,12 @@ def test_each_batch_s_billed_calls_are_a_partition_of_their_own_indexed_and_chec
 def test_a_failed_load_leaves_no_partition_behind(engine):
     before = _partitions(engine)
     with pytest.raises(IntegrityError, match="null"):
-        load_month(engine, "2026-07", "run-k", replace(_batch(), billed_calls=[_billed_calls(2, customer_id=None)]), {})
+        load_month(
+            engine,
+            "2026-07",
+            "run-k",
+            replace(_batch(), billed_calls=[_billed_calls(2, customer_id=None)]),
+            {},
+        )
     assert _partitions(engine) == before
     assert _batches(engine, "2026-07") == []

@@ -19,13 +19,22 @@ def empty_database(request, postgres, tmp_path):
     """The URL of an empty billing database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'billing.sqlite'}"
-    return postgres.url_of(postgres.create_database(f"migrations_{tmp_path.name.lower().replace('-', '_')}"))
+    return postgres.url_of(
+        postgres.create_database(f"migrations_{tmp_path.name.lower().replace('-', '_')}")
+    )
 
 
 def _differences(engine) -> list:
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn, opts={"include_name": migrations.include_name}), metadata)
-    return [d for d in differences if not (d[0] == "remove_table" and d[1].name == migrations.VERSION_TABLE)]
+        differences = compare_metadata(
+            MigrationContext.configure(conn, opts={"include_name": migrations.include_name}),
+            metadata,
+        )
+    return [
+        d
+        for d in differences
+        if not (d[0] == "remove_table" and d[1].name == migrations.VERSION_TABLE)
+    ]
 
 
 def test_an_empty_database_is_upgraded_to_exactly_the_tables_the_code_uses(empty_database):
@@ -42,7 +51,11 @@ def test_a_database_from_before_migrations_is_adopted_with_its_data(empty_databa
         command.upgrade(migrations._config(conn), migrations.BASELINE)
         conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         conn.execute(text("DROP TABLE month_entitlement"))  # an early database lacked later tables
-        conn.execute(insert(billing_batch).values(billing_month="2025-12", run_id="old", status="current", counts="{}"))
+        conn.execute(
+            insert(billing_batch).values(
+                billing_month="2025-12", run_id="old", status="current", counts="{}"
+            )
+        )
     assert migrations.upgrade(engine) == migrations.head()
     assert {"billed_call", "month_entitlement"} <= set(inspect(engine).get_table_names())
     assert _differences(engine) == []
@@ -64,7 +77,10 @@ def test_the_documented_command_upgrades_and_reports_the_version(tmp_path):
 
     def run(action: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "cdr_billing.migrations", action, "--url", url], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "cdr_billing.migrations", action, "--url", url],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return done.stdout
 
@@ -74,14 +90,28 @@ def test_the_documented_command_upgrades_and_reports_the_version(tmp_path):
 
 def test_billed_calls_from_before_partitions_move_to_their_batch_s_partition(postgres):
     engine = create_engine(postgres.url_of(postgres.create_database("migrations_partitions")))
-    calls = {"customer_id": "C1", "sequence_number": "1", "currency": "EUR", "user_id": "u", "start_utc": "2026-05-01 10:00+00",
-             "billed_seconds": 60, "cost_minor": 5, "pricing": "tariff", "source": "carrier", "source_file": "f.csv",
-             "combined_rows": ""}  # fmt: skip
-    with engine.begin() as conn:  # a database at 0002, with two batches' billed calls in the plain table
+    calls = {
+        "customer_id": "C1",
+        "sequence_number": "1",
+        "currency": "EUR",
+        "user_id": "u",
+        "start_utc": "2026-05-01 10:00+00",
+        "billed_seconds": 60,
+        "cost_minor": 5,
+        "pricing": "tariff",
+        "source": "carrier",
+        "source_file": "f.csv",
+        "combined_rows": "",
+    }
+    with (
+        engine.begin() as conn
+    ):  # a database at 0002, with two batches' billed calls in the plain table
         command.upgrade(migrations._config(conn), "0002")
         batches = [
             conn.execute(
-                insert(billing_batch).values(billing_month=m, run_id=m, status="current", counts="{}")
+                insert(billing_batch).values(
+                    billing_month=m, run_id=m, status="current", counts="{}"
+                )
             ).inserted_primary_key[0]
             for m in ("2026-04", "2026-05")
         ]
@@ -94,10 +124,15 @@ def test_billed_calls_from_before_partitions_move_to_their_batch_s_partition(pos
     assert _differences(engine) == []
     with engine.connect() as conn:
         moved = conn.execute(
-            text("SELECT tableoid::regclass::text, batch_id, transaction_id FROM billed_call ORDER BY source_row")
+            text(
+                "SELECT tableoid::regclass::text, batch_id, transaction_id FROM billed_call ORDER BY source_row"
+            )
         ).all()
-        kind = conn.execute(text("SELECT relkind FROM pg_class WHERE relname = 'billed_call'")).scalar()
+        kind = conn.execute(
+            text("SELECT relkind FROM pg_class WHERE relname = 'billed_call'")
+        ).scalar()
     assert kind == "p"  # partitioned
     assert [tuple(row) for row in moved] == [
-        (f"billed_call_batch_id_{batch}", batch, f"t{n}") for n, batch in enumerate([batches[0]] * 3 + [batches[1]])
+        (f"billed_call_batch_id_{batch}", batch, f"t{n}")
+        for n, batch in enumerate([batches[0]] * 3 + [batches[1]])
     ]

@@ -55,7 +55,9 @@ class Site:
     monkeypatch: pytest.MonkeyPatch
 
     def connect(self, primary: dict, secondary: dict) -> None:
-        for key, value in connection_env({"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}).items():
+        for key, value in connection_env(
+            {"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}
+        ).items():
             self.monkeypatch.setenv(key, value)
 
     def connection(self, server: SftpServer, **overrides: object) -> dict:
@@ -69,7 +71,10 @@ class Site:
             return conn.execute(select(cdr_file)).all()
 
     def new_mails(self) -> list[Message]:
-        return [message_from_bytes(p.read_bytes()) for p in sorted(set(self.maildir.glob("*.eml")) - self.mails_before)]
+        return [
+            message_from_bytes(p.read_bytes())
+            for p in sorted(set(self.maildir.glob("*.eml")) - self.mails_before)
+        ]
 
 
 @pytest.fixture
@@ -78,10 +83,16 @@ def site(tmp_path, sftp_root, fetch_environment, services, monkeypatch):
     shutil.copytree(sftp_root, root)
     with LocalServices(tmp_path / "servers") as local:
         site = Site(
-            local, root, local.start_openssh("openssh_primary"), local.start_openssh("openssh_secondary"),
-            served_from(fetch_environment.config, root), fetch_environment.engine, services.maildir,
-            set(services.maildir.glob("*.eml")), monkeypatch,
-        )  # fmt: skip
+            local,
+            root,
+            local.start_openssh("openssh_primary"),
+            local.start_openssh("openssh_secondary"),
+            served_from(fetch_environment.config, root),
+            fetch_environment.engine,
+            services.maildir,
+            set(services.maildir.glob("*.eml")),
+            monkeypatch,
+        )
         site.connect(site.connection(site.primary), site.connection(site.secondary))
         yield site
 
@@ -118,14 +129,20 @@ def test_openssh_primary_down_fails_over(site):
 
 
 def test_openssh_changed_host_key_fails_over_and_alerts(site):
-    site.connect(site.connection(site.primary, extra={**site.connection(site.primary)["extra"],
-                                                      "host_key": site.secondary.host_key}),
-                 site.connection(site.secondary))  # fmt: skip
+    site.connect(
+        site.connection(
+            site.primary,
+            extra={**site.connection(site.primary)["extra"], "host_key": site.secondary.host_key},
+        ),
+        site.connection(site.secondary),
+    )
     meta = site.fetch()
     assert meta["server"] == "cdr_sftp_secondary"
     assert site.primary.auth_attempts() == [], "a key was offered to a server with another host key"
     (mail,) = site.new_mails()
-    assert "host key does not match the pinned key: possible man-in-the-middle attack" in mail_text(mail)
+    assert "host key does not match the pinned key: possible man-in-the-middle attack" in mail_text(
+        mail
+    )
 
 
 def test_openssh_primary_killed_in_the_middle_of_a_transfer(site):

@@ -62,7 +62,9 @@ def serve(tmp_path, monkeypatch):
         def start(root: Path, **options):
             server = local.start_sftp("sftp", root, **options)
             connection = server.connection(local.client_key)
-            for key, value in connection_env({"cdr_sftp_primary": connection, "cdr_sftp_secondary": connection}).items():
+            for key, value in connection_env(
+                {"cdr_sftp_primary": connection, "cdr_sftp_secondary": connection}
+            ).items():
                 monkeypatch.setenv(key, value)
             return server
 
@@ -70,8 +72,12 @@ def serve(tmp_path, monkeypatch):
 
 
 def fetch(dest: Path, stable_seconds: float, **request_options) -> FetchResult:
-    request = FileRequest("cdr", "carrier", "/cdr/carrier", "carrier_cdr_202610*.csv", **request_options)
-    return fetch_with_failover(["cdr_sftp_primary"], [request], dest, timeout_seconds=5, stable_seconds=stable_seconds)
+    request = FileRequest(
+        "cdr", "carrier", "/cdr/carrier", "carrier_cdr_202610*.csv", **request_options
+    )
+    return fetch_with_failover(
+        ["cdr_sftp_primary"], [request], dest, timeout_seconds=5, stable_seconds=stable_seconds
+    )
 
 
 def names(result: FetchResult) -> tuple[list[str], list[str]]:
@@ -85,7 +91,9 @@ def test_a_file_growing_between_the_listings_is_left_for_a_later_run(root, serve
     with growing(late):
         first = fetch(tmp_path / "run-1", stable_seconds=1)
     assert names(first) == (["carrier_cdr_202610.csv"], [LATE])
-    assert not (tmp_path / "run-1" / LATE).exists() and not list((tmp_path / "run-1").glob(".*.part"))
+    assert not (tmp_path / "run-1" / LATE).exists() and not list(
+        (tmp_path / "run-1").glob(".*.part")
+    )
     second = fetch(tmp_path / "run-2", stable_seconds=1)  # the upload has finished
     assert names(second) == (["carrier_cdr_202610.csv", LATE], [])
     assert (tmp_path / "run-2" / LATE).read_bytes() == late.read_bytes()
@@ -127,19 +135,31 @@ def test_a_done_marker_source_fetches_marked_files_without_waiting(root, serve, 
     )
 
 
-def test_a_source_requiring_sidecars_fetches_a_file_once_its_checksum_is_there(root, serve, tmp_path):
+def test_a_source_requiring_sidecars_fetches_a_file_once_its_checksum_is_there(
+    root, serve, tmp_path
+):
     serve(root)
     carrier = root / CARRIER
-    assert names(fetch(tmp_path / "run-1", stable_seconds=60, require_sidecar=True)) == ([], [carrier.name])
-    Path(f"{carrier}.sha256").write_text(f"{hashlib.sha256(carrier.read_bytes()).hexdigest()}  {carrier.name}\n")
-    assert names(fetch(tmp_path / "run-2", stable_seconds=60, require_sidecar=True)) == ([carrier.name], [])
+    assert names(fetch(tmp_path / "run-1", stable_seconds=60, require_sidecar=True)) == (
+        [],
+        [carrier.name],
+    )
+    Path(f"{carrier}.sha256").write_text(
+        f"{hashlib.sha256(carrier.read_bytes()).hexdigest()}  {carrier.name}\n"
+    )
+    assert names(fetch(tmp_path / "run-2", stable_seconds=60, require_sidecar=True)) == (
+        [carrier.name],
+        [],
+    )
 
 
 @pytest.fixture
 def config(fetch_environment) -> PipelineConfig:
     """The shipped config on a fresh ledger, the carrier source marked done by "{name}.done"."""
     shipped = fetch_environment.config
-    sources = tuple(replace(s, done_marker="{name}.done") if s.name == "carrier" else s for s in shipped.sources)
+    sources = tuple(
+        replace(s, done_marker="{name}.done") if s.name == "carrier" else s for s in shipped.sources
+    )
     return replace(shipped, sources=sources)
 
 
@@ -159,11 +179,19 @@ def test_the_sensor_waits_while_a_sources_only_file_is_unmarked(root, serve, con
 
 def test_the_sensor_waits_while_a_sources_only_file_grows(root, serve, config):
     carrier = next(s for s in config.sources if s.name == "carrier")
-    config = replace(config, stable_seconds=1, sources=tuple(replace(carrier, done_marker=None) if s is carrier else s
-                                                             for s in config.sources))  # fmt: skip
+    config = replace(
+        config,
+        stable_seconds=1,
+        sources=tuple(
+            replace(carrier, done_marker=None) if s is carrier else s for s in config.sources
+        ),
+    )
     serve(root)
     with growing(root / CARRIER):
-        assert stages.files_arrived(october(config, "wait-1"), config, now=BEFORE_THE_DEADLINE) is False
+        assert (
+            stages.files_arrived(october(config, "wait-1"), config, now=BEFORE_THE_DEADLINE)
+            is False
+        )
     assert stages.files_arrived(october(config, "wait-2"), config, now=BEFORE_THE_DEADLINE) is True
 
 
@@ -173,4 +201,6 @@ def test_the_fetch_counts_a_file_not_yet_stable_and_bills_the_marked_ones(root, 
     serve(root)
     meta = stages.fetch(october(config, "run-1"), config)
     assert meta["file_counts"]["not_yet_stable"] == 1
-    assert LATE not in {f["name"] for f in meta["files"]} and "carrier_cdr_202610.csv" in {f["name"] for f in meta["files"]}
+    assert LATE not in {f["name"] for f in meta["files"]} and "carrier_cdr_202610.csv" in {
+        f["name"] for f in meta["files"]
+    }

@@ -27,7 +27,10 @@ REFUSED = [
 
 def counts(engine) -> tuple[int, int]:
     with engine.connect() as conn:
-        return tuple(conn.execute(select(func.count()).select_from(table)).scalar() for table in (tariff_version, tariff_rate))
+        return tuple(
+            conn.execute(select(func.count()).select_from(table)).scalar()
+            for table in (tariff_version, tariff_rate)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,9 @@ def loaded(engine, tmp_path_factory) -> tuple[int, int]:
     return counts(engine)
 
 
-@pytest.mark.parametrize(("case", "bad_row", "column"), REFUSED, ids=[case for case, _, _ in REFUSED])
+@pytest.mark.parametrize(
+    ("case", "bad_row", "column"), REFUSED, ids=[case for case, _, _ in REFUSED]
+)
 def test_a_refused_file_stores_nothing(engine, loaded, tmp_path, case, bad_row, column):
     path = tmp_path / "tariff_bad.csv"
     path.write_text(HEADER + GOOD + bad_row + "\n")

@@ -32,7 +32,14 @@ from cdr_billing.stages import run_work_dir
 from cdr_devkit.airflow_env import PROJECT_ROOT
 
 PHONE = "+46701234567"
-LINE_COLUMNS = ["customer_id", "sequence_number", "currency", "total_minor", "call_count", "billed_seconds"]
+LINE_COLUMNS = [
+    "customer_id",
+    "sequence_number",
+    "currency",
+    "total_minor",
+    "call_count",
+    "billed_seconds",
+]
 MAY_LINES = pd.DataFrame(
     [
         ("C2001", "100", "EUR", 123456, 10, 600),
@@ -42,20 +49,44 @@ MAY_LINES = pd.DataFrame(
     ],
     columns=LINE_COLUMNS,
 )
-MAY_COUNTS = {"read": 24, "billed": 17, "quarantined": 0, "duplicates": 1, "not_billable": 1, "unbillable": 2,
-                   "suspense": 3, "combined": 0}  # fmt: skip
+MAY_COUNTS = {
+    "read": 24,
+    "billed": 17,
+    "quarantined": 0,
+    "duplicates": 1,
+    "not_billable": 1,
+    "unbillable": 2,
+    "suspense": 3,
+    "combined": 0,
+}
 JUNE_LINES = pd.DataFrame([("C2001", "100", "EUR", 700, 1, 60)], columns=LINE_COLUMNS)
 
 
 def _exception(kind: str, reason: str, row: int, detail: dict) -> dict:
-    return {"kind": kind, "reason_code": reason, "source_file": "carrier_cdr_202605.csv", "source_row": row,
-            "transaction_id": f"t{row}", "detail": json.dumps(detail)}  # fmt: skip
+    return {
+        "kind": kind,
+        "reason_code": reason,
+        "source_file": "carrier_cdr_202605.csv",
+        "source_row": row,
+        "transaction_id": f"t{row}",
+        "detail": json.dumps(detail),
+    }
 
 
 MAY_EXCEPTIONS = pd.DataFrame(
-    [_exception("unbillable", "NO_TARIFF_PREFIX", row, {"user_id": "acct-9", "number_range": "+8821"}) for row in (3, 4)]
+    [
+        _exception(
+            "unbillable", "NO_TARIFF_PREFIX", row, {"user_id": "acct-9", "number_range": "+8821"}
+        )
+        for row in (3, 4)
+    ]
     + [
-        _exception("suspense", "UNKNOWN_ACCOUNT", row, {"user_id": "acct-unknown-7", "number_range": "+4670"})
+        _exception(
+            "suspense",
+            "UNKNOWN_ACCOUNT",
+            row,
+            {"user_id": "acct-unknown-7", "number_range": "+4670"},
+        )
         for row in (5, 6, 7)
     ]
     + [_exception("duplicate", "DUPLICATE_TRANSACTION", 8, {"destination_party": PHONE})]
@@ -64,10 +95,25 @@ MAY_EXCEPTIONS = pd.DataFrame(
 
 def _batch(lines: pd.DataFrame, exceptions: pd.DataFrame | None = None) -> Batch:
     shares = pd.DataFrame(
-        columns=["service_provider", "currency", "share_basis_points", "call_count", "billed_minor", "share_minor"]
+        columns=[
+            "service_provider",
+            "currency",
+            "share_basis_points",
+            "call_count",
+            "billed_minor",
+            "share_minor",
+        ]
     )
-    no_exceptions = pd.DataFrame(columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"])
-    return Batch(lines, lines.assign(user_id="u1"), shares, [], no_exceptions if exceptions is None else exceptions)
+    no_exceptions = pd.DataFrame(
+        columns=["kind", "reason_code", "source_file", "source_row", "transaction_id", "detail"]
+    )
+    return Batch(
+        lines,
+        lines.assign(user_id="u1"),
+        shares,
+        [],
+        no_exceptions if exceptions is None else exceptions,
+    )
 
 
 @dataclass(frozen=True)
@@ -98,21 +144,35 @@ def _write_report(work_dir: Path, **report: object) -> None:
 def seeded(running_airflow, postgres, tmp_path_factory) -> Seeded:
     engine = create_engine(postgres.url_of("billing_ui"))
     upgrade(engine)
-    old = load_month(engine, "2026-05", "ui_2026-05_first", _batch(MAY_LINES.assign(total_minor=5)), MAY_COUNTS)
-    new = load_month(engine, "2026-05", "ui_2026-05_second", _batch(MAY_LINES, MAY_EXCEPTIONS), MAY_COUNTS)
+    old = load_month(
+        engine, "2026-05", "ui_2026-05_first", _batch(MAY_LINES.assign(total_minor=5)), MAY_COUNTS
+    )
+    new = load_month(
+        engine, "2026-05", "ui_2026-05_second", _batch(MAY_LINES, MAY_EXCEPTIONS), MAY_COUNTS
+    )
     june = load_month(engine, "2026-06", "ui_2026-06", _batch(JUNE_LINES), {"read": 5, "billed": 1})
     config = _config_of(running_airflow)
 
     work_dir = run_work_dir(config, "2026-05", "ui_2026-05_second")
-    site = work_dir / "files" / "0123456789abcdef" / "gx_results" / "data_docs"  # one CDR file's GX site
+    site = (
+        work_dir / "files" / "0123456789abcdef" / "gx_results" / "data_docs"
+    )  # one CDR file's GX site
     (site / "static").mkdir(parents=True)
-    (site / "index.html").write_text('<html><link href="static/style.css">Data Docs of the UI test</html>')
+    (site / "index.html").write_text(
+        '<html><link href="static/style.css">Data Docs of the UI test</html>'
+    )
     (site / "static" / "style.css").write_text("body { color: teal; }")
     (site.parent / "result.json").write_text("{}")
     (work_dir / "calls.parquet").write_text(f"the run's data, e.g. {PHONE}")
-    docs = validate.write_docs_index(work_dir / "data_docs.html", {"carrier_cdr_202605.csv": str(site / "index.html")})
-    csv_file, xlsx_file = billing_file.write(current_lines(engine, "2026-05"), "2026-05", config.billing_file_columns, work_dir)
-    _write_report(work_dir, data_docs=str(docs), billing_file={"csv": str(csv_file), "xlsx": str(xlsx_file)})
+    docs = validate.write_docs_index(
+        work_dir / "data_docs.html", {"carrier_cdr_202605.csv": str(site / "index.html")}
+    )
+    csv_file, xlsx_file = billing_file.write(
+        current_lines(engine, "2026-05"), "2026-05", config.billing_file_columns, work_dir
+    )
+    _write_report(
+        work_dir, data_docs=str(docs), billing_file={"csv": str(csv_file), "xlsx": str(xlsx_file)}
+    )
 
     outside = tmp_path_factory.mktemp("outside-work-root")
     secret = outside / "secret.csv"
@@ -120,8 +180,11 @@ def seeded(running_airflow, postgres, tmp_path_factory) -> Seeded:
     june_dir = run_work_dir(config, "2026-06", "ui_2026-06")
     june_dir.mkdir(parents=True)
     (june_dir / "linked.xlsx").symlink_to(secret)
-    _write_report(june_dir, data_docs=str(outside / "index.html"),
-                  billing_file={"csv": str(secret), "xlsx": str(june_dir / "linked.xlsx")})  # fmt: skip
+    _write_report(
+        june_dir,
+        data_docs=str(outside / "index.html"),
+        billing_file={"csv": str(secret), "xlsx": str(june_dir / "linked.xlsx")},
+    )
     engine.dispose()
     return Seeded(old.batch_id, new.batch_id, june.batch_id, docs, site / "index.html", csv_file)
 
@@ -148,7 +211,9 @@ def get(airflow, path: str, token: str | None = None, cookie: str | None = None)
     try:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
-        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        return Answer(
+            response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        )
     finally:
         connection.close()
 
@@ -213,9 +278,16 @@ PROTECTED = [
 def test_the_plugin_is_registered_without_import_errors(running_airflow):
     plugins = {p["name"]: p for p in running_airflow.api("GET", "/plugins")["plugins"]}
     plugin = plugins["cdr_billing_ui"]
-    assert [(a["name"], a["url_prefix"]) for a in plugin["fastapi_apps"]] == [("Billing", "/billing")]
+    assert [(a["name"], a["url_prefix"]) for a in plugin["fastapi_apps"]] == [
+        ("Billing", "/billing")
+    ]
     [view] = plugin["external_views"]
-    assert (view["name"], view["href"], view["destination"], view["url_route"]) == ("Billing", "/billing/", "nav", "billing")
+    assert (view["name"], view["href"], view["destination"], view["url_route"]) == (
+        "Billing",
+        "/billing/",
+        "nav",
+        "billing",
+    )
     errors = running_airflow.api("GET", "/plugins/importErrors")["import_errors"]
     assert not [e for e in errors if "cdr_billing_ui" in e["source"]]
 
@@ -225,7 +297,13 @@ def test_the_plugin_imports_without_pandas_or_airflow_api_modules():
         "import sys; sys.path.insert(0, 'plugins'); import cdr_billing_ui; "
         "print([m for m in ('pandas', 'airflow.api_fastapi.core_api.security', 'cdr_billing.ui.queries') if m in sys.modules])"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, env=os.environ)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
@@ -235,7 +313,10 @@ def test_without_a_valid_token_nothing_is_shown(running_airflow, seeded, path):
     anonymous = get(running_airflow, path)
     assert anonymous.status == 401
     assert "Log in" in anonymous.text and "C2001" not in anonymous.text
-    for forged in (get(running_airflow, path, token="not-a-jwt"), get(running_airflow, path, cookie="not-a-jwt")):
+    for forged in (
+        get(running_airflow, path, token="not-a-jwt"),
+        get(running_airflow, path, cookie="not-a-jwt"),
+    ):
         assert forged.status == 403
         assert b"C2001" not in forged.body
 
@@ -245,16 +326,39 @@ def _token_with_role(airflow, role: str | None) -> str:
     settings = configparser.ConfigParser(interpolation=None)
     settings.read(airflow.airflow_home / "airflow.cfg")
     admin_token = airflow.token()
-    claims = {**jwt.decode(admin_token, options={"verify_signature": False}), "sub": "clerk", "role": role, "jti": uuid4().hex}
-    return jwt.encode(claims, settings["api_auth"]["jwt_secret"], algorithm=jwt.get_unverified_header(admin_token)["alg"])
+    claims = {
+        **jwt.decode(admin_token, options={"verify_signature": False}),
+        "sub": "clerk",
+        "role": role,
+        "jti": uuid4().hex,
+    }
+    return jwt.encode(
+        claims,
+        settings["api_auth"]["jwt_secret"],
+        algorithm=jwt.get_unverified_header(admin_token)["alg"],
+    )
 
 
-@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the test Airflow's generated secret
+@pytest.mark.filterwarnings(
+    "ignore::jwt.warnings.InsecureKeyLengthWarning"
+)  # the test Airflow's generated secret
 def test_a_user_the_auth_manager_denies_read_access_is_refused(running_airflow, seeded):
-    refused = get(running_airflow, "/billing/month/2026-05", token=_token_with_role(running_airflow, None))
+    refused = get(
+        running_airflow, "/billing/month/2026-05", token=_token_with_role(running_airflow, None)
+    )
     assert refused.status == 403
-    assert "You may not read the runs of the billing DAG." in refused.text and "C2001" not in refused.text
-    assert get(running_airflow, "/billing/month/2026-05", token=_token_with_role(running_airflow, "VIEWER")).status == 200
+    assert (
+        "You may not read the runs of the billing DAG." in refused.text
+        and "C2001" not in refused.text
+    )
+    assert (
+        get(
+            running_airflow,
+            "/billing/month/2026-05",
+            token=_token_with_role(running_airflow, "VIEWER"),
+        ).status
+        == 200
+    )
 
 
 def test_the_ui_cookie_is_accepted_like_a_bearer_token(running_airflow, seeded):
@@ -267,10 +371,26 @@ def test_the_months_list_shows_status_current_batch_totals_and_counts(running_ai
     rows = Rows(admin_get(running_airflow, "/billing/").text)
     assert rows.rows[0][:3] == ["Month", "Status", "Current batch"]
     may = rows.starting("2026-05")
-    month, status, batch, loaded, runs, lines, totals, read, billed, unbillable, suspense, balance = may
+    (
+        month,
+        status,
+        batch,
+        loaded,
+        runs,
+        lines,
+        totals,
+        read,
+        billed,
+        unbillable,
+        suspense,
+        balance,
+    ) = may
     assert (status, batch, runs, lines) == ("current", str(seeded.may), "2", "4")
     assert loaded.endswith("UTC")
-    assert [amount(t) for t in totals.split(" | ")] == [(Decimal("1734.57"), "EUR"), (Decimal("99.99"), "SEK")]
+    assert [amount(t) for t in totals.split(" | ")] == [
+        (Decimal("1734.57"), "EUR"),
+        (Decimal("99.99"), "SEK"),
+    ]
     assert (read, billed, unbillable, suspense) == ("24", "17", "2", "3")
     assert "balanced" in balance
     june = rows.starting("2026-06")
@@ -298,12 +418,16 @@ def test_the_chart_has_one_bar_per_customer(running_airflow, seeded):
     assert page.count("<svg") == 2  # one chart per currency
 
 
-def test_reconciliation_unbillable_ranges_and_suspense_accounts_without_phone_numbers(running_airflow, seeded):
+def test_reconciliation_unbillable_ranges_and_suspense_accounts_without_phone_numbers(
+    running_airflow, seeded
+):
     page = admin_get(running_airflow, "/billing/month/2026-05").text
     rows = Rows(page)
     assert rows.starting("+8821") == ["+8821", "NO_TARIFF_PREFIX", "2"]
     assert rows.starting("acct-unknown-7") == ["acct-unknown-7", "UNKNOWN_ACCOUNT", "3"]
-    assert {name: rows.starting(name)[1] for name in MAY_COUNTS} == {k: str(v) for k, v in MAY_COUNTS.items()}
+    assert {name: rows.starting(name)[1] for name in MAY_COUNTS} == {
+        k: str(v) for k, v in MAY_COUNTS.items()
+    }
     assert PHONE not in page and PHONE[1:] not in page
     assert [row[:2] for row in rows.rows if row[1] in ("current", "superseded")] == [
         [str(seeded.may), "current"],
@@ -317,22 +441,36 @@ def test_the_links_serve_the_data_docs_and_the_billing_file(running_airflow, see
         assert f'href="{link}"' in page
     index = admin_get(running_airflow, "/billing/month/2026-05/data-docs/")
     assert index.body == seeded.data_docs.read_bytes()
-    assert index.headers["content-security-policy"].startswith("sandbox allow-scripts")  # CDN scripts kept off Airflow's origin
+    assert index.headers["content-security-policy"].startswith(
+        "sandbox allow-scripts"
+    )  # CDN scripts kept off Airflow's origin
     site = "/billing/month/2026-05/data-docs/files/0123456789abcdef/gx_results/data_docs"
-    assert 'href="files/0123456789abcdef/gx_results/data_docs/index.html"' in index.text  # relative to data-docs/
+    assert (
+        'href="files/0123456789abcdef/gx_results/data_docs/index.html"' in index.text
+    )  # relative to data-docs/
     assert admin_get(running_airflow, f"{site}/index.html").body == seeded.file_docs.read_bytes()
     assert b"teal" in admin_get(running_airflow, f"{site}/static/style.css").body
     csv_answer = admin_get(running_airflow, "/billing/month/2026-05/files/billing-csv")
     assert csv_answer.body == seeded.billing_csv.read_bytes()
     assert "attachment" in csv_answer.headers["content-disposition"]
-    assert admin_get(running_airflow, "/billing/month/2026-05/files/billing-xlsx").body.startswith(b"PK")
+    assert admin_get(running_airflow, "/billing/month/2026-05/files/billing-xlsx").body.startswith(
+        b"PK"
+    )
 
 
 @pytest.mark.parametrize(
-    "name", ["calls.parquet", "report.json", "files/0123456789abcdef/gx_results/result.json", "files/0123456789abcdef"]
+    "name",
+    [
+        "calls.parquet",
+        "report.json",
+        "files/0123456789abcdef/gx_results/result.json",
+        "files/0123456789abcdef",
+    ],
 )
 def test_the_run_data_next_to_the_data_docs_is_not_served(running_airflow, seeded, name):
-    answer = get(running_airflow, f"/billing/month/2026-05/data-docs/{name}", token=running_airflow.token())
+    answer = get(
+        running_airflow, f"/billing/month/2026-05/data-docs/{name}", token=running_airflow.token()
+    )
     assert answer.status == 404
     assert PHONE.encode() not in answer.body and b"billing_file" not in answer.body
 
@@ -358,11 +496,17 @@ def test_report_files_outside_the_work_root_are_neither_linked_nor_served(runnin
     page = admin_get(running_airflow, "/billing/month/2026-06").text
     assert "files/billing" not in page and "data-docs" not in page
     for name in ("files/billing-csv", "files/billing-xlsx", "data-docs/"):
-        answer = get(running_airflow, f"/billing/month/2026-06/{name}", token=running_airflow.token())
+        answer = get(
+            running_airflow, f"/billing/month/2026-06/{name}", token=running_airflow.token()
+        )
         assert answer.status == 404
         assert b"not for the billing page" not in answer.body
 
 
 def test_a_month_without_batches_is_not_found(running_airflow, seeded):
-    assert get(running_airflow, "/billing/month/1999-01", token=running_airflow.token()).status == 404
-    assert get(running_airflow, "/billing/month/2025-13", token=running_airflow.token()).status == 422
+    assert (
+        get(running_airflow, "/billing/month/1999-01", token=running_airflow.token()).status == 404
+    )
+    assert (
+        get(running_airflow, "/billing/month/2025-13", token=running_airflow.token()).status == 422
+    )

@@ -21,31 +21,47 @@ def history(tmp_path, *snapshots: tuple[str, str]) -> pd.DataFrame:
         path = tmp_path / name
         path.write_text(text)
         snapshot = from_file(path, OCTOBER, "Europe/Stockholm")
-        frames.append(snapshot.rows.assign(snapshot_id=number, taken_at=pd.Timestamp(snapshot.taken_at)))
+        frames.append(
+            snapshot.rows.assign(snapshot_id=number, taken_at=pd.Timestamp(snapshot.taken_at))
+        )
     return pd.concat(frames, ignore_index=True)
 
 
 def calls(*rows: tuple[str, str]) -> pd.DataFrame:
-    return pd.DataFrame({"user_id": [a for a, _ in rows], "cost_minor": 1,
-                         "start_utc": pd.to_datetime([t for _, t in rows]).tz_localize("UTC")})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "user_id": [a for a, _ in rows],
+            "cost_minor": 1,
+            "start_utc": pd.to_datetime([t for _, t in rows]).tz_localize("UTC"),
+        }
+    )
 
 
 def test_calls_go_to_cost_center_default_or_suspense(tmp_path):
     snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT))
-    attributed, suspense, _ = attribute_calls(calls(*[(a, "2026-10-05") for a in ("0001", "0002", "0003", "0404")]), snapshots, 1)
+    attributed, suspense, _ = attribute_calls(
+        calls(*[(a, "2026-10-05") for a in ("0001", "0002", "0003", "0404")]), snapshots, 1
+    )
     assert attributed[["user_id", "customer_id", "sequence_number"]].values.tolist() == [
         ["0001", "C1", "101"],
         ["0002", "C1", "100"],
     ]
-    assert suspense[["user_id", "reason_code"]].values.tolist() == [["0003", "NOT_ENTITLED"], ["0404", "UNKNOWN_ACCOUNT"]]
+    assert suspense[["user_id", "reason_code"]].values.tolist() == [
+        ["0003", "NOT_ENTITLED"],
+        ["0404", "UNKNOWN_ACCOUNT"],
+    ]
 
 
 def test_the_snapshot_valid_at_the_call_applies_and_the_months_covers_earlier_calls(tmp_path):
     later = SNAPSHOT.replace("0001,a@x,C1,101", "0001,a@x,C1,102")
-    snapshots = history(tmp_path, ("entitlements_2026-10-10.csv", SNAPSHOT), ("entitlements_2026-10-20.csv", later))
+    snapshots = history(
+        tmp_path, ("entitlements_2026-10-10.csv", SNAPSHOT), ("entitlements_2026-10-20.csv", later)
+    )
     moments = pd.Series(pd.to_datetime(["2026-10-01", "2026-10-15", "2026-10-25"], utc=True))
     assert snapshot_at(moments, snapshots, month_snapshot=2).tolist() == [2, 1, 2]
-    attributed, _, _ = attribute_calls(calls(("0001", "2026-10-12"), ("0001", "2026-10-21")), snapshots, 2)
+    attributed, _, _ = attribute_calls(
+        calls(("0001", "2026-10-12"), ("0001", "2026-10-21")), snapshots, 2
+    )
     assert attributed["sequence_number"].tolist() == ["101", "102"]
 
 
@@ -59,15 +75,22 @@ def test_user_codes_sum_an_account_once_per_cost_center_and_currency(tmp_path):
         snapshots["snapshot_id"].map({1: "2026-10-01", 2: "2026-10-10", 3: "2026-10-20"}), utc=True
     )
     moments = ["2026-10-05", "2026-10-12", "2026-10-22", "2026-10-05", "2026-10-12", "2026-10-23"]
-    priced = calls(*zip(["0001", "0001", "0001", "0002", "0002", "0002"], moments, strict=True)).assign(
-        cost_minor=[1, 2, 4, 8, 16, 32], billed_seconds=[60, 60, 60, 60, 60, 60], currency=["SEK"] * 5 + ["EUR"]
+    priced = calls(
+        *zip(["0001", "0001", "0001", "0002", "0002", "0002"], moments, strict=True)
+    ).assign(
+        cost_minor=[1, 2, 4, 8, 16, 32],
+        billed_seconds=[60, 60, 60, 60, 60, 60],
+        currency=["SEK"] * 5 + ["EUR"],
     )
     attributed, _, user_codes = attribute_calls(priced, snapshots, 3)
     assert user_codes[0] == user_codes[1] != user_codes[2]
     lines = aggregate_users(attributed, user_codes)
     assert lines[[*USER_KEYS, "total_minor", "call_count"]].values.tolist() == [
-        ["C1", "101", "SEK", "0001", 3, 2], ["C1", "102", "SEK", "0001", 4, 1],
-        ["C1", "100", "SEK", "0002", 24, 2], ["C1", "100", "EUR", "0002", 32, 1]]  # fmt: skip
+        ["C1", "101", "SEK", "0001", 3, 2],
+        ["C1", "102", "SEK", "0001", 4, 1],
+        ["C1", "100", "SEK", "0002", 24, 2],
+        ["C1", "100", "EUR", "0002", 32, 1],
+    ]
     assert lines.equals(aggregate_users(attributed))
 
 
@@ -82,13 +105,19 @@ def test_duplicate_accounts_are_rejected_with_lines(tmp_path):
 
 def test_stale_accounts_are_flagged(tmp_path):
     attributed, _, _ = attribute_calls(
-        calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), history(tmp_path, ("e.csv", SNAPSHOT)), 1
+        calls(("0001", "2026-10-05"), ("0002", "2026-10-05")),
+        history(tmp_path, ("e.csv", SNAPSHOT)),
+        1,
     )
     assert stale_accounts(attributed, pd.Timestamp("2026-05-01", tz="UTC")) == [
-        {"account_id": "0002", "customer_id": "C1", "last_login": "2020-01-01", "calls": 1}]  # fmt: skip
+        {"account_id": "0002", "customer_id": "C1", "last_login": "2020-01-01", "calls": 1}
+    ]
 
 
-CORRECTED = SNAPSHOT.replace("0003,c@x,C2,201,200,false", "0003,c@x,C2,201,200,true") + "0404,d@x,C3,301,300,true,2026-11-01\n"
+CORRECTED = (
+    SNAPSHOT.replace("0003,c@x,C2,201,200,false", "0003,c@x,C2,201,200,true")
+    + "0404,d@x,C3,301,300,true,2026-11-01\n"
+)
 
 
 def test_a_correction_pinned_by_a_refresh_bills_what_the_older_snapshots_could_not(tmp_path):
@@ -96,28 +125,59 @@ def test_a_correction_pinned_by_a_refresh_bills_what_the_older_snapshots_could_n
     that the month is pinned to: their calls are billed by it; 0001's cost-center change on the
     15th still bills each of its calls as of its time."""
     moved = SNAPSHOT.replace("0001,a@x,C1,101", "0001,a@x,C1,102")
-    snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT), ("entitlements_2026-10-15.csv", moved),
-                        ("entitlements_2026-11-03.csv", CORRECTED))  # fmt: skip
-    month_calls = calls(("0001", "2026-10-05"), ("0001", "2026-10-20"), ("0003", "2026-10-05"), ("0404", "2026-10-20"))
+    snapshots = history(
+        tmp_path,
+        ("entitlements_2026-10-01.csv", SNAPSHOT),
+        ("entitlements_2026-10-15.csv", moved),
+        ("entitlements_2026-11-03.csv", CORRECTED),
+    )
+    month_calls = calls(
+        ("0001", "2026-10-05"),
+        ("0001", "2026-10-20"),
+        ("0003", "2026-10-05"),
+        ("0404", "2026-10-20"),
+    )
     attributed, suspense, _ = attribute_calls(month_calls, snapshots, 3)
-    assert attributed[["user_id", "customer_id", "sequence_number", "entitlement_snapshot"]].values.tolist() == [
-        ["0001", "C1", "101", 1], ["0001", "C1", "102", 2], ["0003", "C2", "201", 3], ["0404", "C3", "301", 3],
-    ]  # fmt: skip
+    assert attributed[
+        ["user_id", "customer_id", "sequence_number", "entitlement_snapshot"]
+    ].values.tolist() == [
+        ["0001", "C1", "101", 1],
+        ["0001", "C1", "102", 2],
+        ["0003", "C2", "201", 3],
+        ["0404", "C3", "301", 3],
+    ]
     assert suspense.empty
-    attributed, suspense, _ = attribute_calls(month_calls, snapshots[snapshots["snapshot_id"] < 3], 2)  # not refreshed
-    assert suspense[["user_id", "reason_code"]].values.tolist() == [["0003", "NOT_ENTITLED"], ["0404", "UNKNOWN_ACCOUNT"]]
+    attributed, suspense, _ = attribute_calls(
+        month_calls, snapshots[snapshots["snapshot_id"] < 3], 2
+    )  # not refreshed
+    assert suspense[["user_id", "reason_code"]].values.tolist() == [
+        ["0003", "NOT_ENTITLED"],
+        ["0404", "UNKNOWN_ACCOUNT"],
+    ]
 
 
 def test_an_account_revoked_mid_month_is_not_billed_by_an_older_snapshot(tmp_path):
     revoked = SNAPSHOT.replace("0001,a@x,C1,101,100,true", "0001,a@x,C1,101,100,false")
-    snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT), ("entitlements_2026-10-15.csv", revoked))
-    attributed, suspense, _ = attribute_calls(calls(("0001", "2026-10-05"), ("0001", "2026-10-20")), snapshots, 2)
+    snapshots = history(
+        tmp_path,
+        ("entitlements_2026-10-01.csv", SNAPSHOT),
+        ("entitlements_2026-10-15.csv", revoked),
+    )
+    attributed, suspense, _ = attribute_calls(
+        calls(("0001", "2026-10-05"), ("0001", "2026-10-20")), snapshots, 2
+    )
     assert attributed["start_utc"].dt.day.tolist() == [5]
-    assert suspense[["user_id", "reason_code", "entitlement_snapshot"]].values.tolist() == [["0001", "NOT_ENTITLED", 2]]
+    assert suspense[["user_id", "reason_code", "entitlement_snapshot"]].values.tolist() == [
+        ["0001", "NOT_ENTITLED", 2]
+    ]
 
 
 def test_an_entitled_account_without_a_customer_id_is_held(tmp_path):
-    snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT.replace("0001,a@x,C1,", "0001,a@x,,")))
-    attributed, suspense, _ = attribute_calls(calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), snapshots, 1)
+    snapshots = history(
+        tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT.replace("0001,a@x,C1,", "0001,a@x,,"))
+    )
+    attributed, suspense, _ = attribute_calls(
+        calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), snapshots, 1
+    )
     assert attributed["user_id"].tolist() == ["0002"]
     assert suspense[["user_id", "reason_code"]].values.tolist() == [["0001", "NO_CUSTOMER_ID"]]

@@ -17,5 +17,7 @@ def test_project_and_duckdb_bill_a_small_month_identically(tmp_path):
     assert min(counts["unbillable"], counts["suspense"], counts["not_billable"]) > 0
     report = format_report(result, validation=False)
     assert "billing lines:" in report
-    assert len(result["rounds"]) == 2 and all(set(r) == {"parse", "project", "duckdb"} for r in result["rounds"])
+    assert len(result["rounds"]) == 2 and all(
+        set(r) == {"parse", "project", "duckdb"} for r in result["rounds"]
+    )
     assert "vs DuckDB per round:" in report and "median" in report

@@ -65,7 +65,11 @@ def connections(env):
 def airflow_services(compose):
     """The services that run the project's Airflow image."""
     image = compose["x-airflow-common"]["image"]
-    return {name: service for name, service in compose["services"].items() if service.get("image") == image}
+    return {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("image") == image
+    }
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +120,14 @@ def test_celery_executor_with_a_redis_broker_and_a_postgres_result_backend(compo
     assert compose["services"]["redis"]["image"].startswith("redis:")
     assert backend.startswith("db+postgresql")
     # The result backend is the metadata database itself.
-    assert backend.split("@")[1] == env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].split("@")[1] == "postgres/airflow"
-    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    assert (
+        backend.split("@")[1]
+        == env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].split("@")[1]
+        == "postgres/airflow"
+    )
+    assert (
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    )
 
 
 def test_the_worker_scales_and_shuts_down_warm(compose):
@@ -133,7 +143,9 @@ def test_flower_is_optional(compose):
     assert compose["services"]["flower"]["profiles"] == ["flower"]
 
 
-def test_every_connection_the_pipeline_uses_is_defined_and_points_at_a_service(compose, connections):
+def test_every_connection_the_pipeline_uses_is_defined_and_points_at_a_service(
+    compose, connections
+):
     config = load_config(PROJECT_ROOT / "include/config/pipeline.yaml")
     used = {*config.sftp_connections, config.billing.connection, config.smtp_connection}
     if config.entitlement_source.source == "sql":
@@ -197,14 +209,18 @@ def test_every_named_volume_is_declared_and_used(compose):
     assert used == set(compose["volumes"])
 
 
-def test_the_work_and_archive_dirs_are_volumes_every_airflow_service_shares(monkeypatch, airflow_services):
+def test_the_work_and_archive_dirs_are_volumes_every_airflow_service_shares(
+    monkeypatch, airflow_services
+):
     monkeypatch.setenv("AIRFLOW_HOME", IMAGE_AIRFLOW_HOME)
     config = load_config(PROJECT_ROOT / "include/config/pipeline.yaml")
     assert "airflow-worker" in airflow_services and "airflow-scheduler" in airflow_services
     for name, service in airflow_services.items():
         mounts = _mounts(service)
         for path in (config.work_root, config.archive_root):
-            assert not mounts.get(str(path), ".").startswith((".", "/")), f"{name}: {path} is not a named volume"
+            assert not mounts.get(str(path), ".").startswith((".", "/")), (
+                f"{name}: {path} is not a named volume"
+            )
 
 
 def test_depends_on_refers_to_existing_services(compose):
@@ -220,7 +236,9 @@ def test_no_secret_is_written_into_the_file(compose):
             if re.search(r"PASSWORD|SECRET|FERNET|AUTH", key):
                 assert str(value).startswith("${"), key
     for text in _strings(compose):
-        secrets = re.findall(r'"password": "([^"]*)"', text) + re.findall(r"://[^:/@\s]*:(\$\{[^}]*\}|[^@\s]*)@", text)
+        secrets = re.findall(r'"password": "([^"]*)"', text) + re.findall(
+            r"://[^:/@\s]*:(\$\{[^}]*\}|[^@\s]*)@", text
+        )
         assert all(secret.startswith("${") for secret in secrets), text
     redis_command = compose["services"]["redis"]["command"]
     assert redis_command[redis_command.index("--requirepass") + 1].startswith("${")
@@ -230,7 +248,9 @@ def test_every_variable_is_required_and_documented_in_the_env_example():
     text = (PROJECT_ROOT / "docker-compose.yaml").read_text()
     used = set(PLACEHOLDER.findall(text))
     assert all(match.startswith(":?") for match in re.findall(r"(?<!\$)\$\{\w+([^}]*)\}", text))
-    documented = set(re.findall(r"^(\w+)=", (PROJECT_ROOT / "deploy/env.example").read_text(), re.MULTILINE))
+    documented = set(
+        re.findall(r"^(\w+)=", (PROJECT_ROOT / "deploy/env.example").read_text(), re.MULTILINE)
+    )
     assert used == documented
 
 
@@ -247,7 +267,9 @@ def test_the_image_installs_the_same_lock_at_the_same_airflow_and_python(compose
     assert "pip install --no-cache-dir -r /requirements.txt" in dockerfile
     base = re.search(r"^FROM apache/airflow:([\d.]+)-python([\d.]+)$", dockerfile, re.MULTILINE)
     assert base and base.group(1) == lock["apache-airflow"]
-    target = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["target-version"]
+    target = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["ruff"][
+        "target-version"
+    ]
     assert base.group(2) == f"{target[2]}.{target[3:]}"
     assert compose["x-airflow-common"]["build"] == "."
     assert compose["x-airflow-common"]["image"].endswith(f":{lock['apache-airflow']}")

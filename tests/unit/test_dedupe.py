@@ -13,12 +13,16 @@ from cdr_billing import dedupe
 
 
 def _keys(sources: list[str], ids: list[str | None]) -> pd.DataFrame:
-    return pd.DataFrame({"source": pd.Series(sources, dtype=str), "transaction_id": pd.Series(ids, dtype=str)})
+    return pd.DataFrame(
+        {"source": pd.Series(sources, dtype=str), "transaction_id": pd.Series(ids, dtype=str)}
+    )
 
 
 def _repeated(frames: list[pd.DataFrame]) -> list[np.ndarray]:
     """Each file's call hashes computed on their own, as each file's task does."""
-    return dedupe.repeated_per_file([dedupe.call_hashes(frame) for frame in frames], lambda n, rows: frames[n].iloc[rows])
+    return dedupe.repeated_per_file(
+        [dedupe.call_hashes(frame) for frame in frames], lambda n, rows: frames[n].iloc[rows]
+    )
 
 
 def _expected(frames: list[pd.DataFrame]) -> np.ndarray:
@@ -30,7 +34,10 @@ def test_repeats_equal_pandas_on_ids_of_any_width_and_text(seed: int) -> None:
     rng = random.Random(seed)
     alphabet = ["a", "b", "0", "ü", "€", " "]
     ids = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10))) for _ in range(4000)]
-    frames = [_keys([rng.choice("st") for _ in ids[n : n + 700]], ids[n : n + 700]) for n in range(0, len(ids), 700)]
+    frames = [
+        _keys([rng.choice("st") for _ in ids[n : n + 700]], ids[n : n + 700])
+        for n in range(0, len(ids), 700)
+    ]
 
     repeated = _repeated(frames)
 
@@ -46,7 +53,11 @@ def test_first_delivery_wins_across_files_and_sources() -> None:
 
     repeated = _repeated([first, empty, second])
 
-    assert [mask.tolist() for mask in repeated] == [[False, False, False, True], [], [True, True, False]]
+    assert [mask.tolist() for mask in repeated] == [
+        [False, False, False, True],
+        [],
+        [True, True, False],
+    ]
 
 
 def test_equal_length_ids_hash_apart_and_a_missing_id_is_not_an_empty_one() -> None:

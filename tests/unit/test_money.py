@@ -16,10 +16,18 @@ from cdr_billing.money import (
 
 @pytest.mark.parametrize(
     ("micro", "currency", "minor"),
-    [(5_000, "EUR", 1), (4_900, "EUR", 0), (12_345_000, "EUR", 1235), (-5_000, "EUR", -1), (7_500_000, "JPY", 8)],
+    [
+        (5_000, "EUR", 1),
+        (4_900, "EUR", 0),
+        (12_345_000, "EUR", 1235),
+        (-5_000, "EUR", -1),
+        (7_500_000, "JPY", 8),
+    ],
 )
 def test_division_rounds_half_up_like_decimal(micro, currency, minor):
-    expected = (Decimal(micro) / MICRO).quantize(Decimal(1).scaleb(-minor_digits(currency)), rounding=ROUND_HALF_UP)
+    expected = (Decimal(micro) / MICRO).quantize(
+        Decimal(1).scaleb(-minor_digits(currency)), rounding=ROUND_HALF_UP
+    )
     assert (
         divide_half_up(np.array([micro]), micro_to_minor_divisor(currency))[0]
         == minor

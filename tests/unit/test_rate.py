@@ -48,13 +48,21 @@ def tariff(tmp_path):
     ],
 )
 def test_billed_seconds_round_up_to_increments(duration, first, following, billed):
-    assert billed_seconds(np.array([duration]), np.array([first]), np.array([following]))[0] == billed
+    assert (
+        billed_seconds(np.array([duration]), np.array([first]), np.array([following]))[0] == billed
+    )
 
 
 def test_cost_is_fee_plus_time_rounded_half_up():
     # 0.05 + 0.09 * 120/60 = 0.23 EUR
     assert (
-        tariff_cost_minor(np.array([120]), np.array([90_000]), np.array([50_000]), np.array([100_000]), np.array([10_000]))[0]
+        tariff_cost_minor(
+            np.array([120]),
+            np.array([90_000]),
+            np.array([50_000]),
+            np.array([100_000]),
+            np.array([10_000]),
+        )[0]
         == 23
     )
 
@@ -62,13 +70,25 @@ def test_cost_is_fee_plus_time_rounded_half_up():
 def test_minimum_charge_applies():
     # 0.05 + 0.09 * 0/60 = 0.05 < minimum 0.10
     assert (
-        tariff_cost_minor(np.array([0]), np.array([90_000]), np.array([50_000]), np.array([100_000]), np.array([10_000]))[0] == 10
+        tariff_cost_minor(
+            np.array([0]),
+            np.array([90_000]),
+            np.array([50_000]),
+            np.array([100_000]),
+            np.array([10_000]),
+        )[0]
+        == 10
     )
 
 
 def test_half_cent_rounds_up():
     # 0.015 per minute for 30 s = 0.0075 EUR -> 0.01
-    assert tariff_cost_minor(np.array([30]), np.array([15_000]), np.array([0]), np.array([0]), np.array([10_000]))[0] == 1
+    assert (
+        tariff_cost_minor(
+            np.array([30]), np.array([15_000]), np.array([0]), np.array([0]), np.array([10_000])
+        )[0]
+        == 1
+    )
 
 
 def test_national_and_international_formats_normalise_alike():
@@ -93,17 +113,30 @@ def test_normalising_numbers_in_bulk_equals_the_rule_number_by_number(seed):
     rng = random.Random(seed)
     starts = ["+", "00", "0", "", "+0", "000", "(0)", "+ "]
     numbers = [
-        "".join([rng.choice(starts), *(rng.choice("0123456789 -().+") for _ in range(rng.randint(0, 12)))]) for _ in range(500)
+        "".join(
+            [
+                rng.choice(starts),
+                *(rng.choice("0123456789 -().+") for _ in range(rng.randint(0, 12))),
+            ]
+        )
+        for _ in range(500)
     ]
     numbers += ["+46701234567"] * 3  # the E.164 fast path is taken only when every number is E.164
-    assert normalise_numbers(pd.Series(numbers, dtype="str"), RULES).tolist() == [_normalised_one_by_one(n) for n in numbers]
+    assert normalise_numbers(pd.Series(numbers, dtype="str"), RULES).tolist() == [
+        _normalised_one_by_one(n) for n in numbers
+    ]
     e164 = pd.Series([f"+{rng.randint(10**6, 10**14)}" for _ in range(200)], dtype="str")
     assert normalise_numbers(e164, RULES).tolist() == [n[1:] for n in e164]
 
 
 def test_longest_prefix_wins(tariff):
     numbers = pd.Series(["46701234567", "4687654321", "4631123456", "88216000000"])
-    assert PrefixIndex(sorted(tariff["prefix"])).longest(numbers).tolist() == ["467", "468", "46", ""]
+    assert PrefixIndex(sorted(tariff["prefix"])).longest(numbers).tolist() == [
+        "467",
+        "468",
+        "46",
+        "",
+    ]
 
 
 def test_a_number_shorter_than_a_prefix_never_matches_it():
@@ -137,7 +170,9 @@ def _calls(**columns):
 def test_rate_calls_prices_by_tariff(tariff):
     priced, unbillable, failed = rate_calls(_calls(), tariff, RULES)
     # 0.05 + 0.09 * 120/60 = 0.23
-    assert priced[["cost_minor", "billed_seconds", "tariff_prefix", "currency"]].values.tolist() == [[23, 120, "467", "EUR"]]
+    assert priced[
+        ["cost_minor", "billed_seconds", "tariff_prefix", "currency"]
+    ].values.tolist() == [[23, 120, "467", "EUR"]]
     assert unbillable.empty and failed.empty
 
 
@@ -154,13 +189,26 @@ def test_failed_calls_are_not_billed(tariff):
 
 def test_rows_left_out_are_in_no_result(tariff):
     statuses = [1, 0, 1, 0, 1]
-    calls = pd.concat([_calls(completion_status=[status], destination_party=[number], transaction_id=[f"t{n}"])
-                       for n, (status, number) in enumerate(zip(statuses, ["0701234567", "0701234567", "+88216000000",
-                                                                         "0701234567", "0701234567"], strict=True))],
-                      ignore_index=True)  # fmt: skip
+    calls = pd.concat(
+        [
+            _calls(completion_status=[status], destination_party=[number], transaction_id=[f"t{n}"])
+            for n, (status, number) in enumerate(
+                zip(
+                    statuses,
+                    ["0701234567", "0701234567", "+88216000000", "0701234567", "0701234567"],
+                    strict=True,
+                )
+            )
+        ],
+        ignore_index=True,
+    )
     rows = np.array([True, True, True, False, False])
     priced, unbillable, failed = rate_calls(calls, tariff, RULES, rows=rows)
-    assert (priced["transaction_id"].tolist(), unbillable["transaction_id"].tolist(), failed["transaction_id"].tolist()) == (
+    assert (
+        priced["transaction_id"].tolist(),
+        unbillable["transaction_id"].tolist(),
+        failed["transaction_id"].tolist(),
+    ) == (
         ["t0"],
         ["t2"],
         ["t1"],
@@ -168,7 +216,12 @@ def test_rows_left_out_are_in_no_result(tariff):
 
 
 def test_provider_priced_calls_keep_the_provider_cost(tariff):
-    calls = _calls(pre_priced=[True], provider_cost_micro=[12_340_000], currency=["EUR"], destination_party=[""])
+    calls = _calls(
+        pre_priced=[True],
+        provider_cost_micro=[12_340_000],
+        currency=["EUR"],
+        destination_party=[""],
+    )
     priced, _, _ = rate_calls(calls, tariff, RULES)
     assert priced[["cost_minor", "pricing"]].values.tolist() == [[1234, "provider"]]
 
@@ -188,21 +241,38 @@ def test_tariff_with_a_repeated_prefix_is_refused(tmp_path):
 
 
 def test_provider_costs_get_the_source_markup_rounded_once(tariff):
-    calls = _calls(pre_priced=[True], provider_cost_micro=[1_234_500], currency=["EUR"], destination_party=[""])
-    priced, _, _ = rate_calls(calls, tariff, RULES, markups={"carrier": 1250})  # 1.2345 x 1.125 = 1.3888125
+    calls = _calls(
+        pre_priced=[True], provider_cost_micro=[1_234_500], currency=["EUR"], destination_party=[""]
+    )
+    priced, _, _ = rate_calls(
+        calls, tariff, RULES, markups={"carrier": 1250}
+    )  # 1.2345 x 1.125 = 1.3888125
     assert priced["cost_minor"].tolist() == [139]
 
 
-def _part(transaction_id: str, status: int, part: str, session: str, minute: int = 0) -> pd.DataFrame:
+def _part(
+    transaction_id: str, status: int, part: str, session: str, minute: int = 0
+) -> pd.DataFrame:
     start = pd.Timestamp("2026-10-05 09:00", tz="UTC") + pd.Timedelta(minutes=minute)
-    return _calls(transaction_id=[transaction_id], completion_status=[status], duration_seconds=[40],
-                  transaction_part_number=[part], session_id=[session], start_utc=[start])  # fmt: skip
+    return _calls(
+        transaction_id=[transaction_id],
+        completion_status=[status],
+        duration_seconds=[40],
+        transaction_part_number=[part],
+        session_id=[session],
+        start_utc=[start],
+    )
 
 
 def test_partial_parts_of_a_session_become_one_call_before_pricing(tariff):
-    parts = pd.concat([_part("p1", 2, "1", "S1"), _part("p2", 2, "2", "S1", minute=1), _part("x", 1, "1", "S2")])
+    parts = pd.concat(
+        [_part("p1", 2, "1", "S1"), _part("p2", 2, "2", "S1", minute=1), _part("x", 1, "1", "S2")]
+    )
     calls, merged = combine_partial_calls(parts.reset_index(drop=True))
-    assert sorted(calls[["transaction_id", "duration_seconds"]].values.tolist()) == [["p1", 80], ["x", 40]]
+    assert sorted(calls[["transaction_id", "duration_seconds"]].values.tolist()) == [
+        ["p1", 80],
+        ["x", 40],
+    ]
     assert merged["transaction_id"].tolist() == ["p2"]
     priced, _, _ = rate_calls(calls, tariff, RULES)
     # one connection fee for the session: 0.05 + 0.09 x 2 minutes = 0.23, not 2 x (0.05 + 0.09)
@@ -210,9 +280,15 @@ def test_partial_parts_of_a_session_become_one_call_before_pricing(tariff):
 
 
 def test_provider_prices_far_from_the_tariff_are_reported(tariff):
-    near = _calls(pre_priced=[True], provider_cost_micro=[230_000], currency=["EUR"], transaction_id=["near"])
-    far = _calls(pre_priced=[True], provider_cost_micro=[500_000], currency=["EUR"], transaction_id=["far"])
+    near = _calls(
+        pre_priced=[True], provider_cost_micro=[230_000], currency=["EUR"], transaction_id=["near"]
+    )
+    far = _calls(
+        pre_priced=[True], provider_cost_micro=[500_000], currency=["EUR"], transaction_id=["far"]
+    )
     calls = pd.concat([near, far], ignore_index=True)
     priced, _, _ = rate_calls(calls, tariff, RULES)
     differences = compare_with_tariff(priced, tariff, RULES)
-    assert differences[["transaction_id", "cost_minor", "tariff_cost_minor"]].values.tolist() == [["far", 50, 23]]
+    assert differences[["transaction_id", "cost_minor", "tariff_cost_minor"]].values.tolist() == [
+        ["far", 50, 23]
+    ]

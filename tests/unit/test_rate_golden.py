@@ -38,15 +38,45 @@ GOLDEN = [
     ("59 s", "+4631123456", "2026-10-05 10:00:00", 59, 2),
     ("60 s", "+4631123456", "2026-10-05 10:00:00", 60, 2),
     ("61 s bills two minutes", "+4631123456", "2026-10-05 10:00:00", 61, 4),
-    ("30/6: 31 s bills 36 s at peak, 0.018 rounds to 0.02", "+468123456", "2026-10-05 10:00:00", 31, 2),
-    ("30/6: 37 s bills 42 s off-peak, 0.007 rounds to 0.01", "+468123456", "2026-10-05 07:00:00", 37, 1),
+    (
+        "30/6: 31 s bills 36 s at peak, 0.018 rounds to 0.02",
+        "+468123456",
+        "2026-10-05 10:00:00",
+        31,
+        2,
+    ),
+    (
+        "30/6: 37 s bills 42 s off-peak, 0.007 rounds to 0.01",
+        "+468123456",
+        "2026-10-05 07:00:00",
+        37,
+        1,
+    ),
     ("connection fee below the minimum charge", "+46701234567", "2026-10-10 12:00:00", 0, 10),
     ("fee + two minutes before the price change", "+46701234567", "2026-10-10 12:00:00", 61, 23),
-    ("the same call after the mid-month price change", "+46701234567", "2026-10-20 12:00:00", 61, 19),
-    ("across midnight into peak: the start's band applies", "+4930123456", "2026-10-06 23:58:00", 300, 5),
+    (
+        "the same call after the mid-month price change",
+        "+46701234567",
+        "2026-10-20 12:00:00",
+        61,
+        19,
+    ),
+    (
+        "across midnight into peak: the start's band applies",
+        "+4930123456",
+        "2026-10-06 23:58:00",
+        300,
+        5,
+    ),
     ("peak band from midnight", "+4930123456", "2026-10-07 00:02:00", 300, 25),
     ("weekend band on a Saturday", "+468123456", "2026-10-10 10:00:00", 60, 1),
-    ("a longer, dearer prefix beats a shorter cheaper one", "+447700900123", "2026-10-05 10:00:00", 30, 6),
+    (
+        "a longer, dearer prefix beats a shorter cheaper one",
+        "+447700900123",
+        "2026-10-05 10:00:00",
+        30,
+        6,
+    ),
     ("national format", "0701234567", "2026-10-10 12:00:00", 61, 23),
     ("international format with 00", "0046701234567", "2026-10-10 12:00:00", 61, 23),
 ]
@@ -64,24 +94,44 @@ def tariff_rates(tmp_path, *versions: str) -> pd.DataFrame:
 def calls(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
     local = pd.to_datetime([start for _, start, _ in rows])
     starts = local.tz_localize(RULES.timezone, ambiguous=np.ones(len(rows), bool)).tz_convert("UTC")
-    return pd.DataFrame({
-        "transaction_id": [f"t{n}" for n in range(len(rows))], "user_id": "u1", "completion_status": 1,
-        "duration_seconds": [seconds for _, _, seconds in rows], "destination_party": [number for number, _, _ in rows],
-        "pre_priced": False, "provider_cost_micro": pd.array([pd.NA] * len(rows), dtype="Int64"), "currency": "",
-        "source_file": "f.csv", "source": "carrier", "source_row": range(2, len(rows) + 2), "start_utc": starts,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "transaction_id": [f"t{n}" for n in range(len(rows))],
+            "user_id": "u1",
+            "completion_status": 1,
+            "duration_seconds": [seconds for _, _, seconds in rows],
+            "destination_party": [number for number, _, _ in rows],
+            "pre_priced": False,
+            "provider_cost_micro": pd.array([pd.NA] * len(rows), dtype="Int64"),
+            "currency": "",
+            "source_file": "f.csv",
+            "source": "carrier",
+            "source_row": range(2, len(rows) + 2),
+            "start_utc": starts,
+        }
+    )
 
 
-@pytest.mark.parametrize(("case", "number", "start", "seconds", "cents"), GOLDEN, ids=[g[0] for g in GOLDEN])
+@pytest.mark.parametrize(
+    ("case", "number", "start", "seconds", "cents"), GOLDEN, ids=[g[0] for g in GOLDEN]
+)
 def test_golden_case(tmp_path, case, number, start, seconds, cents):
-    priced, unbillable, _ = rate_calls(calls([(number, start, seconds)]), tariff_rates(tmp_path, VERSION_1), RULES)
+    priced, unbillable, _ = rate_calls(
+        calls([(number, start, seconds)]), tariff_rates(tmp_path, VERSION_1), RULES
+    )
     assert unbillable.empty, case
     assert priced["cost_minor"].tolist() == [cents], case
 
 
 def test_every_priced_call_names_the_tariff_row_and_version(tmp_path):
-    priced, _, _ = rate_calls(calls([("+46701234567", "2026-10-20 12:00:00", 61)]), tariff_rates(tmp_path, VERSION_1), RULES)
-    assert priced[["tariff_version", "tariff_line", "tariff_prefix", "tariff_band"]].values.tolist() == [[1, 4, "467", "all"]]
+    priced, _, _ = rate_calls(
+        calls([("+46701234567", "2026-10-20 12:00:00", 61)]),
+        tariff_rates(tmp_path, VERSION_1),
+        RULES,
+    )
+    assert priced[
+        ["tariff_version", "tariff_line", "tariff_prefix", "tariff_band"]
+    ].values.tolist() == [[1, 4, "467", "all"]]
 
 
 def test_the_newest_version_wins(tmp_path):
@@ -91,16 +141,24 @@ def test_the_newest_version_wins(tmp_path):
 
 
 def test_unknown_ranges_and_expired_rates_are_unbillable_with_their_range(tmp_path):
-    rows = [("+88216000123", "2026-10-05 10:00:00", 60), ("+358401234567", "2026-10-20 10:00:00", 60)]
+    rows = [
+        ("+88216000123", "2026-10-05 10:00:00", 60),
+        ("+358401234567", "2026-10-20 10:00:00", 60),
+    ]
     priced, unbillable, _ = rate_calls(calls(rows), tariff_rates(tmp_path, VERSION_1), RULES)
     assert priced.empty
     assert unbillable[["reason_code", "number_range"]].values.tolist() == [
-        ["NO_TARIFF_PREFIX", "88216"], ["NO_RATE_AT_CALL_TIME", "358"]]  # fmt: skip
+        ["NO_TARIFF_PREFIX", "88216"],
+        ["NO_RATE_AT_CALL_TIME", "358"],
+    ]
 
 
-NUMBERS = st.sampled_from(["+4631123456", "+468123456", "+46701234567", "+4930123456", "+447700900123"])
+NUMBERS = st.sampled_from(
+    ["+4631123456", "+468123456", "+46701234567", "+4930123456", "+447700900123"]
+)
 OCTOBER = st.datetimes(
-    min_value=pd.Timestamp("2026-10-01 01:00").to_pydatetime(), max_value=pd.Timestamp("2026-10-30").to_pydatetime()
+    min_value=pd.Timestamp("2026-10-01 01:00").to_pydatetime(),
+    max_value=pd.Timestamp("2026-10-30").to_pydatetime(),
 )
 
 
@@ -108,12 +166,20 @@ OCTOBER = st.datetimes(
 def test_cost_never_falls_as_duration_grows(tmp_path_factory, first, extra, number, start):
     rates = tariff_rates(tmp_path_factory.mktemp("t"), VERSION_1)
     moment = start.strftime("%Y-%m-%d %H:%M:%S")
-    priced, _, _ = rate_calls(calls([(number, moment, first), (number, moment, first + extra)]), rates, RULES)
+    priced, _, _ = rate_calls(
+        calls([(number, moment, first), (number, moment, first + extra)]), rates, RULES
+    )
     shorter, longer = priced["cost_minor"].tolist()
     assert shorter <= longer
 
 
-@given(st.lists(st.tuples(st.sampled_from(["C1", "C2", "C3"]), st.integers(0, 5400), NUMBERS), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["C1", "C2", "C3"]), st.integers(0, 5400), NUMBERS),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_the_month_total_is_the_sum_of_its_calls(tmp_path_factory, rows):
     rates = tariff_rates(tmp_path_factory.mktemp("t"), VERSION_1)
     frame = calls([(number, "2026-10-12 11:00:00", seconds) for _, seconds, number in rows])
@@ -130,7 +196,10 @@ def reference_match(number: str, start: pd.Timestamp, rates: pd.DataFrame) -> in
     best = (-1, -1, -1)
     for position, rate in enumerate(rates.itertuples()):
         valid = rate.valid_from <= start and (pd.isna(rate.valid_to) or start < rate.valid_to)
-        in_band = rate.weekday_mask & (1 << local.day_of_week) and rate.start_hour <= local.hour < rate.end_hour
+        in_band = (
+            rate.weekday_mask & (1 << local.day_of_week)
+            and rate.start_hour <= local.hour < rate.end_hour
+        )
         if number.startswith(rate.prefix) and valid and in_band:
             best = max(best, (len(rate.prefix), rate.version_id, position))
     return best[2]
@@ -143,8 +212,9 @@ RANDOM_RATES = st.lists(
         st.sampled_from([("", "", ""), ("12345", "8", "18"), ("67", "", "")]),
         st.integers(1, 3),
     ),
-    min_size=1, max_size=25,
-)  # fmt: skip
+    min_size=1,
+    max_size=25,
+)
 
 
 # The only pairs of sampled validities or bands that share no moment: rows of one prefix that
@@ -156,24 +226,39 @@ def without_overlaps(rows: list[tuple[str, tuple, tuple]]) -> list[tuple[str, tu
     """The rows that overlap no earlier kept row of their prefix, as one file may hold."""
     kept: list[tuple[str, tuple, tuple]] = []
     for prefix, validity, band in rows:
-        if all(p != prefix or {validity, v} in DISJOINT or {band, b} in DISJOINT for p, v, b in kept):
+        if all(
+            p != prefix or {validity, v} in DISJOINT or {band, b} in DISJOINT for p, v, b in kept
+        ):
             kept.append((prefix, validity, band))
     return kept
 
 
-@given(rates=RANDOM_RATES, numbers=st.lists(st.text("1234", min_size=1, max_size=7), min_size=1, max_size=30), start=OCTOBER)
-def test_the_interval_matcher_agrees_with_the_rule_row_by_row(tmp_path_factory, rates, numbers, start):
+@given(
+    rates=RANDOM_RATES,
+    numbers=st.lists(st.text("1234", min_size=1, max_size=7), min_size=1, max_size=30),
+    start=OCTOBER,
+)
+def test_the_interval_matcher_agrees_with_the_rule_row_by_row(
+    tmp_path_factory, rates, numbers, start
+):
     from cdr_billing.rate import match_rates
 
     frames = []
     for version in {v for *_, v in rates}:
-        rows = without_overlaps([(prefix, validity, band) for prefix, validity, band, v in rates if v == version])
-        lines = [f"{p},d,0.01,0,60,60,0,EUR,{vf},{vt},b,{days},{sh},{eh}\n" for p, (vf, vt), (days, sh, eh) in rows]
+        rows = without_overlaps(
+            [(prefix, validity, band) for prefix, validity, band, v in rates if v == version]
+        )
+        lines = [
+            f"{p},d,0.01,0,60,60,0,EUR,{vf},{vt},b,{days},{sh},{eh}\n"
+            for p, (vf, vt), (days, sh, eh) in rows
+        ]
         text = HEADER + "".join(lines)
         path = tmp_path_factory.mktemp("t") / "tariff.csv"
         path.write_text(text)
         frames.append(read_tariff_file(path, RULES).assign(version_id=version))
     table = pd.concat(frames, ignore_index=True)
     moment = pd.Timestamp(start).tz_localize(RULES.timezone, ambiguous=True).tz_convert("UTC")
-    found = match_rates(pd.Series(numbers), pd.Series([moment] * len(numbers)), table, RULES.timezone)
+    found = match_rates(
+        pd.Series(numbers), pd.Series([moment] * len(numbers)), table, RULES.timezone
+    )
     assert found.tolist() == [reference_match(n, moment, table) for n in numbers]

@@ -20,7 +20,9 @@ def _calls() -> pd.DataFrame:
         {
             "transaction_id": pd.Series(["t1", "t2", "t3"], dtype="str"),
             "destination_party": pd.Series(["+46701234567", "0046701234568", ""], dtype="str"),
-            "start_utc": pd.to_datetime(["2026-10-01 00:00:01", "2026-10-15 12:00:00", "2026-10-31 23:59:59"], utc=True),
+            "start_utc": pd.to_datetime(
+                ["2026-10-01 00:00:01", "2026-10-15 12:00:00", "2026-10-31 23:59:59"], utc=True
+            ),
             "duration_seconds": np.array([0, 61, 3600], dtype=np.int64),
             "revenue_share_bp": pd.array([None, 1250, 0], dtype="Int32"),
         }
@@ -32,7 +34,9 @@ def test_a_frame_reads_back_as_written_and_no_partial_file_is_left(tmp_path: Pat
     storage.write_frame(_calls(), tmp_path / name)
     pd.testing.assert_frame_equal(storage.read_frame(tmp_path / name), _calls())
     for rows, ids in (([0, 2], ["t1", "t3"]), ([2, 0], ["t3", "t1"]), ([], [])):
-        chosen = storage.read_frame(tmp_path / name, ["transaction_id"], np.array(rows, dtype=np.int64))
+        chosen = storage.read_frame(
+            tmp_path / name, ["transaction_id"], np.array(rows, dtype=np.int64)
+        )
         assert chosen["transaction_id"].tolist() == ids
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
@@ -67,7 +71,14 @@ def test_a_process_that_read_the_files_exits_cleanly(tmp_path: Path):
         folder = tmp_path / str(n)
         folder.mkdir()
         env = {"PYTHONPATH": str(INCLUDE), "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-c", READ_AND_EXIT, str(folder)], capture_output=True, text=True, env=env)
+        return subprocess.run(
+            [sys.executable, "-c", READ_AND_EXIT, str(folder)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
 
-    runs = [run(n) for n in range(RUNS)]  # one after the other: side by side, they aborted less often
+    runs = [
+        run(n) for n in range(RUNS)
+    ]  # one after the other: side by side, they aborted less often
     assert [(r.returncode, r.stderr.strip()[-200:]) for r in runs] == [(0, "")] * RUNS

@@ -14,8 +14,13 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def test_every_real_date_and_time_equals_datetime():
     picks = random.Random(7)
-    moments = [datetime(1, 1, 1, tzinfo=UTC) + timedelta(seconds=picks.randrange(315_537_897_600)) for _ in range(20_000)]
-    moments += [datetime(year, 2, 29, 23, 59, 59, tzinfo=UTC) for year in (4, 1600, 2000, 2024, 9996)]
+    moments = [
+        datetime(1, 1, 1, tzinfo=UTC) + timedelta(seconds=picks.randrange(315_537_897_600))
+        for _ in range(20_000)
+    ]
+    moments += [
+        datetime(year, 2, 29, 23, 59, 59, tzinfo=UTC) for year in (4, 1600, 2000, 2024, 9996)
+    ]
     text = pa.array([m.replace(tzinfo=None).isoformat() + "Z" for m in moments], pa.large_string())
     micros, parsed = iso_timestamps(text, "T", zulu=True)
     assert parsed.all()
@@ -23,17 +28,56 @@ def test_every_real_date_and_time_equals_datetime():
 
 
 def test_impossible_dates_and_other_shapes_are_refused():
-    refused = ["2026-02-29 00:00:00", "1900-02-29 00:00:00", "2026-04-31 10:00:00", "2026-00-10 10:00:00",
-               "2026-13-10 10:00:00", "2026-10-00 10:00:00", "2026-10-10 24:00:00", "2026-10-10 10:60:00",
-               "2026-10-10 10:00:60", "0000-10-10 10:00:00", "2026-10-10T10:00:00", "2026/10/10 10:00:00",
-               "2026-10-10 10:00:0", "2026-10-10 10:00:000", "2026-1a-10 10:00:00", " 2026-10-10 10:00:0", ""]  # fmt: skip
-    micros, parsed = iso_timestamps(pa.array([*refused, "2026-10-10 10:00:00"], pa.large_string()), " ", zulu=False)
+    refused = [
+        "2026-02-29 00:00:00",
+        "1900-02-29 00:00:00",
+        "2026-04-31 10:00:00",
+        "2026-00-10 10:00:00",
+        "2026-13-10 10:00:00",
+        "2026-10-00 10:00:00",
+        "2026-10-10 24:00:00",
+        "2026-10-10 10:60:00",
+        "2026-10-10 10:00:60",
+        "0000-10-10 10:00:00",
+        "2026-10-10T10:00:00",
+        "2026/10/10 10:00:00",
+        "2026-10-10 10:00:0",
+        "2026-10-10 10:00:000",
+        "2026-1a-10 10:00:00",
+        " 2026-10-10 10:00:0",
+        "",
+    ]
+    micros, parsed = iso_timestamps(
+        pa.array([*refused, "2026-10-10 10:00:00"], pa.large_string()), " ", zulu=False
+    )
     assert parsed.tolist() == [False] * len(refused) + [True]
-    assert micros[-1] == (datetime(2026, 10, 10, 10, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
+    assert micros[-1] == (datetime(2026, 10, 10, 10, tzinfo=UTC) - EPOCH) // timedelta(
+        microseconds=1
+    )
 
 
-NUMBERS = ["+46701234567", "0046701234567", "0701234567", "46701234567", "", "+", "0", "00", "000", "+0046", "abc",
-           "+4a", " 0701", "007", "0é", "é+", "0000000000000000000", "+0123", "1234567890123456", "123456789012345"]  # fmt: skip
+NUMBERS = [
+    "+46701234567",
+    "0046701234567",
+    "0701234567",
+    "46701234567",
+    "",
+    "+",
+    "0",
+    "00",
+    "000",
+    "+0046",
+    "abc",
+    "+4a",
+    " 0701",
+    "007",
+    "0é",
+    "é+",
+    "0000000000000000000",
+    "+0123",
+    "1234567890123456",
+    "123456789012345",
+]
 
 
 def test_prefixes_replaced_as_string_slicing_does():

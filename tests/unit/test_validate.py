@@ -29,7 +29,8 @@ def _raw(**overrides):
 
 def test_timestamps_parse_iso_offsets_local_text_and_excel_serials():
     parsed = parse_timestamps(
-        pd.Series(["2026-10-03T09:15:00Z", "2026-10-03 09:15:00", "46298.5", "nonsense"]), "Europe/Stockholm"
+        pd.Series(["2026-10-03T09:15:00Z", "2026-10-03 09:15:00", "46298.5", "nonsense"]),
+        "Europe/Stockholm",
     )
     assert [str(v) for v in parsed] == [
         "2026-10-03 09:15:00+00:00",
@@ -40,7 +41,12 @@ def test_timestamps_parse_iso_offsets_local_text_and_excel_serials():
 
 
 def test_durations_must_be_whole_seconds():
-    assert parse_durations(pd.Series(["60", "1.5", "x", "-3"]), "seconds").tolist() == [60, pd.NA, pd.NA, -3]
+    assert parse_durations(pd.Series(["60", "1.5", "x", "-3"]), "seconds").tolist() == [
+        60,
+        pd.NA,
+        pd.NA,
+        -3,
+    ]
 
 
 def test_a_good_row_is_accepted_with_types():
@@ -71,9 +77,20 @@ def test_bad_rows_are_quarantined_with_reasons_and_original_values():
 
 
 def test_duplicates_keep_the_first_delivery():
-    raw = pd.concat([_raw(source="a", source_row=2), _raw(source="a", source_row=3), _raw(source="b", source_row=4),
-                     _raw(source="a", source_row=5, duration_of_usage="-1")], ignore_index=True)  # fmt: skip
+    raw = pd.concat(
+        [
+            _raw(source="a", source_row=2),
+            _raw(source="a", source_row=3),
+            _raw(source="b", source_row=4),
+            _raw(source="a", source_row=5, duration_of_usage="-1"),
+        ],
+        ignore_index=True,
+    )
     checked = check_rows(raw, UNPRICED, MONTH, RULES)
-    assert checked.accepted["source_row"].tolist() == [2, 4] and checked.duplicates["source_row"].tolist() == [3]
-    assert checked.quarantined["source_row"].tolist() == [5]  # a bad row is quarantined, not a duplicate
+    assert checked.accepted["source_row"].tolist() == [2, 4] and checked.duplicates[
+        "source_row"
+    ].tolist() == [3]
+    assert checked.quarantined["source_row"].tolist() == [
+        5
+    ]  # a bad row is quarantined, not a duplicate
     assert len(checked.call_hashes) == 2 and checked.duplicates["duration_seconds"].dtype == "int64"

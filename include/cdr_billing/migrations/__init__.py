@@ -25,7 +25,9 @@ from cdr_billing import database
 
 VERSION_TABLE = "billing_schema_version"
 BASELINE = "0001"  # the first release; it keeps the tables a database from before migrations has
-PARTITIONS = re.compile(r"billed_call_(default|batch_id_\d+)")  # a load's own partition of billed_call (0003)
+PARTITIONS = re.compile(
+    r"billed_call_(default|batch_id_\d+)"
+)  # a load's own partition of billed_call (0003)
 
 
 def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
@@ -48,7 +50,9 @@ def head() -> str:
 def current(engine: Engine) -> str | None:
     """The version the database is at (None: never migrated)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        return MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
 
 
 def upgrade(engine: Engine) -> str:
@@ -56,11 +60,15 @@ def upgrade(engine: Engine) -> str:
     with engine.begin() as conn:
         database.hold_lock(conn, "schema upgrade")
         command.upgrade(_config(conn), "head")
-        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        return MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cdr_billing.migrations", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cdr_billing.migrations", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("action", choices=["upgrade", "current"])
     database.add_arguments(parser)
     args = parser.parse_args(argv)

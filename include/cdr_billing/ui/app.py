@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from cdr_billing.ui.queries import MonthDetail, MonthFiles
 
 BILLING_DAG_ID = "cdr_billing_monthly"
-Month = Annotated[str, PathParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")]
+Month = Annotated[
+    str, PathParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
+]
 # The pages load nothing from elsewhere and run no script; only Airflow's UI may frame them.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'self'; base-uri 'none'"
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -42,16 +44,24 @@ DATA_DOCS_POLICY = "sandbox allow-scripts allow-popups; frame-ancestors 'self'"
 
 async def require_billing_reader(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+    credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))
+    ],
 ) -> None:
     """Let through an Airflow user who may read the billing DAG's runs; else 401 or 403."""
     from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from airflow.api_fastapi.auth.managers.models.resource_details import (
+        DagAccessEntity,
+        DagDetails,
+    )
     from airflow.api_fastapi.core_api.security import get_user
 
     user = await get_user(request, _oauth_token=None, bearer_credentials=credentials)
     if not get_auth_manager().is_authorized_dag(
-        method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=BILLING_DAG_ID), user=user
+        method="GET",
+        access_entity=DagAccessEntity.RUN,
+        details=DagDetails(id=BILLING_DAG_ID),
+        user=user,
     ):
         raise HTTPException(403, "You may not read the runs of the billing DAG.")
 
@@ -84,7 +94,9 @@ def _billing_db() -> Engine:
 
 
 def _html(document: str, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(document, status_code, headers={**NO_STORE, "Content-Security-Policy": PAGE_POLICY})
+    return HTMLResponse(
+        document, status_code, headers={**NO_STORE, "Content-Security-Policy": PAGE_POLICY}
+    )
 
 
 def _file(path: Path | None, download: bool = False, policy: str | None = None) -> FileResponse:
@@ -140,7 +152,9 @@ def _files(billing_month: str) -> MonthFiles:
 
 
 @app.get("/month/{billing_month}/files/{name}")
-def billing_file(billing_month: Month, name: Literal["billing-csv", "billing-xlsx"]) -> FileResponse:
+def billing_file(
+    billing_month: Month, name: Literal["billing-csv", "billing-xlsx"]
+) -> FileResponse:
     """The current batch's billing file, as a download."""
     files = _files(billing_month)
     return _file(files.billing_csv if name == "billing-csv" else files.billing_xlsx, download=True)

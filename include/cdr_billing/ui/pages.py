@@ -69,14 +69,23 @@ def badge(status: str) -> str:
 
 def balance(batch: Batch) -> str:
     """Whether the batch's rows reconcile: read = sum of the outcomes."""
-    return '<span class="ok">&#10003; balanced</span>' if batch.balanced else '<span class="bad">&#10007; does not add up</span>'
+    return (
+        '<span class="ok">&#10003; balanced</span>'
+        if batch.balanced
+        else '<span class="bad">&#10007; does not add up</span>'
+    )
 
 
-def table(headers: list[str], rows: list[list[str]], numeric: set[int], footer: list[str] | None = None) -> str:
+def table(
+    headers: list[str], rows: list[list[str]], numeric: set[int], footer: list[str] | None = None
+) -> str:
     """A table of already escaped cells; columns in `numeric` are right-aligned."""
 
     def cells(tag: str, values: list[str]) -> str:
-        return "".join(f"<{tag}{' class=num' if i in numeric else ''}>{value}</{tag}>" for i, value in enumerate(values))
+        return "".join(
+            f"<{tag}{' class=num' if i in numeric else ''}>{value}</{tag}>"
+            for i, value in enumerate(values)
+        )
 
     head = f"<thead><tr>{cells('th', [e(h) for h in headers])}</tr></thead>"
     body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
@@ -92,12 +101,26 @@ def months_page(months: list[MonthSummary]) -> str:
     )
     if not months:
         return page("Billing", intro + '<p class="empty">No billing month has been loaded yet.</p>')
-    headers = ["Month", "Status", "Current batch", "Loaded at", "Runs", "Lines", "Total", "Read", "Billed", "Unbillable",
-               "Suspense", "Rows"]  # fmt: skip
+    headers = [
+        "Month",
+        "Status",
+        "Current batch",
+        "Loaded at",
+        "Runs",
+        "Lines",
+        "Total",
+        "Read",
+        "Billed",
+        "Unbillable",
+        "Suspense",
+        "Rows",
+    ]
     rows = []
     for month in months:
         current = month.current
-        totals = "<br>".join(e(money(amount, currency)) for currency, amount in month.totals.items())
+        totals = "<br>".join(
+            e(money(amount, currency)) for currency, amount in month.totals.items()
+        )
         rows.append(
             [
                 f'<a href="month/{e(month.billing_month)}">{e(month.billing_month)}</a>',
@@ -107,11 +130,21 @@ def months_page(months: list[MonthSummary]) -> str:
                 e(month.batch_count),
                 e(month.line_count),
                 totals,
-                *([e(current.count(name)) for name in ("read", "billed", "unbillable", "suspense")] if current else [""] * 4),
+                *(
+                    [
+                        e(current.count(name))
+                        for name in ("read", "billed", "unbillable", "suspense")
+                    ]
+                    if current
+                    else [""] * 4
+                ),
                 balance(current) if current else "",
             ]
         )
-    return page("Billing", intro + "<section>" + table(headers, rows, numeric={4, 5, 6, 7, 8, 9, 10}) + "</section>")
+    return page(
+        "Billing",
+        intro + "<section>" + table(headers, rows, numeric={4, 5, 6, 7, 8, 9, 10}) + "</section>",
+    )
 
 
 def cost_chart(customers: list[CustomerTotal], currency: str) -> str:
@@ -140,21 +173,40 @@ def cost_chart(customers: list[CustomerTotal], currency: str) -> str:
 def _customers_section(detail: MonthDetail) -> str:
     customers = detail.customers
     if not customers:
-        return '<section><h2>Totals per customer</h2><p class="empty">No billing lines.</p></section>'
-    rows = [[e(c.customer_id), e(c.currency), e(c.lines), e(c.calls), e(money(c.total, c.currency))] for c in customers]
+        return (
+            '<section><h2>Totals per customer</h2><p class="empty">No billing lines.</p></section>'
+        )
+    rows = [
+        [e(c.customer_id), e(c.currency), e(c.lines), e(c.calls), e(money(c.total, c.currency))]
+        for c in customers
+    ]
     currencies = sorted({c.currency for c in customers})
-    sums = {cur: sum((c.total for c in customers if c.currency == cur), Decimal(0)) for cur in currencies}
-    footer = ["Total", "", e(sum(c.lines for c in customers)), e(sum(c.calls for c in customers)),
-              "<br>".join(e(money(sums[cur], cur)) for cur in currencies)]  # fmt: skip
-    totals = table(["Customer", "Currency", "Lines", "Calls", "Total"], rows, numeric={2, 3, 4}, footer=footer)
-    charts = "".join(f"<h2>Cost per customer, {e(cur)}</h2>{cost_chart(customers, cur)}" for cur in currencies)
+    sums = {
+        cur: sum((c.total for c in customers if c.currency == cur), Decimal(0))
+        for cur in currencies
+    }
+    footer = [
+        "Total",
+        "",
+        e(sum(c.lines for c in customers)),
+        e(sum(c.calls for c in customers)),
+        "<br>".join(e(money(sums[cur], cur)) for cur in currencies),
+    ]
+    totals = table(
+        ["Customer", "Currency", "Lines", "Calls", "Total"], rows, numeric={2, 3, 4}, footer=footer
+    )
+    charts = "".join(
+        f"<h2>Cost per customer, {e(cur)}</h2>{cost_chart(customers, cur)}" for cur in currencies
+    )
     return f"<section><h2>Totals per customer</h2>{totals}</section><section>{charts}</section>"
 
 
 def _reconciliation_section(batch: Batch | None) -> str:
     if batch is None:
         return ""
-    rows = [[e("read"), e(batch.count("read"))]] + [[e(name), e(count)] for name, count in batch.outcomes()]
+    rows = [[e("read"), e(batch.count("read"))]] + [
+        [e(name), e(count)] for name, count in batch.outcomes()
+    ]
     return f"<section><h2>Reconciliation</h2>{table(['Rows', 'Count'], rows, numeric={1})}<p>{balance(batch)}</p></section>"
 
 
@@ -172,9 +224,18 @@ def _files_section(detail: MonthDetail) -> str:
         (files.billing_csv, f"{month}/files/billing-csv", "Billing file (CSV)"),
         (files.billing_xlsx, f"{month}/files/billing-xlsx", "Billing file (Excel)"),
     ]
-    shown = [f'<a href="{href}" target="_blank" rel="noopener">{e(label)}</a>' for path, href, label in links if path]
+    shown = [
+        f'<a href="{href}" target="_blank" rel="noopener">{e(label)}</a>'
+        for path, href, label in links
+        if path
+    ]
     return (
-        "<p class=files>" + ("".join(shown) or '<span class="empty">The run of this batch left no report files.</span>') + "</p>"
+        "<p class=files>"
+        + (
+            "".join(shown)
+            or '<span class="empty">The run of this batch left no report files.</span>'
+        )
+        + "</p>"
     )
 
 
@@ -182,14 +243,22 @@ def _held_files_section(held: list[dict[str, str]]) -> str:
     """Files delivered again with other content: not billed until an operator releases them."""
     if not held:
         return ""
-    rows = [[e(f["source"]), e(f["name"]), f"<code>{e(f['sha256'][:12])}</code>", e(f["first_seen"])] for f in held]
-    release = "<p>Not billed until released: <code>python -m cdr_billing.ledger release NAME</code>, or a run with " \
-        "<code>release_held_files</code>.</p>"  # fmt: skip
+    rows = [
+        [e(f["source"]), e(f["name"]), f"<code>{e(f['sha256'][:12])}</code>", e(f["first_seen"])]
+        for f in held
+    ]
+    release = (
+        "<p>Not billed until released: <code>python -m cdr_billing.ledger release NAME</code>, or a run with "
+        "<code>release_held_files</code>.</p>"
+    )
     return f"<section><h2>Held files</h2>{release}{table(['Source', 'File', 'Content', 'First seen'], rows, set())}</section>"
 
 
 def _batches_section(batches: list[Batch]) -> str:
-    rows = [[e(b.batch_id), badge(b.status), f"<code>{e(b.run_id)}</code>", e(timestamp(b.loaded_at))] for b in batches]
+    rows = [
+        [e(b.batch_id), badge(b.status), f"<code>{e(b.run_id)}</code>", e(timestamp(b.loaded_at))]
+        for b in batches
+    ]
     return f"<section><h2>Batches</h2>{table(['Batch', 'Status', 'Run', 'Loaded at'], rows, numeric={0})}</section>"
 
 
@@ -211,8 +280,12 @@ def month_page(detail: MonthDetail) -> str:
         f'<p><a href="../">&larr; All months</a></p><h1>Billing month {e(month)} '
         f"{badge(detail.batches[0].status)}</h1><p class=meta>{meta}</p>{_files_section(detail)}"
         f'<div class="grid">{_customers_section(detail)}</div><div class="grid">{_reconciliation_section(current)}'
-        + _not_billed_section("Unbillable number ranges", "Number range", detail.unbillable, "No unbillable calls.")
-        + _not_billed_section("Suspense accounts", "Account", detail.suspense, "No calls in suspense.")
+        + _not_billed_section(
+            "Unbillable number ranges", "Number range", detail.unbillable, "No unbillable calls."
+        )
+        + _not_billed_section(
+            "Suspense accounts", "Account", detail.suspense, "No calls in suspense."
+        )
         + f"</div>{_held_files_section(detail.held_files)}{_batches_section(detail.batches)}"
     )
     return page(f"Billing {month}", body)

@@ -24,7 +24,9 @@ from cdr_billing.report import OUTCOMES, ReconciliationError, reconcile
 from cdr_billing.schema import CURRENT, billing_batch, billing_exception, billing_line
 from cdr_billing.validate import DATA_DOCS_INDEX
 
-DATA_DOCS_FOLDER = Path(DATA_DOCS_INDEX).parent.name  # the folder of each file's Great Expectations site
+DATA_DOCS_FOLDER = Path(
+    DATA_DOCS_INDEX
+).parent.name  # the folder of each file's Great Expectations site
 # The field of a non-billed row's detail that the page groups it by.
 NOT_BILLED_KEYS = {"unbillable": "number_range", "suspense": "user_id"}
 
@@ -111,14 +113,23 @@ class MonthDetail:
     unbillable: list[NotBilled]
     suspense: list[NotBilled]
     files: MonthFiles
-    held_files: list[dict[str, str]]  # delivered again with other content, not billed until released
+    held_files: list[
+        dict[str, str]
+    ]  # delivered again with other content, not billed until released
 
 
 def _batches(engine: Engine, *conditions) -> list[Batch]:
     query = select(billing_batch).where(*conditions).order_by(billing_batch.c.batch_id.desc())
     with engine.connect() as conn:
         return [
-            Batch(row.batch_id, row.billing_month, row.run_id, row.status, row.loaded_at, json.loads(row.counts))
+            Batch(
+                row.batch_id,
+                row.billing_month,
+                row.run_id,
+                row.status,
+                row.loaded_at,
+                json.loads(row.counts),
+            )
             for row in conn.execute(query)
         ]
 
@@ -126,7 +137,12 @@ def _batches(engine: Engine, *conditions) -> list[Batch]:
 def _current_line_totals(engine: Engine) -> dict[int, dict[str, tuple[int, int]]]:
     """Per current batch and currency: (lines, total in minor units)."""
     query = (
-        select(billing_line.c.batch_id, billing_line.c.currency, func.count(), func.sum(billing_line.c.total_minor))
+        select(
+            billing_line.c.batch_id,
+            billing_line.c.currency,
+            func.count(),
+            func.sum(billing_line.c.total_minor),
+        )
         .join(billing_batch, billing_batch.c.batch_id == billing_line.c.batch_id)
         .where(billing_batch.c.status == CURRENT)
         .group_by(billing_line.c.batch_id, billing_line.c.currency)
@@ -160,7 +176,10 @@ def month_summaries(engine: Engine) -> list[MonthSummary]:
                 current=current,
                 batch_count=len(batches),
                 line_count=sum(lines for lines, _ in totals.values()),
-                totals={currency: from_minor_units(total, currency) for currency, (_, total) in sorted(totals.items())},
+                totals={
+                    currency: from_minor_units(total, currency)
+                    for currency, (_, total) in sorted(totals.items())
+                },
             )
         )
     return summaries
@@ -170,30 +189,46 @@ def customer_totals(engine: Engine, batch_id: int) -> list[CustomerTotal]:
     """The batch's totals per customer and currency."""
     line = billing_line.c
     query = (
-        select(line.customer_id, line.currency, func.count(), func.sum(line.total_minor), func.sum(line.call_count))
+        select(
+            line.customer_id,
+            line.currency,
+            func.count(),
+            func.sum(line.total_minor),
+            func.sum(line.call_count),
+        )
         .where(line.batch_id == batch_id)
         .group_by(line.customer_id, line.currency)
         .order_by(line.customer_id, line.currency)
     )
     with engine.connect() as conn:
         return [
-            CustomerTotal(customer, currency, from_minor_units(int(total), currency), int(total), int(lines), int(calls))
+            CustomerTotal(
+                customer,
+                currency,
+                from_minor_units(int(total), currency),
+                int(total),
+                int(lines),
+                int(calls),
+            )
             for customer, currency, lines, total, calls in conn.execute(query)
         ]
 
 
 def not_billed(engine: Engine, batch_id: int) -> dict[str, list[NotBilled]]:
     """The batch's unbillable calls per number range and its suspense calls per account, most calls first."""
-    query = select(billing_exception.c.kind, billing_exception.c.reason_code, billing_exception.c.detail).where(
-        billing_exception.c.batch_id == batch_id, billing_exception.c.kind.in_(NOT_BILLED_KEYS)
-    )
+    query = select(
+        billing_exception.c.kind, billing_exception.c.reason_code, billing_exception.c.detail
+    ).where(billing_exception.c.batch_id == batch_id, billing_exception.c.kind.in_(NOT_BILLED_KEYS))
     counters: dict[str, Counter] = {kind: Counter() for kind in NOT_BILLED_KEYS}
     with engine.connect() as conn:
         for kind, reason_code, detail in conn.execute(query):
             key = json.loads(detail or "{}").get(NOT_BILLED_KEYS[kind]) or ""
             counters[kind][(str(key), reason_code)] += 1
     return {
-        kind: [NotBilled(key, reason, calls) for (key, reason), calls in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
+        kind: [
+            NotBilled(key, reason, calls)
+            for (key, reason), calls in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
         for kind, counter in counters.items()
     }
 
@@ -248,13 +283,17 @@ def data_docs_file(files: MonthFiles, relative: str) -> Path | None:
     target = inside(folder, folder / (relative or index.name))
     if target is None:
         return None
-    in_site = folder.name == DATA_DOCS_FOLDER or DATA_DOCS_FOLDER in target.relative_to(folder).parts[:-1]
+    in_site = (
+        folder.name == DATA_DOCS_FOLDER or DATA_DOCS_FOLDER in target.relative_to(folder).parts[:-1]
+    )
     return target if target == index or in_site else None
 
 
 def current_files(engine: Engine, config: PipelineConfig, billing_month: str) -> MonthFiles | None:
     """The report files of the month's current batch, or None when the month has none."""
-    current = _batches(engine, billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT)
+    current = _batches(
+        engine, billing_batch.c.billing_month == billing_month, billing_batch.c.status == CURRENT
+    )
     return month_files(config, current[0]) if current else None
 
 
@@ -264,7 +303,9 @@ def month_detail(engine: Engine, config: PipelineConfig, billing_month: str) -> 
     if not batches:
         return None
     current = _current(batches)
-    grouped = not_billed(engine, current.batch_id) if current else {kind: [] for kind in NOT_BILLED_KEYS}
+    grouped = (
+        not_billed(engine, current.batch_id) if current else {kind: [] for kind in NOT_BILLED_KEYS}
+    )
     return MonthDetail(
         billing_month=billing_month,
         batches=batches,

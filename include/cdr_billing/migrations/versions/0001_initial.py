@@ -16,7 +16,9 @@ CURRENT_ONLY = sa.text("status = 'current'")
 
 
 def _created_at(name: str) -> sa.Column:
-    return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.current_timestamp())
+    return sa.Column(
+        name, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.current_timestamp()
+    )
 
 
 def upgrade() -> None:
@@ -46,7 +48,9 @@ def upgrade() -> None:
         )
     create_table(
         "billing_line",
-        sa.Column("batch_id", sa.Integer, sa.ForeignKey("billing_batch.batch_id"), primary_key=True),
+        sa.Column(
+            "batch_id", sa.Integer, sa.ForeignKey("billing_batch.batch_id"), primary_key=True
+        ),
         sa.Column("customer_id", sa.String(64), primary_key=True),
         sa.Column("sequence_number", sa.String(64), primary_key=True),
         sa.Column("currency", sa.String(3), primary_key=True),
@@ -56,7 +60,13 @@ def upgrade() -> None:
     )
     create_table(
         "billing_exception",
-        sa.Column("batch_id", sa.Integer, sa.ForeignKey("billing_batch.batch_id"), nullable=False, index=True),
+        sa.Column(
+            "batch_id",
+            sa.Integer,
+            sa.ForeignKey("billing_batch.batch_id"),
+            nullable=False,
+            index=True,
+        ),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("reason_code", sa.String(64), nullable=False),
         sa.Column("source_file", sa.Text, nullable=False),
@@ -74,17 +84,28 @@ def upgrade() -> None:
     )
     create_table(
         "tariff_rate",
-        sa.Column("version_id", sa.Integer, sa.ForeignKey("tariff_version.version_id"), primary_key=True),
+        sa.Column(
+            "version_id", sa.Integer, sa.ForeignKey("tariff_version.version_id"), primary_key=True
+        ),
         sa.Column("line", sa.Integer, primary_key=True),
         sa.Column("prefix", sa.String(16), nullable=False, index=True),
         sa.Column("destination", sa.Text, nullable=False),
-        *(sa.Column(name, sa.BigInteger, nullable=False) for name in ("price_micro", "fee_micro", "minimum_micro")),
-        *(sa.Column(name, sa.Integer, nullable=False) for name in ("first_increment", "next_increment")),
+        *(
+            sa.Column(name, sa.BigInteger, nullable=False)
+            for name in ("price_micro", "fee_micro", "minimum_micro")
+        ),
+        *(
+            sa.Column(name, sa.Integer, nullable=False)
+            for name in ("first_increment", "next_increment")
+        ),
         sa.Column("currency", sa.String(3), nullable=False),
         sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
         sa.Column("valid_to", sa.DateTime(timezone=True)),
         sa.Column("band", sa.String(32), nullable=False),
-        *(sa.Column(name, sa.Integer, nullable=False) for name in ("weekday_mask", "start_hour", "end_hour")),
+        *(
+            sa.Column(name, sa.Integer, nullable=False)
+            for name in ("weekday_mask", "start_hour", "end_hour")
+        ),
     )
     create_table(
         "entitlement_snapshot",
@@ -97,7 +118,12 @@ def upgrade() -> None:
     )
     create_table(
         "entitlement",
-        sa.Column("snapshot_id", sa.Integer, sa.ForeignKey("entitlement_snapshot.snapshot_id"), primary_key=True),
+        sa.Column(
+            "snapshot_id",
+            sa.Integer,
+            sa.ForeignKey("entitlement_snapshot.snapshot_id"),
+            primary_key=True,
+        ),
         sa.Column("account_id", sa.String(128), primary_key=True),
         sa.Column("user_principal_name", sa.Text, nullable=False),
         *(
@@ -110,7 +136,12 @@ def upgrade() -> None:
     create_table(
         "month_entitlement",
         sa.Column("billing_month", sa.String(7), primary_key=True),
-        sa.Column("snapshot_id", sa.Integer, sa.ForeignKey("entitlement_snapshot.snapshot_id"), nullable=False),
+        sa.Column(
+            "snapshot_id",
+            sa.Integer,
+            sa.ForeignKey("entitlement_snapshot.snapshot_id"),
+            nullable=False,
+        ),
     )
     create_table(
         "quarantined_row",
@@ -136,6 +167,9 @@ def upgrade() -> None:
         _created_at("first_seen"),
         sa.Column("status", sa.String(32), nullable=False),
         sa.Column("archive_path", sa.Text, nullable=False),
-        *(sa.Column(f"rows_{kind}", sa.BigInteger) for kind in ("read", "billable", "quarantined", "duplicate")),
+        *(
+            sa.Column(f"rows_{kind}", sa.BigInteger)
+            for kind in ("read", "billable", "quarantined", "duplicate")
+        ),
         sa.UniqueConstraint("source", "name", "sha256", name="one_row_per_file_content"),
     )

@@ -12,7 +12,13 @@ down_revision = "0001"
 
 
 def _batch_id(primary_key: bool) -> sa.Column:
-    return sa.Column("batch_id", sa.Integer, sa.ForeignKey("billing_batch.batch_id"), primary_key=primary_key, nullable=False)
+    return sa.Column(
+        "batch_id",
+        sa.Integer,
+        sa.ForeignKey("billing_batch.batch_id"),
+        primary_key=primary_key,
+        nullable=False,
+    )
 
 
 def _line_key(primary_key: bool) -> list[sa.Column]:
@@ -29,7 +35,10 @@ def upgrade() -> None:
         _batch_id(primary_key=True),
         *_line_key(primary_key=True),
         sa.Column("user_id", sa.String(128), primary_key=True),
-        *(sa.Column(name, sa.BigInteger, nullable=False) for name in ("total_minor", "call_count", "billed_seconds")),
+        *(
+            sa.Column(name, sa.BigInteger, nullable=False)
+            for name in ("total_minor", "call_count", "billed_seconds")
+        ),
     )
     op.create_table(
         "revenue_share",
@@ -37,7 +46,10 @@ def upgrade() -> None:
         sa.Column("service_provider", sa.String(128), primary_key=True),
         sa.Column("currency", sa.String(3), primary_key=True),
         sa.Column("share_basis_points", sa.Integer, primary_key=True),
-        *(sa.Column(name, sa.BigInteger, nullable=False) for name in ("call_count", "billed_minor", "share_minor")),
+        *(
+            sa.Column(name, sa.BigInteger, nullable=False)
+            for name in ("call_count", "billed_minor", "share_minor")
+        ),
     )
     op.create_table(
         "billed_call",
@@ -54,4 +66,8 @@ def upgrade() -> None:
         sa.Column("source_row", sa.BigInteger, nullable=False),
         sa.Column("combined_rows", sa.Text, nullable=False),
     )
-    op.create_index("billed_call_of_line", "billed_call", ["batch_id", "customer_id", "sequence_number", "currency"])
+    op.create_index(
+        "billed_call_of_line",
+        "billed_call",
+        ["batch_id", "customer_id", "sequence_number", "currency"],
+    )

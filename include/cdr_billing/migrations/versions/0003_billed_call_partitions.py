@@ -25,12 +25,25 @@ def upgrade() -> None:
         return
     op.execute(f"ALTER INDEX {LINE_INDEX} RENAME TO {LINE_INDEX}_unpartitioned")
     op.execute("ALTER TABLE billed_call RENAME TO billed_call_unpartitioned")
-    op.execute("CREATE TABLE billed_call (LIKE billed_call_unpartitioned INCLUDING DEFAULTS) PARTITION BY LIST (batch_id)")
-    op.execute("ALTER TABLE billed_call ADD FOREIGN KEY (batch_id) REFERENCES billing_batch (batch_id)")
-    op.execute(f"CREATE INDEX {LINE_INDEX} ON billed_call (batch_id, customer_id, sequence_number, currency)")
+    op.execute(
+        "CREATE TABLE billed_call (LIKE billed_call_unpartitioned INCLUDING DEFAULTS) PARTITION BY LIST (batch_id)"
+    )
+    op.execute(
+        "ALTER TABLE billed_call ADD FOREIGN KEY (batch_id) REFERENCES billing_batch (batch_id)"
+    )
+    op.execute(
+        f"CREATE INDEX {LINE_INDEX} ON billed_call (batch_id, customer_id, sequence_number, currency)"
+    )
     op.execute("CREATE TABLE billed_call_default PARTITION OF billed_call DEFAULT")
-    batches = op.get_bind().execute(text("SELECT DISTINCT batch_id FROM billed_call_unpartitioned")).scalars().all()
+    batches = (
+        op.get_bind()
+        .execute(text("SELECT DISTINCT batch_id FROM billed_call_unpartitioned"))
+        .scalars()
+        .all()
+    )
     for batch_id in batches:
-        op.execute(f"CREATE TABLE billed_call_batch_id_{int(batch_id)} PARTITION OF billed_call FOR VALUES IN ({int(batch_id)})")
+        op.execute(
+            f"CREATE TABLE billed_call_batch_id_{int(batch_id)} PARTITION OF billed_call FOR VALUES IN ({int(batch_id)})"
+        )
     op.execute("INSERT INTO billed_call SELECT * FROM billed_call_unpartitioned")
     op.execute("DROP TABLE billed_call_unpartitioned")
