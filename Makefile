@@ -2,16 +2,16 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt Makefile | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
 .PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag postgres-server openssh-server clean
 
-$(READY): requirements.txt requirements-dev.txt
+$(READY): requirements.txt requirements-dev.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-input -r requirements-dev.txt
-	echo "$(CURDIR)/include" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cdr_billing_include.pth"
+	printf '%s\n' "$(CURDIR)/include" "$(CURDIR)/devkit" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cdr_billing_include.pth"
 	rm -f $(VENV)/.ready-* && touch $@
 
 setup: $(READY)
@@ -44,7 +44,7 @@ bench-dag: setup
 	$(BIN)/python -m cdr_devkit.bench_dag $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check dags include plugins tests
+	$(BIN)/ruff check dags include devkit plugins tests
 
 # The tests start their own PostgreSQL cluster; they need the server binaries.
 postgres-server:

@@ -261,6 +261,22 @@ def test_mounted_project_folders_exist(compose):
             assert (PROJECT_ROOT / source).is_dir(), source
 
 
+def test_the_devkit_is_not_in_the_image_and_the_pipeline_does_not_import_it(compose):
+    """The devkit (local servers, demo, benchmarks) is for development: the image's PYTHONPATH
+    and mounts leave it out, and nothing the image runs may import it."""
+    mounted = [volume.split(":")[0] for volume in compose["x-airflow-common"]["volumes"]]
+    assert not [source for source in mounted if "devkit" in source]
+    image_path = re.search(r"PYTHONPATH=(\S+)", (PROJECT_ROOT / "Dockerfile").read_text())
+    assert image_path and "devkit" not in image_path.group(1)
+    shipped = [
+        p
+        for folder in ("include", "dags", "plugins")
+        for p in (PROJECT_ROOT / folder).rglob("*.py")
+    ]
+    assert shipped and not [p for p in shipped if "cdr_devkit" in p.read_text()]
+    assert not (PROJECT_ROOT / "include" / "cdr_devkit").exists()
+
+
 def test_the_image_installs_the_same_lock_at_the_same_airflow_and_python(compose, lock):
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     assert "COPY requirements.txt /requirements.txt" in dockerfile

@@ -716,11 +716,11 @@ def spawn_contender(
     ]
     if not validation:
         command.append("--no-validation")
-    include = str(PROJECT_ROOT / "include")
+    paths = [str(PROJECT_ROOT / "include"), str(PROJECT_ROOT / "devkit")]
     env = {
         **os.environ,
         **ALLOCATOR_SETTINGS,
-        "PYTHONPATH": os.pathsep.join(filter(None, [include, os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")])),
     }
     print(f"--- {kind} (own process) ---", flush=True)
     (out / f"{kind}.json").unlink(missing_ok=True)
