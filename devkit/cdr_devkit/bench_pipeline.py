@@ -249,7 +249,7 @@ def run_project(
     import pandas as pd
     from sqlalchemy import create_engine
 
-    from cdr_billing import aggregate, dedupe, entitlements, rate, report, storage, tariff
+    from cdr_billing import aggregate, dedupe, entitlements, hashing, report, storage, tariff
     from cdr_billing.config import load_config
     from cdr_billing.migrations import upgrade
 
@@ -298,13 +298,13 @@ def run_project(
             counts.update({key: counts[key] + value for key, value in file_counts.items()})
         clock.report("per-file checks")
         with clock.stage("dedupe"):
-            repeated = dedupe.repeated_per_file(
+            repeated = hashing.repeated_per_file(
                 [
                     storage.read_frame(part / storage.file_name("call_hashes"))["hash"].to_numpy()
                     for part in parts
                 ],
                 lambda n, rows: storage.read_frame(
-                    parts[n] / storage.file_name("accepted"), dedupe.CALL_KEY, rows
+                    parts[n] / storage.file_name("accepted"), hashing.CALL_KEY, rows
                 ),
             )
         partial = []  # parts of partial calls from every file: a session may span files
@@ -318,7 +318,7 @@ def run_project(
                 counts["duplicates"] += int(again.sum())
         del repeated
         with clock.stage("combine"):
-            heads, merged = rate.combine_partial_calls(pd.concat(partial, ignore_index=True))
+            heads, merged = dedupe.combine_partial_calls(pd.concat(partial, ignore_index=True))
             counts["combined"] = len(merged)
         with clock.stage("parquet_io"):
             for n, part in enumerate(parts):

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cdr_billing import text_bytes
-from cdr_billing.canonical import COMPLETION_FAILED, COMPLETION_PARTIAL
+from cdr_billing.canonical import COMPLETION_FAILED
 from cdr_billing.config import BillingSettings
 from cdr_billing.frames import rows_where
 from cdr_billing.money import divide_half_up, micro_to_minor_divisor, scale_half_up
@@ -288,40 +288,6 @@ def _price_by_provider(calls: pd.DataFrame, markups: dict[str, int]) -> pd.DataF
         tariff_band="",
         pricing="provider",
     )
-
-
-def partial_parts(calls: pd.DataFrame) -> pd.Series:
-    """The parts of partial calls (status 2 with a session id), which combine_partial_calls merges."""
-    return (calls["completion_status"] == COMPLETION_PARTIAL) & (calls["session_id"] != "")
-
-
-def _in_part_order(parts: pd.DataFrame) -> pd.DataFrame:
-    """Parts by session, then start, then part number as a number (digits of any length: by
-    length, then text, leading zeros dropped; empty is 0), then transaction id."""
-    digits = parts["transaction_part_number"].str.lstrip("0")
-    keyed = parts.assign(_part_length=digits.str.len(), _part_digits=digits)
-    order = ["source", "session_id", "start_utc", "_part_length", "_part_digits", "transaction_id"]
-    return keyed.sort_values(order, kind="stable").drop(columns=["_part_length", "_part_digits"])
-
-
-def combine_partial_calls(calls: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Merge the parts (status 2) of each session into one call: the first part (_in_part_order),
-    with the summed duration (and provider cost). Returns (calls, the parts merged away)."""
-    partial = partial_parts(calls)
-    if not partial.any():
-        return calls, calls.iloc[0:0]
-    parts = _in_part_order(calls[partial])
-    session = ["source", "session_id"]
-    first = ~parts.duplicated(session)
-    sums = parts.groupby(session)[["duration_seconds", "provider_cost_micro"]].sum(min_count=1)
-    heads = (
-        parts[first]
-        .drop(columns=["duration_seconds", "provider_cost_micro"])
-        .join(sums, on=session)
-    )
-    merged = parts[~first].assign(reason_code="PART_OF_SESSION")
-    combined = pd.concat([calls[~partial], heads[calls.columns]], ignore_index=True)
-    return combined.astype(calls.dtypes.to_dict()), merged.reset_index(drop=True)
 
 
 def compare_with_tariff(

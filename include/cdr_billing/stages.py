@@ -32,6 +32,7 @@ from cdr_billing import (
     database,
     dedupe,
     entitlements,
+    hashing,
     ledger,
     lineage,
     load,
@@ -460,9 +461,9 @@ def dedupe_calls(
     config = config or load_config()
     engine = database.billing_engine(config.billing.connection)
     parts = ledger.delivery_order(engine, validated)
-    repeated_rows = dedupe.repeated_per_file(
+    repeated_rows = hashing.repeated_per_file(
         [_read_part(meta, part, "call_hashes")["hash"].to_numpy() for part in parts],
-        lambda n, rows: _read_part(meta, parts[n], "accepted", dedupe.CALL_KEY, rows),
+        lambda n, rows: _read_part(meta, parts[n], "accepted", hashing.CALL_KEY, rows),
     )
     partial = []  # parts of partial calls, from every file: a session may span files
     for i, (part, again) in enumerate(zip(parts, repeated_rows, strict=True)):
@@ -479,7 +480,7 @@ def dedupe_calls(
             part["sha256"],
             {f"rows_{key}": part[key] for key in ("read", "billable", "quarantined", "duplicate")},
         )
-    heads, merged = rate.combine_partial_calls(pd.concat(partial, ignore_index=True))
+    heads, merged = dedupe.combine_partial_calls(pd.concat(partial, ignore_index=True))
     session = ["source", "session_id"]
     head_part = merged[session].merge(heads[[*session, "part_index"]], on=session, how="left")[
         "part_index"

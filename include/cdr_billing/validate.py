@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdr_billing import dedupe, text_bytes
+from cdr_billing import hashing, text_bytes
 from cdr_billing.canonical import (
     CARRIED_FIELDS,
     COMPLETION_STATUSES,
@@ -481,8 +481,8 @@ def check_rows(
     fails = _failures(raw, typed, profile, month, rules)
     failed = fails.to_numpy().any(axis=1)
     good = np.flatnonzero(~failed)
-    hashes = dedupe.call_hashes(typed)[good]
-    (again,) = dedupe.repeated_per_file([hashes], lambda _, rows: typed.iloc[good[rows]])
+    hashes = hashing.call_hashes(typed)[good]
+    (again,) = hashing.repeated_per_file([hashes], lambda _, rows: typed.iloc[good[rows]])
     repeated = np.zeros(len(typed), dtype=bool)
     repeated[good[again]] = True
     kept = ~failed & ~repeated

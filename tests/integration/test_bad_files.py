@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from openpyxl import Workbook
 
-from cdr_billing import dedupe
+from cdr_billing import hashing
 from cdr_billing.config import load_config
 from cdr_billing.months import BillingMonth
 from cdr_billing.read import FileReadError, read_cdr_file
@@ -236,7 +236,7 @@ def test_duplicate_ids_are_billed_once_and_counted(tmp_path):
     first = carrier_csv(tmp_path / "a.csv", [{"transaction_id": "T1"}, {"transaction_id": "T1"}])
     second = carrier_csv(tmp_path / "b.csv", [{"transaction_id": "T1"}, {"transaction_id": "T2"}])
     checks = [check(first, "carrier_csv")[1], check(second, "carrier_csv")[1]]
-    again = dedupe.repeated_per_file(
+    again = hashing.repeated_per_file(
         [c.call_hashes for c in checks], lambda n, rows: checks[n].accepted.iloc[rows]
     )
     unique = pd.concat([c.accepted[~repeated] for c, repeated in zip(checks, again, strict=True)])

@@ -18,6 +18,7 @@ from cdr_billing import (
     attribute,
     dedupe,
     entitlements,
+    hashing,
     rate,
     read,
     report,
@@ -43,7 +44,7 @@ def _bill(root: Path, month: BillingMonth, engine) -> tuple[dict, dict]:
         checked.append(
             validate.check_rows(raw, config.profile_for(source.name), month, config.billing)
         )
-    again = dedupe.repeated_per_file(
+    again = hashing.repeated_per_file(
         [c.call_hashes for c in checked], lambda n, rows: checked[n].accepted.iloc[rows]
     )
     calls = pd.concat(
@@ -51,7 +52,7 @@ def _bill(root: Path, month: BillingMonth, engine) -> tuple[dict, dict]:
         ignore_index=True,
     )
     tariff.load_file(engine, sorted((root / "reference").glob("tariff*.csv"))[-1], config.billing)
-    combined_calls, merged = rate.combine_partial_calls(calls)
+    combined_calls, merged = dedupe.combine_partial_calls(calls)
     priced, unbillable, failed = rate.rate_calls(
         combined_calls, tariff.all_rates(engine), config.billing, config.markups()
     )

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from cdr_billing import dedupe
+from cdr_billing import hashing
 
 
 def _keys(sources: list[str], ids: list[str | None]) -> pd.DataFrame:
@@ -20,13 +20,13 @@ def _keys(sources: list[str], ids: list[str | None]) -> pd.DataFrame:
 
 def _repeated(frames: list[pd.DataFrame]) -> list[np.ndarray]:
     """Each file's call hashes computed on their own, as each file's task does."""
-    return dedupe.repeated_per_file(
-        [dedupe.call_hashes(frame) for frame in frames], lambda n, rows: frames[n].iloc[rows]
+    return hashing.repeated_per_file(
+        [hashing.call_hashes(frame) for frame in frames], lambda n, rows: frames[n].iloc[rows]
     )
 
 
 def _expected(frames: list[pd.DataFrame]) -> np.ndarray:
-    return pd.concat(frames, ignore_index=True).duplicated(dedupe.CALL_KEY).to_numpy()
+    return pd.concat(frames, ignore_index=True).duplicated(hashing.CALL_KEY).to_numpy()
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -62,7 +62,7 @@ def test_first_delivery_wins_across_files_and_sources() -> None:
 
 def test_equal_length_ids_hash_apart_and_a_missing_id_is_not_an_empty_one() -> None:
     ids = [f"T202610-{n:09d}" for n in range(50_000)]
-    hashes = dedupe.text_hashes(pa.array(ids, pa.large_string()))
+    hashes = hashing.text_hashes(pa.array(ids, pa.large_string()))
     assert len(np.unique(hashes)) == len(ids)
 
     repeated = _repeated([_keys(["a", "a", "a"], [None, "", None])])
@@ -72,7 +72,7 @@ def test_equal_length_ids_hash_apart_and_a_missing_id_is_not_an_empty_one() -> N
 def test_an_ids_hash_does_not_depend_on_the_ids_hashed_with_it() -> None:
     """Files are hashed in their own tasks: a short id among long ones, or alone, hashes the same."""
     ids = ["T1", "T12345678", "T123456789012345678", "", "ü€", "T1\x00"]
-    alone = [dedupe.text_hashes(pa.array([i], pa.large_string()))[0] for i in ids]
-    together = dedupe.text_hashes(pa.array(ids, pa.large_string()))
+    alone = [hashing.text_hashes(pa.array([i], pa.large_string()))[0] for i in ids]
+    together = hashing.text_hashes(pa.array(ids, pa.large_string()))
     assert together.tolist() == alone
     assert len(set(alone)) == len(ids)  # a trailing zero byte is not padding

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from cdr_billing.config import BillingSettings
+from cdr_billing.dedupe import combine_partial_calls
 from cdr_billing.rate import (
     PrefixIndex,
     billed_seconds,
-    combine_partial_calls,
     compare_with_tariff,
     normalise_numbers,
     rate_calls,

@@ -11,9 +11,10 @@ import pytest
 from cdr_billing.aggregate import aggregate_lines, aggregate_users, call_totals, revenue_share
 from cdr_billing.canonical import TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
+from cdr_billing.dedupe import combine_partial_calls
 from cdr_billing.money import MoneyOverflowError
 from cdr_billing.months import BillingMonth
-from cdr_billing.rate import combine_partial_calls, rate_calls
+from cdr_billing.rate import rate_calls
 from cdr_billing.report import credits
 from cdr_billing.validate import REASONS, check_rows, parse_timestamps
 
