@@ -3,10 +3,11 @@
 
 Turns the providers' call detail records of one **billing month** into billing lines:
 
-wait for the files → fetch over SFTP (primary, then secondary) → validate (Great Expectations), file by file,
-while the tariff and the entitlement snapshot are loaded → drop duplicates → rate (tariff) → attribute
-(entitlement snapshot) → aggregate per customer id and sequence number → load into the billing database
-→ month report.
+upgrade the billing database → wait for the files → fetch over SFTP (primary, then
+secondary) → validate each file (row checks, Great Expectations) while the tariff and the
+entitlement snapshot are loaded → drop duplicates and combine partial calls → bill each file
+(price, attribute, sum per user) → aggregate per customer id and sequence number → load into
+the billing database → month report.
 
 **Which month.** The scheduled run for the interval starting on the 1st of month M bills
 month M (it runs once M is over). A manual run bills the last complete month, or the month
@@ -17,7 +18,7 @@ given in the `billing_month` param (`YYYY-MM`). Backfill a range with
 in a single transaction; the old batch is kept as superseded.
 
 **On failure** every task mails the alert recipients of `include/config/pipeline.yaml`.
-Intermediate data lives as Parquet files in the run's work directory (see the task logs).
+Intermediate data lives in the run's work directory (see the task logs).
 """
 
 from __future__ import annotations
@@ -25,131 +26,189 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import (
-    CronDataIntervalTimetable,
-    Param,
-    PokeReturnValue,
-    dag,
-    get_current_context,
-    task,
-)
+from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context
 
-from cdr_billing.alerts import task_failure_mail
+from cdr_billing.acquire import FetchedFile
 from cdr_billing.config import load_config
+from cdr_billing.contracts import (
+    BilledFile,
+    DedupedMonth,
+    FetchedMonth,
+    LoadedBatch,
+    MonthLines,
+    MonthReport,
+    ReconciledFile,
+    References,
+    Run,
+    ValidatedFile,
+)
+from cdr_billing.taskflow import failure_mail, pipeline_task
 
 CONFIG = load_config()
+SIDE_BY_SIDE = {"max_active_tis_per_dagrun": CONFIG.files_at_once}  # mapped tasks at once
+ASK_DEVELOPERS = "Send the log to the pipeline's developers."
+SERVERS_DOWN = (
+    "Check that the SFTP servers answer (the error names each one) and whether the provider has "
+    "delivered the month's files; the task log lists the sources missing."
+)
 
 
-def failure_mail(next_step: str):
-    """The failure mail of a task: month, task, the error in one sentence, log link, next step."""
-    return task_failure_mail(
-        list(CONFIG.recipients("task_failure")),
-        CONFIG.billing.timezone,
-        next_step,
-        CONFIG.smtp_connection,
+@pipeline_task(CONFIG, "Check that the billing database (connection billing_db) is reachable.")
+def upgrade_billing_db() -> None:
+    """Upgrade the billing database's schema to this release, once per run (the command
+    `python -m cdr_billing.migrations` does the same for a deployment)."""
+    from cdr_billing import database, migrations
+
+    migrations.upgrade(database.billing_engine(CONFIG.billing.connection))
+
+
+@pipeline_task(
+    CONFIG,
+    SERVERS_DOWN,
+    sensor=True,
+    mode="reschedule",
+    poke_interval=timedelta(minutes=CONFIG.poke_interval_minutes),
+    timeout=timedelta(days=CONFIG.files_deadline_days + 31),
+)
+def wait_for_cdr_files() -> PokeReturnValue:
+    """Wait, without holding a worker slot, until every CDR source has a file for the billing
+    month; past the deadline it fails with 'files for month M have not arrived'."""
+    from cdr_billing.tasks import fetch, run
+
+    context = get_current_context()
+    params = context["params"]
+    billing_run = run.start_run(
+        params.get("billing_month"),
+        context.get("data_interval_start"),
+        context["run_id"],
+        CONFIG,
+        refresh_entitlements=bool(params.get("refresh_entitlements")),
+        clear_number=context["dag_run"].clear_number or 0,
+        release_held_files=params.get("release_held_files"),
     )
+    return PokeReturnValue(fetch.files_arrived(billing_run, CONFIG), billing_run)
 
 
-def stage_task(task_id: str, **task_args):
-    """A task that runs one function of `cdr_billing.stages` on its inputs (metadata from XCom);
-    `task_args`: more of the task's arguments."""
-    stage, doc, next_step = STAGES[task_id]
+@pipeline_task(
+    CONFIG,
+    "Check that the SFTP servers answer and that their host keys are the pinned ones (a changed "
+    "key may be an attack: confirm the fingerprint with the provider before re-pinning it in "
+    "the connection).",
+)
+def fetch_cdr_files(run: Run) -> FetchedMonth:
+    """Download the month's CDR files, tariff and entitlement snapshots from the first SFTP
+    server that delivers them (primary, then secondary); mail each failover; record every file
+    in the ledger."""
+    from cdr_billing.tasks import fetch
 
-    def run_stage(
-        meta: dict,
-        item: dict | None = None,
-        part: dict | None = None,
-        validated=None,
-        billed=None,
-        references=None,
-    ) -> dict | list:
-        from cdr_billing import stages
-
-        inputs = {
-            "item": item,
-            "part": part,
-            "validated": validated,
-            "billed": billed,
-            "references": references,
-        }
-        # `validated` and `billed` collect a mapped task's results: a lazy sequence, read by index
-        inputs = {
-            name: [value[i] for i in range(len(value))] if name in LISTS else value
-            for name, value in inputs.items()
-            if value is not None
-        }
-        return getattr(stages, stage)(meta, **inputs)
-
-    return task(
-        task_id=task_id,
-        doc_md=f"{doc}\n\n**If it fails:** {next_step}",
-        on_failure_callback=[failure_mail(next_step)],
-        **task_args,
-    )(run_stage)
+    return fetch.fetch_cdr_files(run, CONFIG)
 
 
-LISTS = ("validated", "billed")
+@pipeline_task(
+    CONFIG,
+    "Check the tariff file named in the log (python -m cdr_billing.tariff load FILE reports the "
+    "bad line) and the entitlement snapshot (file or the entitlements_db query).",
+)
+def load_references(fetched: FetchedMonth) -> References:
+    """Beside the files' validation: store the month's tariff as a version and pin the month's
+    entitlement snapshot (the one it was first billed with, or a fresh one when the run asks)."""
+    from cdr_billing.tasks import references
 
-# task id: (function in cdr_billing.stages, what it does, what the operator does when it fails)
-STAGES = {
-    "fetch_cdr_files": (
-        "fetch",
-        "Download the month's CDR files, tariff and entitlement snapshot from the first SFTP server that delivers "
-        "them (primary, then secondary); mail each failover; record every file in the ledger.",
-        "Check that the SFTP servers answer and that their host keys are the pinned ones (a changed key may be an "
-        "attack: confirm the fingerprint with the provider before re-pinning it in the connection).",
-    ),
-    "load_references": (
-        "load_references",
-        "Beside the files' validation: store the month's tariff as a version and pin the month's entitlement snapshot "
-        "(the one it was first billed with, or a fresh one when the run asks for it).",
-        "Check the tariff file named in the log (python -m cdr_billing.tariff load FILE reports the bad line) and the "
-        "entitlement snapshot (file or the entitlements_db query).",
-    ),
-    "list_cdr_files": (
-        "cdr_files",
-        "The month's CDR files, which validate_cdr_file is mapped over (one task per file).",
-        "Send the log to the pipeline's developers.",
-    ),
-    "validate_cdr_file": (
-        "validate_file",
-        "One task per CDR file: read it, quarantine bad rows, drop duplicates inside it, run its Great Expectations suite.",
-        "Read the validation mail and the quarantined_row table; ask the provider to redeliver the file, or fix the "
-        "source profile in include/config/profiles.yaml if the provider changed the format.",
-    ),
-    "dedupe_calls": (
-        "dedupe_calls",
-        "Drop calls delivered again in a later file of the month; reconcile each file's rows in the ledger.",
-        "Rows of a file do not add up: send the log to the pipeline's developers.",
-    ),
-    "list_file_parts": (
-        "file_parts",
-        "The files' intermediate results, which bill_cdr_file is mapped over (one task per file).",
-        "Send the log to the pipeline's developers.",
-    ),
-    "bill_cdr_file": (
-        "bill_file",
-        "One task per CDR file: price calls by the provider's cost or the tariff's longest prefix (unbillable calls set "
-        "aside); join them to the entitlement snapshot valid at each call (unknown or not-entitled accounts go to "
-        "suspense); sum them per user.",
-        "Send the log to the pipeline's developers; the tariff and the snapshot were checked by load_references.",
-    ),
-    "aggregate_lines": (
-        "aggregate_lines",
-        "Sum the files' calls per user, then per customer id and sequence number; prove rows and money reconcile.",
-        "Rows or money do not add up: do not bill the month; send the log to the pipeline's developers.",
-    ),
-    "load_billing": (
-        "load_billing",
-        "Upgrade the billing database schema if needed; load the month's new current batch in one transaction.",
-        "Check that the billing database (connection billing_db) is reachable; the month's old batch stays current.",
-    ),
-    "report_month": (
-        "report_month",
-        "Re-read the loaded lines, check them and write the month report.",
-        "Check the SMTP connection and the work directory; the batch is loaded already.",
-    ),
-}
+    return references.load_references(fetched, CONFIG)
+
+
+@pipeline_task(CONFIG, ASK_DEVELOPERS)
+def list_cdr_files(fetched: FetchedMonth) -> list[FetchedFile]:
+    """The month's CDR files, which validate_cdr_file is mapped over (one task per file)."""
+    from cdr_billing.tasks import fetch
+
+    return fetch.cdr_files(fetched)
+
+
+@pipeline_task(
+    CONFIG,
+    "Read the validation mail and the quarantined_row table; ask the provider to redeliver the "
+    "file, or fix the source profile in include/config/profiles.yaml if the provider changed "
+    "the format.",
+    mapped_name="cdr_file",
+    **SIDE_BY_SIDE,
+)
+def validate_cdr_file(fetched: FetchedMonth, cdr_file: FetchedFile) -> ValidatedFile:
+    """One task per CDR file: read it, quarantine bad rows, drop duplicates inside it, run its
+    Great Expectations suite."""
+    from cdr_billing.tasks import validate
+
+    return validate.validate_cdr_file(fetched.run, cdr_file, CONFIG)
+
+
+@pipeline_task(CONFIG, "Rows of a file do not add up: send the log to the pipeline's developers.")
+def dedupe_calls(fetched: FetchedMonth, validated: list[ValidatedFile]) -> DedupedMonth:
+    """Drop calls delivered again in a later file of the month; combine the parts of partial
+    calls; reconcile each file's rows in the ledger."""
+    from cdr_billing.tasks import dedupe
+
+    return dedupe.dedupe_calls(fetched.run, validated, CONFIG)
+
+
+@pipeline_task(CONFIG, ASK_DEVELOPERS)
+def list_file_parts(deduped: DedupedMonth) -> list[ReconciledFile]:
+    """The month's files after dedupe_calls, which bill_cdr_file is mapped over."""
+    from cdr_billing.tasks import dedupe
+
+    return dedupe.file_parts(deduped)
+
+
+@pipeline_task(
+    CONFIG,
+    "Send the log to the pipeline's developers; the tariff and the snapshot were checked by "
+    "load_references.",
+    mapped_name="file",
+    **SIDE_BY_SIDE,
+)
+def bill_cdr_file(
+    deduped: DedupedMonth, file: ReconciledFile, references: References
+) -> BilledFile:
+    """One task per CDR file: price calls by the provider's cost or the tariff's longest prefix
+    (unbillable calls set aside); join them to the entitlement snapshot valid at each call
+    (unknown or not-entitled accounts go to suspense); sum them per user."""
+    from cdr_billing.tasks import bill
+
+    return bill.bill_cdr_file(deduped.run, file, references, CONFIG)
+
+
+@pipeline_task(
+    CONFIG,
+    "Rows or money do not add up: do not bill the month; send the log to the pipeline's "
+    "developers.",
+)
+def aggregate_lines(
+    deduped: DedupedMonth, billed: list[BilledFile], references: References
+) -> MonthLines:
+    """Sum the files' calls per user, then per customer id and sequence number; prove rows and
+    money reconcile."""
+    from cdr_billing.tasks import aggregate
+
+    return aggregate.aggregate_lines(deduped, billed, references)
+
+
+@pipeline_task(
+    CONFIG,
+    "Check that the billing database (connection billing_db) is reachable; the month's old "
+    "batch stays current.",
+)
+def load_billing(lines: MonthLines) -> LoadedBatch:
+    """Load the month's new current batch in one transaction."""
+    from cdr_billing.tasks import load
+
+    return load.load_billing(lines, CONFIG)
+
+
+@pipeline_task(CONFIG, "Check the SMTP connection and the work directory; the batch is loaded.")
+def report_month(loaded: LoadedBatch) -> MonthReport:
+    """Re-read the loaded lines, check them and write and mail the month report."""
+    from cdr_billing.tasks import report
+
+    return report.report_month(loaded, CONFIG)
 
 
 @dag(
@@ -164,12 +223,7 @@ STAGES = {
         "owner": "billing-ops",
         "retries": 2,
         "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": [
-            failure_mail(
-                "Check that the SFTP servers answer (the error names each one) and whether the provider has delivered "
-                "the month's files; the task log lists the sources missing."
-            )
-        ],
+        "on_failure_callback": [failure_mail(CONFIG, SERVERS_DOWN)],
     },
     params={
         "billing_month": Param(
@@ -183,58 +237,30 @@ STAGES = {
             False,
             type="boolean",
             title="Take a fresh entitlement snapshot",
-            description="Off: a re-run bills with the snapshot the month was first billed with (reproducible). "
-            "On: capture a new one, e.g. after an account was fixed.",
+            description="Off: a re-run bills with the snapshot the month was first billed with "
+            "(reproducible). On: capture a new one, e.g. after an account was fixed.",
         ),
         "release_held_files": Param(
             [],
             type="array",
             items={"type": "string"},
             title="Release held files",
-            description="Names of held CDR files (delivered again with other content) whose new content this run "
-            "bills, once checked with the provider. One name per line.",
+            description="Names of held CDR files (delivered again with other content) whose new "
+            "content this run bills, once checked with the provider. One name per line.",
         ),
     },
 )
 def cdr_billing_monthly():
-    @task.sensor(
-        mode="reschedule",
-        poke_interval=timedelta(minutes=CONFIG.poke_interval_minutes),
-        timeout=timedelta(days=CONFIG.files_deadline_days + 31),
-        doc_md="Wait, without holding a worker slot, until every CDR source has a file for the billing month; "
-        "past the deadline it fails with 'files for month M have not arrived'.",
+    run = wait_for_cdr_files()
+    upgrade_billing_db() >> run
+    fetched = fetch_cdr_files(run)
+    references = load_references(fetched)
+    validated = validate_cdr_file.partial(fetched=fetched).expand(cdr_file=list_cdr_files(fetched))
+    deduped = dedupe_calls(fetched, validated)
+    billed = bill_cdr_file.partial(deduped=deduped, references=references).expand(
+        file=list_file_parts(deduped)
     )
-    def wait_for_cdr_files() -> PokeReturnValue:
-        from cdr_billing import stages
-
-        context = get_current_context()
-        params = context["params"]
-        meta = stages.start_run(
-            params.get("billing_month"),
-            context.get("data_interval_start"),
-            context["run_id"],
-            clear_number=context["dag_run"].clear_number or 0,
-            refresh_entitlements=bool(params.get("refresh_entitlements")),
-            release_held_files=params.get("release_held_files"),
-        )
-        return PokeReturnValue(is_done=stages.files_arrived(meta), xcom_value=meta)
-
-    fetched = stage_task("fetch_cdr_files")(meta=wait_for_cdr_files())
-    references = stage_task("load_references")(meta=fetched)
-    files = stage_task("list_cdr_files")(meta=fetched)
-    side_by_side = {"max_active_tis_per_dagrun": CONFIG.files_at_once}
-    validated = (
-        stage_task("validate_cdr_file", **side_by_side).partial(meta=fetched).expand(item=files)
-    )
-    deduped = stage_task("dedupe_calls")(meta=fetched, validated=validated)
-    parts = stage_task("list_file_parts")(meta=deduped)
-    billed = (
-        stage_task("bill_cdr_file", **side_by_side)
-        .partial(meta=deduped, references=references)
-        .expand(part=parts)
-    )
-    aggregated = stage_task("aggregate_lines")(meta=deduped, billed=billed, references=references)
-    stage_task("report_month")(meta=stage_task("load_billing")(meta=aggregated))
+    report_month(load_billing(aggregate_lines(deduped, billed, references)))
 
 
 cdr_billing_monthly()

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -45,6 +46,23 @@ RUNNERS = {
     "scheduler": "triggered on a running Airflow (LocalExecutor; mapped tasks side by side)",
 }
 DEFAULT_ROOT = PROJECT_ROOT / ".bench" / "dag"
+
+
+class DagRunFacts(NamedTuple):
+    """What one DAG run did: its facts (run id, state, wall time, memory) and its task
+    instances (task id, state, start, end)."""
+
+    facts: dict
+    task_instances: list[dict]
+
+
+class RunEnd(NamedTuple):
+    """How a watched run ended, and the peak memory of Airflow's processes until then."""
+
+    state: str
+    peak_rss_mib: float
+
+
 SHIPPED_CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
 
 
@@ -115,12 +133,13 @@ def most_at_once(instances: list[dict]) -> int:
 
 
 def _airflow_rss_mib(airflow: RunningAirflow) -> float:
-    """The resident memory of all of Airflow's processes (the components, their workers and tasks)."""
+    """The resident memory of all of Airflow's processes (the components, their workers and
+    tasks)."""
     return sum(process_tree_rss_mib(process.pid) for process in airflow.processes.values())
 
 
-def _run_in_process(month: BenchMonth) -> tuple[dict, list[dict]]:
-    """The DAG run by `dag.test` in this process: (facts, its task instances)."""
+def _run_in_process(month: BenchMonth) -> DagRunFacts:
+    """The DAG run by `dag.test` in this process: its facts and task instances."""
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
@@ -135,12 +154,13 @@ def _run_in_process(month: BenchMonth) -> tuple[dict, list[dict]]:
             {"task_id": ti.task_id, "state": ti.state, "start": ti.start_date, "end": ti.end_date}
             for ti in session.query(TaskInstance).filter(TaskInstance.run_id == dag_run.run_id)
         ]
-    return {
+    facts = {
         "run_id": dag_run.run_id,
         "state": str(dag_run.state),
         "wall_seconds": wall,
         "peak_rss_mib": peak_rss_mib(),
-    }, instances
+    }
+    return DagRunFacts(facts, instances)
 
 
 def _wait_for_dag(airflow: RunningAirflow) -> None:
@@ -159,7 +179,7 @@ def _wait_for_dag(airflow: RunningAirflow) -> None:
     )
 
 
-def _watch_run(airflow: RunningAirflow, run_id: str) -> tuple[str, float]:
+def _watch_run(airflow: RunningAirflow, run_id: str) -> RunEnd:
     """Poll the run until it ends (or a task waits for a retry: failed); its state and the peak
     RSS of Airflow's process tree (scheduler with its LocalExecutor workers and tasks, api-server,
     dag-processor), sampled every 0.2 s."""
@@ -173,12 +193,12 @@ def _watch_run(airflow: RunningAirflow, run_id: str) -> tuple[str, float]:
                 "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?state=up_for_retry"
             )
             if state in ("success", "failed") or retrying["total_entries"]:
-                return ("failed" if retrying["total_entries"] else state), peak
+                return RunEnd("failed" if retrying["total_entries"] else state, peak)
         time.sleep(0.2)
 
 
-def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[dict, list[dict]]:
-    """The DAG triggered on a running Airflow (LocalExecutor): (facts, its task instances)."""
+def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRunFacts:
+    """The DAG triggered on a running Airflow (LocalExecutor): its facts and task instances."""
     migrate(home, env)
     with RunningAirflow(home, env) as airflow:
         _wait_for_dag(airflow)
@@ -189,7 +209,7 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[
         run_id = airflow.api(
             "POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}
         )["dag_run_id"]
-        state, peak = _watch_run(airflow, run_id)
+        end = _watch_run(airflow, run_id)
         wall = time.perf_counter() - started
         answer = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000")
     instances = [
@@ -202,13 +222,14 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> tuple[
         for ti in answer["task_instances"]
         if ti["start_date"] and ti["end_date"]
     ]
-    return {
+    facts = {
         "run_id": run_id,
-        "state": state,
+        "state": end.state,
         "wall_seconds": wall,
-        "peak_rss_mib": peak,
+        "peak_rss_mib": end.peak_rss_mib,
         "idle_rss_mib": idle,
-    }, instances
+    }
+    return DagRunFacts(facts, instances)
 
 
 def run(
@@ -218,15 +239,15 @@ def run(
     scheduler: bool = False,
     files_at_once: int | None = None,
 ) -> dict:
-    """Serve the month, run the DAG once, return what happened (also kept in root/bench_dag.json)."""
+    """Serve the month, run the DAG once, return what happened (also kept in
+    root/bench_dag.json)."""
     for folder in ("work", "archive", "sftp", "mail", "airflow"):
         shutil.rmtree(root / folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     serve_month(month, root / "sftp")
     os.environ["CDR_BILLING_CONFIG"] = str(write_config(root, files_at_once))
-    os.environ["CDR_BILLING_STABLE_SECONDS"] = (
-        "0"  # the served files are complete: no stability wait in the timing
-    )
+    # The served files are complete: no stability wait in the timing.
+    os.environ["CDR_BILLING_STABLE_SECONDS"] = "0"
     os.environ.update(airflow_settings(root / "airflow", log_level="WARNING"))
     with ExitStack() as stack:
         services = stack.enter_context(LocalServices(root / "services"))
@@ -252,23 +273,24 @@ def run(
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url_of(
                     postgres.create_database("airflow_metadata")
                 ),
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # no scheduled run beside the triggered one
+                # no scheduled run beside the triggered one
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             }
-            facts, instances = _run_scheduled(month, root / "airflow", env)
+            dag_run = _run_scheduled(month, root / "airflow", env)
         else:
             migrate(root / "airflow")
-            facts, instances = _run_in_process(month)
+            dag_run = _run_in_process(month)
     facts = {
         "calls": month.rows,
         "files": len(month.cdr_files),
         "billing_db": "sqlite" if sqlite else "postgresql",
         "runner": "scheduler" if scheduler else "dag.test",
-        **facts,
-        "tasks": task_seconds(instances),
+        **dag_run.facts,
+        "tasks": task_seconds(dag_run.task_instances),
     }
     if facts["state"] == "success":
         from cdr_billing.config import load_config
-        from cdr_billing.stages import run_work_dir
+        from cdr_billing.workdir import run_work_dir
 
         work_dir = run_work_dir(load_config(), str(month.month), facts["run_id"])
         facts.update(
@@ -282,15 +304,17 @@ def run(
 def format_report(facts: dict) -> str:
     """The task table and the run's totals."""
     out = [
-        f"The DAG on {facts['calls']:,} CDR rows in {facts['files']} files, billing DB {facts['billing_db']}, "
-        + RUNNERS[facts["runner"]],
-        f"  {'task':<22}{'instances':>10}{'at once':>8}{'seconds':>10}{'slowest':>10}{'from':>8}{'to':>8}  state",
+        f"The DAG on {facts['calls']:,} CDR rows in {facts['files']} files, "
+        f"billing DB {facts['billing_db']}, " + RUNNERS[facts["runner"]],
+        f"  {'task':<22}{'instances':>10}{'at once':>8}{'seconds':>10}"
+        f"{'slowest':>10}{'from':>8}{'to':>8}  state",
     ]
     for task in facts["tasks"]:
         states = ",".join(task["states"])
         out.append(
-            f"  {task['task']:<22}{task['instances']:>10}{task['most_at_once']:>8}{task['seconds']:>10.1f}"
-            f"{task['slowest']:>10.1f}{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
+            f"  {task['task']:<22}{task['instances']:>10}{task['most_at_once']:>8}"
+            f"{task['seconds']:>10.1f}{task['slowest']:>10.1f}"
+            f"{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
         )
     idle = (
         f" (Airflow idle before the run: {facts['idle_rss_mib']:,.0f} MiB)"
@@ -298,7 +322,8 @@ def format_report(facts: dict) -> str:
         else ""
     )
     out.append(
-        f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, peak RSS {facts['peak_rss_mib']:,.0f} MiB{idle}"
+        f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, "
+        f"peak RSS {facts['peak_rss_mib']:,.0f} MiB{idle}"
     )
     if "counts" in facts:
         out.append(

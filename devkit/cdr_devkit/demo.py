@@ -50,7 +50,8 @@ def main() -> int:
     stop_on_sigterm()
     os.environ.update(airflow_settings(AIRFLOW_HOME, log_level="WARNING"))
     print(
-        f"Billing sample month {args.month}: migrating {AIRFLOW_HOME}, starting SFTP and SMTP servers, running the DAG"
+        f"Billing sample month {args.month}: migrating {AIRFLOW_HOME}, "
+        "starting SFTP and SMTP servers, running the DAG"
     )
     migrate(AIRFLOW_HOME)
     with LocalServices(DEMO_DIR / "services") as services:
@@ -63,16 +64,15 @@ def main() -> int:
         print(f"the run did not succeed; task logs are under {AIRFLOW_HOME / 'logs'}")
         return 1
     from cdr_billing.config import load_config
-    from cdr_billing.stages import run_work_dir
+    from cdr_billing.workdir import run_work_dir
 
     work_dir = run_work_dir(load_config(), args.month, dag_run.run_id)
     print((work_dir / "report.txt").read_text())
     counts = json.loads((work_dir / "report.json").read_text())["counts"]
     print(
-        "Summary: read {read}, billed {billed}, rejected {quarantined}, unbillable {unbillable}, suspense {suspense}, "
-        "failed calls {not_billable}, duplicates {duplicates}, partial parts combined {combined}".format(
-            **counts
-        )
+        "Summary: read {read}, billed {billed}, rejected {quarantined}, "
+        "unbillable {unbillable}, suspense {suspense}, failed calls {not_billable}, "
+        "duplicates {duplicates}, partial parts combined {combined}".format(**counts)
     )
     print(f"Billing database: {DEMO_DIR / 'billing.sqlite'}; mails: {DEMO_DIR / 'mail'}")
     print(f"Run files, Great Expectations Data Docs and the report: {work_dir}")

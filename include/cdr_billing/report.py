@@ -42,7 +42,8 @@ def reconcile_file(stats: dict[str, int | str]) -> None:
     accounted = stats["billable"] + stats["quarantined"] + stats["duplicate"]
     if accounted != stats["read"]:
         raise ReconciliationError(
-            f"{stats['name']}: rows read {stats['read']} != billable + quarantined + duplicate {accounted}"
+            f"{stats['name']}: rows read {stats['read']} "
+            f"!= billable + quarantined + duplicate {accounted}"
         )
 
 
@@ -216,7 +217,8 @@ def render_text(report: dict[str, Any]) -> str:
     if report.get("changes") is not None:
         out += [
             "",
-            f"Changes from the superseded batch {report['batch']['superseded_batch_id']}: {len(report['changes'])} lines",
+            f"Changes from the superseded batch {report['batch']['superseded_batch_id']}: "
+            f"{len(report['changes'])} lines",
         ]
         for item in report["changes"]:
             before_after = f"{item['before']:>12} -> {item['after']:>12} ({item['change']})"
@@ -225,13 +227,15 @@ def render_text(report: dict[str, Any]) -> str:
         out += ["", "Revenue share per service provider:"]
         for item in report["revenue_share"]:
             out.append(
-                f"  {item['service_provider']:<16}{item['currency']:<5}{item['share_percent']:>6}% of {item['billed']:>12}"
+                f"  {item['service_provider']:<16}{item['currency']:<5}"
+                f"{item['share_percent']:>6}% of {item['billed']:>12}"
                 f" = {item['share']:>10} ({item['calls']} calls)"
             )
     if report.get("held_files"):
         out += [
             "",
-            "Held files (changed content, not billed; release: python -m cdr_billing.ledger release NAME):",
+            "Held files (changed content, not billed; "
+            "release: python -m cdr_billing.ledger release NAME):",
         ]
         out += [
             f"  {f['source']:<14} {f['name']:<40} sha256 {f['sha256'][:12]}"
@@ -240,7 +244,8 @@ def render_text(report: dict[str, Any]) -> str:
     if report.get("changed_files"):
         out += ["", "Files whose released content replaced what was billed before:"]
         out += [
-            f"  {f['source']:<14} {f['name']:<40} {f['billed_sha256'][:12]} -> {f['released_sha256'][:12]}"
+            f"  {f['source']:<14} {f['name']:<40} "
+            f"{f['billed_sha256'][:12]} -> {f['released_sha256'][:12]}"
             for f in report["changed_files"]
         ]
     if report.get("credits"):
@@ -260,13 +265,15 @@ def render_text(report: dict[str, Any]) -> str:
             )
     if report.get("stale_entitlements"):
         out.append(
-            f"\nStale entitlements (no login for a long time, cost center may be outdated): {len(report['stale_entitlements'])}"
+            "\nStale entitlements (no login for a long time, cost center may be outdated): "
+            f"{len(report['stale_entitlements'])}"
         )
     if report.get("unbillable_ranges"):
         out += ["", "Unbillable number ranges (add them to the tariff, then re-run the month):"]
         for item in report["unbillable_ranges"]:
             out.append(
-                f"  {item['number_range']:<12} {item['reason_code']:<24} {item['calls']:>6} calls {item['minutes']:>9} min"
+                f"  {item['number_range']:<12} {item['reason_code']:<24} "
+                f"{item['calls']:>6} calls {item['minutes']:>9} min"
             )
     return "\n".join(out)
 
@@ -274,16 +281,17 @@ def render_text(report: dict[str, Any]) -> str:
 def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
     """An HTML table; every cell escaped, numbers right-aligned."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td{' align=right' if isinstance(c, int | float) or _is_amount(c) else ''}>{escape(str(c))}</td>"
-            for c in row
-        )
-        + "</tr>"
-        for row in rows
+    body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in rows)
+    return (
+        "<table border=1 cellpadding=4 style='border-collapse:collapse'>"
+        f"<tr>{head}</tr>{body}</table>"
     )
-    return f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
+
+
+def _html_cell(cell: Any) -> str:
+    """One escaped cell, right-aligned when it holds a number or an amount."""
+    align = " align=right" if isinstance(cell, int | float) or _is_amount(cell) else ""
+    return f"<td{align}>{escape(str(cell))}</td>"
 
 
 def _is_amount(cell: Any) -> bool:
@@ -299,7 +307,8 @@ def _section(title: str, intro: str, headers: list[str], rows: list[list[Any]]) 
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """The month report as an HTML mail for finance: totals, reconciliation, changes and what needs attention."""
+    """The month report as an HTML mail for finance: totals, reconciliation, changes and what
+    needs attention."""
     lines = [
         [x["customer_id"], x["sequence_number"], x["currency"], x["total"], x["call_count"]]
         for x in report["lines"]
@@ -313,7 +322,8 @@ def render_html(report: dict[str, Any]) -> str:
     shares = report.get("revenue_share", [])
     return "".join(
         [
-            f"<h2>Billing month {escape(report['billing_month'])} (batch {report['batch']['batch_id']})</h2>",
+            f"<h2>Billing month {escape(report['billing_month'])} "
+            f"(batch {report['batch']['batch_id']})</h2>",
             _section(
                 "Totals per customer",
                 "All sequence numbers together.",
@@ -421,3 +431,32 @@ def render_html(report: dict[str, Any]) -> str:
             ),
         ]
     )
+
+
+def month_report(
+    billing_month: str,
+    batch: dict[str, Any],
+    counts: dict[str, int],
+    loaded: pd.DataFrame,
+    run_facts: dict[str, Any],
+    frames: dict[str, pd.DataFrame],
+    previous_lines: pd.DataFrame | None,
+) -> dict[str, Any]:
+    """The month report as plain data, in the order it reads: the batch's lines and totals,
+    the run's files and facts (`run_facts`: files, data_docs, delivery_failed_billed, credits,
+    held_files, changed_files, price_differences, stale_entitlements, entitlement_snapshot) and
+    its rows (`frames`: exceptions, revenue_share, unbillable, suspense)."""
+    month = build_report(billing_month, batch, counts, loaded, frames["exceptions"])
+    month["customer_totals"] = customer_totals(loaded)
+    month["revenue_share"] = revenue_share_report(frames["revenue_share"])
+    month["files"] = run_facts["files"]
+    month["data_docs"] = run_facts["data_docs"]
+    month["unbillable_ranges"] = unbillable_ranges(frames["unbillable"])
+    for fact in ("delivery_failed_billed", "credits", "held_files", "changed_files"):
+        month[fact] = run_facts[fact]
+    month["price_differences"] = run_facts["price_differences"]
+    month["suspense_accounts"] = suspense_accounts(frames["suspense"])
+    month["stale_entitlements"] = run_facts["stale_entitlements"]
+    month["entitlement_snapshot"] = run_facts["entitlement_snapshot"]
+    month["changes"] = None if previous_lines is None else diff_lines(previous_lines, loaded)
+    return month

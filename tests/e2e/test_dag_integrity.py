@@ -40,6 +40,7 @@ def test_tasks_run_in_billing_order(dag_bag):
     dag = dag_bag.dags["cdr_billing_monthly"]
     order = [t.task_id for t in dag.topological_sort()]
     assert order == [
+        "upgrade_billing_db",
         "wait_for_cdr_files",
         "fetch_cdr_files",
         "load_references",
@@ -52,6 +53,42 @@ def test_tasks_run_in_billing_order(dag_bag):
         "load_billing",
         "report_month",
     ]
+
+
+def test_the_schema_is_upgraded_once_per_run_before_anything_else(dag_bag):
+    tasks = dag_bag.dags["cdr_billing_monthly"].task_dict
+    assert tasks["upgrade_billing_db"].upstream_task_ids == set()
+    assert tasks["wait_for_cdr_files"].upstream_task_ids == {"upgrade_billing_db"}
+
+
+def test_each_task_is_a_named_function_with_typed_records_in_and_out(dag_bag):
+    """The DAG file is the pipeline diagram: a task runs the function it is named after, whose
+    arguments and result are contract records (or lists of them), never a bare dict."""
+    import typing
+
+    from cdr_billing import contracts
+
+    records = {
+        value
+        for value in vars(contracts).values()
+        if isinstance(value, type)
+        and value.__module__ in ("cdr_billing.contracts", "cdr_billing.acquire")
+    }
+    for task in dag_bag.dags["cdr_billing_monthly"].tasks:
+        function = task.python_callable.__wrapped__
+        assert function.__name__ == task.task_id
+        hints = typing.get_type_hints(function)
+        for name, hint in hints.items():
+            kinds = typing.get_args(hint) or (hint,)
+            assert dict not in kinds, (task.task_id, name)
+            if name != "return":
+                assert set(kinds) <= records, (task.task_id, name, hint)
+
+
+def test_mapped_tasks_are_named_by_their_cdr_file(dag_bag):
+    tasks = dag_bag.dags["cdr_billing_monthly"].task_dict
+    for task_id in ("validate_cdr_file", "bill_cdr_file"):
+        assert tasks[task_id].map_index_template == "{{ mapped_name }}", task_id
 
 
 def test_tariff_and_snapshot_load_beside_the_files_validation(dag_bag):

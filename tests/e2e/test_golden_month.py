@@ -206,7 +206,7 @@ def first_seen(engine: Engine) -> dict[tuple[str, str], object]:
 
 def month_report(golden: Golden, run_id: str) -> dict:
     from cdr_billing.config import load_config
-    from cdr_billing.stages import run_work_dir
+    from cdr_billing.workdir import run_work_dir
 
     return json.loads(
         (run_work_dir(load_config(golden.config), MONTH, run_id) / "report.json").read_text()

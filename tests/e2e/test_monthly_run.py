@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from cdr_billing.config import load_config
 from cdr_billing.lineage import line_calls
-from cdr_billing.stages import run_work_dir
+from cdr_billing.workdir import run_work_dir
 from cdr_devkit.airflow_env import load_dag, run_dag
 from oracle import expected_lines, expected_revenue_share, first_day_after
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cdr_billing.config import load_config
-from cdr_billing.stages import run_work_dir
+from cdr_billing.workdir import run_work_dir
 from cdr_devkit.airflow_env import PROJECT_ROOT, load_dag, run_dag
 from oracle import expected_lines
 

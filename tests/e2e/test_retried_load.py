@@ -35,7 +35,7 @@ from cdr_billing import migrations
 from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.database import lock_key
 from cdr_billing.load import Batch, load_month, month_lock
-from cdr_billing.stages import run_work_dir
+from cdr_billing.workdir import run_work_dir
 from cdr_devkit.airflow_env import DAG_ID
 from oracle import expected_lines
 

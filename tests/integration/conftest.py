@@ -11,6 +11,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from cdr_billing.config import PipelineConfig, load_config
+from cdr_billing.migrations import upgrade
 from cdr_devkit.services import connection_env, smtp_connection
 
 DATABASES = itertools.count()
@@ -37,4 +38,6 @@ def fetch_environment(tmp_path, postgres, services, monkeypatch) -> FetchEnviron
     config = replace(
         load_config(), work_root=str(tmp_path / "work"), archive_root=tmp_path / "archive"
     )
-    return FetchEnvironment(config, create_engine(postgres.url_of(database)))
+    engine = create_engine(postgres.url_of(database))
+    upgrade(engine)  # as the DAG's first task does, once per run
+    return FetchEnvironment(config, engine)

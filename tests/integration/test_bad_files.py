@@ -13,7 +13,9 @@ import pytest
 from openpyxl import Workbook
 
 from cdr_billing import hashing
+from cdr_billing.acquire import FetchedFile
 from cdr_billing.config import load_config
+from cdr_billing.contracts import Run
 from cdr_billing.months import BillingMonth
 from cdr_billing.read import FileReadError, read_cdr_file
 from cdr_billing.validate import FileValidationError, check_rows, enforce_rejection_threshold
@@ -268,6 +270,12 @@ def test_row_numbers_stay_true_when_the_sheet_starts_below_and_right_of_a1(tmp_p
     assert len(checked.accepted) == 2
 
 
+def _run_and_file(run_id: str, work_dir: Path, path: Path) -> tuple[Run, FetchedFile]:
+    """A run of October and one fetched carrier file, as validate_cdr_file receives them."""
+    fetched = FetchedFile("cdr", "carrier", path.name, str(path), 0, 0, "0" * 64, "test")
+    return Run("2026-10", run_id, str(work_dir)), fetched
+
+
 def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(
     tmp_path, postgres, monkeypatch
 ):
@@ -275,11 +283,13 @@ def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(
 
     from sqlalchemy import create_engine, select
 
-    from cdr_billing import stages
+    from cdr_billing.migrations import upgrade
     from cdr_billing.schema import quarantined_row
+    from cdr_billing.tasks.validate import validate_cdr_file
 
     database = postgres.create_database("quarantine_limit")
     monkeypatch.setenv("AIRFLOW_CONN_BILLING_DB", json.dumps(postgres.connection(database)))
+    upgrade(create_engine(postgres.url_of(database)))
     rows = [
         {"transaction_id": "T1"},
         {"transaction_id": "T2", "duration_of_usage": "-1"},
@@ -287,25 +297,12 @@ def test_a_file_over_the_rejection_limit_fails_and_its_rows_stay_in_quarantine(
         {"transaction_id": "T4", "completion_status": "7"},
     ]
     path = carrier_csv(tmp_path / "carrier_cdr_202610.csv", rows)
-    meta = {
-        "billing_month": "2026-10",
-        "run_id": "run-q",
-        "work_dir": str(tmp_path),
-        "files": [
-            {
-                "role": "cdr",
-                "source": "carrier",
-                "name": path.name,
-                "local_path": str(path),
-                "sha256": "0" * 64,
-            }
-        ],
-    }
+    run, cdr_file = _run_and_file("run-q", tmp_path, path)
     with pytest.raises(
         FileValidationError,
         match=r"carrier_cdr_202610.csv: 3 of 4 rows \(75.0%\) failed validation",
     ) as failure:
-        stages.validate_file(meta, meta["files"][0], CONFIG)
+        validate_cdr_file(run, cdr_file, CONFIG)
     assert "line 3 DURATION_OUT_OF_RANGE (+4670*****67)" in str(
         failure.value
     )  # numbers masked for the alert
@@ -341,33 +338,20 @@ def test_short_and_long_rows_are_quarantined_by_line_and_never_padded(tmp_path):
 
 
 def test_a_cut_off_file_fails_its_task_with_a_mail_naming_the_file(tmp_path, monkeypatch):
-    from cdr_billing import stages
+    from cdr_billing.tasks import validate
 
     path = carrier_csv(
         tmp_path / "carrier_cdr_202610.csv", [{"transaction_id": "T1"}, {"transaction_id": "T2"}]
     )
     path.write_bytes(path.read_bytes()[:-25])
     mailed = []
-    monkeypatch.setattr(stages, "_send", lambda config, alert: mailed.append(alert))
-    meta = {
-        "billing_month": "2026-10",
-        "run_id": "run-cut",
-        "work_dir": str(tmp_path),
-        "files": [
-            {
-                "role": "cdr",
-                "source": "carrier",
-                "name": path.name,
-                "local_path": str(path),
-                "sha256": "0" * 64,
-            }
-        ],
-    }
+    monkeypatch.setattr(validate, "send", lambda config, alert: mailed.append(alert))
+    run, cdr_file = _run_and_file("run-cut", tmp_path, path)
     with pytest.raises(
         FileValidationError,
         match="carrier_cdr_202610.csv: the last line has no line break: the file looks",
     ):
-        stages.validate_file(meta, meta["files"][0], CONFIG)
+        validate.validate_cdr_file(run, cdr_file, CONFIG)
     assert len(mailed) == 1 and "carrier_cdr_202610.csv" in str(vars(mailed[0]))
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from cdr_billing import stages
 from cdr_billing.acquire import AllServersFailedError, UnsafeRemoteNameError
 from cdr_billing.config import PipelineConfig
+from cdr_billing.contracts import to_xcom
 from cdr_billing.schema import cdr_file
+from cdr_billing.tasks.fetch import fetch_cdr_files, files_arrived
+from cdr_billing.tasks.run import start_run
 from cdr_devkit.services import LocalServices, SftpServer, connection_env, free_port
 
 CARRIER = "cdr/carrier/carrier_cdr_202610.csv"
@@ -61,7 +63,9 @@ class Site:
         return primary, secondary
 
     def fetch(self, run_id: str = "run-1") -> dict:
-        return stages.fetch(stages.start_run("2026-10", None, run_id, self.config), self.config)
+        return to_xcom(
+            fetch_cdr_files(start_run("2026-10", None, run_id, self.config), self.config)
+        )
 
     def ledger(self) -> list:
         with self.engine.connect() as conn:
@@ -306,17 +310,15 @@ def test_checksum_mismatch_fails_over_to_a_good_copy(site, algorithm):
 def test_waiting_for_files_until_the_deadline(site):
     from datetime import datetime
 
-    from cdr_billing.stages import FilesNotArrivedError
+    from cdr_billing.tasks.fetch import FilesNotArrivedError
 
     site.serve_both()
-    november = stages.start_run("2026-11", None, "wait-1", site.config)
-    assert (
-        stages.files_arrived(november, site.config, now=datetime(2026, 12, 5, tzinfo=UTC)) is False
-    )
+    november = start_run("2026-11", None, "wait-1", site.config)
+    assert files_arrived(november, site.config, now=datetime(2026, 12, 5, tzinfo=UTC)) is False
     with pytest.raises(FilesNotArrivedError, match="files for month 2026-11 have not arrived"):
-        stages.files_arrived(november, site.config, now=datetime(2026, 12, 12, tzinfo=UTC))
-    october = stages.start_run("2026-10", None, "wait-2", site.config)
-    assert stages.files_arrived(october, site.config, now=datetime(2027, 6, 1, tzinfo=UTC)) is True
+        files_arrived(november, site.config, now=datetime(2026, 12, 12, tzinfo=UTC))
+    october = start_run("2026-10", None, "wait-2", site.config)
+    assert files_arrived(october, site.config, now=datetime(2027, 6, 1, tzinfo=UTC)) is True
 
 
 def test_processed_files_move_on_the_server_and_reruns_use_the_archive(site):
@@ -337,7 +339,7 @@ def test_processed_files_move_on_the_server_and_reruns_use_the_archive(site):
         reused["local_path"]
         == next(f for f in first["files"] if f["name"] == "carrier_cdr_202610.csv")["local_path"]
     )
-    assert stages.files_arrived(stages.start_run("2026-10", None, "wait", site.config), site.config)
+    assert files_arrived(start_run("2026-10", None, "wait", site.config), site.config)
 
 
 def test_a_server_that_never_answers_times_out_and_fails_over(site):

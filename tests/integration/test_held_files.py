@@ -10,7 +10,10 @@ import sys
 from integration import test_fetch_stage
 from integration.test_fetch_stage import CARRIER, sha256_of
 
-from cdr_billing import ledger, stages
+from cdr_billing import ledger
+from cdr_billing.contracts import to_xcom
+from cdr_billing.tasks.fetch import fetch_cdr_files
+from cdr_billing.tasks.run import start_run
 from cdr_devkit.airflow_env import PROJECT_ROOT
 
 site = (
@@ -44,10 +47,10 @@ def test_a_released_file_is_billed_from_the_next_run_and_named_as_changed(site):
     }
     assert [f["sha256"] for f in ledger.held_files(site.engine, "2026-10")] == [new_sha]
 
-    meta = stages.start_run(
+    meta = start_run(
         "2026-10", None, "run-3", site.config, release_held_files=["carrier_cdr_202610.csv"]
     )
-    released = stages.fetch(meta, site.config)
+    released = to_xcom(fetch_cdr_files(meta, site.config))
     assert _carrier_file(released)["sha256"] == new_sha and released["file_counts"]["held"] == 0
     assert ledger.held_files(site.engine, "2026-10") == []
     assert ledger.changed_files(site.engine, "2026-10") == [
@@ -59,7 +62,7 @@ def test_a_released_file_is_billed_from_the_next_run_and_named_as_changed(site):
         }
     ]
     assert (
-        _carrier_file(stages.fetch(meta, site.config))["sha256"] == new_sha
+        _carrier_file(to_xcom(fetch_cdr_files(meta, site.config)))["sha256"] == new_sha
     )  # a retried fetch: the same
     assert (
         _carrier_file(site.fetch("run-4"))["sha256"] == new_sha

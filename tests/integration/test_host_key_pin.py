@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from cdr_billing import stages
+from cdr_billing.contracts import to_xcom
 from cdr_billing.schema import cdr_file
+from cdr_billing.tasks.fetch import fetch_cdr_files
+from cdr_billing.tasks.run import start_run
 from cdr_devkit.services import LocalServices, SftpServer, connection_env
 
 
@@ -50,7 +52,7 @@ def run(fetch_environment, services, monkeypatch):
             {"cdr_sftp_primary": primary, "cdr_sftp_secondary": secondary}
         ).items():
             monkeypatch.setenv(key, value)
-        meta = stages.fetch(stages.start_run("2026-10", None, "pin-1", config), config)
+        meta = to_xcom(fetch_cdr_files(start_run("2026-10", None, "pin-1", config), config))
         with fetch_environment.engine.connect() as conn:
             rows = conn.execute(select(cdr_file)).all()
         mails = [

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from cdr_billing import stages
 from cdr_billing.config import PipelineConfig, RemoteFiles
+from cdr_billing.contracts import to_xcom
 from cdr_billing.schema import cdr_file
+from cdr_billing.tasks.fetch import fetch_cdr_files
+from cdr_billing.tasks.run import start_run
 from cdr_devkit.openssh_server import login_name
 from cdr_devkit.services import LocalServices, SftpServer, connection_env
 
@@ -64,7 +66,9 @@ class Site:
         return {**server.connection(self.local.client_key), **overrides}
 
     def fetch(self) -> dict:
-        return stages.fetch(stages.start_run("2026-10", None, "run-1", self.config), self.config)
+        return to_xcom(
+            fetch_cdr_files(start_run("2026-10", None, "run-1", self.config), self.config)
+        )
 
     def ledger(self) -> list:
         with self.engine.connect() as conn:

@@ -1,5 +1,5 @@
 """A partial call whose parts arrive in two files of the month is still one call: the task
-stages run file by file, but combine partial parts month-wide."""
+tasks run file by file, but combine partial parts month-wide."""
 
 import json
 from decimal import Decimal
@@ -42,4 +42,4 @@ def test_a_session_split_across_two_files_is_billed_as_one_call(tmp_path, postgr
         for r in lines_of(month).itertuples()
     }
     assert got == expected_lines(root, 2026, 10)
-    assert month["counts"]["combined"] == 20  # SP0000's second part, in the other file, merged too
+    assert month.counts.combined == 20  # SP0000's second part, in the other file, merged too

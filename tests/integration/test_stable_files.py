@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cdr_billing import stages
 from cdr_billing.acquire import FetchResult, FileRequest, fetch_with_failover
 from cdr_billing.config import PipelineConfig
+from cdr_billing.contracts import Run, to_xcom
+from cdr_billing.tasks.fetch import fetch_cdr_files, files_arrived
+from cdr_billing.tasks.run import start_run
 from cdr_devkit.services import LocalServices, connection_env
 
 CARRIER = "cdr/carrier/carrier_cdr_202610.csv"
@@ -163,8 +165,8 @@ def config(fetch_environment) -> PipelineConfig:
     return replace(shipped, sources=sources)
 
 
-def october(config: PipelineConfig, run_id: str) -> dict:
-    return stages.start_run("2026-10", None, run_id, config)
+def october(config: PipelineConfig, run_id: str) -> Run:
+    return start_run("2026-10", None, run_id, config)
 
 
 BEFORE_THE_DEADLINE = datetime(2026, 11, 5, tzinfo=UTC)
@@ -172,9 +174,9 @@ BEFORE_THE_DEADLINE = datetime(2026, 11, 5, tzinfo=UTC)
 
 def test_the_sensor_waits_while_a_sources_only_file_is_unmarked(root, serve, config):
     serve(root)
-    assert stages.files_arrived(october(config, "wait-1"), config, now=BEFORE_THE_DEADLINE) is False
+    assert files_arrived(october(config, "wait-1"), config, now=BEFORE_THE_DEADLINE) is False
     Path(f"{root / CARRIER}.done").write_text("")
-    assert stages.files_arrived(october(config, "wait-2"), config, now=BEFORE_THE_DEADLINE) is True
+    assert files_arrived(october(config, "wait-2"), config, now=BEFORE_THE_DEADLINE) is True
 
 
 def test_the_sensor_waits_while_a_sources_only_file_grows(root, serve, config):
@@ -188,18 +190,15 @@ def test_the_sensor_waits_while_a_sources_only_file_grows(root, serve, config):
     )
     serve(root)
     with growing(root / CARRIER):
-        assert (
-            stages.files_arrived(october(config, "wait-1"), config, now=BEFORE_THE_DEADLINE)
-            is False
-        )
-    assert stages.files_arrived(october(config, "wait-2"), config, now=BEFORE_THE_DEADLINE) is True
+        assert files_arrived(october(config, "wait-1"), config, now=BEFORE_THE_DEADLINE) is False
+    assert files_arrived(october(config, "wait-2"), config, now=BEFORE_THE_DEADLINE) is True
 
 
 def test_the_fetch_counts_a_file_not_yet_stable_and_bills_the_marked_ones(root, serve, config):
     (root / "cdr/carrier" / LATE).write_bytes(ROW)
     Path(f"{root / CARRIER}.done").write_text("")
     serve(root)
-    meta = stages.fetch(october(config, "run-1"), config)
+    meta = to_xcom(fetch_cdr_files(october(config, "run-1"), config))
     assert meta["file_counts"]["not_yet_stable"] == 1
     assert LATE not in {f["name"] for f in meta["files"]} and "carrier_cdr_202610.csv" in {
         f["name"] for f in meta["files"]

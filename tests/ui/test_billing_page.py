@@ -28,7 +28,7 @@ from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.load import Batch, current_lines, load_month
 from cdr_billing.migrations import upgrade
 from cdr_billing.money import from_minor_units
-from cdr_billing.stages import run_work_dir
+from cdr_billing.workdir import run_work_dir
 from cdr_devkit.airflow_env import PROJECT_ROOT
 
 PHONE = "+46701234567"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -24,9 +25,8 @@ from cdr_billing.report import OUTCOMES, ReconciliationError, reconcile
 from cdr_billing.schema import CURRENT, billing_batch, billing_exception, billing_line
 from cdr_billing.validate import DATA_DOCS_INDEX
 
-DATA_DOCS_FOLDER = Path(
-    DATA_DOCS_INDEX
-).parent.name  # the folder of each file's Great Expectations site
+# The folder of each file's Great Expectations site.
+DATA_DOCS_FOLDER = Path(DATA_DOCS_INDEX).parent.name
 # The field of a non-billed row's detail that the page groups it by.
 NOT_BILLED_KEYS = {"unbillable": "number_range", "suspense": "user_id"}
 
@@ -113,9 +113,8 @@ class MonthDetail:
     unbillable: list[NotBilled]
     suspense: list[NotBilled]
     files: MonthFiles
-    held_files: list[
-        dict[str, str]
-    ]  # delivered again with other content, not billed until released
+    # delivered again with other content, not billed until released
+    held_files: list[dict[str, str]]
 
 
 def _batches(engine: Engine, *conditions) -> list[Batch]:
@@ -134,8 +133,15 @@ def _batches(engine: Engine, *conditions) -> list[Batch]:
         ]
 
 
-def _current_line_totals(engine: Engine) -> dict[int, dict[str, tuple[int, int]]]:
-    """Per current batch and currency: (lines, total in minor units)."""
+class LineTotal(NamedTuple):
+    """A current batch's billing lines in one currency: how many, and their total."""
+
+    lines: int
+    total_minor: int
+
+
+def _current_line_totals(engine: Engine) -> dict[int, dict[str, LineTotal]]:
+    """Per current batch and currency: the number of lines and their total in minor units."""
     query = (
         select(
             billing_line.c.batch_id,
@@ -147,10 +153,10 @@ def _current_line_totals(engine: Engine) -> dict[int, dict[str, tuple[int, int]]
         .where(billing_batch.c.status == CURRENT)
         .group_by(billing_line.c.batch_id, billing_line.c.currency)
     )
-    totals: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
+    totals: dict[int, dict[str, LineTotal]] = defaultdict(dict)
     with engine.connect() as conn:
         for batch_id, currency, lines, total_minor in conn.execute(query):
-            totals[batch_id][currency] = (int(lines), int(total_minor))
+            totals[batch_id][currency] = LineTotal(int(lines), int(total_minor))
     return totals
 
 
@@ -175,10 +181,10 @@ def month_summaries(engine: Engine) -> list[MonthSummary]:
                 newest=batches[0],
                 current=current,
                 batch_count=len(batches),
-                line_count=sum(lines for lines, _ in totals.values()),
+                line_count=sum(total.lines for total in totals.values()),
                 totals={
-                    currency: from_minor_units(total, currency)
-                    for currency, (_, total) in sorted(totals.items())
+                    currency: from_minor_units(total.total_minor, currency)
+                    for currency, total in sorted(totals.items())
                 },
             )
         )
@@ -215,7 +221,8 @@ def customer_totals(engine: Engine, batch_id: int) -> list[CustomerTotal]:
 
 
 def not_billed(engine: Engine, batch_id: int) -> dict[str, list[NotBilled]]:
-    """The batch's unbillable calls per number range and its suspense calls per account, most calls first."""
+    """The batch's unbillable calls per number range and its suspense calls per account, most
+    calls first."""
     query = select(
         billing_exception.c.kind, billing_exception.c.reason_code, billing_exception.c.detail
     ).where(billing_exception.c.batch_id == batch_id, billing_exception.c.kind.in_(NOT_BILLED_KEYS))
@@ -234,7 +241,8 @@ def not_billed(engine: Engine, batch_id: int) -> dict[str, list[NotBilled]]:
 
 
 def inside(root: Path, path: str | Path | None) -> Path | None:
-    """The file at path, resolved, if it exists and lies under root (symbolic links followed); else None."""
+    """The file at path, resolved, if it exists and lies under root (symbolic links followed);
+    else None."""
     if not path:
         return None
     resolved = Path(path).resolve()
@@ -242,13 +250,14 @@ def inside(root: Path, path: str | Path | None) -> Path | None:
 
 
 def local_work_root(config: PipelineConfig) -> Path | None:
-    """The work root when it is a local folder; None for object storage (its files are not served)."""
+    """The work root when it is a local folder; None for object storage (its files are not
+    served)."""
     return None if "://" in config.work_root else Path(config.work_root)
 
 
 def _report(config: PipelineConfig, root: Path, batch: Batch) -> dict:
     """The month report the batch's run wrote, or {} when there is none."""
-    from cdr_billing.stages import run_work_dir
+    from cdr_billing.workdir import run_work_dir
 
     path = inside(root, run_work_dir(config, batch.billing_month, batch.run_id) / "report.json")
     if path is None:

@@ -1,0 +1,119 @@
+"""bill_cdr_file: one file's calls priced, attributed and summed per user (mapped, one task per
+file)."""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from cdr_billing import (
+    aggregate,
+    attribute,
+    database,
+    dedupe,
+    entitlements,
+    rate,
+    storage,
+    tariff,
+    workdir,
+)
+from cdr_billing.canonical import COMPLETION_DELIVERY_FAILED
+from cdr_billing.config import PipelineConfig, load_config
+from cdr_billing.contracts import BilledFile, ReconciledFile, References, Run
+from cdr_billing.months import BillingMonth
+
+log = logging.getLogger(__name__)
+
+STALE_ACCOUNT_COLUMNS = ["account_id", "customer_id", "last_login", "calls"]
+
+
+def bill_cdr_file(
+    run: Run, file: ReconciledFile, references: References, config: PipelineConfig | None = None
+) -> BilledFile:
+    """Bill one file's calls: price them, attribute them to the entitlement snapshot valid at
+    each call (suspense set aside) and sum them per user."""
+    config = config or load_config()
+    engine = database.billing_engine(config.billing.connection)
+    priced, counts = _rate_file(run, file, engine, config)
+    snapshot_id = references.entitlement_snapshot
+    attributed, suspense, user_codes = attribute.attribute_calls(
+        priced, entitlements.history(engine, snapshot_id), snapshot_id
+    )
+    del priced  # with the rows _rate_file dropped: the file's peak memory is one copy of its calls
+    for name, frame in (
+        ("attributed", attributed),
+        ("suspense", suspense),
+        ("user_lines", aggregate.aggregate_users(attributed, user_codes)),
+        ("revenue_share_sums", aggregate.revenue_share_sums(attributed)),
+        ("call_totals", aggregate.call_totals(attributed)),
+        ("stale_accounts", _stale_accounts(run, attributed, config)),
+    ):
+        workdir.write_part(run, file.dir, name, frame)
+    log.info(
+        "%s: snapshot %d: attributed %d calls, %d in suspense",
+        file.name,
+        snapshot_id,
+        len(attributed),
+        len(suspense),
+    )
+    return BilledFile(
+        sha256=file.sha256,
+        delivery_failed_billed=int(
+            (attributed["completion_status"] == COMPLETION_DELIVERY_FAILED).sum()
+        ),
+        billed=len(attributed),
+        suspense=len(suspense),
+        **counts._asdict(),
+    )
+
+
+class RatedCounts(NamedTuple):
+    price_differences: int
+    unbillable: int
+    not_billable: int
+
+
+class RatedFile(NamedTuple):
+    priced: pd.DataFrame
+    counts: RatedCounts
+
+
+def _rate_file(run: Run, file: ReconciledFile, engine: Engine, config: PipelineConfig) -> RatedFile:
+    """Price one file's calls (provider's cost or the tariff's longest prefix); write its
+    unbillable calls, price differences and duplicates (in the file, then of earlier files)."""
+    calls = dedupe.file_calls(
+        storage.read_table(workdir.part_file(run, file.dir, "accepted")),
+        storage.read_table(workdir.part_file(run, file.dir, "session_calls")),
+        workdir.read_part(run, file.dir, "set_aside"),
+    )
+    in_file = workdir.read_part(run, file.dir, "duplicates_in_file")
+    duplicates = pd.concat([in_file, calls.duplicates], ignore_index=True)
+    workdir.write_part(run, file.dir, "duplicates", duplicates)
+    rates = tariff.all_rates(engine)
+    priced, unbillable, failed = rate.rate_calls(
+        calls.rows, rates, config.billing, config.markups(), calls.is_call
+    )
+    del calls
+    price_differences = rate.compare_with_tariff(priced, rates, config.billing)
+    workdir.write_part(run, file.dir, "unbillable", unbillable)
+    workdir.write_part(run, file.dir, "price_differences", price_differences)
+    log.info(
+        "%s: priced %d calls, %d unbillable, %d failed (not billable)",
+        file.name,
+        len(priced),
+        len(unbillable),
+        len(failed),
+    )
+    return RatedFile(priced, RatedCounts(len(price_differences), len(unbillable), len(failed)))
+
+
+def _stale_accounts(run: Run, attributed: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
+    """The file's billed accounts whose last login is older than the month's end less the
+    entitlement source's stale_after_days."""
+    month_end = BillingMonth.parse(run.billing_month).bounds(config.billing.timezone)[1]
+    stale_after = pd.Timedelta(days=config.entitlement_source.stale_after_days)
+    stale = attribute.stale_accounts(attributed, pd.Timestamp(month_end) - stale_after)
+    return pd.DataFrame(stale, columns=STALE_ACCOUNT_COLUMNS)

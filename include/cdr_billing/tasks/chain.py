@@ -1,0 +1,79 @@
+"""A month through the task functions in the DAG's order, in one process and without Airflow:
+what the benchmark measures and the property tests check, so that neither can drift from what
+the DAG runs. The caller upgrades the billing database first, as the DAG's first task does."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from cdr_billing import database, ledger
+from cdr_billing.acquire import FetchedFile
+from cdr_billing.config import PipelineConfig
+from cdr_billing.contracts import FetchedMonth, FileCounts, MonthLines, Run, ValidatedFile
+from cdr_billing.tasks.aggregate import aggregate_lines
+from cdr_billing.tasks.bill import bill_cdr_file
+from cdr_billing.tasks.dedupe import dedupe_calls, file_parts
+from cdr_billing.tasks.fetch import cdr_files
+from cdr_billing.tasks.references import load_references
+from cdr_billing.tasks.validate import check_cdr_file, validate_cdr_file
+
+# How a mapped task's calls run: map_files(function, argument tuples) -> results, in order.
+MapFiles = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
+
+
+def in_this_process(function: Callable[..., Any], arguments: list[tuple]) -> Iterator[Any]:
+    return (function(*a) for a in arguments)
+
+
+def fetched_locally(
+    config: PipelineConfig, run: Run, files: list[tuple[str, str, Path]]
+) -> FetchedMonth:
+    """Local files (role, source, path) recorded in the ledger in one transaction, in the
+    order given, as one fetch records what it downloaded: a month's input without SFTP."""
+    fetched = tuple(
+        FetchedFile(
+            role,
+            source,
+            path.name,
+            str(path),
+            path.stat().st_size,
+            0,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+            "local",
+        )
+        for role, source, path in files
+    )
+    ledger.record(database.billing_engine(config.billing.connection), run.billing_month, fetched)
+    return FetchedMonth(run, fetched, "local", (), FileCounts(len(fetched), 0, 0, 0, 0, 0))
+
+
+def bill_month(
+    config: PipelineConfig,
+    fetched: FetchedMonth,
+    map_files: MapFiles = in_this_process,
+    expectations: bool = True,
+) -> MonthLines:
+    """The month's billing lines from its fetched files: load_references, validate_cdr_file
+    per file, dedupe_calls, bill_cdr_file per file, aggregate_lines. Without `expectations`,
+    each file is checked (check_cdr_file) but its Great Expectations suite is left to the
+    caller (expect_cdr_file), which times it apart."""
+    run = fetched.run
+    references = load_references(fetched, config)
+    validated = list(
+        map_files(
+            validate_cdr_file if expectations else _checked,
+            [(run, f, config) for f in cdr_files(fetched)],
+        )
+    )
+    deduped = dedupe_calls(run, validated, config)
+    billed = list(
+        map_files(bill_cdr_file, [(run, f, references, config) for f in file_parts(deduped)])
+    )
+    return aggregate_lines(deduped, billed, references)
+
+
+def _checked(run: Run, cdr_file: FetchedFile, config: PipelineConfig) -> ValidatedFile:
+    return check_cdr_file(run, cdr_file, config).file
