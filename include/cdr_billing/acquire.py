@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from io import StringIO
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class FileRequest:
     newest_only: bool = False
     done_marker: str | None = None  # e.g. "{name}.done": the file is complete once this file exists
     require_sidecar: bool = False  # the file is complete once its .sha256/.md5 sidecar exists
-    # A history of dated files (entitlement snapshots): the one in force on this day (YYYY-MM-DD) and all later ones.
+    # A history of dated files (entitlement snapshots): the one in force on this day
+    # (YYYY-MM-DD) and all later ones.
     dated_from: str | None = None
 
 
@@ -100,7 +101,8 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class Listing:
-    """The files that may be fetched now, those still being written, and how many others were ignored."""
+    """The files that may be fetched now, those still being written, and how many others were
+    ignored."""
 
     stable: list[RemoteFile]
     unstable: list[RemoteFile]
@@ -138,6 +140,35 @@ class FetchResult:
     failovers: list[dict[str, str]]
     ignored: int
     not_yet_stable: list[RemoteFile] = field(default_factory=list)
+
+
+class RemoteListing(NamedTuple):
+    """The files a listing matched, and how many other files of the CDR folders it ignored."""
+
+    files: list[RemoteFile]
+    ignored: int
+
+
+class Checksum(NamedTuple):
+    """What a checksum sidecar announces: the algorithm and the file's hex digest."""
+
+    algorithm: str
+    hex_digest: str
+
+
+class Downloaded(NamedTuple):
+    """A downloaded, verified file and its SHA-256."""
+
+    path: Path
+    sha256: str
+
+
+class Delivered(NamedTuple, Generic[T]):
+    """What an action returned, the server it succeeded on and the servers that failed first."""
+
+    result: T
+    server: str
+    failovers: list[dict[str, str]]
 
 
 Reuse = Callable[[RemoteFile], FetchedFile | None]
@@ -184,7 +215,8 @@ def _done_markers(request: FileRequest, names: set[str]) -> set[str]:
 
 
 def _marked(request: FileRequest, name: str, names: set[str], sidecar: str | None) -> bool | None:
-    """Whether the file's done marker or required sidecar exists; None if its source names neither."""
+    """Whether the file's done marker or required sidecar exists; None if its source names
+    neither."""
     if request.done_marker is not None:
         return request.done_marker.format(name=name) in names
     if request.require_sidecar:
@@ -192,7 +224,7 @@ def _marked(request: FileRequest, name: str, names: set[str], sidecar: str | Non
     return None
 
 
-def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile], int]:
+def list_remote(sftp: Any, requests: list[FileRequest]) -> RemoteListing:
     """List the files each request matches; return them and how many other files in the
     CDR folders were ignored (other months, other names)."""
     found, ignored = [], 0
@@ -222,7 +254,7 @@ def list_remote(sftp: Any, requests: list[FileRequest]) -> tuple[list[RemoteFile
                     _marked(request, name, set(entries), sidecar),
                 )
             )
-    return found, ignored
+    return RemoteListing(found, ignored)
 
 
 def _is_stable(
@@ -249,24 +281,23 @@ def list_stable(
     """List the requested files and split them into stable and still being written: a file
     whose source names no marker must show the same size and mtime in two listings
     `stable_seconds` apart (the wait is skipped when no file needs it)."""
-    first, ignored = list_remote(sftp, requests)
-    second = first
-    if any(r.marked is None and not settled(r) for r in first):
+    first = second = list_remote(sftp, requests)
+    if any(r.marked is None and not settled(r) for r in first.files):
         time.sleep(stable_seconds)
-        second, ignored = list_remote(sftp, requests)
-    before = {(r.source, r.name): (r.size, r.mtime) for r in first}
-    stable = [r for r in second if _is_stable(r, before, settled)]
-    unstable = [r for r in second if r not in stable]
+        second = list_remote(sftp, requests)
+    before = {(r.source, r.name): (r.size, r.mtime) for r in first.files}
+    stable = [r for r in second.files if _is_stable(r, before, settled)]
+    unstable = [r for r in second.files if r not in stable]
     for remote in unstable:
         log.warning(
             "%s: not yet stable (still being written or not marked done): not fetched in this run",
             remote.name,
         )
-    return Listing(stable, unstable, ignored)
+    return Listing(stable, unstable, second.ignored)
 
 
-def _expected_checksum(sftp: Any, remote: RemoteFile) -> tuple[str, str] | None:
-    """Return (algorithm, hex digest) from the file's sidecar, if it has one."""
+def _expected_checksum(sftp: Any, remote: RemoteFile) -> Checksum | None:
+    """The algorithm and hex digest of the file's sidecar, if it has one."""
     if remote.checksum_path is None:
         return None
     with sftp.open(remote.checksum_path, "r") as handle:
@@ -276,7 +307,7 @@ def _expected_checksum(sftp: Any, remote: RemoteFile) -> tuple[str, str] | None:
         raise TransferError(
             f"{remote.name}: checksum file {Path(remote.checksum_path).name} is empty"
         )
-    return algorithm, words[0].lower()
+    return Checksum(algorithm, words[0].lower())
 
 
 def _pipelined_reads(source: Any, size: int) -> Iterator[bytes]:
@@ -299,16 +330,16 @@ def _check_unchanged(sftp: Any, remote: RemoteFile) -> None:
         )
 
 
-def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
-    """Stream a remote file to dest via a temporary name; verify it; return (path, sha256)."""
+def download(sftp: Any, remote: RemoteFile, dest: Path) -> Downloaded:
+    """Stream a remote file to dest via a temporary name; verify it; return its path and
+    SHA-256."""
     expected = _expected_checksum(sftp, remote)
     local = dest / remote.name
     partial = dest / f".{remote.name}.part"
-    digests = {
-        "sha256": hashlib.sha256()
-    }  # the ledger's; and the sidecar's algorithm, when it is another
-    if expected and expected[0] != "sha256":
-        digests[expected[0]] = hashlib.new(expected[0], usedforsecurity=False)
+    # the ledger's; and the sidecar's algorithm, when it is another
+    digests = {"sha256": hashlib.sha256()}
+    if expected and expected.algorithm != "sha256":
+        digests[expected.algorithm] = hashlib.new(expected.algorithm, usedforsecurity=False)
     received = 0
     try:
         with sftp.open(remote.path, "rb") as source, partial.open("wb") as target:
@@ -322,14 +353,14 @@ def download(sftp: Any, remote: RemoteFile, dest: Path) -> tuple[Path, str]:
         _check_unchanged(sftp, remote)
         if received != remote.size:
             raise TransferError(f"{remote.name}: received {received} of {remote.size} bytes")
-        if expected and digests[expected[0]].hexdigest() != expected[1]:
+        if expected and digests[expected.algorithm].hexdigest() != expected.hex_digest:
             raise TransferError(
-                f"{remote.name}: {expected[0]} checksum does not match its sidecar file"
+                f"{remote.name}: {expected.algorithm} checksum does not match its sidecar file"
             )
         os.replace(partial, local)
     finally:
         partial.unlink(missing_ok=True)
-    return local, digests["sha256"].hexdigest()
+    return Downloaded(local, digests["sha256"].hexdigest())
 
 
 def _pinned_host_key(conn_id: str, extra: dict[str, Any]) -> Any:
@@ -340,7 +371,8 @@ def _pinned_host_key(conn_id: str, extra: dict[str, Any]) -> Any:
     words = str(extra.get("host_key") or "").split()
     if not words:
         raise UnpinnedHostKeyError(
-            f"connection {conn_id} pins no host key (extra host_key): server unknown, not trusted (no trust on first use)"
+            f"connection {conn_id} pins no host key (extra host_key): "
+            "server unknown, not trusted (no trust on first use)"
         )
     try:
         blob = b64decode(words[1] if len(words) > 1 else words[0], validate=True)
@@ -437,7 +469,10 @@ def describe_error(exc: BaseException) -> str:
     import paramiko
 
     if isinstance(exc, HostKeyMismatchError):
-        return "host key does not match the pinned key: possible man-in-the-middle attack, server not trusted"
+        return (
+            "host key does not match the pinned key: "
+            "possible man-in-the-middle attack, server not trusted"
+        )
     if isinstance(exc, UnpinnedHostKeyError):
         return str(exc)
     if isinstance(exc, paramiko.AuthenticationException):
@@ -459,7 +494,7 @@ def describe_error(exc: BaseException) -> str:
 
 def with_failover(
     conn_ids: list[str], timeout_seconds: int, action: Callable[[Any, str], T]
-) -> tuple[T, str, list[dict]]:
+) -> Delivered[T]:
     """Run action(sftp, server) on the first server where it succeeds; return the result,
     that server and the failures before it. Raise AllServersFailedError if none does."""
     import paramiko
@@ -468,7 +503,7 @@ def with_failover(
     for conn_id in conn_ids:
         try:
             with open_sftp(conn_id, timeout_seconds) as sftp:
-                return action(sftp, conn_id), conn_id, failovers
+                return Delivered(action(sftp, conn_id), conn_id, failovers)
         except (paramiko.SSHException, OSError, EOFError, TransferError, HostKeyError) as exc:
             reason = describe_error(exc)
             log.warning("SFTP server %s failed: %s", conn_id, reason)
@@ -519,8 +554,14 @@ def fetch_with_failover(
         )
         return [done[(r.source, r.name)] for r in listings[-1].stable]
 
-    files, server, failovers = with_failover(conn_ids, timeout_seconds, fetch_all)
-    return FetchResult(files, server, failovers, listings[-1].ignored, listings[-1].unstable)
+    delivered = with_failover(conn_ids, timeout_seconds, fetch_all)
+    return FetchResult(
+        delivered.result,
+        delivered.server,
+        delivered.failovers,
+        listings[-1].ignored,
+        listings[-1].unstable,
+    )
 
 
 def _fetch_one(
@@ -535,15 +576,15 @@ def _fetch_one(
         done[key] = reused
         log.info("%s: unchanged since it was archived, not downloaded again", remote.name)
         return
-    local, sha256 = download(sftp, remote, dest)
+    downloaded = download(sftp, remote, dest)
     done[key] = FetchedFile(
         remote.role,
         remote.source,
         remote.name,
-        str(local),
+        str(downloaded.path),
         remote.size,
         remote.mtime,
-        sha256,
+        downloaded.sha256,
         server,
         True,
         remote.path,
@@ -582,8 +623,8 @@ def find_missing_sources(
     stable_seconds: float = 0,
 ) -> list[str]:
     """List the servers (with failover) and return the sources that have no stable file yet."""
-    listing, _, _ = with_failover(
+    listing = with_failover(
         conn_ids, timeout_seconds, lambda sftp, _server: list_stable(sftp, requests, stable_seconds)
-    )
+    ).result
     present = {r.source for r in listing.stable}
     return [r.source for r in requests if r.source not in present]

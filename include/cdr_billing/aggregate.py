@@ -62,7 +62,8 @@ def merge_user_lines(user_lines: pd.DataFrame) -> pd.DataFrame:
 
 
 def aggregate_lines(user_lines: pd.DataFrame) -> pd.DataFrame:
-    """One billing line per (customer id, sequence number, currency): the sum of its users' lines."""
+    """One billing line per (customer id, sequence number, currency): the sum of its users'
+    lines."""
     return checked_sums(user_lines, LINE_KEYS, TOTALS, "a billing line")
 
 
@@ -83,9 +84,8 @@ def revenue_share_sums(attributed: pd.DataFrame) -> pd.DataFrame:
     """Per (service provider, currency, share percentage) of the billed calls that carry one:
     calls and billed amount (not yet rounded to a share, so files can be summed first)."""
     columns = ["service_provider", "currency", "revenue_share_bp", "cost_minor"]
-    carrying = attributed.loc[
-        attributed["revenue_share_bp"].notna(), columns
-    ]  # not every column of 1M calls
+    # not every column of 1M calls
+    carrying = attributed.loc[attributed["revenue_share_bp"].notna(), columns]
     keyed = carrying.assign(
         share_basis_points=carrying["revenue_share_bp"].astype("int64"), call_count=1
     )

@@ -17,14 +17,15 @@ from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 log = logging.getLogger(__name__)
 
 
-NEXT_STEP = (
-    "<!--next step-->"  # replaced by the task's next step, or UNREACHABLE_STEP, when a mail is sent
-)
+# replaced by the task's next step, or UNREACHABLE_STEP, when a mail is sent
+NEXT_STEP = "<!--next step-->"
 UNREACHABLE_STEP = (
-    "A server or database did not answer (the error names it): the files and the data are not at fault. Check that it is "
-    "up and reachable from the workers (connection, network, credentials)."
+    "A server or database did not answer (the error names it): the files and the data are not "
+    "at fault. Check that it is up and reachable from the workers (connection, network, "
+    "credentials)."
 )
-# Errors that mean a server or database could not be reached, by class name (no driver imported here).
+# Errors that mean a server or database could not be reached, by class name (so that no driver
+# has to be imported here).
 UNREACHABLE_ERRORS = frozenset(
     {
         "OperationalError",
@@ -83,7 +84,10 @@ def task_failure_mail(
         "{{ params.billing_month or (data_interval_start and "
         f"data_interval_start.in_timezone('{timezone}').strftime('%Y-%m')) or 'unknown' }}}}"
     )
-    sentence = "{{ ((exception ~ '').strip().split('\n') | first | default('no error message')) | truncate(300) }}"
+    sentence = (
+        "{{ ((exception ~ '').strip().split('\n') | first | default('no error message'))"
+        " | truncate(300) }}"
+    )
     return TaskFailureMail(
         next_step=next_step,
         smtp_conn_id=smtp_conn_id,
@@ -119,9 +123,10 @@ def files_not_arrived_alert(month: str, missing: list[str], deadline: str) -> Al
         "files_not_arrived",
         f"[CDR billing] Files for {month} have not arrived from {', '.join(missing)}",
         (
-            f"No CDR file for {month} from {', '.join(missing)} on any SFTP server, and the deadline ({deadline}) has passed.",
-            "The month is not billed. Ask the provider to deliver, then clear wait_for_cdr_files in the Airflow UI "
-            "(or trigger the DAG with billing_month) to bill it.",
+            f"No CDR file for {month} from {', '.join(missing)} on any SFTP server, "
+            f"and the deadline ({deadline}) has passed.",
+            "The month is not billed. Ask the provider to deliver, then clear wait_for_cdr_files "
+            "in the Airflow UI (or trigger the DAG with billing_month) to bill it.",
         ),
     )
 
@@ -141,9 +146,9 @@ def validation_alert(
             f"{file_name}: {problem}",
             *([f"Failed expectations: {', '.join(expectations)}."] if expectations else []),
             *[f"Sample: {sample}" for sample in samples],
-            "The month is not billed. The rejected rows are in quarantined_row with their reasons; ask the provider "
-            "to redeliver the file (or fix the source profile if the format changed), then clear the file's "
-            "validate_cdr_file task.",
+            "The month is not billed. The rejected rows are in quarantined_row with their reasons; "
+            "ask the provider to redeliver the file (or fix the source profile if the format "
+            "changed), then clear the file's validate_cdr_file task.",
         ),
     )
 
@@ -152,12 +157,13 @@ def failover_alert(month: str, failed: dict[str, str], took_over: str) -> Alert:
     """One server failed and the next one delivered."""
     return Alert(
         "failover",
-        f"[CDR billing] SFTP failover for {month}: {failed['server']} failed, {took_over} took over",
+        f"[CDR billing] SFTP failover for {month}: "
+        f"{failed['server']} failed, {took_over} took over",
         (
             f"Fetching the CDR files of {month} from {failed['server']} failed: {failed['error']}.",
             f"{took_over} took over and delivered the files; billing goes on.",
-            "Check the failed server. A host key error may mean an attack: do not re-pin the key before "
-            "its fingerprint is confirmed with the provider.",
+            "Check the failed server. A host key error may mean an attack: do not re-pin the key "
+            "before its fingerprint is confirmed with the provider.",
         ),
     )
 
@@ -168,10 +174,12 @@ def held_file_alert(month: str, source: str, name: str, reason: str) -> Alert:
         "held_file",
         f"[CDR billing] {name} changed content: held, not billed ({month})",
         (
-            f"The file {name} from source {source} was delivered again with different content ({reason}).",
+            f"The file {name} from source {source} was delivered again "
+            f"with different content ({reason}).",
             "The new content is held: it is not billed and the billed content is not replaced.",
-            "Ask the provider which version is right. To bill the new content: python -m cdr_billing.ledger release "
-            f"{name} (or trigger the month with release_held_files [{name}]), then re-run the month.",
+            "Ask the provider which version is right. To bill the new content: "
+            f"python -m cdr_billing.ledger release {name} "
+            f"(or trigger the month with release_held_files [{name}]), then re-run the month.",
         ),
     )
 
@@ -193,14 +201,17 @@ def unbillable_alert(month: str, ranges: list[dict]) -> Alert:
     """Calls the tariff cannot price yet, per number range."""
     return _listing(
         "unbillable",
-        f"[CDR billing] {sum(r['calls'] for r in ranges)} unbillable calls in {len(ranges)} number ranges ({month})",
-        f"These calls of {month} match no tariff rate and are kept as unbillable, not billed at zero:",
+        f"[CDR billing] {sum(r['calls'] for r in ranges)} unbillable calls "
+        f"in {len(ranges)} number ranges ({month})",
+        f"These calls of {month} match no tariff rate and are kept as unbillable, "
+        "not billed at zero:",
         [
             f"{r['number_range']}: {r['calls']} calls, {r['minutes']} minutes ({r['reason_code']})"
             for r in ranges
         ],
-        "Add the ranges to the tariff (python -m cdr_billing.tariff load FILE), then re-run the month: "
-        "the calls will be billed and the new batch replaces the current one.",
+        "Add the ranges to the tariff (python -m cdr_billing.tariff load FILE), "
+        "then re-run the month: the calls will be billed "
+        "and the new batch replaces the current one.",
     )
 
 
@@ -208,10 +219,13 @@ def suspense_alert(month: str, accounts: list[dict]) -> Alert:
     """Calls of accounts that are unknown or not entitled: not billed to anyone yet."""
     return _listing(
         "suspense",
-        f"[CDR billing] {sum(a['calls'] for a in accounts)} calls of {len(accounts)} accounts in suspense ({month})",
-        f"These accounts' calls of {month} are not billed to a guessed customer; they wait in suspense:",
+        f"[CDR billing] {sum(a['calls'] for a in accounts)} calls "
+        f"of {len(accounts)} accounts in suspense ({month})",
+        f"These accounts' calls of {month} are not billed to a guessed customer; "
+        "they wait in suspense:",
         [f"{a['account_id']}: {a['calls']} calls ({a['reason_code']})" for a in accounts],
-        "Fix the accounts in the entitlement system, then re-run the month with refresh_entitlements on.",
+        "Fix the accounts in the entitlement system, "
+        "then re-run the month with refresh_entitlements on.",
     )
 
 

@@ -27,9 +27,8 @@ UNKNOWN_ACCOUNT, NOT_ENTITLED, NO_SEQUENCE_NUMBER = (
     "NO_SEQUENCE_NUMBER",
 )
 NO_CUSTOMER_ID = "NO_CUSTOMER_ID"
-HELD_REASONS = np.array(
-    ["", NOT_ENTITLED, NO_SEQUENCE_NUMBER, UNKNOWN_ACCOUNT, NO_CUSTOMER_ID]
-)  # a code is its position
+# a code is its position
+HELD_REASONS = np.array(["", NOT_ENTITLED, NO_SEQUENCE_NUMBER, UNKNOWN_ACCOUNT, NO_CUSTOMER_ID])
 UNKNOWN = 3
 
 
@@ -104,7 +103,8 @@ def _account_terms(history: pd.DataFrame) -> pd.DataFrame:
 def _with_terms(
     calls: pd.DataFrame, snapshots: np.ndarray, rows: np.ndarray, terms: pd.DataFrame
 ) -> pd.DataFrame:
-    """The calls with the snapshot that applied and their account's terms (empty for an unknown account)."""
+    """The calls with the snapshot that applied and their account's terms (empty for an unknown
+    account)."""
     at = pa.array(rows, mask=rows < 0)
 
     def taken(name: str) -> pd.Series:
@@ -132,9 +132,18 @@ class Attribution(NamedTuple):
     user_codes: np.ndarray
 
 
+class _BillingSnapshots(NamedTuple):
+    """Per call: the snapshot that bills it, its account's row in the history (-1: none) and
+    why it is held (a HELD_REASONS code, 0: billed)."""
+
+    snapshots: np.ndarray
+    rows: np.ndarray
+    reasons: np.ndarray
+
+
 def _billing_snapshots(
     priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int, terms: pd.DataFrame
-):
+) -> _BillingSnapshots:
     """Per call: the snapshot that bills it (module docstring), its row in `history` and why it
     is held (a HELD_REASONS code, 0: billed); a call no snapshot bills keeps the month's
     snapshot's row and reason. Most calls are billed by their first snapshot: later ones are
@@ -149,15 +158,14 @@ def _billing_snapshots(
     for position in range(int(first.min(initial=len(order))), len(order)):
         trying = pending[first[pending] <= position]
         snapshots[trying] = order["snapshot_id"].iloc[position]
-        users = (
-            priced["user_id"] if len(trying) == len(priced) else priced["user_id"].iloc[trying]
-        )  # no copy: the usual case
+        # no copy: the usual case
+        users = priced["user_id"] if len(trying) == len(priced) else priced["user_id"].iloc[trying]
         rows[trying] = account_rows(users, snapshots[trying], history)
         reasons[trying] = np.where(
             rows[trying] >= 0, terms["held"].to_numpy()[np.maximum(rows[trying], 0)], UNKNOWN
         )
         pending = pending[reasons[pending] != 0]
-    return snapshots, rows, reasons
+    return _BillingSnapshots(snapshots, rows, reasons)
 
 
 def attribute_calls(
@@ -175,16 +183,16 @@ def attribute_calls(
 
 
 def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:
-    """Billed accounts whose last login is before the cutoff: their cost center may be out of date."""
+    """Billed accounts whose last login is before the cutoff: their cost center may be out of
+    date."""
     accounts = (
         attributed.groupby(["user_id", "customer_id", "last_login"], sort=False)
         .size()
         .rename("calls")
         .reset_index()
     )
-    last_login = pd.to_datetime(
-        accounts["last_login"], errors="coerce"
-    )  # once per account, not per call
+    # once per account, not per call
+    last_login = pd.to_datetime(accounts["last_login"], errors="coerce")
     stale = accounts[last_login.isna() | (last_login < cutoff.tz_localize(None))]
     return [
         {

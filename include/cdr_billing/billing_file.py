@@ -8,10 +8,12 @@ leading apostrophe; amounts are exact decimals.
 from __future__ import annotations
 
 import csv
+from typing import NamedTuple
 
 import pandas as pd
 
 from cdr_billing.money import from_minor_units
+from cdr_billing.storage import Location
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 AVAILABLE = (
@@ -50,8 +52,19 @@ def rows(lines: pd.DataFrame, billing_month: str, columns: dict[str, str]) -> li
     ]
 
 
-def write(lines: pd.DataFrame, billing_month: str, columns: dict[str, str], directory):
-    """Write billing_<month>.csv and .xlsx into directory (a local path or an ObjectStoragePath); return both."""
+class BillingFiles(NamedTuple):
+    """The billing file of a month, written twice: as CSV and as Excel (local paths or
+    ObjectStoragePaths, as the directory was)."""
+
+    csv_file: Location
+    xlsx_file: Location
+
+
+def write(
+    lines: pd.DataFrame, billing_month: str, columns: dict[str, str], directory: Location
+) -> BillingFiles:
+    """Write billing_<month>.csv and .xlsx into directory (a local path or an
+    ObjectStoragePath); return both."""
     from openpyxl import Workbook
 
     table = rows(lines, billing_month, columns)
@@ -72,4 +85,4 @@ def write(lines: pd.DataFrame, billing_month: str, columns: dict[str, str], dire
                 cell.number_format = "0.00"
     with xlsx_path.open("wb") as handle:
         book.save(handle)
-    return csv_path, xlsx_path
+    return BillingFiles(csv_path, xlsx_path)

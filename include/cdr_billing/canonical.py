@@ -28,7 +28,8 @@ CARRIER_FIELDS = (
 )
 PROVIDER_FIELDS = ("provider_cost", "currency")
 LINEAGE_FIELDS = ("source_file", "source_row")
-FIELDS_MATCH_HEADER = "fields_match_header"  # the reader's column: False where a CSV row's fields are not the header's
+# The reader's column: False where a CSV row's fields are not the header's.
+FIELDS_MATCH_HEADER = "fields_match_header"
 TEXT_FIELDS = CARRIER_FIELDS + PROVIDER_FIELDS
 # The text fields the stages after validation use; a billed call's other fields stay in its
 # archived source file, found by source_file and source_row.

@@ -11,7 +11,8 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 CONFIG_ENV = "CDR_BILLING_CONFIG"
-# Overrides sftp.stable_seconds: for local demos and tests, whose files are complete before the servers start.
+# Overrides sftp.stable_seconds: for local demos and tests, whose files are complete before the
+# servers start.
 STABLE_SECONDS_ENV = "CDR_BILLING_STABLE_SECONDS"
 DEFAULT_STABLE_SECONDS = 60
 
@@ -41,9 +42,8 @@ class CdrSource(RemoteFiles):
     profile: str = ""
     processed_dir: str | None = None  # move billed files here on the server that delivered them
     markup_percent: str = "0"  # added to a priced source's own costs, e.g. "12.5"
-    done_marker: str | None = (
-        None  # e.g. "{name}.done": a file is fetched once this file exists beside it
-    )
+    # e.g. "{name}.done": a file is fetched once this file exists beside it
+    done_marker: str | None = None
     require_sidecar: bool = False  # a file is fetched once its .sha256/.md5 sidecar exists
 
 
@@ -63,15 +63,12 @@ class SourceProfile:
     delimiter: str = ","
     encoding: str = "utf-8"
     defaults: dict[str, str] = field(default_factory=dict)
-    value_maps: dict[str, dict[str, str]] = field(
-        default_factory=dict
-    )  # provider value -> canonical value
-    allow_credits: bool = (
-        False  # a negative provider cost is a credit (else the row is NEGATIVE_COST)
-    )
-    ambiguous_times: str = (
-        "earliest"  # a local time the autumn clock change repeats: earliest, latest or reject
-    )
+    # provider value -> canonical value
+    value_maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    # a negative provider cost is a credit (else the row is NEGATIVE_COST)
+    allow_credits: bool = False
+    # a local time the autumn clock change repeats: earliest, latest or reject
+    ambiguous_times: str = "earliest"
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,8 @@ class PipelineConfig:
         return {s.name: percent_to_basis_points(s.markup_percent) for s in self.sources}
 
     def recipients(self, kind: str) -> tuple[str, ...]:
-        """Who gets an alert of this kind: its own list, else `alerts.to` (the month report: finance)."""
+        """Who gets an alert of this kind: its own list, else `alerts.to` (the month report:
+        finance)."""
         default = self.finance_to if kind == "month_report" else self.alert_to
         return self.alert_recipients.get(kind, default)
 

@@ -1,4 +1,5 @@
-"""The billing database: its engine from an Airflow connection, or from a URL on the command line."""
+"""The billing database: its engine from an Airflow connection, or from a URL on the command
+line."""
 
 from __future__ import annotations
 
@@ -56,9 +57,8 @@ def hold_lock(conn: Connection, name: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
 
 
-INSERT_BATCH_ROWS = (
-    100_000  # rows formatted and sent at a time: memory stays flat, the server works meanwhile
-)
+# rows formatted and sent at a time: memory stays flat, the server works meanwhile
+INSERT_BATCH_ROWS = 100_000
 
 
 def insert_frame(conn: Connection, table: Table, frame: pd.DataFrame, **constants: object) -> None:
@@ -105,7 +105,8 @@ def insert_partition(
 
 
 def _insert_sqlite(conn: Connection, table_name: str, batches: list[pd.DataFrame]) -> None:
-    """executemany on the driver (2.3x faster than SQLAlchemy's INSERT of dicts), storing the same values."""
+    """executemany on the driver (2.3x faster than SQLAlchemy's INSERT of dicts), storing the same
+    values."""
     columns = list(batches[0].columns)
     statement = (
         f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
@@ -131,9 +132,9 @@ def _copy_postgres(conn: Connection, table_name: str, batches: list[pd.DataFrame
 
 
 def _timestamp_text(values: pd.Series, utc: bool) -> pa.Array:
-    """Timestamps as text "YYYY-MM-DD HH:MM:SS.ffffff" (Arrow's cast: 0.06 s per 1M, pandas'
-    CSV writer took 3.5 s): zoned ones in UTC with "+00:00" (`utc`), else their wall time,
-    the text SQLAlchemy stores for a datetime in SQLite."""
+    """Timestamps as text "YYYY-MM-DD HH:MM:SS.ffffff" (Arrow's cast, some 50x faster than
+    pandas' CSV writer): zoned ones in UTC with "+00:00" (`utc`), else their wall time, the
+    text SQLAlchemy stores for a datetime in SQLite."""
     zoned = isinstance(values.dtype, pd.DatetimeTZDtype)
     if zoned:
         values = (values.dt.tz_convert("UTC") if utc else values).dt.tz_localize(None)
@@ -149,7 +150,8 @@ def _driver_values(values: pd.Series) -> list:
 
 
 def _csv_bytes(rows: pd.DataFrame) -> bytes:
-    """Rows as PostgreSQL COPY CSV: every value quoted (a quoted "" is an empty string, not NULL)."""
+    """Rows as PostgreSQL COPY CSV: every value quoted (a quoted "" is an empty string, not
+    NULL)."""
     table = pa.table(
         {
             name: _timestamp_text(rows[name], utc=True)
@@ -166,7 +168,8 @@ def _csv_bytes(rows: pd.DataFrame) -> bytes:
 
 
 class _ChunkFile:
-    """A file to read the chunks of an iterable from, one per read(), as psycopg2's copy_expert does."""
+    """A file to read the chunks of an iterable from, one per read(), as psycopg2's copy_expert
+    does."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)

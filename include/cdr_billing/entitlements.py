@@ -67,7 +67,8 @@ def check_rows(raw: pd.DataFrame, source_name: str) -> pd.DataFrame:
     repeated = rows["account_id"].duplicated(keep=False)
     if repeated.any():
         raise EntitlementError(
-            f"{source_name}: account ids listed more than once on lines {lines[repeated].tolist()[:10]}"
+            f"{source_name}: account ids listed more than once "
+            f"on lines {lines[repeated].tolist()[:10]}"
         )
     return rows.assign(entitled=flag.isin(TRUE_WORDS))
 

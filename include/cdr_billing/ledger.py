@@ -17,6 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
@@ -30,6 +31,13 @@ ACCEPTED, HELD, DUPLICATE_CONTENT, REPLACED = "accepted", "held", "duplicate_con
 
 class LedgerError(ValueError):
     """A ledger request names no file, or more than one."""
+
+
+class Verdict(NamedTuple):
+    """The ledger status of a file's content, and why (empty when it is accepted)."""
+
+    status: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,21 +100,23 @@ def _ledger_value(conn, column, source: str, **equal: str):
     return conn.execute(select(column).where(*conditions)).scalar()
 
 
-def _status_of_new_content(conn, fetched: FetchedFile) -> tuple[str, str]:
+def _status_of_new_content(conn, fetched: FetchedFile) -> Verdict:
     """Status of content the ledger has not seen under this name."""
     other_content = _ledger_value(
         conn, cdr_file.c.sha256, fetched.source, name=fetched.name, status=ACCEPTED
     )
     if other_content is not None:
-        return HELD, f"name already billed with other content (sha256 {other_content[:12]}...)"
+        return Verdict(
+            HELD, f"name already billed with other content (sha256 {other_content[:12]}...)"
+        )
     if fetched.role != "cdr":  # a tariff or snapshot republished unchanged under a new name is fine
-        return ACCEPTED, ""
+        return Verdict(ACCEPTED)
     same_content = _ledger_value(
         conn, cdr_file.c.name, fetched.source, sha256=fetched.sha256, status=ACCEPTED
     )
     if same_content is not None:
-        return DUPLICATE_CONTENT, f"same content as {same_content}"
-    return ACCEPTED, ""
+        return Verdict(DUPLICATE_CONTENT, f"same content as {same_content}")
+    return Verdict(ACCEPTED)
 
 
 def record(engine: Engine, billing_month: str, files: list[FetchedFile]) -> list[LedgerEntry]:
@@ -121,7 +131,7 @@ def record(engine: Engine, billing_month: str, files: list[FetchedFile]) -> list
             if known is not None:
                 entries.append(LedgerEntry(fetched, known))
                 continue
-            status, reason = _status_of_new_content(conn, fetched)
+            verdict = _status_of_new_content(conn, fetched)
             conn.execute(
                 insert(cdr_file).values(
                     source=fetched.source,
@@ -131,11 +141,11 @@ def record(engine: Engine, billing_month: str, files: list[FetchedFile]) -> list
                     sha256=fetched.sha256,
                     server=fetched.server,
                     billing_month=billing_month,
-                    status=status,
+                    status=verdict.status,
                     archive_path=fetched.local_path,
                 )
             )
-            entries.append(LedgerEntry(fetched, status, reason))
+            entries.append(LedgerEntry(fetched, verdict.status, verdict.reason))
     return entries
 
 
@@ -176,7 +186,8 @@ def record_reconciliation(
 def delivery_order(engine: Engine, files: list[dict]) -> list[dict]:
     """CDR files (dicts with source, name, sha256) in the order their calls were delivered: the
     ledger's first-seen time, then source and name. It is the same whether a file comes from a
-    server or the archive, and whatever order the servers list files in: first delivery wins by it."""
+    server or the archive, and whatever order the servers list files in: first delivery wins by
+    it."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(cdr_file.c.source, cdr_file.c.name, cdr_file.c.sha256, cdr_file.c.first_seen)
@@ -313,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             ).all()
         for r in rows:
             print(
-                f"{r.billing_month}  {r.source:<14} {r.name:<40} sha256 {r.sha256[:12]}  first seen {r.first_seen}"
+                f"{r.billing_month}  {r.source:<14} {r.name:<40} "
+                f"sha256 {r.sha256[:12]}  first seen {r.first_seen}"
             )
         return 0
     try:
@@ -322,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
-        f"{changed.source} {changed.name}: content {changed.released_sha256[:12]} released (billed before: "
-        f"{changed.billed_sha256[:12] or 'none'}); re-run its month to bill it"
+        f"{changed.source} {changed.name}: content {changed.released_sha256[:12]} released "
+        f"(billed before: {changed.billed_sha256[:12] or 'none'}); re-run its month to bill it"
     )
     return 0
 

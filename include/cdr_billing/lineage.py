@@ -36,8 +36,9 @@ BILLED_CALL_COLUMNS = [
 
 # The calls of one billing line of the month's current batch, with the file each row came from.
 LINE_CALLS_SQL = """
-SELECT c.transaction_id, c.user_id, c.start_utc, c.billed_seconds, c.cost_minor, c.currency, c.pricing,
-       c.source, c.source_file, c.source_row, c.combined_rows, f.sha256, f.server, f.archive_path, b.batch_id
+SELECT c.transaction_id, c.user_id, c.start_utc, c.billed_seconds, c.cost_minor, c.currency,
+       c.pricing, c.source, c.source_file, c.source_row, c.combined_rows,
+       f.sha256, f.server, f.archive_path, b.batch_id
 FROM billing_batch b
 JOIN billed_call c ON c.batch_id = b.batch_id
 LEFT JOIN cdr_file f ON f.source = c.source AND f.name = c.source_file
@@ -119,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         total = from_minor_units(int(group["cost_minor"].sum()), currency)
         batch = group["batch_id"].iat[0]
         print(
-            f"{args.month} {args.customer}/{args.sequence}: {len(group)} calls, {total} {currency} (batch {batch})"
+            f"{args.month} {args.customer}/{args.sequence}: "
+            f"{len(group)} calls, {total} {currency} (batch {batch})"
         )
     for source_file, group in calls.groupby("source_file"):
         sha = group["sha256"].iat[0] or "not in the ledger"
+        server = group["server"].iat[0]
         print(
-            f"  {source_file} (sha256 {sha[:16]}, from {group['server'].iat[0]}): rows {_ranges(group['source_row'])}"
+            f"  {source_file} (sha256 {sha[:16]}, from {server}): "
+            f"rows {_ranges(group['source_row'])}"
         )
     if args.csv:
         calls.to_csv(args.csv, index=False)

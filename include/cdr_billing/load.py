@@ -101,9 +101,8 @@ def load_month(
         ).inserted_primary_key[0]
         for table, rows in batch.parts():
             database.insert_frame(conn, table, rows, batch_id=batch_id)
-        database.insert_partition(
-            conn, billed_call, "batch_id", batch_id, batch.billed_calls
-        )  # PostgreSQL: the batch's own
+        # PostgreSQL: the batch's own
+        database.insert_partition(conn, billed_call, "batch_id", batch_id, batch.billed_calls)
     return LoadResult(batch_id, previous, already_loaded=False)
 
 

@@ -107,7 +107,8 @@ def check_sums(sums: np.ndarray, approximate: np.ndarray, what: str) -> np.ndarr
     too_large = np.abs(approximate) >= MAX_SUM_MINOR
     if too_large.any():
         raise MoneyOverflowError(
-            f"{what}: a sum of about {approximate[too_large][0]:.3g} minor units is too large to bill"
+            f"{what}: a sum of about {approximate[too_large][0]:.3g} minor units "
+            "is too large to bill"
         )
     return sums
 

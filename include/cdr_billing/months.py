@@ -5,9 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+class MonthBounds(NamedTuple):
+    """A month as [start, end): its first moment and the first moment of the next month."""
+
+    start: datetime
+    end: datetime
 
 
 @dataclass(frozen=True, order=True)
@@ -32,11 +40,11 @@ class BillingMonth:
         """Return the following month."""
         return BillingMonth(self.year + self.month // 12, self.month % 12 + 1)
 
-    def bounds(self, timezone: str) -> tuple[datetime, datetime]:
+    def bounds(self, timezone: str) -> MonthBounds:
         """Return [start, end) of the month as aware datetimes in the given zone."""
         zone = ZoneInfo(timezone)
         following = self.next()
-        return (
+        return MonthBounds(
             datetime(self.year, self.month, 1, tzinfo=zone),
             datetime(following.year, following.month, 1, tzinfo=zone),
         )

@@ -54,7 +54,8 @@ def _utf8_text(path: Path, data: bytes, error: type[ValueError]) -> str:
     except UnicodeDecodeError as exc:
         offset = skipped + exc.start
         raise error(
-            f"{path.name} line {_line_at(data, offset)}: byte {offset} (0x{data[offset]:02x}) is not UTF-8 "
+            f"{path.name} line {_line_at(data, offset)}: "
+            f"byte {offset} (0x{data[offset]:02x}) is not UTF-8 "
             f"(Latin-1 or Windows-1252?); {EXPECTED}"
         ) from None
     if "\x00" in text:
@@ -75,9 +76,8 @@ def _read_csv(path: Path, text: str, error: type[ValueError]) -> pd.DataFrame:
     header = next(reader, None)
     if header is None:
         raise error(f"{path.name}: the file is empty (no header line)")
-    repeated = sorted(
-        {name for name in header if name and header.count(name) > 1}
-    )  # unnamed columns are ignored
+    # unnamed columns are ignored
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
         raise error(f"{path.name} line 1: columns {repeated} appear more than once in the header")
     rows, lines, line = [], [], reader.line_num
@@ -87,7 +87,8 @@ def _read_csv(path: Path, text: str, error: type[ValueError]) -> pd.DataFrame:
             continue
         if len(row) > len(header):
             raise error(
-                f"{path.name} line {first_line}: {len(row)} values, the header has {len(header)} columns"
+                f"{path.name} line {first_line}: "
+                f"{len(row)} values, the header has {len(header)} columns"
             )
         rows.append(row + [""] * (len(header) - len(row)))
         lines.append(first_line)

@@ -45,7 +45,8 @@ billing_batch = Table(
         server_default=func.current_timestamp(),
     ),
     Column("counts", Text, nullable=False),
-    # The batch this one replaced as the month's current (None: the month's first), so a retried load tells it again.
+    # The batch this one replaced as the month's current (None: the month's first), so a
+    # retried load tells it again.
     Column("supersedes_batch_id", Integer, ForeignKey("billing_batch.batch_id")),
     Index(
         "one_current_batch_per_month",
@@ -68,7 +69,8 @@ billing_line = Table(
     Column("billed_seconds", BigInteger, nullable=False),
 )
 
-# The per-user level of the aggregation: billing_line is their sum per (customer, sequence number, currency).
+# The per-user level of the aggregation: billing_line is their sum per (customer, sequence
+# number, currency).
 billing_user_line = Table(
     "billing_user_line",
     metadata,
@@ -95,7 +97,8 @@ revenue_share = Table(
     Column("share_minor", BigInteger, nullable=False),
 )
 
-# Lineage: every billed call of a batch, the line it is summed into, and the input row(s) it came from.
+# Lineage: every billed call of a batch, the line it is summed into, and the input row(s) it
+# came from.
 billed_call = Table(
     "billed_call",
     metadata,
@@ -112,11 +115,11 @@ billed_call = Table(
     Column("source", String(64), nullable=False),
     Column("source_file", Text, nullable=False),
     Column("source_row", BigInteger, nullable=False),
-    Column(
-        "combined_rows", Text, nullable=False
-    ),  # rows of the partial parts merged into this call, "" if none
+    # Rows of the partial parts merged into this call, "" if none.
+    Column("combined_rows", Text, nullable=False),
     Index("billed_call_of_line", "batch_id", "customer_id", "sequence_number", "currency"),
-    postgresql_partition_by="LIST (batch_id)",  # a partition per batch (migration 0003), SQLite: one table
+    # A partition per batch on PostgreSQL (migration 0003); one table on SQLite.
+    postgresql_partition_by="LIST (batch_id)",
 )
 
 billing_exception = Table(
@@ -239,7 +242,8 @@ cdr_file = Table(
     ),
     Column("status", String(32), nullable=False),
     Column("archive_path", Text, nullable=False),
-    # Reconciliation of the file's rows, written by the validate stage: read = billable + quarantined + duplicate.
+    # Reconciliation of the file's rows, written by the validate stage:
+    # read = billable + quarantined + duplicate.
     Column("rows_read", BigInteger),
     Column("rows_billable", BigInteger),
     Column("rows_quarantined", BigInteger),

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -85,7 +86,8 @@ def _amount_micro(text: str) -> int:
     thousands separators out, the ceiling keeps price x seconds within int64."""
     if not AMOUNT.fullmatch(text):
         raise _Refused(
-            "is not an amount: digits, optionally a point and at most six decimals (no sign or exponent)"
+            "is not an amount: digits, optionally a point and at most six decimals "
+            "(no sign or exponent)"
         )
     whole, _, decimals = text.partition(".")
     micro = int(whole) * MICRO + int(decimals.ljust(6, "0"))
@@ -153,7 +155,8 @@ def _e164_prefix(rules: BillingSettings) -> Callable[[str], str]:
             digits = rules.country_code + digits.removeprefix(rules.national_prefix)
         if not E164_PREFIX.fullmatch(digits):
             raise _Refused(
-                f"is not a number prefix: as E.164 ({digits!r}) it must be 1-15 digits not starting with 0"
+                f"is not a number prefix: as E.164 ({digits!r}) "
+                "it must be 1-15 digits not starting with 0"
             )
         return digits
 
@@ -188,8 +191,8 @@ def _wall_time_in_utc(wall: datetime, zone: ZoneInfo) -> datetime:
         return first.astimezone(UTC)
     if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall:
         raise _Refused(
-            f"occurs twice in {zone.key} (the clocks go back): write it with its UTC offset, {first.isoformat()} (the first) "
-            f"or {second.isoformat()} (the second)"
+            f"occurs twice in {zone.key} (the clocks go back): write it with its UTC offset, "
+            f"{first.isoformat()} (the first) or {second.isoformat()} (the second)"
         )
     raise _Refused(
         f"does not exist in {zone.key} (the clocks go forward): write it with a UTC offset"
@@ -225,11 +228,15 @@ def _columns(rules: BillingSettings) -> tuple[_Column, ...]:
     )
 
 
-Problem = tuple[int, str]  # (line, what is wrong there)
+class Problem(NamedTuple):
+    """A refused value: the file line it is on and what is wrong there."""
+
+    line: int
+    what: str
 
 
 def _problem(line: int, column: str, written: str, reason: str) -> Problem:
-    return line, f"{column} {written!r} {reason}"
+    return Problem(line, f"{column} {written!r} {reason}")
 
 
 def _parse_row(
@@ -286,7 +293,7 @@ def _overlapping_rows(rows: list[dict]) -> list[Problem]:
         clash = next((other for other in earlier if _overlap(other, row)), None)
         if clash is not None:
             problems.append(
-                (
+                Problem(
                     row["line"],
                     f"prefix {row['prefix']!r} is listed twice for overlapping times: line "
                     f"{clash['line']} has the same prefix, validity, weekdays and hours",
@@ -297,9 +304,10 @@ def _overlapping_rows(rows: list[dict]) -> list[Problem]:
 
 
 def _refusal(path: Path, problems: list[Problem]) -> TariffError:
-    """Up to MAX_NAMED_PROBLEMS problems, by line, one a line of the message, then how many in all."""
-    ordered = sorted(problems, key=lambda problem: problem[0])
-    named = [f"{path.name} line {line}: {what}" for line, what in ordered[:MAX_NAMED_PROBLEMS]]
+    """Up to MAX_NAMED_PROBLEMS problems, by line, one a line of the message, then how many in
+    all."""
+    ordered = sorted(problems, key=lambda problem: problem.line)
+    named = [f"{path.name} line {p.line}: {p.what}" for p in ordered[:MAX_NAMED_PROBLEMS]]
     shown = (
         f"the first {MAX_NAMED_PROBLEMS} shown"
         if len(ordered) > MAX_NAMED_PROBLEMS

@@ -25,9 +25,8 @@ from cdr_billing import database
 
 VERSION_TABLE = "billing_schema_version"
 BASELINE = "0001"  # the first release; it keeps the tables a database from before migrations has
-PARTITIONS = re.compile(
-    r"billed_call_(default|batch_id_\d+)"
-)  # a load's own partition of billed_call (0003)
+# a load's own partition of billed_call (0003)
+PARTITIONS = re.compile(r"billed_call_(default|batch_id_\d+)")
 
 
 def include_name(name: str | None, type_: str, parent_names: dict) -> bool:

@@ -18,9 +18,12 @@ down_revision = "0003"
 
 def upgrade() -> None:
     op.execute(
-        "ALTER TABLE billing_batch ADD COLUMN supersedes_batch_id INTEGER REFERENCES billing_batch (batch_id)"
+        "ALTER TABLE billing_batch "
+        "ADD COLUMN supersedes_batch_id INTEGER REFERENCES billing_batch (batch_id)"
     )
     op.execute(
-        "UPDATE billing_batch SET supersedes_batch_id = (SELECT max(earlier.batch_id) FROM billing_batch earlier "
-        "WHERE earlier.billing_month = billing_batch.billing_month AND earlier.batch_id < billing_batch.batch_id)"
+        "UPDATE billing_batch SET supersedes_batch_id = "
+        "(SELECT max(earlier.batch_id) FROM billing_batch earlier "
+        "WHERE earlier.billing_month = billing_batch.billing_month "
+        "AND earlier.batch_id < billing_batch.batch_id)"
     )
