@@ -11,13 +11,15 @@ from cdr_billing.ui.app import app
 
 
 def _icon() -> str:
-    """A bar chart icon as a data URL: light bars with a dark outline, visible on light and dark backgrounds."""
+    """A bar chart icon as a data URL: light bars with a dark outline, visible on light and dark
+    backgrounds."""
     bars = "".join(
         f'<rect x="{x}" y="{y}" width="4" height="{19 - y}" rx="1"/>'
         for x, y in ((4, 11), (10, 5), (16, 8))
     )
     svg = (
-        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="#bee3f8" stroke="#1a365d" stroke-width="1.5">'
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" '
+        'fill="#bee3f8" stroke="#1a365d" stroke-width="1.5">'
         f'{bars}<path d="M2 21.5h20" fill="none"/></svg>'
     )
     return "data:image/svg+xml;base64," + b64encode(svg.encode()).decode()

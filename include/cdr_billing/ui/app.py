@@ -35,7 +35,10 @@ Month = Annotated[
     str, PathParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
 ]
 # The pages load nothing from elsewhere and run no script; only Airflow's UI may frame them.
-PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'self'; base-uri 'none'"
+PAGE_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+    "frame-ancestors 'self'; base-uri 'none'"
+)
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 # Data Docs run scripts from public CDNs: a sandbox gives them an origin of their own, away from
 # Airflow's cookies and API.

@@ -15,20 +15,25 @@ if TYPE_CHECKING:
     from cdr_billing.ui.queries import Batch, CustomerTotal, MonthDetail, MonthSummary, NotBilled
 
 STYLE = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1a202c; margin: 0;
-       padding: 20px 28px; background: #fff; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1a202c;
+       margin: 0; padding: 20px 28px; background: #fff; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 0 0 10px; }
 a { color: #0b6bcb; text-decoration: none; } a:hover { text-decoration: underline; }
 .meta { color: #4a5568; margin: 0 0 16px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 18px; margin-bottom: 18px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 18px;
+        margin-bottom: 18px; }
 section { border: 1px solid #e2e8f0; border-radius: 8px; padding: 14px 16px; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid #edf2f7; white-space: nowrap; }
-th { color: #4a5568; font-weight: 600; font-size: 12px; text-transform: uppercase; letter-spacing: .03em; }
+th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid #edf2f7;
+         white-space: nowrap; }
+th { color: #4a5568; font-weight: 600; font-size: 12px; text-transform: uppercase;
+     letter-spacing: .03em; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tfoot td { font-weight: 600; border-bottom: none; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
-.current { background: #c6f6d5; color: #22543d; } .superseded { background: #e2e8f0; color: #4a5568; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
+         font-weight: 600; }
+.current { background: #c6f6d5; color: #22543d; }
+.superseded { background: #e2e8f0; color: #4a5568; }
 .ok { color: #2f855a; font-weight: 600; } .bad { color: #c53030; font-weight: 600; }
 .files a { margin-right: 18px; } .empty { color: #718096; }
 svg.chart { display: block; max-width: 100%; } .chart .bar { fill: #3182ce; }
@@ -57,14 +62,15 @@ def page(title: str, body: str) -> str:
     """A whole HTML document."""
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
-        f"<body>{body}</body></html>\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
     )
 
 
 def badge(status: str) -> str:
     """A batch status as a coloured label."""
-    return f'<span class="badge {"current" if status == "current" else "superseded"}">{e(status)}</span>'
+    kind = "current" if status == "current" else "superseded"
+    return f'<span class="badge {kind}">{e(status)}</span>'
 
 
 def balance(batch: Batch) -> str:
@@ -96,7 +102,8 @@ def table(
 def months_page(months: list[MonthSummary]) -> str:
     """The list of billing months: status, current batch, totals and row counts."""
     intro = (
-        "<h1>Billing</h1><p class=meta>Months in the billing database. Status is that of the month's newest batch; "
+        "<h1>Billing</h1><p class=meta>Months in the billing database. "
+        "Status is that of the month's newest batch; "
         "totals and row counts are those of the current batch.</p>"
     )
     if not months:
@@ -154,18 +161,22 @@ def cost_chart(customers: list[CustomerTotal], currency: str) -> str:
     span = CHART_WIDTH - LABEL_WIDTH - VALUE_WIDTH
     height = ROW * len(rows) + 10
     parts = [
-        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH}" height="{height}" '
-        f'viewBox="0 0 {CHART_WIDTH} {height}" role="img" aria-label="Cost per customer in {e(currency)}">'
+        '<svg class="chart" xmlns="http://www.w3.org/2000/svg" '
+        f'width="{CHART_WIDTH}" height="{height}" viewBox="0 0 {CHART_WIDTH} {height}" '
+        f'role="img" aria-label="Cost per customer in {e(currency)}">'
     ]
     for i, customer in enumerate(rows):
         y, amount = 5 + i * ROW, e(money(customer.total, currency))
         width = span * max(customer.total_minor, 0) / largest if largest > 0 else 0
         parts += [
-            f'<text x="{LABEL_WIDTH - 8}" y="{y + BAR / 2}" text-anchor="end" dominant-baseline="middle">'
+            f'<text x="{LABEL_WIDTH - 8}" y="{y + BAR / 2}" '
+            'text-anchor="end" dominant-baseline="middle">'
             f"{e(customer.customer_id)}</text>",
-            f'<rect class="bar" data-customer="{e(customer.customer_id)}" x="{LABEL_WIDTH}" y="{y}" width="{width:.1f}" '
-            f'height="{BAR}" rx="3"><title>{e(customer.customer_id)}: {amount}</title></rect>',
-            f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{y + BAR / 2}" dominant-baseline="middle">{amount}</text>',
+            f'<rect class="bar" data-customer="{e(customer.customer_id)}" '
+            f'x="{LABEL_WIDTH}" y="{y}" width="{width:.1f}" height="{BAR}" rx="3">'
+            f"<title>{e(customer.customer_id)}: {amount}</title></rect>",
+            f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{y + BAR / 2}" '
+            f'dominant-baseline="middle">{amount}</text>',
         ]
     return "".join(parts) + "</svg>"
 
@@ -207,14 +218,16 @@ def _reconciliation_section(batch: Batch | None) -> str:
     rows = [[e("read"), e(batch.count("read"))]] + [
         [e(name), e(count)] for name, count in batch.outcomes()
     ]
-    return f"<section><h2>Reconciliation</h2>{table(['Rows', 'Count'], rows, numeric={1})}<p>{balance(batch)}</p></section>"
+    counts = table(["Rows", "Count"], rows, numeric={1})
+    return f"<section><h2>Reconciliation</h2>{counts}<p>{balance(batch)}</p></section>"
 
 
 def _not_billed_section(title: str, key_header: str, items: list[NotBilled], empty: str) -> str:
     if not items:
         return f'<section><h2>{e(title)}</h2><p class="empty">{e(empty)}</p></section>'
     rows = [[e(item.key or "unknown"), e(item.reason_code), e(item.calls)] for item in items]
-    return f"<section><h2>{e(title)}</h2>{table([key_header, 'Reason', 'Calls'], rows, numeric={2})}</section>"
+    calls = table([key_header, "Reason", "Calls"], rows, numeric={2})
+    return f"<section><h2>{e(title)}</h2>{calls}</section>"
 
 
 def _files_section(detail: MonthDetail) -> str:
@@ -248,10 +261,12 @@ def _held_files_section(held: list[dict[str, str]]) -> str:
         for f in held
     ]
     release = (
-        "<p>Not billed until released: <code>python -m cdr_billing.ledger release NAME</code>, or a run with "
-        "<code>release_held_files</code>.</p>"
+        "<p>Not billed until released: "
+        "<code>python -m cdr_billing.ledger release NAME</code>, "
+        "or a run with <code>release_held_files</code>.</p>"
     )
-    return f"<section><h2>Held files</h2>{release}{table(['Source', 'File', 'Content', 'First seen'], rows, set())}</section>"
+    files = table(["Source", "File", "Content", "First seen"], rows, set())
+    return f"<section><h2>Held files</h2>{release}{files}</section>"
 
 
 def _batches_section(batches: list[Batch]) -> str:
@@ -259,7 +274,8 @@ def _batches_section(batches: list[Batch]) -> str:
         [e(b.batch_id), badge(b.status), f"<code>{e(b.run_id)}</code>", e(timestamp(b.loaded_at))]
         for b in batches
     ]
-    return f"<section><h2>Batches</h2>{table(['Batch', 'Status', 'Run', 'Loaded at'], rows, numeric={0})}</section>"
+    listed = table(["Batch", "Status", "Run", "Loaded at"], rows, numeric={0})
+    return f"<section><h2>Batches</h2>{listed}</section>"
 
 
 def _superseded(count: int) -> str:
@@ -267,7 +283,8 @@ def _superseded(count: int) -> str:
 
 
 def month_page(detail: MonthDetail) -> str:
-    """One month: totals and chart per customer, reconciliation, non-billed calls, files, batches."""
+    """One month: totals and chart per customer, reconciliation, non-billed calls, files,
+    batches."""
     current, month = detail.current, detail.billing_month
     if current:
         meta = (
@@ -279,7 +296,8 @@ def month_page(detail: MonthDetail) -> str:
     body = (
         f'<p><a href="../">&larr; All months</a></p><h1>Billing month {e(month)} '
         f"{badge(detail.batches[0].status)}</h1><p class=meta>{meta}</p>{_files_section(detail)}"
-        f'<div class="grid">{_customers_section(detail)}</div><div class="grid">{_reconciliation_section(current)}'
+        f'<div class="grid">{_customers_section(detail)}</div>'
+        f'<div class="grid">{_reconciliation_section(current)}'
         + _not_billed_section(
             "Unbillable number ranges", "Number range", detail.unbillable, "No unbillable calls."
         )
