@@ -12,15 +12,17 @@ from cdr_billing.config import load_config
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "cdr_billing_monthly"
 # Memory a task frees stays in its process for the next file instead of going back to the OS at
-# once, so it is not faulted in again page by page (bench-pipeline, 10M CDRs: 29.1 s -> 25.5 s);
-# large blocks are asked for as transparent huge pages where the kernel offers them (madvise), one
-# fault per 2 MiB instead of per 4 KiB (the same run: 650k page faults -> 130k, 23.8 s -> 21.9 s).
+# once, so it is not faulted in again page by page; large blocks are asked for as transparent
+# huge pages where the kernel offers them (madvise): one page fault per 2 MiB instead of per
+# 4 KiB.
 ALLOCATOR_SETTINGS = {
     "MIMALLOC_PURGE_DELAY": "-1",  # Arrow's allocator (mimalloc): keep freed pages
     "MIMALLOC_LARGE_OS_PAGES": "1",  # mimalloc: huge pages for its segments
-    "MALLOC_MMAP_THRESHOLD_": "33554432",  # glibc: blocks up to 32 MiB (glibc's limit) from the heap, not mmap
+    # glibc: blocks up to 32 MiB (glibc's limit) from the heap, not mmap
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
     "MALLOC_TRIM_THRESHOLD_": "2147483647",  # glibc: do not hand the heap's free top back
-    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",  # glibc: huge pages for the heap and larger blocks (e.g. a file read whole)
+    # glibc: huge pages for the heap and larger blocks (e.g. a file read whole)
+    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
 }
 
 

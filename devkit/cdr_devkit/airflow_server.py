@@ -45,7 +45,8 @@ class RunningAirflow:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            "AIRFLOW__CORE__PARALLELISM": "4",  # LocalExecutor worker processes: enough for a 2-core machine
+            # LocalExecutor worker processes: enough for a 2-core machine
+            "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         }
@@ -62,7 +63,8 @@ class RunningAirflow:
         )
         if done.returncode != 0:
             raise ServiceError(
-                f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+                f"airflow {' '.join(args)} failed ({done.returncode}):\n"
+                f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
             )
         return done.stdout
 

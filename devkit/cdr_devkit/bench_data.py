@@ -41,6 +41,7 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -282,6 +283,26 @@ def _numbers(rng: np.random.Generator, n: int, prefixes: list[str]) -> pa.Array:
     )
 
 
+class _OpenSession(NamedTuple):
+    """The second part of a partial call that a file ends with the first part of: what the next
+    file's first row takes over."""
+
+    session: str
+    status: str
+    part: str
+    user: str
+    destination: str
+
+
+class _FileRows(NamedTuple):
+    """One file's rows, its clean rows (the next file re-delivers some of them) and the session
+    it leaves open for the next file (None for the last file)."""
+
+    table: pa.Table
+    clean: pa.Table
+    open_session: _OpenSession | None
+
+
 def _write_calls(
     paths: tuple[Path, ...], calls: int, prefixes: list[str], accounts: int, seed: int
 ) -> int:
@@ -289,10 +310,10 @@ def _write_calls(
     clock = _Clock(month_start - 86_400, month_end + 86_400 * 2)
     starts = np.sort(np.random.default_rng(seed + 2).integers(month_start, month_end, calls))
     sizes = [calls // len(paths) + (k < calls % len(paths)) for k in range(len(paths))]
-    first_row, previous, carried, written = 0, None, None, 0
+    first_row, rows, written = 0, None, 0
     for k, (path, size) in enumerate(zip(paths, sizes, strict=True)):
         rng = np.random.default_rng([seed, k])
-        table, previous, carried = _file_rows(
+        rows = _file_rows(
             rng,
             k,
             len(paths),
@@ -301,12 +322,12 @@ def _write_calls(
             prefixes,
             accounts,
             clock,
-            previous,
-            carried,
+            previous=rows.clean if rows else None,
+            carried=rows.open_session if rows else None,
         )
-        with path.open(
-            "wb"
-        ) as handle:  # the header unquoted, as a carrier (and sample_data) writes it
+        table = rows.table
+        # The header unquoted, as a carrier (and sample_data) writes it.
+        with path.open("wb") as handle:
             handle.write((",".join(CARRIER_FIELDS) + "\n").encode())
             pacsv.write_csv(
                 table,
@@ -318,8 +339,11 @@ def _write_calls(
     return written
 
 
-def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, previous, carried):
-    """One file's rows as a pyarrow table; returns (table, its clean rows, the open boundary session)."""
+def _file_rows(
+    rng, k, files, first_row, starts, prefixes, accounts, clock, previous, carried
+) -> _FileRows:
+    """One file's rows (`previous`: the clean rows of the file before, `carried`: the session
+    it left open)."""
     n = len(starts)
     g = np.arange(first_row, first_row + n)
     duration = np.where(
@@ -351,15 +375,13 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
         session[i] = session[j] = f"SP{g[i]:09d}"
         status[i] = status[j] = "2"
         user_text[j] = user_text[i]
-        if (
-            o >= 0.15
-        ):  # the same number; the others were transferred: which part is first decides the price
+        # the same number; the others were transferred: which part is first decides the price
+        if o >= 0.15:
             destination[j] = destination[i]
         if o < 0.1:  # numbered against time: the earlier part (by start) is still the first
             part[i], part[j] = "2", "1"
-        elif (
-            o < 0.15
-        ):  # both start together: the lower part number (the later row) is the first; 9 before 10
+        # both start together: the lower part number (the later row) is the first; 9 before 10
+        elif o < 0.15:
             starts[j] = starts[i]
             start_text[j] = start_text[i]
             part[i], part[j] = ("2", "1") if o < 0.125 else ("10", "9")
@@ -371,7 +393,7 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
         clean[0] = False
     carried = None
     if k < files - 1:
-        carried = (f"SX{k:03d}", "2", "2", user_text[n - 1], destination[n - 1])
+        carried = _OpenSession(f"SX{k:03d}", "2", "2", user_text[n - 1], destination[n - 1])
         session[n - 1], status[n - 1], part[n - 1] = f"SX{k:03d}", "2", "1"
         clean[n - 1] = False
 
@@ -381,7 +403,7 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
         ("start", f"{MONTH.year}-13-40T99:00:00Z"),  # BAD_TIMESTAMP
         (
             "start",
-            datetime.fromtimestamp(_utc_seconds(MONTH.bounds(TIMEZONE)[0]) - 1, UTC).strftime(
+            datetime.fromtimestamp(_utc_seconds(MONTH.bounds(TIMEZONE).start) - 1, UTC).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
             ),
         ),
@@ -398,15 +420,16 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
         ("status", "1.0"),
         (
             "start",
-            datetime.fromtimestamp(_utc_seconds(MONTH.bounds(TIMEZONE)[0]), UTC).strftime(
+            datetime.fromtimestamp(_utc_seconds(MONTH.bounds(TIMEZONE).start), UTC).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
             ),
         ),
         ("share", "12.50"),
+        # 16 digits: valid text, but no E.164 number: unbillable
         (
             "destination",
             "+4412345678901234",
-        ),  # 16 digits: valid text, but no E.164 number: unbillable
+        ),
         ("status_partial_alone", "2"),  # status 2 without a session id: billed on its own
     ]
     columns = {
@@ -451,7 +474,8 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
         "charging_info": pa.array(np.full(n, "postpaid")),
     }
     own = pa.table({name: table[name] for name in CARRIER_FIELDS})
-    # Re-delivered duplicates: clean rows of the previous file (the first file: its own), one second longer.
+    # Re-delivered duplicates: clean rows of the previous file (the first file: its own), one
+    # second longer.
     source = previous if previous is not None else own.filter(pa.array(clean))
     copies = source.take(
         pa.array(rng.choice(source.num_rows, size=max(3, n // 10_000), replace=False))
@@ -460,4 +484,4 @@ def _file_rows(rng, k, files, first_row, starts, prefixes, accounts, clock, prev
     copies = copies.set_column(
         CARRIER_FIELDS.index("duration_of_usage"), "duration_of_usage", longer
     )
-    return pa.concat_tables([own, copies]), own.filter(pa.array(clean)), carried
+    return _FileRows(pa.concat_tables([own, copies]), own.filter(pa.array(clean)), carried)

@@ -13,6 +13,7 @@ import random
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from cdr_devkit.airflow_env import PROJECT_ROOT
 from cdr_devkit.sample_data import CONFERENCING_HEADER
@@ -78,12 +79,19 @@ def read_project(path: Path) -> list[str]:
     ].tolist()
 
 
-def timed(label: str, read, path: Path) -> tuple[float, list[str]]:
+class Timed(NamedTuple):
+    """How long a reader took, and the leg ids it read."""
+
+    seconds: float
+    ids: list[str]
+
+
+def timed(label: str, read, path: Path) -> Timed:
     started = time.perf_counter()
     ids = read(path)
     elapsed = time.perf_counter() - started
     print(f"{label:<34}{elapsed:>8.2f} s{len(ids) / elapsed:>14,.0f} rows/s")
-    return elapsed, ids
+    return Timed(elapsed, ids)
 
 
 def main() -> int:
@@ -95,15 +103,16 @@ def main() -> int:
     if not path.exists():
         print(f"writing {args.rows:,} legs to {path} ...")
         write_file(path, args.rows)
-    peer, peer_ids = timed("openpyxl (read-only, peer)", read_openpyxl, path)
-    bare, bare_ids = timed("fastexcel (bare)", read_fastexcel, path)
-    ours, our_ids = timed("project read_cdr_file (fastexcel)", read_project, path)
-    if not peer_ids == bare_ids == our_ids:
+    peer = timed("openpyxl (read-only, peer)", read_openpyxl, path)
+    bare = timed("fastexcel (bare)", read_fastexcel, path)
+    ours = timed("project read_cdr_file (fastexcel)", read_project, path)
+    if not peer.ids == bare.ids == ours.ids:
         print("MISMATCH: the readers disagree on the leg ids")
         return 1
-    print(f"same {len(our_ids):,} leg ids from all three readers")
+    print(f"same {len(ours.ids):,} leg ids from all three readers")
     print(
-        f"speed-up vs openpyxl: bare fastexcel {peer / bare:.1f}x, project reader {peer / ours:.1f}x"
+        f"speed-up vs openpyxl: bare fastexcel {peer.seconds / bare.seconds:.1f}x, "
+        f"project reader {peer.seconds / ours.seconds:.1f}x"
     )
     return 0
 

@@ -165,13 +165,17 @@ WITH numbers AS (
 ), candidates AS (
     SELECT k.transaction_id, k.d, t.* FROM keys k JOIN tariff t ON t.prefix = k.key
 ), best AS (
-    SELECT * FROM candidates QUALIFY row_number() OVER (PARTITION BY transaction_id ORDER BY length(prefix) DESC) = 1
+    SELECT * FROM candidates
+    QUALIFY row_number() OVER (PARTITION BY transaction_id ORDER BY length(prefix) DESC) = 1
 ), billed AS (
     SELECT *, CASE WHEN d = 0 THEN 0 ELSE first_increment
-        + ceil(greatest(d - first_increment, 0) / next_increment)::BIGINT * next_increment END AS s FROM best
+        + ceil(greatest(d - first_increment, 0) / next_increment)::BIGINT * next_increment
+        END AS s
+    FROM best
 )
 SELECT transaction_id,
-       ((greatest(fee_micro * 60 + price_micro * s, minimum_micro * 60) + 300000) // 600000)::BIGINT AS cost
+       ((greatest(fee_micro * 60 + price_micro * s, minimum_micro * 60) + 300000)
+        // 600000)::BIGINT AS cost
 FROM billed
 """
 
@@ -194,7 +198,8 @@ def main() -> int:
     tariff = make_tariff(args.prefixes)
     calls = make_calls(tariff, args.calls)
     print(
-        f"{args.calls:,} calls, {args.prefixes:,} prefixes; peak RSS after generating: {peak_rss_mib():,.0f} MiB"
+        f"{args.calls:,} calls, {args.prefixes:,} prefixes; "
+        f"peak RSS after generating: {peak_rss_mib():,.0f} MiB"
     )
     results, times = {}, {}
     implementations = (
@@ -209,7 +214,8 @@ def main() -> int:
         times[name] = time.perf_counter() - started
         rate_per_second = args.calls / times[name]
         print(
-            f"{name:<14}{times[name]:>9.2f} s{rate_per_second:>14,.0f} calls/s   peak RSS so far {peak_rss_mib():,.0f} MiB"
+            f"{name:<14}{times[name]:>9.2f} s{rate_per_second:>14,.0f} calls/s   "
+            f"peak RSS so far {peak_rss_mib():,.0f} MiB"
         )
     agree = all(results["engine"].equals(other) for other in results.values())
     print(f"all agree on every cost ({len(results['engine']):,} priced calls): {agree}")
@@ -219,7 +225,8 @@ def main() -> int:
             times["python loop"] / times[name],
         )
         print(
-            f"{name} vs DuckDB: {versus_duckdb:.2f}x faster; vs the Python loop: {versus_loop:.1f}x faster"
+            f"{name} vs DuckDB: {versus_duckdb:.2f}x faster; "
+            f"vs the Python loop: {versus_loop:.1f}x faster"
         )
     return 0 if agree else 1
 

@@ -101,7 +101,10 @@ class LocalPostgres:
             "-E",
             "UTF8",
         )
-        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )
         self._run(
             str(self.bin / "pg_ctl"),
             "-D",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from cdr_billing.canonical import CARRIER_FIELDS
@@ -83,7 +84,17 @@ def _account_id(index: int) -> str:
     return f"SUB-{index:05d}" if index < 140 else f"EXT-{index + 860}"
 
 
-def _accounts(rng: random.Random) -> tuple[list[dict], list[str], list[str], list[str]]:
+class _Accounts(NamedTuple):
+    """The entitlement snapshot's rows, and the account ids each source's calls use (each
+    with one id the snapshot does not know)."""
+
+    snapshot: list[dict]
+    conferencing: list[str]
+    carrier: list[str]
+    pbx: list[str]
+
+
+def _accounts(rng: random.Random) -> _Accounts:
     """Entitlement rows plus the conferencing, carrier and PBX account ids in use."""
     rows, conferencing, carrier, pbx = [], [], [], []
     for index in range(180):
@@ -103,7 +114,7 @@ def _accounts(rng: random.Random) -> tuple[list[dict], list[str], list[str], lis
                 "last_login": f"2026-{rng.randint(1, 9):02d}-{rng.randint(1, 28):02d}",
             }
         )
-    return rows, conferencing + ["9999901"], carrier + ["SUB-99999"], pbx + ["EXT-9999"]
+    return _Accounts(rows, conferencing + ["9999901"], carrier + ["SUB-99999"], pbx + ["EXT-9999"])
 
 
 def _start_times(rng: random.Random, month: BillingMonth, count: int) -> list[datetime]:
@@ -272,20 +283,20 @@ def generate_month(
     rng = random.Random(seed)
     for folder in ("cdr/conferencing", "cdr/carrier", "cdr/pbx", "reference"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    snapshot, conferencing, carrier, pbx = _accounts(rng)
+    accounts = _accounts(rng)
     previous = BillingMonth(month.year - (month.month == 1), (month.month - 2) % 12 + 1)
     write_carrier_csv(
         root / f"cdr/carrier/carrier_cdr_{month.year}{month.month:02d}.csv",
         rng,
         month,
-        carrier,
+        accounts.carrier,
         carrier_calls,
     )
     write_carrier_csv(
         root / f"cdr/carrier/carrier_cdr_{previous.year}{previous.month:02d}.csv",
         rng,
         previous,
-        carrier,
+        accounts.carrier,
         50,
         with_flaws=False,
     )
@@ -293,16 +304,20 @@ def generate_month(
         root / f"cdr/conferencing/conferencing_cdr_{month}.xlsx",
         rng,
         month,
-        conferencing,
+        accounts.conferencing,
         conference_legs,
     )
-    write_pbx_csv(root / f"cdr/pbx/pbx_cdr_{month}.csv", rng, month, pbx, pbx_calls)
+    write_pbx_csv(root / f"cdr/pbx/pbx_cdr_{month}.csv", rng, month, accounts.pbx, pbx_calls)
     _write_csv(
         root / f"reference/tariff_{month}-01.csv",
         list(TARIFF_COLUMNS),
         [dict(zip(TARIFF_COLUMNS, (*row, "EUR"), strict=True)) for row in TARIFF],
     )
-    _write_csv(root / f"reference/entitlements_{month.next()}-02.csv", list(snapshot[0]), snapshot)
+    _write_csv(
+        root / f"reference/entitlements_{month.next()}-02.csv",
+        list(accounts.snapshot[0]),
+        accounts.snapshot,
+    )
     return SampleMonth(root, month)
 
 

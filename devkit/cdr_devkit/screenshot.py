@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from websockets.sync.client import ClientConnection, connect
 
@@ -45,7 +45,8 @@ class ScreenshotError(RuntimeError):
 
 
 class DevTools:
-    """A minimal Chrome DevTools protocol client: one WebSocket to the browser, flattened sessions."""
+    """A minimal Chrome DevTools protocol client: one WebSocket to the browser, flattened
+    sessions."""
 
     def __init__(self, socket: ClientConnection) -> None:
         self._socket = socket
@@ -83,8 +84,16 @@ class DevTools:
             time.sleep(0.5)
 
 
-def start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
-    """Start headless Chromium with the DevTools protocol on a free port; return it and its browser URL."""
+class Chromium(NamedTuple):
+    """A headless Chromium and the WebSocket URL of its browser's DevTools endpoint."""
+
+    process: subprocess.Popen
+    devtools_url: str
+
+
+def start_chromium(profile: Path) -> Chromium:
+    """Start headless Chromium with the DevTools protocol on a free port; return it and its
+    browser URL."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         raise ScreenshotError("Chromium is missing: apt-get install -y chromium")
@@ -110,7 +119,7 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
             raise ScreenshotError("Chromium did not open its DevTools port")
         time.sleep(0.2)
     port, path = port_file.read_text().split()[:2]
-    return browser, f"ws://127.0.0.1:{port}{path}"
+    return Chromium(browser, f"ws://127.0.0.1:{port}{path}")
 
 
 def capture(devtools: DevTools, base_url: str, token: str, month: str) -> bytes:
@@ -175,17 +184,18 @@ def main() -> int:
     print(f"Starting Airflow on {AIRFLOW_HOME} and headless Chromium")
     with RunningAirflow(AIRFLOW_HOME, env, admin_password=secrets.token_urlsafe(16)) as airflow:
         with tempfile.TemporaryDirectory(prefix="cdr-chromium-") as profile:
-            browser, browser_url = start_chromium(Path(profile))
+            chromium = start_chromium(Path(profile))
             try:
-                with connect(browser_url, max_size=None, proxy=None) as socket:
+                with connect(chromium.devtools_url, max_size=None, proxy=None) as socket:
                     png = capture(DevTools(socket), airflow.base_url, airflow.token(), args.month)
             finally:
-                os.killpg(browser.pid, signal.SIGTERM)
-                browser.wait(timeout=20)
+                os.killpg(chromium.process.pid, signal.SIGTERM)
+                chromium.process.wait(timeout=20)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(png)
     print(
-        f"Wrote {args.output} ({len(png)} bytes): the Billing page of {args.month} in the Airflow UI"
+        f"Wrote {args.output} ({len(png)} bytes): "
+        f"the Billing page of {args.month} in the Airflow UI"
     )
     return 0
 

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 READY_TIMEOUT_SECONDS = 30
 
@@ -112,6 +113,20 @@ class SftpServer(ServerProcess):
         }
 
 
+class KeyPair(NamedTuple):
+    """An ed25519 key's private key file and its public key file (OpenSSH format)."""
+
+    private: Path
+    public: Path
+
+
+class Spawned(NamedTuple):
+    """A server process that is ready, and the port it bound."""
+
+    process: subprocess.Popen
+    port: int
+
+
 @dataclass
 class LocalServices:
     """Owns the servers it starts; stops them all on exit."""
@@ -123,7 +138,7 @@ class LocalServices:
         self.base.mkdir(parents=True, exist_ok=True)
         self.client_key, self.client_public_key = self._key_pair("client")
 
-    def _key_pair(self, name: str) -> tuple[Path, Path]:
+    def _key_pair(self, name: str) -> KeyPair:
         import asyncssh
 
         private, public = self.base / f"{name}_ed25519", self.base / f"{name}_ed25519.pub"
@@ -132,9 +147,9 @@ class LocalServices:
             key.write_private_key(str(private))
             key.write_public_key(str(public))
             private.chmod(0o600)
-        return private, public
+        return KeyPair(private, public)
 
-    def _spawn(self, name: str, module: str, *args: str) -> tuple[subprocess.Popen, int]:
+    def _spawn(self, name: str, module: str, *args: str) -> Spawned:
         ready = self.base / f"{name}.ready"
         ready.unlink(missing_ok=True)
         log = (self.base / f"{name}.log").open("ab")
@@ -144,20 +159,20 @@ class LocalServices:
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),
         )
-        return process, _wait_ready(process, ready, name)
+        return Spawned(process, _wait_ready(process, ready, name))
 
     def start_sftp(
         self, name: str, root: Path, port: int = 0, max_bytes_per_second: int = 0
     ) -> SftpServer:
         """Start an SFTP server with its own host key, serving root (optionally throttled)."""
-        host_key, host_public = self._key_pair(f"{name}_host")
-        process, bound = self._spawn(
+        host_key = self._key_pair(f"{name}_host")
+        spawned = self._spawn(
             name,
             "cdr_devkit.sftp_server",
             "--root",
             str(root),
             "--host-key",
-            str(host_key),
+            str(host_key.private),
             "--authorized-keys",
             str(self.client_public_key),
             "--port",
@@ -165,11 +180,11 @@ class LocalServices:
             "--max-bytes-per-second",
             str(max_bytes_per_second),
         )
-        key_type, key_data = host_public.read_text().split()[:2]
+        key_type, key_data = host_key.public.read_text().split()[:2]
         server = SftpServer(
             name,
-            bound,
-            process,
+            spawned.port,
+            spawned.process,
             root=root,
             host_key=f"{key_type} {key_data}",
             log_path=self.base / f"{name}.log",
@@ -181,17 +196,19 @@ class LocalServices:
         """Start OpenSSH's sshd with its own host key (see cdr_devkit.openssh_server)."""
         from cdr_devkit.openssh_server import start_sshd
 
-        host_key, host_public = self._key_pair(f"{name}_host")
-        server = start_sshd(self.base, name, host_key, host_public, self.client_public_key)
+        host_key = self._key_pair(f"{name}_host")
+        server = start_sshd(
+            self.base, name, host_key.private, host_key.public, self.client_public_key
+        )
         self.servers.append(server)
         return server
 
     def start_smtp(self, maildir: Path) -> ServerProcess:
         """Start an SMTP server that writes each message to maildir."""
-        process, port = self._spawn(
+        spawned = self._spawn(
             "smtp", "cdr_devkit.smtp_server", "--maildir", str(maildir), "--port", str(free_port())
         )
-        server = ServerProcess("smtp", port, process)
+        server = ServerProcess("smtp", spawned.port, spawned.process)
         self.servers.append(server)
         return server
 

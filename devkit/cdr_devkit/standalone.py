@@ -28,20 +28,19 @@ def main() -> int:
     os.environ.update(airflow_settings(AIRFLOW_HOME))
     migrate(AIRFLOW_HOME)
     with LocalServices(DEMO_DIR / "services") as services:
-        venv_bin = str(
-            Path(sys.executable).parent
-        )  # airflow standalone starts `airflow ...` from PATH
+        # airflow standalone starts `airflow ...` from PATH
+        venv_bin = str(Path(sys.executable).parent)
         env = {
             **os.environ,
             **start_demo_services(services, args.month),
             "PATH": f"{venv_bin}:{os.environ['PATH']}",
         }
         print(
-            f"Sample month {args.month} is on the local SFTP servers. Starting Airflow at http://localhost:8080"
+            f"Sample month {args.month} is on the local SFTP servers. "
+            "Starting Airflow at http://localhost:8080"
         )
-        print(
-            f"Log in as admin; the password is in {AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'}"
-        )
+        passwords = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
+        print(f"Log in as admin; the password is in {passwords}")
         airflow = subprocess.Popen(
             [str(Path(sys.executable).with_name("airflow")), "standalone"],
             env=env,
