@@ -1,4 +1,5 @@
-"""Lines of a carrier CSV file for reader tests: the header, and a good row unless told otherwise."""
+"""Lines of a carrier CSV file for reader tests: the header, and a good row unless told
+otherwise."""
 
 from __future__ import annotations
 

@@ -13,9 +13,8 @@ SESSION_DIR = Path(tempfile.mkdtemp(prefix="cdr-tests-"))
 os.environ["CDR_BILLING_CONFIG"] = str(
     Path(__file__).resolve().parents[1] / "include/config/pipeline.yaml"
 )
-os.environ["CDR_BILLING_STABLE_SECONDS"] = (
-    "0"  # sftp.stable_seconds: the sample files are complete before the servers start
-)
+# sftp.stable_seconds: the sample files are complete before the servers start
+os.environ["CDR_BILLING_STABLE_SECONDS"] = "0"
 from cdr_devkit.airflow_env import airflow_settings  # noqa: E402
 
 os.environ.update(airflow_settings(SESSION_DIR / "airflow"))
@@ -48,10 +47,11 @@ BACKFILL_MONTHS = [BillingMonth(2026, m) for m in (1, 2, 3)]
 def sftp_root() -> Path:
     """A generated sample month, served by both SFTP servers."""
     root = SESSION_DIR / "sftp"
+    # each month also writes a small previous-month file
     for month in [
         *reversed(BACKFILL_MONTHS),
         SAMPLE_MONTH,
-    ]:  # each month also writes a small previous-month file
+    ]:
         generate_month(root, month)
     return root
 

@@ -2,12 +2,16 @@
 
 Written under a directory laid out as an SFTP root (what tests/e2e/test_golden_month.py's
 pipeline.yaml expects):
-  cdr/conferencing/conferencing_cdr_2026-03.xlsx  priced legs (local times), CLP EUR SEK JOD KWD BHD
+  cdr/conferencing/conferencing_cdr_2026-03.xlsx  priced legs (local times),
+                                                  CLP EUR SEK JOD KWD BHD
   cdr/carrier/carrier_cdr_202603_a.csv            tariff-priced carrier calls (UTC)
-  cdr/carrier/carrier_cdr_202603_b.csv            a second carrier file: a session's 2nd part, re-deliveries
-  cdr/credits/credits_cdr_2026-03.xlsx            priced legs of a source whose profile allows credits
+  cdr/carrier/carrier_cdr_202603_b.csv            a second carrier file: a session's 2nd part,
+                                                  re-deliveries
+  cdr/credits/credits_cdr_2026-03.xlsx            priced legs of a source whose profile allows
+                                                  credits
   reference/tariff_2026-03-01.csv                 the month's tariff (the newest version)
-  reference/entitlements_2026-03-04.csv, _2026-03-18.csv (mid-month), _2026-04-02.csv (pinned first)
+  reference/entitlements_2026-03-04.csv, _2026-03-18.csv (mid-month),
+            _2026-04-02.csv (pinned first)
 and beside it (not on the servers until the test puts them there):
   older_tariff.csv                                a previous tariff version, loaded before the month
   entitlements_2026-04-15.csv                     the correction snapshot
@@ -80,7 +84,8 @@ ENTITLEMENT_FIELDS = (
 )
 CARRIER_FILES = ("carrier_cdr_202603_a.csv", "carrier_cdr_202603_b.csv")
 CONFERENCING_FILE = "conferencing_cdr_2026-03.xlsx"
-CREDITS_FILE = "credits_cdr_2026-03.xlsx"  # the conferencing layout, from a source whose profile allows credits
+# The conferencing layout, from a source whose profile allows credits.
+CREDITS_FILE = "credits_cdr_2026-03.xlsx"
 SNAPSHOTS = (
     "entitlements_2026-03-04.csv",
     "entitlements_2026-03-18.csv",
@@ -89,7 +94,8 @@ SNAPSHOTS = (
 CORRECTION = "entitlements_2026-04-15.csv"
 TARIFF_FILE, OLDER_TARIFF = "tariff_2026-03-01.csv", "older_tariff.csv"
 
-# prefix, destination, price/min, fee, first, next, minimum, currency, valid_from, valid_to, band, weekdays, hours
+# prefix, destination, price/min, fee, first, next, minimum, currency, valid_from, valid_to, band,
+# weekdays, hours
 TARIFF = [
     (
         "46",
@@ -303,7 +309,8 @@ TARIFF = [
         "24",
     ),
 ]
-OLDER = [  # loaded before the month: overridden where the month's tariff has a valid rate of the prefix
+# Loaded before the month: overridden where the month's tariff has a valid rate of the prefix.
+OLDER = [
     (
         "46",
         "Sweden fixed (old)",
@@ -356,8 +363,9 @@ OLDER = [  # loaded before the month: overridden where the month's tariff has a 
 ]
 
 CUSTOMERS = {"C100": "100", "C200": "200", "C300": "300"}
-# account -> (customer, sequence number, entitled) in each snapshot E1 (03-04), E2 (03-18), E3 (04-02), E4 (04-15);
-# None: not listed; a customer "" or a sequence number "" with default "": not billable.
+# account -> (customer, sequence number, entitled) in each snapshot E1 (03-04), E2 (03-18),
+# E3 (04-02), E4 (04-15); None: not listed; a customer "" or a sequence number "" with
+# default "": not billable.
 STABLE = {
     "0000101": ("C100", "1001"),
     "0000102": ("C100", ""),
@@ -457,7 +465,8 @@ def carrier_row(
     part: str = "1",
     share: str = "",
 ) -> dict[str, str]:
-    """One carrier CDR; start in UTC ("...Z"); end = start + seconds when seconds is a sane number."""
+    """One carrier CDR; start in UTC ("...Z"); end = start + seconds when seconds is a sane
+    number."""
     begun = _utc(start)
     whole = seconds.split(".")[0].lstrip("-")
     span = int(whole) if whole.isdigit() and len(whole) < 7 else 0
@@ -484,7 +493,8 @@ def carrier_row(
     }
 
 
-# Numbers as carriers write them: national "0", international "00" and "+"; separators only in separator_rows.
+# Numbers as carriers write them: national "0", international "00" and "+"; separators only in
+# separator_rows.
 STHLM, SWEDEN, MOBILE, LONDON, UK = (
     "0855512345",
     "+46317654321",
@@ -498,7 +508,8 @@ CHILE, USA, FINLAND, SATELLITE = "+56221234567", "+12125550100", "+358401234567"
 
 def partial_rows_a() -> list[dict[str, str]]:
     """Partial calls in file a: parts 10 and 9 in one second (10 first), a 3-part session in
-    no order, a tie broken by id, a session continued in file b, one whose part file b re-delivers."""
+    no order, a tie broken by id, a session continued in file b, one whose part file b
+    re-delivers."""
     return [
         carrier_row(
             "P10",
@@ -645,47 +656,38 @@ def grammar_rows() -> list[dict[str, str]]:
 def tariff_rows() -> list[dict[str, str]]:
     """Prefixes, validity, bands (local weekday and hour, across DST), versions, currencies."""
     return [
-        carrier_row(
-            "TF-berlin-05", "2026-03-05T10:00:00Z", "61", BERLIN
-        ),  # older 49 (new 49 from the 10th)
+        # older 49 (new 49 from the 10th)
+        carrier_row("TF-berlin-05", "2026-03-05T10:00:00Z", "61", BERLIN),
         carrier_row("TF-berlin-12", "2026-03-12T10:00:00Z", "61", BERLIN),  # new 49
         carrier_row("TF-berlin-25", "2026-03-25T10:00:00Z", "61", BERLIN),  # 4930 from the 20th
-        carrier_row(
-            "TF-sweden", "2026-03-06T10:00:00Z", "61", SWEDEN
-        ),  # the new version's 46, not the older
-        carrier_row(
-            "TF-finland", "2026-03-06T11:00:00Z", "61", FINLAND
-        ),  # only in the older version
-        carrier_row(
-            "TF-sat-05", "2026-03-05T12:00:00Z", "61", SATELLITE
-        ),  # older satellite rate, until the 10th
-        carrier_row(
-            "TF-sat-15", "2026-03-15T12:00:00Z", "61", SATELLITE
-        ),  # no rate any more: unbillable
+        # the new version's 46, not the older
+        carrier_row("TF-sweden", "2026-03-06T10:00:00Z", "61", SWEDEN),
+        # only in the older version
+        carrier_row("TF-finland", "2026-03-06T11:00:00Z", "61", FINLAND),
+        # older satellite rate, until the 10th
+        carrier_row("TF-sat-05", "2026-03-05T12:00:00Z", "61", SATELLITE),
+        # no rate any more: unbillable
+        carrier_row("TF-sat-15", "2026-03-15T12:00:00Z", "61", SATELLITE),
         carrier_row("TF-none", "2026-03-15T13:00:00Z", "61", "+999123456"),  # no prefix: unbillable
         carrier_row("TF-fri-0830", "2026-03-27T07:30:00Z", "95", STHLM),  # 08:30 CET: peak
         carrier_row("TF-mon-0830", "2026-03-30T06:30:00Z", "95", STHLM),  # 08:30 CEST: peak
         carrier_row("TF-mon-0730", "2026-03-30T05:30:00Z", "95", STHLM),  # 07:30 CEST: night
         carrier_row("TF-sat", "2026-03-28T12:00:00Z", "30", STHLM),  # weekend: 0.025 -> 0.03
         carrier_row("TF-wed-1830", "2026-03-11T17:30:00Z", "95", STHLM),  # 18:30 CET: evening
-        carrier_row(
-            "TF-mon-0030", "2026-03-01T23:30:00Z", "95", STHLM
-        ),  # Monday 00:30 local (Sunday in UTC): night
-        carrier_row(
-            "TF-lon-14", "2026-03-14T22:30:00Z", "121", LONDON
-        ),  # 23:30 local on the 14th: 0.02
-        carrier_row(
-            "TF-lon-15", "2026-03-14T23:30:00Z", "121", LONDON
-        ),  # 00:30 local on the 15th: 0.025
+        # Monday 00:30 local (Sunday in UTC): night
+        carrier_row("TF-mon-0030", "2026-03-01T23:30:00Z", "95", STHLM),
+        # 23:30 local on the 14th: 0.02
+        carrier_row("TF-lon-14", "2026-03-14T22:30:00Z", "121", LONDON),
+        # 00:30 local on the 15th: 0.025
+        carrier_row("TF-lon-15", "2026-03-14T23:30:00Z", "121", LONDON),
         carrier_row("TF-jordan", "2026-03-09T10:00:00Z", "125", JORDAN),
         carrier_row("TF-kuwait", "2026-03-09T11:00:00Z", "61", KUWAIT),
         carrier_row("TF-chile", "2026-03-09T12:00:00Z", "61", CHILE),
         carrier_row("TF-usa", "2026-03-09T13:00:00Z", "7", USA),
         carrier_row("TF-uk-00", "2026-03-09T14:00:00Z", "33", UK),
         carrier_row("TF-ukmob", "2026-03-09T15:00:00Z", "5", UK_MOBILE),
-        carrier_row(
-            "SHARED-1", "2026-03-09T16:00:00Z", "61", SWEDEN
-        ),  # a conferencing leg has this id too
+        # a conferencing leg has this id too
+        carrier_row("SHARED-1", "2026-03-09T16:00:00Z", "61", SWEDEN),
     ]
 
 
@@ -694,47 +696,38 @@ def separator_rows() -> list[dict[str, str]]:
     return [
         carrier_row("NUM-space", "2026-03-10T09:00:00Z", "61", "+44 20 7946 0002"),  # London 0.02
         carrier_row("NUM-dash", "2026-03-10T09:10:00Z", "61", "08-555 123 46"),  # Stockholm peak
-        carrier_row(
-            "NUM-00-space", "2026-03-10T09:20:00Z", "61", "0046 31 765 4321"
-        ),  # Sweden fixed
+        # Sweden fixed
+        carrier_row("NUM-00-space", "2026-03-10T09:20:00Z", "61", "0046 31 765 4321"),
         carrier_row("NUM-mobile", "2026-03-10T09:30:00Z", "61", "070-123 45 68"),  # Sweden mobile
     ]
 
 
 def entitlement_rows() -> list[dict[str, str]]:
-    """Calls around the snapshots' local midnights and of accounts that change or are in suspense."""
+    """Calls around the snapshots' local midnights and of accounts that change or are in
+    suspense."""
     return [
-        carrier_row(
-            "MB-in", "2026-02-28T23:30:00Z", "60", SWEDEN, user="SUB-MOVE"
-        ),  # 1 March 00:30 local: pinned E3
+        # 1 March 00:30 local: pinned E3
+        carrier_row("MB-in", "2026-02-28T23:30:00Z", "60", SWEDEN, user="SUB-MOVE"),
         carrier_row("MB-last", "2026-03-31T21:59:59Z", "60", SWEDEN, user="SUB-MOVE"),  # E2
-        carrier_row(
-            "MB-out", "2026-03-31T22:00:00Z", "60", SWEDEN, user="SUB-MOVE"
-        ),  # 1 April local: outside
-        carrier_row(
-            "EN-pre-E1", "2026-03-03T22:59:59Z", "60", SWEDEN, user="SUB-MOVE"
-        ),  # before E1: pinned E3 (1003)
+        # 1 April local: outside
+        carrier_row("MB-out", "2026-03-31T22:00:00Z", "60", SWEDEN, user="SUB-MOVE"),
+        # before E1: pinned E3 (1003)
+        carrier_row("EN-pre-E1", "2026-03-03T22:59:59Z", "60", SWEDEN, user="SUB-MOVE"),
         carrier_row("EN-at-E1", "2026-03-03T23:00:00Z", "60", SWEDEN, user="SUB-MOVE"),  # E1 (1001)
-        carrier_row(
-            "EN-pre-E2", "2026-03-17T22:59:59Z", "60", SWEDEN, user="SUB-MOVE"
-        ),  # E1 (1001)
+        # E1 (1001)
+        carrier_row("EN-pre-E2", "2026-03-17T22:59:59Z", "60", SWEDEN, user="SUB-MOVE"),
         carrier_row("EN-at-E2", "2026-03-17T23:00:00Z", "60", SWEDEN, user="SUB-MOVE"),  # E2 (1003)
-        carrier_row(
-            "EN-new-02", "2026-03-02T10:00:00Z", "60", SWEDEN, user="SUB-NEW"
-        ),  # no snapshot yet: E3
-        carrier_row(
-            "EN-new-10", "2026-03-10T10:00:00Z", "60", SWEDEN, user="SUB-NEW"
-        ),  # E1 lacks it: forward to E2
-        carrier_row(
-            "EN-late-05", "2026-03-05T10:00:00Z", "60", SWEDEN, user="SUB-LATE"
-        ),  # entitled from E3
+        # no snapshot yet: E3
+        carrier_row("EN-new-02", "2026-03-02T10:00:00Z", "60", SWEDEN, user="SUB-NEW"),
+        # E1 lacks it: forward to E2
+        carrier_row("EN-new-10", "2026-03-10T10:00:00Z", "60", SWEDEN, user="SUB-NEW"),
+        # entitled from E3
+        carrier_row("EN-late-05", "2026-03-05T10:00:00Z", "60", SWEDEN, user="SUB-LATE"),
         carrier_row("EN-late-20", "2026-03-20T10:00:00Z", "60", SWEDEN, user="SUB-LATE"),
-        carrier_row(
-            "EN-left-10", "2026-03-10T11:00:00Z", "60", SWEDEN, user="SUB-LEFT"
-        ),  # billed by E1
-        carrier_row(
-            "EN-left-20", "2026-03-20T11:00:00Z", "60", SWEDEN, user="SUB-LEFT"
-        ),  # suspense: never backward
+        # billed by E1
+        carrier_row("EN-left-10", "2026-03-10T11:00:00Z", "60", SWEDEN, user="SUB-LEFT"),
+        # suspense: never backward
+        carrier_row("EN-left-20", "2026-03-20T11:00:00Z", "60", SWEDEN, user="SUB-LEFT"),
         carrier_row("SU-unknown-06", "2026-03-06T10:00:00Z", "60", SWEDEN, user="SUB-UNKNOWN"),
         carrier_row("SU-unknown-19", "2026-03-19T10:00:00Z", "60", SWEDEN, user="SUB-UNKNOWN"),
         carrier_row("SU-noseq-07", "2026-03-07T10:00:00Z", "60", SWEDEN, user="SUB-NOSEQ"),
@@ -856,18 +849,14 @@ def conferencing_legs(rng: random.Random) -> list[list]:
         leg("CL-EUR-0.04", "2026-03-04 11:00:00", 60, "0.04", "EUR", "0000103"),  # 0.045 -> 0.05
         leg("CL-EUR-6dec", "2026-03-04 12:00:00", 60, "12.123456", "Eur", "0000103"),
         leg("CL-SEK-lower", "2026-03-04 13:00:00", 60, "4.00", "sek", "0000102"),
-        leg(
-            "CL-EUR-900M", "2026-03-05 10:00:00", 3600, "900000000", "EUR", "0000104"
-        ),  # 1,012,500,000.00
-        leg(
-            "CL-EUR-1G", "2026-03-05 11:00:00", 3600, "1000000000", "EUR", "0000104"
-        ),  # the limit itself
-        leg(
-            "CL-over-1G", "2026-03-05 12:00:00", 3600, "1000000000.000001", "EUR", "0000104"
-        ),  # COST_OUT_OF_RANGE
-        leg(
-            "CL-over-5G", "2026-03-05 13:00:00", 3600, "5000000000", "EUR", "0000104"
-        ),  # COST_OUT_OF_RANGE
+        # 1,012,500,000.00
+        leg("CL-EUR-900M", "2026-03-05 10:00:00", 3600, "900000000", "EUR", "0000104"),
+        # the limit itself
+        leg("CL-EUR-1G", "2026-03-05 11:00:00", 3600, "1000000000", "EUR", "0000104"),
+        # COST_OUT_OF_RANGE
+        leg("CL-over-1G", "2026-03-05 12:00:00", 3600, "1000000000.000001", "EUR", "0000104"),
+        # COST_OUT_OF_RANGE
+        leg("CL-over-5G", "2026-03-05 13:00:00", 3600, "5000000000", "EUR", "0000104"),
         leg("CL-negative", "2026-03-06 10:00:00", 60, "-5.00", "EUR"),  # NEGATIVE_COST
         leg("CL-cur-EURO", "2026-03-06 11:00:00", 60, "5.00", "EURO"),
         leg("CL-cur-ABC", "2026-03-06 12:00:00", 60, "5.00", "ABC"),
@@ -881,23 +870,19 @@ def conferencing_legs(rng: random.Random) -> list[list]:
         leg("CL-dur-1e3", "2026-03-07 15:00:00", "1e3", "5.00", "EUR"),
         leg("CL-dur-60.0", "2026-03-07 16:00:00", "60.0", "5.00", "EUR"),
         leg("CL-first-second", "2026-03-01 00:00:00", 60, "1.00", "SEK", "0000102"),
-        leg(
-            "CL-before-month", "2026-02-28 23:59:59", 60, "1.00", "SEK", "0000102"
-        ),  # OUTSIDE_MONTH
+        # OUTSIDE_MONTH
+        leg("CL-before-month", "2026-02-28 23:59:59", 60, "1.00", "SEK", "0000102"),
         leg("CL-after-month", "2026-04-01 00:00:00", 60, "1.00", "SEK", "0000102"),  # OUTSIDE_MONTH
         leg("CL-after-dst", "2026-03-29 03:30:00", 60, "1.00", "SEK", "0000102"),
-        leg(
-            "CL-move-02", "2026-03-02 09:00:00", 60, "3.00", "EUR", "0000105"
-        ),  # no snapshot yet: E3 (C300)
+        # no snapshot yet: E3 (C300)
+        leg("CL-move-02", "2026-03-02 09:00:00", 60, "3.00", "EUR", "0000105"),
         leg("CL-move-05", "2026-03-05 09:00:00", 60, "3.00", "EUR", "0000105"),  # E1 (C200)
         leg("CL-move-20", "2026-03-20 09:00:00", 60, "3.00", "EUR", "0000105"),  # E2 (C300)
-        leg(
-            "CL-fixed-12", "2026-03-12 09:00:00", 60, "3.00", "EUR", "0000106"
-        ),  # suspense until E4
+        # suspense until E4
+        leg("CL-fixed-12", "2026-03-12 09:00:00", 60, "3.00", "EUR", "0000106"),
         leg("CL-ghost", "2026-03-12 10:00:00", 60, "3.00", "EUR", "0009999"),  # never known
-        leg(
-            "SHARED-1", "2026-03-12 11:00:00", 60, "3.00", "EUR"
-        ),  # the carrier has a call with this id too
+        # the carrier has a call with this id too
+        leg("SHARED-1", "2026-03-12 11:00:00", 60, "3.00", "EUR"),
     ]
     currencies = (("EUR", 4), ("SEK", 2), ("CLP", 0), ("JOD", 4))
     for n in range(70):
@@ -919,9 +904,8 @@ def credit_legs() -> list[list]:
         leg("CR-charge", "2026-03-10 14:00:00", 60, "5.00", "EUR"),  # a charge: 5.625 -> 5.63
         leg("CR-over-1G", "2026-03-10 15:00:00", 60, "-2000000000", "EUR"),  # COST_OUT_OF_RANGE
         leg("CR-bad-cost", "2026-03-10 16:00:00", 60, "-1e3", "EUR"),  # BAD_COST
-        leg(
-            "CL-CLP-1500", "2026-03-10 17:00:00", 60, "-1500", "CLP"
-        ),  # the conferencing source's id: no duplicate
+        # the conferencing source's id: no duplicate
+        leg("CL-CLP-1500", "2026-03-10 17:00:00", 60, "-1500", "CLP"),
     ]
 
 
@@ -946,7 +930,8 @@ def write_conferencing(path: Path, legs: list[list]) -> None:
 
 
 def write_golden_month(root: Path, extras: Path) -> None:
-    """Write the month's server files under root, the older tariff and the correction under extras."""
+    """Write the month's server files under root, the older tariff and the correction under
+    extras."""
     rng = random.Random(20260301)
     file_a = (
         partial_rows_a()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 BILLING_ZONE = ZoneInfo("Europe/Stockholm")
@@ -30,11 +31,13 @@ _ISO_4217_ZERO = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XO
 _ISO_4217_THREE = "BHD IQD JOD KWD LYD OMR TND"
 _ISO_4217_FOUR = "CLF UYW"
 _ISO_4217_TWO = (
-    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP BYN BZD CAD CDF CHE CHF "
-    "CHW CNY COP COU CRC CUC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF "
-    "IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV "
-    "MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD "
-    "SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED VES WST XCD XCG YER ZAR ZMW ZWG ZWL"
+    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP "
+    "BYN BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR "
+    "FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW "
+    "KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN "
+    "NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD "
+    "SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU "
+    "UZS VED VES WST XCD XCG YER ZAR ZMW ZWG ZWL"
 )
 MINOR_UNITS = {
     **dict.fromkeys(_ISO_4217_ZERO.split(), 0),
@@ -256,7 +259,8 @@ def conferencing_cdr(
     month: int,
     allow_credits: bool,
 ) -> Cdr:
-    """A leg of a conferencing-layout export, typed (local times, always completed); raises Quarantine."""
+    """A leg of a conferencing-layout export, typed (local times, always completed); raises
+    Quarantine."""
     start_value = row["Start Time"]
     if not isinstance(start_value, datetime):
         raise Quarantine("BAD_TIMESTAMP")
@@ -281,9 +285,14 @@ def conferencing_cdr(
     )
 
 
-def read_file(
-    delivered: Delivered, year: int, month: int
-) -> tuple[list[Cdr], dict[tuple[str, int], str]]:
+class FileCdrs(NamedTuple):
+    """A file's valid CDRs and its quarantined rows {(file, row): reason}."""
+
+    cdrs: list[Cdr]
+    quarantined: dict[tuple[str, int], str]
+
+
+def read_file(delivered: Delivered, year: int, month: int) -> FileCdrs:
     """A file's valid CDRs and its quarantined rows {(file, row): reason}; sources other than
     the carrier are exports in the conferencing layout."""
     if delivered.source == "carrier":
@@ -302,17 +311,22 @@ def read_file(
             cdrs.append(typed(delivered.name, number, row, year, month))
         except Quarantine as bad:
             quarantined[(delivered.name, number)] = bad.reason
-    return cdrs, quarantined
+    return FileCdrs(cdrs, quarantined)
 
 
 # --- duplicates and partial calls ----------------------------------------------------------
 
 
-def drop_duplicates(
-    files: list[Delivered], cdrs_by_file: dict[str, list[Cdr]]
-) -> tuple[list[Cdr], list[Cdr]]:
-    """Keep each (source, transaction id) first in (first seen, source, file name, row) order;
-    returns (kept, duplicates)."""
+class Deduplicated(NamedTuple):
+    """The CDRs kept, and the later deliveries of a (source, transaction id) dropped."""
+
+    kept: list[Cdr]
+    duplicates: list[Cdr]
+
+
+def drop_duplicates(files: list[Delivered], cdrs_by_file: dict[str, list[Cdr]]) -> Deduplicated:
+    """Keep each (source, transaction id) first in (first seen, source, file name, row)
+    order."""
     ordered = sorted(files, key=lambda f: (f.first_seen, f.source, f.name))
     seen, kept, duplicates = set(), [], []
     for delivered in ordered:
@@ -320,7 +334,7 @@ def drop_duplicates(
             key = (cdr.source, cdr.transaction_id)
             (duplicates if key in seen else kept).append(cdr)
             seen.add(key)
-    return kept, duplicates
+    return Deduplicated(kept, duplicates)
 
 
 def head_order(part: Cdr) -> tuple:
@@ -426,7 +440,8 @@ def read_tariff(path: Path, version: int) -> list[Rate]:
 
 
 def e164_digits(number: str) -> str:
-    """A dialled number as E.164 digits: separators removed, "+"/"00" dropped, national "0" -> "46"."""
+    """A dialled number as E.164 digits: separators removed, "+"/"00" dropped, national "0" ->
+    "46"."""
     digits = SEPARATORS.sub("", number)
     if digits.startswith("+"):
         return digits[1:]
@@ -491,8 +506,15 @@ def read_snapshot(path: Path) -> Snapshot:
     )
 
 
-def billable_as(account: dict[str, str] | None) -> tuple[str, str] | None:
-    """(customer id, sequence number) if the account may be billed in that snapshot."""
+class Payer(NamedTuple):
+    """Who a call is billed to."""
+
+    customer_id: str
+    sequence_number: str
+
+
+def billable_as(account: dict[str, str] | None) -> Payer | None:
+    """Who pays if the account may be billed in that snapshot."""
     if (
         account is None
         or account["entitled"].lower() not in TRUE_WORDS
@@ -500,10 +522,10 @@ def billable_as(account: dict[str, str] | None) -> tuple[str, str] | None:
     ):
         return None
     sequence = account["sequence_number"] or account["default_sequence_number"]
-    return (account["customer_id"], sequence) if sequence else None
+    return Payer(account["customer_id"], sequence) if sequence else None
 
 
-def who_pays(account: str, start: datetime, snapshots: list[Snapshot]) -> tuple[str, str] | None:
+def who_pays(account: str, start: datetime, snapshots: list[Snapshot]) -> Payer | None:
     """The first snapshot from the one valid at the start (else the pinned, the last) forward
     to the pinned one in which the account is billable; None: suspense."""
     valid = [i for i, s in enumerate(snapshots) if s.taken_at <= start]
@@ -543,9 +565,8 @@ class MonthBill:
     """What the oracle expects of a month."""
 
     lines: dict[tuple[str, str, str], Line]
-    calls: dict[
-        tuple[str, str], BilledCall
-    ]  # (source, transaction id of the call or its head part)
+    # (source, transaction id of the call or its head part)
+    calls: dict[tuple[str, str], BilledCall]
     quarantined: dict[tuple[str, int], str]  # (file, row) -> reason code
     duplicates: set[tuple[str, int]]  # (file, row)
     failed: set[tuple[str, str]]  # status 0
@@ -553,12 +574,18 @@ class MonthBill:
     suspense: set[tuple[str, str]]
 
 
-def price(
-    call: Cdr, markups: dict[str, Decimal], rates: list[Rate]
-) -> tuple[str, Decimal, int] | None:
-    """(currency, cost, billed seconds) of a call; None if no tariff prefix has a rate for it."""
+class Priced(NamedTuple):
+    """What a call costs: its currency, the amount and the billed seconds."""
+
+    currency: str
+    cost: Decimal
+    seconds: int
+
+
+def price(call: Cdr, markups: dict[str, Decimal], rates: list[Rate]) -> Priced | None:
+    """What a call costs; None if no tariff prefix has a rate for it."""
     if call.cost is not None:
-        return (
+        return Priced(
             call.currency,
             billed_priced_cost(call.cost, call.currency, markups.get(call.source, Decimal(0))),
             call.seconds,
@@ -567,7 +594,7 @@ def price(
     if rate is None:
         return None
     billed = billed_seconds(call.seconds, rate)
-    return rate.currency, tariff_cost(billed, rate), billed
+    return Priced(rate.currency, tariff_cost(billed, rate), billed)
 
 
 def bill_month(
@@ -582,8 +609,9 @@ def bill_month(
     versions oldest first, the entitlement snapshots up to and including the pinned one."""
     cdrs_by_file, quarantined = {}, {}
     for delivered in files:
-        cdrs_by_file[delivered.name], bad = read_file(delivered, year, month)
-        quarantined.update(bad)
+        read = read_file(delivered, year, month)
+        cdrs_by_file[delivered.name] = read.cdrs
+        quarantined.update(read.quarantined)
     kept, duplicates = drop_duplicates(files, cdrs_by_file)
     rates = [
         rate for version, path in enumerate(tariff_versions) for rate in read_tariff(path, version)
@@ -606,9 +634,12 @@ def bill_month(
         if payer is None:
             bill.suspense.add(key)
             continue
-        currency, cost, seconds = priced
-        bill.calls[key] = BilledCall(*payer, currency, cost, seconds)
-        line = sums[(*payer, currency)]
-        line[0], line[1], line[2] = line[0] + cost, line[1] + 1, line[2] + seconds
+        bill.calls[key] = BilledCall(
+            payer.customer_id, payer.sequence_number, priced.currency, priced.cost, priced.seconds
+        )
+        line = sums[(payer.customer_id, payer.sequence_number, priced.currency)]
+        line[0] += priced.cost
+        line[1] += 1
+        line[2] += priced.seconds
     bill.lines = {key: Line(*values) for key, values in sums.items()}
     return bill

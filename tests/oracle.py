@@ -13,15 +13,23 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 CENT = Decimal("0.01")
 ZONE = ZoneInfo("Europe/Stockholm")
 
 
-def _month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
+class _MonthBounds(NamedTuple):
+    """A month as [start, end) in the billing zone."""
+
+    start: datetime
+    end: datetime
+
+
+def _month_bounds(year: int, month: int) -> _MonthBounds:
     following = (year + month // 12, month % 12 + 1)
-    return datetime(year, month, 1, tzinfo=ZONE), datetime(*following, 1, tzinfo=ZONE)
+    return _MonthBounds(datetime(year, month, 1, tzinfo=ZONE), datetime(*following, 1, tzinfo=ZONE))
 
 
 def _carrier_calls(path: Path, start: datetime, end: datetime) -> list[dict]:
@@ -171,7 +179,8 @@ def expected_lines(
 def expected_revenue_share(
     sftp_root: Path, year: int, month: int
 ) -> dict[tuple[str, Decimal], tuple[Decimal, Decimal]]:
-    """Return {(service provider, share percent): (billed, share)} over the billed calls that carry a share."""
+    """Return {(service provider, share percent): (billed, share)} over the billed calls that
+    carry a share."""
     billed = defaultdict(Decimal)
     for _, call, cost in _billed_calls(sftp_root, year, month):
         if call.get("share"):
@@ -218,4 +227,4 @@ def _billed_calls(
 
 def first_day_after(year: int, month: int) -> datetime:
     """The logical date of a manual run that bills (year, month) by its data interval."""
-    return _month_bounds(year, month)[1] + timedelta(hours=1)
+    return _month_bounds(year, month).end + timedelta(hours=1)

@@ -95,17 +95,16 @@ def test_a_month_with_failover_unbillable_and_suspense_mails_each_kind_to_its_re
     }
 
     failover = mails["failover@example.com"]
-    assert (
-        failover["Subject"]
-        == "[CDR billing] SFTP failover for 2026-10: cdr_sftp_primary failed, cdr_sftp_secondary took over"
+    assert failover["Subject"] == (
+        "[CDR billing] SFTP failover for 2026-10: "
+        "cdr_sftp_primary failed, cdr_sftp_secondary took over"
     )
     assert "connection refused" in _body(failover) and "took over and delivered" in _body(failover)
 
     unbillable = _body(mails["unbillable@example.com"])
     assert mails["unbillable@example.com"]["Subject"].endswith("number ranges (2026-10)")
-    assert (
-        "88216" in unbillable and "python -m cdr_billing.tariff load FILE" in unbillable
-    )  # the range, and what to do
+    # the range, and what to do
+    assert "88216" in unbillable and "python -m cdr_billing.tariff load FILE" in unbillable
 
     suspense = _body(mails["suspense@example.com"])
     assert "UNKNOWN_ACCOUNT" in suspense and "refresh_entitlements" in suspense
@@ -120,9 +119,8 @@ def test_a_month_with_failover_unbillable_and_suspense_mails_each_kind_to_its_re
         "Accounts in suspense",
     ):
         assert section in _body(report)
-    assert (
-        "month report" in caplog.text and "billing lines" in caplog.text
-    )  # the task logs of the run
+    # the task logs of the run
+    assert "month report" in caplog.text and "billing lines" in caplog.text
     _assert_no_phone_number_or_key(
         {"task logs": caplog.text} | {m["To"]: _body(m) for m in mails.values()}, sftp_root
     )
@@ -182,9 +180,8 @@ def test_a_file_failing_its_expectations_mails_which_ones(services, pipeline_con
         month,
         config.billing,
     )
-    slipped = pd.concat(
-        [checked.accepted, checked.accepted.tail(1)], ignore_index=True
-    )  # not through split_duplicates
+    # not through split_duplicates
+    slipped = pd.concat([checked.accepted, checked.accepted.tail(1)], ignore_index=True)
     with pytest.raises(validate.FileValidationError) as failed:
         validate.ExpectationRunner(tmp_path / "gx").validate_file(
             slipped, carrier.name, profile, month, config.billing
@@ -230,9 +227,8 @@ def test_an_unreadable_file_fails_validation_with_mails_naming_it(
 
 def test_files_not_arrived_by_the_deadline_mail_the_month_and_the_sources(dag, services):
     before = set(services.maildir.glob("*.eml"))
-    run = run_dag(
-        dag, logical_date=None, run_conf={"billing_month": "2026-07"}
-    )  # nothing delivered for July
+    # nothing delivered for July
+    run = run_dag(dag, logical_date=None, run_conf={"billing_month": "2026-07"})
     assert run.state == "failed"
     (mail,) = _new_mails(services, before)  # the alert says it all: no failure mail beside it
     assert mail["To"] == "files-not-arrived@example.com"
@@ -275,8 +271,8 @@ def test_all_sftp_servers_down_fail_the_run_with_a_mail_naming_them(
     assert mail["To"] == "task-failure@example.com"
     body = _body(mail)
     assert (
-        "all SFTP servers failed: cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused"
-        in body
+        "all SFTP servers failed: "
+        "cdr_sftp_primary: connection refused; cdr_sftp_secondary: connection refused" in body
     )
     assert (
         "wait_for_cdr_files" in mail["Subject"]

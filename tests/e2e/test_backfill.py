@@ -48,7 +48,8 @@ def _batches(postgres) -> list[tuple[str, str]]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT billing_month, status FROM billing_batch WHERE billing_month < '2026-04' ORDER BY batch_id"
+                "SELECT billing_month, status FROM billing_batch "
+                "WHERE billing_month < '2026-04' ORDER BY batch_id"
             )
         ).all()
     engine.dispose()
@@ -57,9 +58,8 @@ def _batches(postgres) -> list[tuple[str, str]]:
 
 def test_backfill_bills_each_month_once_then_rebills_on_request(running_airflow, postgres):
     months = [str(month) for month in BACKFILL_MONTHS]
-    running_airflow.api(
-        "PATCH", f"/dags/{DAG_ID}", {"is_paused": False}
-    )  # backfill runs of a paused DAG stay queued
+    # backfill runs of a paused DAG stay queued
+    running_airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
     _backfill(running_airflow)
     runs = _wait_for_backfill(running_airflow)
     assert [r["state"] for r in runs] == ["success"] * 3

@@ -49,9 +49,8 @@ def test_the_dag_bills_the_benchmark_month_as_the_benchmark_does(tmp_path, runne
     )
     assert all(task["states"] == ["success"] for task in tasks.values())
     assert tasks["load_billing"]["first_start"] >= tasks["bill_cdr_file"]["last_end"] > 0
-    if (
-        runner == "scheduler"
-    ):  # files_at_once 1: the mapped tasks one file at a time, though Airflow could run 4
+    # files_at_once 1: the mapped tasks one file at a time, though Airflow could run 4
+    if runner == "scheduler":
         assert (
             tasks["validate_cdr_file"]["most_at_once"]
             == tasks["bill_cdr_file"]["most_at_once"]

@@ -67,9 +67,8 @@ def _edit_carrier_rows(root: Path, edit) -> None:
 
 def test_a_nul_byte_and_a_short_row_are_quarantined_and_the_month_is_billed(dag, month):
     def edit(rows):
-        rows[5][0] = (
-            rows[5][0] + "\x00"
-        )  # a NUL byte in a transaction id (the load failed on it before)
+        # a NUL byte in a transaction id (the load failed on it before)
+        rows[5][0] = rows[5][0] + "\x00"
         rows[9] = rows[9][:-2]  # a row two fields short (it was padded and billed before)
 
     _edit_carrier_rows(month, edit)
@@ -89,9 +88,8 @@ def test_a_nul_byte_and_a_short_row_are_quarantined_and_the_month_is_billed(dag,
 def test_a_cut_off_csv_fails_its_file_with_a_mail_naming_it(dag, month, services):
     path = month / CARRIER
     data = path.read_bytes()
-    path.write_bytes(
-        data[: data.rindex(b"\n", 0, len(data) - 1) + 40]
-    )  # the last line cut in the middle
+    # the last line cut in the middle
+    path.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 40])
     before = set(services.maildir.glob("*.eml"))
     run = run_dag(dag[0], logical_date=None, run_conf={"billing_month": str(MONTH)})
     assert run.state == "failed"

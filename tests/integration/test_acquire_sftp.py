@@ -41,9 +41,8 @@ def test_primary_serves_when_healthy(services, connections, tmp_path, sftp_root)
     original = (sftp_root / "cdr/carrier/carrier_cdr_202610.csv").read_bytes()
     assert result.files[0].sha256 == hashlib.sha256(original).hexdigest()
     assert (tmp_path / "carrier_cdr_202610.csv").read_bytes() == original
-    assert (
-        result.failovers == [] and result.ignored == 5
-    )  # the other months' carrier files (September, December to March)
+    # the other months' carrier files (September, December to March)
+    assert result.failovers == [] and result.ignored == 5
 
 
 def test_primary_down_fails_over_to_secondary(services, connections, tmp_path):

@@ -26,7 +26,10 @@ from cdr_billing.config import load_config
 ATTEMPTS = 20
 DATABASES = itertools.count()
 T = TypeVar("T")
-HEADER = "account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,entitled,last_login\n"
+HEADER = (
+    "account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,"
+    "entitled,last_login\n"
+)
 SNAPSHOT = HEADER + "0001,a@x,C1,101,100,true,2026-09-30\n0002,b@x,C1,,100,true,2026-09-30\n"
 NOW = datetime(2026, 11, 3, tzinfo=UTC)
 TIMEZONE = "Europe/Stockholm"
@@ -47,9 +50,8 @@ def at_once(url: str, attempt: Callable[[Engine], T]) -> list[T]:
     def one(_: int) -> T:
         engine = create_engine(url)
         try:
-            with (
-                engine.connect()
-            ):  # connected before the start, so the attempts meet in the database
+            # connected before the start, so the attempts meet in the database
+            with engine.connect():
                 pass
             start.wait()
             return attempt(engine)
@@ -211,10 +213,11 @@ def test_concurrent_runs_of_a_month_chain_their_batches(database):
 
     results = at_once(database, load_a_run)
     superseded = sorted((r.superseded_batch_id for r in results), key=lambda batch: batch or 0)
+    # each replaced the one loaded before it
     assert superseded == [
         None,
         *sorted(r.batch_id for r in results)[:-1],
-    ]  # each replaced the one loaded before it
+    ]
     with create_engine(database).connect() as conn:
         statuses = conn.execute(
             text("SELECT status, count(*) FROM billing_batch GROUP BY status ORDER BY status")

@@ -22,10 +22,14 @@ from cdr_billing.entitlements import (
 from cdr_billing.migrations import upgrade
 
 DATABASES = itertools.count()
-HEADER = "account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,entitled,last_login\n"
-OCTOBER_1 = (
-    HEADER
-    + "0001,a@x,C1,101,100,true,2026-09-30\n0002,b@x,C1,,100,true,2026-09-30\n0003,c@x,C2,201,200,false,2026-09-30\n"
+HEADER = (
+    "account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,"
+    "entitled,last_login\n"
+)
+OCTOBER_1 = HEADER + (
+    "0001,a@x,C1,101,100,true,2026-09-30\n"
+    "0002,b@x,C1,,100,true,2026-09-30\n"
+    "0003,c@x,C2,201,200,false,2026-09-30\n"
 )
 OCTOBER_15 = OCTOBER_1.replace("0001,a@x,C1,101", "0001,a@x,C1,102")
 FIXED = (
@@ -127,9 +131,8 @@ def test_a_file_s_date_is_midnight_in_the_billing_timezone(tmp_path):
         datetime(2026, 11, 1, 23, tzinfo=UTC),
         datetime(2026, 6, 30, 22, tzinfo=UTC),
     )
-    assert (
-        snapshot_file(tmp_path, "entitlements.csv", OCTOBER_1)().taken_at == NOW
-    )  # no date in the name: the capture time
+    # no date in the name: the capture time
+    assert snapshot_file(tmp_path, "entitlements.csv", OCTOBER_1)().taken_at == NOW
 
 
 def test_a_snapshot_with_conflicting_rows_is_rejected_and_nothing_is_pinned(engine, tmp_path):
@@ -153,13 +156,15 @@ def test_a_snapshot_from_a_sql_query_on_an_airflow_connection(postgres, monkeypa
     with create_engine(postgres.url_of(portal)).begin() as conn:
         conn.execute(
             text(
-                "CREATE TABLE user_profile (account_id text, user_principal_name text, customer_id text, "
-                "sequence_number text, default_sequence_number text, entitled boolean, last_login date)"
+                "CREATE TABLE user_profile (account_id text, user_principal_name text, "
+                "customer_id text, sequence_number text, default_sequence_number text, "
+                "entitled boolean, last_login date)"
             )
         )
         conn.execute(
             text(
-                "INSERT INTO user_profile VALUES ('0001', 'a@x', 'C1', NULL, '100', true, '2026-09-30')"
+                "INSERT INTO user_profile "
+                "VALUES ('0001', 'a@x', 'C1', NULL, '100', true, '2026-09-30')"
             )
         )
     monkeypatch.setenv("AIRFLOW_CONN_ENTITLEMENTS_DB", json.dumps(postgres.connection(portal)))

@@ -157,11 +157,10 @@ def test_timestamps_fast_path_equals_the_general_parser():
         "1e300",
         "-5",
         "inf",
-        "2026-03-29 02:30:00",
-    }  # fmt: skip (the last: skipped by the clock)
-    assert fast.isna().tolist() == [
-        value in unreadable for value in text
-    ]  # an epoch or a huge serial is no crash
+        "2026-03-29 02:30:00",  # skipped by the clock
+    }
+    # an epoch or a huge serial is no crash
+    assert fast.isna().tolist() == [value in unreadable for value in text]
 
 
 def test_durations_and_statuses_fast_paths_equal_the_general_parsers():
@@ -179,8 +178,8 @@ def test_durations_and_statuses_fast_paths_equal_the_general_parsers():
         7,
         -5,
         60,
-        -1,
-    ]  # "1e2": no exponents
+        -1,  # "1e2": no exponents
+    ]
     statuses = pd.Series(
         ["0", "1", "2", "3", "4", "1.0", "", "x", " 2"], index=range(3, 12), dtype="str"
     )

@@ -1,7 +1,8 @@
 """A corpus of hostile CDR files and values, made here in each shipped profile's format and read
 and checked as the validate stage does. Each case states its exact outcome: the rows accepted,
 each quarantined row's line and reasons, or the file-level FileReadError (which names the file).
-The xlsx attacks are also read in a process under a 2 GiB address-space limit: a clear error, no signal."""
+The xlsx attacks are also read in a process under a 2 GiB address-space limit: a clear error, no
+signal."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ SHEET = "xl/worksheets/sheet1.xml"
 
 
 def far_cell(xlsx: bytes, reference: str, dimension: str | None = "A1:I4") -> bytes:
-    """A value cell at `reference` added to the last row, the declared dimension set (or removed)."""
+    """A value cell at `reference` added to the last row, the declared dimension set (or
+    removed)."""
 
     def edit(xml: bytes) -> bytes:
         xml = xml.replace(
@@ -101,7 +103,8 @@ def far_cell(xlsx: bytes, reference: str, dimension: str | None = "A1:I4") -> by
 
 
 def inline_cell(xlsx: bytes, cell: str, text: str) -> bytes:
-    """The xlsx with the text of one cell replaced by an inline string, as written (escapes kept)."""
+    """The xlsx with the text of one cell replaced by an inline string, as written (escapes
+    kept)."""
     pattern = re.compile(rf'<c r="{cell}"[^>]*?(?:/>|>.*?</c>)'.encode())
     return with_member(
         xlsx,
@@ -134,7 +137,8 @@ class Rows:
 
 @dataclass(frozen=True)
 class Refused:
-    """The file is refused whole: a FileReadError whose message starts with the file name and matches."""
+    """The file is refused whole: a FileReadError whose message starts with the file name and
+    matches."""
 
     message: str
 

@@ -75,9 +75,8 @@ def _entitlements() -> pd.DataFrame:
     )
 
 
-@pytest.fixture(
-    params=["sqlite", "psycopg2", "psycopg"]
-)  # psycopg (3): the driver of Airflow's PostgresHook
+# psycopg (3): the driver of Airflow's PostgresHook
+@pytest.fixture(params=["sqlite", "psycopg2", "psycopg"])
 def engine(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'billing.sqlite'}"
@@ -100,7 +99,8 @@ def _stored(conn, table, key_column, key) -> list[tuple]:
     columns = [c.name for c in table.columns if c.name != key_column]
     order = "source_row" if table is billed_call else "account_id"
     result = conn.exec_driver_sql(
-        f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key_column} = {int(key)} ORDER BY {order}"
+        f"SELECT {', '.join(columns)} FROM {table.name} "
+        f"WHERE {key_column} = {int(key)} ORDER BY {order}"
     )
     return [tuple(row) for row in result]
 
@@ -147,9 +147,8 @@ def _insert_both_ways(engine, table, frame: pd.DataFrame, key_column: str, new_k
 
 @pytest.mark.parametrize("batch_rows", [100_000, 2])
 def test_billed_calls_are_stored_as_sqlalchemy_stores_them(engine, monkeypatch, batch_rows):
-    monkeypatch.setattr(
-        database, "INSERT_BATCH_ROWS", batch_rows
-    )  # 2: several COPY chunks / executemany calls
+    # 2: several COPY chunks / executemany calls
+    monkeypatch.setattr(database, "INSERT_BATCH_ROWS", batch_rows)
     calls = _billed_calls()
     fast = _insert_both_ways(engine, billed_call, calls, "batch_id", _new_batches)
     with engine.connect() as conn:

@@ -61,7 +61,8 @@ def _batches(engine, month):
     with engine.connect() as conn:
         return conn.execute(
             text(
-                "SELECT batch_id, status FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"
+                "SELECT batch_id, status FROM billing_batch "
+                "WHERE billing_month = :m ORDER BY batch_id"
             ),
             {"m": month},
         ).all()
@@ -104,9 +105,10 @@ def test_two_concurrent_loads_of_a_month_serialise(engine):
     load_month(engine, "2026-04", "run-f", _batch(), {"read": 5})
     holder = engine.connect()
     holder.begin()
+    # a load in progress
     holder.execute(
         text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(month_lock("2026-04"))}
-    )  # a load in progress
+    )
     waiting = _load_in_thread(engine, "2026-04", "run-g")
     waiting.join(timeout=2)
     assert waiting.is_alive(), "the second load must wait for the month's lock"
@@ -127,7 +129,8 @@ def test_concurrent_loads_leave_exactly_one_current_batch(engine):
     with engine.connect() as conn:
         lines = conn.execute(
             text(
-                "SELECT count(*) FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = '2026-05'"
+                "SELECT count(*) FROM billing_line l JOIN billing_batch b USING (batch_id) "
+                "WHERE b.billing_month = '2026-05'"
             )
         ).scalar()
     assert lines == 4 * len(LINES)  # every batch complete, none doubled
@@ -159,8 +162,9 @@ def _partitions(engine) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT c.relname, (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid) FROM pg_inherits i "
-                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'billed_call'::regclass"
+                "SELECT c.relname, (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid) "
+                "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'billed_call'::regclass"
             )
         ).all()
     return dict(rows)
@@ -179,9 +183,8 @@ def test_each_batch_s_billed_calls_are_a_partition_of_their_own_indexed_and_chec
     ]
     partitions = _partitions(engine)
     assert {f"billed_call_batch_id_{b.batch_id}" for b in batches} <= partitions.keys()
-    assert all(
-        partitions[f"billed_call_batch_id_{b.batch_id}"] == 1 for b in batches
-    )  # the line index, built on attach
+    # the line index, built on attach
+    assert all(partitions[f"billed_call_batch_id_{b.batch_id}"] == 1 for b in batches)
     with engine.connect() as conn:
         counts = conn.execute(
             text("SELECT batch_id, count(*) FROM billed_call GROUP BY batch_id")

@@ -103,9 +103,8 @@ def test_billed_calls_from_before_partitions_move_to_their_batch_s_partition(pos
         "source_file": "f.csv",
         "combined_rows": "",
     }
-    with (
-        engine.begin() as conn
-    ):  # a database at 0002, with two batches' billed calls in the plain table
+    # a database at 0002, with two batches' billed calls in the plain table
+    with engine.begin() as conn:
         command.upgrade(migrations._config(conn), "0002")
         batches = [
             conn.execute(
@@ -125,7 +124,8 @@ def test_billed_calls_from_before_partitions_move_to_their_batch_s_partition(pos
     with engine.connect() as conn:
         moved = conn.execute(
             text(
-                "SELECT tableoid::regclass::text, batch_id, transaction_id FROM billed_call ORDER BY source_row"
+                "SELECT tableoid::regclass::text, batch_id, transaction_id FROM billed_call "
+                "ORDER BY source_row"
             )
         ).all()
         kind = conn.execute(

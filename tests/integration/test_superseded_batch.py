@@ -71,7 +71,8 @@ def test_batches_from_before_0004_get_the_batch_each_superseded(database_url):
         command.upgrade(migrations._config(conn), "0003")
         conn.execute(
             text(
-                "INSERT INTO billing_batch (billing_month, run_id, status, counts) VALUES (:month, :run_id, :status, '{}')"
+                "INSERT INTO billing_batch (billing_month, run_id, status, counts) "
+                "VALUES (:month, :run_id, :status, '{}')"
             ),
             [
                 {"month": month, "run_id": run_id, "status": status}

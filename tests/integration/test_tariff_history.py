@@ -10,7 +10,10 @@ from cdr_billing.migrations import upgrade
 from cdr_billing.tariff import all_rates, load_file
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
-HEADER = "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency,valid_from\n"
+HEADER = (
+    "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,"
+    "minimum_charge,currency,valid_from\n"
+)
 
 
 def test_loads_add_versions_and_keep_history(postgres, tmp_path):

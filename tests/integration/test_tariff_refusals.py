@@ -1,6 +1,9 @@
-"""A refused tariff file stores nothing, in a real PostgreSQL: the versions and rates stay as they were."""
+"""A refused tariff file stores nothing, in a real PostgreSQL: the versions and rates stay as
+they were."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -11,7 +14,10 @@ from cdr_billing.schema import tariff_rate, tariff_version
 from cdr_billing.tariff import TariffError, load_file
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
-HEADER = "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency,valid_from\n"
+HEADER = (
+    "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,"
+    "minimum_charge,currency,valid_from\n"
+)
 GOOD = "46,Sweden,0.0200,0,60,60,0,EUR,\n"
 # (case, the row after a good one (line 3), the column named)
 REFUSED = [
@@ -25,12 +31,20 @@ REFUSED = [
 ]
 
 
-def counts(engine) -> tuple[int, int]:
+class Stored(NamedTuple):
+    """How many tariff versions and rates the database holds."""
+
+    versions: int
+    rates: int
+
+
+def counts(engine) -> Stored:
     with engine.connect() as conn:
-        return tuple(
+        versions, rates = (
             conn.execute(select(func.count()).select_from(table)).scalar()
             for table in (tariff_version, tariff_rate)
         )
+    return Stored(versions, rates)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +55,7 @@ def engine(postgres):
 
 
 @pytest.fixture(scope="module")
-def loaded(engine, tmp_path_factory) -> tuple[int, int]:
+def loaded(engine, tmp_path_factory) -> Stored:
     """One good version first, so an unchanged history has rows in it."""
     path = tmp_path_factory.mktemp("good") / "tariff_good.csv"
     path.write_text(HEADER + GOOD)

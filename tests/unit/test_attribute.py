@@ -7,11 +7,14 @@ from cdr_billing.aggregate import USER_KEYS, aggregate_users
 from cdr_billing.attribute import attribute_calls, snapshot_at, stale_accounts
 from cdr_billing.entitlements import EntitlementError, from_file
 
-SNAPSHOT = """account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,entitled,last_login
-0001,a@x,C1,101,100,true,2026-10-01
+SNAPSHOT = (
+    "account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,"
+    "entitled,last_login\n"
+    """0001,a@x,C1,101,100,true,2026-10-01
 0002,b@x,C1,,100,true,2020-01-01
 0003,c@x,C2,201,200,false,2026-10-01
 """
+)
 OCTOBER = datetime(2026, 10, 5, tzinfo=UTC)
 
 
@@ -147,9 +150,10 @@ def test_a_correction_pinned_by_a_refresh_bills_what_the_older_snapshots_could_n
         ["0404", "C3", "301", 3],
     ]
     assert suspense.empty
+    # not refreshed
     attributed, suspense, _ = attribute_calls(
         month_calls, snapshots[snapshots["snapshot_id"] < 3], 2
-    )  # not refreshed
+    )
     assert suspense[["user_id", "reason_code"]].values.tolist() == [
         ["0003", "NOT_ENTITLED"],
         ["0404", "UNKNOWN_ACCOUNT"],

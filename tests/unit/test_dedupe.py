@@ -70,7 +70,8 @@ def test_equal_length_ids_hash_apart_and_a_missing_id_is_not_an_empty_one() -> N
 
 
 def test_an_ids_hash_does_not_depend_on_the_ids_hashed_with_it() -> None:
-    """Files are hashed in their own tasks: a short id among long ones, or alone, hashes the same."""
+    """Files are hashed in their own tasks: a short id among long ones, or alone, hashes the
+    same."""
     ids = ["T1", "T12345678", "T123456789012345678", "", "ü€", "T1\x00"]
     alone = [hashing.text_hashes(pa.array([i], pa.large_string()))[0] for i in ids]
     together = hashing.text_hashes(pa.array(ids, pa.large_string()))

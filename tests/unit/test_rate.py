@@ -18,11 +18,14 @@ from cdr_billing.rate import (
 from cdr_billing.tariff import TariffError, read_tariff_file
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
-TARIFF_CSV = """prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency
-46,Sweden,0.0200,0,60,60,0,EUR
+TARIFF_CSV = (
+    "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,"
+    "minimum_charge,currency\n"
+    """46,Sweden,0.0200,0,60,60,0,EUR
 467,Sweden mobile,0.0900,0.0500,60,60,0.10,EUR
 468,Stockholm,0.0150,0,30,6,0,EUR
 """
+)
 
 
 @pytest.fixture
@@ -97,7 +100,8 @@ def test_national_and_international_formats_normalise_alike():
 
 
 def _normalised_one_by_one(number: str) -> str:
-    """The rule, one number at a time: separators out, then "+", the international or the national prefix."""
+    """The rule, one number at a time: separators out, then "+", the international or the
+    national prefix."""
     number = re.sub(r"[\s\-().]", "", number)
     if number.startswith("+"):
         return number[1:]
@@ -244,9 +248,8 @@ def test_provider_costs_get_the_source_markup_rounded_once(tariff):
     calls = _calls(
         pre_priced=[True], provider_cost_micro=[1_234_500], currency=["EUR"], destination_party=[""]
     )
-    priced, _, _ = rate_calls(
-        calls, tariff, RULES, markups={"carrier": 1250}
-    )  # 1.2345 x 1.125 = 1.3888125
+    # 1.2345 x 1.125 = 1.3888125
+    priced, _, _ = rate_calls(calls, tariff, RULES, markups={"carrier": 1250})
     assert priced["cost_minor"].tolist() == [139]
 
 

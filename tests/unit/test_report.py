@@ -153,12 +153,14 @@ def test_revenue_share_is_rounded_half_up_once_per_provider_and_percentage():
             "cost_minor": [3, 1, 5, 4, 100],
         }
     )
+    # as two files
     halves = [
         revenue_share_sums(calls.iloc[:2]),
         revenue_share_sums(calls.iloc[2:]),
-    ]  # as two files
+    ]
     shares = revenue_share(pd.concat(halves))
-    # P 12.5 %: 4 cents -> 0.5 -> 1 (once, not 0.375 + 0.125 per call); P 30 %: 1.5 -> 2; Q: 0.5 -> 1; R carries none
+    # P 12.5 %: 4 cents -> 0.5 -> 1 (once, not 0.375 + 0.125 per call); P 30 %: 1.5 -> 2;
+    # Q: 0.5 -> 1; R carries none
     assert shares.values.tolist() == [
         ["P", "EUR", 1250, 2, 4, 1],
         ["P", "EUR", 3000, 1, 5, 2],

@@ -1,4 +1,5 @@
-"""The run's intermediate files: both formats round-trip exactly; a process that read them exits cleanly."""
+"""The run's intermediate files: both formats round-trip exactly; a process that read them
+exits cleanly."""
 
 from __future__ import annotations
 
@@ -78,7 +79,6 @@ def test_a_process_that_read_the_files_exits_cleanly(tmp_path: Path):
             env=env,
         )
 
-    runs = [
-        run(n) for n in range(RUNS)
-    ]  # one after the other: side by side, they aborted less often
+    # one after the other: side by side, they aborted less often
+    runs = [run(n) for n in range(RUNS)]
     assert [(r.returncode, r.stderr.strip()[-200:]) for r in runs] == [(0, "")] * RUNS

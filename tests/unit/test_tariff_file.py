@@ -252,9 +252,8 @@ def test_partly_overlapping_validity_weekdays_and_hours_are_refused(tmp_path):
 def test_rows_apart_in_time_weekdays_or_hours_are_accepted(tmp_path):
     rows = [
         row(valid_to="2026-10-15", weekdays="12345", start_hour="8", end_hour="18"),
-        row(
-            valid_from="2026-10-15", weekdays="12345", start_hour="8", end_hour="18"
-        ),  # from the first's end
+        # from the first's end
+        row(valid_from="2026-10-15", weekdays="12345", start_hour="8", end_hour="18"),
         row(weekdays="12345", start_hour="0", end_hour="8"),  # other hours
         row(weekdays="12345", start_hour="18", end_hour="24"),
         row(weekdays="67"),  # other days
@@ -352,7 +351,10 @@ def test_utf8_with_a_byte_order_mark_is_read(tmp_path):
 
 def test_a_utf16_entitlement_file_is_an_entitlement_error(tmp_path):
     path = tmp_path / "entitlements_2026-10-01.csv"
-    header = "account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,entitled,last_login\n"
+    header = (
+        "account_id,user_principal_name,customer_id,sequence_number,default_sequence_number,"
+        "entitled,last_login\n"
+    )
     path.write_text(header + "0001,å@x,C1,101,100,true,2026-09-30\n", encoding="utf-16")
     with pytest.raises(
         EntitlementError, match=r"entitlements_2026-10-01.csv: starts with a UTF-16 byte-order mark"

@@ -234,6 +234,7 @@ def test_currencies_are_iso_4217_codes_in_any_case():
     }
 
 
+# The tariff prices none of these pre-priced calls.
 ONE_RATE = pd.DataFrame(
     {
         "prefix": ["1"],
@@ -252,7 +253,7 @@ ONE_RATE = pd.DataFrame(
         "first_increment": [1],
         "next_increment": [1],
     }
-)  # fmt: skip (the tariff prices none of these pre-priced calls)
+)
 
 
 def _reference_cost(cost: str, markup_percent: str, decimals: int) -> Decimal:
@@ -317,9 +318,8 @@ def test_sums_that_would_not_fit_the_billing_database_are_refused_not_wrapped():
     calls = user_lines.drop(columns="total_minor").assign(cost_minor=[2**62, 2**62])
     with pytest.raises(MoneyOverflowError, match="a user's calls"):
         aggregate_users(calls.assign(user_id="a"))
-    near = user_lines.assign(
-        total_minor=[2**61, -(2**61)]
-    )  # intermediate sums may be large, the line is 0
+    # intermediate sums may be large, the line is 0
+    near = user_lines.assign(total_minor=[2**61, -(2**61)])
     assert aggregate_lines(near)["total_minor"].tolist() == [0]
 
 
@@ -419,9 +419,8 @@ def test_a_profile_with_a_day_first_format_and_excel_serials_meet_the_same_rule(
         name="x", format="xlsx", columns={}, priced=False, timezone="Europe/Stockholm"
     )
     spring = BillingMonth(2026, 3)
-    rows = _rows(
-        serial, "start_of_usage", ["46110.1041666667", "46110.0416666667"]
-    )  # 2026-03-29 02:30 and 01:00
+    # 2026-03-29 02:30 and 01:00
+    rows = _rows(serial, "start_of_usage", ["46110.1041666667", "46110.0416666667"])
     checked = check_rows(rows, serial, spring, RULES)
     assert (
         checked.quarantined["reason_code"].tolist() == ["NONEXISTENT_LOCAL_TIME"]
