@@ -5,9 +5,9 @@ a 5,000-prefix tariff and a 50,000-account entitlement snapshot (see `bench_data
 each in a process of its own so that each peak RSS is its own:
 
 1. a bare pyarrow CSV parse of the files, every column as text (the floor);
-2. the project: the domain functions chained as the DAG's tasks chain them (read, row
-   checks, duplicates, partial calls, tariff and entitlements in a SQLite billing
-   database, rating, attribution, aggregation), and Great Expectations timed separately;
+2. the project: the DAG's own task functions, chained as the DAG chains them
+   (cdr_billing.tasks.chain) on a SQLite billing database, the mapped tasks in worker
+   processes, and the Great Expectations suites timed separately;
 3. DuckDB SQL (threads = 2) doing the same work by the same rules.
 
 It checks that both give identical billing lines and identical row counts, that the counts
@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 from iso4217 import Currency
@@ -86,112 +85,22 @@ class Stopwatch:
 
 # --- the project ------------------------------------------------------------------------
 
-
-def _check_file(
-    path: Path, part: Path, month: BillingMonth
-) -> tuple[dict[str, float], dict[str, int]]:
-    """A validate_cdr_file task without GX: read, row checks, duplicates inside the file, the
-    accepted rows, their call hashes and partial parts to files. Returns (stage seconds, counts)."""
-    import pandas as pd
-
-    from cdr_billing import dedupe, read, storage, validate
-    from cdr_billing.config import load_config
-
-    config = load_config()
-    profile, rules, clock = config.profile_for(SOURCE), config.billing, Stopwatch("project")
-    part.mkdir(exist_ok=True)
-    with clock.stage("read"):
-        raw = read.read_cdr_file(Path(path), profile).assign(source=SOURCE)
-    with clock.stage("check"):
-        checked = validate.check_rows(raw, profile, month, rules)
-        validate.enforce_rejection_threshold(
-            Path(path).name, len(raw), checked.quarantined, rules.max_rejected_share
-        )
-        accepted, in_file = checked.accepted, checked.duplicates
-    with clock.stage("dedupe"):
-        hashes, partial = pd.DataFrame({"hash": checked.call_hashes}), dedupe.partial_rows(accepted)
-    with clock.stage("parquet_io"):
-        storage.write_frame(accepted, part / storage.file_name("accepted"))
-        storage.write_frame(in_file, part / storage.file_name("duplicates_in_file"))
-        storage.write_frame(hashes, part / storage.file_name("call_hashes"))
-        storage.write_frame(partial, part / storage.file_name("partial_parts"))
-    return clock.seconds, {
-        "read": len(raw),
-        "quarantined": len(checked.quarantined),
-        "duplicates": len(in_file),
-    }
+MAPPED_TASKS = ("check_cdr_file_only", "validate_cdr_file", "bill_cdr_file")
 
 
-def _bill_file(
-    part: Path, rates, history, snapshot: int
-) -> tuple[dict[str, float], dict[str, int], object, object]:
-    """A bill_cdr_file task: the file's calls (accepted rows less those set aside, plus the
-    combined partial calls it heads), priced, attributed and summed per user. Returns (stage
-    seconds, counts, user lines, call totals)."""
-    import pandas as pd
-
-    from cdr_billing import aggregate, attribute, dedupe, rate, storage
-    from cdr_billing.config import load_config
-
-    config, clock = load_config(), Stopwatch("project")
-    with clock.stage("parquet_io"):
-        accepted = storage.read_table(part / storage.file_name("accepted"))
-        set_aside = storage.read_frame(part / storage.file_name("set_aside"))
-        heads = storage.read_table(part / storage.file_name("session_calls"))
-    with clock.stage("dedupe"):
-        rows, is_call, duplicates = dedupe.file_calls(accepted, heads, set_aside)
-    del accepted
-    with clock.stage("parquet_io"):
-        in_file = storage.read_frame(part / storage.file_name("duplicates_in_file"))
-        storage.write_frame(
-            pd.concat([in_file, duplicates], ignore_index=True),
-            part / storage.file_name("duplicates"),
-        )
-    with clock.stage("rate"):
-        priced, unbillable, failed = rate.rate_calls(
-            rows, rates, config.billing, config.markups(), is_call
-        )
-    del rows
-    with clock.stage("attribute"):
-        attributed, suspense, user_codes = attribute.attribute_calls(priced, history, snapshot)
-    del priced
-    with clock.stage("aggregate"):
-        user_lines, call_totals = (
-            aggregate.aggregate_users(attributed, user_codes),
-            aggregate.call_totals(attributed),
-        )
-    counts = {
-        "billed": len(attributed),
-        "not_billable": len(failed),
-        "unbillable": len(unbillable),
-        "suspense": len(suspense),
-    }
-    return clock.seconds, counts, user_lines, call_totals
-
-
-def _validate_with_gx(path: Path, part: Path, month: BillingMonth) -> dict[str, float]:
-    """The GX half of a validate_cdr_file task: a context of its own, the whole file's accepted rows."""
-    from cdr_billing import storage, validate
-    from cdr_billing.config import load_config
-
-    config, clock = load_config(), Stopwatch("project")
-    accepted = storage.read_frame(part / storage.file_name("accepted"))
-    with clock.stage("gx_import"):
-        runner = validate.ExpectationRunner(part / "gx_results")
-    with clock.stage("gx_validate"):
-        runner.validate_file(
-            accepted, Path(path).name, config.profile_for(SOURCE), month, config.billing
-        )
-    return clock.seconds
+def _timed(function: Callable, arguments: tuple) -> tuple[float, object]:
+    """One task instance in a worker: its wall seconds and its result."""
+    started = time.perf_counter()
+    result = function(*arguments)
+    return time.perf_counter() - started, result
 
 
 def _warm_up(threads: int) -> None:
-    """A worker's start: import what the per-file steps use (a worker of a running Airflow is
-    warm too) and give Arrow's thread pool this worker's share of the cores."""
-    import pandas  # noqa: F401
+    """A worker's start: import what the tasks use (a worker of a running Airflow is warm too)
+    and give Arrow's thread pool this worker's share of the cores."""
     import pyarrow
 
-    from cdr_billing import aggregate, attribute, dedupe, rate, read, storage, validate  # noqa: F401
+    from cdr_billing.tasks import bill, validate  # noqa: F401
 
     pyarrow.set_cpu_count(threads)
 
@@ -201,11 +110,10 @@ def _started() -> None:
 
 
 @contextmanager
-def _workers(count: int, fresh_process_per_task: bool = False):
-    """Run per-file steps in `count` worker processes, as the DAG's mapped tasks run side by
-    side (in this process when count is 1); yields a map(function, argument tuples) -> results."""
+def _pool(count: int, fresh_process_per_task: bool = False):
+    """`count` worker processes, as mapped tasks run side by side (None when count is 1)."""
     if count <= 1 and not fresh_process_per_task:
-        yield lambda function, arguments: (function(*a) for a in arguments)
+        yield None
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -221,9 +129,50 @@ def _workers(count: int, fresh_process_per_task: bool = False):
         for started in [pool.submit(_started) for _ in range(count)]:
             started.result()
     with pool:
-        yield lambda function, arguments: (
-            f.result() for f in [pool.submit(function, *a) for a in arguments]
-        )
+        yield pool
+
+
+def _runner(clock: Stopwatch, pool):
+    """Run the chain's tasks as the DAG runs them: a mapped task's instances in the worker
+    processes, the others here; each task's seconds (summed over its instances) on the clock."""
+
+    def run(function: Callable, arguments: list[tuple]) -> list:
+        name = function.__name__
+        if pool is None or name not in MAPPED_TASKS:
+            with clock.stage(name):
+                return [function(*a) for a in arguments]
+        results = [f.result() for f in [pool.submit(_timed, function, a) for a in arguments]]
+        clock.add({name: sum(seconds for seconds, _ in results)})
+        return [result for _, result in results]
+
+    return run
+
+
+def _expect(run, file, config) -> dict[str, float]:
+    """The GX half of a validate_cdr_file task, in a fresh process as a task has."""
+    from cdr_billing import workdir
+    from cdr_billing.tasks.validate import expect_cdr_file
+
+    accepted = workdir.read_part(run, file.dir, "accepted")
+    started = time.perf_counter()
+    expect_cdr_file(run, file, accepted, config)
+    return {"expect_cdr_file": time.perf_counter() - started}
+
+
+@contextmanager
+def _sqlite_billing_db(path: Path):
+    """The billing database as a SQLite file (PostgreSQL in production), through the same
+    Airflow connection id the tasks use."""
+    path.unlink(missing_ok=True)
+    key, before = "AIRFLOW_CONN_BILLING_DB", os.environ.get("AIRFLOW_CONN_BILLING_DB")
+    os.environ[key] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def run_project(
@@ -237,124 +186,48 @@ def run_project(
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
 ):
-    """Bill one month of carrier CSV files with the project's domain functions, the way the
-    DAG's tasks do: file by file in `workers` processes (read, row checks, duplicates inside
-    the file), the month's duplicates and partial-call parts from the key columns of every file
-    (the accepted rows are not rewritten), then file by file in the workers again (rating,
-    attribution, per-user sums), and the lines from the per-user sums. Memory follows the
-    largest file per worker. With `validation`, GX validates each file's accepted rows after
-    the timed run, a fresh process per file as a task has (timed apart).
-    Returns (lines, counts, stage_seconds); stage seconds are summed over the workers and
-    "wall" is the run's wall time (without the billing DB migrations)."""
-    import pandas as pd
-    from sqlalchemy import create_engine
+    """Bill one month of carrier CSV files with the DAG's own task functions, chained as the
+    DAG chains them (cdr_billing.tasks.chain): the files recorded in the ledger, the references
+    loaded, each file checked in `workers` processes (read, row checks, quarantine, duplicates
+    inside the file), the month's duplicates and partial calls, each file billed in the workers
+    again, the lines aggregated and proven; a SQLite billing database. With `validation`, the
+    files' Great Expectations suites run after the timed run, a fresh process per file as a
+    task has (timed apart). Returns (lines, counts, stage_seconds): seconds per task, summed
+    over its instances; "wall" is the run's wall time (without the billing DB migrations)."""
+    import dataclasses
 
-    from cdr_billing import aggregate, dedupe, entitlements, hashing, report, storage, tariff
+    from cdr_billing import database, migrations, workdir
     from cdr_billing.config import load_config
-    from cdr_billing.migrations import upgrade
+    from cdr_billing.contracts import Run
+    from cdr_billing.tasks import chain
 
     config = load_config()
     work_dir = Path(work_dir or Path.cwd())
     work_dir.mkdir(parents=True, exist_ok=True)
     clock = Stopwatch("project", progress)
-    counts = dict.fromkeys(
-        (
-            "read",
-            "billed",
-            "quarantined",
-            "duplicates",
-            "not_billable",
-            "unbillable",
-            "suspense",
-            "combined",
-        ),
-        0,
-    )
-    parts = [work_dir / f"part{n}" for n in range(len(files))]
-    with _workers(workers) as run_each:
-        database = work_dir / "billing.sqlite"
-        database.unlink(missing_ok=True)
-        engine = create_engine(f"sqlite:///{database}")
+    inputs = [("cdr", SOURCE, Path(f)) for f in files]
+    inputs += [("tariff", "tariff", Path(tariff_path))]
+    inputs += [("entitlements", "entitlements", Path(entitlements_path))]
+    run = Run(str(month), work_dir.name, str(work_dir))
+    with _sqlite_billing_db(work_dir / "billing.sqlite"), _pool(workers) as pool:
         with clock.stage("db_setup"):
-            upgrade(engine)
+            migrations.upgrade(database.billing_engine(config.billing.connection))
         started = time.perf_counter()
-        checks = run_each(
-            _check_file, [(Path(f), part, month) for f, part in zip(files, parts, strict=True)]
-        )
-        with clock.stage(
-            "tariff"
-        ):  # while the workers check files, as the DAG's load_references task runs
-            tariff.load_file(engine, Path(tariff_path), config.billing)
-            rates = tariff.all_rates(engine)
-        with clock.stage("entitlements"):
-            capture = lambda: entitlements.from_file(
-                Path(entitlements_path), datetime.now(UTC), config.billing.timezone
-            )  # noqa: E731
-            snapshot = entitlements.snapshot_for_month(engine, str(month), capture, False)
-            history = entitlements.history(engine, snapshot)
-        engine.dispose()
-        for seconds, file_counts in checks:
-            clock.add(seconds)
-            counts.update({key: counts[key] + value for key, value in file_counts.items()})
-        clock.report("per-file checks")
-        with clock.stage("dedupe"):
-            repeated = hashing.repeated_per_file(
-                [
-                    storage.read_frame(part / storage.file_name("call_hashes"))["hash"].to_numpy()
-                    for part in parts
-                ],
-                lambda n, rows: storage.read_frame(
-                    parts[n] / storage.file_name("accepted"), hashing.CALL_KEY, rows
-                ),
-            )
-        partial = []  # parts of partial calls from every file: a session may span files
-        for n, (part, again) in enumerate(zip(parts, repeated, strict=True)):
-            with clock.stage("dedupe"):
-                positions, in_session = dedupe.set_aside(
-                    storage.read_frame(part / storage.file_name("partial_parts")), again
-                )
-                partial.append(in_session.assign(part_index=n))
-                storage.write_frame(positions, part / storage.file_name("set_aside"))
-                counts["duplicates"] += int(again.sum())
-        del repeated
-        with clock.stage("combine"):
-            heads, merged = dedupe.combine_partial_calls(pd.concat(partial, ignore_index=True))
-            counts["combined"] = len(merged)
-        with clock.stage("parquet_io"):
-            for n, part in enumerate(parts):
-                storage.write_frame(
-                    heads[heads["part_index"] == n].drop(columns="part_index"),
-                    part / storage.file_name("session_calls"),
-                )
-        user_lines, call_totals = [], []
-        for seconds, file_counts, users, totals in run_each(
-            _bill_file, [(part, rates, history, snapshot) for part in parts]
-        ):
-            clock.add(seconds)
-            counts.update({key: counts[key] + value for key, value in file_counts.items()})
-            user_lines.append(users)
-            call_totals.append(totals)
-        clock.report("per-file rating")
-        with clock.stage("aggregate"):
-            lines = aggregate.aggregate_lines(
-                aggregate.merge_user_lines(pd.concat(user_lines, ignore_index=True))
-            )
+        with clock.stage("fetched_locally"):  # the ledger, as the fetch records the files
+            fetched = chain.fetched_locally(config, run, inputs)
+        lines = chain.bill_month(config, fetched, _runner(clock, pool), expectations=False)
         clock.seconds["wall"] = time.perf_counter() - started
-    report.check_totals(
-        lines, pd.concat(call_totals, ignore_index=True)
-    )  # the project's own proofs, outside the timing
-    report.reconcile(counts)
-    if validation:
-        with _workers(workers, fresh_process_per_task=True) as run_each:
-            started = time.perf_counter()
-            for seconds in run_each(
-                _validate_with_gx,
-                [(Path(f), part, month) for f, part in zip(files, parts, strict=True)],
-            ):
-                clock.add(seconds)
-            clock.seconds["gx_wall"] = time.perf_counter() - started
-        clock.report("GX")
-    return lines[LINE_COLUMNS], counts, clock.seconds
+        clock.report("the month's tasks")
+        if validation:
+            with _pool(workers, fresh_process_per_task=True) as gx_pool:
+                started = time.perf_counter()
+                jobs = [gx_pool.submit(_expect, run, f, config) for f in lines.month.files]
+                for job in jobs:
+                    clock.add(job.result())
+                clock.seconds["gx_wall"] = time.perf_counter() - started
+            clock.report("GX")
+    counts = {key: value for key, value in dataclasses.asdict(lines.counts).items()}
+    return workdir.read(run, "lines")[LINE_COLUMNS], counts, clock.seconds
 
 
 # --- the DuckDB peer --------------------------------------------------------------------
@@ -845,17 +718,13 @@ def run_benchmark(
     }
 
 
-PROJECT_STAGES = [
-    ("read", "read_cdr_file, per file", "read"),
-    ("check", "check_rows + rejection threshold + in-file duplicates", "read"),
-    ("dedupe", "month's duplicates and partial parts, from key columns", "accepted"),
-    ("combine", "combine_partial_calls", "deduplicated"),
-    ("parquet_io", "intermediate files (Arrow IPC, Parquet), written and read", None),
-    ("tariff", "tariff.load_file into SQLite + all_rates", None),
-    ("rate", "rate_calls", "combined"),
-    ("entitlements", "snapshot into SQLite + history", None),
-    ("attribute", "attribute_calls", "priced"),
-    ("aggregate", "aggregate_users + aggregate_lines", "billed"),
+PROJECT_STAGES = [  # the DAG's tasks, in its order: (function, what it does, rows it takes in)
+    ("fetched_locally", "the files recorded in the ledger (the fetch without SFTP)", None),
+    ("load_references", "tariff version and entitlement snapshot into SQLite", None),
+    ("check_cdr_file_only", "validate_cdr_file less GX: read, row checks, quarantine", "read"),
+    ("dedupe_calls", "the month's duplicates, partial calls combined, rows reconciled", "accepted"),
+    ("bill_cdr_file", "price, attribute, per-user sums (and intermediate files)", "combined"),
+    ("aggregate_lines", "billing lines, proven against the calls and the counts", "billed"),
 ]
 
 
@@ -927,23 +796,12 @@ def format_report(result: dict, validation: bool) -> str:
         out.append(
             line(f"{name} ({what})", project.get(name, 0.0), rows[rows_key] if rows_key else None)
         )
-    out.append(
-        line(
-            "TOTAL read -> aggregate, wall clock (row checks in, GX out)", project_total, read_rows
-        )
-    )
+    out.append(line("TOTAL the month's tasks, wall clock (GX out)", project_total, read_rows))
     if validation:
         out.append(
             line(
-                "GX: import + context, summed (not in the total)",
-                project.get("gx_import", 0.0),
-                None,
-            )
-        )
-        out.append(
-            line(
-                "GX: validate_file, summed (not in the total)",
-                project.get("gx_validate", 0.0),
+                "GX: expect_cdr_file, summed (not in the total)",
+                project.get("expect_cdr_file", 0.0),
                 rows["accepted"],
             )
         )

@@ -5,7 +5,7 @@ the DAG runs. The caller upgrades the billing database first, as the DAG's first
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ from cdr_billing.tasks.fetch import cdr_files
 from cdr_billing.tasks.references import load_references
 from cdr_billing.tasks.validate import check_cdr_file, validate_cdr_file
 
-# How a mapped task's calls run: map_files(function, argument tuples) -> results, in order.
-MapFiles = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
+# How the tasks run: runner(task function, the argument tuples of its task instances) -> their
+# results, in order; one tuple for a task that is not mapped.
+Runner = Callable[[Callable[..., Any], list[tuple]], list[Any]]
 
 
-def in_this_process(function: Callable[..., Any], arguments: list[tuple]) -> Iterator[Any]:
-    return (function(*a) for a in arguments)
+def in_this_process(function: Callable[..., Any], arguments: list[tuple]) -> list[Any]:
+    return [function(*a) for a in arguments]
 
 
 def fetched_locally(
@@ -53,7 +54,7 @@ def fetched_locally(
 def bill_month(
     config: PipelineConfig,
     fetched: FetchedMonth,
-    map_files: MapFiles = in_this_process,
+    runner: Runner = in_this_process,
     expectations: bool = True,
 ) -> MonthLines:
     """The month's billing lines from its fetched files: load_references, validate_cdr_file
@@ -61,19 +62,15 @@ def bill_month(
     each file is checked (check_cdr_file) but its Great Expectations suite is left to the
     caller (expect_cdr_file), which times it apart."""
     run = fetched.run
-    references = load_references(fetched, config)
-    validated = list(
-        map_files(
-            validate_cdr_file if expectations else _checked,
-            [(run, f, config) for f in cdr_files(fetched)],
-        )
-    )
-    deduped = dedupe_calls(run, validated, config)
-    billed = list(
-        map_files(bill_cdr_file, [(run, f, references, config) for f in file_parts(deduped)])
-    )
-    return aggregate_lines(deduped, billed, references)
+    (references,) = runner(load_references, [(fetched, config)])
+    validate = validate_cdr_file if expectations else check_cdr_file_only
+    validated = runner(validate, [(run, f, config) for f in cdr_files(fetched)])
+    (deduped,) = runner(dedupe_calls, [(run, validated, config)])
+    billed = runner(bill_cdr_file, [(run, f, references, config) for f in file_parts(deduped)])
+    (lines,) = runner(aggregate_lines, [(deduped, billed, references)])
+    return lines
 
 
-def _checked(run: Run, cdr_file: FetchedFile, config: PipelineConfig) -> ValidatedFile:
+def check_cdr_file_only(run: Run, cdr_file: FetchedFile, config: PipelineConfig) -> ValidatedFile:
+    """validate_cdr_file without its Great Expectations suite."""
     return check_cdr_file(run, cdr_file, config).file
