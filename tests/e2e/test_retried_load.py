@@ -95,7 +95,8 @@ class Run:
         with self.metadata.connect() as conn:
             return conn.execute(
                 text(
-                    "SELECT run_id FROM dag_run WHERE dag_id = :dag AND run_type = 'backfill' AND logical_date = :day"
+                    "SELECT run_id FROM dag_run "
+                    "WHERE dag_id = :dag AND run_type = 'backfill' AND logical_date = :day"
                 ),
                 {
                     "dag": DAG_ID,
@@ -108,7 +109,8 @@ class Run:
         with self.metadata.connect() as conn:
             return conn.execute(
                 text(
-                    "SELECT state, try_number, pid FROM task_instance WHERE dag_id = :dag AND run_id = :run AND task_id = :task"
+                    "SELECT state, try_number, pid FROM task_instance "
+                    "WHERE dag_id = :dag AND run_id = :run AND task_id = :task"
                 ),
                 {"dag": DAG_ID, "run": self.run_id, "task": task_id},
             ).first()
@@ -129,7 +131,8 @@ class Run:
         with self.metadata.begin() as conn:
             conn.execute(
                 text(
-                    "UPDATE task_instance SET retry_delay_override = 0 WHERE dag_id = :dag AND run_id = :run "
+                    "UPDATE task_instance SET retry_delay_override = 0 "
+                    "WHERE dag_id = :dag AND run_id = :run "
                     "AND task_id = :task AND state = 'up_for_retry'"
                 ),
                 {"dag": DAG_ID, "run": self.run_id, "task": task_id},
@@ -155,7 +158,8 @@ def _load_lock_waiter(billing: Connection) -> bool | None:
     """True once a load waits for the month's load lock (which the test holds)."""
     waiting = billing.execute(
         text(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key "
+            "SELECT count(*) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND NOT granted AND objid = :key "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         ),
         {"key": lock_key(month_lock(MONTH))},
@@ -238,7 +242,8 @@ def test_a_load_and_a_report_retried_by_airflow_after_their_work_tell_the_supers
     with billing.connect() as conn:
         batches = conn.execute(
             text(
-                "SELECT run_id, status, supersedes_batch_id FROM billing_batch WHERE billing_month = :m ORDER BY batch_id"
+                "SELECT run_id, status, supersedes_batch_id FROM billing_batch "
+                "WHERE billing_month = :m ORDER BY batch_id"
             ),
             {"m": MONTH},
         ).all()
@@ -258,3 +263,16 @@ def test_a_load_and_a_report_retried_by_airflow_after_their_work_tell_the_supers
     )
     assert month_report["batch"]["superseded_batch_id"] == old_batch
     assert len(month_report["changes"]) == changed
+    with metadata.connect() as conn:
+        mapped = conn.execute(
+            text(
+                "SELECT task_id, rendered_map_index FROM task_instance "
+                "WHERE run_id = :run AND map_index >= 0"
+            ),
+            {"run": run.run_id},
+        ).all()
+    names = {f["name"] for f in month_report["files"]}
+    assert len(names) == 3  # the UI names each mapped task by its CDR file, not 0, 1, 2
+    assert {tuple(m) for m in mapped} == {
+        (task_id, name) for task_id in ("validate_cdr_file", "bill_cdr_file") for name in names
+    }

@@ -1,0 +1,99 @@
+"""The package's layout as rules: kernels import only kernels, each stage only kernels and the
+stages before it, the task bodies anything but the UI, and the UI never the task bodies (it
+runs in the API server, which must not load what the workers run)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "include" / "cdr_billing"
+KERNELS = {
+    "money",
+    "canonical",
+    "schema",
+    "storage",
+    "text_bytes",
+    "hashing",
+    "frames",
+    "months",
+    "privacy",
+    "config",
+    "database",
+    "migrations",
+    "reference_table",
+}
+STAGES = [  # pipeline order
+    "acquire",
+    "ledger",
+    "read",
+    "validate",
+    "dedupe",
+    "tariff",
+    "entitlements",
+    "rate",
+    "attribute",
+    "aggregate",
+    "load",
+    "lineage",
+    "not_billed",
+    "report",
+    "billing_file",
+    "alerts",
+]
+RUN_RECORDS = {"contracts", "workdir"}  # what a run hands on: after the stages, before the tasks
+
+
+def _imports(path: Path) -> set[str]:
+    """The cdr_billing modules a file imports (first component under cdr_billing), anywhere."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("cdr_billing")
+        ):
+            parts = node.module.split(".")
+            found |= {parts[1]} if len(parts) > 1 else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("cdr_billing.")}
+    return found
+
+
+def _module_imports(name: str) -> set[str]:
+    target = PACKAGE / name
+    files = target.rglob("*.py") if target.is_dir() else [PACKAGE / f"{name}.py"]
+    return set().union(*(_imports(f) for f in files)) - {name}
+
+
+def test_every_module_has_a_place_in_the_layout():
+    modules = {p.stem for p in PACKAGE.glob("*.py")} | {
+        p.name for p in PACKAGE.iterdir() if p.is_dir()
+    }
+    placed = (
+        KERNELS | set(STAGES) | RUN_RECORDS | {"taskflow", "tasks", "ui", "__init__", "__pycache__"}
+    )
+    assert modules - placed == set()
+
+
+def test_kernels_import_only_kernels():
+    for kernel in KERNELS:
+        assert _module_imports(kernel) <= KERNELS, kernel
+
+
+def test_each_stage_imports_only_kernels_and_earlier_stages():
+    for n, stage in enumerate(STAGES):
+        assert _module_imports(stage) <= KERNELS | set(STAGES[:n]), stage
+
+
+def test_the_run_records_import_no_task_body():
+    for module in RUN_RECORDS:
+        assert _module_imports(module) <= KERNELS | set(STAGES) | RUN_RECORDS, module
+
+
+def test_the_ui_never_imports_the_task_bodies():
+    assert not _module_imports("ui") & {"tasks", "taskflow"}
+
+
+def test_the_task_bodies_never_import_the_ui():
+    assert "ui" not in _module_imports("tasks")
