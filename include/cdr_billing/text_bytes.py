@@ -1,7 +1,17 @@
 """Text columns as numpy bytes, for the parses that Arrow's string kernels do in many passes.
 
-A column of one shape (timestamps of one width, phone numbers of a few digits) is parsed
-with a handful of whole-array numpy operations on its UTF-8 bytes instead.
+A column of one shape (timestamps of one width) is parsed with a handful of whole-array numpy
+operations on its UTF-8 bytes instead. Each hand-rolled kernel here is kept because a
+measurement shows the library slower on the benchmark month's values (docs/performance.md,
+"Hand-rolled kernels and the libraries", measured by the devkit's `bench_kernels`), and each has
+a property test against the library or the standard library (tests/unit/test_kernels_*.py):
+
+- `iso_timestamps`: Arrow's strict cast to timestamp refuses a whole column for one impossible
+  value, its `strptime` accepts 2026-02-30 (as March 2), pandas' ISO parser takes 5-6x as long;
+- `without_separators`: one bytes scan before the regex, which most columns do not need;
+- `control_character_rows`: one scan of the column's bytes before the regex, likewise.
+
+Where Arrow was as fast or faster (`plain_numbers`, `replace_prefixes`), its functions are used.
 """
 
 from __future__ import annotations
@@ -68,7 +78,8 @@ _YEARS = np.arange(10_000)
 _LEAP = (((_YEARS % 4 == 0) & (_YEARS % 100 != 0)) | (_YEARS % 400 == 0)).astype(np.int64)
 _DAYS_BEFORE_YEAR = np.concatenate([[0], np.cumsum(365 + _LEAP)[:-1]])
 _DAYS_BEFORE_YEAR -= _DAYS_BEFORE_YEAR[1970]  # days since 1970-01-01 of each year's first day
-# Indexed by year * 13 + month (month 0: no days): days since 1970-01-01 before the month, days in it.
+# Indexed by year * 13 + month (month 0: no days): days since 1970-01-01 before the month, and
+# days in it.
 _DAYS_BEFORE_YEAR_MONTH = (_DAYS_BEFORE_YEAR[:, None] + _DAYS_BEFORE_MONTH[_LEAP]).ravel()
 _DAYS_IN_YEAR_MONTH = _MONTH_DAYS[_LEAP].ravel()
 
@@ -82,7 +93,8 @@ def _two_digit_table(low: int, high: int) -> np.ndarray:
     return table
 
 
-# The two-digit fields of "YYYY-MM-DD?HH:MM:SS": (first column, the table that reads and range-checks them).
+# The two-digit fields of "YYYY-MM-DD?HH:MM:SS": (first column, the table that reads and
+# range-checks them).
 _CENTURY, _YEAR_OF_CENTURY, _MONTH, _DAY, _HOUR, _MINUTE, _SECOND = (
     (0, _two_digit_table(0, 99)),
     (2, _two_digit_table(0, 99)),
@@ -135,63 +147,32 @@ def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.nda
 
 def replace_prefixes(values: pa.Array, replacements: list[tuple[str, str]]) -> pa.Array:
     """Each value with its prefix replaced by the first (prefix, replacement) whose prefix it
-    starts with; others as they are. `values`: one large_string array; so is the result."""
-    offsets, data = offsets_and_data(values)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    longest = max((len(prefix.encode()) for prefix, _ in replacements), default=0)
-    ended = np.append(data, np.uint8(0))  # one more byte: every start indexes it
-    heads = [
-        ended[np.minimum(starts + n, len(data))] for n in range(longest)
-    ]  # each value's first bytes
-    rule = np.full(len(values), len(replacements))  # past the list: no prefix
-    for n, (prefix, _) in enumerate(replacements):
-        found = lengths >= len(prefix.encode())
-        for head, byte in zip(heads, prefix.encode(), strict=False):
-            found &= head == byte
-        rule[(rule == len(replacements)) & found] = n
-    dropped = np.array([len(prefix.encode()) for prefix, _ in replacements] + [0])[rule]
-    added = np.array([len(replacement.encode()) for _, replacement in replacements] + [0])[rule]
-    new_offsets = np.concatenate([[0], np.cumsum(lengths - dropped + added)])
-    kept = np.ones(len(data), dtype=bool)
-    for n in range(int(dropped.max(initial=0))):
-        kept[starts[dropped > n] + n] = False
-    result, inserted = (
-        np.empty(int(new_offsets[-1]), dtype=np.uint8),
-        np.zeros(int(new_offsets[-1]), dtype=bool),
-    )
-    for n, (_, replacement) in enumerate(replacements):
-        for position, byte in enumerate(replacement.encode()):
-            at = new_offsets[:-1][rule == n] + position
-            result[at], inserted[at] = byte, True
-    result[~inserted] = data[kept]
-    return pa.LargeStringArray.from_buffers(
-        len(values), pa.py_buffer(new_offsets), pa.py_buffer(result)
-    )
+    starts with; others as they are. `values`: one large_string array; so is the result.
+    Arrow's functions, the last rule first so that an earlier one overrides it."""
+    result = values
+    for prefix, replacement in reversed(replacements):
+        replaced = pc.binary_replace_slice(values, 0, len(prefix.encode()), replacement)
+        result = pc.if_else(pc.starts_with(values, prefix), replaced, result)
+    return result
 
 
 def plain_numbers(
     values: pa.Array, max_digits: int, leading_zero: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values of 1 to `max_digits` ASCII digits (not starting with 0 unless `leading_zero`): their
-    numbers (0 elsewhere), the value lengths, a mask of those values. `values`: one large_string array."""
-    offsets, data = offsets_and_data(values)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    ended = np.append(
-        data, np.uint8(DIGIT_ZERO)
-    )  # a digit in the last value's span: an empty last value has a start
-    other_bytes = (
-        np.logical_or.reduceat((ended - np.uint8(DIGIT_ZERO)) > 9, starts)
-        if len(values)
-        else lengths > 0
+    numbers (0 elsewhere), the value lengths in bytes, a mask of those values. `values`: one
+    large_string array. Arrow's functions (`ascii_is_decimal`: non-empty, ASCII digits only)."""
+    lengths = pc.binary_length(values)
+    fits = pc.and_(pc.ascii_is_decimal(values), pc.less_equal(lengths, max_digits))
+    if not leading_zero:
+        fits = pc.and_(fits, pc.invert(pc.starts_with(values, "0")))
+    fits = pc.fill_null(fits, False)
+    digits = values if pc.all(fits).as_py() else pc.if_else(fits, values, "0")
+    return (
+        pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False),
+        pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False),
+        fits.to_numpy(zero_copy_only=False),
     )
-    fits = (
-        (lengths >= 1)
-        & (lengths <= max_digits)
-        & ~other_bytes
-        & (leading_zero | (ended[starts] != DIGIT_ZERO))
-    )
-    digits = values if fits.all() else pc.if_else(pa.array(fits), values, "0")
-    return pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False), lengths, fits
 
 
 CONTROL_CHARACTER = r"[\x00-\x08\x0a-\x1f\x7f]"  # RE2: a control character but tab
