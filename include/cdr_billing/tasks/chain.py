@@ -42,13 +42,18 @@ def fetched_locally(
             str(path),
             path.stat().st_size,
             0,
-            hashlib.sha256(path.read_bytes()).hexdigest(),
+            _sha256(path),
             "local",
         )
         for role, source, path in files
     )
     ledger.record(database.billing_engine(config.billing.connection), run.billing_month, fetched)
     return FetchedMonth(run, fetched, "local", (), FileCounts(len(fetched), 0, 0, 0, 0, 0))
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def bill_month(
