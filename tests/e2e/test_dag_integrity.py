@@ -131,7 +131,8 @@ def test_dag_file_imports_fast_without_heavy_modules(dag_file: Path):
         "start = time.perf_counter()\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "elapsed = time.perf_counter() - start\n"
-        "heavy = [m for m in ('pandas', 'great_expectations', 'paramiko', 'pyarrow', 'numpy') if m in sys.modules]\n"
+        "heavy = [m for m in ('pandas', 'great_expectations', 'paramiko', 'pyarrow', 'numpy') "
+        "if m in sys.modules]\n"
         "print(elapsed, ','.join(heavy))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)

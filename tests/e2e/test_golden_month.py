@@ -119,7 +119,8 @@ def current_batch(engine: Engine) -> tuple[int, str]:
     with engine.connect() as conn:
         return conn.execute(
             text(
-                "SELECT batch_id, run_id FROM billing_batch WHERE billing_month = :m AND status = 'current'"
+                "SELECT batch_id, run_id FROM billing_batch "
+                "WHERE billing_month = :m AND status = 'current'"
             ),
             {"m": MONTH},
         ).one()
@@ -130,8 +131,10 @@ def loaded_lines(engine: Engine) -> dict[tuple[str, str, str], Line]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT l.customer_id, l.sequence_number, l.currency, l.total_minor, l.call_count, l.billed_seconds "
-                "FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = :m AND b.status = 'current'"
+                "SELECT l.customer_id, l.sequence_number, l.currency, l.total_minor, l.call_count, "
+                "l.billed_seconds "
+                "FROM billing_line l JOIN billing_batch b USING (batch_id) "
+                "WHERE b.billing_month = :m AND b.status = 'current'"
             ),
             {"m": MONTH},
         ).all()
@@ -146,7 +149,8 @@ def loaded_lines(engine: Engine) -> dict[tuple[str, str, str], Line]:
 
 
 def loaded_calls(engine: Engine) -> dict[tuple[str, str], tuple]:
-    """{(source, transaction id): (customer, sequence, currency, cost, seconds)} of the current batch."""
+    """{(source, transaction id): (customer, sequence, currency, cost, seconds)} of the current
+    batch."""
     with engine.connect() as conn:
         rows = conn.execute(
             text(
@@ -184,7 +188,8 @@ def loaded_exceptions(engine: Engine, kind: str) -> set[str]:
         return set(
             conn.execute(
                 text(
-                    "SELECT e.transaction_id FROM billing_exception e JOIN billing_batch b USING (batch_id) "
+                    "SELECT e.transaction_id FROM billing_exception e "
+                    "JOIN billing_batch b USING (batch_id) "
                     "WHERE b.billing_month = :m AND b.status = 'current' AND e.kind = :k"
                 ),
                 {"m": MONTH, "k": kind},
@@ -197,7 +202,8 @@ def first_seen(engine: Engine) -> dict[tuple[str, str], object]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT source, name, min(first_seen) AS seen FROM cdr_file WHERE billing_month = :m GROUP BY source, name"
+                "SELECT source, name, min(first_seen) AS seen FROM cdr_file "
+                "WHERE billing_month = :m GROUP BY source, name"
             ),
             {"m": MONTH},
         ).all()
@@ -286,7 +292,8 @@ def _report(found: dict[str, list[str]]) -> str:
 
 
 def test_the_oracle_applies_the_documented_examples():
-    """Rule 2's examples (and a credit's rounding), so the oracle is checked before it judges the engine."""
+    """Rule 2's examples (and a credit's rounding), so the oracle is checked before it judges the
+    engine."""
     assert billed_priced_cost(Decimal("-1500"), "CLP", Decimal("12.5")) == Decimal("-1688")
     assert billed_priced_cost(Decimal("1500"), "CLP", Decimal("12.5")) == Decimal("1688")
     assert billed_priced_cost(Decimal("0.0125"), "JOD", Decimal("12.5")) == Decimal("0.014")

@@ -36,7 +36,8 @@ def _current_lines(engine, month: str) -> dict[tuple[str, str], Decimal]:
         rows = conn.execute(
             text(
                 "SELECT l.customer_id, l.sequence_number, l.total_minor FROM billing_line l "
-                "JOIN billing_batch b USING (batch_id) WHERE b.billing_month = :m AND b.status = 'current'"
+                "JOIN billing_batch b USING (batch_id) "
+                "WHERE b.billing_month = :m AND b.status = 'current'"
             ),
             {"m": month},
         ).all()
@@ -64,7 +65,8 @@ def test_the_month_bills_what_an_independent_computation_expects(dag, billing_en
     with billing_engine.connect() as conn:
         files = conn.execute(
             text(
-                "SELECT name, rows_read, rows_billable, rows_quarantined, rows_duplicate FROM cdr_file "
+                "SELECT name, rows_read, rows_billable, rows_quarantined, rows_duplicate "
+                "FROM cdr_file "
                 "WHERE rows_read IS NOT NULL ORDER BY name"
             )
         ).all()
@@ -96,7 +98,8 @@ def test_every_line_traces_to_its_calls_and_their_input_rows(
     billing_engine, postgres, sftp_root, tmp_path
 ):
     lines = pd.read_sql(
-        "SELECT l.* FROM billing_line l JOIN billing_batch b USING (batch_id) WHERE b.billing_month = '2026-10' "
+        "SELECT l.* FROM billing_line l JOIN billing_batch b USING (batch_id) "
+        "WHERE b.billing_month = '2026-10' "
         "AND b.status = 'current'",
         billing_engine,
     )
@@ -124,7 +127,8 @@ def test_every_line_traces_to_its_calls_and_their_input_rows(
     with billing_engine.connect() as conn:
         user_total = conn.execute(
             text(
-                "SELECT sum(u.total_minor) FROM billing_user_line u JOIN billing_batch b USING (batch_id) "
+                "SELECT sum(u.total_minor) FROM billing_user_line u "
+                "JOIN billing_batch b USING (batch_id) "
                 "WHERE b.billing_month = '2026-10' AND b.status = 'current'"
             )
         ).scalar()
@@ -158,7 +162,8 @@ def test_every_line_traces_to_its_calls_and_their_input_rows(
 
 def test_the_revenue_share_matches_an_independent_computation(billing_engine, sftp_root):
     shares = pd.read_sql(
-        "SELECT r.* FROM revenue_share r JOIN billing_batch b USING (batch_id) WHERE b.billing_month = '2026-10' "
+        "SELECT r.* FROM revenue_share r JOIN billing_batch b USING (batch_id) "
+        "WHERE b.billing_month = '2026-10' "
         "AND b.status = 'current'",
         billing_engine,
     )

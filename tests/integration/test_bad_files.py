@@ -138,7 +138,8 @@ def test_missing_csv_column_is_named_in_the_error(tmp_path):
     frame.to_csv(path, index=False)
     with pytest.raises(
         FileReadError,
-        match="carrier.csv: missing required columns: destination_party \\(column 'destination_party'\\)",
+        match="carrier.csv: missing required columns: destination_party "
+        "\\(column 'destination_party'\\)",
     ):
         check(path, "carrier_csv")
 

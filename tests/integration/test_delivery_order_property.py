@@ -41,7 +41,8 @@ def _config():
 def _bill(
     postgres, root: Path, work: Path, carrier_files: list[Path], listing: list[int] | None = None
 ) -> pd.DataFrame:
-    """The month's lines in a billing database of its own, the CDR files listed in `listing` order."""
+    """The month's lines in a billing database of its own, the CDR files listed in `listing`
+    order."""
     database = postgres.create_database(f"delivery{next(COUNTER)}")
     os.environ["AIRFLOW_CONN_BILLING_DB"] = json.dumps(postgres.connection(database))
     cdr = [item("cdr", "carrier", path) for path in carrier_files]

@@ -142,9 +142,9 @@ def test_primary_down_before_the_run_fails_over_with_one_alert(site):
     assert meta["server"] == "cdr_sftp_secondary"
     assert {r.server for r in site.ledger()} == {"cdr_sftp_secondary"}
     (mail,) = site.new_mails()
-    assert (
-        mail["Subject"]
-        == "[CDR billing] SFTP failover for 2026-10: cdr_sftp_primary failed, cdr_sftp_secondary took over"
+    assert mail["Subject"] == (
+        "[CDR billing] SFTP failover for 2026-10: cdr_sftp_primary failed, "
+        "cdr_sftp_secondary took over"
     )
     assert "connection refused" in mail_text(mail)
 

@@ -102,7 +102,8 @@ def test_a_rogue_server_in_known_hosts_is_refused_before_authentication(
     assert meta["failovers"] == [
         {
             "server": "cdr_sftp_primary",
-            "error": "host key does not match the pinned key: possible man-in-the-middle attack, server not trusted",
+            "error": "host key does not match the pinned key: possible man-in-the-middle attack, "
+            "server not trusted",
         }
     ]
     assert rogue.auth_attempts() == [], "a credential was offered to the rogue server"
@@ -129,7 +130,8 @@ def test_a_connection_without_a_pinned_host_key_is_refused(
     (failover,) = meta["failovers"]
     assert failover == {
         "server": "cdr_sftp_primary",
-        "error": "connection cdr_sftp_primary pins no host key (extra host_key): server unknown, not trusted "
+        "error": "connection cdr_sftp_primary pins no host key (extra host_key): "
+        "server unknown, not trusted "
         "(no trust on first use)",
     }
     assert rogue.auth_attempts() == []

@@ -201,7 +201,8 @@ class Answer:
 
 
 def get(airflow, path: str, token: str | None = None, cookie: str | None = None) -> Answer:
-    """GET a path exactly as written (no normalisation of ../), with a bearer token or a _token cookie."""
+    """GET a path exactly as written (no normalisation of ../), with a bearer token or a _token
+    cookie."""
     headers = {}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -295,7 +296,8 @@ def test_the_plugin_is_registered_without_import_errors(running_airflow):
 def test_the_plugin_imports_without_pandas_or_airflow_api_modules():
     code = (
         "import sys; sys.path.insert(0, 'plugins'); import cdr_billing_ui; "
-        "print([m for m in ('pandas', 'airflow.api_fastapi.core_api.security', 'cdr_billing.ui.queries') if m in sys.modules])"
+        "print([m for m in ('pandas', 'airflow.api_fastapi.core_api.security', "
+        "'cdr_billing.ui.queries') if m in sys.modules])"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

@@ -12,7 +12,8 @@ def test_project_and_duckdb_bill_a_small_month_identically(tmp_path):
     assert result["counts_identical"], result["counts"]
     counts = result["counts"]["project"]
     assert counts["read"] == sum(counts[outcome] for outcome in OUTCOMES)
-    # the generated flaws are all there: 10 invalid kinds, 3 duplicates and 50 two-part calls per file, one across files
+    # the generated flaws are all there: 10 invalid kinds, 3 duplicates and 50 two-part calls per
+    # file, one across files
     assert (counts["quarantined"], counts["duplicates"], counts["combined"]) == (20, 6, 101)
     assert min(counts["unbillable"], counts["suspense"], counts["not_billable"]) > 0
     report = format_report(result, validation=False)
