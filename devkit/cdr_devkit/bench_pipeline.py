@@ -243,51 +243,67 @@ def _check_sql(files: Sequence[Path], month: BillingMonth, config) -> str:
     rules, profile = config.billing, config.profile_for(SOURCE)
     start, end = month.bounds(rules.timezone)
     tolerance = int(rules.month_tolerance_hours * 3600)
-    month_start = f"timezone({_quote(rules.timezone)}, TIMESTAMP '{start:%Y-%m-%d %H:%M:%S}') - to_seconds({tolerance})"
-    month_end = f"timezone({_quote(rules.timezone)}, TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}') + to_seconds({tolerance})"
+    month_start = (
+        f"timezone({_quote(rules.timezone)}, TIMESTAMP '{start:%Y-%m-%d %H:%M:%S}') "
+        f"- to_seconds({tolerance})"
+    )
+    month_end = (
+        f"timezone({_quote(rules.timezone)}, TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}') "
+        f"+ to_seconds({tolerance})"
+    )
     file_list = "[" + ", ".join(_quote(str(f)) for f in files) + "]"
     text = {field: f"coalesce(trim(\"{header}\"), '')" for field, header in profile.columns.items()}
     return f"""
 CREATE TEMP TABLE checked AS
 WITH raw AS (
-    SELECT {text["transaction_id"]} AS transaction_id, {text["session_id"]} AS session_id, {text["user_id"]} AS user_id,
+    SELECT {text["transaction_id"]} AS transaction_id, {text["session_id"]} AS session_id,
+           {text["user_id"]} AS user_id,
            {text["start_of_usage"]} AS start_text, {text["duration_of_usage"]} AS duration_text,
            {text["completion_status"]} AS status_text,
-           regexp_replace({text["destination_party"]}, '[\\s\\-().]', '', 'g') AS destination_party,  -- separators
-           {text["transaction_part_number"]} AS part_number, {text["revenue_share_percentage"]} AS share_text
-    FROM read_csv({file_list}, all_varchar = true, header = true, delim = {_quote(profile.delimiter)})
+           -- separators
+           regexp_replace({text["destination_party"]}, '[\\s\\-().]', '', 'g') AS destination_party,
+           {text["transaction_part_number"]} AS part_number,
+           {text["revenue_share_percentage"]} AS share_text
+    FROM read_csv({file_list}, all_varchar = true, header = true,
+                  delim = {_quote(profile.delimiter)})
 ), typed AS (
     SELECT *,
-        -- a number is an Excel serial day, anything else ISO 8601 (naive: the profile's zone, the session's)
+        -- a number is an Excel serial day, anything else ISO 8601 (naive: the profile's zone,
+        -- the session's)
         CASE WHEN isfinite(try_cast(start_text AS DOUBLE))
              THEN timezone({_quote(profile.timezone)},
-                           TIMESTAMP '1899-12-30' + to_seconds(round_even(try_cast(start_text AS DOUBLE) * 86400, 0)))
+                           TIMESTAMP '1899-12-30'
+                           + to_seconds(round_even(try_cast(start_text AS DOUBLE) * 86400, 0)))
              ELSE try_cast(start_text AS TIMESTAMPTZ) END AS start_utc,
-        -- the grammar of check_rows: whole seconds are digits (a "-" allowed, then out of range), ".0" allowed
+        -- the grammar of check_rows: whole seconds are digits (a "-" allowed, then out of range),
+        -- ".0" allowed
         CASE WHEN regexp_full_match(duration_text, '-?[0-9]+(\\.0+)?')
              THEN try_cast(regexp_replace(duration_text, '\\.0+$', '') AS DOUBLE) END AS seconds,
-        CASE WHEN regexp_full_match(status_text, '[0-3](\\.0+)?') THEN CAST(left(status_text, 1) AS TINYINT) END
+        CASE WHEN regexp_full_match(status_text, '[0-3](\\.0+)?')
+             THEN CAST(left(status_text, 1) AS TINYINT) END
             AS status_number
     FROM raw
 )
 SELECT {_quote(SOURCE)} AS source, transaction_id, session_id, user_id, start_utc,
-       CASE WHEN seconds BETWEEN 0 AND {int(rules.max_call_seconds)} THEN seconds::BIGINT END AS duration_seconds,
+       CASE WHEN seconds BETWEEN 0 AND {int(rules.max_call_seconds)} THEN seconds::BIGINT END
+           AS duration_seconds,
        status_number AS completion_status,
        destination_party, part_number,
        coalesce(NOT (
-           transaction_id <> ''                                                  -- MISSING_TRANSACTION_ID
-           AND user_id <> ''                                                     -- MISSING_ACCOUNT
-           AND start_utc IS NOT NULL                                             -- BAD_TIMESTAMP
-           AND start_utc >= {month_start} AND start_utc < {month_end}            -- OUTSIDE_MONTH
-           AND seconds IS NOT NULL                                               -- BAD_DURATION
-           AND seconds BETWEEN 0 AND {int(rules.max_call_seconds)}               -- DURATION_OUT_OF_RANGE
-           AND status_number IS NOT NULL                                         -- BAD_COMPLETION_STATUS
-           AND regexp_full_match(part_number, '[0-9]*')                          -- BAD_PART_NUMBER
-           AND (share_text = '' OR (                                             -- BAD_REVENUE_SHARE: 0-100, two decimals
-                regexp_full_match(share_text, '[0-9]+(\\.[0-9]+)?')
+           transaction_id <> ''                                        -- MISSING_TRANSACTION_ID
+           AND user_id <> ''                                           -- MISSING_ACCOUNT
+           AND start_utc IS NOT NULL                                   -- BAD_TIMESTAMP
+           AND start_utc >= {month_start} AND start_utc < {month_end}  -- OUTSIDE_MONTH
+           AND seconds IS NOT NULL                                     -- BAD_DURATION
+           AND seconds BETWEEN 0 AND {int(rules.max_call_seconds)}     -- DURATION_OUT_OF_RANGE
+           AND status_number IS NOT NULL                               -- BAD_COMPLETION_STATUS
+           AND regexp_full_match(part_number, '[0-9]*')                -- BAD_PART_NUMBER
+           AND (share_text = '' OR (                                   -- BAD_REVENUE_SHARE:
+                regexp_full_match(share_text, '[0-9]+(\\.[0-9]+)?')     -- 0-100, two decimals
                 AND try_cast(share_text AS DECIMAL(38, 10)) BETWEEN 0 AND 100
-                AND try_cast(share_text AS DECIMAL(38, 2)) = try_cast(share_text AS DECIMAL(38, 10))))
-           AND regexp_full_match(destination_party, '\\+?[0-9]{{4,17}}')        -- BAD_NUMBER
+                AND try_cast(share_text AS DECIMAL(38, 2))
+                    = try_cast(share_text AS DECIMAL(38, 10))))
+           AND regexp_full_match(destination_party, '\\+?[0-9]{{4,17}}')  -- BAD_NUMBER
        ), true) AS rejected
 FROM typed
 """
@@ -296,14 +312,19 @@ FROM typed
 CALLS_SQL = """
 CREATE TEMP TABLE calls AS
 WITH accepted AS (
-    SELECT rowid AS rid, * EXCLUDE (rejected) FROM checked WHERE NOT rejected  -- rowid: file order, then row order
+    -- rowid: file order, then row order
+    SELECT rowid AS rid, * EXCLUDE (rejected) FROM checked WHERE NOT rejected
 ), firsts AS (  -- the first of each (source, transaction id)
-    SELECT * FROM accepted QUALIFY row_number() OVER (PARTITION BY source, transaction_id ORDER BY rid) = 1
-), parts AS (  -- partial calls: one per session, the first by start, part number as a number, id; durations summed
+    SELECT * FROM accepted
+    QUALIFY row_number() OVER (PARTITION BY source, transaction_id ORDER BY rid) = 1
+), parts AS (
+    -- partial calls: one per session, the first by start, part number as a number, id;
+    -- durations summed
     SELECT *,
         row_number() OVER (
             PARTITION BY source, session_id
-            ORDER BY start_utc, length(ltrim(part_number, '0')), ltrim(part_number, '0'), transaction_id
+            ORDER BY start_utc, length(ltrim(part_number, '0')), ltrim(part_number, '0'),
+                     transaction_id
         ) AS part_rank,
         sum(duration_seconds) OVER (PARTITION BY source, session_id) AS session_seconds,
         count(*) OVER (PARTITION BY source, session_id) AS session_parts
@@ -318,7 +339,8 @@ FROM parts WHERE part_rank = 1
 
 
 def _micro_per_minor_sql(currency: str) -> str:
-    """Micro-units per minor unit of a currency, from ISO 4217 (the iso4217 package, as the project)."""
+    """Micro-units per minor unit of a currency, from ISO 4217 (the iso4217 package, as the
+    project)."""
     cases = " ".join(
         f"WHEN {_quote(c.code)} THEN {10 ** (6 - c.exponent)}"
         for c in Currency
@@ -337,17 +359,22 @@ def _reference_sql(
         return f"nullif(trim({name}), '')" if name in columns else "NULL"
 
     def micro(name: str) -> str:
-        return f"CAST(CAST(coalesce(nullif(trim({name}), ''), '0') AS DECIMAL(18, 6)) * 1000000 AS BIGINT)"
+        return (
+            f"CAST(CAST(coalesce(nullif(trim({name}), ''), '0') AS DECIMAL(18, 6)) "
+            "* 1000000 AS BIGINT)"
+        )
 
     tariff_text_sql = f"""
-CREATE TEMP TABLE tariff_text AS SELECT * FROM read_csv({_quote(str(tariff_path))}, all_varchar = true, header = true)
+CREATE TEMP TABLE tariff_text AS
+SELECT * FROM read_csv({_quote(str(tariff_path))}, all_varchar = true, header = true)
 """
     tariff_sql = f"""
 CREATE TEMP TABLE tariff AS
 SELECT rowid + 2 AS tariff_row, ltrim(trim(prefix), '+') AS prefix,  -- tariff_row: the file's line
        {micro("price_per_minute")} AS price_micro, {micro("connection_fee")} AS fee_micro,
        {micro("minimum_charge")} AS minimum_micro,
-       CAST(trim(first_increment) AS BIGINT) AS first_increment, CAST(trim(next_increment) AS BIGINT) AS next_increment,
+       CAST(trim(first_increment) AS BIGINT) AS first_increment,
+       CAST(trim(next_increment) AS BIGINT) AS next_increment,
        upper(trim(currency)) AS currency,
        {_micro_per_minor_sql("upper(trim(currency))")} AS micro_per_minor,
        coalesce(timezone({zone}, CAST({
@@ -359,7 +386,8 @@ SELECT rowid + 2 AS tariff_row, ltrim(trim(prefix), '+') AS prefix,  -- tariff_r
     } AS TIMESTAMP)), TIMESTAMPTZ 'infinity') AS valid_to,
        {
         " OR ".join(
-            f"try_cast(nullif(trim({c}), '') AS DECIMAL(38, 12)) <> try_cast(nullif(trim({c}), '') AS DECIMAL(38, 6))"
+            f"try_cast(nullif(trim({c}), '') AS DECIMAL(38, 12)) "
+            f"<> try_cast(nullif(trim({c}), '') AS DECIMAL(38, 6))"
             for c in ("price_per_minute", "connection_fee", "minimum_charge")
         )
     } AS too_precise
@@ -368,9 +396,11 @@ FROM tariff_text
     entitlements_sql = f"""
 CREATE TEMP TABLE entitlements AS
 SELECT coalesce(trim(account_id), '') AS account_id, coalesce(trim(customer_id), '') AS customer_id,
-       coalesce(nullif(coalesce(trim(sequence_number), ''), ''), coalesce(trim(default_sequence_number), '')) AS sequence_number,
+       coalesce(nullif(coalesce(trim(sequence_number), ''), ''),
+                coalesce(trim(default_sequence_number), '')) AS sequence_number,
        lower(coalesce(trim(entitled), '')) IN ('true', '1', 'yes', 'y', 't') AS entitled,
-       lower(coalesce(trim(entitled), '')) IN ('true', '1', 'yes', 'y', 't', 'false', '0', 'no', 'n', 'f') AS flag_ok
+       lower(coalesce(trim(entitled), ''))
+           IN ('true', '1', 'yes', 'y', 't', 'false', '0', 'no', 'n', 'f') AS flag_ok
 FROM read_csv({_quote(str(entitlements_path))}, all_varchar = true, header = true)
 """
     return [tariff_text_sql, tariff_sql, entitlements_sql]
@@ -387,37 +417,49 @@ WITH numbers AS (
     SELECT rid, start_utc, duration_seconds,
         -- checked numbers are '+'? and digits only (separators removed when read)
         CASE WHEN starts_with(destination_party, '+') THEN substr(destination_party, 2)
-             WHEN starts_with(destination_party, {_quote(international)}) THEN substr(destination_party, {len(international) + 1})
+             WHEN starts_with(destination_party, {_quote(international)})
+                  THEN substr(destination_party, {len(international) + 1})
              WHEN starts_with(destination_party, {_quote(national)})
-                  THEN {_quote(rules.country_code)} || substr(destination_party, {len(national) + 1})
+                  THEN {_quote(rules.country_code)}
+                       || substr(destination_party, {len(national) + 1})
              ELSE destination_party END AS e164
     FROM calls WHERE completion_status <> 0
-), keys AS (  -- every leading part of an E.164 number (1-15 digits, no leading 0) as long as a tariff prefix
+), keys AS (
+    -- every leading part of an E.164 number (1-15 digits, no leading 0) as long as a tariff
+    -- prefix
     SELECT n.rid, n.start_utc, substr(n.e164, 1, w.width) AS key
-    FROM numbers n JOIN (SELECT DISTINCT length(prefix) AS width FROM tariff) w ON w.width <= length(n.e164)
+    FROM numbers n
+    JOIN (SELECT DISTINCT length(prefix) AS width FROM tariff) w ON w.width <= length(n.e164)
     WHERE length(n.e164) BETWEEN 1 AND 15 AND NOT starts_with(n.e164, '0')
-), best AS (  -- the longest prefix with a rate valid at the call's start (one version: the later line on a tie)
+), best AS (
+    -- the longest prefix with a rate valid at the call's start (one version: the later line on
+    -- a tie)
     SELECT k.rid, arg_max(t.tariff_row, length(t.prefix) * 1000000 + t.tariff_row) AS tariff_row
-    FROM keys k JOIN tariff t ON t.prefix = k.key AND t.valid_from <= k.start_utc AND k.start_utc < t.valid_to
+    FROM keys k
+    JOIN tariff t
+      ON t.prefix = k.key AND t.valid_from <= k.start_utc AND k.start_utc < t.valid_to
     GROUP BY k.rid
 ), priced AS (
     SELECT n.rid, t.currency, t.micro_per_minor, t.fee_micro, t.price_micro, t.minimum_micro,
         CASE WHEN n.duration_seconds > 0
-             THEN t.first_increment + (greatest(n.duration_seconds - t.first_increment, 0) + t.next_increment - 1)
+             THEN t.first_increment
+                  + (greatest(n.duration_seconds - t.first_increment, 0) + t.next_increment - 1)
                   // t.next_increment * t.next_increment
              ELSE 0 END AS billed_seconds
     FROM numbers n JOIN best b USING (rid) JOIN tariff t ON t.tariff_row = b.tariff_row
 ), costed AS (  -- fee + price x seconds / 60, at least the minimum, half up to the minor unit once
     SELECT rid, currency, billed_seconds,
         sign(greatest(fee_micro * 60 + price_micro * billed_seconds, minimum_micro * 60))
-        * ((abs(greatest(fee_micro * 60 + price_micro * billed_seconds, minimum_micro * 60)) + micro_per_minor * 30)
+        * ((abs(greatest(fee_micro * 60 + price_micro * billed_seconds, minimum_micro * 60))
+            + micro_per_minor * 30)
            // (micro_per_minor * 60)) AS cost_minor
     FROM priced
 )
 SELECT c.rid, c.parts,
     CASE WHEN c.completion_status = 0 THEN 'not_billable'
          WHEN p.rid IS NULL THEN 'unbillable'
-         WHEN e.account_id IS NULL OR NOT e.entitled OR e.customer_id = '' OR e.sequence_number = '' THEN 'suspense'
+         WHEN e.account_id IS NULL OR NOT e.entitled OR e.customer_id = ''
+              OR e.sequence_number = '' THEN 'suspense'
          ELSE 'billed' END AS outcome,
     e.customer_id, e.sequence_number, p.currency, p.cost_minor, p.billed_seconds
 FROM calls c LEFT JOIN costed p USING (rid) LEFT JOIN entitlements e ON e.account_id = c.user_id
@@ -425,17 +467,21 @@ FROM calls c LEFT JOIN costed p USING (rid) LEFT JOIN entitlements e ON e.accoun
 
 
 LINES_SQL = """
-SELECT customer_id, sequence_number, currency, sum(cost_minor)::BIGINT AS total_minor, count(*)::BIGINT AS call_count,
+SELECT customer_id, sequence_number, currency, sum(cost_minor)::BIGINT AS total_minor,
+       count(*)::BIGINT AS call_count,
        sum(billed_seconds)::BIGINT AS billed_seconds
 FROM outcomes WHERE outcome = 'billed' GROUP BY ALL ORDER BY ALL
 """
 COUNTS_SQL = """
 SELECT (SELECT count(*) FROM checked) AS read,
        (SELECT count(*) FILTER (WHERE rejected) FROM checked) AS quarantined,
-       (SELECT count(*) FILTER (WHERE NOT rejected) FROM checked) - (SELECT sum(parts) FROM calls) AS duplicates,
+       (SELECT count(*) FILTER (WHERE NOT rejected) FROM checked) - (SELECT sum(parts) FROM calls)
+           AS duplicates,
        (SELECT sum(parts) - count(*) FROM calls) AS combined,
-       count(*) FILTER (WHERE outcome = 'billed') AS billed, count(*) FILTER (WHERE outcome = 'not_billable') AS not_billable,
-       count(*) FILTER (WHERE outcome = 'unbillable') AS unbillable, count(*) FILTER (WHERE outcome = 'suspense') AS suspense
+       count(*) FILTER (WHERE outcome = 'billed') AS billed,
+       count(*) FILTER (WHERE outcome = 'not_billable') AS not_billable,
+       count(*) FILTER (WHERE outcome = 'unbillable') AS unbillable,
+       count(*) FILTER (WHERE outcome = 'suspense') AS suspense
 FROM outcomes
 """
 
@@ -449,7 +495,8 @@ def run_duckdb(
     threads: int = 2,
     progress: Callable[[str], None] | None = None,
 ):
-    """The same month as DuckDB SQL by the project's rules; returns (lines, counts, stage_seconds)."""
+    """The same month as DuckDB SQL by the project's rules; returns (lines, counts,
+    stage_seconds)."""
     import duckdb
 
     from cdr_billing.config import load_config
@@ -481,7 +528,8 @@ def run_duckdb(
                 "tariff: a price with more than six decimals (the project refuses the file)"
             )
         bad_flags, repeated = connection.execute(
-            "SELECT count(*) FILTER (WHERE NOT flag_ok), count(*) - count(DISTINCT account_id) FROM entitlements"
+            "SELECT count(*) FILTER (WHERE NOT flag_ok), count(*) - count(DISTINCT account_id) "
+            "FROM entitlements"
         ).fetchone()
         if bad_flags or repeated:
             raise ValueError(
@@ -621,7 +669,8 @@ def total_seconds(kind: str, stage_seconds: dict[str, float]) -> float:
 
 
 def compare_lines(project, duckdb) -> tuple[bool, str]:
-    """Whether two line frames are identical (after sorting), and a description of the first differences."""
+    """Whether two line frames are identical (after sorting), and a description of the first
+    differences."""
     import pandas as pd
 
     def tidy(frame: pd.DataFrame) -> pd.DataFrame:
@@ -644,7 +693,8 @@ def compare_lines(project, duckdb) -> tuple[bool, str]:
     ]
     return (
         False,
-        f"{len(differing):,} of {len(both):,} lines differ, e.g.:\n{differing.head(10).to_string()}",
+        f"{len(differing):,} of {len(both):,} lines differ, e.g.:\n"
+        f"{differing.head(10).to_string()}",
     )
 
 
@@ -755,7 +805,8 @@ def _round_ratios(rounds: list[dict[str, float]]) -> list[str]:
     ):
         values = [ratio(r) for r in rounds]
         out.append(
-            f"  {label} per round: {', '.join(f'{v:.2f}x' for v in values)}; median {statistics.median(values):.2f}x"
+            f"  {label} per round: {', '.join(f'{v:.2f}x' for v in values)}; "
+            f"median {statistics.median(values):.2f}x"
         )
     return out
 
@@ -784,11 +835,15 @@ def format_report(result: dict, validation: bool) -> str:
         else "one run each"
     )
     out += [
-        f"\n{read_rows:,} rows read in {len(result['month'].cdr_files)} files (month {result['month'].month}); "
-        f"{os.cpu_count()} cores; wall clock, {runs} (the parse: best of {PARSE_REPEATS}); load average "
-        f"{before[0]:.1f} before, {after[0]:.1f} after (timings are noisy when the machine is shared)",
+        f"\n{read_rows:,} rows read in {len(result['month'].cdr_files)} files "
+        f"(month {result['month'].month}); "
+        f"{os.cpu_count()} cores; wall clock, {runs} (the parse: best of {PARSE_REPEATS}); "
+        "load average "
+        f"{before[0]:.1f} before, {after[0]:.1f} after "
+        "(timings are noisy when the machine is shared)",
         "",
-        f"project (cdr_billing): per-file steps in {result['workers']} worker processes, as mapped tasks; "
+        f"project (cdr_billing): per-file steps in {result['workers']} worker processes, "
+        "as mapped tasks; "
         "stage times summed over the workers",
         head,
     ]
@@ -838,12 +893,14 @@ def format_report(result: dict, validation: bool) -> str:
     gx_note = "with GX" if validation else "no GX"
     out += [
         "",
-        f"peak RSS: project {rss['project']:,.0f} MiB ({gx_note}), DuckDB {rss['duckdb']:,.0f} MiB, "
+        f"peak RSS: project {rss['project']:,.0f} MiB ({gx_note}), "
+        f"DuckDB {rss['duckdb']:,.0f} MiB, "
         f"parse {rss['parse']:,.0f} MiB",
     ]
     versus_duck, versus_parse = duck_total / project_total, project_total / parse
     out += [
-        f"project vs DuckDB: {versus_duck:.2f}x (DuckDB time / project time; > 1: the project is faster; target >= 1.5)",
+        f"project vs DuckDB: {versus_duck:.2f}x "
+        "(DuckDB time / project time; > 1: the project is faster; target >= 1.5)",
         f"project vs bare parse: {versus_parse:.2f}x (project time / parse time; target <= 3)",
         *_round_ratios(result["rounds"]),
         "",
@@ -853,8 +910,10 @@ def format_report(result: dict, validation: bool) -> str:
         out.append(f"  {key:<14}{counts[key]:>14,}{result['counts']['duckdb'][key]:>14,}")
     identity = result["identity"]
     out += [
-        f"read = billed + quarantined + duplicates + not_billable + unbillable + suspense + combined: "
-        f"project {'holds' if identity['project'] else 'FAILS'}, DuckDB {'holds' if identity['duckdb'] else 'FAILS'}",
+        "read = billed + quarantined + duplicates + not_billable + unbillable + suspense + "
+        "combined: "
+        f"project {'holds' if identity['project'] else 'FAILS'}, "
+        f"DuckDB {'holds' if identity['duckdb'] else 'FAILS'}",
         f"counts identical: {'yes' if result['counts_identical'] else 'NO'}",
         f"billing lines: {result['lines_detail']}",
     ]
