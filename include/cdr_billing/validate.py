@@ -2,19 +2,24 @@
 
 Row checks run vectorised in pandas and give each bad row a reason code; Great
 Expectations then validates every file's accepted rows against the profile's suite as an
-independent proof, and its results are kept as JSON next to the run's data.
+independent proof, and its results are kept as JSON next to the run's data. Both come from
+one table of row rules (ROW_RULES: reason code, column, check), so GX re-proves a rule with
+the very check the row checks apply.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -64,18 +69,27 @@ COST_BEYOND_RANGE = MAX_CALL_COST * MICRO + 1
 # Reason codes, in the order rows are checked; a row carries every reason it fails.
 REASONS = {
     "BAD_FIELD_COUNT": "the CSV row has fewer or more fields than the header",
-    "BAD_CHARACTER": "a text field holds a control character (U+0000-U+001F but tab, or U+007F; a line break too)",
+    "BAD_CHARACTER": (
+        "a text field holds a control character (U+0000-U+001F but tab, or U+007F; "
+        "a line break too)"
+    ),
     "MISSING_TRANSACTION_ID": "transaction id is empty",
     "MISSING_ACCOUNT": "user/account id is empty",
     "BAD_TIMESTAMP": "start time is not a date and time",
-    "NONEXISTENT_LOCAL_TIME": "start time is a wall time the spring clock change skips in the profile's timezone",
-    "AMBIGUOUS_LOCAL_TIME": "start time is a wall time the autumn clock change repeats, and the profile rejects those",
+    "NONEXISTENT_LOCAL_TIME": (
+        "start time is a wall time the spring clock change skips in the profile's timezone"
+    ),
+    "AMBIGUOUS_LOCAL_TIME": (
+        "start time is a wall time the autumn clock change repeats, and the profile rejects those"
+    ),
     "OUTSIDE_MONTH": "start time is outside the billing month",
     "BAD_DURATION": "duration is not a whole number of seconds",
     "DURATION_OUT_OF_RANGE": "duration is negative or above the maximum",
     "BAD_COMPLETION_STATUS": "completion status is not 0, 1, 2 or 3",
     "BAD_NUMBER": "destination number is not a phone number",
-    "BAD_REVENUE_SHARE": "revenue share is not a percentage from 0 to 100 with at most two decimals",
+    "BAD_REVENUE_SHARE": (
+        "revenue share is not a percentage from 0 to 100 with at most two decimals"
+    ),
     "BAD_PART_NUMBER": "transaction part number is not a whole number",
     "BAD_COST": "provider cost is not a decimal number with at most six decimals",
     "COST_OUT_OF_RANGE": f"provider cost is above {MAX_CALL_COST:,} in its currency",
@@ -108,7 +122,8 @@ class FileValidationError(ValueError):
 @dataclass(frozen=True)
 class FileCheck:
     """Outcome of checking one file: rows accepted, rows quarantined, and the good rows that
-    repeat a call earlier in the file (the first delivery is accepted); the accepted rows' call hashes."""
+    repeat a call earlier in the file (the first delivery is accepted); the accepted rows' call
+    hashes."""
 
     accepted: pd.DataFrame
     quarantined: pd.DataFrame
@@ -159,7 +174,8 @@ def parse_timestamps(
 
 
 def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Series, np.ndarray]:
-    """The rows of one ISO shape parsed from their bytes (naive, NaT elsewhere), and a mask of the rows left."""
+    """The rows of one ISO shape parsed from their bytes (naive, NaT elsewhere), and a mask of
+    the rows left."""
     micros, parsed = text_bytes.iso_timestamps(text_bytes.one_array(text), separator, zulu)
     return pd.Series(micros.view("datetime64[us]"), index=text.index).where(parsed), ~parsed
 
@@ -195,7 +211,8 @@ def _parse_general(text: pd.Series, timezone: str, ambiguous: str = "earliest") 
 
 def _excel_serials(serial: pd.Series) -> pd.Series:
     """Excel serial days (up to 9999-12-31) as naive date-times, to the second: in whole seconds
-    on numpy's second clock, which reaches year 9999 (pandas' nanosecond timedeltas end at 292 years)."""
+    on numpy's second clock, which reaches year 9999 (pandas' nanosecond timedeltas end at 292
+    years)."""
     seconds = np.round(serial.to_numpy(np.float64) * 86_400).astype("timedelta64[s]")
     return pd.Series((EXCEL_EPOCH + seconds).astype("datetime64[us]"), index=serial.index)
 
@@ -275,7 +292,8 @@ def _hms_seconds(text: str) -> int | None:
 
 
 def _decimal_seconds(text: str, factor: int) -> int | None:
-    """A decimal number of seconds or minutes as whole seconds; None when not the grammar or not whole."""
+    """A decimal number of seconds or minutes as whole seconds; None when not the grammar or not
+    whole."""
     text = text.strip()
     if DECIMAL_NUMBER.fullmatch(text) is None:
         return None
@@ -288,7 +306,8 @@ def _within_duration_range(seconds: int) -> int:
 
 
 def parse_statuses(text: pd.Series) -> pd.Series:
-    """Completion statuses 0-3 (nullable Int8); a digit from its byte, anything else ("1.0") by pandas."""
+    """Completion statuses 0-3 (nullable Int8); a digit from its byte, anything else ("1.0") by
+    pandas."""
     digit, _, plain = text_bytes.plain_numbers(text_bytes.one_array(text), 1, leading_zero=True)
     rest = ~(plain & np.isin(digit, COMPLETION_STATUSES))
     return _fill_rest(_nullable_ints(digit, rest, text.index, "Int8"), rest, text, _parse_statuses)
@@ -345,21 +364,15 @@ def _basis_points(percentage: str) -> int | None:
     return points if 0 <= points <= 10_000 else None
 
 
-def _control_character_rows_of(raw: pd.DataFrame) -> np.ndarray:
-    """Rows with a control character in any text field (BAD_CHARACTER)."""
+def _control_character_rows_of(raw: pd.DataFrame, fields: tuple[str, ...]) -> np.ndarray:
+    """Rows with a control character in any of the text fields (BAD_CHARACTER)."""
     found = np.zeros(len(raw), dtype=bool)
-    for name in TEXT_FIELDS:
+    for name in fields:
         if name in raw:
             rows = text_bytes.control_character_rows(pa.array(raw[name], type=pa.large_string()))
             if rows is not None:
                 found |= rows
     return found
-
-
-def _pattern_check(profile: SourceProfile) -> tuple[str, str]:
-    """The row check of the value that prices the call, also in the GX suite: (reason code,
-    column): the currency of a priced file, else the number."""
-    return ("BAD_CURRENCY", "currency") if profile.priced else ("BAD_NUMBER", "destination_party")
 
 
 def _matches(text: pd.Series, pattern: str) -> np.ndarray:
@@ -369,6 +382,282 @@ def _matches(text: pd.Series, pattern: str) -> np.ndarray:
     return pc.fill_null(matched, False).to_numpy(zero_copy_only=False)
 
 
+# --- The row rules: one table, from which the row checks and the GX suite are built ---------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the row rules compare values with, for one billing month and the billing rules."""
+
+    earliest_start: datetime  # the month's first moment less the tolerance
+    end_of_month: datetime  # the next month's first moment plus the tolerance (excluded)
+    max_call_seconds: int
+    max_cost: int  # micro-units, either sign
+    min_cost: int
+    statuses: tuple[int, ...]
+    currencies: tuple[str, ...]  # sorted
+
+    @classmethod
+    def of(cls, month: BillingMonth, rules: BillingSettings) -> Limits:
+        start, end = month.bounds(rules.timezone)
+        tolerance = timedelta(hours=rules.month_tolerance_hours)
+        return cls(
+            start - tolerance,
+            end + tolerance,
+            rules.max_call_seconds,
+            MAX_CALL_COST * MICRO,
+            -MAX_CALL_COST * MICRO,
+            COMPLETION_STATUSES,
+            tuple(sorted(iso_currencies())),
+        )
+
+    def value(self, bound: int | str | None) -> object:
+        """A bound as given (a number, None: no bound), or the limit it names."""
+        return getattr(self, bound) if isinstance(bound, str) else bound
+
+
+@dataclass
+class RowValues:
+    """What the row checks read: the text as written (`raw`), the typed values, the profile and
+    the limits; the clock-change problems of the start times that did not parse, when asked."""
+
+    raw: pd.DataFrame
+    typed: pd.DataFrame
+    profile: SourceProfile
+    limits: Limits
+
+    @cached_property
+    def clock_changes(self) -> pd.Series:
+        """NONEXISTENT_LOCAL_TIME or AMBIGUOUS_LOCAL_TIME for a start time that did not parse
+        because of a clock change, else ""."""
+        unparsed = self.typed["start_utc"].isna().to_numpy()
+        problems = pd.Series("", index=self.raw.index, dtype="str")
+        if unparsed.any():
+            problems[unparsed] = local_time_problems(
+                self.raw["start_of_usage"][unparsed], self.profile
+            ).to_numpy()
+        return problems
+
+
+# A GX expectation as data: its class in `great_expectations.expectations` and its arguments;
+# GX itself is imported only where a suite runs (it takes seconds).
+Expectation = tuple[str, dict]
+NOT_NULL = "ExpectColumnValuesToNotBeNull"
+
+
+@dataclass(frozen=True)
+class Written:
+    """The text is not empty (read writes "" for a missing value). In GX: not null."""
+
+    def failing(self, rows: RowValues, column: str) -> object:
+        return rows.typed[column] == ""
+
+    def expectations(self, column: str, limits: Limits) -> list[Expectation]:
+        return [(NOT_NULL, {"column": column})]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The typed value is there: the text parsed. In GX: not null."""
+
+    def failing(self, rows: RowValues, column: str) -> object:
+        return rows.typed[column].isna()
+
+    def expectations(self, column: str, limits: Limits) -> list[Expectation]:
+        return [(NOT_NULL, {"column": column})]
+
+
+@dataclass(frozen=True)
+class ParsedStart(Parsed):
+    """The start time parsed; of those that did not, the ones with this clock-change problem
+    ("": none, not a date and time at all)."""
+
+    problem: str = ""
+
+    def failing(self, rows: RowValues, column: str) -> object:
+        unparsed = rows.typed[column].isna().to_numpy()
+        return unparsed & (rows.clock_changes == self.problem).to_numpy()
+
+
+@dataclass(frozen=True)
+class ParsedUnlessBlank:
+    """The typed value is there where its text (`text`, as written) is not empty; not in GX (an
+    optional value's null is no failure there)."""
+
+    text: str
+
+    def failing(self, rows: RowValues, column: str) -> object:
+        return (rows.raw[self.text] != "") & rows.typed[column].isna()
+
+
+@dataclass(frozen=True)
+class Between:
+    """The typed value, where there is one, from `low` to `high` (None: no bound; a name: that
+    limit), `high` itself excluded when `strict_max`. In GX: between."""
+
+    low: int | str | None
+    high: int | str | None
+    strict_max: bool = False
+
+    def failing(self, rows: RowValues, column: str) -> object:
+        values, low, high = rows.typed[column], *map(rows.limits.value, (self.low, self.high))
+        outside = pd.Series(False, index=values.index)
+        if low is not None:
+            outside = outside | (values < low)
+        if high is not None:
+            outside = outside | ((values >= high) if self.strict_max else (values > high))
+        return values.notna() & outside
+
+    def expectations(self, column: str, limits: Limits) -> list[Expectation]:
+        bounds = {"min_value": limits.value(self.low), "max_value": limits.value(self.high)}
+        strict = {"strict_max": True} if self.strict_max else {}
+        return [("ExpectColumnValuesToBeBetween", {"column": column, **bounds, **strict})]
+
+
+@dataclass(frozen=True)
+class InSet:
+    """The typed value is one of a limit's values (`values`: its name). In GX: in set."""
+
+    values: str
+
+    def failing(self, rows: RowValues, column: str) -> object:
+        return ~rows.typed[column].isin(rows.limits.value(self.values)).to_numpy(dtype=bool)
+
+    def expectations(self, column: str, limits: Limits) -> list[Expectation]:
+        value_set = list(limits.value(self.values))
+        return [("ExpectColumnValuesToBeInSet", {"column": column, "value_set": value_set})]
+
+
+@dataclass(frozen=True)
+class Matches:
+    """The typed text matches an anchored pattern (RE2). In GX: matches the regex."""
+
+    pattern: str
+
+    def failing(self, rows: RowValues, column: str) -> object:
+        return ~_matches(rows.typed[column], self.pattern)
+
+    def expectations(self, column: str, limits: Limits) -> list[Expectation]:
+        return [("ExpectColumnValuesToMatchRegex", {"column": column, "regex": self.pattern})]
+
+
+@dataclass(frozen=True)
+class FieldsMatchHeader:
+    """The CSV record has the header's number of fields (the reader's column; none: it does)."""
+
+    def failing(self, rows: RowValues, column: str) -> object:
+        return ~rows.raw[column].to_numpy(dtype=bool) if column in rows.raw else False
+
+
+@dataclass(frozen=True)
+class NoControlCharacter:
+    """No text field, as written, holds a control character (`column`: the fields)."""
+
+    def failing(self, rows: RowValues, column: tuple[str, ...]) -> object:
+        return _control_character_rows_of(rows.raw, column)
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """One row rule: the reason code of a row that fails it, the column it checks and its
+    checks (a row fails the rule when it fails any of them). `gx`: Great Expectations re-proves
+    it on the accepted rows with the checks' expectations (each check then has one); `priced`:
+    for priced sources only (True) or unpriced ones only (False); `credits`: only for profiles
+    that allow credits (True) or that do not (False); `unless`: a rule whose failure makes this
+    one say nothing."""
+
+    reason: str
+    column: str | tuple[str, ...]
+    checks: tuple
+    gx: bool
+    priced: bool | None = None
+    credits: bool | None = None
+    unless: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.gx and not all(hasattr(check, "expectations") for check in self.checks):
+            raise TypeError(f"{self.reason}: GX cannot re-prove a check without an expectation")
+
+    def applies_to(self, profile: SourceProfile) -> bool:
+        return self.priced in (None, profile.priced) and self.credits in (
+            None,
+            profile.allow_credits,
+        )
+
+    def failing(self, rows: RowValues) -> object:
+        """Where a row fails the rule (a mask, a column, or False for none)."""
+        masks = [check.failing(rows, self.column) for check in self.checks]
+        return functools.reduce(operator.or_, masks)
+
+    def expectations(self, limits: Limits) -> list[Expectation]:
+        return [e for check in self.checks for e in check.expectations(self.column, limits)]
+
+
+# The row rules, in the order a row's reasons are listed (its reason_code: the first it fails).
+# GX is handed only the columns of the rules it re-proves (it fingerprints every column it is
+# given); the others check the text as written, which the accepted rows no longer hold, or
+# columns GX is not handed.
+ROW_RULES = (
+    RowRule("BAD_FIELD_COUNT", FIELDS_MATCH_HEADER, (FieldsMatchHeader(),), gx=False),
+    RowRule("BAD_CHARACTER", TEXT_FIELDS, (NoControlCharacter(),), gx=False),
+    RowRule("MISSING_TRANSACTION_ID", "transaction_id", (Written(),), gx=True),
+    RowRule("MISSING_ACCOUNT", "user_id", (Written(),), gx=True),
+    RowRule("BAD_TIMESTAMP", "start_utc", (ParsedStart(""),), gx=True),
+    RowRule(
+        "NONEXISTENT_LOCAL_TIME", "start_utc", (ParsedStart("NONEXISTENT_LOCAL_TIME"),), gx=True
+    ),
+    RowRule("AMBIGUOUS_LOCAL_TIME", "start_utc", (ParsedStart("AMBIGUOUS_LOCAL_TIME"),), gx=True),
+    RowRule(
+        "OUTSIDE_MONTH",
+        "start_utc",
+        (Between("earliest_start", "end_of_month", strict_max=True),),
+        gx=True,
+    ),
+    RowRule("BAD_DURATION", "duration_seconds", (Parsed(),), gx=True),
+    RowRule(
+        "DURATION_OUT_OF_RANGE", "duration_seconds", (Between(0, "max_call_seconds"),), gx=True
+    ),
+    RowRule("BAD_COMPLETION_STATUS", "completion_status", (Parsed(), InSet("statuses")), gx=True),
+    RowRule(
+        "BAD_REVENUE_SHARE",
+        "revenue_share_bp",
+        (ParsedUnlessBlank("revenue_share_percentage"),),
+        gx=False,
+    ),
+    RowRule("BAD_PART_NUMBER", "transaction_part_number", (Matches(PART_NUMBER),), gx=False),
+    # separators removed from the number first
+    RowRule("BAD_NUMBER", "destination_party", (Matches(PHONE_NUMBER),), gx=True, priced=False),
+    RowRule("BAD_COST", "provider_cost_micro", (Parsed(),), gx=False, priced=True),
+    RowRule(
+        "COST_OUT_OF_RANGE",
+        "provider_cost_micro",
+        (Between("min_cost", "max_cost"),),
+        gx=False,
+        priced=True,
+    ),
+    RowRule(
+        "NEGATIVE_COST",
+        "provider_cost_micro",
+        (Between(0, None),),
+        gx=False,
+        priced=True,
+        credits=False,
+        unless="COST_OUT_OF_RANGE",
+    ),
+    RowRule("BAD_CURRENCY", "currency", (InSet("currencies"),), gx=True, priced=True),
+)
+# Besides the row rules, GX proves what check_rows itself makes of the accepted rows: one row
+# per call in a file (the repeated ones set aside: hashing.CALL_KEY within one source) and
+# the types of the values every accepted row has.
+ONE_PER_FILE = "transaction_id"
+ACCEPTED_TYPES = {"duration_seconds": "int64", "completion_status": "int8"}
+
+
+def row_rules(profile: SourceProfile) -> list[RowRule]:
+    """The row rules of a source's profile, in order."""
+    return [rule for rule in ROW_RULES if rule.applies_to(profile)]
+
+
 def _failures(
     raw: pd.DataFrame,
     typed: pd.DataFrame,
@@ -376,49 +665,13 @@ def _failures(
     month: BillingMonth,
     rules: BillingSettings,
 ) -> pd.DataFrame:
-    """Return one boolean column per reason code: True where the row fails it."""
-    start, end = month.bounds(rules.timezone)
-    tolerance = timedelta(hours=rules.month_tolerance_hours)
+    """Return one boolean column per reason code (ROW_RULES): True where the row fails it."""
+    rows = RowValues(raw, typed, profile, Limits.of(month, rules))
     fails = pd.DataFrame(index=raw.index)
-    fails["BAD_FIELD_COUNT"] = (
-        ~raw[FIELDS_MATCH_HEADER].to_numpy(dtype=bool) if FIELDS_MATCH_HEADER in raw else False
-    )
-    fails["BAD_CHARACTER"] = _control_character_rows_of(raw)
-    fails["MISSING_TRANSACTION_ID"] = raw["transaction_id"] == ""
-    fails["MISSING_ACCOUNT"] = raw["user_id"] == ""
-    unparsed = typed["start_utc"].isna().to_numpy()
-    clock_change = pd.Series("", index=raw.index, dtype="str")
-    if unparsed.any():
-        clock_change[unparsed] = local_time_problems(
-            raw["start_of_usage"][unparsed], profile
-        ).to_numpy()
-    fails["BAD_TIMESTAMP"] = unparsed & (clock_change == "").to_numpy()
-    fails["NONEXISTENT_LOCAL_TIME"] = (clock_change == "NONEXISTENT_LOCAL_TIME").to_numpy()
-    fails["AMBIGUOUS_LOCAL_TIME"] = (clock_change == "AMBIGUOUS_LOCAL_TIME").to_numpy()
-    fails["OUTSIDE_MONTH"] = typed["start_utc"].notna() & (
-        (typed["start_utc"] < start - tolerance) | (typed["start_utc"] >= end + tolerance)
-    )
-    fails["BAD_DURATION"] = typed["duration_seconds"].isna()
-    fails["DURATION_OUT_OF_RANGE"] = typed["duration_seconds"].notna() & (
-        (typed["duration_seconds"] < 0) | (typed["duration_seconds"] > rules.max_call_seconds)
-    )
-    fails["BAD_COMPLETION_STATUS"] = typed["completion_status"].isna()
-    fails["BAD_REVENUE_SHARE"] = (raw["revenue_share_percentage"] != "") & typed[
-        "revenue_share_bp"
-    ].isna()
-    fails["BAD_PART_NUMBER"] = ~_matches(raw["transaction_part_number"], PART_NUMBER)
-    if profile.priced:
-        cost = typed["provider_cost_micro"]
-        fails["BAD_COST"] = cost.isna()
-        fails["COST_OUT_OF_RANGE"] = cost.abs() > MAX_CALL_COST * MICRO
-        fails["NEGATIVE_COST"] = (
-            (cost < 0) & (cost.abs() <= MAX_CALL_COST * MICRO) & (not profile.allow_credits)
-        )
-        fails["BAD_CURRENCY"] = ~typed["currency"].isin(iso_currencies()).to_numpy()
-    else:
-        fails["BAD_NUMBER"] = ~_matches(
-            typed["destination_party"], PHONE_NUMBER
-        )  # separators removed
+    for rule in row_rules(profile):
+        fails[rule.reason] = rule.failing(rows)
+        if rule.unless is not None:
+            fails[rule.reason] = fails[rule.reason] & ~fails[rule.unless].fillna(False)
     fails = fails.fillna(False).astype(bool)
     misaligned = fails["BAD_FIELD_COUNT"].to_numpy()
     if misaligned.any():  # its values may sit under other headers: their checks would say nothing
@@ -498,8 +751,8 @@ def check_rows(
 
 def _as_accepted(rows: pd.DataFrame) -> pd.DataFrame:
     """Good rows with the types their checks guarantee (no missing duration or status)."""
-    rows["completion_status"] = rows["completion_status"].astype("int8")
-    rows["duration_seconds"] = rows["duration_seconds"].astype("int64")
+    for column, type_ in ACCEPTED_TYPES.items():
+        rows[column] = rows[column].astype(type_)
     return rows.reset_index(drop=True)
 
 
@@ -533,53 +786,41 @@ def enforce_rejection_threshold(
         top = rejected["reason_code"].value_counts().head(5).to_dict()
         raise FileValidationError(
             file_name,
-            f"{len(rejected)} of {rows_read} rows ({share:.1%}) failed validation, above the {max_share:.1%} limit; "
-            f"reasons: {top}",
+            f"{len(rejected)} of {rows_read} rows ({share:.1%}) failed validation, "
+            f"above the {max_share:.1%} limit; reasons: {top}",
             samples=_samples(rejected),
         )
 
 
-_SUITE_KEYS = ["transaction_id", "user_id", "start_utc", "duration_seconds", "completion_status"]
+def suite(profile: SourceProfile, limits: Limits) -> list[Expectation]:
+    """The profile's GX suite: the expectations of the row rules GX re-proves (each once; the
+    columns they require not null must be there), then one row per call and the accepted types."""
+    proved: list[Expectation] = []
+    for rule in row_rules(profile):
+        if rule.gx:
+            proved += [e for e in rule.expectations(limits) if e not in proved]
+    required = [kwargs["column"] for name, kwargs in proved if name == NOT_NULL]
+    return [
+        ("ExpectTableColumnsToMatchSet", {"column_set": required, "exact_match": False}),
+        *proved,
+        ("ExpectColumnValuesToBeUnique", {"column": ONE_PER_FILE}),
+        *[
+            ("ExpectColumnValuesToBeOfType", {"column": column, "type_": type_})
+            for column, type_ in ACCEPTED_TYPES.items()
+        ],
+    ]
 
 
 def _suite_columns(profile: SourceProfile) -> list[str]:
-    """The columns the suite looks at."""
-    return [*_SUITE_KEYS, _pattern_check(profile)[1]]
+    """The columns the suite looks at: those of the row rules GX re-proves."""
+    return list(dict.fromkeys(rule.column for rule in row_rules(profile) if rule.gx))
 
 
 def _expectations(gx, profile: SourceProfile, month: BillingMonth, rules: BillingSettings) -> list:
-    start, end = month.bounds(rules.timezone)
-    tolerance = timedelta(hours=rules.month_tolerance_hours)
-    expect = gx.expectations
-    checks = [
-        expect.ExpectTableColumnsToMatchSet(column_set=_SUITE_KEYS, exact_match=False),
-        *[expect.ExpectColumnValuesToNotBeNull(column=column) for column in _SUITE_KEYS],
-        expect.ExpectColumnValuesToBeUnique(column="transaction_id"),
-        expect.ExpectColumnValuesToBeOfType(column="duration_seconds", type_="int64"),
-        expect.ExpectColumnValuesToBeOfType(column="completion_status", type_="int8"),
-        expect.ExpectColumnValuesToBeBetween(
-            column="duration_seconds", min_value=0, max_value=rules.max_call_seconds
-        ),
-        expect.ExpectColumnValuesToBeInSet(
-            column="completion_status", value_set=list(COMPLETION_STATUSES)
-        ),
-        expect.ExpectColumnValuesToBeBetween(
-            column="start_utc",
-            min_value=start - tolerance,
-            max_value=end + tolerance,
-            strict_max=True,
-        ),
-    ]
-    if profile.priced:
-        return [
-            *checks,
-            expect.ExpectColumnValuesToBeInSet(
-                column="currency", value_set=sorted(iso_currencies())
-            ),
-        ]
+    """The suite as GX expectations (`gx`: the great_expectations module)."""
     return [
-        *checks,
-        expect.ExpectColumnValuesToMatchRegex(column="destination_party", regex=PHONE_NUMBER),
+        getattr(gx.expectations, name)(**kwargs)
+        for name, kwargs in suite(profile, Limits.of(month, rules))
     ]
 
 
@@ -626,9 +867,9 @@ class ExpectationRunner:
         month: BillingMonth,
         rules: BillingSettings,
     ) -> Path:
-        """Validate one file's accepted rows (every row; only the columns the suite looks at, since GX
-        fingerprints the whole batch it is given: 2.5 -> 1.6 s for 1M rows); keep the result JSON;
-        raise on failure."""
+        """Validate one file's accepted rows (every row; only the columns the suite looks at,
+        since GX fingerprints the whole batch it is given: 2.5 -> 1.6 s for 1M rows); keep the
+        result JSON; raise on failure."""
         gx = self._gx
         accepted = accepted[
             [column for column in _suite_columns(profile) if column in accepted.columns]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from cdr_billing import read, validate
@@ -51,3 +53,64 @@ def test_the_suite_sees_every_row_and_misses_no_column_it_names(tmp_path):
         tmp_path / "gx", accepted.drop(columns="user_id"), "no_user.csv", profile, month, config
     )
     assert "expect_table_columns_to_match_set" in failed
+
+
+def _broken(expectation: tuple[str, dict], rows):
+    """The accepted rows with the first row's value made one the expectation refuses."""
+    name, kwargs = expectation
+    column, value = kwargs["column"], None
+    if name == "ExpectColumnValuesToBeBetween":
+        high = kwargs["max_value"]
+        value = high if kwargs.get("strict_max") else high + 1
+    elif name == "ExpectColumnValuesToBeInSet":
+        value = "XXX" if isinstance(kwargs["value_set"][0], str) else 99
+    elif name == "ExpectColumnValuesToMatchRegex":
+        value = "46-70X"
+    broken = rows.copy()
+    broken[column] = broken[column].astype(object)
+    broken.loc[0, column] = pd.NaT if column == "start_utc" and value is None else value
+    if column == "start_utc":
+        broken[column] = pd.to_datetime(broken[column], utc=True).astype("datetime64[us, UTC]")
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [("carrier", "carrier/carrier_cdr_202608.csv"), ("conferencing", "conferencing/*.xlsx")],
+)
+def test_each_expectation_of_a_rule_fails_in_gx_where_the_rule_fails_the_row(
+    tmp_path, source, name
+):
+    """Each expectation the row rules give GX refuses a value its rule refuses: the row checks
+    and the suite are one definition. (GX's not-null on the ids refuses a missing id, not the
+    empty text the row check refuses: read writes "" for a missing value.)"""
+    month, config = BillingMonth(2026, 8), load_config()
+    generate_month(tmp_path, month)
+    profile = config.profile_for(source)
+    (path,) = (tmp_path / "cdr").glob(name)
+    raw = read.read_cdr_file(path, profile).assign(source=source)
+    accepted = validate.check_rows(raw, profile, month, config.billing).accepted.head(200)
+    limits = validate.Limits.of(month, config.billing)
+    runner = validate.ExpectationRunner(tmp_path / "gx")
+    columns = validate._suite_columns(profile)
+    rules = [rule for rule in validate.row_rules(profile) if rule.gx]
+    tried = 0
+    for n, expectation in enumerate(validate.suite(profile, limits)):
+        owners = [rule for rule in rules if expectation in rule.expectations(limits)]
+        if not owners:  # the suite's own: the columns, one row per call, the types
+            continue
+        broken = _broken(expectation, accepted[columns])
+        with pytest.raises(validate.FileValidationError) as failed:
+            runner.validate_file(broken, f"{source}_{n}.csv", profile, month, config.billing)
+        assert expectation[0].removeprefix("Expect") in _camel(failed.value.expectations)
+        if expectation[1]["column"] not in ("transaction_id", "user_id"):
+            values = validate.RowValues(broken.assign(start_of_usage=""), broken, profile, limits)
+            assert any(bool(np.asarray(rule.failing(values))[0]) for rule in owners), owners
+        tried += 1
+    assert tried == len({repr(e) for rule in rules for e in rule.expectations(limits)})
+
+
+def _camel(types: tuple[str, ...]) -> set[str]:
+    """GX's expectation types ("expect_column_values_to_be_in_set") as their class names less
+    "Expect" ("ColumnValuesToBeInSet")."""
+    return {"".join(word.title() for word in t.removeprefix("expect_").split("_")) for t in types}

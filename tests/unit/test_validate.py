@@ -1,9 +1,29 @@
-import pandas as pd
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from types import SimpleNamespace
 
-from cdr_billing.canonical import TEXT_FIELDS
+import pandas as pd
+import pytest
+
+from cdr_billing.canonical import COMPLETION_STATUSES, TEXT_FIELDS
 from cdr_billing.config import BillingSettings, SourceProfile
+from cdr_billing.money import iso_currencies
 from cdr_billing.months import BillingMonth
-from cdr_billing.validate import check_rows, parse_durations, parse_timestamps
+from cdr_billing.validate import (
+    PHONE_NUMBER,
+    REASONS,
+    ROW_RULES,
+    ParsedUnlessBlank,
+    RowRule,
+    _expectations,
+    _suite_columns,
+    check_rows,
+    parse_durations,
+    parse_timestamps,
+    row_rules,
+)
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
 UNPRICED = SourceProfile(name="carrier", format="csv", columns={}, priced=False, timezone="UTC")
@@ -94,3 +114,102 @@ def test_duplicates_keep_the_first_delivery():
         5
     ]  # a bad row is quarantined, not a duplicate
     assert len(checked.call_hashes) == 2 and checked.duplicates["duration_seconds"].dtype == "int64"
+
+
+# --- the row rules: one table for the row checks and the GX suite ---------------------------
+
+PRICED = SourceProfile(name="portal", format="csv", columns={}, priced=True, timezone="UTC")
+
+
+def _suite_as_written_before(profile: SourceProfile) -> list[tuple[str, dict]]:
+    """The suite as `_expectations` wrote it out before the rules became one table."""
+    keys = ["transaction_id", "user_id", "start_utc", "duration_seconds", "completion_status"]
+    start, end = MONTH.bounds(RULES.timezone)
+    tolerance = timedelta(hours=RULES.month_tolerance_hours)
+    checks = [
+        ("ExpectTableColumnsToMatchSet", {"column_set": keys, "exact_match": False}),
+        *[("ExpectColumnValuesToNotBeNull", {"column": column}) for column in keys],
+        ("ExpectColumnValuesToBeUnique", {"column": "transaction_id"}),
+        ("ExpectColumnValuesToBeOfType", {"column": "duration_seconds", "type_": "int64"}),
+        ("ExpectColumnValuesToBeOfType", {"column": "completion_status", "type_": "int8"}),
+        (
+            "ExpectColumnValuesToBeBetween",
+            {"column": "duration_seconds", "min_value": 0, "max_value": RULES.max_call_seconds},
+        ),
+        (
+            "ExpectColumnValuesToBeInSet",
+            {"column": "completion_status", "value_set": list(COMPLETION_STATUSES)},
+        ),
+        (
+            "ExpectColumnValuesToBeBetween",
+            {
+                "column": "start_utc",
+                "min_value": start - tolerance,
+                "max_value": end + tolerance,
+                "strict_max": True,
+            },
+        ),
+    ]
+    if profile.priced:
+        return [
+            *checks,
+            (
+                "ExpectColumnValuesToBeInSet",
+                {"column": "currency", "value_set": sorted(iso_currencies())},
+            ),
+        ]
+    regex = (
+        "ExpectColumnValuesToMatchRegex",
+        {"column": "destination_party", "regex": PHONE_NUMBER},
+    )
+    return [*checks, regex]
+
+
+class _Expectations:
+    """Stands in for `great_expectations.expectations`: each as (class name, arguments)."""
+
+    def __getattr__(self, name):
+        return lambda **kwargs: (name, kwargs)
+
+
+_Recorder = SimpleNamespace(expectations=_Expectations())  # in place of the GX module
+
+
+def test_every_reason_code_has_one_row_rule():
+    reasons = [rule.reason for rule in ROW_RULES]
+    assert len(reasons) == len(set(reasons)) and set(reasons) == set(REASONS)
+    for rule in ROW_RULES:
+        assert rule.unless is None or reasons.index(rule.unless) < reasons.index(rule.reason)
+
+
+@pytest.mark.parametrize("profile", [UNPRICED, PRICED], ids=["unpriced", "priced"])
+def test_the_suite_built_from_the_rules_is_the_one_written_out_before(profile):
+    built = _expectations(_Recorder, profile, MONTH, RULES)
+    assert sorted(map(repr, built)) == sorted(map(repr, _suite_as_written_before(profile)))
+    assert len(set(map(repr, built))) == len(built)  # each expectation once
+
+
+@pytest.mark.parametrize("profile", [UNPRICED, PRICED], ids=["unpriced", "priced"])
+def test_gx_is_handed_the_column_of_every_rule_it_re_proves_and_accepted_rows_hold_them(profile):
+    handed = _suite_columns(profile)
+    assert handed == list(dict.fromkeys(r.column for r in row_rules(profile) if r.gx))
+    for _, kwargs in _expectations(_Recorder, profile, MONTH, RULES):
+        assert set(kwargs.get("column_set", [kwargs.get("column")])) <= set(handed)
+    raw = _raw(provider_cost="1.5", currency="eur")
+    accepted = check_rows(raw, profile, MONTH, RULES).accepted
+    assert len(accepted) == 1 and set(handed) <= set(accepted.columns)
+
+
+def test_a_rule_gx_re_proves_has_an_expectation_for_each_check():
+    with pytest.raises(TypeError, match="GX cannot re-prove"):
+        RowRule("BAD_REVENUE_SHARE", "revenue_share_bp", (ParsedUnlessBlank("x"),), gx=True)
+
+
+def test_building_the_rules_and_the_suite_does_not_import_great_expectations():
+    code = (
+        "import sys; from cdr_billing import validate; "
+        "from cdr_billing.config import load_config; config = load_config(); "
+        "[validate._suite_columns(p) for p in config.profiles.values()]; "
+        "assert 'great_expectations' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ)
