@@ -45,7 +45,8 @@ def _find_header_row(preview: pd.DataFrame, wanted: set[str], path: Path) -> int
         if wanted <= {_normalise_header(v) for v in row if isinstance(v, str)}:
             return int(index)
     raise FileReadError(
-        f"{path.name}: no header row with columns {sorted(wanted)} in the first {HEADER_SEARCH_ROWS} rows"
+        f"{path.name}: no header row with columns {sorted(wanted)} "
+        f"in the first {HEADER_SEARCH_ROWS} rows"
     )
 
 
@@ -143,14 +144,15 @@ def _check_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
     total = sum(info.file_size for info in members)
     if total > MAX_XLSX_UNCOMPRESSED:
         raise FileReadError(
-            f"{path.name}: the xlsx file unpacks to {total:,} bytes, above the cap of {MAX_XLSX_UNCOMPRESSED:,}"
+            f"{path.name}: the xlsx file unpacks to {total:,} bytes, "
+            f"above the cap of {MAX_XLSX_UNCOMPRESSED:,}"
         )
     for info in members:
         ratio = info.file_size / max(info.compress_size, 1)
         if info.file_size > RATIO_FREE_BYTES and ratio > MAX_COMPRESSION_RATIO:
             raise FileReadError(
-                f"{path.name}: member {info.filename} is compressed {ratio:,.0f} to 1, above the cap of "
-                f"{MAX_COMPRESSION_RATIO} (a zip bomb?)"
+                f"{path.name}: member {info.filename} is compressed {ratio:,.0f} to 1, "
+                f"above the cap of {MAX_COMPRESSION_RATIO} (a zip bomb?)"
             )
 
 
@@ -194,7 +196,8 @@ def _check_dimension(path: Path, dimension: re.Match | None) -> None:
     rows, columns = int(last_row), _column_number(last_column)
     if rows > MAX_XLSX_ROWS or columns > MAX_XLSX_COLUMNS or rows * columns > MAX_XLSX_CELLS:
         raise FileReadError(
-            f"{path.name}: the sheet declares {rows:,} rows x {columns:,} columns, above the cap of {MAX_XLSX_ROWS:,} rows, "
+            f"{path.name}: the sheet declares {rows:,} rows x {columns:,} columns, "
+            f"above the cap of {MAX_XLSX_ROWS:,} rows, "
             f"{MAX_XLSX_COLUMNS} columns and {MAX_XLSX_CELLS:,} cells"
         )
 
@@ -211,7 +214,8 @@ def _check_used_area(path: Path, archive: zipfile.ZipFile, member: str) -> None:
                 rows, columns = max(rows, int(digits or 0)), max(columns, _column_number(letters))
     if rows > MAX_XLSX_ROWS or columns > MAX_XLSX_COLUMNS or rows * columns > MAX_XLSX_CELLS:
         raise FileReadError(
-            f"{path.name}: the sheet uses cells up to row {rows:,}, column {columns:,}, above the cap of {MAX_XLSX_ROWS:,} "
+            f"{path.name}: the sheet uses cells up to row {rows:,}, column {columns:,}, "
+            f"above the cap of {MAX_XLSX_ROWS:,} "
             f"rows, {MAX_XLSX_COLUMNS} columns and {MAX_XLSX_CELLS:,} cells"
         )
 
@@ -242,7 +246,8 @@ def _read_xlsx(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pd
 def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """The reader for every CSV: Python's csv module, which counts the lines of each record
     (a quoted field may hold line breaks); blank lines skipped. A record with another number
-    of fields than the header is kept, flagged (False in the third array), never padded into a bill."""
+    of fields than the header is kept, flagged (False in the third array), never padded into a
+    bill."""
     try:
         with path.open(
             newline="", encoding="utf-8-sig" if _is_utf8(profile.encoding) else profile.encoding
@@ -276,7 +281,8 @@ def _exact_parts(
 
 
 def _fitted(record: list[str], width: int) -> list[str]:
-    """A record's fields by position in the header's width, only to show a quarantined row's values."""
+    """A record's fields by position in the header's width, only to show a quarantined row's
+    values."""
     return record[:width] + [""] * (width - len(record))
 
 
@@ -291,7 +297,8 @@ def _require_final_line_break(path: Path) -> None:
         return  # empty: the reader says so
     if tail[-1:] not in (b"\n", b"\r"):
         raise FileReadError(
-            f"{path.name}: the last line has no line break: the file looks cut off (incomplete), not read"
+            f"{path.name}: the last line has no line break: "
+            "the file looks cut off (incomplete), not read"
         )
 
 
@@ -347,7 +354,8 @@ def _trim_for(notable: bytes) -> Trim:
 @dataclass(frozen=True)
 class _TextTable:
     """A file's cells as text columns; each row's line in the file; how to trim the cells;
-    whether each row has the header's number of fields; whether a cell may hold a control character."""
+    whether each row has the header's number of fields; whether a cell may hold a control
+    character."""
 
     table: pa.Table
     lines: np.ndarray
@@ -473,8 +481,9 @@ def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> _TextTa
 def _canonical_column(
     table: pa.Table, position: int | None, field: str, profile: SourceProfile, text: _TextTable
 ) -> pa.ChunkedArray | pa.Array:
-    """One canonical field: the mapped column stripped (or the profile's default), with the value map applied.
-    A value holding a control character keeps it at either end, for the row check to see."""
+    """One canonical field: the mapped column stripped (or the profile's default), with the value
+    map applied. A value holding a control character keeps it at either end, for the row check to
+    see."""
     if position is None:
         return pa.repeat(
             pa.scalar(profile.defaults.get(field, ""), pa.large_string()), table.num_rows
