@@ -243,8 +243,9 @@ def test_files_not_arrived_by_the_deadline_mail_the_month_and_the_sources(dag, s
 def test_an_unreachable_billing_database_is_not_blamed_on_the_files(
     dag, services, postgres, monkeypatch
 ):
-    """The fetch cannot record its files: the failure mail says a database did not answer and
-    does not send the operator to the SFTP servers or the provider."""
+    """The run's first task cannot upgrade the billing database: the failure mail says a
+    database did not answer and does not send the operator to the SFTP servers or the
+    provider."""
     monkeypatch.setenv(
         "AIRFLOW_CONN_BILLING_DB", json.dumps({**postgres.connection(), "port": free_port()})
     )
@@ -253,7 +254,7 @@ def test_an_unreachable_billing_database_is_not_blamed_on_the_files(
     assert run.state == "failed"
     (mail,) = _new_mails(services, before)
     body = _body(mail)
-    assert "fetch_cdr_files failed" in mail["Subject"]
+    assert "upgrade_billing_db failed" in mail["Subject"]
     assert f"What to do next: {html.escape(alerts.UNREACHABLE_STEP)}" in body
     assert "redeliver" not in body and "host keys" not in body
 
