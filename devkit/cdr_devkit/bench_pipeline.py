@@ -32,6 +32,7 @@ from pathlib import Path
 from iso4217 import Currency
 
 from cdr_billing.months import BillingMonth
+from cdr_billing.report import OUTCOMES  # read = the sum of these
 from cdr_devkit.airflow_env import ALLOCATOR_SETTINGS
 from cdr_devkit.bench_data import MONTH, BenchMonth, ensure_month, month_dir
 from cdr_devkit.memory import peak_rss_mib, process_tree_rss_mib
@@ -40,15 +41,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = PROJECT_ROOT / ".bench" / "pipeline"
 LINE_KEYS = ["customer_id", "sequence_number", "currency"]
 LINE_COLUMNS = [*LINE_KEYS, "total_minor", "call_count", "billed_seconds"]
-OUTCOMES = (
-    "billed",
-    "quarantined",
-    "duplicates",
-    "not_billable",
-    "unbillable",
-    "suspense",
-    "combined",
-)
 SOURCE = "carrier"  # its profile (carrier_csv) comes from pipeline.yaml
 PARSE_REPEATS = 3
 
@@ -229,7 +221,7 @@ def run_project(
                     clock.add(job.result())
                 clock.seconds["gx_wall"] = time.perf_counter() - started
             clock.report("GX")
-    counts = {key: value for key, value in dataclasses.asdict(lines.counts).items()}
+    counts = dataclasses.asdict(lines.counts)
     return workdir.read(run, "lines")[LINE_COLUMNS], counts, clock.seconds
 
 

@@ -20,7 +20,7 @@ def load_references(fetched: FetchedMonth, config: PipelineConfig | None = None)
     config = config or load_config()
     settings, now = config.entitlement_source, datetime.now(UTC)
     engine = database.billing_engine(config.billing.connection)
-    (tariff_file,) = fetched.of_role("tariff")[:1]
+    tariff_file = fetched.of_role("tariff")[0]  # the month's one tariff
     tariff_version = tariff.load_file(engine, Path(tariff_file.local_path), config.billing)
     by_date = sorted((Path(f.local_path) for f in fetched.of_role("entitlements")), key=_name)
     for path in by_date[:-1]:  # the month's history; the newest is what a month pins
