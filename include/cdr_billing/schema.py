@@ -1,4 +1,5 @@
-"""The billing database's tables: batches, lines, non-billed rows, quarantine and the file ledger.
+"""The billing database's tables: batches, lines, non-billed rows, quarantine, the file ledger
+and prepaid credit control.
 
 A batch's quarantined rows are the `quarantined_row` rows of its run_id; its other
 non-billed rows (duplicates, unbillable, suspense) are in `billing_exception`; its billed
@@ -250,6 +251,152 @@ cdr_file = Table(
     Column("rows_duplicate", BigInteger),
     UniqueConstraint("source", "name", "sha256", name="one_row_per_file_content"),
 )
+
+
+# Prepaid credit control (migration 0005). Which accounts are prepaid and their levels; the
+# balance is the sum of the account's append-only balance_entry rows, cached here and updated
+# in the same transaction as the entries. Writers on one account hold its row lock.
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+prepaid_account = Table(
+    "prepaid_account",
+    metadata,
+    Column("account_id", String(128), primary_key=True),  # the CDRs' user_id
+    Column("currency", String(3), nullable=False),
+    Column("low_balance_minor", BigInteger, nullable=False),  # below: request a top-up
+    Column("topup_minor", BigInteger, nullable=False),
+    Column("lock_level_minor", BigInteger, nullable=False),  # at or below: lock the line
+    Column("unlock_level_minor", BigInteger, nullable=False),  # above: unlock it
+    Column("payment_method_ref", String(128)),  # None: no automatic top-up
+    Column("max_concurrent_calls", Integer, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("balance_minor", BigInteger, nullable=False),  # cache: the sum of the entries
+    Column("last_entry_id", BigInteger),
+    Column("locked", Boolean, nullable=False),  # cache: the latest lock_event
+    Column("updated_at", DateTime(timezone=True), nullable=False),  # of balance or lock
+)
+
+# Every change of an account's settings: who, when, the settings after it (JSON).
+prepaid_account_change = Table(
+    "prepaid_account_change",
+    metadata,
+    Column("change_id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("account_id", String(128), ForeignKey("prepaid_account.account_id"), nullable=False),
+    Column("changed_by", String(128), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("settings", Text, nullable=False),
+)
+
+# The ledger: debit (negative), reversal (of a debit, its opposite), topup, credit, refund and
+# adjustment. Never updated nor deleted; the idempotency key makes each posting happen once.
+balance_entry = Table(
+    "balance_entry",
+    metadata,
+    Column("entry_id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("account_id", String(128), ForeignKey("prepaid_account.account_id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("idempotency_key", String(250), nullable=False, unique=True),
+    Column("call_key", Text),  # debits and reversals: the call
+    Column("reverses_entry_id", BigInteger, ForeignKey("balance_entry.entry_id")),
+    Column("call_start", DateTime(timezone=True)),
+    Column("billed_seconds", BigInteger),
+    Column("tariff_version", Integer),
+    Column("source_file", Text),
+    Column("source_row", BigInteger),
+    Column("run_id", String(250)),
+    Column("reason", Text),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("balance_entry_of_account", "account_id", "entry_id"),
+)
+
+# The current debit of each call: the lookup that makes a call debited once; revision counts
+# its debits (a re-rating posts a reversal and debit revision + 1).
+call_debit = Table(
+    "call_debit",
+    metadata,
+    Column("call_key", Text, primary_key=True),
+    Column("account_id", String(128), ForeignKey("prepaid_account.account_id"), nullable=False),
+    Column("entry_id", BigInteger, ForeignKey("balance_entry.entry_id"), nullable=False),
+    Column("cost_minor", BigInteger, nullable=False),
+    Column("revision", Integer, nullable=False),
+)
+
+# Lock and unlock, append-only: an account's state is its latest event.
+lock_event = Table(
+    "lock_event",
+    metadata,
+    Column("event_id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("account_id", String(128), ForeignKey("prepaid_account.account_id"), nullable=False),
+    Column("state", String(8), nullable=False),  # locked | unlocked
+    Column("reason", Text, nullable=False),
+    Column("balance_minor", BigInteger, nullable=False),
+    Column("cause_entry_id", BigInteger, ForeignKey("balance_entry.entry_id")),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("lock_event_of_account", "account_id", "event_id"),
+)
+
+# The switch's webhooks, written in the transaction of their lock_event; delivered at least
+# once, in order per account (an account's next event waits for the one before).
+switch_outbox = Table(
+    "switch_outbox",
+    metadata,
+    Column("outbox_id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("event_id", BigInteger, ForeignKey("lock_event.event_id"), nullable=False, unique=True),
+    Column("account_id", String(128), nullable=False),
+    Column("action", String(8), nullable=False),  # LOCK | UNLOCK
+    Column("payload", Text, nullable=False),  # the JSON body, as signed
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Index("switch_outbox_pending", "account_id", "outbox_id"),
+)
+
+# Charges requested from the payment gateway. Recorded (pending) before the request is sent,
+# so a request in flight is counted and a retry after a timeout reuses its idempotency key.
+topup_request = Table(
+    "topup_request",
+    metadata,
+    Column("request_id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("account_id", String(128), ForeignKey("prepaid_account.account_id"), nullable=False),
+    Column("idempotency_key", String(64), nullable=False, unique=True),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("payment_method_ref", String(128), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | approved | declined | unknown
+    Column("attempts", Integer, nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("gateway_reference", String(128)),
+    Column("detail", Text),
+    Column("entry_id", BigInteger, ForeignKey("balance_entry.entry_id")),  # approved: its top-up
+    Index("topup_request_of_account", "account_id", "request_id"),
+)
+
+# Each prepaid run's money at risk, per account: 2 x concurrent calls x longest call x average
+# price per minute, and what calls not yet debited have spent.
+prepaid_exposure = Table(
+    "prepaid_exposure",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("account_id", String(128), primary_key=True),
+    Column("currency", String(3), nullable=False),
+    Column("max_concurrent_calls", Integer, nullable=False),
+    Column("max_call_seconds", BigInteger, nullable=False),
+    Column("price_per_minute_micro", BigInteger, nullable=False),  # average, micro-units
+    Column("bound_minor", BigInteger, nullable=False),
+    Column("undebited_minor", BigInteger, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+)
+
+# A switch's pre-dial check reads the view prepaid_line_state (migration 0005): each active
+# account's locked, balance_minor, currency and updated_at, stale by one prepaid interval at most.
 
 
 def _python_values(column: pd.Series) -> list:
