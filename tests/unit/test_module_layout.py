@@ -42,6 +42,8 @@ STAGES = [  # pipeline order
     "alerts",
 ]
 RUN_RECORDS = {"contracts", "workdir"}  # what a run hands on: after the stages, before the tasks
+# Prepaid credit control: the stages' functions applied to balances (a package of its own)
+PREPAID = "prepaid"
 
 
 def _imports(path: Path) -> set[str]:
@@ -71,7 +73,10 @@ def test_every_module_has_a_place_in_the_layout():
         p.name for p in PACKAGE.iterdir() if p.is_dir()
     }
     placed = (
-        KERNELS | set(STAGES) | RUN_RECORDS | {"taskflow", "tasks", "ui", "__init__", "__pycache__"}
+        KERNELS
+        | set(STAGES)
+        | RUN_RECORDS
+        | {PREPAID, "taskflow", "tasks", "ui", "__init__", "__pycache__"}
     )
     assert modules - placed == set()
 
@@ -89,6 +94,10 @@ def test_each_stage_imports_only_kernels_and_earlier_stages():
 def test_the_run_records_import_no_task_body():
     for module in RUN_RECORDS:
         assert _module_imports(module) <= KERNELS | set(STAGES) | RUN_RECORDS, module
+
+
+def test_prepaid_builds_on_the_stages_not_on_the_tasks():
+    assert _module_imports(PREPAID) <= KERNELS | set(STAGES) | RUN_RECORDS
 
 
 def test_the_ui_never_imports_the_task_bodies():
