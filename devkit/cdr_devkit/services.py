@@ -11,7 +11,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from cdr_devkit.payment_gateway import PaymentGatewayServer
 
 READY_TIMEOUT_SECONDS = 30
 
@@ -113,6 +116,50 @@ class SftpServer(ServerProcess):
         }
 
 
+@dataclass
+class SwitchServer(ServerProcess):
+    """The local switch's webhook (cdr_devkit.switch_server): what it accepted and received."""
+
+    secret: str = field(default="", repr=False)
+    events_path: Path = Path()
+    deliveries_path: Path = Path()
+
+    @staticmethod
+    def _records(path: Path) -> list[dict]:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    def events(self) -> list[dict]:
+        """The events accepted, each once, in the order accepted."""
+        return self._records(self.events_path)
+
+    def deliveries(self) -> list[dict]:
+        """Every request to /events and its answer (duplicates and failures included)."""
+        return self._records(self.deliveries_path)
+
+    def control(self, **behaviour: object) -> dict:
+        """Set how the switch answers (mode up|down|drop, fail_next, delay_seconds)."""
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/control",
+            data=json.dumps(behaviour).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def connection(self, secret: str | None = None) -> dict:
+        """The Airflow connection of this switch (the deliverer's `prepaid_switch`)."""
+        return {
+            "conn_type": "http",
+            "schema": "http",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "password": self.secret if secret is None else secret,
+        }
+
+
 class KeyPair(NamedTuple):
     """An ed25519 key's private key file and its public key file (OpenSSH format)."""
 
@@ -209,6 +256,67 @@ class LocalServices:
             "smtp", "cdr_devkit.smtp_server", "--maildir", str(maildir), "--port", str(free_port())
         )
         server = ServerProcess("smtp", spawned.port, spawned.process)
+        self.servers.append(server)
+        return server
+
+    def start_switch(self, name: str, secret: str, port: int = 0) -> SwitchServer:
+        """Start a switch webhook that verifies `secret`; its records survive a restart on
+        the same port (a switch that refuses connections: stop it, start it again later)."""
+        secret_file = self.base / f"{name}.secret"
+        secret_file.touch(mode=0o600)
+        secret_file.write_text(secret, encoding="utf-8")
+        events, deliveries = (
+            self.base / f"{name}.events.jsonl",
+            self.base / f"{name}.deliveries.jsonl",
+        )
+        spawned = self._spawn(
+            name,
+            "cdr_devkit.switch_server",
+            "--secret-file",
+            str(secret_file),
+            "--events",
+            str(events),
+            "--deliveries",
+            str(deliveries),
+            "--port",
+            str(port),
+        )
+        server = SwitchServer(
+            name,
+            spawned.port,
+            spawned.process,
+            secret=secret,
+            events_path=events,
+            deliveries_path=deliveries,
+        )
+        self.servers.append(server)
+        return server
+
+    def start_payment_gateway(
+        self, name: str = "payment_gateway", hang_seconds: float = 30.0
+    ) -> PaymentGatewayServer:
+        """Start a local HTTPS payment gateway with a fresh token and certificate authority
+        (see cdr_devkit.payment_gateway); returns its PaymentGatewayServer."""
+        import secrets
+
+        from cdr_devkit.payment_gateway import PaymentGatewayServer
+
+        state_dir, token_file = self.base / name, self.base / f"{name}.token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+        spawned = self._spawn(
+            name,
+            "cdr_devkit.payment_gateway",
+            "--state-dir",
+            str(state_dir),
+            "--token-file",
+            str(token_file),
+            "--hang-seconds",
+            str(hang_seconds),
+        )
+        server = PaymentGatewayServer(
+            name, spawned.port, spawned.process, state_dir=state_dir, token=token_file.read_text()
+        )
         self.servers.append(server)
         return server
 
