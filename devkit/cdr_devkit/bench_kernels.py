@@ -302,7 +302,7 @@ def contests(raw: pd.DataFrame, rules) -> list[Contest]:
     wall = _wall_of(zulu)
     zulu_probe = pa.array(IMPOSSIBLE_ZULU, pa.large_string())
     wall_probe = pa.array(IMPOSSIBLE_WALL, pa.large_string())
-    valid_zulu = zulu.filter(pa.array(text_bytes.iso_timestamps(zulu, "T", True)[1]))
+    valid_zulu = zulu.filter(pa.array(text_bytes.iso_timestamps(zulu, "T", True).parsed))
     numbers = text_bytes.one_array(raw["destination_party"])
     number_probe = pa.array(NUMBERS, pa.large_string())
     prefixes = [

@@ -9,6 +9,8 @@ micro-units, so no float ever touches money.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -39,12 +41,19 @@ E164_DIGITS = 15
 _POWERS = np.power(10, np.arange(E164_DIGITS + 1), dtype=np.int64)
 
 
-def _padded_numbers(digits: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+class _PaddedNumbers(NamedTuple):
+    """Numbers as int64 right-padded to 15 digits (-1: not a number), and their digit counts."""
+
+    padded: np.ndarray
+    lengths: np.ndarray
+
+
+def _padded_numbers(digits: pd.Series) -> _PaddedNumbers:
     """E.164 digit strings as int64 right-padded to 15 digits (-1 where not 1-15 digits without
     a leading 0), and their lengths."""
     values, lengths, fits = text_bytes.plain_numbers(text_bytes.one_array(digits), E164_DIGITS)
     lengths = np.where(fits, lengths, E164_DIGITS)
-    return np.where(fits, values * _POWERS[E164_DIGITS - lengths], -1), lengths
+    return _PaddedNumbers(np.where(fits, values * _POWERS[E164_DIGITS - lengths], -1), lengths)
 
 
 class PrefixIndex:
@@ -198,13 +207,21 @@ def _unbillable(calls: pd.DataFrame, rates: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+class NumberPrices(NamedTuple):
+    """Per call: its rate's position in the rates (-1: none), billed seconds, cost (minor)."""
+
+    position: np.ndarray
+    billed_seconds: np.ndarray
+    cost_minor: np.ndarray
+
+
 def price_numbers(
     e164: pd.Series,
     starts_utc: pd.Series,
     durations: np.ndarray,
     rates: pd.DataFrame,
     timezone: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> NumberPrices:
     """The rating core on arrays: per call the rate position (-1: none), billed seconds and cost."""
     position = match_rates(e164, starts_utc, rates, timezone)
     used = np.maximum(position, 0)
@@ -221,12 +238,19 @@ def price_numbers(
     cost = tariff_cost_minor(
         seconds, column("price_micro"), column("fee_micro"), column("minimum_micro"), divisors[used]
     )
-    return position, seconds, cost
+    return NumberPrices(position, seconds, cost)
+
+
+class _TariffPricing(NamedTuple):
+    """The calls the tariff priced, and those it has no rate for (with the reason)."""
+
+    priced: pd.DataFrame
+    unbillable: pd.DataFrame
 
 
 def _price_by_tariff(
     calls: pd.DataFrame, candidates: np.ndarray, rates: pd.DataFrame, rules: BillingSettings
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> _TariffPricing:
     """Price the calls where `candidates` is True by the tariff: (priced, unbillable); the wide
     rows are selected once, after pricing."""
     chosen = rows_where(calls[["destination_party", "start_utc", "duration_seconds"]], candidates)
@@ -260,7 +284,7 @@ def _price_by_tariff(
     unpriced = rows_where(calls, miss).assign(
         destination_e164=pd.Series(e164.array[~found], dtype="str")
     )
-    return priced, _unbillable(unpriced, rates)
+    return _TariffPricing(priced, _unbillable(unpriced, rates))
 
 
 def _price_by_provider(calls: pd.DataFrame, markups: dict[str, int]) -> pd.DataFrame:
@@ -301,7 +325,7 @@ def compare_with_tariff(
     unpriced = checkable.drop(
         columns=["destination_e164", "billed_seconds", "cost_minor"]
     ).reset_index(drop=True)
-    by_tariff, _ = _price_by_tariff(unpriced, np.ones(len(unpriced), dtype=bool), rates, rules)
+    by_tariff = _price_by_tariff(unpriced, np.ones(len(unpriced), dtype=bool), rates, rules).priced
     both = checkable.reset_index(drop=True).merge(
         by_tariff[["source", "transaction_id", "cost_minor"]].rename(
             columns={"cost_minor": "tariff_cost_minor"}
@@ -314,13 +338,21 @@ def compare_with_tariff(
     ].reset_index(drop=True)
 
 
+class RatedCalls(NamedTuple):
+    """Calls priced, unbillable (no rate, with the reason) and not billable (failed calls)."""
+
+    priced: pd.DataFrame
+    unbillable: pd.DataFrame
+    failed: pd.DataFrame
+
+
 def rate_calls(
     calls: pd.DataFrame,
     rates: pd.DataFrame,
     rules: BillingSettings,
     markups: dict[str, int] | None = None,
     rows: np.ndarray | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+) -> RatedCalls:
     """Split calls into priced, unbillable (no rate) and not billable (status 0, failed).
 
     Status 1 and 2 are billed; status 3 (completed, delivery failed) is billed and keeps
@@ -335,7 +367,7 @@ def rate_calls(
     priced = (
         pd.concat([by_provider, by_tariff], ignore_index=True) if len(by_provider) else by_tariff
     )
-    return (
+    return RatedCalls(
         priced.astype({"cost_minor": np.int64, "billed_seconds": np.int64}),
         unbillable,
         rows_where(calls, failed),

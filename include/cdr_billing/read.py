@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -52,10 +53,12 @@ def _find_header_row(preview: pd.DataFrame, wanted: set[str], path: Path) -> int
 
 _SHEET_ENTRY = re.compile(r'<(?:\w+:)?sheet\b[^>]*?\bname="([^"]*)"[^>]*?\br:id="([^"]+)"')
 _RELATION = re.compile(
-    r'<Relationship\b[^>]*?\bId="([^"]+)"[^>]*?\bTarget="([^"]+)"|<Relationship\b[^>]*?\bTarget="([^"]+)"[^>]*?\bId="([^"]+)"'
+    r'<Relationship\b[^>]*?\bId="([^"]+)"[^>]*?\bTarget="([^"]+)"'
+    r'|<Relationship\b[^>]*?\bTarget="([^"]+)"[^>]*?\bId="([^"]+)"'
 )
 _FIRST_VALUE_CELL = re.compile(
-    r'<(?:\w+:)?c\b[^>]*?\br="[A-Z]+(\d+)"[^>]*?(?<!/)>(?:(?!</(?:\w+:)?c>).)*?<(?:\w+:)?(?:v|is)\b',
+    r'<(?:\w+:)?c\b[^>]*?\br="[A-Z]+(\d+)"[^>]*?(?<!/)>'
+    r"(?:(?!</(?:\w+:)?c>).)*?<(?:\w+:)?(?:v|is)\b",
     re.S,
 )
 
@@ -220,7 +223,14 @@ def _check_used_area(path: Path, archive: zipfile.ZipFile, member: str) -> None:
         )
 
 
-def _read_xlsx(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pd.DataFrame, int]:
+class _XlsxRows(NamedTuple):
+    """A sheet's rows below the header, named by it, and the header's line in the sheet."""
+
+    frame: pd.DataFrame
+    header_line: int
+
+
+def _read_xlsx(path: Path, profile: SourceProfile, wanted: set[str]) -> _XlsxRows:
     import fastexcel
 
     sheet = profile.sheet if profile.sheet is not None else 0
@@ -240,13 +250,21 @@ def _read_xlsx(path: Path, profile: SourceProfile, wanted: set[str]) -> tuple[pd
         value if isinstance(value, str) else f"column {n + 1}"
         for n, value in enumerate(grid.iloc[header_row])
     ]
-    return frame, first_line + header_row
+    return _XlsxRows(frame, first_line + header_row)
 
 
-def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+class _CsvRecords(NamedTuple):
+    """A CSV file's records as text columns, each one's line, whether each fits the header."""
+
+    table: pa.Table
+    lines: np.ndarray
+    fields_match: np.ndarray
+
+
+def _read_csv_exact(path: Path, profile: SourceProfile) -> _CsvRecords:
     """The reader for every CSV: Python's csv module, which counts the lines of each record
     (a quoted field may hold line breaks); blank lines skipped. A record with another number
-    of fields than the header is kept, flagged (False in the third array), never padded into a
+    of fields than the header is kept, flagged (False in `fields_match`), never padded into a
     bill."""
     try:
         with path.open(
@@ -270,14 +288,13 @@ def _read_csv_exact(path: Path, profile: SourceProfile) -> tuple[pa.Table, np.nd
     columns = list(zip(*fitted, strict=True)) if rows else [()] * len(header)
     table = pa.table([pa.array(c, pa.large_string()) for c in columns], names=header)
     fields_match = np.array([len(record) == len(header) for record in rows], dtype=bool)
-    return table, np.array(lines, dtype=np.int64), fields_match
+    return _CsvRecords(table, np.array(lines, dtype=np.int64), fields_match)
 
 
-def _exact_parts(
-    path: Path, profile: SourceProfile
-) -> tuple[pa.Table, np.ndarray, Trim, np.ndarray]:
-    table, lines, fields_match = _read_csv_exact(path, profile)
-    return table, lines, pc.utf8_trim_whitespace, fields_match
+def _exact_text_table(path: Path, profile: SourceProfile) -> _TextTable:
+    """The exact reader's records, trimmed by the full UTF-8 whitespace trim."""
+    records = _read_csv_exact(path, profile)
+    return _TextTable(records.table, records.lines, pc.utf8_trim_whitespace, records.fields_match)
 
 
 def _fitted(record: list[str], width: int) -> list[str]:
@@ -386,9 +403,14 @@ class _InvalidRows:
         return "skip"
 
 
-def _parse_arrow(
-    data: bytes, header: list[str], delimiter: str, use_threads: bool
-) -> tuple[pa.Table, _InvalidRows]:
+class _ArrowParse(NamedTuple):
+    """The records pyarrow's parser read, and those it skipped for their number of fields."""
+
+    table: pa.Table
+    invalid: _InvalidRows
+
+
+def _parse_arrow(data: bytes, header: list[str], delimiter: str, use_threads: bool) -> _ArrowParse:
     invalid = _InvalidRows()
     table = pacsv.read_csv(
         pa.BufferReader(data),
@@ -396,12 +418,17 @@ def _parse_arrow(
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid.skip),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.large_string())),
     )
-    return table, invalid
+    return _ArrowParse(table, invalid)
 
 
-def _with_invalid_rows(
-    table: pa.Table, invalid: _InvalidRows, delimiter: str
-) -> tuple[pa.Table, np.ndarray]:
+class _RestoredRecords(NamedTuple):
+    """Every record in its place, and a mask of those with the header's number of fields."""
+
+    table: pa.Table
+    fields_match: np.ndarray
+
+
+def _with_invalid_rows(table: pa.Table, invalid: _InvalidRows, delimiter: str) -> _RestoredRecords:
     """The parsed records with the skipped ones put back in their places (their fields by position,
     to show in quarantine), and which records have the header's number of fields."""
     total = table.num_rows + len(invalid.texts)
@@ -419,7 +446,7 @@ def _with_invalid_rows(
     order = np.empty(total, dtype=np.int64)
     order[fields_match] = np.arange(table.num_rows)
     order[places] = table.num_rows + np.arange(len(places))
-    return pa.concat_tables([table, skipped]).take(order), fields_match
+    return _RestoredRecords(pa.concat_tables([table, skipped]).take(order), fields_match)
 
 
 def _read_csv_arrow(path: Path, profile: SourceProfile) -> _TextTable | None:
@@ -463,7 +490,7 @@ def _read_csv_arrow(path: Path, profile: SourceProfile) -> _TextTable | None:
 
 def _text_table(path: Path, profile: SourceProfile, wanted: set[str]) -> _TextTable:
     if profile.format != "xlsx":
-        text = _read_csv_arrow(path, profile) or _TextTable(*_exact_parts(path, profile))
+        text = _read_csv_arrow(path, profile) or _exact_text_table(path, profile)
         _require_final_line_break(
             path
         )  # after the read: a file in another encoding is named as such

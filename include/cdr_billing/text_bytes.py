@@ -16,6 +16,8 @@ Where Arrow was as fast or faster (`plain_numbers`, `replace_prefixes`), its fun
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -38,33 +40,47 @@ SEPARATORS = (
 def without_separators(numbers: pa.Array) -> pa.Array:
     """Phone numbers without the separators people write in them; `numbers`: one large_string
     array (returned as it is when no value holds one, the usual case: one bytes scan)."""
-    written = offsets_and_data(numbers)[1].tobytes()
+    written = offsets_and_data(numbers).data.tobytes()
     if not any(byte in written for byte in SEPARATORS):
         return numbers
     return pc.replace_substring_regex(numbers, r"[\s\-().]", "")
 
 
-def offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+class ValueBytes(NamedTuple):
+    """A string array's value offsets (len + 1, from 0) and the bytes they index."""
+
+    offsets: np.ndarray
+    data: np.ndarray
+
+
+def offsets_and_data(values: pa.Array) -> ValueBytes:
     """The value offsets (len + 1, from 0) and the bytes they index, of a large_string array."""
     _, offset_buffer, data_buffer = values.buffers()
     offsets = np.frombuffer(
         offset_buffer, dtype=np.int64, count=len(values) + 1, offset=values.offset * 8
     )
     data = np.frombuffer(data_buffer or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return offsets - offsets[0], data
+    return ValueBytes(offsets - offsets[0], data)
 
 
-def fixed_width_rows(values: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
+class FixedWidthRows(NamedTuple):
+    """An (n, width) byte matrix of the values of one width (other rows zero), and their mask."""
+
+    matrix: np.ndarray
+    fits: np.ndarray
+
+
+def fixed_width_rows(values: pa.Array, width: int) -> FixedWidthRows:
     """The values `width` bytes long as an (n, width) byte matrix (other rows zero), and a
     mask of those rows. No copy when every value has that width, the usual case."""
     offsets, data = offsets_and_data(values)
     fits = np.diff(offsets) == width
     if fits.all():
-        return data.reshape(len(values), width), fits
+        return FixedWidthRows(data.reshape(len(values), width), fits)
     matrix = np.zeros((len(values), width), dtype=np.uint8)
     starts = offsets[:-1][fits]
     matrix[fits] = data[starts[:, None] + np.arange(width)]
-    return matrix, fits
+    return FixedWidthRows(matrix, fits)
 
 
 _MONTH_DAYS = np.array(
@@ -119,7 +135,14 @@ def _two_digits(matrix: np.ndarray, field: tuple[int, np.ndarray]) -> np.ndarray
     )
 
 
-def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.ndarray, np.ndarray]:
+class IsoTimestamps(NamedTuple):
+    """Microseconds since the epoch (0 where not parsed), and a mask of the rows parsed."""
+
+    micros: np.ndarray
+    parsed: np.ndarray
+
+
+def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> IsoTimestamps:
     """Microseconds since the epoch of "YYYY-MM-DD?HH:MM:SS" text (`separator` between date
     and time, "Z" after it when `zulu`), and a mask of the rows that are exactly that shape
     with a real date and time, proleptic Gregorian (others: 0). `values`: one large_string array."""
@@ -142,7 +165,7 @@ def iso_timestamps(values: pa.Array, separator: str, zulu: bool) -> tuple[np.nda
     ok &= day <= _DAYS_IN_YEAR_MONTH[year_month]
     days = _DAYS_BEFORE_YEAR_MONTH[year_month] + (day - 1)
     seconds = days * 86_400 + (hour * 3_600 + minute * 60 + second)
-    return np.where(ok, seconds * 1_000_000, 0), ok
+    return IsoTimestamps(np.where(ok, seconds * 1_000_000, 0), ok)
 
 
 def replace_prefixes(values: pa.Array, replacements: list[tuple[str, str]]) -> pa.Array:
@@ -156,9 +179,15 @@ def replace_prefixes(values: pa.Array, replacements: list[tuple[str, str]]) -> p
     return result
 
 
-def plain_numbers(
-    values: pa.Array, max_digits: int, leading_zero: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class PlainNumbers(NamedTuple):
+    """Values' numbers (0 where not plain digits), their lengths in bytes, a mask of the plain."""
+
+    numbers: np.ndarray
+    lengths: np.ndarray
+    plain: np.ndarray
+
+
+def plain_numbers(values: pa.Array, max_digits: int, leading_zero: bool = False) -> PlainNumbers:
     """Values of 1 to `max_digits` ASCII digits (not starting with 0 unless `leading_zero`): their
     numbers (0 elsewhere), the value lengths in bytes, a mask of those values. `values`: one
     large_string array. Arrow's functions (`ascii_is_decimal`: non-empty, ASCII digits only)."""
@@ -168,7 +197,7 @@ def plain_numbers(
         fits = pc.and_(fits, pc.invert(pc.starts_with(values, "0")))
     fits = pc.fill_null(fits, False)
     digits = values if pc.all(fits).as_py() else pc.if_else(fits, values, "0")
-    return (
+    return PlainNumbers(
         pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False),
         pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False),
         fits.to_numpy(zero_copy_only=False),

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -173,11 +174,20 @@ def parse_timestamps(
     )
 
 
-def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> tuple[pd.Series, np.ndarray]:
+class _IsoShapeParse(NamedTuple):
+    """The rows of one ISO shape parsed (naive, NaT elsewhere) and a mask of the rows left."""
+
+    timestamps: pd.Series
+    rest: np.ndarray
+
+
+def _iso_timestamps(text: pd.Series, separator: str, zulu: bool) -> _IsoShapeParse:
     """The rows of one ISO shape parsed from their bytes (naive, NaT elsewhere), and a mask of
     the rows left."""
     micros, parsed = text_bytes.iso_timestamps(text_bytes.one_array(text), separator, zulu)
-    return pd.Series(micros.view("datetime64[us]"), index=text.index).where(parsed), ~parsed
+    return _IsoShapeParse(
+        pd.Series(micros.view("datetime64[us]"), index=text.index).where(parsed), ~parsed
+    )
 
 
 def _parse_without_z(text: pd.Series, timezone: str, ambiguous: str = "earliest") -> pd.Series:

@@ -257,7 +257,8 @@ def test_same_name_with_new_content_is_held_and_the_billed_content_stays(site):
     for root in (site.primary_root, site.secondary_root):
         with (root / CARRIER).open("a") as handle:
             handle.write(
-                "T202610-9999999,S1,voice,SUB-00061,2026-10-10T10:00:00Z,,,60,60,+4670,+4687,1,1,,X,0,o,p\n"
+                "T202610-9999999,S1,voice,SUB-00061,2026-10-10T10:00:00Z,"
+                ",,60,60,+4670,+4687,1,1,,X,0,o,p\n"
             )
     again = site.fetch("run-2")
     carrier_rows = [r for r in site.ledger() if r.name == "carrier_cdr_202610.csv"]

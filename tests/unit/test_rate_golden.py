@@ -14,7 +14,10 @@ from cdr_billing.rate import rate_calls
 from cdr_billing.tariff import read_tariff_file
 
 RULES = BillingSettings("billing_db", "Europe/Stockholm", "46", "0", "00", 86400, 0, 0.01)
-HEADER = "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,minimum_charge,currency,valid_from,valid_to,band,weekdays,start_hour,end_hour\n"  # noqa: E501
+HEADER = (
+    "prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,"
+    "minimum_charge,currency,valid_from,valid_to,band,weekdays,start_hour,end_hour\n"
+)
 VERSION_1 = HEADER + (
     "46,Sweden fixed,0.0200,0,60,60,0,EUR,,,,,,\n"
     "467,Sweden mobile,0.0900,0.0500,60,60,0.10,EUR,,2026-10-15,,,,\n"
