@@ -12,13 +12,14 @@ on the first request.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParameter
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -169,3 +170,21 @@ def data_docs(billing_month: Month, relative: str) -> FileResponse:
     from cdr_billing.ui import queries
 
     return _file(queries.data_docs_file(_files(billing_month), relative), policy=DATA_DOCS_POLICY)
+
+
+@app.get("/api/prepaid/affordable")
+def prepaid_affordable(
+    account: Annotated[str, Query(min_length=1, max_length=128)],
+    destination: Annotated[str, Query(min_length=1, max_length=40)],
+) -> JSONResponse:
+    """The longest call (seconds) an account's balance affords to a destination now, for a
+    switch at call setup; stale by the balance's age (balance_updated_at)."""
+    from cdr_billing.prepaid.affordable import AffordableError, affordable_for
+
+    try:
+        found = affordable_for(
+            _billing_db(), account, destination, datetime.now(UTC), _config().billing
+        )
+    except AffordableError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return JSONResponse(found.as_json(), headers=NO_STORE)
