@@ -80,12 +80,14 @@ def call_totals(attributed: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+REVENUE_SHARE_COLUMNS = ["service_provider", "currency", "revenue_share_bp", "cost_minor"]
+
+
 def revenue_share_sums(attributed: pd.DataFrame) -> pd.DataFrame:
     """Per (service provider, currency, share percentage) of the billed calls that carry one:
     calls and billed amount (not yet rounded to a share, so files can be summed first)."""
-    columns = ["service_provider", "currency", "revenue_share_bp", "cost_minor"]
     # not every column of 1M calls
-    carrying = attributed.loc[attributed["revenue_share_bp"].notna(), columns]
+    carrying = attributed.loc[attributed["revenue_share_bp"].notna(), REVENUE_SHARE_COLUMNS]
     keyed = carrying.assign(
         share_basis_points=carrying["revenue_share_bp"].astype("int64"), call_count=1
     )

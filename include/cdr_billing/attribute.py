@@ -130,6 +130,7 @@ class Attribution(NamedTuple):
     attributed: pd.DataFrame
     suspense: pd.DataFrame
     user_codes: np.ndarray
+    history_rows: np.ndarray  # per attributed call, its account's row in the history
 
 
 class _BillingSnapshots(NamedTuple):
@@ -169,29 +170,52 @@ def _billing_snapshots(
 
 
 def attribute_calls(
-    priced: pd.DataFrame, history: pd.DataFrame, month_snapshot: int
+    priced: pd.DataFrame,
+    history: pd.DataFrame,
+    month_snapshot: int,
+    billed_columns: list[str] | None = None,
 ) -> Attribution:
     """Attribute each call to the first snapshot that bills its account (module docstring), or
-    set it aside in suspense."""
+    set it aside in suspense. `billed_columns`: the columns the attributed calls keep (default
+    all; the account's terms are added anyway), so the copy of most of the file's calls carries
+    only what is used."""
+    if billed_columns is not None:
+        billed_columns = [c for c in billed_columns if c in priced.columns]
     terms = _account_terms(history)
     snapshots, rows, reasons = _billing_snapshots(priced, history, month_snapshot, terms)
     billed, held = reasons == 0, reasons != 0
-    attributed = _with_terms(rows_where(priced, billed), snapshots[billed], rows[billed], terms)
+    attributed = _with_terms(
+        rows_where(priced, billed, billed_columns), snapshots[billed], rows[billed], terms
+    )
     suspense = _with_terms(rows_where(priced, held), snapshots[held], rows[held], terms)
     suspense = suspense.assign(reason_code=pd.Series(HELD_REASONS[reasons[held]], dtype="str"))
-    return Attribution(attributed, suspense, terms["user_code"].to_numpy()[rows[billed]])
+    billed_rows = rows[billed]
+    return Attribution(
+        attributed, suspense, terms["user_code"].to_numpy()[billed_rows], billed_rows
+    )
 
 
-def stale_accounts(attributed: pd.DataFrame, cutoff: pd.Timestamp) -> list[dict]:
+def stale_accounts(
+    history: pd.DataFrame, history_rows: np.ndarray, cutoff: pd.Timestamp
+) -> list[dict]:
     """Billed accounts whose last login is before the cutoff: their cost center may be out of
-    date."""
+    date. `history_rows`: the attributed calls' rows in `history` (Attribution.history_rows):
+    the calls are counted per row, and the rest is worked out per account, not per call."""
+    calls = np.bincount(history_rows, minlength=len(history))
+    used = np.flatnonzero(calls)
     accounts = (
-        attributed.groupby(["user_id", "customer_id", "last_login"], sort=False)
-        .size()
-        .rename("calls")
+        pd.DataFrame(
+            {
+                "user_id": history["account_id"].to_numpy(object)[used],
+                "customer_id": history["customer_id"].to_numpy(object)[used],
+                "last_login": history["last_login"].to_numpy(object)[used],
+                "calls": calls[used],
+            }
+        )
+        .groupby(["user_id", "customer_id", "last_login"], sort=False)["calls"]
+        .sum()
         .reset_index()
     )
-    # once per account, not per call
     last_login = pd.to_datetime(accounts["last_login"], errors="coerce")
     stale = accounts[last_login.isna() | (last_login < cutoff.tz_localize(None))]
     return [

@@ -33,6 +33,12 @@ BILLED_CALL_COLUMNS = [
     "source_row",
     "combined_rows",
 ]
+# What the bill task keeps of an attributed call for billed_calls: the billed_call columns but
+# combined_rows (made here), and what finds a call's partial parts.
+ATTRIBUTED_COLUMNS = [c for c in BILLED_CALL_COLUMNS if c != "combined_rows"] + [
+    "session_id",
+    "completion_status",
+]
 
 # The calls of one billing line of the month's current batch, with the file each row came from.
 LINE_CALLS_SQL = """

@@ -103,7 +103,7 @@ def test_as_of_join_across_a_cost_center_change_default_sequence_and_suspense_un
         snapshot_file(tmp_path, "entitlements_2026-10-15.csv", OCTOBER_15),
         refresh=True,
     )
-    attributed, suspense, _ = attribute_calls(month_calls(), history(engine, pinned), pinned)
+    attributed, suspense, *_ = attribute_calls(month_calls(), history(engine, pinned), pinned)
     assert attributed[["user_id", "sequence_number", "cost_minor"]].values.tolist() == [
         ["0001", "101", 10],
         ["0001", "102", 20],
@@ -119,7 +119,7 @@ def test_as_of_join_across_a_cost_center_change_default_sequence_and_suspense_un
         snapshot_file(tmp_path, "entitlements_2026-10-16.csv", FIXED),
         refresh=True,
     )
-    attributed, suspense, _ = attribute_calls(month_calls(), history(engine, fixed), fixed)
+    attributed, suspense, *_ = attribute_calls(month_calls(), history(engine, fixed), fixed)
     assert suspense.empty
     assert attributed["cost_minor"].sum() == 150  # every call billed once the accounts are fixed
 

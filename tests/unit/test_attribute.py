@@ -42,7 +42,7 @@ def calls(*rows: tuple[str, str]) -> pd.DataFrame:
 
 def test_calls_go_to_cost_center_default_or_suspense(tmp_path):
     snapshots = history(tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT))
-    attributed, suspense, _ = attribute_calls(
+    attributed, suspense, *_ = attribute_calls(
         calls(*[(a, "2026-10-05") for a in ("0001", "0002", "0003", "0404")]), snapshots, 1
     )
     assert attributed[["user_id", "customer_id", "sequence_number"]].values.tolist() == [
@@ -62,7 +62,7 @@ def test_the_snapshot_valid_at_the_call_applies_and_the_months_covers_earlier_ca
     )
     moments = pd.Series(pd.to_datetime(["2026-10-01", "2026-10-15", "2026-10-25"], utc=True))
     assert snapshot_at(moments, snapshots, month_snapshot=2).tolist() == [2, 1, 2]
-    attributed, _, _ = attribute_calls(
+    attributed, *_ = attribute_calls(
         calls(("0001", "2026-10-12"), ("0001", "2026-10-21")), snapshots, 2
     )
     assert attributed["sequence_number"].tolist() == ["101", "102"]
@@ -85,7 +85,7 @@ def test_user_codes_sum_an_account_once_per_cost_center_and_currency(tmp_path):
         billed_seconds=[60, 60, 60, 60, 60, 60],
         currency=["SEK"] * 5 + ["EUR"],
     )
-    attributed, _, user_codes = attribute_calls(priced, snapshots, 3)
+    attributed, _, user_codes, _ = attribute_calls(priced, snapshots, 3)
     assert user_codes[0] == user_codes[1] != user_codes[2]
     lines = aggregate_users(attributed, user_codes)
     assert lines[[*USER_KEYS, "total_minor", "call_count"]].values.tolist() == [
@@ -107,13 +107,15 @@ def test_duplicate_accounts_are_rejected_with_lines(tmp_path):
 
 
 def test_stale_accounts_are_flagged(tmp_path):
-    attributed, _, _ = attribute_calls(
-        calls(("0001", "2026-10-05"), ("0002", "2026-10-05")),
-        history(tmp_path, ("e.csv", SNAPSHOT)),
+    snapshots = history(tmp_path, ("e.csv", SNAPSHOT))
+    attribution = attribute_calls(
+        calls(("0001", "2026-10-05"), ("0002", "2026-10-05"), ("0002", "2026-10-06")),
+        snapshots,
         1,
     )
-    assert stale_accounts(attributed, pd.Timestamp("2026-05-01", tz="UTC")) == [
-        {"account_id": "0002", "customer_id": "C1", "last_login": "2020-01-01", "calls": 1}
+    cutoff = pd.Timestamp("2026-05-01", tz="UTC")
+    assert stale_accounts(snapshots, attribution.history_rows, cutoff) == [
+        {"account_id": "0002", "customer_id": "C1", "last_login": "2020-01-01", "calls": 2}
     ]
 
 
@@ -140,7 +142,7 @@ def test_a_correction_pinned_by_a_refresh_bills_what_the_older_snapshots_could_n
         ("0003", "2026-10-05"),
         ("0404", "2026-10-20"),
     )
-    attributed, suspense, _ = attribute_calls(month_calls, snapshots, 3)
+    attributed, suspense, *_ = attribute_calls(month_calls, snapshots, 3)
     assert attributed[
         ["user_id", "customer_id", "sequence_number", "entitlement_snapshot"]
     ].values.tolist() == [
@@ -151,7 +153,7 @@ def test_a_correction_pinned_by_a_refresh_bills_what_the_older_snapshots_could_n
     ]
     assert suspense.empty
     # not refreshed
-    attributed, suspense, _ = attribute_calls(
+    attributed, suspense, *_ = attribute_calls(
         month_calls, snapshots[snapshots["snapshot_id"] < 3], 2
     )
     assert suspense[["user_id", "reason_code"]].values.tolist() == [
@@ -167,7 +169,7 @@ def test_an_account_revoked_mid_month_is_not_billed_by_an_older_snapshot(tmp_pat
         ("entitlements_2026-10-01.csv", SNAPSHOT),
         ("entitlements_2026-10-15.csv", revoked),
     )
-    attributed, suspense, _ = attribute_calls(
+    attributed, suspense, *_ = attribute_calls(
         calls(("0001", "2026-10-05"), ("0001", "2026-10-20")), snapshots, 2
     )
     assert attributed["start_utc"].dt.day.tolist() == [5]
@@ -180,7 +182,7 @@ def test_an_entitled_account_without_a_customer_id_is_held(tmp_path):
     snapshots = history(
         tmp_path, ("entitlements_2026-10-01.csv", SNAPSHOT.replace("0001,a@x,C1,", "0001,a@x,,"))
     )
-    attributed, suspense, _ = attribute_calls(
+    attributed, suspense, *_ = attribute_calls(
         calls(("0001", "2026-10-05"), ("0002", "2026-10-05")), snapshots, 1
     )
     assert attributed["user_id"].tolist() == ["0002"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
@@ -15,6 +16,7 @@ from cdr_billing import (
     database,
     dedupe,
     entitlements,
+    lineage,
     rate,
     storage,
     tariff,
@@ -28,6 +30,12 @@ from cdr_billing.months import BillingMonth
 log = logging.getLogger(__name__)
 
 STALE_ACCOUNT_COLUMNS = ["account_id", "customer_id", "last_login", "calls"]
+# What the file's billed calls are used for here: the load's lineage, the per-user sums (their
+# keys are the lineage's), the revenue share and the flag of delivery-failed calls.
+BILLED_CALL_COLUMNS = [
+    *lineage.ATTRIBUTED_COLUMNS,
+    *(c for c in aggregate.REVENUE_SHARE_COLUMNS if c not in lineage.ATTRIBUTED_COLUMNS),
+]
 
 
 def bill_cdr_file(
@@ -39,17 +47,19 @@ def bill_cdr_file(
     engine = database.billing_engine(config.billing.connection)
     priced, counts = _rate_file(run, file, engine, config)
     snapshot_id = references.entitlement_snapshot
-    attributed, suspense, user_codes = attribute.attribute_calls(
-        priced, entitlements.history(engine, snapshot_id), snapshot_id
+    history = entitlements.history(engine, snapshot_id)
+    attributed, suspense, user_codes, history_rows = attribute.attribute_calls(
+        priced, history, snapshot_id, BILLED_CALL_COLUMNS
     )
     del priced  # with the rows _rate_file dropped: the file's peak memory is one copy of its calls
     for name, frame in (
-        ("attributed", attributed),
+        # the columns the load's lineage reads, not the pricing's working columns
+        ("attributed", attributed[lineage.ATTRIBUTED_COLUMNS]),
         ("suspense", suspense),
         ("user_lines", aggregate.aggregate_users(attributed, user_codes)),
         ("revenue_share_sums", aggregate.revenue_share_sums(attributed)),
         ("call_totals", aggregate.call_totals(attributed)),
-        ("stale_accounts", _stale_accounts(run, attributed, config)),
+        ("stale_accounts", _stale_accounts(run, history, history_rows, config)),
     ):
         workdir.write_part(run, file.dir, name, frame)
     log.info(
@@ -110,10 +120,12 @@ def _rate_file(run: Run, file: ReconciledFile, engine: Engine, config: PipelineC
     return RatedFile(priced, RatedCounts(len(price_differences), len(unbillable), len(failed)))
 
 
-def _stale_accounts(run: Run, attributed: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
+def _stale_accounts(
+    run: Run, history: pd.DataFrame, history_rows: np.ndarray, config: PipelineConfig
+) -> pd.DataFrame:
     """The file's billed accounts whose last login is older than the month's end less the
     entitlement source's stale_after_days."""
     month_end = BillingMonth.parse(run.billing_month).bounds(config.billing.timezone)[1]
     stale_after = pd.Timedelta(days=config.entitlement_source.stale_after_days)
-    stale = attribute.stale_accounts(attributed, pd.Timestamp(month_end) - stale_after)
+    stale = attribute.stale_accounts(history, history_rows, pd.Timestamp(month_end) - stale_after)
     return pd.DataFrame(stale, columns=STALE_ACCOUNT_COLUMNS)

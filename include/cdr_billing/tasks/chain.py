@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,16 @@ def bill_month(
     runner: Runner = in_this_process,
     expectations: bool = True,
 ) -> MonthLines:
-    """The month's billing lines from its fetched files: load_references, validate_cdr_file
-    per file, dedupe_calls, bill_cdr_file per file, aggregate_lines. Without `expectations`,
-    each file is checked (check_cdr_file) but its Great Expectations suite is left to the
-    caller (expect_cdr_file), which times it apart."""
+    """The month's billing lines from its fetched files: load_references beside
+    validate_cdr_file per file (as the DAG runs them), dedupe_calls, bill_cdr_file per file,
+    aggregate_lines. Without `expectations`, each file is checked (check_cdr_file) but its
+    Great Expectations suite is left to the caller (expect_cdr_file), which times it apart."""
     run = fetched.run
-    (references,) = runner(load_references, [(fetched, config)])
     validate = validate_cdr_file if expectations else check_cdr_file_only
-    validated = runner(validate, [(run, f, config) for f in cdr_files(fetched)])
+    with ThreadPoolExecutor(1) as beside:
+        loading = beside.submit(runner, load_references, [(fetched, config)])
+        validated = runner(validate, [(run, f, config) for f in cdr_files(fetched)])
+        (references,) = loading.result()
     (deduped,) = runner(dedupe_calls, [(run, validated, config)])
     billed = runner(bill_cdr_file, [(run, f, references, config) for f in file_parts(deduped)])
     (lines,) = runner(aggregate_lines, [(deduped, billed, references)])
