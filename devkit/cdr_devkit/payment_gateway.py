@@ -43,6 +43,7 @@ from cdr_devkit.services import ServerProcess
 CHARGES_PATH = "/v1/charges"
 STATE_FILE = "gateway.sqlite"
 CA_FILE = "ca.pem"
+SERVER_CERT_FILE = "server.pem"
 DECLINE_REASON = "insufficient funds"
 CERTIFICATE_DAYS = 30
 SCHEMA = (
@@ -336,7 +337,7 @@ class ChargeHandler(BaseHTTPRequestHandler):
 def _tls_context(state_dir: Path) -> ssl.SSLContext:
     certificates = server_certificates()
     (state_dir / CA_FILE).write_text(certificates.authority.cert_pem, encoding="utf-8")
-    chain, key = state_dir / "server.pem", state_dir / "server.key"
+    chain, key = state_dir / SERVER_CERT_FILE, state_dir / "server.key"
     chain.write_text(certificates.server.cert_pem, encoding="utf-8")
     key.touch(mode=0o600)
     key.write_text(certificates.server.key_pem, encoding="utf-8")
@@ -383,6 +384,11 @@ class PaymentGatewayServer(ServerProcess):
     def ca_cert(self) -> str:
         """The authority of the server's certificate (PEM), to pin in the connection."""
         return (self.state_dir / CA_FILE).read_text(encoding="utf-8")
+
+    @property
+    def server_cert(self) -> str:
+        """The certificate the server presents (PEM), to pin it instead of its authority."""
+        return (self.state_dir / SERVER_CERT_FILE).read_text(encoding="utf-8")
 
     def connection(self, **overrides: object) -> dict:
         """The Airflow connection for this gateway (fields overridable, e.g. password)."""

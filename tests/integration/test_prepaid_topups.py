@@ -18,7 +18,7 @@ from cdr_billing.migrations import upgrade
 from cdr_billing.prepaid.balances import ledger_balance, lock_accounts, post
 from cdr_billing.prepaid.credit_control import apply_lock_rules, run_credit_control
 from cdr_billing.prepaid.gateway import GatewayConfigError, GatewaySettings, HttpsGateway
-from cdr_billing.prepaid.topups import TopupSettings, request_topups
+from cdr_billing.prepaid.topups import TopupSettings, open_request, request_topups
 from cdr_billing.schema import (
     balance_entry,
     prepaid_account,
@@ -293,6 +293,29 @@ def test_a_wrong_token_is_refused_and_never_logged(engine, gateway_server, monke
     _assert_refused(
         engine, gateway_server, gateway, caplog, "4930555000106", "refused the API token (HTTP 401)"
     )
+
+
+def test_the_gateway_s_own_certificate_may_be_pinned(engine, gateway_server, monkeypatch):
+    gateway = _gateway_with(
+        monkeypatch, gateway_server, extra={"ca_cert": gateway_server.server_cert}
+    )
+    add_account(engine, "4930555000108", "approve", 200)
+    assert [r.status for r in request_topups(engine, gateway, TOPUPS, NOW).results] == ["approved"]
+
+
+def test_a_request_recorded_but_never_sent_is_sent_by_the_next_run(engine, gateway, gateway_server):
+    add_account(engine, "4930555000109", "approve", 200)
+    # a run that crashed between committing its request and sending it
+    opened = open_request(engine, "4930555000109", TOPUPS, NOW)
+    assert requests_of(engine, "4930555000109")[0]["status"] == "pending"
+
+    outcome = request_topups(engine, gateway, TOPUPS, NOW + timedelta(minutes=30))
+
+    [request] = requests_of(engine, "4930555000109")
+    assert request["idempotency_key"] == opened["idempotency_key"]
+    assert (request["status"], [r.resent for r in outcome.approved]) == ("approved", [True])
+    assert gateway_server.requests()[request["idempotency_key"]] == 1
+    assert account_row(engine, "4930555000109")["balance_minor"] == 2200
 
 
 def test_a_gateway_connection_must_be_https(gateway_server, monkeypatch):

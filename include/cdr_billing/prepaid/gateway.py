@@ -20,9 +20,9 @@ locally for the tests and the demo):
     401: the token is wrong;  5xx: the gateway failed
 
 Its Airflow connection (default id `payment_gateway`): conn_type `https`, host, port, password
-= the API token, extra `{"ca_cert": "<PEM>"}` the only certificate authority trusted for the
-gateway (without it, the system's authorities). The token goes in one header, never in a log
-line, an exception or a result's detail.
+= the API token, extra `{"ca_cert": "<PEM>"}` the only certificate trusted for the gateway (its
+authority or its own certificate; without it, the system's authorities). The token goes in one
+header, never in a log line, an exception or a result's detail.
 """
 
 from __future__ import annotations
@@ -116,16 +116,17 @@ def endpoint_from_connection(conn_id: str = DEFAULT_CONNECTION) -> GatewayEndpoi
 
 
 def tls_context(ca_cert: str | None) -> ssl.SSLContext:
-    """A client TLS context that checks the gateway's certificate and host name, against the
-    pinned CA alone when there is one."""
-    try:
-        context = (
-            ssl.create_default_context(cadata=ca_cert)
-            if ca_cert
-            else (ssl.create_default_context())
-        )
-    except (ssl.SSLError, ValueError) as exc:
-        raise GatewayConfigError(f"the gateway's ca_cert is not a usable PEM: {exc}") from None
+    """A client TLS context that checks the gateway's certificate and host name. A pinned PEM
+    is the only trust: its certificates are anchors themselves (partial chain), so it may be
+    the gateway's authority or the gateway's own certificate."""
+    if not ca_cert:
+        context = ssl.create_default_context()
+    else:
+        try:
+            context = ssl.create_default_context(cadata=ca_cert)
+        except (ssl.SSLError, ValueError) as exc:
+            raise GatewayConfigError(f"the gateway's ca_cert is not a usable PEM: {exc}") from None
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
