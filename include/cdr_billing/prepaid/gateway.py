@@ -5,8 +5,8 @@ however often the request is sent; an answer that does not say approved or decli
 timeout, a dropped connection, a server error) is `unknown`: the charge may have happened, and
 the same request is sent again with the same key until the gateway says which.
 
-The HTTPS interface `HttpsGateway` speaks (devkit/cdr_devkit/payment_gateway.py serves it
-locally for the tests and the demo):
+The HTTPS interface `HttpsGateway` speaks (the development kit's local gateway serves it for
+the tests and the demo; docs/prepaid.md):
 
     POST /v1/charges
     Authorization: Bearer <API token>
