@@ -117,6 +117,7 @@ class BilledFile:
     price_differences: int
     unbillable: int
     not_billable: int
+    prepaid: int = 0  # calls of prepaid accounts: debited to their balances, not billed here
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class RowCounts:
     suspense: int
     unbillable: int
     not_billable: int
+    prepaid: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,27 @@ class MonthReport:
 
     batch: LoadedBatch
     report: str  # report.json's path
+
+
+@dataclass(frozen=True)
+class LedgerPostings:
+    """What a run posted to the prepaid balances (prepaid.balances.DebitSummary's counts)."""
+
+    debited: int  # calls debited for the first time
+    rerated: int  # reversed and debited again at another cost
+    unchanged: int
+    reversed: int  # debits of calls no longer billed in the settled period
+    refused: int  # prepaid calls not debited (another currency, a negative cost): listed
+    accounts: int  # accounts whose balance the run moved
+
+
+@dataclass(frozen=True)
+class PrepaidSettlement:
+    """The monthly run's prepaid calls settled against their debits: the month's complete
+    rating replaces what the prepaid runs debited from partial deliveries."""
+
+    lines: MonthLines
+    postings: LedgerPostings
 
 
 def to_xcom(record: Any) -> Any:
