@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,20 @@ class BillingSettings:
 
 
 @dataclass(frozen=True)
+class PrepaidSettings:
+    """Prepaid credit control (the DAG cdr_prepaid_balances; docs/prepaid.md)."""
+
+    interval_minutes: int = 30  # how often balances are updated: chosen from the exposure
+    topup_holdoff_minutes: int = 60  # after a declined top-up, no other request for this long
+    gateway_connection: str = "payment_gateway"
+    gateway_connect_timeout_seconds: float = 5.0
+    gateway_read_timeout_seconds: float = 20.0
+    switch_connection: str = "prepaid_switch"
+    max_call_seconds: int | None = None  # the longest call a source allows; None: from the data
+    exposure_limit: dict[str, str] = field(default_factory=dict)  # currency -> amount ("500.00")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything a deployment can change, in one object."""
 
@@ -120,6 +134,7 @@ class PipelineConfig:
     alert_recipients: dict[str, tuple[str, ...]]
     billing_file_columns: dict[str, str]
     profiles: dict[str, SourceProfile]
+    prepaid: PrepaidSettings = field(default_factory=PrepaidSettings)
 
     def markups(self) -> dict[str, int]:
         """Markup per source in basis points (1 % = 100)."""
@@ -169,6 +184,10 @@ ALERT_KINDS = (
     "unbillable",
     "suspense",
     "month_report",
+    "topup_declined",
+    "line_locked",
+    "webhook_failing",
+    "exposure",
 )
 
 
@@ -249,4 +268,18 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         alert_recipients=_alert_recipients(path, raw["alerts"].get("recipients") or {}),
         billing_file_columns=dict(raw["billing_file"]["columns"]),
         profiles=profiles,
+        prepaid=_prepaid(path, raw.get("prepaid") or {}),
     )
+
+
+def _prepaid(path: Path, raw: dict[str, Any]) -> PrepaidSettings:
+    """The prepaid section; unknown keys and non-positive intervals are refused."""
+    known = {f.name for f in fields(PrepaidSettings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: prepaid has unknown keys {unknown}; known: {sorted(known)}")
+    for key in ("interval_minutes", "topup_holdoff_minutes"):
+        if key in raw:
+            _positive(path, f"prepaid.{key}", raw[key])
+    limits = {str(k).upper(): str(v) for k, v in (raw.get("exposure_limit") or {}).items()}
+    return PrepaidSettings(**{**raw, "exposure_limit": limits})

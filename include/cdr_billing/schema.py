@@ -395,6 +395,19 @@ prepaid_exposure = Table(
     Column("computed_at", DateTime(timezone=True), nullable=False),
 )
 
+# The CDR file contents the prepaid runs have debited: a run takes the month's files not here.
+prepaid_file = Table(
+    "prepaid_file",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("billing_month", String(7), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("calls", BigInteger, nullable=False),  # the file's prepaid calls
+    Column("debited_at", DateTime(timezone=True), nullable=False),
+)
+
 # A switch's pre-dial check reads the view prepaid_line_state (migration 0005): each active
 # account's locked, balance_minor, currency and updated_at, stale by one prepaid interval at most.
 
