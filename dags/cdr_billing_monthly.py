@@ -6,8 +6,16 @@ Turns the providers' call detail records of one **billing month** into billing l
 upgrade the billing database → wait for the files → fetch over SFTP (primary, then
 secondary) → validate each file (row checks, Great Expectations) while the tariff and the
 entitlement snapshot are loaded → drop duplicates and combine partial calls → bill each file
-(price, attribute, sum per user) → aggregate per customer id and sequence number → load into
-the billing database → month report.
+(price, set prepaid accounts' calls aside, attribute, sum per user) → aggregate per customer id
+and sequence number → load into the billing database, beside it settle the prepaid calls
+against the balances → month report.
+
+    … → bill_cdr_file (per file) → aggregate_lines ─┬─▶ load_billing ───┬─▶ report_month
+                                                    └─▶ settle_prepaid ─┘
+
+**Prepaid accounts.** Calls of active prepaid accounts are not billed on the post-paid lines
+(their row outcome is `prepaid`); `settle_prepaid` debits them to the balances, each call once:
+a re-run after a tariff fix posts a reversal and a new debit per changed call, never an edit.
 
 **Which month.** The scheduled run for the interval starting on the 1st of month M bills
 month M (it runs once M is over). A manual run bills the last complete month, or the month
@@ -37,6 +45,7 @@ from cdr_billing.contracts import (
     LoadedBatch,
     MonthLines,
     MonthReport,
+    PrepaidSettlement,
     ReconciledFile,
     References,
     Run,
@@ -169,8 +178,9 @@ def bill_cdr_file(
     deduped: DedupedMonth, file: ReconciledFile, references: References
 ) -> BilledFile:
     """One task per CDR file: price calls by the provider's cost or the tariff's longest prefix
-    (unbillable calls set aside); join them to the entitlement snapshot valid at each call
-    (unknown or not-entitled accounts go to suspense); sum them per user."""
+    (unbillable calls set aside); set the active prepaid accounts' calls aside for
+    settle_prepaid; join the others to the entitlement snapshot valid at each call (unknown or
+    not-entitled accounts go to suspense); sum them per user."""
     from cdr_billing.tasks import bill
 
     return bill.bill_cdr_file(deduped.run, file, references, CONFIG)
@@ -203,12 +213,31 @@ def load_billing(lines: MonthLines) -> LoadedBatch:
     return load.load_billing(lines, CONFIG)
 
 
+@pipeline_task(
+    CONFIG,
+    "Check that the billing database (connection billing_db) is reachable: the settlement is "
+    "one transaction, so nothing was posted, and a retry posts each call once. Refused calls "
+    "(another currency than the account's) are listed in the log and the month report: fix the "
+    "account, then re-run the month.",
+)
+def settle_prepaid(lines: MonthLines) -> PrepaidSettlement:
+    """Settle the month's prepaid calls against the balances in one transaction: debit the new,
+    reverse and debit again the re-rated, reverse the debits of calls no longer prepaid calls
+    of the month. After aggregate_lines, so that only a month whose rows reconcile moves
+    money; beside load_billing, because the two touch disjoint calls (prepaid calls are not on
+    the post-paid lines) and neither needs the other's result."""
+    from cdr_billing.tasks import prepaid_settlement
+
+    return prepaid_settlement.settle_prepaid(lines, CONFIG)
+
+
 @pipeline_task(CONFIG, "Check the SMTP connection and the work directory; the batch is loaded.")
-def report_month(loaded: LoadedBatch) -> MonthReport:
-    """Re-read the loaded lines, check them and write and mail the month report."""
+def report_month(loaded: LoadedBatch, settlement: PrepaidSettlement) -> MonthReport:
+    """Re-read the loaded lines, check them and write and mail the month report, with the
+    prepaid settlement's postings and refused calls."""
     from cdr_billing.tasks import report
 
-    return report.report_month(loaded, CONFIG)
+    return report.report_month(loaded, CONFIG, settlement)
 
 
 @dag(
@@ -260,7 +289,8 @@ def cdr_billing_monthly():
     billed = bill_cdr_file.partial(deduped=deduped, references=references).expand(
         file=list_file_parts(deduped)
     )
-    report_month(load_billing(aggregate_lines(deduped, billed, references)))
+    lines = aggregate_lines(deduped, billed, references)
+    report_month(load_billing(lines), settle_prepaid(lines))
 
 
 cdr_billing_monthly()

@@ -560,6 +560,14 @@ class BilledCall:
     seconds: int
 
 
+class Priced(NamedTuple):
+    """What a call costs: its currency, the amount and the billed seconds."""
+
+    currency: str
+    cost: Decimal
+    seconds: int
+
+
 @dataclass
 class MonthBill:
     """What the oracle expects of a month."""
@@ -572,14 +580,8 @@ class MonthBill:
     failed: set[tuple[str, str]]  # status 0
     unbillable: set[tuple[str, str]]
     suspense: set[tuple[str, str]]
-
-
-class Priced(NamedTuple):
-    """What a call costs: its currency, the amount and the billed seconds."""
-
-    currency: str
-    cost: Decimal
-    seconds: int
+    # priced calls of prepaid accounts: debited to their balances, not billed
+    prepaid: dict[tuple[str, str], Priced] = field(default_factory=dict)
 
 
 def price(call: Cdr, markups: dict[str, Decimal], rates: list[Rate]) -> Priced | None:
@@ -604,9 +606,11 @@ def bill_month(
     tariff_versions: list[Path],
     snapshot_files: list[Path],
     markups: dict[str, Decimal],
+    prepaid: frozenset[str] = frozenset(),
 ) -> MonthBill:
     """The month's billing: files as delivered (with the ledger's first-seen times), tariff
-    versions oldest first, the entitlement snapshots up to and including the pinned one."""
+    versions oldest first, the entitlement snapshots up to and including the pinned one; the
+    priced calls of the `prepaid` accounts (plain account ids) are set aside, not billed."""
     cdrs_by_file, quarantined = {}, {}
     for delivered in files:
         read = read_file(delivered, year, month)
@@ -629,6 +633,9 @@ def bill_month(
         priced = price(call, markups, rates)
         if priced is None:
             bill.unbillable.add(key)
+            continue
+        if call.account in prepaid:
+            bill.prepaid[key] = priced
             continue
         payer = who_pays(call.account, call.start, snapshots)
         if payer is None:

@@ -161,12 +161,17 @@ def _combine_partials(calls: list[dict]) -> list[dict]:
 
 
 def expected_lines(
-    sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()
+    sftp_root: Path,
+    year: int,
+    month: int,
+    extra_rates: tuple[dict, ...] = (),
+    prepaid: frozenset[str] = frozenset(),
 ) -> dict[tuple[str, str], Decimal]:
     """Return {(customer id, sequence number): total} for the sample month under sftp_root,
-    priced with its tariff file plus `extra_rates` (rows added to the tariff later)."""
+    priced with its tariff file plus `extra_rates` (rows added to the tariff later); the calls
+    of the `prepaid` accounts are debited to their balances, not billed."""
     totals = defaultdict(Decimal)
-    for account, _, cost in _billed_calls(sftp_root, year, month, extra_rates):
+    for account, _, cost in _billed_calls(sftp_root, year, month, extra_rates, prepaid):
         totals[
             (
                 account["customer_id"],
@@ -177,12 +182,12 @@ def expected_lines(
 
 
 def expected_revenue_share(
-    sftp_root: Path, year: int, month: int
+    sftp_root: Path, year: int, month: int, prepaid: frozenset[str] = frozenset()
 ) -> dict[tuple[str, Decimal], tuple[Decimal, Decimal]]:
     """Return {(service provider, share percent): (billed, share)} over the billed calls that
     carry a share."""
     billed = defaultdict(Decimal)
-    for _, call, cost in _billed_calls(sftp_root, year, month):
+    for _, call, cost in _billed_calls(sftp_root, year, month, prepaid=prepaid):
         if call.get("share"):
             billed[(call["provider"], Decimal(call["share"]))] += cost
     return {
@@ -191,10 +196,55 @@ def expected_revenue_share(
     }
 
 
+class PrepaidCall(NamedTuple):
+    """A prepaid account's priced call: debited to the account's balance, not billed."""
+
+    account: str
+    cost: Decimal
+
+
+def expected_prepaid(
+    sftp_root: Path,
+    year: int,
+    month: int,
+    prepaid: frozenset[str],
+    extra_rates: tuple[dict, ...] = (),
+) -> dict[str, PrepaidCall]:
+    """Return {"source:transaction id": (account, cost)} of the month's priced calls of the
+    `prepaid` accounts (entitled or not: a prepaid account pays its own calls)."""
+    return {
+        f"{call['key'][0]}:{call['key'][1]}": PrepaidCall(call["account"], cost)
+        for call, cost in _priced_calls(sftp_root, year, month, extra_rates)
+        if call["account"] in prepaid
+    }
+
+
 def _billed_calls(
-    sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()
+    sftp_root: Path,
+    year: int,
+    month: int,
+    extra_rates: tuple[dict, ...] = (),
+    prepaid: frozenset[str] = frozenset(),
 ) -> list[tuple[dict, dict, Decimal]]:
-    """(account, call, cost) of every billed call of the month."""
+    """(account, call, cost) of every billed call of the month: priced, of an entitled account
+    that is not prepaid."""
+    with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(
+        newline=""
+    ) as handle:
+        accounts = {row["account_id"]: row for row in csv.DictReader(handle)}
+    billed = []
+    for call, cost in _priced_calls(sftp_root, year, month, extra_rates):
+        account = accounts.get(call["account"])
+        if call["account"] in prepaid or account is None or account["entitled"] != "true":
+            continue
+        billed.append((account, call, cost))
+    return billed
+
+
+def _priced_calls(
+    sftp_root: Path, year: int, month: int, extra_rates: tuple[dict, ...] = ()
+) -> list[tuple[dict, Decimal]]:
+    """(call, cost) of every call of the month that completed and has a price."""
     start, end = _month_bounds(year, month)
     calls = _carrier_calls(sftp_root / f"cdr/carrier/carrier_cdr_{year}{month:02d}.csv", start, end)
     calls += _conferencing_calls(
@@ -203,26 +253,21 @@ def _billed_calls(
     calls += _pbx_calls(sftp_root / f"cdr/pbx/pbx_cdr_{year}-{month:02d}.csv", start, end)
     with sorted((sftp_root / "reference").glob("tariff*.csv"))[-1].open(newline="") as handle:
         tariff = list(csv.DictReader(handle)) + list(extra_rates)
-    with sorted((sftp_root / "reference").glob("entitlements_*.csv"))[-1].open(
-        newline=""
-    ) as handle:
-        accounts = {row["account_id"]: row for row in csv.DictReader(handle)}
     seen, unique = set(), []
     for call in calls:
         if call["key"] not in seen:
             seen.add(call["key"])
             unique.append(call)
-    billed = []
+    priced = []
     for call in _combine_partials(unique):
-        account = accounts.get(call["account"])
-        if call["status"] == "0" or account is None or account["entitled"] != "true":
+        if call["status"] == "0":
             continue
         cost = call.get("cost")
         if cost is None:
             cost = _tariff_cost(call["number"], call["duration"], tariff)
         if cost is not None:
-            billed.append((account, call, cost))
-    return billed
+            priced.append((call, cost))
+    return priced
 
 
 def first_day_after(year: int, month: int) -> datetime:

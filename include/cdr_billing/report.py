@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from html import escape
 from typing import Any
@@ -10,8 +11,10 @@ import pandas as pd
 
 from cdr_billing.aggregate import LINE_KEYS
 from cdr_billing.money import from_minor_units
+from cdr_billing.privacy import mask_number
 
 # read = billed + quarantined + duplicates + not_billable + unbillable + suspense + combined
+#        + prepaid
 OUTCOMES = (
     "billed",
     "quarantined",
@@ -20,7 +23,24 @@ OUTCOMES = (
     "unbillable",
     "suspense",
     "combined",
+    "prepaid",
 )
+# What each outcome means, in words, where people read the counts (report mail, Billing UI).
+OUTCOME_LABELS = {
+    "read": "read",
+    "billed": "billed",
+    "quarantined": "quarantined (invalid rows)",
+    "duplicates": "duplicates",
+    "not_billable": "not billable (failed calls)",
+    "unbillable": "unbillable (no tariff price)",
+    "suspense": "suspense (account unknown or not entitled)",
+    "combined": "combined (parts of partial calls)",
+    "prepaid": "prepaid (debited to balances)",
+}
+# Posting counts of the month's prepaid settlement, in the order the report lists them.
+SETTLEMENT_COUNTS = ("debited", "rerated", "unchanged", "reversed", "refused", "accounts")
+# An account id that may be a phone number (a PBX extension, an E.164 number): masked.
+_NUMBER_LIKE = re.compile(r"\+?[0-9][0-9 \-]{5,}")
 
 
 class ReconciliationError(AssertionError):
@@ -35,6 +55,28 @@ def reconcile(counts: dict[str, int]) -> None:
         raise ReconciliationError(
             f"rows read {counts['read']} != rows accounted {accounted} ({detail})"
         )
+
+
+def masked_account(account_id: str) -> str:
+    """An account id as logs and mails show it: masked when it looks like a phone number."""
+    text = str(account_id)
+    return mask_number(text) if _NUMBER_LIKE.fullmatch(text) else text
+
+
+def prepaid_settlement(postings: dict[str, int], refused: pd.DataFrame) -> dict[str, Any]:
+    """The month's prepaid settlement as plain data: its posting counts and the refused calls
+    (call key, account masked when number-like, reason), which were not debited."""
+    return {
+        "postings": {key: int(postings[key]) for key in SETTLEMENT_COUNTS},
+        "refused_calls": [
+            {
+                "call_key": r.call_key,
+                "account_id": masked_account(r.account_id),
+                "reason": r.reason,
+            }
+            for r in refused.itertuples()
+        ],
+    }
 
 
 def reconcile_file(stats: dict[str, int | str]) -> None:
@@ -211,7 +253,7 @@ def render_text(report: dict[str, Any]) -> str:
             f"{line['total']:>14}{line['call_count']:>8}{line['billed_seconds'] / 60:>10.1f}"
         )
     counts = report["counts"]
-    out += ["", "Rows: " + ", ".join(f"{key}={counts[key]}" for key in ("read", *OUTCOMES))]
+    out += ["", "Rows: " + ", ".join(_count_text(key, counts) for key in ("read", *OUTCOMES))]
     for item in report["exceptions"]:
         out.append(f"  {item['kind']:<12} {item['reason_code']:<24} {item['rows']}")
     if report.get("changes") is not None:
@@ -268,6 +310,7 @@ def render_text(report: dict[str, Any]) -> str:
             "\nStale entitlements (no login for a long time, cost center may be outdated): "
             f"{len(report['stale_entitlements'])}"
         )
+    out += _settlement_text(report.get("prepaid"))
     if report.get("unbillable_ranges"):
         out += ["", "Unbillable number ranges (add them to the tariff, then re-run the month):"]
         for item in report["unbillable_ranges"]:
@@ -276,6 +319,35 @@ def render_text(report: dict[str, Any]) -> str:
                 f"{item['calls']:>6} calls {item['minutes']:>9} min"
             )
     return "\n".join(out)
+
+
+def _count_text(key: str, counts: dict[str, int]) -> str:
+    """One row count of the text report; prepaid calls say where they went."""
+    suffix = " (debited to balances)" if key == "prepaid" else ""
+    return f"{key}={counts.get(key, 0)}{suffix}"
+
+
+def _settlement_text(settlement: dict[str, Any] | None) -> list[str]:
+    """The prepaid settlement's lines of the text report (none without a settlement)."""
+    if not _settled_anything(settlement):
+        return []
+    postings = settlement["postings"]
+    out = [
+        "",
+        "Prepaid balances settled: " + ", ".join(f"{k}={postings[k]}" for k in SETTLEMENT_COUNTS),
+    ]
+    if settlement["refused_calls"]:
+        out.append("Prepaid calls refused (not debited; fix the account or the call):")
+        out += [
+            f"  {c['call_key']:<32} {c['account_id']:<20} {c['reason']}"
+            for c in settlement["refused_calls"][:50]
+        ]
+    return out
+
+
+def _settled_anything(settlement: dict[str, Any] | None) -> bool:
+    """Whether the month had prepaid calls or debits to settle (else the report omits it)."""
+    return bool(settlement) and any(settlement["postings"].values())
 
 
 def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -317,7 +389,10 @@ def render_html(report: dict[str, Any]) -> str:
         [x["customer_id"], x["currency"], x["total"], x["call_count"]]
         for x in report.get("customer_totals", [])
     ]
-    counts = [[key, report["counts"][key]] for key in ("read", *OUTCOMES)]
+    counts = [[OUTCOME_LABELS[key], report["counts"].get(key, 0)] for key in ("read", *OUTCOMES)]
+    settlement = report.get("prepaid")
+    if not _settled_anything(settlement):
+        settlement = {"postings": {}, "refused_calls": []}
     changes = report.get("changes")
     shares = report.get("revenue_share", [])
     return "".join(
@@ -341,6 +416,22 @@ def render_html(report: dict[str, Any]) -> str:
                 "Every row read has exactly one outcome.",
                 ["Rows", "Count"],
                 counts,
+            ),
+            _section(
+                "Prepaid balances",
+                "The month's prepaid calls settled against their debits (each call once; "
+                "a re-rated call: a reversal and a new debit).",
+                ["Postings", "Count"],
+                [[key, count] for key, count in settlement["postings"].items()],
+            ),
+            _section(
+                "Refused prepaid calls",
+                "Not debited: another currency than the account's, or a negative cost.",
+                ["Call", "Account", "Reason"],
+                [
+                    [c["call_key"], c["account_id"], c["reason"]]
+                    for c in settlement["refused_calls"][:50]
+                ],
             ),
             "<p>First batch of the month.</p>"
             if changes is None

@@ -28,6 +28,7 @@ from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.load import Batch, current_lines, load_month
 from cdr_billing.migrations import upgrade
 from cdr_billing.money import from_minor_units
+from cdr_billing.report import OUTCOME_LABELS
 from cdr_billing.workdir import run_work_dir
 from cdr_devkit.airflow_env import PROJECT_ROOT
 
@@ -50,7 +51,7 @@ MAY_LINES = pd.DataFrame(
     columns=LINE_COLUMNS,
 )
 MAY_COUNTS = {
-    "read": 24,
+    "read": 26,
     "billed": 17,
     "quarantined": 0,
     "duplicates": 1,
@@ -58,6 +59,7 @@ MAY_COUNTS = {
     "unbillable": 2,
     "suspense": 3,
     "combined": 0,
+    "prepaid": 2,
 }
 JUNE_LINES = pd.DataFrame([("C2001", "100", "EUR", 700, 1, 60)], columns=LINE_COLUMNS)
 
@@ -385,6 +387,7 @@ def test_the_months_list_shows_status_current_batch_totals_and_counts(running_ai
         billed,
         unbillable,
         suspense,
+        prepaid,
         balance,
     ) = may
     assert (status, batch, runs, lines) == ("current", str(seeded.may), "2", "4")
@@ -393,12 +396,12 @@ def test_the_months_list_shows_status_current_batch_totals_and_counts(running_ai
         (Decimal("1734.57"), "EUR"),
         (Decimal("99.99"), "SEK"),
     ]
-    assert (read, billed, unbillable, suspense) == ("24", "17", "2", "3")
+    assert (read, billed, unbillable, suspense, prepaid) == ("26", "17", "2", "3", "2")
     assert "balanced" in balance
     june = rows.starting("2026-06")
     assert june[1:3] == ["current", str(seeded.june)]
     assert amount(june[6]) == (Decimal("7.00"), "EUR")
-    assert "does not add up" in june[11]
+    assert "does not add up" in june[12]
 
 
 def test_the_month_page_totals_per_customer_equal_the_seeded_lines(running_airflow, seeded):
@@ -427,7 +430,8 @@ def test_reconciliation_unbillable_ranges_and_suspense_accounts_without_phone_nu
     rows = Rows(page)
     assert rows.starting("+8821") == ["+8821", "NO_TARIFF_PREFIX", "2"]
     assert rows.starting("acct-unknown-7") == ["acct-unknown-7", "UNKNOWN_ACCOUNT", "3"]
-    assert {name: rows.starting(name)[1] for name in MAY_COUNTS} == {
+    # each outcome said in words, e.g. "prepaid (debited to balances)"
+    assert {name: rows.starting(OUTCOME_LABELS[name])[1] for name in MAY_COUNTS} == {
         k: str(v) for k, v in MAY_COUNTS.items()
     }
     assert PHONE not in page and PHONE[1:] not in page

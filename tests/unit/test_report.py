@@ -19,7 +19,7 @@ from cdr_billing.report import (
 )
 
 COUNTS = {
-    "read": 11,
+    "read": 13,
     "billed": 4,
     "quarantined": 1,
     "duplicates": 1,
@@ -27,6 +27,7 @@ COUNTS = {
     "unbillable": 1,
     "suspense": 1,
     "combined": 1,
+    "prepaid": 2,
 }
 
 
@@ -35,8 +36,8 @@ def test_reconcile_accepts_a_complete_account():
 
 
 def test_reconcile_refuses_a_lost_row():
-    with pytest.raises(ReconciliationError, match="rows read 12"):
-        reconcile({**COUNTS, "read": 12})
+    with pytest.raises(ReconciliationError, match="rows read 14"):
+        reconcile({**COUNTS, "read": 14})
 
 
 def test_lines_sum_to_the_calls():

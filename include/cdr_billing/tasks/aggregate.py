@@ -57,4 +57,5 @@ def aggregate_lines(
     )
 
 
-_BILLED_COUNTS = ("billed", "suspense", "unbillable", "not_billable")  # summed over the files
+# summed over the files
+_BILLED_COUNTS = ("billed", "suspense", "unbillable", "not_billable", "prepaid")

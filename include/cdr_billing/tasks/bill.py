@@ -26,6 +26,7 @@ from cdr_billing.canonical import COMPLETION_DELIVERY_FAILED
 from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.contracts import BilledFile, ReconciledFile, References, Run
 from cdr_billing.months import BillingMonth
+from cdr_billing.prepaid import calls as prepaid_calls
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,20 @@ BILLED_CALL_COLUMNS = [
 def bill_cdr_file(
     run: Run, file: ReconciledFile, references: References, config: PipelineConfig | None = None
 ) -> BilledFile:
-    """Bill one file's calls: price them, attribute them to the entitlement snapshot valid at
-    each call (suspense set aside) and sum them per user."""
+    """Bill one file's calls: price them, set the prepaid accounts' calls aside (their balances
+    are debited instead), attribute the others to the entitlement snapshot valid at each call
+    (suspense set aside) and sum them per user."""
     config = config or load_config()
     engine = database.billing_engine(config.billing.connection)
-    priced, counts = _rate_file(run, file, engine, config)
+    rated, counts = rate_file(run, file, engine, config)
+    priced, prepaid = _set_prepaid_aside(run, file, rated, engine)
+    del rated
     snapshot_id = references.entitlement_snapshot
     history = entitlements.history(engine, snapshot_id)
     attributed, suspense, user_codes, history_rows = attribute.attribute_calls(
         priced, history, snapshot_id, BILLED_CALL_COLUMNS
     )
-    del priced  # with the rows _rate_file dropped: the file's peak memory is one copy of its calls
+    del priced  # with the rows rate_file dropped: the file's peak memory is one copy of its calls
     for name, frame in (
         # the columns the load's lineage reads, not the pricing's working columns
         ("attributed", attributed[lineage.ATTRIBUTED_COLUMNS]),
@@ -63,11 +67,12 @@ def bill_cdr_file(
     ):
         workdir.write_part(run, file.dir, name, frame)
     log.info(
-        "%s: snapshot %d: attributed %d calls, %d in suspense",
+        "%s: snapshot %d: attributed %d calls, %d in suspense, %d prepaid",
         file.name,
         snapshot_id,
         len(attributed),
         len(suspense),
+        prepaid,
     )
     return BilledFile(
         sha256=file.sha256,
@@ -76,8 +81,27 @@ def bill_cdr_file(
         ),
         billed=len(attributed),
         suspense=len(suspense),
+        prepaid=prepaid,
         **counts._asdict(),
     )
+
+
+class PostpaidCalls(NamedTuple):
+    priced: pd.DataFrame  # the priced calls billed on the post-paid lines
+    prepaid: int  # the calls set aside for the prepaid balances
+
+
+def _set_prepaid_aside(
+    run: Run, file: ReconciledFile, priced: pd.DataFrame, engine: Engine
+) -> PostpaidCalls:
+    """Write the active prepaid accounts' calls as the file's part "prepaid" (the ledger's call
+    shape, settled by settle_prepaid) and return the others; every file writes the part, empty
+    when no account is prepaid (then the priced calls pass through untouched)."""
+    with engine.connect() as conn:
+        accounts = prepaid_calls.active_accounts(conn)
+    split = prepaid_calls.split_prepaid(priced, accounts)
+    workdir.write_part(run, file.dir, "prepaid", split.prepaid)
+    return PostpaidCalls(split.postpaid, len(split.prepaid))
 
 
 class RatedCounts(NamedTuple):
@@ -91,7 +115,7 @@ class RatedFile(NamedTuple):
     counts: RatedCounts
 
 
-def _rate_file(run: Run, file: ReconciledFile, engine: Engine, config: PipelineConfig) -> RatedFile:
+def rate_file(run: Run, file: ReconciledFile, engine: Engine, config: PipelineConfig) -> RatedFile:
     """Price one file's calls (provider's cost or the tariff's longest prefix); write its
     unbillable calls, price differences and duplicates (in the file, then of earlier files)."""
     calls = dedupe.file_calls(

@@ -8,16 +8,24 @@ import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cdr_billing import database, ledger
 from cdr_billing.acquire import FetchedFile
 from cdr_billing.config import PipelineConfig
-from cdr_billing.contracts import FetchedMonth, FileCounts, MonthLines, Run, ValidatedFile
+from cdr_billing.contracts import (
+    FetchedMonth,
+    FileCounts,
+    MonthLines,
+    PrepaidSettlement,
+    Run,
+    ValidatedFile,
+)
 from cdr_billing.tasks.aggregate import aggregate_lines
 from cdr_billing.tasks.bill import bill_cdr_file
 from cdr_billing.tasks.dedupe import dedupe_calls, file_parts
 from cdr_billing.tasks.fetch import cdr_files
+from cdr_billing.tasks.prepaid_settlement import settle_prepaid
 from cdr_billing.tasks.references import load_references
 from cdr_billing.tasks.validate import check_cdr_file, validate_cdr_file
 
@@ -57,16 +65,34 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+class BilledMonth(NamedTuple):
+    """The month's billing lines and its prepaid settlement."""
+
+    lines: MonthLines
+    settlement: PrepaidSettlement
+
+
 def bill_month(
     config: PipelineConfig,
     fetched: FetchedMonth,
     runner: Runner = in_this_process,
     expectations: bool = True,
 ) -> MonthLines:
-    """The month's billing lines from its fetched files: load_references beside
-    validate_cdr_file per file (as the DAG runs them), dedupe_calls, bill_cdr_file per file,
-    aggregate_lines. Without `expectations`, each file is checked (check_cdr_file) but its
-    Great Expectations suite is left to the caller (expect_cdr_file), which times it apart."""
+    """The month's billing lines from its fetched files (run_month's lines)."""
+    return run_month(config, fetched, runner, expectations).lines
+
+
+def run_month(
+    config: PipelineConfig,
+    fetched: FetchedMonth,
+    runner: Runner = in_this_process,
+    expectations: bool = True,
+) -> BilledMonth:
+    """The month's billing lines and prepaid settlement from its fetched files: load_references
+    beside validate_cdr_file per file (as the DAG runs them), dedupe_calls, bill_cdr_file per
+    file, aggregate_lines, settle_prepaid. Without `expectations`, each file is checked
+    (check_cdr_file) but its Great Expectations suite is left to the caller (expect_cdr_file),
+    which times it apart."""
     run = fetched.run
     validate = validate_cdr_file if expectations else check_cdr_file_only
     with ThreadPoolExecutor(1) as beside:
@@ -76,7 +102,8 @@ def bill_month(
     (deduped,) = runner(dedupe_calls, [(run, validated, config)])
     billed = runner(bill_cdr_file, [(run, f, references, config) for f in file_parts(deduped)])
     (lines,) = runner(aggregate_lines, [(deduped, billed, references)])
-    return lines
+    (settlement,) = runner(settle_prepaid, [(lines, config)])
+    return BilledMonth(lines, settlement)
 
 
 def check_cdr_file_only(run: Run, cdr_file: FetchedFile, config: PipelineConfig) -> ValidatedFile:

@@ -8,16 +8,22 @@ import logging
 
 from cdr_billing import alerts, billing_file, database, ledger, load, not_billed, report, workdir
 from cdr_billing.config import PipelineConfig, load_config
-from cdr_billing.contracts import LoadedBatch, MonthReport
+from cdr_billing.contracts import LoadedBatch, MonthReport, PrepaidSettlement
+from cdr_billing.tasks.prepaid_settlement import REFUSED_FILE
 from cdr_billing.tasks.run import send
 
 log = logging.getLogger(__name__)
 
 
-def report_month(loaded_batch: LoadedBatch, config: PipelineConfig | None = None) -> MonthReport:
+def report_month(
+    loaded_batch: LoadedBatch,
+    config: PipelineConfig | None = None,
+    settlement: PrepaidSettlement | None = None,
+) -> MonthReport:
     """Write the month report and the billing file from the loaded batch, after checking that
-    the billing database's current lines are this run's; mail it, and the unbillable ranges and
-    suspense accounts when there are any."""
+    the billing database's current lines are this run's, with the prepaid settlement's postings
+    and refused calls when given; mail it, and the unbillable ranges and suspense accounts when
+    there are any."""
     config = config or load_config()
     engine = database.billing_engine(config.billing.connection)
     lines, run = loaded_batch.lines, loaded_batch.run
@@ -62,6 +68,10 @@ def report_month(loaded_batch: LoadedBatch, config: PipelineConfig | None = None
         loaded, month, config.billing_file_columns, workdir.folder(run)
     )
     month_report["billing_file"] = {"csv": str(csv_file), "xlsx": str(excel_file)}
+    if settlement is not None:
+        month_report["prepaid"] = report.prepaid_settlement(
+            dataclasses.asdict(settlement.postings), workdir.read(run, REFUSED_FILE)
+        )
     _mail_exceptions(config, month, month_report)
     report_file = workdir.run_file(run, "report.json")
     report_file.write_text(json.dumps(month_report, indent=1), encoding="utf-8")

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from cdr_billing.ui.queries import Batch, CustomerTotal, MonthDetail, MonthSummary, NotBilled
 
+# The row counts of the current batch that the months list shows (the month page shows all).
+MONTH_LIST_COUNTS = ("read", "billed", "unbillable", "suspense", "prepaid")
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1a202c;
        margin: 0; padding: 20px 28px; background: #fff; }
@@ -120,6 +122,7 @@ def months_page(months: list[MonthSummary]) -> str:
         "Billed",
         "Unbillable",
         "Suspense",
+        "Prepaid",
         "Rows",
     ]
     rows = []
@@ -138,19 +141,19 @@ def months_page(months: list[MonthSummary]) -> str:
                 e(month.line_count),
                 totals,
                 *(
-                    [
-                        e(current.count(name))
-                        for name in ("read", "billed", "unbillable", "suspense")
-                    ]
+                    [e(current.count(name)) for name in MONTH_LIST_COUNTS]
                     if current
-                    else [""] * 4
+                    else [""] * len(MONTH_LIST_COUNTS)
                 ),
                 balance(current) if current else "",
             ]
         )
     return page(
         "Billing",
-        intro + "<section>" + table(headers, rows, numeric={4, 5, 6, 7, 8, 9, 10}) + "</section>",
+        intro
+        + "<section>"
+        + table(headers, rows, numeric={4, 5, 6, 7, 8, 9, 10, 11})
+        + "</section>",
     )
 
 
@@ -216,7 +219,7 @@ def _reconciliation_section(batch: Batch | None) -> str:
     if batch is None:
         return ""
     rows = [[e("read"), e(batch.count("read"))]] + [
-        [e(name), e(count)] for name, count in batch.outcomes()
+        [e(label), e(count)] for label, count in batch.labelled_outcomes()
     ]
     counts = table(["Rows", "Count"], rows, numeric={1})
     return f"<section><h2>Reconciliation</h2>{counts}<p>{balance(batch)}</p></section>"

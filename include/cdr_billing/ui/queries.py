@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from cdr_billing import ledger
 from cdr_billing.config import PipelineConfig
 from cdr_billing.money import from_minor_units
-from cdr_billing.report import OUTCOMES, ReconciliationError, reconcile
+from cdr_billing.report import OUTCOME_LABELS, OUTCOMES, ReconciliationError, reconcile
 from cdr_billing.schema import CURRENT, billing_batch, billing_exception, billing_line
 from cdr_billing.validate import DATA_DOCS_INDEX
 
@@ -44,10 +44,13 @@ class Batch:
 
     @property
     def balanced(self) -> bool:
-        """Whether every row read has exactly one outcome."""
+        """Whether every row read has exactly one outcome (an outcome a batch of an older
+        release did not record, such as prepaid, counts 0)."""
+        if "read" not in self.counts:
+            return False
         try:
-            reconcile(self.counts)
-        except (ReconciliationError, KeyError):
+            reconcile({"read": self.count("read"), **dict(self.outcomes())})
+        except ReconciliationError:
             return False
         return True
 
@@ -58,6 +61,10 @@ class Batch:
     def outcomes(self) -> list[tuple[str, int]]:
         """The count of each outcome of the rows read, in the reconciliation's order."""
         return [(name, self.count(name)) for name in OUTCOMES]
+
+    def labelled_outcomes(self) -> list[tuple[str, int]]:
+        """outcomes() with each outcome said in words (e.g. "prepaid (debited to balances)")."""
+        return [(OUTCOME_LABELS[name], count) for name, count in self.outcomes()]
 
 
 @dataclass(frozen=True)
