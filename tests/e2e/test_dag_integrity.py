@@ -51,8 +51,15 @@ def test_tasks_run_in_billing_order(dag_bag):
         "bill_cdr_file",
         "aggregate_lines",
         "load_billing",
+        "settle_prepaid",
         "report_month",
     ]
+
+
+def test_prepaid_calls_are_settled_beside_the_load_once_the_rows_reconcile(dag_bag):
+    tasks = dag_bag.dags["cdr_billing_monthly"].task_dict
+    assert tasks["settle_prepaid"].upstream_task_ids == {"aggregate_lines"}
+    assert tasks["report_month"].upstream_task_ids == {"load_billing", "settle_prepaid"}
 
 
 def test_the_schema_is_upgraded_once_per_run_before_anything_else(dag_bag):
