@@ -36,8 +36,6 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context
 
-from cdr_billing.acquire import FetchedFile
-from cdr_billing.config import load_config
 from cdr_billing.contracts import (
     BilledFile,
     DedupedMonth,
@@ -49,26 +47,22 @@ from cdr_billing.contracts import (
     ReconciledFile,
     References,
     Run,
-    ValidatedFile,
+)
+from cdr_billing.dag_tasks import (
+    CONFIG,
+    SIDE_BY_SIDE,
+    dedupe_calls,
+    list_cdr_files,
+    list_file_parts,
+    upgrade_billing_db,
+    validate_cdr_file,
 )
 from cdr_billing.taskflow import failure_mail, pipeline_task
 
-CONFIG = load_config()
-SIDE_BY_SIDE = {"max_active_tis_per_dagrun": CONFIG.files_at_once}  # mapped tasks at once
-ASK_DEVELOPERS = "Send the log to the pipeline's developers."
 SERVERS_DOWN = (
     "Check that the SFTP servers answer (the error names each one) and whether the provider has "
     "delivered the month's files; the task log lists the sources missing."
 )
-
-
-@pipeline_task(CONFIG, "Check that the billing database (connection billing_db) is reachable.")
-def upgrade_billing_db() -> None:
-    """Upgrade the billing database's schema to this release, once per run (the command
-    `python -m cdr_billing.migrations` does the same for a deployment)."""
-    from cdr_billing import database, migrations
-
-    migrations.upgrade(database.billing_engine(CONFIG.billing.connection))
 
 
 @pipeline_task(
@@ -124,47 +118,6 @@ def load_references(fetched: FetchedMonth) -> References:
     from cdr_billing.tasks import references
 
     return references.load_references(fetched, CONFIG)
-
-
-@pipeline_task(CONFIG, ASK_DEVELOPERS)
-def list_cdr_files(fetched: FetchedMonth) -> list[FetchedFile]:
-    """The month's CDR files, which validate_cdr_file is mapped over (one task per file)."""
-    from cdr_billing.tasks import fetch
-
-    return fetch.cdr_files(fetched)
-
-
-@pipeline_task(
-    CONFIG,
-    "Read the validation mail and the quarantined_row table; ask the provider to redeliver the "
-    "file, or fix the source profile in include/config/profiles.yaml if the provider changed "
-    "the format.",
-    mapped_name="cdr_file",
-    **SIDE_BY_SIDE,
-)
-def validate_cdr_file(fetched: FetchedMonth, cdr_file: FetchedFile) -> ValidatedFile:
-    """One task per CDR file: read it, quarantine bad rows, drop duplicates inside it, run its
-    Great Expectations suite."""
-    from cdr_billing.tasks import validate
-
-    return validate.validate_cdr_file(fetched.run, cdr_file, CONFIG)
-
-
-@pipeline_task(CONFIG, "Rows of a file do not add up: send the log to the pipeline's developers.")
-def dedupe_calls(fetched: FetchedMonth, validated: list[ValidatedFile]) -> DedupedMonth:
-    """Drop calls delivered again in a later file of the month; combine the parts of partial
-    calls; reconcile each file's rows in the ledger."""
-    from cdr_billing.tasks import dedupe
-
-    return dedupe.dedupe_calls(fetched.run, validated, CONFIG)
-
-
-@pipeline_task(CONFIG, ASK_DEVELOPERS)
-def list_file_parts(deduped: DedupedMonth) -> list[ReconciledFile]:
-    """The month's files after dedupe_calls, which bill_cdr_file is mapped over."""
-    from cdr_billing.tasks import dedupe
-
-    return dedupe.file_parts(deduped)
 
 
 @pipeline_task(

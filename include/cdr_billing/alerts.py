@@ -187,7 +187,7 @@ def held_file_alert(month: str, source: str, name: str, reason: str) -> Alert:
 MAX_LISTED = 20
 
 
-def _listing(kind: str, subject: str, intro: str, items: list[str], advice: str) -> Alert:
+def listing_alert(kind: str, subject: str, intro: str, items: list[str], advice: str) -> Alert:
     """An alert that lists up to MAX_LISTED items between an introduction and the advice."""
     more = (
         [f"... and {len(items) - MAX_LISTED} more (see the month report)."]
@@ -199,7 +199,7 @@ def _listing(kind: str, subject: str, intro: str, items: list[str], advice: str)
 
 def unbillable_alert(month: str, ranges: list[dict]) -> Alert:
     """Calls the tariff cannot price yet, per number range."""
-    return _listing(
+    return listing_alert(
         "unbillable",
         f"[CDR billing] {sum(r['calls'] for r in ranges)} unbillable calls "
         f"in {len(ranges)} number ranges ({month})",
@@ -217,7 +217,7 @@ def unbillable_alert(month: str, ranges: list[dict]) -> Alert:
 
 def suspense_alert(month: str, accounts: list[dict]) -> Alert:
     """Calls of accounts that are unknown or not entitled: not billed to anyone yet."""
-    return _listing(
+    return listing_alert(
         "suspense",
         f"[CDR billing] {sum(a['calls'] for a in accounts)} calls "
         f"of {len(accounts)} accounts in suspense ({month})",

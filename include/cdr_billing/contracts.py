@@ -193,6 +193,51 @@ class PrepaidSettlement:
     postings: LedgerPostings
 
 
+@dataclass(frozen=True)
+class RatedPrepaidFile:
+    """One file of a prepaid run, priced with the monthly run's functions; its prepaid calls
+    are in `dir`."""
+
+    name: str
+    source: str
+    sha256: str
+    dir: str
+    priced: int
+    prepaid: int
+    unbillable: int
+    not_billable: int
+
+
+@dataclass(frozen=True)
+class CreditControl:
+    """What a prepaid run's credit control did: top-ups and lines locked and unlocked."""
+
+    approved: int
+    declined: int
+    unknown: int  # sent, not answered: sent again with the same key next run
+    locked: int
+    unlocked: int
+
+
+@dataclass(frozen=True)
+class SwitchDeliveries:
+    """The switch's webhooks this run: accepted, failed (retried with backoff), waiting."""
+
+    delivered: int
+    failed: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class PrepaidExposure:
+    """The money at risk between two runs, per currency (minor units), and the accounts above
+    the configured limit."""
+
+    bound_minor: dict[str, int]
+    undebited_minor: dict[str, int]
+    above_limit: int
+
+
 def to_xcom(record: Any) -> Any:
     """A record (or a list of them) as the plain JSON values XCom stores."""
     if dataclasses.is_dataclass(record) and not isinstance(record, type):

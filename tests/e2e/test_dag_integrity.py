@@ -21,7 +21,7 @@ def dag_bag():
 
 def test_no_import_errors(dag_bag):
     assert dag_bag.import_errors == {}
-    assert "cdr_billing_monthly" in dag_bag.dags
+    assert {"cdr_billing_monthly", "cdr_prepaid_balances"} <= set(dag_bag.dags)
 
 
 def test_every_task_retries_and_alerts_by_mail(dag_bag):
@@ -81,7 +81,7 @@ def test_each_task_is_a_named_function_with_typed_records_in_and_out(dag_bag):
         if isinstance(value, type)
         and value.__module__ in ("cdr_billing.contracts", "cdr_billing.acquire")
     }
-    for task in dag_bag.dags["cdr_billing_monthly"].tasks:
+    for task in [t for dag in dag_bag.dags.values() for t in dag.tasks]:
         function = task.python_callable.__wrapped__
         assert function.__name__ == task.task_id
         hints = typing.get_type_hints(function)
@@ -146,3 +146,31 @@ def test_dag_file_imports_fast_without_heavy_modules(dag_file: Path):
     out = done.stdout.strip().splitlines()[-1].split()  # the probe's own line comes last
     assert float(out[0]) < 1.0
     assert out[1:] == [], f"heavy modules imported at parse time: {out[1:]}"
+
+
+def test_prepaid_runs_the_monthly_runs_checks_and_rating_then_credit_control(dag_bag):
+    dag = dag_bag.dags["cdr_prepaid_balances"]
+    monthly = dag_bag.dags["cdr_billing_monthly"].task_dict
+    tasks = dag.task_dict
+    for shared in ("upgrade_billing_db", "validate_cdr_file", "dedupe_calls", "list_file_parts"):
+        assert tasks[shared].python_callable is monthly[shared].python_callable, shared
+    assert tasks["rate_prepaid_file"].map_index_template == "{{ mapped_name }}"
+    assert tasks["debit_balances"].downstream_task_ids == {"control_credit"}
+    assert tasks["control_credit"].downstream_task_ids == {
+        "deliver_switch_events",
+        "measure_exposure",
+    }
+
+
+def test_prepaid_credit_control_runs_whatever_happened_to_the_files(dag_bag):
+    """No new file, or an SFTP server down: top-ups, locks and the switch's webhooks go on."""
+    tasks = dag_bag.dags["cdr_prepaid_balances"].task_dict
+    for task_id in ("control_credit", "deliver_switch_events", "measure_exposure"):
+        assert tasks[task_id].trigger_rule == "all_done", task_id
+
+
+def test_prepaid_runs_every_configured_interval(dag_bag):
+    dag = dag_bag.dags["cdr_prepaid_balances"]
+    assert type(dag.timetable).__name__ == "DeltaDataIntervalTimetable"
+    assert dag.timetable.delta.total_seconds() == load_config().prepaid.interval_minutes * 60
+    assert dag.max_active_runs == 1

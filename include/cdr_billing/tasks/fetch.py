@@ -108,9 +108,12 @@ def files_arrived(
     return False
 
 
-def fetch_cdr_files(run: Run, config: PipelineConfig | None = None) -> FetchedMonth:
+def fetch_cdr_files(
+    run: Run, config: PipelineConfig | None = None, every_source: bool = True
+) -> FetchedMonth:
     """Fetch the month's CDR files, tariff and entitlement snapshots; record them in the ledger;
-    mail each failover and each held file."""
+    mail each failover and each held file. Without `every_source` (the prepaid runs during the
+    month) a CDR source with no file yet is not an error; the tariff still is."""
     config = config or load_config()
     month = run.billing_month
     engine = database.billing_engine(config.billing.connection)
@@ -137,7 +140,8 @@ def fetch_cdr_files(run: Run, config: PipelineConfig | None = None) -> FetchedMo
     usable += ledger.archived_month_files(
         engine, month, {s.name for s in config.sources}, {(f.source, f.name) for f in usable}
     )
-    missing = [r.source for r in requests if r.source not in {f.source for f in usable}]
+    required = [r for r in requests if every_source or r.role != "cdr"]
+    missing = [r.source for r in required if r.source not in {f.source for f in usable}]
     if missing:
         unstable = sorted(r.name for r in result.not_yet_stable)
         raise MissingFilesError(

@@ -20,8 +20,7 @@ def load_references(fetched: FetchedMonth, config: PipelineConfig | None = None)
     config = config or load_config()
     settings, now = config.entitlement_source, datetime.now(UTC)
     engine = database.billing_engine(config.billing.connection)
-    tariff_file = fetched.of_role("tariff")[0]  # the month's one tariff
-    tariff_version = tariff.load_file(engine, Path(tariff_file.local_path), config.billing)
+    tariff_version = load_tariff(fetched, config)
     by_date = sorted((Path(f.local_path) for f in fetched.of_role("entitlements")), key=_name)
     for path in by_date[:-1]:  # the month's history; the newest is what a month pins
         entitlements.store(engine, entitlements.from_file(path, now, config.billing.timezone))
@@ -37,6 +36,13 @@ def load_references(fetched: FetchedMonth, config: PipelineConfig | None = None)
     )
     log.info("tariff version %d, entitlement snapshot %d", tariff_version, snapshot_id)
     return References(tariff_version, snapshot_id)
+
+
+def load_tariff(fetched: FetchedMonth, config: PipelineConfig) -> int:
+    """Store the month's tariff as a version (a known file keeps its version); return it."""
+    engine = database.billing_engine(config.billing.connection)
+    tariff_file = fetched.of_role("tariff")[0]  # the month's one tariff
+    return tariff.load_file(engine, Path(tariff_file.local_path), config.billing)
 
 
 def _name(path: Path) -> str:
