@@ -349,6 +349,26 @@ def test_sqlite_debits_re_rates_refuses_and_settles_the_same_way(sqlite):
     assert balance(sqlite, a) == -17
 
 
+def test_a_settlement_without_accounts_settles_every_active_account(sqlite):
+    (a, b, gone) = new_accounts(sqlite, 3)
+    debit(sqlite, [Call("s:1", a, 1), Call("s:2", b, 2), Call("s:3", gone, 3)])
+    with sqlite.begin() as conn:
+        accounts.deactivate(conn, gone, "test")
+    with sqlite.begin() as conn:
+        settled = settle_calls(conn, frame([Call("s:1", a, 1)]), "month", *OCTOBER)
+    assert counts(settled) == {"unchanged": 1, "reversed": 1}
+    assert (balance(sqlite, a), balance(sqlite, b), balance(sqlite, gone)) == (-1, 0, -3)
+
+
+def test_two_runs_in_one_transaction_on_postgres(pg):
+    (a,) = new_accounts(pg, 1)
+    with pg.begin() as conn:
+        first = debit_calls(conn, frame([Call(f"{a}:1", a, 4)]), "r1")
+        second = debit_calls(conn, frame([Call(f"{a}:1", a, 4), Call(f"{a}:2", a, 5)]), "r2")
+    assert (counts(first), counts(second)) == ({"debited": 1}, {"unchanged": 1, "debited": 1})
+    assert balance(pg, a) == -9
+
+
 # --- the property: balances against an oracle of their own ----------------------------------
 
 ACCOUNTS = 3

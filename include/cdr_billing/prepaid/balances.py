@@ -217,7 +217,10 @@ def debit_calls(conn: Connection, calls: pd.DataFrame, run_id: str) -> DebitSumm
     left alone, one with another cost (re-rated) or account is reversed and debited again.
     Calls of other accounts are left untouched (not_prepaid); a call in another currency than
     its account's, or of negative cost, is refused and listed. Runs in the caller's
-    transaction, holding the accounts' row locks to its end."""
+    transaction, holding the accounts' row locks to its end: runs at once on shared accounts
+    take turns (a call that two runs at once give to different accounts fails the later one
+    on call_debit's key, before anything is committed: its retry sees the first's debit).
+    Rows of accounts locked before (lock_accounts' dicts) are stale after it: lock again."""
     return _apply_calls(conn, calls, run_id, None)
 
 
@@ -341,16 +344,14 @@ def _load_scope(conn: Connection, accounts: frozenset[str]) -> None:
 
 
 def _lock_and_plan(conn: Connection, settlement: _Settlement | None) -> None:
-    """Lock the calls' accounts (row locks, in account order), then plan under the locks; if
-    the plan touches an account not locked yet (a call now of another account than its debit,
-    a settled debit), lock it too and plan again, until the plan's accounts are all held."""
+    """Lock the accounts the run may touch (row locks, in account order, as lock_accounts):
+    the calls' accounts, those of their current debits, and for a settlement those with a
+    debit in the period. Then plan under the locks; if the plan touches an account not locked
+    (a debit changed since it was read), lock that too and plan again, until all are held."""
     _temporary(conn, _LOCKS, "(account_id VARCHAR(128) PRIMARY KEY)")
-    conn.execute(
-        text(
-            f"INSERT INTO {_LOCKS} (account_id) SELECT DISTINCT account_id "
-            f"FROM {_CALLS.name} WHERE account_id IS NOT NULL"
-        )
-    )
+    conn.execute(text(_WANTED_ACCOUNTS))
+    if settlement is not None:
+        _execute(conn, _WANTED_UNSETTLED.format(scope=_scope(settlement)), _period(settlement))
     while True:
         for_update = " FOR UPDATE OF a" if _postgres(conn) else ""
         conn.execute(
@@ -370,20 +371,22 @@ def _lock_and_plan(conn: Connection, settlement: _Settlement | None) -> None:
         conn.execute(text(f"DROP TABLE {_PLAN}"))
 
 
+def _scope(settlement: _Settlement) -> str:
+    """The SELECT of the accounts whose period a settlement settles."""
+    if settlement.accounts is None:
+        return "SELECT account_id FROM prepaid_account WHERE active"
+    return f"SELECT account_id FROM {_SCOPE}"
+
+
+def _period(settlement: _Settlement) -> dict[str, datetime]:
+    return {"period_start": settlement.start, "period_end": settlement.end}
+
+
 def _plan(conn: Connection, settlement: _Settlement | None) -> None:
     """Each call's outcome and the keys of the entries it needs, in the scratch table _PLAN."""
     _temporary(conn, _PLAN, _PLAN_CALLS)
     if settlement is not None:
-        scope = (
-            f"SELECT account_id FROM {_SCOPE}"
-            if settlement.accounts is not None
-            else "SELECT account_id FROM prepaid_account WHERE active"
-        )
-        _execute(
-            conn,
-            _PLAN_UNSETTLED.format(scope=scope),
-            {"period_start": settlement.start, "period_end": settlement.end},
-        )
+        _execute(conn, _PLAN_UNSETTLED.format(scope=_scope(settlement)), _period(settlement))
     if _postgres(conn):
         conn.execute(text(f"ANALYZE {_PLAN}"))
 
@@ -428,6 +431,19 @@ def _summary(conn: Connection) -> DebitSummary:
     )
 
 
+# The accounts to lock first: the calls' and those of the calls' current debits.
+_WANTED_ACCOUNTS = f"""INSERT INTO {_LOCKS} (account_id)
+SELECT account_id FROM {_CALLS.name} WHERE account_id IS NOT NULL
+UNION SELECT d.account_id FROM call_debit d JOIN {_CALLS.name} c ON c.call_key = d.call_key"""
+
+# settle_calls: the debits of the period's accounts ({scope}: their SELECT)
+_PERIOD_DEBITS = """FROM call_debit d JOIN balance_entry e ON e.entry_id = d.entry_id
+WHERE e.kind = 'debit' AND e.call_start >= :period_start AND e.call_start < :period_end
+  AND d.account_id IN ({scope})"""
+_WANTED_UNSETTLED = f"""INSERT INTO {_LOCKS} (account_id)
+SELECT DISTINCT d.account_id {_PERIOD_DEBITS}
+  AND d.account_id NOT IN (SELECT account_id FROM {_LOCKS})"""
+
 # Each call of the run: its outcome against its current debit (call_debit), then the keys of
 # the entries the outcome needs. Revision r's debit is `debit:{call_key}:{r}`; re-rating
 # reverses it as `reversal:{call_key}:{r}` and debits r + 1. A debit settled at 0 (its entry
@@ -471,9 +487,7 @@ _PLAN_UNSETTLED = f"""INSERT INTO {_PLAN} (call_key, account_id, cost_minor, cur
 SELECT d.call_key, d.account_id, 0, e.currency, e.call_start, e.billed_seconds,
   e.tariff_version, e.source_file, e.source_row, d.account_id, d.entry_id, d.revision,
   'reversed', NULL, NULL, NULL, 'reversal:' || d.call_key || ':' || CAST(d.revision AS TEXT)
-FROM call_debit d JOIN balance_entry e ON e.entry_id = d.entry_id
-WHERE e.kind = 'debit' AND e.call_start >= :period_start AND e.call_start < :period_end
-  AND d.account_id IN ({{scope}})
+{_PERIOD_DEBITS}
   AND NOT EXISTS (
     SELECT 1 FROM {_PLAN} p WHERE p.call_key = d.call_key AND p.outcome <> 'not_prepaid')"""
 
