@@ -227,3 +227,45 @@ def test_the_report_names_held_and_changed_files_and_credits():
         and "<h3>Changed files</h3>" in page
         and "<h3>Credits</h3>" in page
     )
+
+
+def test_the_report_says_where_prepaid_calls_went_and_lists_refused_ones_masked():
+    from cdr_billing.report import build_report, prepaid_settlement, render_html, render_text
+
+    report = build_report(
+        "2026-10",
+        {"batch_id": 7, "superseded_batch_id": None},
+        COUNTS,
+        pd.DataFrame(columns=LINE_COLUMNS),
+        pd.DataFrame(columns=["kind", "reason_code"]),
+    )
+    postings = {"debited": 2, "rerated": 1, "unchanged": 4, "reversed": 1, "refused": 1}
+    refused = pd.DataFrame(
+        [("pbx:77", "+46701234567", "currency SEK is not the account's EUR")],
+        columns=["call_key", "account_id", "reason"],
+    )
+    report["prepaid"] = prepaid_settlement(postings | {"accounts": 2}, refused)
+    text, page = render_text(report), render_html(report)
+    assert "prepaid=2 (debited to balances)" in text
+    assert "<td>prepaid (debited to balances)</td><td align=right>2</td>" in page
+    assert "debited=2, rerated=1, unchanged=4, reversed=1, refused=1, accounts=2" in text
+    assert "<h3>Prepaid balances</h3>" in page and "<h3>Refused prepaid calls</h3>" in page
+    for shown in (text, page):
+        assert "pbx:77" in shown and "+4670*****67" in shown and "+46701234567" not in shown
+
+
+def test_a_month_without_prepaid_calls_leaves_the_settlement_out():
+    from cdr_billing.report import build_report, prepaid_settlement, render_html, render_text
+
+    report = build_report(
+        "2026-10",
+        {"batch_id": 7, "superseded_batch_id": None},
+        {**COUNTS, "read": 11, "prepaid": 0},
+        pd.DataFrame(columns=LINE_COLUMNS),
+        pd.DataFrame(columns=["kind", "reason_code"]),
+    )
+    nothing = dict.fromkeys(("debited", "rerated", "unchanged", "reversed", "refused"), 0)
+    report["prepaid"] = prepaid_settlement(
+        nothing | {"accounts": 0}, pd.DataFrame(columns=["call_key", "account_id", "reason"])
+    )
+    assert "Prepaid balances" not in render_text(report) + render_html(report)
