@@ -72,7 +72,8 @@ def main() -> int:
     print(
         "Summary: read {read}, billed {billed}, rejected {quarantined}, "
         "unbillable {unbillable}, suspense {suspense}, failed calls {not_billable}, "
-        "duplicates {duplicates}, partial parts combined {combined}".format(**counts)
+        "duplicates {duplicates}, partial parts combined {combined}, "
+        "prepaid (debited to balances) {prepaid}".format(**counts)
     )
     print(f"Billing database: {DEMO_DIR / 'billing.sqlite'}; mails: {DEMO_DIR / 'mail'}")
     print(f"Run files, Great Expectations Data Docs and the report: {work_dir}")
