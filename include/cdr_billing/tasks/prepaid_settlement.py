@@ -47,6 +47,12 @@ def settle_prepaid(lines: MonthLines, config: PipelineConfig | None = None) -> P
     workdir.write(run, REFUSED_FILE, refused)
     postings = postings_of(summary)
     _log_settlement(run.billing_month, len(calls), postings, refused)
+    if summary.not_prepaid:
+        log.warning(
+            "%d calls were set aside as prepaid but their accounts are no longer active prepaid "
+            "accounts (deactivated during the run): neither billed nor debited; re-run the month",
+            summary.not_prepaid,
+        )
     return PrepaidSettlement(lines, postings)
 
 
