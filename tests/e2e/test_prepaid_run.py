@@ -187,7 +187,7 @@ def test_a_month_of_deliveries_debits_tops_up_locks_and_unlocks(prepaid_world, a
     )
 
     # ops tops up the declined account by hand: its line unlocks; the switch is down
-    world.accounts_command(
+    desk = world.accounts_command(
         "credit",
         accounts["declines"],
         "50.00",
@@ -200,6 +200,7 @@ def test_a_month_of_deliveries_debits_tops_up_locks_and_unlocks(prepaid_world, a
         "--key",
         "desk-1",
     )
+    assert "line UNLOCK" in desk  # at once, in the transaction of the top-up
     world.switch.control(mode="down")
     delivered |= world.month.deliver(2)
     _run(dag, 12, 12)

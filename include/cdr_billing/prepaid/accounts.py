@@ -47,6 +47,7 @@ from sqlalchemy.engine import Connection
 from cdr_billing import database
 from cdr_billing.money import MAX_SUM_MINOR, MoneyError, from_minor_units, minor_digits
 from cdr_billing.prepaid.balances import LedgerError, Posted, ledger_balance, lock_accounts, post
+from cdr_billing.prepaid.locks import apply_lock_rules
 from cdr_billing.schema import balance_entry, prepaid_account, prepaid_account_change
 
 MANUAL_KINDS = ("topup", "credit", "refund", "adjustment")
@@ -512,6 +513,11 @@ def _run(conn: Connection, args: argparse.Namespace) -> None:
             f"{'posted as entry' if posted.new else 'already posted: entry'} {posted.entry_id}; "
             f"balance {format_amount(posted.balance_minor, currency)}"
         )
+        # a top-up at the desk unlocks the line now: the switch hears it with the next run
+        for change in apply_lock_rules(
+            conn, [args.account], f"{args.kind} by {args.operator}", created_by=args.operator
+        ):
+            print(f"line {change.action}: {change.reason}")
     else:
         details = show(conn, args.account)
         for entry in ledger(conn, args.account, args.last):
