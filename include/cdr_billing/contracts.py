@@ -179,6 +179,7 @@ class LedgerPostings:
     debited: int  # calls debited for the first time
     rerated: int  # reversed and debited again at another cost
     unchanged: int
+    redelivered: int  # a prepaid run's calls debited before from another file: first one kept
     reversed: int  # debits of calls no longer billed in the settled period
     refused: int  # prepaid calls not debited (another currency, a negative cost): listed
     accounts: int  # accounts whose balance the run moved

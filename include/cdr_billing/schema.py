@@ -310,6 +310,8 @@ balance_entry = Table(
     Column("created_by", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("balance_entry_of_account", "account_id", "entry_id"),
+    # the monthly settlement finds the month's debits by their calls' start
+    Index("balance_entry_by_call_start", "call_start"),
 )
 
 # The current debit of each call: the lookup that makes a call debited once; revision counts

@@ -148,7 +148,13 @@ def test_prepaid_calls_leave_the_lines_and_the_rows_still_reconcile(month, first
 def test_each_prepaid_call_is_debited_once_and_the_balances_are_minus_the_costs(month, first):
     expected = expected_prepaid(month.root, 2026, 10, PREPAID)
     assert first.settlement.postings == LedgerPostings(
-        debited=len(expected), rerated=0, unchanged=0, reversed=0, refused=0, accounts=3
+        debited=len(expected),
+        rerated=0,
+        unchanged=0,
+        redelivered=0,
+        reversed=0,
+        refused=0,
+        accounts=3,
     )
     debits = Counter(e["call_key"] for e in entries(month.engine) if e["kind"] == "debit")
     assert debits == Counter(list(expected))  # each call exactly once, no other call
@@ -163,7 +169,13 @@ def test_a_rerun_and_a_retried_settlement_post_nothing(month, first):
     unchanged = len(expected_prepaid(month.root, 2026, 10, PREPAID))
     for settlement in (again.settlement, retried):
         assert settlement.postings == LedgerPostings(
-            debited=0, rerated=0, unchanged=unchanged, reversed=0, refused=0, accounts=3
+            debited=0,
+            rerated=0,
+            unchanged=unchanged,
+            redelivered=0,
+            reversed=0,
+            refused=0,
+            accounts=3,
         )
     assert entries(month.engine) == before
 
@@ -180,6 +192,7 @@ def test_a_rerun_after_a_tariff_fix_reverses_and_debits_only_the_changed_calls(m
         debited=0,
         rerated=len(changed),
         unchanged=len(new) - len(changed),
+        redelivered=0,
         reversed=0,
         refused=0,
         accounts=3,

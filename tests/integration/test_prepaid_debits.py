@@ -120,7 +120,7 @@ def balance(engine: Engine, account: str) -> int:
 
 
 def counts(summary) -> dict[str, int]:
-    names = ("debited", "rerated", "unchanged", "reversed", "not_prepaid", "refused")
+    names = ("debited", "rerated", "unchanged", "redelivered", "reversed", "not_prepaid", "refused")
     return {name: getattr(summary, name) for name in names if getattr(summary, name)}
 
 
@@ -188,6 +188,26 @@ def test_re_rating_reverses_then_debits_again_and_back(pg):
         current = conn.execute(select(call_debit).where(call_debit.c.call_key == key)).one()
     assert (current.entry_id, current.cost_minor, current.revision) == (third, 100, 3)
     assert balance(pg, a) == -100
+
+
+def test_a_prepaid_run_keeps_the_first_delivery_of_a_call_delivered_again(pg):
+    """A prepaid run reads each file once: a call it meets again at another cost or account is
+    a re-delivery in a later file (the month's first delivery wins), not a re-rating."""
+    (a, b) = new_accounts(pg, 2)
+    key = f"{a}:t1"
+    with pg.begin() as conn:
+        debit_calls(conn, frame([Call(key, a, 100)]), "increment-1", new_calls_only=True)
+    with pg.begin() as conn:
+        again = debit_calls(
+            conn,
+            frame([Call(key, a, 130), Call(f"{a}:t2", b, 5), Call(key.replace("t1", "t3"), a, 7)]),
+            "increment-2",
+            new_calls_only=True,
+        )
+    assert counts(again) == {"redelivered": 1, "debited": 2}
+    assert entries(pg, key) == [("debit", -100, f"debit:{key}:1", a)]
+    assert (balance(pg, a), balance(pg, b)) == (-107, -5)
+    assert counts(debit(pg, [Call(key, a, 130)], "monthly")) == {"rerated": 1}  # the month's
 
 
 def test_a_call_now_of_another_account_moves_its_debit(pg):

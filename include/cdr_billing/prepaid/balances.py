@@ -148,7 +148,7 @@ CALL_COLUMNS = (
     "source_file",
     "source_row",
 )
-OUTCOMES = ("debited", "rerated", "unchanged", "reversed", "not_prepaid", "refused")
+OUTCOMES = ("debited", "rerated", "unchanged", "redelivered", "reversed", "not_prepaid", "refused")
 # the reason of a reversal (balance_entry.reason)
 RERATED = "re-rated"
 MOVED = "moved to another account"
@@ -193,6 +193,7 @@ class DebitSummary:
     debited: int
     rerated: int
     unchanged: int
+    redelivered: int  # new_calls_only: debited before at another cost, left as it was
     reversed: int
     not_prepaid: int
     refused: int
@@ -211,17 +212,22 @@ class _Settlement:
     accounts: frozenset[str] | None
 
 
-def debit_calls(conn: Connection, calls: pd.DataFrame, run_id: str) -> DebitSummary:
+def debit_calls(
+    conn: Connection, calls: pd.DataFrame, run_id: str, new_calls_only: bool = False
+) -> DebitSummary:
     """Debit a rating run's calls (columns CALL_COLUMNS) to their active prepaid accounts,
     each call once: a new call is debited, a call seen before with the same cost and account is
     left alone, one with another cost (re-rated) or account is reversed and debited again.
     Calls of other accounts are left untouched (not_prepaid); a call in another currency than
-    its account's, or of negative cost, is refused and listed. Runs in the caller's
+    its account's, or of negative cost, is refused and listed. With `new_calls_only` (the
+    prepaid runs, which read each file once) a call debited before at another cost or account
+    is a re-delivery: the first delivery's debit stands ("redelivered"), re-rating is the
+    monthly settlement's. Runs in the caller's
     transaction, holding the accounts' row locks to its end: runs at once on shared accounts
     take turns (a call that two runs at once give to different accounts fails the later one
     on call_debit's key, before anything is committed: its retry sees the first's debit).
     Rows of accounts locked before (lock_accounts' dicts) are stale after it: lock again."""
-    return _apply_calls(conn, calls, run_id, None)
+    return _apply_calls(conn, calls, run_id, None, new_calls_only)
 
 
 def settle_calls(
@@ -240,11 +246,15 @@ def settle_calls(
     if period_end <= period_start:
         raise LedgerError(f"empty period [{period_start}, {period_end})")
     scope = None if accounts is None else frozenset(accounts)
-    return _apply_calls(conn, calls, run_id, _Settlement(period_start, period_end, scope))
+    return _apply_calls(conn, calls, run_id, _Settlement(period_start, period_end, scope), False)
 
 
 def _apply_calls(
-    conn: Connection, calls: pd.DataFrame, run_id: str, settlement: _Settlement | None
+    conn: Connection,
+    calls: pd.DataFrame,
+    run_id: str,
+    settlement: _Settlement | None,
+    new_calls_only: bool,
 ) -> DebitSummary:
     """Load the calls, lock their accounts, plan each call's outcome, post the plan."""
     rows = _call_rows(calls)
@@ -253,7 +263,7 @@ def _apply_calls(
     _load_calls(conn, rows)
     if settlement is not None and settlement.accounts is not None:
         _load_scope(conn, settlement.accounts)
-    _lock_and_plan(conn, settlement)
+    _lock_and_plan(conn, settlement, new_calls_only)
     params = {"run_id": run_id, "created_by": PIPELINE, "now": datetime.now(UTC)}
     _execute(conn, _POST_REVERSALS, params)
     _execute(conn, _POST_DEBITS, params)
@@ -343,7 +353,7 @@ def _load_scope(conn: Connection, accounts: frozenset[str]) -> None:
         )
 
 
-def _lock_and_plan(conn: Connection, settlement: _Settlement | None) -> None:
+def _lock_and_plan(conn: Connection, settlement: _Settlement | None, new_calls_only: bool) -> None:
     """Lock the accounts the run may touch (row locks, in account order, as lock_accounts):
     the calls' accounts, those of their current debits, and for a settlement those with a
     debit in the period. Then plan under the locks; if the plan touches an account not locked
@@ -360,7 +370,7 @@ def _lock_and_plan(conn: Connection, settlement: _Settlement | None) -> None:
                 f"(SELECT account_id FROM {_LOCKS}) ORDER BY a.account_id{for_update}"
             )
         ).all()
-        _plan(conn, settlement)
+        _plan(conn, settlement, new_calls_only)
         unlocked = conn.execute(text(_UNLOCKED_ACCOUNTS)).scalars().all()
         if not unlocked:
             return
@@ -382,9 +392,10 @@ def _period(settlement: _Settlement) -> dict[str, datetime]:
     return {"period_start": settlement.start, "period_end": settlement.end}
 
 
-def _plan(conn: Connection, settlement: _Settlement | None) -> None:
+def _plan(conn: Connection, settlement: _Settlement | None, new_calls_only: bool) -> None:
     """Each call's outcome and the keys of the entries it needs, in the scratch table _PLAN."""
-    _temporary(conn, _PLAN, _PLAN_CALLS)
+    redelivered = "1 = 1" if new_calls_only else "1 = 0"
+    _temporary(conn, _PLAN, _PLAN_CALLS.format(new_calls_only=redelivered))
     if settlement is not None:
         _execute(conn, _PLAN_UNSETTLED.format(scope=_scope(settlement)), _period(settlement))
     if _postgres(conn):
@@ -466,6 +477,7 @@ FROM (
       WHEN c.currency <> a.currency OR c.cost_minor < 0 THEN 'refused'
       WHEN d.call_key IS NULL OR e.kind <> 'debit' THEN 'debited'
       WHEN d.account_id = c.account_id AND d.cost_minor = c.cost_minor THEN 'unchanged'
+      WHEN {{new_calls_only}} THEN 'redelivered'
       ELSE 'rerated'
     END AS outcome,
     CASE

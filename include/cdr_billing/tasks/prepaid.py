@@ -38,6 +38,7 @@ from cdr_billing.prepaid.gateway import GatewaySettings, HttpsGateway
 from cdr_billing.prepaid.topups import TopupSettings
 from cdr_billing.schema import prepaid_file, switch_outbox
 from cdr_billing.tasks import bill, fetch
+from cdr_billing.tasks.prepaid_settlement import postings_of
 from cdr_billing.tasks.run import send
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def debit_balances(
     prepaid = workdir.read_parts(run, [f.dir for f in rated], PREPAID_PART)
     engine = database.billing_engine(config.billing.connection)
     with engine.begin() as conn:
-        summary = balances.debit_calls(conn, prepaid, run.run_id)
+        summary = balances.debit_calls(conn, prepaid, run.run_id, new_calls_only=True)
         _record_files(conn, run, rated)
     refused = {c.call_key for c in summary.refused_calls}
     workdir.write(run, UNDEBITED, prepaid[prepaid["call_key"].isin(refused)])
@@ -109,26 +110,15 @@ def debit_balances(
         shown = switch.shown_account(call.account_id)
         log.warning("not debited: %s of %s: %s", call.call_key, shown, call.reason)
     log.info(
-        "%d calls debited, %d re-rated, %d unchanged, %d refused; %d balances moved",
+        "%d calls debited, %d unchanged, %d delivered again (first delivery kept), %d refused; "
+        "%d balances moved",
         summary.debited,
-        summary.rerated,
         summary.unchanged,
+        summary.redelivered,
         summary.refused,
         len(summary.balances),
     )
     return postings_of(summary)
-
-
-def postings_of(summary: balances.DebitSummary) -> LedgerPostings:
-    """A DebitSummary's counts, as a run hands them on."""
-    return LedgerPostings(
-        debited=summary.debited,
-        rerated=summary.rerated,
-        unchanged=summary.unchanged,
-        reversed=summary.reversed,
-        refused=summary.refused,
-        accounts=len(summary.balances),
-    )
 
 
 def _record_files(conn: Connection, run: Run, rated: list[RatedPrepaidFile]) -> None:

@@ -57,11 +57,12 @@ def settle_prepaid(lines: MonthLines, config: PipelineConfig | None = None) -> P
 
 
 def postings_of(summary: balances.DebitSummary) -> LedgerPostings:
-    """A settlement's counts as the contracts carry them."""
+    """What a run posted (a prepaid run's or the month's settlement), as the contracts carry it."""
     return LedgerPostings(
         debited=summary.debited,
         rerated=summary.rerated,
         unchanged=summary.unchanged,
+        redelivered=summary.redelivered,
         reversed=summary.reversed,
         refused=summary.refused,
         accounts=len(summary.balances),

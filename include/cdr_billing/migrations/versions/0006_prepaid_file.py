@@ -1,6 +1,7 @@
 """prepaid_file: the CDR file contents the prepaid runs have debited, so each run takes the
 month's files delivered since (the file ledger knows every file fetched; this, which of them the
-balances have seen).
+balances have seen). balance_entry_by_call_start: the monthly settlement finds the month's
+debits by their calls' start, among tens of millions of entries.
 
 Revision ID: 0006
 Revises: 0005
@@ -25,3 +26,4 @@ def upgrade() -> None:
         sa.Column("debited_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("source", "name", "sha256"),
     )
+    op.create_index("balance_entry_by_call_start", "balance_entry", ["call_start"])
