@@ -1,8 +1,10 @@
 """`make standalone`: the Airflow UI at http://localhost:8080 with the demo's local servers.
 
-Generates the sample month, starts the two SFTP servers and the SMTP server, then runs
-`airflow standalone` (api-server, scheduler, dag-processor, triggerer) with the same
-connections, until Ctrl-C. Trigger `cdr_billing_monthly` in the UI with billing_month.
+Generates the sample month, starts the two SFTP servers, the SMTP server, the payment gateway
+and the switch, then runs `airflow standalone` (api-server, scheduler, dag-processor,
+triggerer) with the same connections, until Ctrl-C. Trigger `cdr_billing_monthly` in the UI
+with billing_month; unpause `cdr_prepaid_balances` to debit the prepaid accounts every
+prepaid.interval_minutes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main() -> int:
         venv_bin = str(Path(sys.executable).parent)
         env = {
             **os.environ,
-            **start_demo_services(services, args.month),
+            **start_demo_services(services, args.month).env,
             "PATH": f"{venv_bin}:{os.environ['PATH']}",
         }
         print(
