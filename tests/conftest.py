@@ -29,12 +29,14 @@ settings.load_profile("no_deadline")
 from cdr_billing.months import BillingMonth  # noqa: E402
 from cdr_devkit.airflow_env import migrate  # noqa: E402
 from cdr_devkit.airflow_server import RunningAirflow  # noqa: E402
+from cdr_devkit.payment_gateway import PaymentGatewayServer  # noqa: E402
 from cdr_devkit.postgres import LocalPostgres  # noqa: E402
 from cdr_devkit.sample_data import generate_month  # noqa: E402
 from cdr_devkit.services import (  # noqa: E402
     LocalServices,
     ServerProcess,
     SftpServer,
+    SwitchServer,
     connection_env,
     smtp_connection,
 )
@@ -65,6 +67,8 @@ class Servers:
     secondary: SftpServer
     smtp: ServerProcess
     maildir: Path
+    gateway: PaymentGatewayServer  # the prepaid runs' payment gateway (HTTPS)
+    switch: SwitchServer  # where the prepaid runs send LOCK and UNLOCK
 
     def sftp_connection(self, server: SftpServer, **overrides: object) -> dict:
         """The Airflow connection of a server, with fields overridden."""
@@ -81,6 +85,8 @@ def services(sftp_root: Path):
             secondary=local.start_sftp("sftp_secondary", sftp_root),
             smtp=local.start_smtp(SESSION_DIR / "mail"),
             maildir=SESSION_DIR / "mail",
+            gateway=local.start_payment_gateway("payment_gateway", hang_seconds=25),
+            switch=local.start_switch("switch", secret="session-switch-secret"),
         )
 
 
@@ -107,6 +113,8 @@ def pipeline_connections(services: Servers, postgres: LocalPostgres) -> dict[str
         "cdr_sftp_secondary": services.sftp_connection(services.secondary),
         "billing_db": postgres.connection(),
         "smtp_default": smtp_connection(services.smtp.port),
+        "payment_gateway": services.gateway.connection(),
+        "prepaid_switch": services.switch.connection(),
     }
     os.environ.update(connection_env(connections))
     return connections
