@@ -16,11 +16,21 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import parse_qs
+from uuid import uuid4
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParameter
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr_billing.ui import pages
@@ -32,6 +42,13 @@ if TYPE_CHECKING:
     from cdr_billing.ui.queries import MonthDetail, MonthFiles
 
 BILLING_DAG_ID = "cdr_billing_monthly"
+# Posting to prepaid balances needs edit access to the prepaid DAG's runs (Airflow's own
+# permission: with the simple auth manager the roles user, op and admin; viewer may only read).
+PREPAID_DAG_ID = "cdr_prepaid_balances"
+MAX_ACCOUNT_ID = 128
+MAX_FORM_BYTES = 16_384
+FORM_FIELDS = ("key", "csrf_token", "kind", "amount", "reason")
+MAX_FIELD = {"key": 64, "csrf_token": 100, "kind": 16, "amount": 32, "reason": 500}
 Month = Annotated[
     str, PathParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
 ]
@@ -61,6 +78,7 @@ async def require_billing_reader(
     from airflow.api_fastapi.core_api.security import get_user
 
     user = await get_user(request, _oauth_token=None, bearer_credentials=credentials)
+    request.state.user = user  # who posts the Prepaid pages' forms
     if not get_auth_manager().is_authorized_dag(
         method="GET",
         access_entity=DagAccessEntity.RUN,
@@ -121,6 +139,15 @@ async def _error_page(request: Request, error: StarletteHTTPException) -> Respon
     titles = {401: "Not logged in", 403: "Not allowed", 404: "Not found"}
     document = pages.message_page(titles.get(error.status_code, "Error"), str(error.detail), link)
     return _html(document, error.status_code)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_request_page(request: Request, error: RequestValidationError) -> Response:
+    """A malformed URL: a short page (JSON for the switch's API), not the validator's dump."""
+    text = "The address or its parameters are not valid here."
+    if "/api/" in request.url.path:
+        return JSONResponse({"detail": text}, 422, headers=NO_STORE)
+    return _html(pages.message_page("Not valid", text), 422)
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -188,3 +215,183 @@ def prepaid_affordable(
     except AffordableError as exc:
         raise HTTPException(404, str(exc)) from None
     return JSONResponse(found.as_json(), headers=NO_STORE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepaid pages (prepaid_queries, prepaid_pages)
+
+
+def _exposure_limits() -> dict[str, int]:
+    from cdr_billing.ui.prepaid_queries import exposure_limits
+
+    return exposure_limits(_config().prepaid.exposure_limit)
+
+
+def _secret() -> str:
+    """Airflow's [api] secret_key (one per deployment, as its session cookies need)."""
+    from airflow.configuration import conf
+
+    return conf.get("api", "secret_key")
+
+
+def _may_edit(request: Request) -> bool:
+    """Whether the logged-in user may edit the prepaid DAG's runs (and so post to balances)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import (
+        DagAccessEntity,
+        DagDetails,
+    )
+
+    return get_auth_manager().is_authorized_dag(
+        method="PUT",
+        access_entity=DagAccessEntity.RUN,
+        details=DagDetails(id=PREPAID_DAG_ID),
+        user=request.state.user,
+    )
+
+
+def _operator(request: Request) -> str:
+    return request.state.user.get_name()
+
+
+def _csrf_parts(request: Request, account_id: str, key: str) -> tuple[str, ...]:
+    return (_operator(request), "prepaid-manual-entry", account_id, key)
+
+
+def _positive_int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() and len(text) < 19 else None
+
+
+@app.get("/prepaid", response_class=HTMLResponse)
+def prepaid_page(start: str | None = None, locked: str | None = None) -> HTMLResponse:
+    """Every prepaid account, a page at a time, and the latest run's exposure."""
+    from cdr_billing.ui import prepaid_pages, prepaid_queries
+
+    listing = prepaid_queries.accounts_page(
+        _billing_db(),
+        _exposure_limits(),
+        datetime.now(UTC),
+        start=start[:MAX_ACCOUNT_ID] if start else None,
+        locked_only=locked == "1",
+    )
+    return _html(prepaid_pages.accounts_page(listing))
+
+
+@app.get("/prepaid/outbox", response_class=HTMLResponse)
+def prepaid_outbox_page(after: str | None = None) -> HTMLResponse:
+    """The switch events not delivered yet, across accounts."""
+    from cdr_billing.ui import prepaid_pages, prepaid_queries
+
+    outbox = prepaid_queries.outbox_page(_billing_db(), _positive_int(after))
+    return _html(prepaid_pages.outbox_page(outbox))
+
+
+def _no_account(account_id: str) -> HTTPException:
+    shown = account_id if len(account_id) <= MAX_ACCOUNT_ID else account_id[:40] + "…"
+    return HTTPException(404, f"No prepaid account {shown!r}.")
+
+
+@app.get("/prepaid/account/{account_id:path}", response_class=HTMLResponse)
+def prepaid_account_page(
+    request: Request,
+    account_id: str,
+    before: str | None = None,
+    entry: str | None = None,
+    repeat: str | None = None,
+) -> HTMLResponse:
+    """One account: settings and history, ledger, locks, top-ups, deliveries, and the form."""
+    from cdr_billing.ui import prepaid_pages, prepaid_queries
+    from cdr_billing.ui.csrf import make_token
+
+    detail = (
+        prepaid_queries.account_detail(_billing_db(), account_id, _positive_int(before))
+        if len(account_id) <= MAX_ACCOUNT_ID
+        else None
+    )
+    if detail is None:
+        raise _no_account(account_id)
+    form = None
+    if _may_edit(request):
+        key = f"ui-{uuid4().hex}"
+        token = make_token(_secret(), datetime.now(UTC), *_csrf_parts(request, account_id, key))
+        form = prepaid_pages.CreditForm(key, token, _operator(request))
+    entry_id = _positive_int(entry)
+    posted = (
+        prepaid_queries.entry_of(_billing_db(), account_id, entry_id)
+        if entry_id is not None
+        else None
+    )
+    return _html(prepaid_pages.account_page(detail, form, posted, repeat == "1"))
+
+
+async def _form_fields(request: Request) -> dict[str, str] | None:
+    """The posted form's fields (the first of each), or None when it is not a small
+    urlencoded form."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    try:
+        parsed = parse_qs(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20
+        )
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return {name: values[0] for name, values in parsed.items() if name in FORM_FIELDS}
+
+
+@app.post("/prepaid/account/{account_id:path}/credit")
+async def prepaid_manual_entry(request: Request, account_id: str) -> Response:
+    """Record an operator's top-up or credit: once per form (its key), CSRF-checked, by the
+    logged-in user who may edit the prepaid DAG's runs; then back to the account's page."""
+    from cdr_billing.prepaid.accounts import AccountError
+    from cdr_billing.prepaid.balances import LedgerError
+    from cdr_billing.ui import prepaid_pages, prepaid_queries
+    from cdr_billing.ui.csrf import token_is_valid
+
+    back = f"../{prepaid_pages.segment(account_id)}"
+
+    def refused(status: int, title: str, text: str) -> HTMLResponse:
+        return _html(prepaid_pages.form_error_page(title, text, back), status)
+
+    if len(account_id) > MAX_ACCOUNT_ID:
+        raise _no_account(account_id)
+    if not _may_edit(request):
+        return refused(403, "Not allowed", "You may not post to prepaid balances.")
+    fields = await _form_fields(request)
+    if fields is None or any(len(fields.get(n, "")) > MAX_FIELD[n] for n in FORM_FIELDS):
+        return refused(400, "Not recorded", "The form was not sent as the page made it.")
+    key = fields.get("key", "")
+    csrf_parts = _csrf_parts(request, account_id, key)
+    if not key or not token_is_valid(
+        _secret(), fields.get("csrf_token"), datetime.now(UTC), *csrf_parts
+    ):
+        return refused(
+            403,
+            "Not recorded",
+            "The form's security token is missing, expired or not yours: "
+            "open the account's page again and resubmit.",
+        )
+    kind = fields.get("kind", "")
+    if kind not in prepaid_pages.FORM_KINDS:
+        return refused(400, "Not recorded", "kind: must be top-up or credit.")
+    try:
+        recorded = await run_in_threadpool(
+            prepaid_queries.record_manual_entry,
+            _billing_db(),
+            account_id,
+            kind,
+            fields.get("amount", ""),
+            fields.get("reason", ""),
+            _operator(request),
+            key,
+        )
+    except prepaid_queries.UnknownAccount:
+        raise _no_account(account_id) from None
+    except (AccountError, LedgerError) as exc:
+        return refused(400, "Not recorded", str(exc))
+    again = "" if recorded.posted.new else "&repeat=1"
+    return RedirectResponse(f"{back}?entry={recorded.posted.entry_id}{again}", 303)

@@ -40,6 +40,19 @@ tfoot td { font-weight: 600; border-bottom: none; }
 .files a { margin-right: 18px; } .empty { color: #718096; }
 svg.chart { display: block; max-width: 100%; } .chart .bar { fill: #3182ce; }
 .chart text { font-size: 12px; fill: #2d3748; font-variant-numeric: tabular-nums; }
+.nav { display: flex; gap: 18px; margin: 0 0 12px; font-size: 13px; }
+.nav a[aria-current] { color: #1a202c; font-weight: 600; }
+section { min-width: 0; } .scroll { overflow: auto; max-height: 70vh; }
+.scroll thead th { position: sticky; top: 0; background: #fff; }
+.locked { background: #fed7d7; color: #822727; } .unlocked { background: #c6f6d5; color: #22543d; }
+.above { color: #c53030; font-weight: 600; background: #fff5f5; padding: 0 4px;
+         border-radius: 4px; }
+.pending { color: #b7791f; font-weight: 600; }
+.notice { background: #ebf8ff; border: 1px solid #bee3f8; border-radius: 6px; padding: 8px 12px; }
+form.credit label { display: block; margin: 0 0 8px; } form.filter { margin: 0 0 10px; }
+form.filter label { margin-right: 12px; } .paging a { margin-right: 14px; }
+input, select, button { font: inherit; padding: 3px 6px; }
+button { background: #0b6bcb; color: #fff; border: none; border-radius: 6px; padding: 4px 14px; }
 """
 
 CHART_WIDTH, LABEL_WIDTH, VALUE_WIDTH, ROW, BAR = 640, 110, 130, 30, 20
@@ -58,6 +71,21 @@ def money(amount: Decimal, currency: str) -> str:
 def timestamp(moment: datetime) -> str:
     """A load time in UTC, to the minute."""
     return (moment.astimezone(UTC) if moment.tzinfo else moment).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def nav(prefix: str, current: str) -> str:
+    """The Billing pages' navigation; `prefix` leads from the page's folder to /billing/."""
+    links = [("", "Billing months"), ("prepaid", "Prepaid accounts"), ("prepaid/outbox", "Outbox")]
+    return (
+        '<nav class="nav">'
+        + "".join(
+            f'<a href="{e(prefix + href) or "./"}"'
+            + (' aria-current="page"' if label == current else "")
+            + f">{e(label)}</a>"
+            for href, label in links
+        )
+        + "</nav>"
+    )
 
 
 def page(title: str, body: str) -> str:
@@ -104,7 +132,7 @@ def table(
 def months_page(months: list[MonthSummary]) -> str:
     """The list of billing months: status, current batch, totals and row counts."""
     intro = (
-        "<h1>Billing</h1><p class=meta>Months in the billing database. "
+        nav("", "Billing months") + "<h1>Billing</h1><p class=meta>Months in the billing database. "
         "Status is that of the month's newest batch; "
         "totals and row counts are those of the current batch.</p>"
     )
@@ -297,7 +325,7 @@ def month_page(detail: MonthDetail) -> str:
     else:
         meta = "The month has no current batch."
     body = (
-        f'<p><a href="../">&larr; All months</a></p><h1>Billing month {e(month)} '
+        nav("../", "") + f'<p><a href="../">&larr; All months</a></p><h1>Billing month {e(month)} '
         f"{badge(detail.batches[0].status)}</h1><p class=meta>{meta}</p>{_files_section(detail)}"
         f'<div class="grid">{_customers_section(detail)}</div>'
         f'<div class="grid">{_reconciliation_section(current)}'
