@@ -36,6 +36,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context
 
+from cdr_billing.config import load_config
 from cdr_billing.contracts import (
     BilledFile,
     DedupedMonth,
@@ -48,16 +49,12 @@ from cdr_billing.contracts import (
     References,
     Run,
 )
-from cdr_billing.dag_tasks import (
-    CONFIG,
-    SIDE_BY_SIDE,
-    dedupe_calls,
-    list_cdr_files,
-    list_file_parts,
-    upgrade_billing_db,
-    validate_cdr_file,
-)
+from cdr_billing.dag_tasks import shared_tasks, side_by_side
 from cdr_billing.taskflow import failure_mail, pipeline_task
+
+CONFIG = load_config()
+SIDE_BY_SIDE = side_by_side(CONFIG)
+SHARED = shared_tasks(CONFIG)
 
 SERVERS_DOWN = (
     "Check that the SFTP servers answer (the error names each one) and whether the provider has "
@@ -234,13 +231,15 @@ def report_month(loaded: LoadedBatch, settlement: PrepaidSettlement) -> MonthRep
 )
 def cdr_billing_monthly():
     run = wait_for_cdr_files()
-    upgrade_billing_db() >> run
+    SHARED.upgrade_billing_db() >> run
     fetched = fetch_cdr_files(run)
     references = load_references(fetched)
-    validated = validate_cdr_file.partial(fetched=fetched).expand(cdr_file=list_cdr_files(fetched))
-    deduped = dedupe_calls(fetched, validated)
+    validated = SHARED.validate_cdr_file.partial(fetched=fetched).expand(
+        cdr_file=SHARED.list_cdr_files(fetched)
+    )
+    deduped = SHARED.dedupe_calls(fetched, validated)
     billed = bill_cdr_file.partial(deduped=deduped, references=references).expand(
-        file=list_file_parts(deduped)
+        file=SHARED.list_file_parts(deduped)
     )
     lines = aggregate_lines(deduped, billed, references)
     report_month(load_billing(lines), settle_prepaid(lines))

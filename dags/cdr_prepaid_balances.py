@@ -27,6 +27,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DeltaDataIntervalTimetable, dag, get_current_context
 
+from cdr_billing.config import load_config
 from cdr_billing.contracts import (
     CreditControl,
     DedupedMonth,
@@ -38,17 +39,12 @@ from cdr_billing.contracts import (
     Run,
     SwitchDeliveries,
 )
-from cdr_billing.dag_tasks import (
-    ASK_DEVELOPERS,
-    CONFIG,
-    SIDE_BY_SIDE,
-    dedupe_calls,
-    list_cdr_files,
-    list_file_parts,
-    upgrade_billing_db,
-    validate_cdr_file,
-)
+from cdr_billing.dag_tasks import ASK_DEVELOPERS, shared_tasks, side_by_side
 from cdr_billing.taskflow import failure_mail, pipeline_task
+
+CONFIG = load_config()
+SIDE_BY_SIDE = side_by_side(CONFIG)
+SHARED = shared_tasks(CONFIG)
 
 SERVERS_DOWN = (
     "Check that the SFTP servers answer (the error names each one); the next run takes the "
@@ -168,12 +164,14 @@ def measure_exposure(run: Run) -> PrepaidExposure:
 )
 def cdr_prepaid_balances():
     run = start_prepaid_run()
-    upgrade_billing_db() >> run
+    SHARED.upgrade_billing_db() >> run
     fetched = fetch_new_files(run)
     tariff = load_tariff(fetched)
-    validated = validate_cdr_file.partial(fetched=fetched).expand(cdr_file=list_cdr_files(fetched))
-    deduped = dedupe_calls(fetched, validated)
-    rated = rate_prepaid_file.partial(deduped=deduped).expand(file=list_file_parts(deduped))
+    validated = SHARED.validate_cdr_file.partial(fetched=fetched).expand(
+        cdr_file=SHARED.list_cdr_files(fetched)
+    )
+    deduped = SHARED.dedupe_calls(fetched, validated)
+    rated = rate_prepaid_file.partial(deduped=deduped).expand(file=SHARED.list_file_parts(deduped))
     tariff >> rated
     credit = control_credit()
     debit_balances(deduped, rated) >> credit

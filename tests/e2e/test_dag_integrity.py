@@ -153,7 +153,8 @@ def test_prepaid_runs_the_monthly_runs_checks_and_rating_then_credit_control(dag
     monthly = dag_bag.dags["cdr_billing_monthly"].task_dict
     tasks = dag.task_dict
     for shared in ("upgrade_billing_db", "validate_cdr_file", "dedupe_calls", "list_file_parts"):
-        assert tasks[shared].python_callable is monthly[shared].python_callable, shared
+        ours, theirs = tasks[shared].python_callable, monthly[shared].python_callable
+        assert ours.__wrapped__.__code__ is theirs.__wrapped__.__code__, shared  # one declaration
     assert tasks["rate_prepaid_file"].map_index_template == "{{ mapped_name }}"
     assert tasks["debit_balances"].downstream_task_ids == {"control_credit"}
     assert tasks["control_credit"].downstream_task_ids == {
@@ -174,3 +175,18 @@ def test_prepaid_runs_every_configured_interval(dag_bag):
     assert type(dag.timetable).__name__ == "DeltaDataIntervalTimetable"
     assert dag.timetable.delta.total_seconds() == load_config().prepaid.interval_minutes * 60
     assert dag.max_active_runs == 1
+
+
+def test_a_dag_parsed_again_takes_the_config_of_its_time(tmp_path, monkeypatch, dag_bag):
+    """Tests (and a deployment that changes pipeline.yaml) parse the DAGs again in one process:
+    the shared tasks must not keep the first parse's config."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    shipped = PROJECT_ROOT / "include/config/pipeline.yaml"
+    changed = tmp_path / "pipeline.yaml"
+    changed.write_text(shipped.read_text().replace("files_at_once: 2", "files_at_once: 1"))
+    (tmp_path / "profiles.yaml").write_text((shipped.parent / "profiles.yaml").read_text())
+    monkeypatch.setenv("CDR_BILLING_CONFIG", str(changed))
+    again = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    for dag_id in ("cdr_billing_monthly", "cdr_prepaid_balances"):
+        assert again.dags[dag_id].task_dict["validate_cdr_file"].max_active_tis_per_dagrun == 1
