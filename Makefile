@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt Makefile | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag postgres-server openssh-server clean
+.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-prepaid postgres-server openssh-server clean
 
 $(READY): requirements.txt requirements-dev.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -42,6 +42,11 @@ bench-pipeline: setup
 # The whole DAG (SFTP, PostgreSQL billing DB) on the same month, e.g. make bench-dag ARGS="--calls 200000 --sqlite"
 bench-dag: setup
 	$(BIN)/python -m cdr_devkit.bench_dag $(ARGS)
+
+# The prepaid DAG on a day of 48 half-hour files on a running Airflow, e.g.
+# make bench-prepaid ARGS="--accounts 2000 --files 4 --calls 80000"
+bench-prepaid: setup
+	$(BIN)/python -m cdr_devkit.bench_prepaid $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check dags include devkit plugins tests
