@@ -264,15 +264,35 @@ def _apply_calls(
     if settlement is not None and settlement.accounts is not None:
         _load_scope(conn, settlement.accounts)
     _lock_and_plan(conn, settlement, new_calls_only)
+    counts = _outcome_counts(conn)
     params = {"run_id": run_id, "created_by": PIPELINE, "now": datetime.now(UTC)}
-    _execute(conn, _POST_REVERSALS, params)
-    _execute(conn, _POST_DEBITS, params)
-    _execute(conn, _RECORD_DEBITS, params)
-    _execute(conn, _SETTLE_AT_ZERO, params)
-    _execute(conn, _UPDATE_BALANCES, params)
-    summary = _summary(conn)
+    if _postgres(conn):
+        _post_postgres(conn, counts, params)
+    else:
+        for statement in (
+            _POST_REVERSALS,
+            _POST_DEBITS,
+            _RECORD_DEBITS,
+            _SETTLE_AT_ZERO,
+            _UPDATE_BALANCES,
+        ):
+            _execute(conn, statement, params)
+    summary = _summary(conn, counts)
     _drop_scratch(conn)
     return summary
+
+
+def _post_postgres(conn: Connection, counts: dict[str, int], params: dict) -> None:
+    """Post the plan on PostgreSQL in as few statements as it needs: the reversals (only when
+    the plan has any, before the debits so they come first in the ledger) with the cache moved
+    by them, then one statement that inserts the debits and feeds their RETURNING rows to
+    call_debit and to the cache (no lookup of the entries by their keys)."""
+    if counts["rerated"] or counts["reversed"]:
+        _execute(conn, _POST_REVERSALS, params)
+        _execute(conn, _SETTLE_AT_ZERO, params)
+        _execute(conn, _UPDATE_BALANCES_BY_REVERSALS, params)
+    if counts["debited"] or counts["rerated"]:
+        _execute(conn, _POST_AND_RECORD_DEBITS, params)
 
 
 def _call_rows(calls: pd.DataFrame) -> pd.DataFrame:
@@ -339,7 +359,6 @@ def _load_calls(conn: Connection, rows: pd.DataFrame) -> None:
             for start in range(0, len(rows), database.INSERT_BATCH_ROWS)
         ]
         database._copy_postgres(conn, _CALLS.name, batches)
-        conn.execute(text(f"ANALYZE {_CALLS.name}"))
     else:
         database.insert_frame(conn, _CALLS, rows)
 
@@ -398,8 +417,6 @@ def _plan(conn: Connection, settlement: _Settlement | None, new_calls_only: bool
     _temporary(conn, _PLAN, _PLAN_CALLS.format(new_calls_only=redelivered))
     if settlement is not None:
         _execute(conn, _PLAN_UNSETTLED.format(scope=_scope(settlement)), _period(settlement))
-    if _postgres(conn):
-        conn.execute(text(f"ANALYZE {_PLAN}"))
 
 
 def _execute(conn: Connection, sql: str, params: dict) -> None:
@@ -412,22 +429,24 @@ def _execute(conn: Connection, sql: str, params: dict) -> None:
     conn.execute(statement, named)
 
 
-def _summary(conn: Connection) -> DebitSummary:
-    counts = dict.fromkeys(OUTCOMES, 0) | dict(
-        conn.execute(text(f"SELECT outcome, COUNT(*) FROM {_PLAN} GROUP BY outcome")).all()
-    )
-    outcomes = pd.DataFrame(
-        conn.execute(
-            text(f"SELECT call_key, account_id, outcome FROM {_PLAN} ORDER BY call_key")
-        ).all(),
-        columns=["call_key", "account_id", "outcome"],
-    )
-    refused = conn.execute(
-        text(
-            f"SELECT call_key, account_id, reason FROM {_PLAN} "
-            "WHERE outcome = 'refused' ORDER BY call_key"
-        )
+def _outcome_counts(conn: Connection) -> dict[str, int]:
+    """The plan's calls per outcome (every outcome, 0 when none)."""
+    return dict.fromkeys(OUTCOMES, 0) | {
+        outcome: int(count)
+        for outcome, count in conn.execute(
+            text(f"SELECT outcome, COUNT(*) FROM {_PLAN} GROUP BY outcome")
+        ).all()
+    }
+
+
+def _summary(conn: Connection, counts: dict[str, int]) -> DebitSummary:
+    rows = conn.execute(
+        text(f"SELECT call_key, account_id, outcome, reason FROM {_PLAN} ORDER BY call_key")
     ).all()
+    outcomes = pd.DataFrame(
+        [row[:3] for row in rows], columns=["call_key", "account_id", "outcome"]
+    )
+    refused = [(row[0], row[1], row[3]) for row in rows if row[2] == "refused"]
     balances = conn.execute(
         text(
             "SELECT a.account_id, a.balance_minor FROM prepaid_account a "
@@ -557,3 +576,40 @@ FROM (
   GROUP BY e.account_id
 ) posted
 WHERE prepaid_account.account_id = posted.account_id"""
+
+# PostgreSQL: the cache moved by the reversals just posted (the debits move it with their own
+# statement; the debits' entry ids are the higher ones, so they set last_entry_id last).
+_UPDATE_BALANCES_BY_REVERSALS = f"""UPDATE prepaid_account
+SET balance_minor = prepaid_account.balance_minor + posted.delta,
+  last_entry_id = posted.last_entry_id, updated_at = :now
+FROM (
+  SELECT e.account_id AS account_id, SUM(e.amount_minor) AS delta,
+    MAX(e.entry_id) AS last_entry_id
+  FROM balance_entry e JOIN {_PLAN} p ON e.idempotency_key = p.reversal_key
+  WHERE p.reversal_key IS NOT NULL
+  GROUP BY e.account_id
+) posted
+WHERE prepaid_account.account_id = posted.account_id"""
+
+# PostgreSQL: the debits, each call's current debit and the cache in one statement, fed by the
+# debits' RETURNING rows. Its parts touch different rows (call_debit: the debited calls; the
+# settled-at-0 ones were updated before), as a data-modifying WITH requires.
+_POST_AND_RECORD_DEBITS = f"""WITH posted AS (
+  {_POST_DEBITS}
+  RETURNING entry_id, account_id, amount_minor, call_key
+), recorded AS (
+  INSERT INTO call_debit (call_key, account_id, entry_id, cost_minor, revision)
+  SELECT d.call_key, d.account_id, d.entry_id, p.cost_minor, p.new_revision
+  FROM posted d JOIN {_PLAN} p ON p.call_key = d.call_key AND p.debit_key IS NOT NULL
+  ON CONFLICT (call_key) DO UPDATE SET account_id = excluded.account_id,
+    entry_id = excluded.entry_id, cost_minor = excluded.cost_minor,
+    revision = excluded.revision
+)
+UPDATE prepaid_account
+SET balance_minor = prepaid_account.balance_minor + moved.delta,
+  last_entry_id = moved.last_entry_id, updated_at = :now
+FROM (
+  SELECT account_id, SUM(amount_minor) AS delta, MAX(entry_id) AS last_entry_id
+  FROM posted GROUP BY account_id
+) moved
+WHERE prepaid_account.account_id = moved.account_id"""
