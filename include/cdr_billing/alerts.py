@@ -81,7 +81,7 @@ def task_failure_mail(
     """The mail a failed task sends: which month, which task, what went wrong in one sentence,
     the log link and what to do next."""
     month = (
-        "{{ params.billing_month or (data_interval_start and "
+        "{{ params.get('billing_month') or (data_interval_start and "
         f"data_interval_start.in_timezone('{timezone}').strftime('%Y-%m')) or 'unknown' }}}}"
     )
     sentence = (

@@ -8,6 +8,7 @@ import io
 import zlib
 from collections.abc import Iterable
 from contextlib import closing
+from datetime import UTC, datetime
 
 import pandas as pd
 import pyarrow as pa
@@ -42,6 +43,13 @@ def engine_from_arguments(args: argparse.Namespace) -> Engine:
     from cdr_billing.config import load_config
 
     return billing_engine(args.conn or load_config().billing.connection)
+
+
+def in_utc(moment: datetime | None) -> datetime | None:
+    """A stored moment as an aware UTC datetime: SQLite gives back the naive UTC it stored."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 def lock_key(name: str) -> int:

@@ -369,15 +369,17 @@ def test_sqlite_debits_re_rates_refuses_and_settles_the_same_way(sqlite):
     assert balance(sqlite, a) == -17
 
 
-def test_a_settlement_without_accounts_settles_every_active_account(sqlite):
+def test_a_settlement_without_accounts_settles_every_account_deactivated_ones_too(sqlite):
+    """An account deactivated mid-month: the month bills its calls post-paid (or holds them in
+    suspense), so the debits of its calls are reversed, never charged twice."""
     (a, b, gone) = new_accounts(sqlite, 3)
     debit(sqlite, [Call("s:1", a, 1), Call("s:2", b, 2), Call("s:3", gone, 3)])
     with sqlite.begin() as conn:
         accounts.deactivate(conn, gone, "test")
     with sqlite.begin() as conn:
         settled = settle_calls(conn, frame([Call("s:1", a, 1)]), "month", *OCTOBER)
-    assert counts(settled) == {"unchanged": 1, "reversed": 1}
-    assert (balance(sqlite, a), balance(sqlite, b), balance(sqlite, gone)) == (-1, 0, -3)
+    assert counts(settled) == {"unchanged": 1, "reversed": 2}
+    assert (balance(sqlite, a), balance(sqlite, b), balance(sqlite, gone)) == (-1, 0, 0)
 
 
 def test_two_runs_in_one_transaction_on_postgres(pg):

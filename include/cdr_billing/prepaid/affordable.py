@@ -24,6 +24,7 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from cdr_billing import database
 from cdr_billing.config import BillingSettings
 from cdr_billing.money import micro_to_minor_divisor
 from cdr_billing.rate import billed_seconds, match_rates, normalise_numbers, tariff_cost_minor
@@ -187,7 +188,7 @@ def affordable_for(
         locked=locked,
         balance_minor=int(account["balance_minor"]),
         currency=account["currency"],
-        balance_updated_at=account["updated_at"],
+        balance_updated_at=database.in_utc(account["updated_at"]),
         prefix=rate.prefix,
         band=rate.band,
         tariff_version=rate.version_id,

@@ -205,7 +205,7 @@ class DebitSummary:
 @dataclass(frozen=True)
 class _Settlement:
     """The period whose debits absent from the calls are reversed, and its accounts (None:
-    every active prepaid account)."""
+    every prepaid account, active or not)."""
 
     start: datetime
     end: datetime
@@ -239,10 +239,12 @@ def settle_calls(
     accounts: Iterable[str] | None = None,
 ) -> DebitSummary:
     """debit_calls for a period's complete rated calls (the monthly run), and then reverse each
-    call debited to the period's accounts (default: every active prepaid account) whose
-    call_start is in [period_start, period_end) but which is not among the calls debited now:
-    a re-rating made it unbillable or a duplicate, or it is no longer a prepaid call. Such a
-    call is then settled at 0 (see the module's docstring). Refused calls keep their debit."""
+    call debited to the period's accounts (default: every prepaid account, active or not)
+    whose call_start is in [period_start, period_end) but which is not among the calls debited
+    now: a re-rating made it unbillable or a duplicate, or it is no longer a prepaid call (its
+    account was deactivated: the month bills it post-paid, or holds it in suspense, so its
+    debit is reversed, never charged twice). Such a call is then settled at 0 (see the module's
+    docstring). Refused calls keep their debit."""
     if period_end <= period_start:
         raise LedgerError(f"empty period [{period_start}, {period_end})")
     scope = None if accounts is None else frozenset(accounts)
@@ -403,7 +405,7 @@ def _lock_and_plan(conn: Connection, settlement: _Settlement | None, new_calls_o
 def _scope(settlement: _Settlement) -> str:
     """The SELECT of the accounts whose period a settlement settles."""
     if settlement.accounts is None:
-        return "SELECT account_id FROM prepaid_account WHERE active"
+        return "SELECT account_id FROM prepaid_account"
     return f"SELECT account_id FROM {_SCOPE}"
 
 

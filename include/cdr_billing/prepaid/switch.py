@@ -36,6 +36,7 @@ from typing import NamedTuple, Protocol
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
+from cdr_billing import database
 from cdr_billing.privacy import mask_number
 from cdr_billing.schema import switch_outbox
 
@@ -227,10 +228,7 @@ def _claim(conn: Connection, outbox_id: int) -> dict | None:
 
 
 def _due(row: dict, now: datetime) -> bool:
-    moment = row["next_attempt_at"]
-    if moment.tzinfo is None:  # SQLite gives naive UTC datetimes back
-        moment = moment.replace(tzinfo=now.tzinfo)
-    return moment <= now
+    return database.in_utc(row["next_attempt_at"]) <= now
 
 
 def _attempt_head(engine: Engine, sender: SwitchSender, account_id: str, now: datetime) -> _Attempt:

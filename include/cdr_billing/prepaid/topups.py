@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from cdr_billing import database
 from cdr_billing.prepaid.balances import PIPELINE, lock_accounts, post
 from cdr_billing.prepaid.gateway import ChargeRequest, ChargeResult, PaymentGateway
 from cdr_billing.prepaid.locks import LockChange, apply_lock_rules, iso_utc
@@ -137,11 +138,13 @@ def _in_flight_minor(conn: Connection, account_id: str) -> int:
 
 
 def _last_decline_at(conn: Connection, account_id: str) -> datetime | None:
-    return conn.execute(
-        select(func.max(topup_request.c.resolved_at)).where(
-            topup_request.c.account_id == account_id, topup_request.c.status == "declined"
-        )
-    ).scalar()
+    return database.in_utc(
+        conn.execute(
+            select(func.max(topup_request.c.resolved_at)).where(
+                topup_request.c.account_id == account_id, topup_request.c.status == "declined"
+            )
+        ).scalar()
+    )
 
 
 def in_flight_requests(engine: Engine) -> list[dict]:
