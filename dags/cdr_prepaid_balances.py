@@ -52,6 +52,7 @@ SERVERS_DOWN = (
 )
 # Credit control and the switch run whatever happened to the files (none new, a server down).
 EVERY_RUN = {"trigger_rule": "all_done"}
+AFTER_A_FAILURE = {"trigger_rule": "one_failed"}
 
 
 @pipeline_task(CONFIG, ASK_DEVELOPERS)
@@ -147,6 +148,17 @@ def measure_exposure(run: Run) -> PrepaidExposure:
     return prepaid.measure_exposure(run, CONFIG)
 
 
+@pipeline_task(
+    CONFIG, "Read the mail of the task that failed; the next run retries.", **AFTER_A_FAILURE
+)
+def mark_run_failed() -> None:
+    """Runs only when another task failed, and fails: credit control and the switch run after
+    a failure, so without it the run would show success."""
+    from cdr_billing.tasks import prepaid
+
+    prepaid.fail_the_run()
+
+
 @dag(
     dag_id="cdr_prepaid_balances",
     schedule=DeltaDataIntervalTimetable(timedelta(minutes=CONFIG.prepaid.interval_minutes)),
@@ -163,20 +175,24 @@ def measure_exposure(run: Run) -> PrepaidExposure:
     },
 )
 def cdr_prepaid_balances():
+    upgrade = SHARED.upgrade_billing_db()
     run = start_prepaid_run()
-    SHARED.upgrade_billing_db() >> run
+    upgrade >> run
     fetched = fetch_new_files(run)
     tariff = load_tariff(fetched)
-    validated = SHARED.validate_cdr_file.partial(fetched=fetched).expand(
-        cdr_file=SHARED.list_cdr_files(fetched)
-    )
+    files = SHARED.list_cdr_files(fetched)
+    validated = SHARED.validate_cdr_file.partial(fetched=fetched).expand(cdr_file=files)
     deduped = SHARED.dedupe_calls(fetched, validated)
-    rated = rate_prepaid_file.partial(deduped=deduped).expand(file=SHARED.list_file_parts(deduped))
+    parts = SHARED.list_file_parts(deduped)
+    rated = rate_prepaid_file.partial(deduped=deduped).expand(file=parts)
     tariff >> rated
+    debits = debit_balances(deduped, rated)
     credit = control_credit()
-    debit_balances(deduped, rated) >> credit
-    deliver_switch_events() << credit
-    measure_exposure(run) << credit
+    debits >> credit
+    ends = [deliver_switch_events(), measure_exposure(run)]
+    credit >> ends
+    tasks = [upgrade, run, fetched, tariff, files, validated, deduped, parts, rated, debits]
+    [*tasks, credit, *ends] >> mark_run_failed()
 
 
 cdr_prepaid_balances()

@@ -156,11 +156,20 @@ def test_prepaid_runs_the_monthly_runs_checks_and_rating_then_credit_control(dag
         ours, theirs = tasks[shared].python_callable, monthly[shared].python_callable
         assert ours.__wrapped__.__code__ is theirs.__wrapped__.__code__, shared  # one declaration
     assert tasks["rate_prepaid_file"].map_index_template == "{{ mapped_name }}"
-    assert tasks["debit_balances"].downstream_task_ids == {"control_credit"}
-    assert tasks["control_credit"].downstream_task_ids == {
+    assert tasks["debit_balances"].downstream_task_ids - {"mark_run_failed"} == {"control_credit"}
+    assert tasks["control_credit"].downstream_task_ids - {"mark_run_failed"} == {
         "deliver_switch_events",
         "measure_exposure",
     }
+
+
+def test_a_prepaid_run_with_a_failed_task_shows_failed(dag_bag):
+    """Credit control and the switch run after a failure (all_done), so the run's last task
+    fails it when any task failed, and is skipped otherwise."""
+    tasks = dag_bag.dags["cdr_prepaid_balances"].task_dict
+    watcher = tasks["mark_run_failed"]
+    assert watcher.trigger_rule == "one_failed"
+    assert watcher.upstream_task_ids == set(tasks) - {"mark_run_failed"}
 
 
 def test_prepaid_credit_control_runs_whatever_happened_to_the_files(dag_bag):

@@ -247,7 +247,54 @@ def test_a_month_of_deliveries_debits_tops_up_locks_and_unlocks(prepaid_world, a
     assert [(c.status, c.charged) for c in timed_out] == [("approved", True)]
     assert world.gateway.requests()[timed_out[0].idempotency_key] == 2  # sent again, same key
     subjects = world.mail_subjects()
-    assert any("top-ups declined" in s for s in subjects)
+    assert any("1 prepaid top-ups declined, 1 unanswered" in s for s in subjects)
     assert any("lines locked" in s for s in subjects)
     for account in accounts.values():
         assert not any(account in s for s in subjects if account.isdigit())
+
+
+def test_a_run_whose_credit_control_fails_still_tells_the_switch_and_shows_failed(
+    prepaid_world, monkeypatch
+):
+    """The gateway's connection broken (not https): control_credit fails and mails; the switch's
+    webhooks and the exposure still run; the run shows failed."""
+    world = prepaid_world
+    broken = {**world.gateway.connection(), "conn_type": "http", "schema": "http"}
+    for key, value in connection_env({"payment_gateway": broken}).items():
+        monkeypatch.setenv(key, value)
+    account = "SUB-LOWBAL"
+    world.accounts_command(
+        "add",
+        account,
+        "--currency",
+        "EUR",
+        "--low-balance",
+        "2.00",
+        "--topup",
+        "5.00",
+        "--lock-level",
+        "0.00",
+        "--unlock-level",
+        "1.00",
+        "--payment-method",
+        "approve",
+        "--operator",
+        "e2e",
+    )
+    before = set(world.maildir.glob("*"))
+    run = run_dag(
+        load_dag("cdr_prepaid_balances"),
+        logical_date=pendulum.datetime(2026, 11, 20, 12, tz=ZONE),
+    )
+    assert run.state == "failed"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["control_credit"] == "failed"
+    assert states["deliver_switch_events"] == states["measure_exposure"] == "success"
+    assert states["mark_run_failed"] == "failed"
+    mails = [
+        message_from_bytes(p.read_bytes())["Subject"] for p in set(world.maildir.glob("*")) - before
+    ]
+    assert [s for s in mails if "failed" in s] == [
+        next(s for s in mails if "control_credit failed" in s)
+    ]  # one mail, the failed task's; none for the run's last task
+    assert any("2026-11" in s for s in mails if "control_credit failed" in s)

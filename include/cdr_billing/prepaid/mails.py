@@ -12,20 +12,25 @@ from cdr_billing.prepaid.switch import FailedDelivery, shown_account
 from cdr_billing.prepaid.topups import TopupResult
 
 
-def topup_declined_alert(declined: tuple[TopupResult, ...]) -> Alert:
-    """Top-ups the gateway declined: the accounts stay low, and lock at their lock level."""
+def topup_problems_alert(
+    declined: tuple[TopupResult, ...], unanswered: tuple[TopupResult, ...]
+) -> Alert:
+    """Top-ups the gateway declined (the accounts stay low, and lock at their lock level) or
+    left unanswered (sent again with the same key by the next run; nothing is charged twice)."""
     return listing_alert(
         "topup_declined",
-        f"[CDR billing] {len(declined)} prepaid top-ups declined",
-        "The payment gateway declined these top-ups:",
+        f"[CDR billing] {len(declined)} prepaid top-ups declined, {len(unanswered)} unanswered",
+        "The payment gateway declined these top-ups, or gave no clear answer:",
         [
             f"{shown_account(r.account_id)}: {format_amount(r.amount_minor, r.currency)} "
-            f"({r.detail or 'no reason given'})"
-            for r in declined
+            f"{r.status} ({r.detail or 'no reason given'})"
+            for r in (*declined, *unanswered)
         ],
-        "No other top-up is requested for an account during the hold-off "
-        "(prepaid.topup_holdoff_minutes). Ask the user to update the payment method, or record "
-        "a manual top-up: python -m cdr_billing.prepaid.accounts credit ACCOUNT ...",
+        "After a decline no other top-up is requested for the account during the hold-off "
+        "(prepaid.topup_holdoff_minutes): ask the user to update the payment method, or record "
+        "a manual top-up (python -m cdr_billing.prepaid.accounts credit ACCOUNT ...). An "
+        "unanswered request is sent again with its key; check the gateway (connection "
+        "payment_gateway) if it stays unanswered.",
     )
 
 
@@ -70,6 +75,7 @@ def exposure_alert(report: ExposureReport) -> Alert:
             f"({a.max_concurrent_calls} calls at once, up to {a.max_call_seconds} s each)"
             for a in report.above_limit
         ],
-        "Lower the account's max concurrent calls, shorten prepaid.interval_minutes, or raise "
+        "Lower the account's max concurrent calls or the longest call the switch allows "
+        "(prepaid.max_call_seconds, with the switch's own limit), or raise "
         "prepaid.exposure_limit if the risk is accepted (docs/prepaid.md).",
     )

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pandas as pd
+from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
@@ -159,8 +160,8 @@ def control_credit(config: PipelineConfig, now: datetime | None = None) -> Credi
         engine, gateway, TopupSettings(settings.topup_holdoff_minutes), now or datetime.now(UTC)
     )
     topups = summary.topups
-    if topups.declined:
-        send(config, mails.topup_declined_alert(topups.declined))
+    if topups.declined or topups.unknown:
+        send(config, mails.topup_problems_alert(topups.declined, topups.unknown))
     if summary.lock_changes:
         send(config, mails.lock_changes_alert(summary.lock_changes))
     return CreditControl(
@@ -221,6 +222,18 @@ def exposure_settings(config: PipelineConfig) -> exposure.ExposureSettings:
         for currency, text in config.prepaid.exposure_limit.items()
     }
     return exposure.ExposureSettings(config.prepaid.max_call_seconds, limits)
+
+
+class RunHadFailuresError(AirflowFailException):
+    """A task of the run failed (its own mail said which and why): the run must show failed,
+    though credit control and the switch ran after it."""
+
+    alert_mailed = True
+
+
+def fail_the_run() -> None:
+    """Raised by the run's last task, which runs only when another task failed."""
+    raise RunHadFailuresError("a task of this prepaid run failed: see its log and mail")
 
 
 def _undebited(run: Run) -> pd.DataFrame:
