@@ -205,12 +205,19 @@ def prepaid_affordable(
     destination: Annotated[str, Query(min_length=1, max_length=40)],
 ) -> JSONResponse:
     """The longest call (seconds) an account's balance affords to a destination now, for a
-    switch at call setup; stale by the balance's age (balance_updated_at)."""
-    from cdr_billing.prepaid.affordable import AffordableError, affordable_for
+    switch at call setup, at most the longest call the switch allows (prepaid.max_call_seconds);
+    stale by the balance's age (balance_updated_at)."""
+    from cdr_billing.prepaid.affordable import (
+        MAX_AFFORDABLE_SECONDS,
+        AffordableError,
+        affordable_for,
+    )
 
+    config = _config()
+    cap = config.prepaid.max_call_seconds or MAX_AFFORDABLE_SECONDS
     try:
         found = affordable_for(
-            _billing_db(), account, destination, datetime.now(UTC), _config().billing
+            _billing_db(), account, destination, datetime.now(UTC), config.billing, cap
         )
     except AffordableError as exc:
         raise HTTPException(404, str(exc)) from None

@@ -43,7 +43,7 @@ svg.chart { display: block; max-width: 100%; } .chart .bar { fill: #3182ce; }
 .nav { display: flex; gap: 18px; margin: 0 0 12px; font-size: 13px; }
 .nav a[aria-current] { color: #1a202c; font-weight: 600; }
 section { min-width: 0; } body > section { margin-bottom: 18px; }
-.scroll { overflow: auto; max-height: 70vh; }
+.scroll { overflow: auto; max-height: 70vh; } .scroll + h2 { margin-top: 16px; }
 .scroll thead th { position: sticky; top: 0; background: #fff; }
 .locked { background: #fed7d7; color: #822727; } .unlocked { background: #c6f6d5; color: #22543d; }
 .above { color: #c53030; font-weight: 600; background: #fff5f5; padding: 0 4px;

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, literal, or_, select, text
+from sqlalchemy import and_, case, func, literal, or_, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from cdr_billing.prepaid.accounts import parse_amount, post_manual
@@ -47,6 +47,8 @@ LOCK_STATES = ("locked", "unlocked")
 
 # The latest exposure run without scanning the table: walk its key's distinct run ids (one index
 # probe each) and take the run computed last. Its cost grows with the number of runs, not rows.
+# (The key's order in the time lookup keeps PostgreSQL on the index: with a bare LIMIT 1 it
+# expects a run's 50,000 rows early in a sequential scan.)
 LATEST_EXPOSURE_RUN = text(
     """
     WITH RECURSIVE runs(run_id) AS (
@@ -56,8 +58,8 @@ LATEST_EXPOSURE_RUN = text(
         FROM runs WHERE runs.run_id IS NOT NULL
     )
     SELECT run_id,
-           (SELECT e.computed_at FROM prepaid_exposure e
-            WHERE e.run_id = runs.run_id LIMIT 1) AS computed_at
+           (SELECT e.computed_at FROM prepaid_exposure e WHERE e.run_id = runs.run_id
+            ORDER BY e.run_id, e.account_id LIMIT 1) AS computed_at
     FROM runs WHERE run_id IS NOT NULL
     ORDER BY computed_at DESC, run_id DESC
     LIMIT 1
@@ -220,12 +222,13 @@ class OutboxPage:
 
 
 def _scalar_entry_id(kind: str):
-    """The account's newest entry of a kind: a backward walk of balance_entry_of_account."""
+    """The account's newest entry of a kind: a backward walk of balance_entry_of_account (ordered
+    by its columns, so that PostgreSQL does not walk the whole ledger's key backwards instead)."""
     entry = balance_entry.c
     return (
         select(entry.entry_id)
         .where(entry.account_id == prepaid_account.c.account_id, entry.kind == kind)
-        .order_by(entry.entry_id.desc())
+        .order_by(entry.account_id.desc(), entry.entry_id.desc())
         .limit(1)
         .scalar_subquery()
     )
@@ -345,45 +348,75 @@ def _above(at_risk_minor: int, limit_minor: int | None) -> bool:
     return limit_minor is not None and at_risk_minor > limit_minor
 
 
+def _limit_of_currency(limits: Mapping[str, int]):
+    """The row's currency's limit as SQL (NULL where none is configured)."""
+    exposure = prepaid_exposure.c
+    if not limits:
+        return literal(None)
+    return case(
+        *((exposure.currency == currency, limit) for currency, limit in limits.items()),
+        else_=None,
+    )
+
+
 def _currency_exposure(
     conn: Connection, run_id: str, limits: Mapping[str, int]
 ) -> list[CurrencyExposure]:
-    """Totals per currency of one run (its key's range), and the accounts above each limit."""
+    """Totals per currency of one run and the largest accounts above each limit: two passes
+    over the run's range of the key."""
     exposure = prepaid_exposure.c
     at_risk = exposure.bound_minor + exposure.undebited_minor
+    over = at_risk > _limit_of_currency(limits)
     totals = conn.execute(
         select(
             exposure.currency,
             func.count(),
             func.sum(exposure.bound_minor),
             func.sum(exposure.undebited_minor),
+            func.count().filter(over),
         )
         .where(exposure.run_id == run_id)
         .group_by(exposure.currency)
         .order_by(exposure.currency)
     ).all()
-    result = []
-    for currency, accounts, bound, undebited in totals:
-        limit = limits.get(currency)
-        above, largest = 0, []
-        if limit is not None:
-            over = and_(exposure.run_id == run_id, exposure.currency == currency, at_risk > limit)
-            above = conn.execute(select(func.count()).where(over)).scalar_one()
-            largest = [
-                AtRisk(*row)
-                for row in conn.execute(
-                    select(exposure.account_id, exposure.bound_minor, exposure.undebited_minor)
-                    .where(over)
-                    .order_by(at_risk.desc(), exposure.account_id)
-                    .limit(ABOVE_LIMIT_ROWS)
-                )
-            ]
-        result.append(
-            CurrencyExposure(
-                currency, int(accounts), int(bound), int(undebited), limit, int(above), largest
-            )
+    largest: dict[str, list[AtRisk]] = defaultdict(list)
+    if any(above for *_, above in totals):
+        rank = (
+            func.row_number()
+            .over(partition_by=exposure.currency, order_by=(at_risk.desc(), exposure.account_id))
+            .label("rank")
         )
-    return result
+        ranked = (
+            select(
+                exposure.currency,
+                exposure.account_id,
+                exposure.bound_minor,
+                exposure.undebited_minor,
+                rank,
+            )
+            .where(exposure.run_id == run_id, over)
+            .subquery()
+        )
+        for row in conn.execute(
+            select(ranked)
+            .where(ranked.c.rank <= ABOVE_LIMIT_ROWS)
+            .order_by(ranked.c.currency, ranked.c.rank)
+        ):
+            largest[row.currency].append(
+                AtRisk(row.account_id, row.bound_minor, row.undebited_minor)
+            )
+    return [
+        CurrencyExposure(
+            currency,
+            int(accounts),
+            int(bound),
+            int(undebited),
+            limits.get(currency),
+            int(above),
+            largest[currency],
+        )
+        for currency, accounts, bound, undebited, above in totals
+    ]
 
 
 def _counts(conn: Connection) -> tuple[int, int]:
