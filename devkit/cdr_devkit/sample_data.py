@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import random
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -261,7 +262,28 @@ def write_conferencing_xlsx(
                 "EUR",
             ]
         )
-    book.save(path)
+    _save_reproducibly(book, path, datetime(month.year, month.month, 1))
+
+
+def _save_reproducibly(book, path: Path, moment: datetime) -> None:
+    """Save a workbook whose bytes depend on its content only (openpyxl stamps the time of the
+    save into its properties and zip entries): a month generated again is the same file, as a
+    provider's redelivery of unchanged data would be, and is not held as changed."""
+    import io
+    import zipfile
+
+    book.properties.created = moment
+    saved = io.BytesIO()
+    book.save(saved)
+    stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(path, "w") as target:
+        for entry in source.infolist():
+            data = source.read(entry.filename)
+            if entry.filename == "docProps/core.xml":  # openpyxl sets modified to now
+                data = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*", rb"\g<1>" + stamp, data)
+            fixed = zipfile.ZipInfo(entry.filename, date_time=moment.timetuple()[:6])
+            fixed.compress_type = zipfile.ZIP_DEFLATED
+            target.writestr(fixed, data)
 
 
 def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
