@@ -416,7 +416,12 @@ def _period(settlement: _Settlement) -> dict[str, datetime]:
 def _plan(conn: Connection, settlement: _Settlement | None, new_calls_only: bool) -> None:
     """Each call's outcome and the keys of the entries it needs, in the scratch table _PLAN."""
     redelivered = "1 = 1" if new_calls_only else "1 = 0"
-    _temporary(conn, _PLAN, _PLAN_CALLS.format(new_calls_only=redelivered))
+    joins, kind = _CURRENT_DEBITS["postgresql" if _postgres(conn) else "sqlite"]
+    _temporary(
+        conn,
+        _PLAN,
+        _PLAN_CALLS.format(new_calls_only=redelivered, current_debits=joins, debit_kind=kind),
+    )
     if settlement is not None:
         _execute(conn, _PLAN_UNSETTLED.format(scope=_scope(settlement)), _period(settlement))
 
@@ -463,10 +468,16 @@ def _summary(conn: Connection, counts: dict[str, int]) -> DebitSummary:
     )
 
 
-# The accounts to lock first: the calls' and those of the calls' current debits.
+# The accounts to lock first: the calls' and those of the calls' current debits. Each call's
+# debit is looked up by its key (a subquery per call: a join would hash the whole call_debit,
+# which grows by every call of the month).
 _WANTED_ACCOUNTS = f"""INSERT INTO {_LOCKS} (account_id)
 SELECT account_id FROM {_CALLS.name} WHERE account_id IS NOT NULL
-UNION SELECT d.account_id FROM call_debit d JOIN {_CALLS.name} c ON c.call_key = d.call_key"""
+UNION SELECT debited.account_id FROM (
+  SELECT (SELECT d.account_id FROM call_debit d WHERE d.call_key = c.call_key) AS account_id
+  FROM {_CALLS.name} c
+) debited
+WHERE debited.account_id IS NOT NULL"""
 
 # settle_calls: the debits of the period's accounts ({scope}: their SELECT)
 _PERIOD_DEBITS = """FROM call_debit d JOIN balance_entry e ON e.entry_id = d.entry_id
@@ -496,7 +507,7 @@ FROM (
     CASE
       WHEN a.account_id IS NULL OR NOT a.active THEN 'not_prepaid'
       WHEN c.currency <> a.currency OR c.cost_minor < 0 THEN 'refused'
-      WHEN d.call_key IS NULL OR e.kind <> 'debit' THEN 'debited'
+      WHEN d.call_key IS NULL OR {{debit_kind}} <> 'debit' THEN 'debited'
       WHEN d.account_id = c.account_id AND d.cost_minor = c.cost_minor THEN 'unchanged'
       WHEN {{new_calls_only}} THEN 'redelivered'
       ELSE 'rerated'
@@ -509,9 +520,28 @@ FROM (
     END AS reason
   FROM {_CALLS.name} c
   LEFT JOIN prepaid_account a ON a.account_id = c.account_id
-  LEFT JOIN call_debit d ON d.call_key = c.call_key
-  LEFT JOIN balance_entry e ON e.entry_id = d.entry_id
+  {{current_debits}}
 ) x"""
+
+# Each call's current debit and its entry's kind. On PostgreSQL looked up by the call's key
+# (LATERAL ... LIMIT 1 keeps it a lookup: a join may hash the whole of call_debit, which grows
+# by every call of the month, and does so when its statistics are stale); SQLite's joins are
+# lookups anyway.
+_CURRENT_DEBITS = {
+    "postgresql": (
+        """LEFT JOIN LATERAL (
+    SELECT cd.call_key, cd.account_id, cd.entry_id, cd.revision, cd.cost_minor, ce.kind
+    FROM call_debit cd JOIN balance_entry ce ON ce.entry_id = cd.entry_id
+    WHERE cd.call_key = c.call_key LIMIT 1
+  ) d ON 1 = 1""",
+        "d.kind",
+    ),
+    "sqlite": (
+        """LEFT JOIN call_debit d ON d.call_key = c.call_key
+  LEFT JOIN balance_entry e ON e.entry_id = d.entry_id""",
+        "e.kind",
+    ),
+}
 
 # settle_calls: the period's debits of the accounts in scope that no call of the run keeps
 _PLAN_UNSETTLED = f"""INSERT INTO {_PLAN} (call_key, account_id, cost_minor, currency,
