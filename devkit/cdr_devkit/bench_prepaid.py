@@ -394,7 +394,7 @@ def load_accounts(engine: Engine, accounts: pd.DataFrame) -> None:
 
 def create_peer(engine: Engine) -> None:
     """The SQL peer's tables: copies of prepaid_account and balance_entry (indexes, keys and
-    rows) in schema `peer`, the entries' account a foreign key as in the ledger."""
+    rows) in schema `peer`, with the ledger's foreign keys."""
     with engine.begin() as conn:
         conn.execute(text("CREATE SCHEMA peer"))
         for table in ("prepaid_account", "balance_entry"):
@@ -403,7 +403,8 @@ def create_peer(engine: Engine) -> None:
         conn.execute(
             text(
                 "ALTER TABLE peer.balance_entry ADD FOREIGN KEY (account_id) "
-                "REFERENCES peer.prepaid_account (account_id)"
+                "REFERENCES peer.prepaid_account (account_id), "
+                "ADD FOREIGN KEY (reverses_entry_id) REFERENCES peer.balance_entry (entry_id)"
             )
         )
         conn.execute(text("ANALYZE peer.prepaid_account"))
