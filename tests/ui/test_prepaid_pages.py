@@ -358,7 +358,7 @@ def test_a_post_without_a_valid_csrf_token_is_refused(setup):
     ("amount", "reason", "shown"),
     [
         ("12.345", "typo", "more decimals than SEK"),
-        ("-5.00", "typo", "is negative"),
+        ("-5.00", "typo", "must be more than 0"),
         ("lots", "typo", "not a decimal amount"),
         ("5.00", "   ", "reason: must not be empty"),
         ("9" * 200, "typo", "not sent as the page made it"),

@@ -47,7 +47,7 @@ from sqlalchemy.engine import Connection
 from cdr_billing import database
 from cdr_billing.money import MAX_SUM_MINOR, MoneyError, from_minor_units, minor_digits
 from cdr_billing.prepaid.balances import LedgerError, Posted, ledger_balance, lock_accounts, post
-from cdr_billing.prepaid.locks import apply_lock_rules
+from cdr_billing.prepaid.locks import LockChange, apply_lock_rules
 from cdr_billing.schema import balance_entry, prepaid_account, prepaid_account_change
 
 MANUAL_KINDS = ("topup", "credit", "refund", "adjustment")
@@ -247,6 +247,36 @@ def post_manual(
     ) != (account_id, kind, amount_minor):
         raise AccountError("key", f"{key!r} was used for another entry ({before['entry_id']})")
     return post(conn, account, kind, amount_minor, idempotency_key, operator, reason=reason)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An operator's entry (or the one its key posted before) and the lock changes it made."""
+
+    posted: Posted
+    amount_minor: int
+    currency: str
+    lock_changes: list[LockChange]
+
+
+def record_manual(
+    conn: Connection,
+    account_id: str,
+    kind: str,
+    amount_text: str,
+    reason: str,
+    operator: str,
+    key: str | None = None,
+) -> Recorded:
+    """What an operator records at the desk (the `credit` command, the Prepaid page's form): the
+    amount read in the account's currency, the entry posted once per key and the lock rules
+    applied in the same transaction, so a top-up at the desk unlocks the line at once (the
+    switch hears it with the next prepaid run)."""
+    currency = show(conn, account_id).account["currency"]
+    amount = parse_amount(amount_text, currency, "amount")
+    posted = post_manual(conn, account_id, kind, amount, reason, operator, key)
+    changes = apply_lock_rules(conn, [account_id], f"{kind} by {operator}", created_by=operator)
+    return Recorded(posted, amount, currency, changes)
 
 
 def ledger(conn: Connection, account_id: str, last: int | None = None) -> list[dict]:
@@ -503,20 +533,16 @@ def _run(conn: Connection, args: argparse.Namespace) -> None:
                 f"{change['settings']}"
             )
     elif args.command == "credit":
-        currency = show(conn, args.account).account["currency"]
-        amount = parse_amount(args.amount, currency, "amount")
-        posted = post_manual(
-            conn, args.account, args.kind, amount, args.reason, args.operator, args.key
+        recorded = record_manual(
+            conn, args.account, args.kind, args.amount, args.reason, args.operator, args.key
         )
+        posted, currency = recorded.posted, recorded.currency
         print(
-            f"{args.kind} {format_amount(amount, currency)} "
+            f"{args.kind} {format_amount(recorded.amount_minor, currency)} "
             f"{'posted as entry' if posted.new else 'already posted: entry'} {posted.entry_id}; "
             f"balance {format_amount(posted.balance_minor, currency)}"
         )
-        # a top-up at the desk unlocks the line now: the switch hears it with the next run
-        for change in apply_lock_rules(
-            conn, [args.account], f"{args.kind} by {args.operator}", created_by=args.operator
-        ):
+        for change in recorded.lock_changes:
             print(f"line {change.action}: {change.reason}")
     else:
         details = show(conn, args.account)

@@ -30,7 +30,9 @@ import pandas as pd
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection, Engine
 
+from cdr_billing.config import PrepaidSettings
 from cdr_billing.money import micro_to_minor_divisor
+from cdr_billing.prepaid.accounts import parse_amount
 from cdr_billing.schema import balance_entry, call_debit, prepaid_account, prepaid_exposure
 
 MICROS_PER_SECOND = 1_000_000
@@ -44,6 +46,19 @@ class ExposureSettings:
 
     max_call_seconds: int | None = None
     limit_minor: Mapping[str, int] = field(default_factory=dict)
+
+
+def limits_minor(limits: Mapping[str, str]) -> dict[str, int]:
+    """The configured limits (prepaid.exposure_limit: currency -> decimal text) in minor units."""
+    return {
+        currency: parse_amount(text, currency, f"prepaid.exposure_limit.{currency}", False)
+        for currency, text in limits.items()
+    }
+
+
+def configured(settings: PrepaidSettings) -> ExposureSettings:
+    """The exposure settings of the prepaid section of pipeline.yaml."""
+    return ExposureSettings(settings.max_call_seconds, limits_minor(settings.exposure_limit))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from cdr_billing.contracts import (
 )
 from cdr_billing.months import BillingMonth
 from cdr_billing.prepaid import balances, calls, credit_control, exposure, mails, switch
-from cdr_billing.prepaid.accounts import parse_amount
 from cdr_billing.prepaid.gateway import GatewaySettings, HttpsGateway
 from cdr_billing.prepaid.topups import TopupSettings
 from cdr_billing.schema import prepaid_file, switch_outbox
@@ -203,7 +202,7 @@ def measure_exposure(
         bounds[0],
         bounds[1],
         _undebited(run),
-        exposure_settings(config),
+        exposure.configured(config.prepaid),
         now or datetime.now(UTC),
     )
     if report.above_limit:
@@ -213,15 +212,6 @@ def measure_exposure(
         undebited_minor={c: t.undebited_minor for c, t in report.totals.items()},
         above_limit=len(report.above_limit),
     )
-
-
-def exposure_settings(config: PipelineConfig) -> exposure.ExposureSettings:
-    """The configured longest call and limits (decimal text per currency, in minor units)."""
-    limits = {
-        currency: parse_amount(text, currency, f"prepaid.exposure_limit.{currency}", False)
-        for currency, text in config.prepaid.exposure_limit.items()
-    }
-    return exposure.ExposureSettings(config.prepaid.max_call_seconds, limits)
 
 
 class RunHadFailuresError(AirflowFailException):

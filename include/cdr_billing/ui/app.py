@@ -229,9 +229,9 @@ def prepaid_affordable(
 
 
 def _exposure_limits() -> dict[str, int]:
-    from cdr_billing.ui.prepaid_queries import exposure_limits
+    from cdr_billing.prepaid.exposure import limits_minor
 
-    return exposure_limits(_config().prepaid.exposure_limit)
+    return limits_minor(_config().prepaid.exposure_limit)
 
 
 def _secret() -> str:

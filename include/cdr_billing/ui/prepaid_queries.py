@@ -21,9 +21,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, or_, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from cdr_billing.prepaid.accounts import parse_amount, post_manual
-from cdr_billing.prepaid.balances import Posted
-from cdr_billing.prepaid.locks import LockChange, apply_lock_rules
+from cdr_billing.prepaid.accounts import Recorded, record_manual
 from cdr_billing.schema import (
     balance_entry,
     lock_event,
@@ -618,25 +616,8 @@ def outbox_page(engine: Engine, after: int | None = None) -> OutboxPage:
     return OutboxPage(page, after, next_after)
 
 
-def exposure_limits(limits: Mapping[str, str]) -> dict[str, int]:
-    """The configured limits (prepaid.exposure_limit: currency -> decimal text) in minor units,
-    read as the prepaid run reads them."""
-    return {
-        currency: parse_amount(text, currency, f"prepaid.exposure_limit.{currency}", False)
-        for currency, text in limits.items()
-    }
-
-
 class UnknownAccount(LookupError):
     """No prepaid account has this id."""
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """A manual entry posted from the account page (or found posted by its key before)."""
-
-    posted: Posted
-    lock_changes: list[LockChange]
 
 
 def record_manual_entry(
@@ -648,14 +629,9 @@ def record_manual_entry(
     operator: str,
     key: str,
 ) -> Recorded:
-    """The page's one write, as `python -m cdr_billing.prepaid.accounts credit` does it: the
-    amount read in the account's currency, the entry posted once per key and the lock rules
-    applied, in one transaction (a top-up at the desk unlocks the line at once)."""
+    """The page's one write, as the command's `credit` does it (accounts.record_manual), or
+    UnknownAccount (a 404, not a form error)."""
     with engine.begin() as conn:
-        account = account_row(conn, account_id)
-        if account is None:
+        if account_row(conn, account_id) is None:
             raise UnknownAccount(account_id)
-        amount_minor = parse_amount(amount_text, account["currency"], "amount", negative=False)
-        posted = post_manual(conn, account_id, kind, amount_minor, reason, operator, key)
-        changes = apply_lock_rules(conn, [account_id], f"{kind} by {operator}", created_by=operator)
-    return Recorded(posted, changes)
+        return record_manual(conn, account_id, kind, amount_text, reason, operator, key)
