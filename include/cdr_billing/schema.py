@@ -285,6 +285,7 @@ prepaid_account_change = Table(
     Column("changed_by", String(128), nullable=False),
     Column("changed_at", DateTime(timezone=True), nullable=False),
     Column("settings", Text, nullable=False),
+    Index("prepaid_account_change_of_account", "account_id", "change_id"),
 )
 
 # The ledger: debit (negative), reversal (of a debit, its opposite), topup, credit, refund and
@@ -357,6 +358,14 @@ switch_outbox = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Column("last_error", Text),
     Index("switch_outbox_pending", "account_id", "outbox_id"),
+    # what is left to deliver, without reading every delivered event
+    Index(
+        "switch_outbox_undelivered",
+        "account_id",
+        "outbox_id",
+        postgresql_where=text("delivered_at IS NULL"),
+        sqlite_where=text("delivered_at IS NULL"),
+    ),
 )
 
 # Charges requested from the payment gateway. Recorded (pending) before the request is sent,
@@ -395,6 +404,7 @@ prepaid_exposure = Table(
     Column("bound_minor", BigInteger, nullable=False),
     Column("undebited_minor", BigInteger, nullable=False),
     Column("computed_at", DateTime(timezone=True), nullable=False),
+    Index("prepaid_exposure_by_time", "computed_at"),  # the latest run's figures
 )
 
 # The CDR file contents the prepaid runs have debited: a run takes the month's files not here.

@@ -1,7 +1,8 @@
 """prepaid_file: the CDR file contents the prepaid runs have debited, so each run takes the
 month's files delivered since (the file ledger knows every file fetched; this, which of them the
-balances have seen). balance_entry_by_call_start: the monthly settlement finds the month's
-debits by their calls' start, among tens of millions of entries.
+balances have seen). Indexes measured on 50,000 accounts and millions of entries: the month's
+debits by their calls' start (the monthly settlement), the latest run's exposure, an account's
+setting changes, the switch's undelivered events.
 
 Revision ID: 0006
 Revises: 0005
@@ -27,3 +28,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("source", "name", "sha256"),
     )
     op.create_index("balance_entry_by_call_start", "balance_entry", ["call_start"])
+    op.create_index("prepaid_exposure_by_time", "prepaid_exposure", ["computed_at"])
+    op.create_index(
+        "prepaid_account_change_of_account", "prepaid_account_change", ["account_id", "change_id"]
+    )
+    op.create_index(
+        "switch_outbox_undelivered",
+        "switch_outbox",
+        ["account_id", "outbox_id"],
+        postgresql_where=sa.text("delivered_at IS NULL"),
+        sqlite_where=sa.text("delivered_at IS NULL"),
+    )
