@@ -165,7 +165,7 @@ def test_a_month_of_deliveries_debits_tops_up_locks_and_unlocks(prepaid_world, a
             "--payment-method",
             ROLES[role],
             "--max-concurrent-calls",
-            "2",
+            "20" if role == "approves" else "2",  # 20 lines at once: above the exposure limit
             "--operator",
             "e2e",
         )
@@ -248,6 +248,15 @@ def test_a_month_of_deliveries_debits_tops_up_locks_and_unlocks(prepaid_world, a
     assert world.gateway.requests()[timed_out[0].idempotency_key] == 2  # sent again, same key
     subjects = world.mail_subjects()
     assert any("1 prepaid top-ups declined, 1 unanswered" in s for s in subjects)
+    assert any("above the exposure limit" in s for s in subjects)
+    latest = world.scalar("SELECT max(run_id) FROM prepaid_exposure")
+    at_risk = world.scalar(
+        "SELECT bound_minor + undebited_minor FROM prepaid_exposure "
+        "WHERE account_id = :a AND run_id = :r",
+        a=accounts["approves"],
+        r=latest,
+    )
+    assert at_risk > 5000  # pipeline.yaml's limit: 50.00 EUR
     assert any("lines locked" in s for s in subjects)
     for account in accounts.values():
         assert not any(account in s for s in subjects if account.isdigit())
