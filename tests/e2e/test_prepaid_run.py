@@ -103,6 +103,29 @@ class World:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
+    def add_account(self, account: str, payment: str, topup: Decimal, lines: int) -> None:
+        """A prepaid account in EUR: top-up below 2.00, locked at 0.00, unlocked above 1.00."""
+        self.accounts_command(
+            "add",
+            account,
+            "--currency",
+            "EUR",
+            "--low-balance",
+            "2.00",
+            "--topup",
+            str(topup),
+            "--lock-level",
+            "0.00",
+            "--unlock-level",
+            "1.00",
+            "--payment-method",
+            payment,
+            "--max-concurrent-calls",
+            str(lines),
+            "--operator",
+            "e2e",
+        )
+
     def balances(self) -> dict[str, Decimal]:
         with self.engine.connect() as conn:
             rows = conn.execute(text("SELECT account_id, balance_minor FROM prepaid_account"))
@@ -149,26 +172,8 @@ def test_a_month_of_deliveries_debits_tops_up_locks_and_unlocks(prepaid_world, a
     busiest = _busiest_carrier_accounts(world.month)
     accounts = dict(zip(ROLES, busiest, strict=False))
     for role, account in accounts.items():
-        world.accounts_command(
-            "add",
-            account,
-            "--currency",
-            "EUR",
-            "--low-balance",
-            "2.00",
-            "--topup",
-            str(TOPUP),
-            "--lock-level",
-            "0.00",
-            "--unlock-level",
-            "1.00",
-            "--payment-method",
-            ROLES[role],
-            "--max-concurrent-calls",
-            "20" if role == "approves" else "2",  # 20 lines at once: above the exposure limit
-            "--operator",
-            "e2e",
-        )
+        # 20 lines at once puts an account above the exposure limit
+        world.add_account(account, ROLES[role], TOPUP, 20 if role == "approves" else 2)
     dag = load_dag("cdr_prepaid_balances")
     delivered = world.month.deliver(1)
 
@@ -272,24 +277,7 @@ def test_a_run_whose_credit_control_fails_still_tells_the_switch_and_shows_faile
     for key, value in connection_env({"payment_gateway": broken}).items():
         monkeypatch.setenv(key, value)
     account = "SUB-LOWBAL"
-    world.accounts_command(
-        "add",
-        account,
-        "--currency",
-        "EUR",
-        "--low-balance",
-        "2.00",
-        "--topup",
-        "5.00",
-        "--lock-level",
-        "0.00",
-        "--unlock-level",
-        "1.00",
-        "--payment-method",
-        "approve",
-        "--operator",
-        "e2e",
-    )
+    world.add_account(account, "approve", Decimal("5.00"), 1)
     before = set(world.maildir.glob("*"))
     run = run_dag(
         load_dag("cdr_prepaid_balances"),
