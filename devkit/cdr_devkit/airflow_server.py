@@ -144,6 +144,19 @@ class RunningAirflow:
             body = response.read()
         return json.loads(body) if body else None
 
+    def wait_for_dag(self, dag_id: str, timeout_seconds: float = 180) -> None:
+        """Wait until the dag-processor has parsed a DAG (the API knows it)."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                self.api("GET", f"/dags/{dag_id}")
+                return
+            except urllib.error.HTTPError as error:
+                if error.code != 404:
+                    raise
+            time.sleep(1)
+        raise ServiceError(f"the dag-processor did not parse {dag_id} within {timeout_seconds} s")
+
     def api(self, method: str, path: str, payload: Any = None) -> Any:
         """Call the REST API (`/api/v2` + path) as admin."""
         return self.request(method, f"/api/v2{path}", payload)

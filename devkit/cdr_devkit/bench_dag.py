@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import time
-import urllib.error
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime
@@ -34,7 +33,6 @@ from cdr_devkit.memory import peak_rss_mib, process_tree_rss_mib, reset_peak_rss
 from cdr_devkit.postgres import LocalPostgres
 from cdr_devkit.services import (
     LocalServices,
-    ServiceError,
     connection_env,
     smtp_connection,
     stop_on_sigterm,
@@ -163,22 +161,6 @@ def _run_in_process(month: BenchMonth) -> DagRunFacts:
     return DagRunFacts(facts, instances)
 
 
-def _wait_for_dag(airflow: RunningAirflow) -> None:
-    """Wait until the dag-processor has parsed the DAG (the API knows it)."""
-    deadline = time.monotonic() + DAG_PARSE_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            airflow.api("GET", f"/dags/{DAG_ID}")
-            return
-        except urllib.error.HTTPError as error:
-            if error.code != 404:
-                raise
-        time.sleep(1)
-    raise ServiceError(
-        f"the dag-processor did not parse {DAG_ID} within {DAG_PARSE_TIMEOUT_SECONDS} s"
-    )
-
-
 def _watch_run(airflow: RunningAirflow, run_id: str) -> RunEnd:
     """Poll the run until it ends (or a task waits for a retry: failed); its state and the peak
     RSS of Airflow's process tree (scheduler with its LocalExecutor workers and tasks, api-server,
@@ -201,7 +183,7 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRun
     """The DAG triggered on a running Airflow (LocalExecutor): its facts and task instances."""
     migrate(home, env)
     with RunningAirflow(home, env) as airflow:
-        _wait_for_dag(airflow)
+        airflow.wait_for_dag(DAG_ID, DAG_PARSE_TIMEOUT_SECONDS)
         airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
         idle = _airflow_rss_mib(airflow)
         started = time.perf_counter()

@@ -37,7 +37,6 @@ import shutil
 import statistics
 import threading
 import time
-import urllib.error
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -500,19 +499,6 @@ def write_config(root: Path) -> Path:
     return path
 
 
-def _wait_for_dag(airflow: RunningAirflow) -> None:
-    deadline = time.monotonic() + DAG_PARSE_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            airflow.api("GET", f"/dags/{DAG_ID}")
-            return
-        except urllib.error.HTTPError as error:
-            if error.code != 404:
-                raise
-        time.sleep(1)
-    raise ServiceError(f"the dag-processor did not parse {DAG_ID} in {DAG_PARSE_TIMEOUT_SECONDS} s")
-
-
 def _run_state(airflow: RunningAirflow, run_id: str) -> str:
     """The run's state; 'failed' as soon as a task waits for a retry (the bench injects none)."""
     state = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
@@ -898,7 +884,7 @@ def run(day: PrepaidDay, root: Path, log: Callable[[str], None] = print) -> dict
         }
         migrate(run_root / "airflow", env)
         airflow = stack.enter_context(RunningAirflow(run_root / "airflow", env))
-        _wait_for_dag(airflow)
+        airflow.wait_for_dag(DAG_ID, DAG_PARSE_TIMEOUT_SECONDS)
         airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
         world = World(
             airflow, billing, ledger_copy, gateway, switch, served, staging, run_root / "work"

@@ -64,17 +64,6 @@ def _trigger_and_wait(airflow, logical_date: str) -> str:
     pytest.fail(f"{run_id} did not end within {RUN_TIMEOUT_SECONDS} s")
 
 
-def _wait_for_dag(airflow) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            airflow.api("GET", f"/dags/{DAG_ID}")
-            return
-        except Exception:  # noqa: BLE001 (not parsed yet)
-            time.sleep(2)
-    pytest.fail(f"{DAG_ID} was not parsed")
-
-
 @pytest.fixture(scope="module")
 def billing(postgres):
     engine = create_engine(postgres.url_of("billing_ui"))
@@ -93,7 +82,7 @@ def test_a_month_of_deliveries_under_a_running_airflow(
             settings = accounts.AccountSettings("EUR", 100, 500, 0, 50, method, 2)
             accounts.add(conn, account, settings, "e2e")
             accounts.post_manual(conn, account, "credit", OPENING, "opening", "e2e", account)
-    _wait_for_dag(running_airflow)
+    running_airflow.wait_for_dag(DAG_ID)
     running_airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
     size = -(-len(rows) // DELIVERIES)
     try:
