@@ -331,3 +331,10 @@ def test_the_command_works_on_the_demo_s_sqlite_database(tmp_path):
     assert done.returncode == 0 and "balance 3.00 EUR" in done.stdout
     ledger = command(url, "ledger", "resident-7")
     assert ledger.stdout.splitlines()[-1] == "balance 3.00 EUR"
+
+
+def test_the_command_on_a_database_not_upgraded_says_how_to_upgrade_it(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    assert run_main(["--url", url, "list"]) == 2
+    error = capsys.readouterr().err
+    assert "python -m cdr_billing.migrations upgrade" in error and "Traceback" not in error

@@ -44,7 +44,7 @@ from typing import NoReturn
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
-from cdr_billing import database
+from cdr_billing import database, migrations
 from cdr_billing.money import MAX_SUM_MINOR, MoneyError, from_minor_units, minor_digits
 from cdr_billing.prepaid.balances import LedgerError, Posted, ledger_balance, lock_accounts, post
 from cdr_billing.prepaid.locks import LockChange, apply_lock_rules
@@ -566,6 +566,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: last: must be at least 1", file=sys.stderr)
         return 2
     engine = database.engine_from_arguments(args)
+    if migrations.current(engine) != migrations.head():
+        print(
+            "error: the billing database is not at this release's schema: run "
+            "python -m cdr_billing.migrations upgrade (with the same --conn or --url) first",
+            file=sys.stderr,
+        )
+        return 2
     try:
         with engine.begin() as conn:
             _run(conn, args)
