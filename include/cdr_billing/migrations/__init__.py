@@ -19,6 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from cdr_billing import database
@@ -52,6 +53,16 @@ def current(engine: Engine) -> str | None:
         return MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE}
         ).get_current_revision()
+
+
+def at_head(engine: Engine) -> bool:
+    """Whether the database is at the newest version; read without Alembic, which logs, for
+    commands that only need to know."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return False
+        found = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    return found == head()
 
 
 def upgrade(engine: Engine) -> str:

@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: last: must be at least 1", file=sys.stderr)
         return 2
     engine = database.engine_from_arguments(args)
-    if migrations.current(engine) != migrations.head():
+    if not migrations.at_head(engine):
         print(
             "error: the billing database is not at this release's schema: run "
             "python -m cdr_billing.migrations upgrade (with the same --conn or --url) first",
