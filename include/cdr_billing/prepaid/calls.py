@@ -20,6 +20,9 @@ from cdr_billing.frames import rows_where
 from cdr_billing.prepaid.balances import CALL_COLUMNS
 from cdr_billing.schema import prepaid_account
 
+# the part of each CDR file of a run that holds its prepaid calls, in the ledger's shape
+PREPAID_PART = "prepaid"
+
 
 def active_accounts(conn: Connection) -> frozenset[str]:
     """The ids of the active prepaid accounts."""

@@ -100,7 +100,7 @@ def _set_prepaid_aside(
     with engine.connect() as conn:
         accounts = prepaid_calls.active_accounts(conn)
     split = prepaid_calls.split_prepaid(priced, accounts)
-    workdir.write_part(run, file.dir, "prepaid", split.prepaid)
+    workdir.write_part(run, file.dir, prepaid_calls.PREPAID_PART, split.prepaid)
     return PostpaidCalls(split.postpaid, len(split.prepaid))
 
 

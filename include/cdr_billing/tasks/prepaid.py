@@ -43,7 +43,7 @@ from cdr_billing.tasks.run import send
 
 log = logging.getLogger(__name__)
 
-PREPAID_PART, UNDEBITED = "prepaid", "undebited"
+UNDEBITED = "undebited"
 
 
 def fetch_new_files(run: Run, config: PipelineConfig) -> FetchedMonth:
@@ -80,7 +80,7 @@ def rate_prepaid_file(run: Run, file: ReconciledFile, config: PipelineConfig) ->
     with engine.connect() as conn:
         accounts = calls.active_accounts(conn)
     prepaid = calls.split_prepaid(priced, accounts).prepaid
-    workdir.write_part(run, file.dir, PREPAID_PART, prepaid)
+    workdir.write_part(run, file.dir, calls.PREPAID_PART, prepaid)
     log.info("%s: %d priced calls, %d of prepaid accounts", file.name, len(priced), len(prepaid))
     return RatedPrepaidFile(
         name=file.name,
@@ -99,7 +99,7 @@ def debit_balances(
 ) -> LedgerPostings:
     """Debit the run's prepaid calls and record its files as debited, in one transaction."""
     run = deduped.run
-    prepaid = workdir.read_parts(run, [f.dir for f in rated], PREPAID_PART)
+    prepaid = workdir.read_parts(run, [f.dir for f in rated], calls.PREPAID_PART)
     engine = database.billing_engine(config.billing.connection)
     with engine.begin() as conn:
         summary = balances.debit_calls(conn, prepaid, run.run_id, new_calls_only=True)

@@ -22,6 +22,7 @@ from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.contracts import LedgerPostings, MonthLines, PrepaidSettlement
 from cdr_billing.months import BillingMonth
 from cdr_billing.prepaid import balances
+from cdr_billing.prepaid.calls import PREPAID_PART
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def settle_prepaid(lines: MonthLines, config: PipelineConfig | None = None) -> P
     config = config or load_config()
     engine = database.billing_engine(config.billing.connection)
     run = lines.run
-    calls = workdir.read_parts(run, [f.dir for f in lines.month.files], "prepaid")
+    calls = workdir.read_parts(run, [f.dir for f in lines.month.files], PREPAID_PART)
     start, end = BillingMonth.parse(run.billing_month).bounds(config.billing.timezone)
     with engine.begin() as conn:
         summary = balances.settle_calls(conn, calls, run.run_id, start, end, accounts=None)
