@@ -12,6 +12,7 @@ from cdr_billing.migrations import upgrade
 from cdr_billing.schema import prepaid_account
 from cdr_billing.tariff import read_tariff_file, store_version
 from cdr_billing.ui import app as billing_app
+from cdr_billing.ui import web
 from cdr_devkit.services import connection_env
 
 TARIFF = """prefix,destination,price_per_minute,connection_fee,first_increment,next_increment,\
@@ -47,9 +48,9 @@ def client(airflow_home, postgres, tmp_path, monkeypatch) -> TestClient:
             )
         )
     engine.dispose()
-    billing_app._engine.cache_clear()
+    web.clear_engines()
     yield TestClient(billing_app.app)
-    billing_app._engine.cache_clear()
+    web.clear_engines()
 
 
 def _token() -> str:

@@ -22,6 +22,7 @@ from cdr_billing.prepaid.exposure import AccountExposure, write_exposure
 from cdr_billing.prepaid.locks import apply_lock_rules
 from cdr_billing.schema import balance_entry, lock_event, switch_outbox, topup_request
 from cdr_billing.ui import app as billing_app
+from cdr_billing.ui import web
 from cdr_devkit.services import connection_env
 
 PHONE = "+46701234567"  # an account id as a switch knows it
@@ -130,9 +131,9 @@ def setup(airflow_home, postgres) -> Setup:
         engine = create_engine(postgres.url_of(database))
         upgrade(engine)
         _seed(engine)
-        billing_app._engine.cache_clear()
+        web.clear_engines()
         yield Setup(engine, TestClient(billing_app.app))
-        billing_app._engine.cache_clear()
+        web.clear_engines()
         engine.dispose()
 
 

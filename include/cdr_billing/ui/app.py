@@ -13,14 +13,11 @@ on the first request.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import parse_qs
 from uuid import uuid4
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
@@ -34,14 +31,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr_billing.ui import pages
+from cdr_billing.ui.web import (
+    BILLING_DAG_ID,
+    NO_STORE,
+    Month,
+    billing_db,
+    config,
+    file,
+    html,
+)
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
-    from cdr_billing.config import PipelineConfig
     from cdr_billing.ui.queries import MonthDetail, MonthFiles
 
-BILLING_DAG_ID = "cdr_billing_monthly"
 # Posting to prepaid balances needs edit access to the prepaid DAG's runs (Airflow's own
 # permission: with the simple auth manager the roles user, op and admin; viewer may only read).
 PREPAID_DAG_ID = "cdr_prepaid_balances"
@@ -49,15 +51,6 @@ MAX_ACCOUNT_ID = 128
 MAX_FORM_BYTES = 16_384
 FORM_FIELDS = ("key", "csrf_token", "kind", "amount", "reason")
 MAX_FIELD = {"key": 64, "csrf_token": 100, "kind": 16, "amount": 32, "reason": 500}
-Month = Annotated[
-    str, PathParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
-]
-# The pages load nothing from elsewhere and run no script; only Airflow's UI may frame them.
-PAGE_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-    "frame-ancestors 'self'; base-uri 'none'"
-)
-NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 # Data Docs run scripts from public CDNs: a sandbox gives them an origin of their own, away from
 # Airflow's cookies and API.
 DATA_DOCS_POLICY = "sandbox allow-scripts allow-popups; frame-ancestors 'self'"
@@ -97,37 +90,6 @@ app = FastAPI(
 )
 
 
-@cache
-def _config() -> PipelineConfig:
-    from cdr_billing.config import load_config
-
-    return load_config()
-
-
-@cache
-def _engine(conn_id: str) -> Engine:
-    from cdr_billing.database import billing_engine
-
-    return billing_engine(conn_id)
-
-
-def _billing_db() -> Engine:
-    return _engine(_config().billing.connection)
-
-
-def _html(document: str, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        document, status_code, headers={**NO_STORE, "Content-Security-Policy": PAGE_POLICY}
-    )
-
-
-def _file(path: Path | None, download: bool = False, policy: str | None = None) -> FileResponse:
-    if path is None:
-        raise HTTPException(404, "This month has no such file.")
-    headers = {**NO_STORE, "Content-Security-Policy": policy} if policy else NO_STORE
-    return FileResponse(path, headers=headers, filename=path.name if download else None)
-
-
 @app.exception_handler(StarletteHTTPException)
 async def _error_page(request: Request, error: StarletteHTTPException) -> Response:
     """Errors as a short page; 401 links to Airflow's login, back to this page."""
@@ -138,7 +100,7 @@ async def _error_page(request: Request, error: StarletteHTTPException) -> Respon
         link = (get_auth_manager().get_url_login(next_url=str(request.url)), "Log in to Airflow")
     titles = {401: "Not logged in", 403: "Not allowed", 404: "Not found"}
     document = pages.message_page(titles.get(error.status_code, "Error"), str(error.detail), link)
-    return _html(document, error.status_code)
+    return html(document, error.status_code)
 
 
 @app.exception_handler(RequestValidationError)
@@ -147,7 +109,7 @@ async def _invalid_request_page(request: Request, error: RequestValidationError)
     text = "The address or its parameters are not valid here."
     if "/api/" in request.url.path:
         return JSONResponse({"detail": text}, 422, headers=NO_STORE)
-    return _html(pages.message_page("Not valid", text), 422)
+    return html(pages.message_page("Not valid", text), 422)
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -155,13 +117,13 @@ def months_page() -> HTMLResponse:
     """The billing months."""
     from cdr_billing.ui import queries
 
-    return _html(pages.months_page(queries.month_summaries(_billing_db())))
+    return html(pages.months_page(queries.month_summaries(billing_db())))
 
 
 def _month(billing_month: str) -> MonthDetail:
     from cdr_billing.ui import queries
 
-    detail = queries.month_detail(_billing_db(), _config(), billing_month)
+    detail = queries.month_detail(billing_db(), config(), billing_month)
     if detail is None:
         raise HTTPException(404, f"No batch of billing month {billing_month} has been loaded.")
     return detail
@@ -170,25 +132,23 @@ def _month(billing_month: str) -> MonthDetail:
 @app.get("/month/{billing_month}", response_class=HTMLResponse)
 def month_page(billing_month: Month) -> HTMLResponse:
     """One billing month."""
-    return _html(pages.month_page(_month(billing_month)))
+    return html(pages.month_page(_month(billing_month)))
 
 
 def _files(billing_month: str) -> MonthFiles:
     from cdr_billing.ui import queries
 
-    files = queries.current_files(_billing_db(), _config(), billing_month)
+    files = queries.current_files(billing_db(), config(), billing_month)
     if files is None:
         raise HTTPException(404, f"Billing month {billing_month} has no current batch.")
     return files
 
 
 @app.get("/month/{billing_month}/files/{name}")
-def billing_file(
-    billing_month: Month, name: Literal["billing-csv", "billing-xlsx"]
-) -> FileResponse:
+def billingfile(billing_month: Month, name: Literal["billing-csv", "billing-xlsx"]) -> FileResponse:
     """The current batch's billing file, as a download."""
     files = _files(billing_month)
-    return _file(files.billing_csv if name == "billing-csv" else files.billing_xlsx, download=True)
+    return file(files.billing_csv if name == "billing-csv" else files.billing_xlsx, download=True)
 
 
 @app.get("/month/{billing_month}/data-docs/{relative:path}")
@@ -196,7 +156,7 @@ def data_docs(billing_month: Month, relative: str) -> FileResponse:
     """A file of the current batch's Great Expectations Data Docs site."""
     from cdr_billing.ui import queries
 
-    return _file(queries.data_docs_file(_files(billing_month), relative), policy=DATA_DOCS_POLICY)
+    return file(queries.data_docsfile(_files(billing_month), relative), policy=DATA_DOCS_POLICY)
 
 
 @app.get("/api/prepaid/affordable")
@@ -213,11 +173,11 @@ def prepaid_affordable(
         affordable_for,
     )
 
-    config = _config()
-    cap = config.prepaid.max_call_seconds or MAX_AFFORDABLE_SECONDS
+    settings = config()
+    cap = settings.prepaid.max_call_seconds or MAX_AFFORDABLE_SECONDS
     try:
         found = affordable_for(
-            _billing_db(), account, destination, datetime.now(UTC), config.billing, cap
+            billing_db(), account, destination, datetime.now(UTC), settings.billing, cap
         )
     except AffordableError as exc:
         raise HTTPException(404, str(exc)) from None
@@ -231,7 +191,7 @@ def prepaid_affordable(
 def _exposure_limits() -> dict[str, int]:
     from cdr_billing.prepaid.exposure import limits_minor
 
-    return limits_minor(_config().prepaid.exposure_limit)
+    return limits_minor(config().prepaid.exposure_limit)
 
 
 def _secret() -> str:
@@ -275,13 +235,13 @@ def prepaid_page(start: str | None = None, locked: str | None = None) -> HTMLRes
     from cdr_billing.ui import prepaid_pages, prepaid_queries
 
     listing = prepaid_queries.accounts_page(
-        _billing_db(),
+        billing_db(),
         _exposure_limits(),
         datetime.now(UTC),
         start=start[:MAX_ACCOUNT_ID] if start else None,
         locked_only=locked == "1",
     )
-    return _html(prepaid_pages.accounts_page(listing))
+    return html(prepaid_pages.accounts_page(listing))
 
 
 @app.get("/prepaid/outbox", response_class=HTMLResponse)
@@ -289,8 +249,8 @@ def prepaid_outbox_page(after: str | None = None) -> HTMLResponse:
     """The switch events not delivered yet, across accounts."""
     from cdr_billing.ui import prepaid_pages, prepaid_queries
 
-    outbox = prepaid_queries.outbox_page(_billing_db(), _positive_int(after))
-    return _html(prepaid_pages.outbox_page(outbox))
+    outbox = prepaid_queries.outbox_page(billing_db(), _positive_int(after))
+    return html(prepaid_pages.outbox_page(outbox))
 
 
 def _no_account(account_id: str) -> HTTPException:
@@ -311,7 +271,7 @@ def prepaid_account_page(
     from cdr_billing.ui.csrf import make_token
 
     detail = (
-        prepaid_queries.account_detail(_billing_db(), account_id, _positive_int(before))
+        prepaid_queries.account_detail(billing_db(), account_id, _positive_int(before))
         if len(account_id) <= MAX_ACCOUNT_ID
         else None
     )
@@ -324,11 +284,11 @@ def prepaid_account_page(
         form = prepaid_pages.CreditForm(key, token, _operator(request))
     entry_id = _positive_int(entry)
     posted = (
-        prepaid_queries.entry_of(_billing_db(), account_id, entry_id)
+        prepaid_queries.entry_of(billing_db(), account_id, entry_id)
         if entry_id is not None
         else None
     )
-    return _html(prepaid_pages.account_page(detail, form, posted, repeat == "1"))
+    return html(prepaid_pages.account_page(detail, form, posted, repeat == "1"))
 
 
 async def _form_fields(request: Request) -> dict[str, str] | None:
@@ -362,7 +322,7 @@ async def prepaid_manual_entry(request: Request, account_id: str) -> Response:
     back = f"../{prepaid_pages.segment(account_id)}"
 
     def refused(status: int, title: str, text: str) -> HTMLResponse:
-        return _html(prepaid_pages.form_error_page(title, text, back), status)
+        return html(prepaid_pages.form_error_page(title, text, back), status)
 
     if len(account_id) > MAX_ACCOUNT_ID:
         raise _no_account(account_id)
@@ -388,7 +348,7 @@ async def prepaid_manual_entry(request: Request, account_id: str) -> Response:
     try:
         recorded = await run_in_threadpool(
             prepaid_queries.record_manual_entry,
-            _billing_db(),
+            billing_db(),
             account_id,
             kind,
             fields.get("amount", ""),
