@@ -69,6 +69,11 @@ def money(amount: Decimal, currency: str) -> str:
     return f"{amount:,} {currency}"
 
 
+def number(count: int) -> str:
+    """A count with thousands separators, as every page writes counts."""
+    return f"{count:,}"
+
+
 def timestamp(moment: datetime) -> str:
     """A load time in UTC, to the minute."""
     return (moment.astimezone(UTC) if moment.tzinfo else moment).strftime("%Y-%m-%d %H:%M UTC")
@@ -89,12 +94,12 @@ def nav(prefix: str, current: str) -> str:
     )
 
 
-def page(title: str, body: str) -> str:
-    """A whole HTML document."""
+def page(title: str, body: str, style: str = "") -> str:
+    """A whole HTML document; `style`: the CSS of one kind of page, after the common one."""
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
+        f"<style>{STYLE}{style}</style></head><body>{body}</body></html>\n"
     )
 
 
