@@ -25,6 +25,7 @@ from cdr_billing.schema import (
     billing_exception,
     billing_line,
     billing_user_line,
+    not_billed_group,
     quarantined_row,
     revenue_share,
 )
@@ -49,7 +50,51 @@ class Batch:
             (billing_user_line, self.user_lines),
             (revenue_share, self.revenue_share),
         )
-        yield billing_exception, self.exceptions
+        exceptions = with_group_keys(self.exceptions)
+        yield billing_exception, exceptions
+        yield not_billed_group, group_sums(exceptions)
+
+
+# the kinds of non-billed rows summed per group, and the detail field each is grouped by
+GROUP_FIELDS = {"unbillable": "number_range", "suspense": "user_id"}
+GROUP_COLUMNS = ["kind", "reason_code", "group_key"]
+
+
+def _text(value: object) -> str:
+    """A detail field as a group key: "" when absent."""
+    return "" if value is None or value != value else str(value)  # NaN != NaN
+
+
+def with_group_keys(exceptions: pd.DataFrame) -> pd.DataFrame:
+    """The rows not billed with their group key (unbillable: number range, suspense: account,
+    other kinds "") and the seconds their detail records (None when absent)."""
+    details = [
+        json.loads(detail) if kind in GROUP_FIELDS else {}
+        for kind, detail in zip(exceptions["kind"], exceptions["detail"], strict=True)
+    ]
+    return exceptions.assign(
+        group_key=pd.Series(
+            [
+                _text(detail.get(GROUP_FIELDS.get(kind, ""), ""))
+                for kind, detail in zip(exceptions["kind"], details, strict=True)
+            ],
+            index=exceptions.index,
+            dtype=object,
+        ),
+        seconds=pd.array([detail.get("duration_seconds") for detail in details], dtype="Int64"),
+    )
+
+
+def group_sums(exceptions: pd.DataFrame) -> pd.DataFrame:
+    """Per kind, reason and group key of the grouped kinds: the calls and their seconds."""
+    grouped = exceptions[exceptions["kind"].isin(GROUP_FIELDS)]
+    sums = (
+        grouped.groupby(GROUP_COLUMNS, sort=True)
+        .agg(calls=("kind", "size"), seconds=("seconds", "sum"), recorded=("seconds", "count"))
+        .reset_index()
+    )
+    seconds = sums["seconds"].astype("Int64").where(sums["recorded"] > 0, pd.NA)
+    return sums.drop(columns="recorded").assign(seconds=seconds)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,11 @@ KINDS = (
 
 
 def _detail(frame: pd.DataFrame) -> pd.Series:
-    """What an operator needs to act on a non-billed row: the account, and the number range."""
-    columns = [c for c in ("user_id", "number_range", "session_id") if c in frame]
+    """What an operator needs to act on a non-billed row: the account, the number range, and
+    its seconds (the minutes the alerts and the Billing page give)."""
+    columns = [
+        c for c in ("user_id", "number_range", "session_id", "duration_seconds") if c in frame
+    ]
     return pd.Series(
         [json.dumps(record) for record in frame[columns].to_dict("records")],
         index=frame.index,

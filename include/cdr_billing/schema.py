@@ -118,7 +118,18 @@ billed_call = Table(
     Column("source_row", BigInteger, nullable=False),
     # Rows of the partial parts merged into this call, "" if none.
     Column("combined_rows", Text, nullable=False),
-    Index("billed_call_of_line", "batch_id", "customer_id", "sequence_number", "currency"),
+    # a user's calls in a line, in file and row order (the drill-down's pages); its prefix
+    # finds a line's calls (migration 0007)
+    Index(
+        "billed_call_of_user",
+        "batch_id",
+        "customer_id",
+        "sequence_number",
+        "currency",
+        "user_id",
+        "source_file",
+        "source_row",
+    ),
     # A partition per batch on PostgreSQL (migration 0003); one table on SQLite.
     postgresql_partition_by="LIST (batch_id)",
 )
@@ -133,6 +144,32 @@ billing_exception = Table(
     Column("source_row", BigInteger, nullable=False),
     Column("transaction_id", Text, nullable=False),
     Column("detail", Text, nullable=False),
+    # what the row is grouped by: unbillable its number range, suspense its account ("" for
+    # other kinds; migration 0007)
+    Column("group_key", Text, nullable=False, server_default=""),
+    Index(
+        "billing_exception_of_group",
+        "batch_id",
+        "kind",
+        "reason_code",
+        "group_key",
+        "source_file",
+        "source_row",
+    ),
+)
+
+# Per batch, the non-billed rows of each kind, reason and group key: how many and their
+# seconds (None: rows loaded before 0007 did not record them). Written by the load, so the
+# Billing page never groups a month's rows itself.
+not_billed_group = Table(
+    "not_billed_group",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("billing_batch.batch_id"), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("reason_code", String(64), primary_key=True),
+    Column("group_key", Text, primary_key=True),
+    Column("calls", BigInteger, nullable=False),
+    Column("seconds", BigInteger),
 )
 
 
@@ -418,6 +455,25 @@ prepaid_file = Table(
     Column("run_id", String(250), nullable=False),
     Column("calls", BigInteger, nullable=False),  # the file's prepaid calls
     Column("debited_at", DateTime(timezone=True), nullable=False),
+)
+
+# Each run of the billing DAG, one row per Airflow run id (cdr_billing.run_attempts, migration
+# 0008): the Billing page's months tried, with the failed task, its error's first line (phone
+# numbers masked) and the failure mail's next step. A cleared run updates its row.
+billing_run = Table(
+    "billing_run",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("billing_month", String(7), nullable=False),
+    Column("dag_id", String(250), nullable=False),
+    Column("state", String(16), nullable=False),  # running | failed | success
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("work_dir", Text),  # the billing run's work directory (its validation results)
+    Column("failed_task", String(250)),
+    Column("error", Text),
+    Column("hint", Text),
+    Index("billing_run_of_month", "billing_month", "updated_at"),
 )
 
 # A switch's pre-dial check reads the view prepaid_line_state (migration 0005): each active
