@@ -16,6 +16,7 @@ from airflow.sdk import PokeReturnValue, get_current_context, task
 from cdr_billing.alerts import task_failure_mail
 from cdr_billing.config import PipelineConfig
 from cdr_billing.contracts import from_xcom, to_xcom
+from cdr_billing.run_attempts import RecordedFailureMail
 
 MAPPED_NAME = "mapped_name"  # what a mapped task's map_index_template shows
 
@@ -23,7 +24,8 @@ MAPPED_NAME = "mapped_name"  # what a mapped task's map_index_template shows
 def failure_mail(config: PipelineConfig, next_step: str):
     """The failure mail of a task: month, task, the error in one sentence, log link, next step."""
     recipients = list(config.recipients("task_failure"))
-    return task_failure_mail(recipients, config.billing.timezone, next_step, config.smtp_connection)
+    mail = task_failure_mail(recipients, config.billing.timezone, next_step, config.smtp_connection)
+    return RecordedFailureMail(mail, config)  # the Billing page's months tried show why
 
 
 def pipeline_task(

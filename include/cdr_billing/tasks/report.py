@@ -6,7 +6,17 @@ import dataclasses
 import json
 import logging
 
-from cdr_billing import alerts, billing_file, database, ledger, load, not_billed, report, workdir
+from cdr_billing import (
+    alerts,
+    billing_file,
+    database,
+    ledger,
+    load,
+    not_billed,
+    report,
+    run_attempts,
+    workdir,
+)
 from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.contracts import LoadedBatch, MonthReport, PrepaidSettlement
 from cdr_billing.tasks.prepaid_settlement import REFUSED_FILE
@@ -83,6 +93,7 @@ def report_month(
         f"(batch {loaded_batch.batch_id})"
     )
     send(config, alerts.Alert("month_report", subject, html_body=report.render_html(month_report)))
+    run_attempts.record_success(config, month, run.run_id)
     return MonthReport(loaded_batch, str(report_file))
 
 

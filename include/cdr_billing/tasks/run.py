@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from cdr_billing import alerts, workdir
+from cdr_billing import alerts, run_attempts, workdir
 from cdr_billing.config import PipelineConfig, load_config
 from cdr_billing.contracts import Run
 from cdr_billing.months import resolve_billing_month
@@ -29,6 +29,7 @@ def start_run(
     run_id = run_id if clear_number == 0 else f"{run_id}#clear{clear_number}"
     work_dir = workdir.run_work_dir(config, str(month), run_id)
     work_dir.mkdir(parents=True, exist_ok=True)
+    run_attempts.record_start(config, str(month), run_id, str(work_dir))
     return Run(
         billing_month=str(month),
         run_id=run_id,
