@@ -218,7 +218,7 @@ def test_the_accounts_list_shows_balance_line_last_entries_topups_and_exposure(s
     rows = Rows(page)
     account, balance, line, last_debit, last_topup, topups, at_risk = rows.starting(PHONE, 7)
     assert balance == "-1.40 EUR"
-    assert line.startswith("locked | since ") and line.endswith("UTC")
+    assert line.startswith("locked | since ") and line.endswith((" CET", " CEST"))
     assert last_debit.startswith("-0.08 EUR | ")
     assert last_topup.startswith("3.00 EUR | ")
     assert topups.startswith("pending 20.00 EUR")

@@ -2,14 +2,22 @@
 no script and nothing loaded from elsewhere. Every value from the database or a report is
 escaped. Links are relative, so the pages work under any URL prefix:
 /billing/ links to month/<YYYY-MM>, a month page to <YYYY-MM>/files/... and back to ../.
+
+One look for every page: times in the billing timezone with its abbreviation (timestamp),
+counts, minutes and money with thousands separators (number, minutes, money), codes in words
+with the code as a tooltip (reason_label, reason); light and dark colours from the browser's
+prefers-color-scheme (the pages run no script, so the Airflow UI's stored theme is out of
+reach), and a layout that fits a 390 px wide phone: tables scroll inside their card.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from html import escape
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
     from cdr_billing.ui.queries import Batch, CustomerTotal, MonthDetail, MonthSummary, NotBilled
@@ -17,46 +25,106 @@ if TYPE_CHECKING:
 # The row counts of the current batch that the months list shows (the month page shows all).
 MONTH_LIST_COUNTS = ("read", "billed", "unbillable", "suspense", "prepaid")
 STYLE = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1a202c;
-       margin: 0; padding: 20px 28px; background: #fff; }
+:root { color-scheme: light dark;
+  --fg: #1a202c; --muted: #4a5568; --faint: #5f6b7a; --bg: #fff; --rule: #edf2f7;
+  --border: #e2e8f0; --link: #0b6bcb; --bar: #3182ce; --track: #edf2f7; --ok: #276749;
+  --bad: #c53030; --pending: #975a16; --notice-bg: #ebf8ff; --notice-border: #bee3f8;
+  --above-bg: #fff5f5; --field-bg: #fff; --field-border: #a0aec0; --button-bg: #0b6bcb;
+  --button-fg: #fff; --good-bg: #c6f6d5; --good-fg: #22543d; --plain-bg: #e2e8f0;
+  --plain-fg: #2d3748; --alarm-bg: #fed7d7; --alarm-fg: #822727; }
+@media (prefers-color-scheme: dark) { :root {
+  --fg: #e2e8f0; --muted: #a0aec0; --faint: #a0aec0; --bg: #171923; --rule: #2d3748;
+  --border: #2d3748; --link: #63b3ed; --bar: #4299e1; --track: #2d3748; --ok: #68d391;
+  --bad: #fc8181; --pending: #f6e05e; --notice-bg: #1a365d; --notice-border: #2c5282;
+  --above-bg: #3c1e1e; --field-bg: #1a202c; --field-border: #4a5568; --button-bg: #2b6cb0;
+  --button-fg: #fff; --good-bg: #1c4532; --good-fg: #c6f6d5; --plain-bg: #2d3748;
+  --plain-fg: #e2e8f0; --alarm-bg: #63171b; --alarm-fg: #fed7d7; } }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+       color: var(--fg); background: var(--bg); margin: 0; padding: 20px 28px;
+       overflow-wrap: anywhere; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 0 0 10px; }
-a { color: #0b6bcb; text-decoration: none; } a:hover { text-decoration: underline; }
-.meta { color: #4a5568; margin: 0 0 16px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 18px;
-        margin-bottom: 18px; }
-section { border: 1px solid #e2e8f0; border-radius: 8px; padding: 14px 16px; }
+a { color: var(--link); text-decoration: none; } a:hover { text-decoration: underline; }
+.meta { color: var(--muted); margin: 0 0 16px; } footer.meta { margin: 8px 0 0; font-size: 12px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(340px, 100%), 1fr));
+        gap: 18px; margin-bottom: 18px; }
+section { border: 1px solid var(--border); border-radius: 8px; padding: 14px 16px; min-width: 0;
+          overflow-x: auto; }
+body > section { margin-bottom: 18px; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid #edf2f7;
+th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid var(--rule);
          white-space: nowrap; }
-th { color: #4a5568; font-weight: 600; font-size: 12px; text-transform: uppercase;
+th { color: var(--muted); font-weight: 600; font-size: 12px; text-transform: uppercase;
      letter-spacing: .03em; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tfoot td { font-weight: 600; border-bottom: none; }
+.code { text-decoration: underline dotted var(--faint); cursor: help; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
          font-weight: 600; }
-.current { background: #c6f6d5; color: #22543d; }
-.superseded { background: #e2e8f0; color: #4a5568; }
-.ok { color: #2f855a; font-weight: 600; } .bad { color: #c53030; font-weight: 600; }
-.files a { margin-right: 18px; } .empty { color: #718096; }
-svg.chart { display: block; max-width: 100%; } .chart .bar { fill: #3182ce; }
-.chart text { font-size: 12px; fill: #2d3748; font-variant-numeric: tabular-nums; }
-.nav { display: flex; gap: 18px; margin: 0 0 12px; font-size: 13px; }
-.nav a[aria-current] { color: #1a202c; font-weight: 600; }
-section { min-width: 0; } body > section { margin-bottom: 18px; }
-.scroll { overflow: auto; max-height: 70vh; } .scroll + h2 { margin-top: 16px; }
-.scroll thead th { position: sticky; top: 0; background: #fff; }
-.locked { background: #fed7d7; color: #822727; } .unlocked { background: #c6f6d5; color: #22543d; }
-.above { color: #c53030; font-weight: 600; background: #fff5f5; padding: 0 4px;
+.current, .unlocked { background: var(--good-bg); color: var(--good-fg); }
+.superseded { background: var(--plain-bg); color: var(--plain-fg); }
+.locked { background: var(--alarm-bg); color: var(--alarm-fg); }
+.ok { color: var(--ok); font-weight: 600; } .bad { color: var(--bad); font-weight: 600; }
+.pending { color: var(--pending); font-weight: 600; }
+.above { color: var(--bad); font-weight: 600; background: var(--above-bg); padding: 0 4px;
          border-radius: 4px; }
-.pending { color: #b7791f; font-weight: 600; }
-.notice { background: #ebf8ff; border: 1px solid #bee3f8; border-radius: 6px; padding: 8px 12px; }
+.files a { display: inline-block; margin-right: 18px; } .empty { color: var(--faint); }
+svg.chart { display: block; width: 100%; overflow: visible; }
+.chart .bar { fill: var(--bar); } .chart .track { fill: var(--track); }
+.chart text { font-size: 13px; fill: var(--fg); font-variant-numeric: tabular-nums; }
+.nav { display: flex; flex-wrap: wrap; gap: 6px 18px; margin: 0 0 12px; font-size: 13px; }
+.nav a[aria-current] { color: var(--fg); font-weight: 600; }
+.scroll { overflow: auto; max-height: 70vh; } .scroll + h2 { margin-top: 16px; }
+.scroll thead th { position: sticky; top: 0; background: var(--bg); }
+.notice { background: var(--notice-bg); border: 1px solid var(--notice-border);
+          border-radius: 6px; padding: 8px 12px; }
 form.credit label { display: block; margin: 0 0 8px; } form.filter { margin: 0 0 10px; }
-form.filter label { margin-right: 12px; } .paging a { margin-right: 14px; }
-input, select, button { font: inherit; padding: 3px 6px; }
-button { background: #0b6bcb; color: #fff; border: none; border-radius: 6px; padding: 4px 14px; }
+form.filter label { display: inline-block; margin: 0 12px 6px 0; }
+.paging a { margin-right: 14px; }
+input, select, button { font: inherit; padding: 3px 6px; max-width: 100%; box-sizing: border-box; }
+input, select { color: var(--fg); background: var(--field-bg);
+                border: 1px solid var(--field-border); border-radius: 4px; }
+button { background: var(--button-bg); color: var(--button-fg); border: none; border-radius: 6px;
+         padding: 4px 14px; }
+@media (max-width: 600px) {
+  body { padding: 12px; } section { padding: 10px 12px; } h1 { font-size: 19px; }
+  .grid { gap: 12px; margin-bottom: 12px; } body > section { margin-bottom: 12px; } }
 """
 
-CHART_WIDTH, LABEL_WIDTH, VALUE_WIDTH, ROW, BAR = 640, 110, 130, 30, 20
+# Every code a row of the pipeline can carry, in words (the code stays as the tooltip): the
+# reasons of quarantined rows (validate.REASONS), of unbillable calls (rate), of calls in
+# suspense (attribute), of duplicates and combined parts (not_billed, dedupe), and the kinds of
+# non-billed rows. Row outcomes (read, billed, not_billable, ...) are report.OUTCOME_LABELS,
+# the words the month's mail uses too.
+REASON_LABELS = {
+    "BAD_FIELD_COUNT": "wrong number of fields",
+    "BAD_CHARACTER": "control character in a field",
+    "MISSING_TRANSACTION_ID": "transaction id missing",
+    "MISSING_ACCOUNT": "account missing",
+    "BAD_TIMESTAMP": "start time not a date and time",
+    "NONEXISTENT_LOCAL_TIME": "start time skipped by the clock change",
+    "AMBIGUOUS_LOCAL_TIME": "start time repeated by the clock change",
+    "OUTSIDE_MONTH": "start time outside the month",
+    "BAD_DURATION": "duration not in whole seconds",
+    "DURATION_OUT_OF_RANGE": "duration out of range",
+    "BAD_COMPLETION_STATUS": "unknown completion status",
+    "BAD_NUMBER": "destination not a phone number",
+    "BAD_REVENUE_SHARE": "revenue share not a percentage",
+    "BAD_PART_NUMBER": "part number not a whole number",
+    "BAD_COST": "cost not a number",
+    "COST_OUT_OF_RANGE": "cost above the maximum",
+    "NEGATIVE_COST": "negative cost, no credits allowed",
+    "BAD_CURRENCY": "unknown currency",
+    "NO_TARIFF_PREFIX": "no tariff for the number",
+    "NO_RATE_AT_CALL_TIME": "no tariff price at the call's time",
+    "UNKNOWN_ACCOUNT": "account unknown",
+    "NOT_ENTITLED": "account not entitled",
+    "NO_SEQUENCE_NUMBER": "no sequence number",
+    "NO_CUSTOMER_ID": "no customer id",
+    "DUPLICATE_TRANSACTION": "duplicate transaction",
+    "PART_OF_SESSION": "part of a partial call",
+    "duplicate": "duplicates",
+}
+CHART_ROW, CHART_TEXT, CHART_BAR = 40, 15, 12  # px: one customer, its label's baseline, its bar
 
 
 def e(value: object) -> str:
@@ -69,14 +137,62 @@ def money(amount: Decimal, currency: str) -> str:
     return f"{amount:,} {currency}"
 
 
+def minor_money(amount_minor: int, currency: str) -> str:
+    """An amount in integer minor units, written as money() writes amounts."""
+    from cdr_billing.money import from_minor_units
+
+    return money(from_minor_units(amount_minor, currency), currency)
+
+
 def number(count: int) -> str:
     """A count with thousands separators, as every page writes counts."""
     return f"{count:,}"
 
 
-def timestamp(moment: datetime) -> str:
-    """A load time in UTC, to the minute."""
-    return (moment.astimezone(UTC) if moment.tzinfo else moment).strftime("%Y-%m-%d %H:%M UTC")
+def minutes(seconds: int) -> str:
+    """Seconds as minutes to a tenth (half up, as the month's mail rounds), with separators."""
+    tenths = (Decimal(seconds) / 60).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    return f"{tenths:,}"
+
+
+@cache
+def billing_zone() -> ZoneInfo:
+    """The billing timezone (config billing.timezone), the zone months are cut in: every
+    page shows its times there, as operators and finance read the month."""
+    from cdr_billing.ui.web import config
+
+    return ZoneInfo(config().billing.timezone)
+
+
+def timestamp(moment: datetime, zone: ZoneInfo | None = None, seconds: bool = False) -> str:
+    """A time in the billing timezone (or `zone`) with its abbreviation, to the minute (or the
+    second), e.g. "2026-11-02 09:14 CET"; a time without a zone is UTC, as databases store it."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    shown = aware.astimezone(zone or billing_zone())
+    return shown.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+
+
+def zone_note(zone: ZoneInfo | None = None) -> str:
+    """Which zone the page's times are in, and its abbreviations, e.g. "Europe/Zurich
+    (CET/CEST)"."""
+    zone = zone or billing_zone()
+    year = datetime.now(UTC).year
+    names = dict.fromkeys(datetime(year, month, 1, tzinfo=zone).tzname() for month in (1, 7))
+    return f"{zone.key} ({'/'.join(name for name in names if name)})"
+
+
+def reason_label(code: str) -> str:
+    """A reason code, row outcome or kind of non-billed row in words (an unknown code as is)."""
+    if code in REASON_LABELS:
+        return REASON_LABELS[code]
+    from cdr_billing.report import OUTCOME_LABELS
+
+    return OUTCOME_LABELS.get(code, code)
+
+
+def reason(code: str) -> str:
+    """A code in words, the code itself as its tooltip."""
+    return f'<span class="code" title="{e(code)}">{e(reason_label(code))}</span>'
 
 
 def nav(prefix: str, current: str) -> str:
@@ -94,12 +210,14 @@ def nav(prefix: str, current: str) -> str:
     )
 
 
-def page(title: str, body: str, style: str = "") -> str:
-    """A whole HTML document; `style`: the CSS of one kind of page, after the common one."""
+def page(title: str, body: str, style: str = "", times: bool = True) -> str:
+    """A whole HTML document; `style`: the CSS of one kind of page, after the common one;
+    `times`: whether a footer names the timezone of the page's times."""
+    footer = f'<footer class="meta">Times in {e(zone_note())}.</footer>' if times else ""
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<style>{STYLE}{style}</style></head><body>{body}</body></html>\n"
+        f"<style>{STYLE}{style}</style></head><body>{body}{footer}</body></html>\n"
     )
 
 
@@ -121,7 +239,8 @@ def balance(batch: Batch) -> str:
 def table(
     headers: list[str], rows: list[list[str]], numeric: set[int], footer: list[str] | None = None
 ) -> str:
-    """A table of already escaped cells; columns in `numeric` are right-aligned."""
+    """A table of already escaped cells; columns in `numeric` are right-aligned. In a card
+    (section) or .scroll, a table wider than the screen scrolls there, not the page."""
 
     def cells(tag: str, values: list[str]) -> str:
         return "".join(
@@ -171,11 +290,11 @@ def months_page(months: list[MonthSummary]) -> str:
                 badge(month.newest.status),
                 e(current.batch_id) if current else "none",
                 e(timestamp(current.loaded_at)) if current else "",
-                e(month.batch_count),
-                e(month.line_count),
+                e(number(month.batch_count)),
+                e(number(month.line_count)),
                 totals,
                 *(
-                    [e(current.count(name)) for name in MONTH_LIST_COUNTS]
+                    [e(number(current.count(name))) for name in MONTH_LIST_COUNTS]
                     if current
                     else [""] * len(MONTH_LIST_COUNTS)
                 ),
@@ -192,28 +311,28 @@ def months_page(months: list[MonthSummary]) -> str:
 
 
 def cost_chart(customers: list[CustomerTotal], currency: str) -> str:
-    """A horizontal bar chart of the customers' totals in one currency, as inline SVG."""
+    """A bar chart of the customers' totals in one currency, as inline SVG: per customer, its
+    id and total on a line and its bar below, sized in percent, so the chart takes its card's
+    width and its text keeps its size (legible on a phone, never scaled down)."""
     rows = [customer for customer in customers if customer.currency == currency]
     largest = max((customer.total_minor for customer in rows), default=0)
-    span = CHART_WIDTH - LABEL_WIDTH - VALUE_WIDTH
-    height = ROW * len(rows) + 10
+    height = CHART_ROW * len(rows)
     parts = [
         '<svg class="chart" xmlns="http://www.w3.org/2000/svg" '
-        f'width="{CHART_WIDTH}" height="{height}" viewBox="0 0 {CHART_WIDTH} {height}" '
+        f'width="100%" height="{height}" '
         f'role="img" aria-label="Cost per customer in {e(currency)}">'
     ]
     for i, customer in enumerate(rows):
-        y, amount = 5 + i * ROW, e(money(customer.total, currency))
-        width = span * max(customer.total_minor, 0) / largest if largest > 0 else 0
+        top, amount = i * CHART_ROW, e(money(customer.total, currency))
+        share = 100 * max(customer.total_minor, 0) / largest if largest > 0 else 0
+        bar = top + CHART_TEXT + 5
         parts += [
-            f'<text x="{LABEL_WIDTH - 8}" y="{y + BAR / 2}" '
-            'text-anchor="end" dominant-baseline="middle">'
-            f"{e(customer.customer_id)}</text>",
+            f'<text x="0" y="{top + CHART_TEXT}">{e(customer.customer_id)}</text>',
+            f'<text x="100%" y="{top + CHART_TEXT}" text-anchor="end">{amount}</text>',
+            f'<rect class="track" x="0" y="{bar}" width="100%" height="{CHART_BAR}" rx="3"/>',
             f'<rect class="bar" data-customer="{e(customer.customer_id)}" '
-            f'x="{LABEL_WIDTH}" y="{y}" width="{width:.1f}" height="{BAR}" rx="3">'
+            f'x="0" y="{bar}" width="{share:.2f}%" height="{CHART_BAR}" rx="3">'
             f"<title>{e(customer.customer_id)}: {amount}</title></rect>",
-            f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{y + BAR / 2}" '
-            f'dominant-baseline="middle">{amount}</text>',
         ]
     return "".join(parts) + "</svg>"
 
@@ -225,7 +344,13 @@ def _customers_section(detail: MonthDetail) -> str:
             '<section><h2>Totals per customer</h2><p class="empty">No billing lines.</p></section>'
         )
     rows = [
-        [e(c.customer_id), e(c.currency), e(c.lines), e(c.calls), e(money(c.total, c.currency))]
+        [
+            e(c.customer_id),
+            e(c.currency),
+            e(number(c.lines)),
+            e(number(c.calls)),
+            e(money(c.total, c.currency)),
+        ]
         for c in customers
     ]
     currencies = sorted({c.currency for c in customers})
@@ -236,8 +361,8 @@ def _customers_section(detail: MonthDetail) -> str:
     footer = [
         "Total",
         "",
-        e(sum(c.lines for c in customers)),
-        e(sum(c.calls for c in customers)),
+        e(number(sum(c.lines for c in customers))),
+        e(number(sum(c.calls for c in customers))),
         "<br>".join(e(money(sums[cur], cur)) for cur in currencies),
     ]
     totals = table(
@@ -252,8 +377,8 @@ def _customers_section(detail: MonthDetail) -> str:
 def _reconciliation_section(batch: Batch | None) -> str:
     if batch is None:
         return ""
-    rows = [[e("read"), e(batch.count("read"))]] + [
-        [e(label), e(count)] for label, count in batch.labelled_outcomes()
+    rows = [[reason("read"), e(number(batch.count("read")))]] + [
+        [reason(name), e(number(count))] for name, count in batch.outcomes()
     ]
     counts = table(["Rows", "Count"], rows, numeric={1})
     return f"<section><h2>Reconciliation</h2>{counts}<p>{balance(batch)}</p></section>"
@@ -262,7 +387,10 @@ def _reconciliation_section(batch: Batch | None) -> str:
 def _not_billed_section(title: str, key_header: str, items: list[NotBilled], empty: str) -> str:
     if not items:
         return f'<section><h2>{e(title)}</h2><p class="empty">{e(empty)}</p></section>'
-    rows = [[e(item.key or "unknown"), e(item.reason_code), e(item.calls)] for item in items]
+    rows = [
+        [e(item.key or "unknown"), reason(item.reason_code), e(number(item.calls))]
+        for item in items
+    ]
     calls = table([key_header, "Reason", "Calls"], rows, numeric={2})
     return f"<section><h2>{e(title)}</h2>{calls}</section>"
 
@@ -289,12 +417,25 @@ def _files_section(detail: MonthDetail) -> str:
     )
 
 
+def _stored_time(text: str) -> str:
+    """A time the ledger hands over as text (str of a datetime), in the billing timezone."""
+    try:
+        return timestamp(datetime.fromisoformat(text))
+    except ValueError:
+        return text
+
+
 def _held_files_section(held: list[dict[str, str]]) -> str:
     """Files delivered again with other content: not billed until an operator releases them."""
     if not held:
         return ""
     rows = [
-        [e(f["source"]), e(f["name"]), f"<code>{e(f['sha256'][:12])}</code>", e(f["first_seen"])]
+        [
+            e(f["source"]),
+            e(f["name"]),
+            f"<code>{e(f['sha256'][:12])}</code>",
+            e(_stored_time(f["first_seen"])),
+        ]
         for f in held
     ]
     release = (
@@ -349,4 +490,4 @@ def month_page(detail: MonthDetail) -> str:
 def message_page(title: str, text: str, link: tuple[str, str] | None = None) -> str:
     """A short page for errors: not found, not logged in, not allowed."""
     action = f'<p><a href="{e(link[0])}">{e(link[1])}</a></p>' if link else ""
-    return page(title, f"<h1>{e(title)}</h1><p>{e(text)}</p>{action}")
+    return page(title, f"<h1>{e(title)}</h1><p>{e(text)}</p>{action}", times=False)

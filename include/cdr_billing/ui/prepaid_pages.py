@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from cdr_billing.prepaid.accounts import format_amount
-from cdr_billing.ui.pages import e, nav, page, table, timestamp
+from cdr_billing.ui.pages import e, minor_money, nav, number, page, table, timestamp
 
 if TYPE_CHECKING:
     from cdr_billing.ui.prepaid_queries import (
@@ -52,10 +51,8 @@ def segment(account_id: str) -> str:
 
 
 def moment(value: datetime | None) -> str:
-    """A time in UTC to the second (ledger and deliveries), or empty."""
-    if value is None:
-        return ""
-    return (value.astimezone(UTC) if value.tzinfo else value).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A time in the billing timezone to the second (ledger and deliveries), or empty."""
+    return "" if value is None else timestamp(value, seconds=True)
 
 
 def scroll(content: str) -> str:
@@ -82,7 +79,7 @@ def line_badge(locked: bool) -> str:
 def _brief(entry: EntryBrief | None, currency: str) -> str:
     if entry is None:
         return '<span class="empty">none</span>'
-    return f"{e(format_amount(entry.amount_minor, currency))}<br>{e(timestamp(entry.created_at))}"
+    return f"{e(minor_money(entry.amount_minor, currency))}<br>{e(timestamp(entry.created_at))}"
 
 
 def _state_cell(account: AccountSummary) -> str:
@@ -97,7 +94,7 @@ def _topups_cell(account: AccountSummary) -> str:
         return ""
     return "<br>".join(
         f'<span class="{"bad" if t.status == "declined" else "pending"}">{e(t.status)}</span> '
-        f"{e(format_amount(t.amount_minor, t.currency))} "
+        f"{e(minor_money(t.amount_minor, t.currency))} "
         f"{e(timestamp(t.resolved_at or t.requested_at))}"
         for t in account.topups
     )
@@ -107,7 +104,7 @@ def _exposure_cell(account: AccountSummary) -> str:
     exposure = account.exposure
     if exposure is None:
         return ""
-    amount = e(format_amount(exposure.at_risk_minor, account.currency))
+    amount = e(minor_money(exposure.at_risk_minor, account.currency))
     return f'<span class="above">{amount}</span>' if exposure.above_limit else amount
 
 
@@ -117,12 +114,12 @@ def _exposure_section(run: ExposureRun | None) -> str:
     rows = [
         [
             e(c.currency),
-            e(c.accounts),
-            e(format_amount(c.bound_minor, c.currency)),
-            e(format_amount(c.undebited_minor, c.currency)),
-            e(format_amount(c.bound_minor + c.undebited_minor, c.currency)),
-            e(format_amount(c.limit_minor, c.currency)) if c.limit_minor is not None else "none",
-            f'<span class="above">{e(c.above_limit)}</span>' if c.above_limit else "0",
+            e(number(c.accounts)),
+            e(minor_money(c.bound_minor, c.currency)),
+            e(minor_money(c.undebited_minor, c.currency)),
+            e(minor_money(c.bound_minor + c.undebited_minor, c.currency)),
+            e(minor_money(c.limit_minor, c.currency)) if c.limit_minor is not None else "none",
+            f'<span class="above">{e(number(c.above_limit))}</span>' if c.above_limit else "0",
         ]
         for c in run.currencies
     ]
@@ -134,9 +131,9 @@ def _exposure_section(run: ExposureRun | None) -> str:
     above = [
         [
             _account_link(r.account_id, "prepaid/account/"),
-            e(format_amount(r.bound_minor, c.currency)),
-            e(format_amount(r.undebited_minor, c.currency)),
-            f'<span class="above">{e(format_amount(r.at_risk_minor, c.currency))}</span>',
+            e(minor_money(r.bound_minor, c.currency)),
+            e(minor_money(r.undebited_minor, c.currency)),
+            f'<span class="above">{e(minor_money(r.at_risk_minor, c.currency))}</span>',
         ]
         for c in run.currencies
         for r in c.largest_above
@@ -186,13 +183,13 @@ def accounts_page(listing: AccountsPage) -> str:
     in flight or declined, exposure; and the latest run's exposure per currency."""
     intro = (
         nav("", "Prepaid accounts") + "<h1>Prepaid accounts</h1><p class=meta>"
-        f"{e(listing.total)} accounts, {e(listing.locked)} lines locked. Balances and lines as "
-        "the last prepaid run or operator left them.</p>"
+        f"{e(number(listing.total))} accounts, {e(number(listing.locked))} lines locked. "
+        "Balances and lines as the last prepaid run or operator left them.</p>"
     )
     rows = [
         [
             _account_link(a.account_id, "prepaid/account/"),
-            e(format_amount(a.balance_minor, a.currency)),
+            e(minor_money(a.balance_minor, a.currency)),
             _state_cell(a),
             _brief(a.last_debit, a.currency),
             _brief(a.last_topup, a.currency),
@@ -232,7 +229,7 @@ SETTING_LABELS = {
 
 def _setting(name: str, value: Any, currency: str) -> str:
     if name.endswith("_minor") and isinstance(value, int):
-        return format_amount(value, currency)
+        return minor_money(value, currency)
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -286,8 +283,8 @@ def _ledger_section(ledger: LedgerPage, account: dict[str, Any], link: str) -> s
             e(entry.entry_id),
             e(moment(entry.created_at)),
             e(entry.kind),
-            e(format_amount(entry.amount_minor, currency)),
-            e(format_amount(entry.balance_after_minor, currency)),
+            e(minor_money(entry.amount_minor, currency)),
+            e(minor_money(entry.balance_after_minor, currency)),
             _entry_source(entry),
             e(entry.reason or ""),
             e(entry.created_by),
@@ -312,7 +309,7 @@ def _locks_section(events: list[dict[str, Any]], currency: str) -> str:
             e(moment(event["created_at"])),
             line_badge(event["state"] == "locked"),
             e("LOCK" if event["state"] == "locked" else "UNLOCK"),
-            e(format_amount(event["balance_minor"], currency)),
+            e(minor_money(event["balance_minor"], currency)),
             e(event["reason"]),
             e(event["created_by"]),
         ]
@@ -328,9 +325,9 @@ def _topups_section(topups: list[dict[str, Any]]) -> str:
         [
             e(t["request_id"]),
             e(moment(t["requested_at"])),
-            e(format_amount(t["amount_minor"], t["currency"])),
+            e(minor_money(t["amount_minor"], t["currency"])),
             f'<span class="{"bad" if t["status"] == "declined" else ""}">{e(t["status"])}</span>',
-            e(t["attempts"]),
+            e(number(t["attempts"])),
             e(moment(t["resolved_at"])),
             e(t["gateway_reference"] or ""),
             e(t["detail"] or ""),
@@ -373,7 +370,7 @@ def _deliveries_section(deliveries: list[dict[str, Any]]) -> str:
             _status_cell(d),
             e(moment(d["created_at"])),
             e(moment(d["delivered_at"])),
-            e(d["attempts"]),
+            e(number(d["attempts"])),
             e(moment(d["next_attempt_at"])) if d["delivered_at"] is None else "",
             _error_cell(d),
         ]
@@ -421,7 +418,7 @@ def _notice(posted: dict[str, Any] | None, repeated: bool, currency: str) -> str
     if posted is None:
         return ""
     what = (
-        f"{posted['kind']} {format_amount(posted['amount_minor'], currency)} "
+        f"{posted['kind']} {minor_money(posted['amount_minor'], currency)} "
         f"(entry {posted['entry_id']}, by {posted['created_by']})"
     )
     text = (
@@ -444,7 +441,7 @@ def account_page(
     account_id, currency = account["account_id"], account["currency"]
     link = segment(account_id)
     state = (
-        f"Balance <b class=balance>{e(format_amount(account['balance_minor'], currency))}</b>, "
+        f"Balance <b class=balance>{e(minor_money(account['balance_minor'], currency))}</b>, "
         f"line {line_badge(account['locked'])}, updated {e(moment(account['updated_at']))}"
         + ("" if account["active"] else ' <span class="badge superseded">inactive</span>')
     )
@@ -472,7 +469,7 @@ def outbox_page(outbox: OutboxPage) -> str:
             e(d["action"]),
             _status_cell(d),
             e(moment(d["created_at"])),
-            e(d["attempts"]),
+            e(number(d["attempts"])),
             e(moment(d["next_attempt_at"])),
             _error_cell(d),
         ]
@@ -508,4 +505,5 @@ def form_error_page(title: str, text: str, back: str) -> str:
         title,
         f'<h1>{e(title)}</h1><p>{e(text)}</p><p><a href="{e(back)}">&larr; Back to the '
         "account</a></p>",
+        times=False,
     )
