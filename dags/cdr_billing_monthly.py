@@ -195,7 +195,9 @@ def report_month(loaded: LoadedBatch, settlement: PrepaidSettlement) -> MonthRep
     schedule=CronDataIntervalTimetable("0 0 1 * *", timezone=CONFIG.billing.timezone),
     start_date=pendulum.datetime(2026, 1, 1, tz=CONFIG.billing.timezone),
     catchup=False,
-    max_active_runs=1,
+    # Months side by side: a month waiting for its files does not hold back a re-run of
+    # another (what conflicts is serialised by database locks, docs/operations.md).
+    max_active_runs=CONFIG.months_at_once,
     doc_md=__doc__,
     tags=["billing", "cdr"],
     default_args={

@@ -7,6 +7,7 @@ from base64 import b64encode
 
 from airflow.plugins_manager import AirflowPlugin
 
+from cdr_billing import run_notes
 from cdr_billing.ui.app import app
 
 
@@ -40,3 +41,5 @@ class CdrBillingUiPlugin(AirflowPlugin):
             "icon": _icon(),
         }
     ]
+    # The billing month on every run's note, and why a run waits (set in the scheduler).
+    listeners = [run_notes]

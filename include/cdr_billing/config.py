@@ -135,6 +135,7 @@ class PipelineConfig:
     billing_file_columns: dict[str, str]
     profiles: dict[str, SourceProfile]
     prepaid: PrepaidSettings = field(default_factory=PrepaidSettings)
+    months_at_once: int = 3  # runs of the monthly DAG at a time (its max_active_runs)
 
     def markups(self) -> dict[str, int]:
         """Markup per source in basis points (1 % = 100)."""
@@ -201,6 +202,7 @@ def _alert_recipients(path: Path, raw: dict[str, Any]) -> dict[str, tuple[str, .
 
 
 DEFAULT_FILES_AT_ONCE = 2
+DEFAULT_MONTHS_AT_ONCE = 3
 
 
 def _positive(path: Path, key: str, value: Any) -> int:
@@ -269,6 +271,9 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         billing_file_columns=dict(raw["billing_file"]["columns"]),
         profiles=profiles,
         prepaid=_prepaid(path, raw.get("prepaid") or {}),
+        months_at_once=_positive(
+            path, "months_at_once", raw.get("months_at_once", DEFAULT_MONTHS_AT_ONCE)
+        ),
     )
 
 

@@ -17,8 +17,13 @@ ASK_DEVELOPERS = "Send the log to the pipeline's developers."
 
 
 def side_by_side(config: PipelineConfig) -> dict[str, int]:
-    """A mapped task's instances that run at once: one file each, so this bounds memory."""
-    return {"max_active_tis_per_dagrun": config.files_at_once}
+    """A mapped task's instances that run at once: one file each, so this bounds memory. The
+    same cap holds for all runs of the DAG together (months run side by side: memory is that
+    of `files_at_once` files however many months run)."""
+    return {
+        "max_active_tis_per_dagrun": config.files_at_once,
+        "max_active_tis_per_dag": config.files_at_once,
+    }
 
 
 class SharedTasks(NamedTuple):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,9 @@ from cdr_billing.alerts import task_failure_mail
 from cdr_billing.config import PipelineConfig
 from cdr_billing.contracts import from_xcom, to_xcom
 from cdr_billing.run_attempts import RecordedFailureMail
+from cdr_billing.run_notes import context_month, first_log_line
 
+log = logging.getLogger(__name__)
 MAPPED_NAME = "mapped_name"  # what a mapped task's map_index_template shows
 
 
@@ -37,14 +40,18 @@ def pipeline_task(
     **task_args: Any,
 ) -> Callable[[Callable[..., Any]], Any]:
     """Decorate a function whose arguments and result are contract records (as annotated) into
-    a TaskFlow task (or sensor) named after it. `mapped_name`: for a mapped task, the argument
-    whose `name` the UI shows for each mapped task instead of its index."""
+    a TaskFlow task (or sensor) named after it, whose log starts with the run's billing month.
+    `mapped_name`: for a mapped task, the argument whose `name` (the CDR file's) the UI shows
+    for each mapped task instead of its index."""
 
     def decorate(function: Callable[..., Any]):
         signature = inspect.signature(function)
 
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
+            context = get_current_context()
+            month = context_month(context, config.billing.timezone)
+            log.info(first_log_line(month, context["run_id"]))
             hints = typing.get_type_hints(function)
             bound = signature.bind(*args, **kwargs)
             records = {
@@ -52,7 +59,7 @@ def pipeline_task(
                 for name, value in bound.arguments.items()
             }
             if mapped_name:
-                get_current_context()[MAPPED_NAME] = records[mapped_name].name
+                context[MAPPED_NAME] = records[mapped_name].name
             result = function(**records)
             if isinstance(result, PokeReturnValue):
                 return PokeReturnValue(result.is_done, to_xcom(result.xcom_value))
