@@ -19,8 +19,9 @@ a re-run after a tariff fix posts a reversal and a new debit per changed call, n
 
 **Which month.** The scheduled run for the interval starting on the 1st of month M bills
 month M (it runs once M is over). A manual run bills the last complete month, or the month
-given in the `billing_month` param (`YYYY-MM`). Backfill a range with
-`airflow backfill create --dag-id cdr_billing_monthly --from-date 2026-01-01 --to-date 2026-03-31`.
+picked in the `billing_month` param. Backfill a range with
+`airflow backfill create --dag-id cdr_billing_monthly --from-date 2026-01-01 --to-date 2026-03-31`:
+it bills the months whose 1st lies in the range, the dates read as typed in any timezone.
 
 **Re-running is safe.** Every run loads a new batch that replaces the month's current one
 in a single transaction; the old batch is kept as superseded.
@@ -34,7 +35,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context
+from airflow.sdk import Param, PokeReturnValue, dag, get_current_context
 
 from cdr_billing.config import load_config
 from cdr_billing.contracts import (
@@ -50,11 +51,15 @@ from cdr_billing.contracts import (
     Run,
 )
 from cdr_billing.dag_tasks import shared_tasks, side_by_side
+from cdr_billing.months import BillingMonth
 from cdr_billing.taskflow import failure_mail, pipeline_task
+from cdr_billing.timetables import BillingMonthTimetable, billing_month_param
 
 CONFIG = load_config()
 SIDE_BY_SIDE = side_by_side(CONFIG)
 SHARED = shared_tasks(CONFIG)
+
+FIRST_MONTH = BillingMonth(2026, 1)  # the DAG's start_date: the first month it bills
 
 SERVERS_DOWN = (
     "Check that the SFTP servers answer (the error names each one) and whether the provider has "
@@ -192,8 +197,11 @@ def report_month(loaded: LoadedBatch, settlement: PrepaidSettlement) -> MonthRep
 
 @dag(
     dag_id="cdr_billing_monthly",
-    schedule=CronDataIntervalTimetable("0 0 1 * *", timezone=CONFIG.billing.timezone),
-    start_date=pendulum.datetime(2026, 1, 1, tz=CONFIG.billing.timezone),
+    # Monthly in the billing timezone; backfill ranges read as the dates typed (README).
+    schedule=BillingMonthTimetable(CONFIG.billing.timezone),
+    start_date=pendulum.datetime(
+        FIRST_MONTH.year, FIRST_MONTH.month, 1, tz=CONFIG.billing.timezone
+    ),
     catchup=False,
     # Months side by side: a month waiting for its files does not hold back a re-run of
     # another (what conflicts is serialised by database locks, docs/operations.md).
@@ -207,13 +215,7 @@ def report_month(loaded: LoadedBatch, settlement: PrepaidSettlement) -> MonthRep
         "on_failure_callback": [failure_mail(CONFIG, SERVERS_DOWN)],
     },
     params={
-        "billing_month": Param(
-            None,
-            type=["null", "string"],
-            pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
-            title="Billing month",
-            description="YYYY-MM. Leave empty to bill the month of the run's data interval.",
-        ),
+        "billing_month": billing_month_param(FIRST_MONTH, CONFIG.billing.timezone),
         "refresh_entitlements": Param(
             False,
             type="boolean",

@@ -94,6 +94,8 @@ class BillingSettings:
     month_tolerance_hours: float
     max_rejected_share: float
     price_check_tolerance_percent: float = 5.0
+    # the Airflow UI shows times (and reads backfill dates) in `timezone` until a user picks one
+    ui_timezone_default: bool = False
 
 
 @dataclass(frozen=True)
