@@ -57,7 +57,7 @@ th { color: var(--muted); font-weight: 600; font-size: 12px; text-transform: upp
      letter-spacing: .03em; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tfoot td { font-weight: 600; border-bottom: none; }
-.code { text-decoration: underline dotted var(--faint); cursor: help; }
+.code { text-decoration: underline dotted var(--faint); cursor: help; white-space: normal; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
          font-weight: 600; }
 .current, .unlocked { background: var(--good-bg); color: var(--good-fg); }
