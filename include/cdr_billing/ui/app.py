@@ -30,7 +30,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cdr_billing.ui import pages
+from cdr_billing.ui import drill_routes, pages
 from cdr_billing.ui.web import (
     BILLING_DAG_ID,
     NO_STORE,
@@ -183,6 +183,8 @@ def prepaid_affordable(
         raise HTTPException(404, str(exc)) from None
     return JSONResponse(found.as_json(), headers=NO_STORE)
 
+
+app.include_router(drill_routes.router)
 
 # ---------------------------------------------------------------------------------------------
 # Prepaid pages (prepaid_queries, prepaid_pages)
