@@ -135,11 +135,13 @@ def month_of_context(context: Mapping[str, Any], timezone: str) -> str | None:
     """The billing month of a task's context, as the failure mail says it; None when unknown."""
     from cdr_billing.months import resolve_billing_month
 
-    params = context.get("params") or {}
+    param = (context.get("params") or {}).get("billing_month")
     try:
         return str(
             resolve_billing_month(
-                params.get("billing_month"), context.get("data_interval_start"), timezone
+                param if isinstance(param, str) else None,
+                context.get("data_interval_start"),
+                timezone,
             )
         )
     except ValueError:

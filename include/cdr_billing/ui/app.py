@@ -30,7 +30,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cdr_billing.ui import drill_routes, pages
+from cdr_billing.ui import drill_routes, pages, runs_routes
 from cdr_billing.ui.web import (
     BILLING_DAG_ID,
     NO_STORE,
@@ -51,9 +51,6 @@ MAX_ACCOUNT_ID = 128
 MAX_FORM_BYTES = 16_384
 FORM_FIELDS = ("key", "csrf_token", "kind", "amount", "reason")
 MAX_FIELD = {"key": 64, "csrf_token": 100, "kind": 16, "amount": 32, "reason": 500}
-# Data Docs run scripts from public CDNs: a sandbox gives them an origin of their own, away from
-# Airflow's cookies and API.
-DATA_DOCS_POLICY = "sandbox allow-scripts allow-popups; frame-ancestors 'self'"
 
 
 async def require_billing_reader(
@@ -90,26 +87,85 @@ app = FastAPI(
 )
 
 
-@app.exception_handler(StarletteHTTPException)
-async def _error_page(request: Request, error: StarletteHTTPException) -> Response:
-    """Errors as a short page; 401 links to Airflow's login, back to this page."""
-    link = None
-    if error.status_code == 401:
+TITLES = {
+    401: "Not logged in",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not possible here",
+    422: "Not valid",
+}
+MAX_DETAIL = 300  # characters of an error's text shown: it may repeat part of the address
+MAX_BACK_DEPTH = 16  # deeper addresses link back by the app's absolute path
+MAX_NEXT_URL = 1000  # longer addresses are not where the login leads back to
+
+
+def _app_path(request: Request) -> str:
+    """The request's path inside this app, as sent (percent-encoded), without its mount prefix."""
+    raw = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+    root = request.scope.get("root_path", "")
+    return raw[len(root) :] if root and raw.startswith(root) else raw
+
+
+def _is_api(request: Request) -> bool:
+    return _app_path(request).startswith("/api/")
+
+
+def _way_back(request: Request) -> tuple[str, str]:
+    """A link to the Billing months: relative to the address's folder (any prefix works), or
+    the app's absolute path for very deep addresses."""
+    depth = _app_path(request).count("/") - 1
+    href = "./" if depth <= 0 else "../" * depth
+    if depth > MAX_BACK_DEPTH:
+        href = request.scope.get("root_path", "") + "/"
+    return href, "Back to the Billing months"
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
+
+
+def _error_response(request: Request, status: int, text: str) -> Response:
+    """The error as JSON for the API, as a short page with a way back for the pages."""
+    if _is_api(request):
+        return JSONResponse({"detail": _bounded(text)}, status, headers=NO_STORE)
+    link = _way_back(request)
+    if status == 401:
         from airflow.api_fastapi.app import get_auth_manager
 
-        link = (get_auth_manager().get_url_login(next_url=str(request.url)), "Log in to Airflow")
-    titles = {401: "Not logged in", 403: "Not allowed", 404: "Not found"}
-    document = pages.message_page(titles.get(error.status_code, "Error"), str(error.detail), link)
-    return html(document, error.status_code)
+        back = str(request.url)
+        if len(back) > MAX_NEXT_URL:  # not echoed: back to the Billing months instead
+            back = str(request.url.replace(path=request.scope.get("root_path", "") + "/", query=""))
+        link = (get_auth_manager().get_url_login(next_url=back), "Log in to Airflow")
+    document = pages.message_page(TITLES.get(status, "Error"), _bounded(text), link)
+    return html(document, status)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _error_page(request: Request, error: StarletteHTTPException) -> Response:
+    """Errors as a short page (401 links to Airflow's login, back to this page; others back to
+    the Billing months); a route's own text, Starlette's for unknown addresses and methods."""
+    texts = {
+        404: "There is no Billing page at this address.",
+        405: "This address does not take that kind of request.",
+    }
+    default = error.detail in ("Not Found", "Method Not Allowed")
+    text = texts.get(error.status_code, str(error.detail)) if default else str(error.detail)
+    return _error_response(request, error.status_code, text)
 
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_request_page(request: Request, error: RequestValidationError) -> Response:
     """A malformed URL: a short page (JSON for the switch's API), not the validator's dump."""
-    text = "The address or its parameters are not valid here."
-    if "/api/" in request.url.path:
-        return JSONResponse({"detail": text}, 422, headers=NO_STORE)
-    return html(pages.message_page("Not valid", text), 422)
+    return _error_response(request, 422, "The address or its parameters are not valid here.")
+
+
+@app.exception_handler(Exception)
+async def _server_error_page(request: Request, error: Exception) -> Response:
+    """Anything unexpected: a short page, not a bare "Internal Server Error" (the error itself
+    goes to the api-server's log)."""
+    return _error_response(
+        request, 500, "The Billing page met an error; it is in the api-server's log."
+    )
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -151,14 +207,6 @@ def billingfile(billing_month: Month, name: Literal["billing-csv", "billing-xlsx
     return file(files.billing_csv if name == "billing-csv" else files.billing_xlsx, download=True)
 
 
-@app.get("/month/{billing_month}/data-docs/{relative:path}")
-def data_docs(billing_month: Month, relative: str) -> FileResponse:
-    """A file of the current batch's Great Expectations Data Docs site."""
-    from cdr_billing.ui import queries
-
-    return file(queries.data_docsfile(_files(billing_month), relative), policy=DATA_DOCS_POLICY)
-
-
 @app.get("/api/prepaid/affordable")
 def prepaid_affordable(
     account: Annotated[str, Query(min_length=1, max_length=128)],
@@ -183,6 +231,8 @@ def prepaid_affordable(
         raise HTTPException(404, str(exc)) from None
     return JSONResponse(found.as_json(), headers=NO_STORE)
 
+
+app.include_router(runs_routes.router)
 
 app.include_router(drill_routes.router)
 

@@ -1,0 +1,202 @@
+"""The months tried page: every month of the billing DAG's range with what its latest run did
+(billed, failed and why, running, waiting for files, queued, never run), its runs linked to
+their pages in the Airflow UI, its held files, and links to its validation results and
+billing file.
+
+Links to the Airflow UI: the Billing page lives in the UI's sandboxed frame (no top
+navigation, no popups), where a plain link would load the whole UI inside the frame. A link
+marked `data-ui-href` carries the UI path; the app's script (TOP_LINKS_SCRIPT, served by
+runs_routes) moves the UI itself there through its own router (history.pushState and a
+popstate event on the same-origin top window). Without the script (page opened on its own)
+the link is a plain link to the same UI page.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import quote
+
+from cdr_billing.ui import pages
+from cdr_billing.ui.pages import e
+from cdr_billing.ui.runs_queries import (
+    BILLED,
+    MISSING,
+    QUEUED,
+    RUNNING,
+    WAITING,
+    MonthTried,
+    RunTried,
+)
+from cdr_billing.ui.web import BILLING_DAG_ID
+
+SCRIPT_PATH = "static/top-links.js"  # under /billing/
+# Moves the UI (the frame's same-origin parent) to a link's UI page through the UI's router.
+TOP_LINKS_SCRIPT = """'use strict';
+document.addEventListener('click', (event) => {
+  const link = event.target.closest && event.target.closest('a[data-ui-href]');
+  if (!link || window.top === window || event.button !== 0 || event.ctrlKey || event.metaKey
+      || event.shiftKey || event.altKey) { return; }
+  const target = new URL(link.getAttribute('href'), document.baseURI);
+  let top;
+  try { top = window.top; top.location.origin; } catch (denied) { return; }
+  if (target.origin !== top.location.origin) { return; }
+  event.preventDefault();
+  const state = top.history.state || {};
+  const index = typeof state.idx === 'number' ? state.idx + 1 : 0;
+  top.history.pushState({ usr: null, key: Math.random().toString(36).slice(2, 10), idx: index },
+                        '', target.pathname + target.search + target.hash);
+  top.dispatchEvent(new PopStateEvent('popstate', { state: top.history.state }));
+});
+"""
+STYLE = """
+.failed { background: var(--alarm-bg); color: var(--alarm-fg); }
+.billed { background: var(--good-bg); color: var(--good-fg); }
+.running, .waiting, .queued { background: var(--notice-bg); color: var(--fg); }
+.missing { background: var(--plain-bg); color: var(--plain-fg); }
+.why { white-space: normal; min-width: 18em; max-width: 40em; }
+.runs a { display: block; }
+"""
+STATE_WORDS = {
+    "success": "succeeded",
+    "failed": "failed",
+    RUNNING: "running",
+    WAITING: "waiting for files",
+    QUEUED: "queued",
+}
+
+
+def script_tag(prefix: str) -> str:
+    """The script tag of TOP_LINKS_SCRIPT; `prefix` leads from the page's folder to /billing/.
+    A page with it needs web policy SCRIPT_POLICY (runs_routes.html_with_links)."""
+    return f'<script src="{e(prefix + SCRIPT_PATH)}" defer></script>'
+
+
+def run_ui_href(run_id: str, prefix: str) -> str:
+    """The relative link from a Billing page to a run's page in the Airflow UI; `prefix` leads
+    from the page's folder to /billing/, whose parent is the UI's root."""
+    return f"{prefix}../dags/{BILLING_DAG_ID}/runs/{quote(run_id, safe='')}"
+
+
+def run_link(run_id: str, prefix: str, label: str | None = None) -> str:
+    """A link that opens the run's page in the Airflow UI (not in the frame)."""
+    return (
+        f'<a href="{e(run_ui_href(run_id, prefix))}" data-ui-href>'
+        f"<code>{e(label or run_id)}</code></a>"
+    )
+
+
+def validation_href(billing_month: str, run_id: str | None = None, prefix: str = "") -> str:
+    """The relative link to a month's validation results (gx_results): of its current batch's
+    run, or of `run_id`; `prefix` leads from the linking page's folder to /billing/ (e.g.
+    "../" from month/<YYYY-MM>)."""
+    query = f"?run={quote(run_id, safe='')}" if run_id else ""
+    return f"{prefix}month/{billing_month}/validation{query}"
+
+
+def status_badge(month: MonthTried) -> str:
+    return f'<span class="badge {e(month.status)}">{e(month.status_words)}</span>'
+
+
+def _since(run: RunTried | None) -> str:
+    return pages.timestamp(run.started_at) if run and run.started_at else "not started"
+
+
+def why(month: MonthTried) -> str:
+    """What the month's latest run did, in a sentence or two (escaped HTML)."""
+    run = month.latest
+    if month.status == MISSING:
+        return '<span class="empty">No run of this month has been recorded.</span>'
+    if month.status == BILLED:
+        if month.current is None:
+            return "Succeeded, but the month has no current batch."
+        return (
+            f"Batch {e(month.current.batch_id)}, loaded "
+            f"{e(pages.timestamp(month.current.loaded_at))}."
+        )
+    if month.status == WAITING:
+        return (
+            f"Waiting for the providers' files since {e(_since(run))}; the run fails if they "
+            f"have not arrived by {e(pages.timestamp(month.deadline))}."
+        )
+    if month.status in (RUNNING, QUEUED):
+        text = "Running" if month.status == RUNNING else "Queued (another run of the DAG first)"
+        return (
+            f"{text} since {e(_since(run))}. Files deadline {e(pages.timestamp(month.deadline))}."
+        )
+    assert run is not None
+    task = f"Task <b>{e(run.failed_task)}</b> failed: " if run.failed_task else ""
+    hint = f"<br><i>What to do:</i> {e(run.hint)}" if run.hint else ""
+    older = (
+        f"<br>Batch {e(month.current.batch_id)} of an earlier run stays current."
+        if month.current
+        else ""
+    )
+    return f"{task}{e(run.error or 'no error recorded')}{hint}{older}"
+
+
+def _runs_cell(month: MonthTried, prefix: str) -> str:
+    return "".join(
+        f"{run_link(run.run_id, prefix)} {e(STATE_WORDS.get(run.state, run.state))}"
+        for run in month.runs[:5]
+    ) + (f"<br>… {len(month.runs) - 5} earlier" if len(month.runs) > 5 else "")
+
+
+def _links_cell(month: MonthTried, prefix: str) -> str:
+    links = []
+    if month.current:
+        links += [
+            f'<a href="{prefix}month/{e(month.billing_month)}">Month page</a>',
+            f'<a href="{prefix}month/{e(month.billing_month)}/files/billing-csv" download>CSV</a>',
+            f'<a href="{prefix}month/{e(month.billing_month)}/files/billing-xlsx" download>'
+            "Excel</a>",
+        ]
+    validated = month.current is not None or any(r.work_dir for r in month.runs)
+    if validated:
+        run_id = None if month.current and month.status == BILLED else _latest_with_dir(month)
+        href = validation_href(month.billing_month, run_id, prefix)
+        links.append(f'<a href="{e(href)}">Validation</a>')
+    return " · ".join(links)
+
+
+def _latest_with_dir(month: MonthTried) -> str | None:
+    return next((run.run_id for run in month.runs if run.work_dir), None)
+
+
+def _held_cell(month: MonthTried) -> str:
+    return "<br>".join(e(f"{held['source']}/{held['name']}") for held in month.held_files)
+
+
+def months_tried_table(months: list[MonthTried], prefix: str = "") -> str:
+    """The months tried as a table (escaped HTML), for this page or the months list; `prefix`
+    leads from the embedding page's folder to /billing/. The page needs script_tag(prefix) for
+    its run links to open in the UI."""
+    rows = [
+        [
+            e(month.billing_month),
+            status_badge(month),
+            f'<div class="why">{why(month)}</div>',
+            _runs_cell(month, prefix),
+            _held_cell(month),
+            _links_cell(month, prefix),
+        ]
+        for month in months
+    ]
+    return pages.table(["Month", "Status", "What happened", "Runs", "Held files", ""], rows, set())
+
+
+def months_tried_page(months: list[MonthTried], now: datetime) -> str:
+    """Every month the DAG has tried, newest first."""
+    failed = sum(month.status == "failed" for month in months)
+    missing = sum(month.status == MISSING for month in months)
+    intro = (
+        pages.nav("", "Months tried")
+        + "<h1>Months tried</h1><p class=meta>Every month of the billing DAG, from its first to "
+        "the last complete one: what its latest run did, its runs (they open in the Airflow "
+        f"UI) and its held files. {e(failed)} failed, {e(missing)} never run; as of "
+        f"{e(pages.timestamp(now))}.</p>"
+    )
+    return pages.page(
+        "Months tried",
+        intro + f'<section class="runs">{months_tried_table(months)}</section>' + script_tag(""),
+        style=STYLE,
+    )
