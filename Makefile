@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt Makefile | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-prepaid postgres-server openssh-server chromium clean
+.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-prepaid bench-ui postgres-server openssh-server chromium clean
 
 $(READY): requirements.txt requirements-dev.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -47,6 +47,10 @@ bench-dag: setup
 # make bench-prepaid ARGS="--accounts 2000 --files 4 --calls 80000"
 bench-prepaid: setup
 	$(BIN)/python -m cdr_devkit.bench_prepaid $(ARGS)
+
+# Every Billing page timed on a 10-million-call month, e.g. make bench-ui ARGS="--calls 1000000"
+bench-ui: setup
+	$(BIN)/python -m cdr_devkit.bench_ui $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check dags include devkit plugins tests
