@@ -1,9 +1,10 @@
 """The Billing pages' look in a real browser: headless Chromium (driven over the DevTools
 protocol as `make screenshot` does) opens Billing in the Airflow UI of a running api-server and
-clicks to the months list, a month and the Prepaid accounts. Each page is checked on a 390 px
-wide phone and a 1400 px wide screen, in light and dark colours: no page-wide horizontal scroll
-(wide tables scroll inside their card), readable contrast, legible chart labels, times in the
-billing timezone, counts with separators. Screenshots go to the test's tmp dir.
+clicks to the months list, a month, the Prepaid accounts and an account (its form too). Each
+page is checked on a 390 px wide phone and a 1400 px wide screen, in light and dark colours: no
+page-wide horizontal scroll (wide tables scroll inside their card), readable contrast, legible
+chart labels, times in the billing timezone, counts with separators. Screenshots: the test's
+tmp dir.
 
 Besides the months every Billing page test shares (`seeded`), a month of this module's own
 (2026-07: a million rows, twelve customers, amounts in the millions) and a prepaid account
@@ -260,8 +261,10 @@ def test_the_billing_pages_read_well_on_a_phone_and_a_screen_in_light_and_dark(
     month = _look(browser, session, "month", tmp_path)
     _click(browser, session, 'nav a[href="../prepaid"]', "Prepaid accounts")
     prepaid = _look(browser, session, "prepaid", tmp_path)
+    _click(browser, session, f'a[href="prepaid/account/{ACCOUNT}"]', f"Prepaid account {ACCOUNT}")
+    account = _look(browser, session, "account", tmp_path)
 
-    for key, found in {**months, **month, **prepaid}.items():
+    for key, found in {**months, **month, **prepaid, **account}.items():
         _assert_look(key, found)
     phone = months["months-phone-light"]
     assert any(t["wider"] for t in phone["tables"])  # the months table scrolls in its card
@@ -278,4 +281,6 @@ def test_the_billing_pages_read_well_on_a_phone_and_a_screen_in_light_and_dark(
         t for t in prepaid["prepaid-desktop-light"]["bodyText"].split() if t in ("CET", "CEST")
     ]
     assert len(times) >= 2  # the line's lock and the last debit and top-up
-    assert len(list(tmp_path.glob("*.png"))) == 12
+    ledger = account["account-phone-dark"]["numbers"]
+    assert "1,234.56 EUR" in ledger and "-1,240.00 EUR" in ledger  # the top-up and the debit
+    assert len(list(tmp_path.glob("*.png"))) == 16
