@@ -478,3 +478,12 @@ def test_minutes_follow_the_mail_s_rounding():
         )
     )
     assert drill_queries.minutes(9) == mail[0]["minutes"] == Decimal("0.1").__float__()
+
+
+def test_the_month_page_s_groups_can_come_from_the_load_s_sums(setup):
+    from cdr_billing.ui import queries
+
+    batch_id = drill_queries.current_batch(setup.engine, MONTH)
+    assert drill_queries.not_billed_summary(setup.engine, batch_id) == queries.not_billed(
+        setup.engine, batch_id
+    )

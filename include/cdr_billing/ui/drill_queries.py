@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.engine import Connection, Engine
@@ -29,6 +30,9 @@ from cdr_billing.schema import (
     billing_user_line,
     not_billed_group,
 )
+
+if TYPE_CHECKING:
+    from cdr_billing.ui.queries import NotBilled
 
 LINES_PER_PAGE = 500
 USERS_PER_PAGE = 200
@@ -440,3 +444,23 @@ def group_rows_page(
             return None
         rows = [_not_billed_row(item) for item in conn.execute(query)]
     return GroupRowsPage(_group(found), rows[:CALLS_PER_PAGE], len(rows) > CALLS_PER_PAGE)
+
+
+def not_billed_summary(engine: Engine, batch_id: int) -> dict[str, list[NotBilled]]:
+    """What queries.not_billed answers (the month page's unbillable ranges and suspense
+    accounts, most calls first), read from the load's sums instead of every row's detail."""
+    from cdr_billing.ui.queries import NotBilled
+
+    group = not_billed_group.c
+    query = select(group.kind, group.group_key, group.reason_code, group.calls).where(
+        group.batch_id == batch_id, group.kind.in_(KINDS)
+    )
+    found: dict[str, list[NotBilled]] = {kind: [] for kind in KINDS}
+    with engine.connect() as conn:
+        for kind, key, reason_code, calls in conn.execute(query):
+            found[kind].append(NotBilled(key, reason_code, int(calls)))
+    # ordered in Python, as queries.not_billed orders (the database's collation may differ)
+    return {
+        kind: sorted(items, key=lambda item: (-item.calls, item.key, item.reason_code))
+        for kind, items in found.items()
+    }
