@@ -110,7 +110,8 @@ PROTECTED = [
     "/billing/",
     "/billing/month/2026-05",
     "/billing/month/2026-05/files/billing-csv",
-    "/billing/month/2026-05/data-docs/",
+    "/billing/month/2026-05/validation",
+    "/billing/runs",
 ]
 
 
@@ -279,44 +280,16 @@ def test_reconciliation_unbillable_ranges_and_suspense_accounts_without_phone_nu
     ]
 
 
-def test_the_links_serve_the_data_docs_and_the_billing_file(running_airflow, seeded):
+def test_the_links_serve_the_billing_file(running_airflow, seeded):
     page = admin_get(running_airflow, "/billing/month/2026-05").text
-    for link in ("2026-05/data-docs/", "2026-05/files/billing-csv", "2026-05/files/billing-xlsx"):
+    for link in ("2026-05/files/billing-csv", "2026-05/files/billing-xlsx"):
         assert f'href="{link}"' in page
-    index = admin_get(running_airflow, "/billing/month/2026-05/data-docs/")
-    assert index.body == seeded.data_docs.read_bytes()
-    assert index.headers["content-security-policy"].startswith(
-        "sandbox allow-scripts"
-    )  # CDN scripts kept off Airflow's origin
-    site = "/billing/month/2026-05/data-docs/files/0123456789abcdef/gx_results/data_docs"
-    assert (
-        'href="files/0123456789abcdef/gx_results/data_docs/index.html"' in index.text
-    )  # relative to data-docs/
-    assert admin_get(running_airflow, f"{site}/index.html").body == seeded.file_docs.read_bytes()
-    assert b"teal" in admin_get(running_airflow, f"{site}/static/style.css").body
     csv_answer = admin_get(running_airflow, "/billing/month/2026-05/files/billing-csv")
     assert csv_answer.body == seeded.billing_csv.read_bytes()
     assert "attachment" in csv_answer.headers["content-disposition"]
     assert admin_get(running_airflow, "/billing/month/2026-05/files/billing-xlsx").body.startswith(
         b"PK"
     )
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "calls.parquet",
-        "report.json",
-        "files/0123456789abcdef/gx_results/result.json",
-        "files/0123456789abcdef",
-    ],
-)
-def test_the_run_data_next_to_the_data_docs_is_not_served(running_airflow, seeded, name):
-    answer = get(
-        running_airflow, f"/billing/month/2026-05/data-docs/{name}", token=running_airflow.token()
-    )
-    assert answer.status == 404
-    assert PHONE.encode() not in answer.body and b"billing_file" not in answer.body
 
 
 @pytest.mark.parametrize(
@@ -328,9 +301,13 @@ def test_the_run_data_next_to_the_data_docs_is_not_served(running_airflow, seede
         "/billing/month/2026-05/data-docs//etc/passwd",
         "/billing/month/2026-05/files/..%2F..%2Freport.json",
         "/billing/month/..%2F2026-05/files/billing-csv",
+        "/billing/month/2026-05/data-docs/files/0123456789abcdef/gx_results/result.json",
+        "/billing/month/2026-05/validation?run=..%2F..%2Fui_2026-05_second",
     ],
 )
-def test_paths_outside_the_data_docs_are_refused(running_airflow, seeded, path):
+def test_paths_outside_the_billing_files_are_refused(running_airflow, seeded, path):
+    """The Great Expectations site once served under data-docs/ is gone (its results are a page
+    of their own, /month/M/validation): nothing of the run's folder is served there."""
     answer = get(running_airflow, path, token=running_airflow.token())
     assert answer.status in (404, 422), (answer.status, answer.body[:300])
     assert b"root:" not in answer.body and b"billing_file" not in answer.body
@@ -339,7 +316,7 @@ def test_paths_outside_the_data_docs_are_refused(running_airflow, seeded, path):
 def test_report_files_outside_the_work_root_are_neither_linked_nor_served(running_airflow, seeded):
     page = admin_get(running_airflow, "/billing/month/2026-06").text
     assert "files/billing" not in page and "data-docs" not in page
-    for name in ("files/billing-csv", "files/billing-xlsx", "data-docs/"):
+    for name in ("files/billing-csv", "files/billing-xlsx"):
         answer = get(
             running_airflow, f"/billing/month/2026-06/{name}", token=running_airflow.token()
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import quote
 
+from cdr_billing.run_attempts import airflow_run_id
 from cdr_billing.ui import pages
 from cdr_billing.ui.pages import e
 from cdr_billing.ui.runs_queries import (
@@ -54,7 +55,7 @@ STYLE = """
 .running, .waiting, .queued { background: var(--notice-bg); color: var(--fg); }
 .missing { background: var(--plain-bg); color: var(--plain-fg); }
 .why { white-space: normal; min-width: 18em; max-width: 40em; }
-.runs a { display: block; }
+.run { white-space: nowrap; }
 """
 STATE_WORDS = {
     "success": "succeeded",
@@ -119,7 +120,11 @@ def why(month: MonthTried) -> str:
             f"have not arrived by {e(pages.timestamp(month.deadline))}."
         )
     if month.status in (RUNNING, QUEUED):
-        text = "Running" if month.status == RUNNING else "Queued (another run of the DAG first)"
+        text = (
+            "Running"
+            if month.status == RUNNING
+            else "Queued (for a free run slot, or the DAG is paused)"
+        )
         return (
             f"{text} since {e(_since(run))}. Files deadline {e(pages.timestamp(month.deadline))}."
         )
@@ -135,10 +140,16 @@ def why(month: MonthTried) -> str:
 
 
 def _runs_cell(month: MonthTried, prefix: str) -> str:
+    """The month's latest runs; for a month loaded before runs were recorded, the run of its
+    current batch."""
+    if not month.runs and month.current:
+        run_id = airflow_run_id(month.current.run_id)
+        return f'<div class="run">{run_link(run_id, prefix)} loaded the batch</div>'
     return "".join(
-        f"{run_link(run.run_id, prefix)} {e(STATE_WORDS.get(run.state, run.state))}"
+        f'<div class="run">{run_link(run.run_id, prefix)} '
+        f"{e(STATE_WORDS.get(run.state, run.state))}</div>"
         for run in month.runs[:5]
-    ) + (f"<br>… {len(month.runs) - 5} earlier" if len(month.runs) > 5 else "")
+    ) + (f"<div>… {len(month.runs) - 5} earlier</div>" if len(month.runs) > 5 else "")
 
 
 def _links_cell(month: MonthTried, prefix: str) -> str:
