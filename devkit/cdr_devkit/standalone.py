@@ -4,7 +4,9 @@ Generates the sample month, starts the two SFTP servers, the SMTP server, the pa
 and the switch, then runs `airflow standalone` (api-server, scheduler, dag-processor,
 triggerer) with the same connections, until Ctrl-C. Trigger `cdr_billing_monthly` in the UI
 with billing_month; unpause `cdr_prepaid_balances` to debit the prepaid accounts every
-prepaid.interval_minutes.
+prepaid.interval_minutes. The UI shows times, and reads the backfill form's dates, in the
+billing timezone for a browser whose user has not picked a zone (billing.ui_timezone_default
+in the shipped pipeline.yaml).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main() -> int:
         }
         print(
             f"Sample month {args.month} is on the local SFTP servers. "
-            "Starting Airflow at http://localhost:8080"
+            "Starting Airflow at http://localhost:8080 (times in the billing timezone)"
         )
         passwords = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
         print(f"Log in as admin; the password is in {passwords}")
