@@ -125,7 +125,8 @@ def test_waiting_for_files_holds_no_worker_slot(dag_bag):
 
 def test_schedule_bills_the_calendar_month(dag_bag):
     dag = dag_bag.dags["cdr_billing_monthly"]
-    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    assert type(dag.timetable).__name__ == "BillingMonthTimetable"
+    assert dag.timetable.serialize() == {"timezone": load_config().billing.timezone}
     assert dag.params["billing_month"] is None
 
 
