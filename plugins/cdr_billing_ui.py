@@ -7,8 +7,6 @@ from base64 import b64encode
 
 from airflow.plugins_manager import AirflowPlugin
 
-from cdr_billing import run_notes
-from cdr_billing.timetables import BillingMonthTimetable
 from cdr_billing.ui import ui_timezone
 from cdr_billing.ui.app import app
 from cdr_billing.ui.web import config
@@ -44,10 +42,6 @@ class CdrBillingUiPlugin(AirflowPlugin):
             "icon": _icon(),
         }
     ]
-    # The billing month on every run's note, and why a run waits (set in the scheduler).
-    listeners = [run_notes]
-    # The monthly DAG's timetable, for the scheduler, dag-processor and api-server to load.
-    timetables = [BillingMonthTimetable]
     # The UI in the billing timezone for a browser without a chosen zone (opt-in setting).
     fastapi_root_middlewares = ui_timezone.middlewares(
         config().billing.timezone, config().billing.ui_timezone_default
