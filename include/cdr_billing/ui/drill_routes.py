@@ -17,13 +17,17 @@ from __future__ import annotations
 import csv
 import io
 import re
-from typing import Annotated
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import unquote
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from cdr_billing.ui.web import NO_STORE, billing_db, html
+
+if TYPE_CHECKING:
+    from cdr_billing.ui.drill_queries import Line
 
 router = APIRouter()
 
@@ -114,18 +118,34 @@ def lines(
 
 
 @router.get("/month/{billing_month}/lines.csv")
-def lines_csv(billing_month: str) -> Response:
+def lines_csv(billing_month: str) -> StreamingResponse:
     """Every line of the month's current batch as a CSV download."""
-    from cdr_billing.billing_file import neutralise
-    from cdr_billing.money import from_minor_units
     from cdr_billing.ui import drill_queries
 
     batch_id = _batch(billing_month)
+    chunks = drill_queries.all_lines(billing_db(), batch_id)
+    return StreamingResponse(
+        _csv_chunks(billing_month, chunks),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            **NO_STORE,
+            "Content-Disposition": f'attachment; filename="billing_lines_{billing_month}.csv"',
+        },
+    )
+
+
+def _csv_chunks(billing_month: str, chunks: Iterator[list[Line]]) -> Iterator[str]:
+    """The download's text: the header, then each chunk of lines (text a spreadsheet would
+    run as a formula neutralised, as in the billing file)."""
+    from cdr_billing.billing_file import neutralise
+    from cdr_billing.money import from_minor_units
+    from cdr_billing.ui.drill_queries import minutes
+
     sink = io.StringIO()
     writer = csv.writer(sink)
     writer.writerow(CSV_HEADERS)
-    for line in drill_queries.all_lines(billing_db(), batch_id):
-        writer.writerow(
+    for lines in chunks:
+        writer.writerows(
             [
                 billing_month,
                 neutralise(line.customer_id),
@@ -133,18 +153,14 @@ def lines_csv(billing_month: str) -> Response:
                 line.currency,
                 line.calls,
                 line.seconds,
-                drill_queries.minutes(line.seconds),
+                minutes(line.seconds),
                 from_minor_units(line.total_minor, line.currency),
             ]
+            for line in lines
         )
-    return Response(
-        sink.getvalue(),
-        media_type="text/csv; charset=utf-8",
-        headers={
-            **NO_STORE,
-            "Content-Disposition": f'attachment; filename="billing_lines_{billing_month}.csv"',
-        },
-    )
+        yield sink.getvalue()
+        sink.seek(0)
+        sink.truncate()
 
 
 @router.get("/month/{billing_month}/customer/{ids:path}", response_class=HTMLResponse)
