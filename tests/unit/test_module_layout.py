@@ -41,7 +41,10 @@ STAGES = [  # pipeline order
     "billing_file",
     "alerts",
 ]
-RUN_RECORDS = {"contracts", "workdir"}  # what a run hands on: after the stages, before the tasks
+# What a run hands on and records: after the stages, before the tasks
+RUN_RECORDS = {"contracts", "workdir", "run_attempts"}
+# What the scheduler loads through a plugin (the timetable, the run notes): kernels only
+SCHEDULING = {"timetables", "run_notes"}
 # Prepaid credit control: the stages' functions applied to balances (a package of its own)
 PREPAID = "prepaid"
 
@@ -76,6 +79,7 @@ def test_every_module_has_a_place_in_the_layout():
         KERNELS
         | set(STAGES)
         | RUN_RECORDS
+        | SCHEDULING
         | {PREPAID, "taskflow", "dag_tasks", "tasks", "ui", "__init__", "__pycache__"}
     )
     assert modules - placed == set()
@@ -94,6 +98,11 @@ def test_each_stage_imports_only_kernels_and_earlier_stages():
 def test_the_run_records_import_no_task_body():
     for module in RUN_RECORDS:
         assert _module_imports(module) <= KERNELS | set(STAGES) | RUN_RECORDS, module
+
+
+def test_what_the_scheduler_loads_imports_only_kernels():
+    for module in SCHEDULING:
+        assert _module_imports(module) <= KERNELS, module
 
 
 def test_prepaid_builds_on_the_stages_not_on_the_tasks():
