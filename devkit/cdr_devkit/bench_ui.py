@@ -375,28 +375,6 @@ def time_pages(client, urls: list[tuple[str, str, bool]], requests: int) -> list
     return timings
 
 
-def time_month_groups(engine: Engine, requests: int) -> list[Timing]:
-    """The month page's unbillable ranges and suspense accounts, as queries.not_billed reads
-    them (every row's detail) and as drill_queries.not_billed_summary does (the load's sums)."""
-    from cdr_billing.ui import drill_queries, queries
-
-    batch_id = drill_queries.current_batch(engine, MONTH)
-    ways = {
-        "month's groups: queries.not_billed": queries.not_billed,
-        "month's groups: drill_queries.not_billed_summary": drill_queries.not_billed_summary,
-    }
-    timings = []
-    for name, read in ways.items():
-        millis = []
-        for attempt in range(requests + 1):
-            started = time.perf_counter()
-            read(engine, batch_id)
-            if attempt:
-                millis.append((time.perf_counter() - started) * 1000)
-        timings.append(Timing(name, "", False, millis))
-    return timings
-
-
 def format_report(shape: Shape, steps: list[Step], timings: list[Timing]) -> str:
     """The set-up's steps and the pages' times as a table."""
     lines = [f"Month {MONTH}: {shape.calls:,} billed calls, {shape.not_billed:,} not billed", ""]
@@ -420,7 +398,7 @@ def run(engine: Engine, connection: dict, shape: Shape, requests: int):
     urls = page_urls(engine)
     with billing_client(connection) as client:
         timings = time_pages(client, urls, requests)
-    return steps, timings + time_month_groups(engine, min(requests, 5))
+    return steps, timings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def test_the_benchmark_month_is_consistent_and_every_page_answers(airflow_home, 
     assert lines[2] > SHAPE.customers  # several sequence numbers per customer
     assert grouped == SHAPE.not_billed
     assert heavy > SHAPE.calls / SHAPE.users  # some users far above the average
-    assert len(timings) == 18 and all(len(t.millis) == 2 for t in timings)
+    assert len(timings) == 16 and all(len(t.millis) == 2 for t in timings)
     report = bench_ui.format_report(SHAPE, steps, timings)
     assert all(t.page in report for t in timings)
     assert "index build: billed_call_of_user (0007)" in report

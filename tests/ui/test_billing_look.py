@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cdr_billing import attribute, not_billed, rate, report, validate
-from cdr_billing.ui import pages, prepaid_pages
+from cdr_billing.ui import month_pages, pages, prepaid_pages
 from cdr_billing.ui.queries import CustomerTotal
 
 PACKAGE = Path(pages.__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_the_chart_is_sized_in_percent_so_its_text_keeps_its_size():
         CustomerTotal("C3", "EUR", Decimal("-5.00"), -500, 1, 1),
         CustomerTotal("C4", "SEK", Decimal("9.00"), 900, 1, 1),
     ]
-    chart = pages.cost_chart(customers, "EUR")
+    chart = month_pages.cost_chart(customers, "EUR")
     assert 'width="100%"' in chart and "viewBox" not in chart  # not scaled down
     widths = dict(re.findall(r'data-customer="(\w+)" x="0" y="\d+" width="([\d.]+)%"', chart))
     assert widths == {"C1": "100.00", "C2": "25.00", "C3": "0.00"}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
+from html import unescape
 from html.parser import HTMLParser
 from uuid import uuid4
 
@@ -290,6 +291,49 @@ def test_the_links_serve_the_billing_file(running_airflow, seeded):
     assert admin_get(running_airflow, "/billing/month/2026-05/files/billing-xlsx").body.startswith(
         b"PK"
     )
+
+
+def _links(page: str) -> list[str]:
+    return [unescape(href) for href in re.findall(r'<a href="([^"]+)"', page)]
+
+
+def test_the_month_page_links_each_customer_and_group_to_its_rows(running_airflow, seeded):
+    page = admin_get(running_airflow, "/billing/month/2026-05").text
+    links = _links(page)
+    customers = [link for link in links if "/customer/" in link]
+    groups = [link for link in links if "/not-billed/" in link and link.count("/") > 3]
+    assert sorted(customers) == [f"2026-05/customer/{c}" for c in ("C2001", "C2002", "C2003")]
+    assert sorted(groups) == [
+        "2026-05/not-billed/suspense/UNKNOWN_ACCOUNT/acct-unknown-7",
+        "2026-05/not-billed/unbillable/NO_TARIFF_PREFIX/%2B8821",
+    ]
+    for link in customers + groups:  # each opens a page of its rows
+        answer = admin_get(running_airflow, f"/billing/month/{link}")
+        assert answer.status == 200, link
+    for card in ("2026-05/lines", "2026-05/lines.csv", "../month/2026-05/validation"):
+        assert card in links
+
+
+def test_the_month_page_s_downloads_and_run_links_work_in_the_ui_s_frame(running_airflow, seeded):
+    """The frame allows downloads but neither new windows nor top navigation: the files are
+    plain downloads, the runs open in the UI through the app's script."""
+    page = admin_get(running_airflow, "/billing/month/2026-05").text
+    assert "target=" not in page
+    for name in ("billing-csv", "billing-xlsx"):
+        assert re.search(rf'<a href="2026-05/files/{name}" download>', page)
+    runs = re.findall(r'<a href="([^"]+)" data-ui-href>', page)
+    assert "../../dags/cdr_billing_monthly/runs/ui_2026-05_second" in runs
+    assert '<script src="../static/top-links.js" defer></script>' in page
+    answer = admin_get(running_airflow, "/billing/month/2026-05")
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+
+
+def test_the_months_list_names_the_months_not_billed(running_airflow, seeded):
+    page = admin_get(running_airflow, "/billing/").text
+    notice = re.search(r'<p class="notice">(.*?)</p>', page, re.S).group(1)
+    assert "2026-04 never run" in notice and "2026-11 never run" in notice
+    assert "2026-05" not in notice and "2026-06" not in notice  # billed
+    assert '<a href="runs">Months tried</a>' in notice
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import unescape
@@ -480,10 +482,25 @@ def test_minutes_follow_the_mail_s_rounding():
     assert drill_queries.minutes(9) == mail[0]["minutes"] == Decimal("0.1").__float__()
 
 
-def test_the_month_page_s_groups_can_come_from_the_load_s_sums(setup):
+def test_the_month_page_s_groups_are_the_rows_not_billed_counted_one_by_one(setup):
+    """queries.not_billed reads the load's sums; here each non-billed row's detail is counted."""
     from cdr_billing.ui import queries
 
     batch_id = drill_queries.current_batch(setup.engine, MONTH)
-    assert drill_queries.not_billed_summary(setup.engine, batch_id) == queries.not_billed(
-        setup.engine, batch_id
-    )
+    keys = {"unbillable": "number_range", "suspense": "user_id"}
+    counted = {kind: Counter() for kind in keys}
+    with setup.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT kind, reason_code, detail FROM billing_exception WHERE batch_id = :b"),
+            {"b": batch_id},
+        )
+        for kind, reason_code, detail in rows:
+            if kind in keys:
+                counted[kind][(json.loads(detail).get(keys[kind]) or "", reason_code)] += 1
+    shown = queries.not_billed(setup.engine, batch_id)
+    for kind in keys:
+        assert {(g.key, g.reason_code): g.calls for g in shown[kind]} == dict(counted[kind])
+        assert [g.calls for g in shown[kind]] == sorted(
+            (g.calls for g in shown[kind]), reverse=True
+        )
+    assert sum(counted["suspense"].values()) > 0 and sum(counted["unbillable"].values()) > 0

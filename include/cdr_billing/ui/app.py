@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr_billing.ui import drill_routes, pages, runs_routes
+from cdr_billing.ui.runs_routes import airflow_runs, html_with_links
 from cdr_billing.ui.web import (
     BILLING_DAG_ID,
     NO_STORE,
@@ -170,10 +171,15 @@ async def _server_error_page(request: Request, error: Exception) -> Response:
 
 @app.get("/", response_class=HTMLResponse)
 def months_page() -> HTMLResponse:
-    """The billing months."""
-    from cdr_billing.ui import queries
+    """The billed months, and which months are not billed."""
+    from cdr_billing.ui import queries, runs_pages, runs_queries
 
-    return html(pages.months_page(queries.month_summaries(billing_db())))
+    settings = config()
+    tried = runs_queries.months_tried(
+        billing_db(), settings, datetime.now(UTC), airflow_runs(settings.billing.timezone)
+    )
+    summaries = queries.month_summaries(billing_db())
+    return html(pages.months_page(summaries, runs_pages.attention(tried)))
 
 
 def _month(billing_month: str) -> MonthDetail:
@@ -188,7 +194,9 @@ def _month(billing_month: str) -> MonthDetail:
 @app.get("/month/{billing_month}", response_class=HTMLResponse)
 def month_page(billing_month: Month) -> HTMLResponse:
     """One billing month."""
-    return html(pages.month_page(_month(billing_month)))
+    from cdr_billing.ui import month_pages
+
+    return html_with_links(month_pages.month_page(_month(billing_month)))
 
 
 def _files(billing_month: str) -> MonthFiles:
@@ -233,7 +241,6 @@ def prepaid_affordable(
 
 
 app.include_router(runs_routes.router)
-
 app.include_router(drill_routes.router)
 
 # ---------------------------------------------------------------------------------------------

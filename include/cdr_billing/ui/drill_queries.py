@@ -33,7 +33,7 @@ from cdr_billing.schema import (
 )
 
 if TYPE_CHECKING:
-    from cdr_billing.ui.queries import NotBilled
+    pass
 
 LINES_PER_PAGE = 500
 USERS_PER_PAGE = 200
@@ -450,23 +450,3 @@ def group_rows_page(
             return None
         rows = [_not_billed_row(item) for item in conn.execute(query)]
     return GroupRowsPage(_group(found), rows[:CALLS_PER_PAGE], len(rows) > CALLS_PER_PAGE)
-
-
-def not_billed_summary(engine: Engine, batch_id: int) -> dict[str, list[NotBilled]]:
-    """What queries.not_billed answers (the month page's unbillable ranges and suspense
-    accounts, most calls first), read from the load's sums instead of every row's detail."""
-    from cdr_billing.ui.queries import NotBilled
-
-    group = not_billed_group.c
-    query = select(group.kind, group.group_key, group.reason_code, group.calls).where(
-        group.batch_id == batch_id, group.kind.in_(KINDS)
-    )
-    found: dict[str, list[NotBilled]] = {kind: [] for kind in KINDS}
-    with engine.connect() as conn:
-        for kind, key, reason_code, calls in conn.execute(query):
-            found[kind].append(NotBilled(key, reason_code, int(calls)))
-    # ordered in Python, as queries.not_billed orders (the database's collation may differ)
-    return {
-        kind: sorted(items, key=lambda item: (-item.calls, item.key, item.reason_code))
-        for kind, items in found.items()
-    }

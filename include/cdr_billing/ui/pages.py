@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
-    from cdr_billing.ui.queries import Batch, CustomerTotal, MonthDetail, MonthSummary, NotBilled
+    from cdr_billing.ui.queries import Batch, MonthSummary
 
 # The row counts of the current batch that the months list shows (the month page shows all).
 MONTH_LIST_COUNTS = ("read", "billed", "unbillable", "suspense", "prepaid")
@@ -197,7 +197,12 @@ def reason(code: str) -> str:
 
 def nav(prefix: str, current: str) -> str:
     """The Billing pages' navigation; `prefix` leads from the page's folder to /billing/."""
-    links = [("", "Billing months"), ("prepaid", "Prepaid accounts"), ("prepaid/outbox", "Outbox")]
+    links = [
+        ("", "Billing months"),
+        ("runs", "Months tried"),
+        ("prepaid", "Prepaid accounts"),
+        ("prepaid/outbox", "Outbox"),
+    ]
     return (
         '<nav class="nav">'
         + "".join(
@@ -254,12 +259,13 @@ def table(
     return f"<table>{head}<tbody>{body}</tbody>{foot}</table>"
 
 
-def months_page(months: list[MonthSummary]) -> str:
-    """The list of billing months: status, current batch, totals and row counts."""
+def months_page(months: list[MonthSummary], notice: str = "") -> str:
+    """The list of billed months: status, current batch, totals and row counts; `notice`: the
+    months not billed (runs_pages.attention)."""
     intro = (
         nav("", "Billing months") + "<h1>Billing</h1><p class=meta>Months in the billing database. "
         "Status is that of the month's newest batch; "
-        "totals and row counts are those of the current batch.</p>"
+        "totals and row counts are those of the current batch.</p>" + notice
     )
     if not months:
         return page("Billing", intro + '<p class="empty">No billing month has been loaded yet.</p>')
@@ -308,183 +314,6 @@ def months_page(months: list[MonthSummary]) -> str:
         + table(headers, rows, numeric={4, 5, 6, 7, 8, 9, 10, 11})
         + "</section>",
     )
-
-
-def cost_chart(customers: list[CustomerTotal], currency: str) -> str:
-    """A bar chart of the customers' totals in one currency, as inline SVG: per customer, its
-    id and total on a line and its bar below, sized in percent, so the chart takes its card's
-    width and its text keeps its size (legible on a phone, never scaled down)."""
-    rows = [customer for customer in customers if customer.currency == currency]
-    largest = max((customer.total_minor for customer in rows), default=0)
-    height = CHART_ROW * len(rows)
-    parts = [
-        '<svg class="chart" xmlns="http://www.w3.org/2000/svg" '
-        f'width="100%" height="{height}" '
-        f'role="img" aria-label="Cost per customer in {e(currency)}">'
-    ]
-    for i, customer in enumerate(rows):
-        top, amount = i * CHART_ROW, e(money(customer.total, currency))
-        share = 100 * max(customer.total_minor, 0) / largest if largest > 0 else 0
-        bar = top + CHART_TEXT + 5
-        parts += [
-            f'<text x="0" y="{top + CHART_TEXT}">{e(customer.customer_id)}</text>',
-            f'<text x="100%" y="{top + CHART_TEXT}" text-anchor="end">{amount}</text>',
-            f'<rect class="track" x="0" y="{bar}" width="100%" height="{CHART_BAR}" rx="3"/>',
-            f'<rect class="bar" data-customer="{e(customer.customer_id)}" '
-            f'x="0" y="{bar}" width="{share:.2f}%" height="{CHART_BAR}" rx="3">'
-            f"<title>{e(customer.customer_id)}: {amount}</title></rect>",
-        ]
-    return "".join(parts) + "</svg>"
-
-
-def _customers_section(detail: MonthDetail) -> str:
-    customers = detail.customers
-    if not customers:
-        return (
-            '<section><h2>Totals per customer</h2><p class="empty">No billing lines.</p></section>'
-        )
-    rows = [
-        [
-            e(c.customer_id),
-            e(c.currency),
-            e(number(c.lines)),
-            e(number(c.calls)),
-            e(money(c.total, c.currency)),
-        ]
-        for c in customers
-    ]
-    currencies = sorted({c.currency for c in customers})
-    sums = {
-        cur: sum((c.total for c in customers if c.currency == cur), Decimal(0))
-        for cur in currencies
-    }
-    footer = [
-        "Total",
-        "",
-        e(number(sum(c.lines for c in customers))),
-        e(number(sum(c.calls for c in customers))),
-        "<br>".join(e(money(sums[cur], cur)) for cur in currencies),
-    ]
-    totals = table(
-        ["Customer", "Currency", "Lines", "Calls", "Total"], rows, numeric={2, 3, 4}, footer=footer
-    )
-    charts = "".join(
-        f"<h2>Cost per customer, {e(cur)}</h2>{cost_chart(customers, cur)}" for cur in currencies
-    )
-    return f"<section><h2>Totals per customer</h2>{totals}</section><section>{charts}</section>"
-
-
-def _reconciliation_section(batch: Batch | None) -> str:
-    if batch is None:
-        return ""
-    rows = [[reason("read"), e(number(batch.count("read")))]] + [
-        [reason(name), e(number(count))] for name, count in batch.outcomes()
-    ]
-    counts = table(["Rows", "Count"], rows, numeric={1})
-    return f"<section><h2>Reconciliation</h2>{counts}<p>{balance(batch)}</p></section>"
-
-
-def _not_billed_section(title: str, key_header: str, items: list[NotBilled], empty: str) -> str:
-    if not items:
-        return f'<section><h2>{e(title)}</h2><p class="empty">{e(empty)}</p></section>'
-    rows = [
-        [e(item.key or "unknown"), reason(item.reason_code), e(number(item.calls))]
-        for item in items
-    ]
-    calls = table([key_header, "Reason", "Calls"], rows, numeric={2})
-    return f"<section><h2>{e(title)}</h2>{calls}</section>"
-
-
-def _files_section(detail: MonthDetail) -> str:
-    month, files = e(detail.billing_month), detail.files
-    links = [
-        (files.data_docs, f"{month}/data-docs/", "Great Expectations Data Docs"),
-        (files.billing_csv, f"{month}/files/billing-csv", "Billing file (CSV)"),
-        (files.billing_xlsx, f"{month}/files/billing-xlsx", "Billing file (Excel)"),
-    ]
-    shown = [
-        f'<a href="{href}" target="_blank" rel="noopener">{e(label)}</a>'
-        for path, href, label in links
-        if path
-    ]
-    return (
-        "<p class=files>"
-        + (
-            "".join(shown)
-            or '<span class="empty">The run of this batch left no report files.</span>'
-        )
-        + "</p>"
-    )
-
-
-def _stored_time(text: str) -> str:
-    """A time the ledger hands over as text (str of a datetime), in the billing timezone."""
-    try:
-        return timestamp(datetime.fromisoformat(text))
-    except ValueError:
-        return text
-
-
-def _held_files_section(held: list[dict[str, str]]) -> str:
-    """Files delivered again with other content: not billed until an operator releases them."""
-    if not held:
-        return ""
-    rows = [
-        [
-            e(f["source"]),
-            e(f["name"]),
-            f"<code>{e(f['sha256'][:12])}</code>",
-            e(_stored_time(f["first_seen"])),
-        ]
-        for f in held
-    ]
-    release = (
-        "<p>Not billed until released: "
-        "<code>python -m cdr_billing.ledger release NAME</code>, "
-        "or a run with <code>release_held_files</code>.</p>"
-    )
-    files = table(["Source", "File", "Content", "First seen"], rows, set())
-    return f"<section><h2>Held files</h2>{release}{files}</section>"
-
-
-def _batches_section(batches: list[Batch]) -> str:
-    rows = [
-        [e(b.batch_id), badge(b.status), f"<code>{e(b.run_id)}</code>", e(timestamp(b.loaded_at))]
-        for b in batches
-    ]
-    listed = table(["Batch", "Status", "Run", "Loaded at"], rows, numeric={0})
-    return f"<section><h2>Batches</h2>{listed}</section>"
-
-
-def _superseded(count: int) -> str:
-    return "" if count == 0 else f" It superseded {count} earlier batch{'es' if count > 1 else ''}."
-
-
-def month_page(detail: MonthDetail) -> str:
-    """One month: totals and chart per customer, reconciliation, non-billed calls, files,
-    batches."""
-    current, month = detail.current, detail.billing_month
-    if current:
-        meta = (
-            f"Current batch {e(current.batch_id)}, run <code>{e(current.run_id)}</code>, loaded "
-            f"{e(timestamp(current.loaded_at))}.{_superseded(len(detail.batches) - 1)}"
-        )
-    else:
-        meta = "The month has no current batch."
-    body = (
-        nav("../", "") + f'<p><a href="../">&larr; All months</a></p><h1>Billing month {e(month)} '
-        f"{badge(detail.batches[0].status)}</h1><p class=meta>{meta}</p>{_files_section(detail)}"
-        f'<div class="grid">{_customers_section(detail)}</div>'
-        f'<div class="grid">{_reconciliation_section(current)}'
-        + _not_billed_section(
-            "Unbillable number ranges", "Number range", detail.unbillable, "No unbillable calls."
-        )
-        + _not_billed_section(
-            "Suspense accounts", "Account", detail.suspense, "No calls in suspense."
-        )
-        + f"</div>{_held_files_section(detail.held_files)}{_batches_section(detail.batches)}"
-    )
-    return page(f"Billing {month}", body)
 
 
 def message_page(title: str, text: str, link: tuple[str, str] | None = None) -> str:

@@ -8,7 +8,7 @@ are shown by number range (unbillable) or account id (suspense), never by phone 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -22,13 +22,10 @@ from cdr_billing import ledger
 from cdr_billing.config import PipelineConfig
 from cdr_billing.money import from_minor_units
 from cdr_billing.report import OUTCOME_LABELS, OUTCOMES, ReconciliationError, reconcile
-from cdr_billing.schema import CURRENT, billing_batch, billing_exception, billing_line
-from cdr_billing.validate import DATA_DOCS_INDEX
+from cdr_billing.schema import CURRENT, billing_batch, billing_line, not_billed_group
 
-# The folder of each file's Great Expectations site.
-DATA_DOCS_FOLDER = Path(DATA_DOCS_INDEX).parent.name
-# The field of a non-billed row's detail that the page groups it by.
-NOT_BILLED_KEYS = {"unbillable": "number_range", "suspense": "user_id"}
+# The non-billed calls the month page groups: by number range (unbillable), by account (suspense)
+NOT_BILLED_KINDS = ("unbillable", "suspense")
 
 
 @dataclass(frozen=True)
@@ -229,21 +226,20 @@ def customer_totals(engine: Engine, batch_id: int) -> list[CustomerTotal]:
 
 def not_billed(engine: Engine, batch_id: int) -> dict[str, list[NotBilled]]:
     """The batch's unbillable calls per number range and its suspense calls per account, most
-    calls first."""
-    query = select(
-        billing_exception.c.kind, billing_exception.c.reason_code, billing_exception.c.detail
-    ).where(billing_exception.c.batch_id == batch_id, billing_exception.c.kind.in_(NOT_BILLED_KEYS))
-    counters: dict[str, Counter] = {kind: Counter() for kind in NOT_BILLED_KEYS}
+    calls first, from the sums the load stores (not_billed_group: one row per group, not per
+    call)."""
+    group = not_billed_group.c
+    query = select(group.kind, group.group_key, group.reason_code, group.calls).where(
+        group.batch_id == batch_id, group.kind.in_(NOT_BILLED_KINDS)
+    )
+    found: dict[str, list[NotBilled]] = {kind: [] for kind in NOT_BILLED_KINDS}
     with engine.connect() as conn:
-        for kind, reason_code, detail in conn.execute(query):
-            key = json.loads(detail or "{}").get(NOT_BILLED_KEYS[kind]) or ""
-            counters[kind][(str(key), reason_code)] += 1
+        for kind, key, reason_code, calls in conn.execute(query):
+            found[kind].append(NotBilled(key, reason_code, int(calls)))
+    # ordered here: the database's collation may order keys otherwise
     return {
-        kind: [
-            NotBilled(key, reason, calls)
-            for (key, reason), calls in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
-        ]
-        for kind, counter in counters.items()
+        kind: sorted(items, key=lambda item: (-item.calls, item.key, item.reason_code))
+        for kind, items in found.items()
     }
 
 
@@ -289,22 +285,6 @@ def month_files(config: PipelineConfig, batch: Batch) -> MonthFiles:
     )
 
 
-def data_docs_file(files: MonthFiles, relative: str) -> Path | None:
-    """A file of the Data Docs: their index page, or a file of a GX site (a `data_docs` folder)
-    in the index's folder. Other files there (the run's data) are never served."""
-    index = files.data_docs
-    if index is None:
-        return None
-    folder = index.parent
-    target = inside(folder, folder / (relative or index.name))
-    if target is None:
-        return None
-    in_site = (
-        folder.name == DATA_DOCS_FOLDER or DATA_DOCS_FOLDER in target.relative_to(folder).parts[:-1]
-    )
-    return target if target == index or in_site else None
-
-
 def current_files(engine: Engine, config: PipelineConfig, billing_month: str) -> MonthFiles | None:
     """The report files of the month's current batch, or None when the month has none."""
     current = _batches(
@@ -320,7 +300,7 @@ def month_detail(engine: Engine, config: PipelineConfig, billing_month: str) -> 
         return None
     current = _current(batches)
     grouped = (
-        not_billed(engine, current.batch_id) if current else {kind: [] for kind in NOT_BILLED_KEYS}
+        not_billed(engine, current.batch_id) if current else {kind: [] for kind in NOT_BILLED_KINDS}
     )
     return MonthDetail(
         billing_month=billing_month,

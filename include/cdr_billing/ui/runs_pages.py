@@ -211,3 +211,17 @@ def months_tried_page(months: list[MonthTried], now: datetime) -> str:
         intro + f'<section class="runs">{months_tried_table(months)}</section>' + script_tag(""),
         style=STYLE,
     )
+
+
+def attention(months: list[MonthTried], prefix: str = "") -> str:
+    """A notice for the months list when a month is not billed (failed, waiting, running,
+    queued, never run), each named, with a link to the months tried; "" when all are billed."""
+    open_months = [month for month in months if month.status != BILLED]
+    if not open_months:
+        return ""
+    named = ", ".join(f"{month.billing_month} {month.status_words}" for month in open_months[:6])
+    more = f" and {len(open_months) - 6} more" if len(open_months) > 6 else ""
+    return (
+        f'<p class="notice">Not billed: {e(named)}{e(more)}. '
+        f'<a href="{e(prefix)}runs">Months tried</a> says why and links their runs.</p>'
+    )
