@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from cdr_billing.aggregate import LINE_KEYS
+from cdr_billing.durations import minutes
 from cdr_billing.money import from_minor_units
 from cdr_billing.privacy import mask_number
 
@@ -206,7 +207,7 @@ def unbillable_ranges(unbillable: pd.DataFrame) -> list[dict[str, Any]]:
             "number_range": r.number_range,
             "reason_code": r.reason_code,
             "calls": int(r.calls),
-            "minutes": round(r.seconds / 60, 1),
+            "minutes": float(minutes(r.seconds)),
         }
         for r in ranges.itertuples()
     ]

@@ -87,7 +87,7 @@ def test_numbers_money_and_minutes_are_written_one_way():
     assert pages.minor_money(123456789, "EUR") == "1,234,567.89 EUR"
     assert pages.minor_money(1234, "JPY") == "1,234 JPY"
     assert pages.minor_money(-140, "EUR") == "-1.40 EUR"
-    assert pages.minutes(90) == "1.5" and pages.minutes(3) == "0.1"  # half up, as the mail
+    assert pages.minutes(90) == "1.5" and pages.minutes(3) == "0.1" and pages.minutes(9) == "0.2"
     assert pages.minutes(60_000_000) == "1,000,000.0"
 
 

@@ -10,7 +10,6 @@ import io
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from html import unescape
 from html.parser import HTMLParser
 from urllib.parse import quote, urljoin
@@ -26,7 +25,7 @@ from cdr_billing.load import Batch, load_month
 from cdr_billing.migrations import upgrade
 from cdr_billing.money import from_minor_units
 from cdr_billing.ui import app as billing_app
-from cdr_billing.ui import drill_queries, web
+from cdr_billing.ui import drill_queries, pages, web
 from cdr_devkit.services import connection_env
 
 MONTH = "2026-09"
@@ -201,8 +200,10 @@ class Parsed(HTMLParser):
 
 
 def minutes(seconds: int) -> str:
-    """Minutes as the month's mail gives them, with thousands separators."""
-    return f"{round(seconds / 60, 1):,.1f}"
+    """Minutes to a tenth, half up (the documented rule), with thousands separators: in whole
+    tenths, (seconds x 10 + 30) // 60."""
+    tenths = (seconds * 10 + 30) // 60
+    return f"{tenths // 10:,}.{tenths % 10}"
 
 
 def money(minor: int, currency: str) -> str:
@@ -479,7 +480,7 @@ def test_minutes_follow_the_mail_s_rounding():
             }
         )
     )
-    assert drill_queries.minutes(9) == mail[0]["minutes"] == Decimal("0.1").__float__()
+    assert minutes(9) == pages.minutes(9) == str(mail[0]["minutes"]) == "0.2"  # 0.15, half up
 
 
 def test_the_month_page_s_groups_are_the_rows_not_billed_counted_one_by_one(setup):

@@ -10,6 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "include" / "cdr_billing"
 KERNELS = {
     "money",
+    "durations",
     "canonical",
     "schema",
     "storage",

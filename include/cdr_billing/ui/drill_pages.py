@@ -5,7 +5,7 @@ their rows.
 Links are relative: each page knows the way from its folder up to the month's folder
 (month/<YYYY-MM>/), and every id in a link is one percent-encoded path segment. Account ids that
 look like phone numbers are shown masked (cdr_billing.privacy); the link keeps the id, which the
-page needs to find the account. Minutes are the mail's (drill_queries.minutes).
+page needs to find the account. Minutes are the mail's (durations.minutes).
 
 The month page links here with month_links() (a card), customer_href() and group_href().
 """
@@ -25,9 +25,18 @@ from cdr_billing.ui.drill_queries import (
     Line,
     LinesPage,
     UsersPage,
-    minutes,
 )
-from cdr_billing.ui.pages import e, minor_money, nav, number, page, reason, table, timestamp
+from cdr_billing.ui.pages import (
+    e,
+    minor_money,
+    minutes,
+    nav,
+    number,
+    page,
+    reason,
+    table,
+    timestamp,
+)
 
 KIND_TITLES = {"unbillable": "Unbillable calls", "suspense": "Calls in suspense"}
 KIND_KEYS = {"unbillable": "Number range", "suspense": "Account"}
@@ -55,7 +64,7 @@ def shown_id(value: str) -> str:
 
 def minutes_text(seconds: int | None) -> str:
     """Minutes as the mail gives them, with thousands separators ("" when not recorded)."""
-    return "" if seconds is None else f"{minutes(seconds):,.1f}"
+    return "" if seconds is None else minutes(seconds)
 
 
 def customer_path(customer_id: str) -> str:

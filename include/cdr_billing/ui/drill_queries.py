@@ -44,12 +44,6 @@ MAX_GROUP_PAGE = 10_000  # groups are paged by offset; beyond this, a page is re
 KINDS = ("unbillable", "suspense")
 
 
-def minutes(seconds: int) -> float:
-    """Seconds as minutes to a tenth, by the rule of the month's mail and report
-    (report.unbillable_ranges: round(seconds / 60, 1)), so the page and the mail agree."""
-    return round(seconds / 60, 1)
-
-
 class Line(NamedTuple):
     """A billing line: one customer's sequence number in one currency (a named tuple: the
     download makes thousands)."""

@@ -138,8 +138,8 @@ def _csv_chunks(billing_month: str, chunks: Iterator[list[Line]]) -> Iterator[st
     """The download's text: the header, then each chunk of lines (text a spreadsheet would
     run as a formula neutralised, as in the billing file)."""
     from cdr_billing.billing_file import neutralise
+    from cdr_billing.durations import minutes
     from cdr_billing.money import from_minor_units
-    from cdr_billing.ui.drill_queries import minutes
 
     sink = io.StringIO()
     writer = csv.writer(sink)

@@ -13,7 +13,7 @@ reach), and a layout that fits a 390 px wide phone: tables scroll inside their c
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from functools import cache
 from html import escape
 from typing import TYPE_CHECKING
@@ -150,9 +150,10 @@ def number(count: int) -> str:
 
 
 def minutes(seconds: int) -> str:
-    """Seconds as minutes to a tenth (half up, as the month's mail rounds), with separators."""
-    tenths = (Decimal(seconds) / 60).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
-    return f"{tenths:,}"
+    """Seconds as minutes to a tenth (durations.minutes, as the month's mail), with separators."""
+    from cdr_billing.durations import minutes as exact_minutes
+
+    return f"{exact_minutes(seconds):,}"
 
 
 @cache
