@@ -284,3 +284,33 @@ def test_the_billing_pages_read_well_on_a_phone_and_a_screen_in_light_and_dark(
     ledger = account["account-phone-dark"]["numbers"]
     assert "1,234.56 EUR" in ledger and "-1,240.00 EUR" in ledger  # the top-up and the debit
     assert len(list(tmp_path.glob("*.png"))) == 16
+
+
+def _background(devtools: DevTools, session: str) -> float:
+    return devtools.evaluate(session, _frame(f"(() => {{ {CHECKS} }})()"))["background"]
+
+
+def test_the_billing_pages_follow_the_airflow_ui_s_own_theme(
+    running_airflow, look_data, browser, tmp_path
+):
+    """The UI's theme chosen in its own menu (stored by next-themes under `theme`, shown as the
+    class of the UI's root element) wins over the browser's preference, also when it changes
+    while the page is open."""
+    session = _open_ui(browser, running_airflow)
+    _wait(browser, session, f"!!d.querySelector('a[href=\"month/{MONTH}\"]')", "the months")
+    browser.evaluate(session, "localStorage.setItem('theme', 'dark')")  # browser prefers light
+    browser.call("Page.reload", session)
+    _wait(browser, session, "d.documentElement.dataset.theme === 'dark'", "the UI's dark theme")
+    _wait(browser, session, "!!d.querySelector('table')", "the months")
+    assert _background(browser, session) < 0.05
+    png = browser.call("Page.captureScreenshot", session, format="png")["data"]
+    (tmp_path / "months-ui-dark.png").write_bytes(base64.b64decode(png))
+
+    _show(browser, session, VIEWS[1], "dark")  # the browser prefers dark, the UI turns light
+    browser.evaluate(
+        session,
+        "localStorage.setItem('theme', 'light');"
+        "document.documentElement.classList.replace('dark', 'light')",
+    )
+    _wait(browser, session, "d.documentElement.dataset.theme === 'light'", "the UI's light theme")
+    assert _background(browser, session) > 0.9

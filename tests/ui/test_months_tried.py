@@ -7,8 +7,10 @@ as AirflowRun, and a real Great Expectations result."""
 from __future__ import annotations
 
 import re
+from base64 import b64encode
 from datetime import UTC, datetime
 from email import message_from_bytes
+from hashlib import sha256
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +27,7 @@ from cdr_billing.privacy import mask_number
 from cdr_billing.schema import billing_run
 from cdr_billing.taskflow import failure_mail
 from cdr_billing.ui import app as billing_app
-from cdr_billing.ui import runs_pages, runs_queries, web
+from cdr_billing.ui import pages, runs_pages, runs_queries, web
 from cdr_billing.ui.runs_queries import AirflowRun
 from cdr_billing.workdir import run_work_dir
 from cdr_devkit.sample_data import generate_month
@@ -175,7 +177,7 @@ def test_the_page_says_why_and_links_each_run_to_the_airflow_ui(billing, tried):
     assert PHONE not in page and "+4670*****67" in page
     quoted = "manual__2026-03-10T08%3A00%3A00%2B00%3A00"
     assert f'href="../dags/cdr_billing_monthly/runs/{quoted}" data-ui-href' in page
-    assert '<script src="static/top-links.js" defer></script>' in page
+    assert f"<script>{pages.PAGE_SCRIPT}</script>" in page
     assert "waiting for files" in page and "never run" in page and "queued" in page
     assert 'href="month/2026-02/files/billing-csv" download' in page
 
@@ -194,15 +196,14 @@ def client(billing) -> TestClient:
     return client
 
 
-def test_the_months_tried_route_allows_only_the_apps_own_script(client, tried):
+def test_the_months_tried_route_allows_only_the_page_s_own_script(client, tried):
     answer = client.get("/runs")
     assert answer.status_code == 200
     policy = answer.headers["content-security-policy"]
-    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    digest = b64encode(sha256(pages.PAGE_SCRIPT.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in policy and "default-src 'none'" in policy
     assert "<b>validate_cdr_file</b> failed" in answer.text
-    script = client.get("/static/top-links.js")
-    assert script.headers["content-type"].startswith("text/javascript")
-    assert "history.pushState" in script.text and "popstate" in script.text
+    assert "history.pushState" in pages.PAGE_SCRIPT and "popstate" in pages.PAGE_SCRIPT
 
 
 @pytest.fixture
@@ -253,7 +254,7 @@ def test_the_validation_results_of_a_failed_run_are_a_page_with_numbers_masked(c
     assert "not met" in regex and " 2 " in f" {regex} "
     assert mask_number(f"{PHONE}X") in regex and mask_number(f"{PHONE[1:]}-9") in regex
     assert PHONE not in page and PHONE[1:] not in page
-    assert "cdn" not in page.lower() and '<script src="../../static/top-links.js"' in page
+    assert "cdn" not in page.lower() and "<script src" not in page
     assert "met" in page and "12 of 13 expectations met" in page
 
 

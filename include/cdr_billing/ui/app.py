@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr_billing.ui import drill_routes, pages, runs_routes
-from cdr_billing.ui.runs_routes import airflow_runs, html_with_links
+from cdr_billing.ui.runs_routes import airflow_runs
 from cdr_billing.ui.web import (
     BILLING_DAG_ID,
     NO_STORE,
@@ -196,7 +196,7 @@ def month_page(billing_month: Month) -> HTMLResponse:
     """One billing month."""
     from cdr_billing.ui import month_pages
 
-    return html_with_links(month_pages.month_page(_month(billing_month)))
+    return html(month_pages.month_page(_month(billing_month)))
 
 
 def _files(billing_month: str) -> MonthFiles:

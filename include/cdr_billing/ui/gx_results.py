@@ -184,6 +184,4 @@ def results_page(billing_month: str, run_id: str, files: list[FileResults], back
         '<p class="empty">This run left no validation results (it stopped before validating, '
         "or its work directory is not on this machine).</p>"
     )
-    return pages.page(
-        f"Validation {billing_month}", head + body + runs_pages.script_tag("../../"), style=STYLE
-    )
+    return pages.page(f"Validation {billing_month}", head + body, style=STYLE)

@@ -207,7 +207,7 @@ def _superseded(count: int) -> str:
 
 def month_page(detail: MonthDetail) -> str:
     """One month: totals and chart per customer, its lines and calls, reconciliation, non-billed
-    calls, files, batches. Its run links need runs_routes.html_with_links (a script)."""
+    calls, files, batches."""
     current, month = detail.current, detail.billing_month
     if current:
         meta = (
@@ -230,6 +230,5 @@ def month_page(detail: MonthDetail) -> str:
             detail, "suspense", "Suspense accounts", "Account", "No calls in suspense."
         )
         + f"</div>{_held_files_section(detail.held_files)}{_batches_section(detail.batches)}"
-        + runs_pages.script_tag("../")
     )
     return page(f"Billing {month}", body, style=runs_pages.STYLE)

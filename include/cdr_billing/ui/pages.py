@@ -1,13 +1,22 @@
 """The Billing page's HTML, rendered on the server: plain tables and an inline SVG bar chart,
-no script and nothing loaded from elsewhere. Every value from the database or a report is
-escaped. Links are relative, so the pages work under any URL prefix:
-/billing/ links to month/<YYYY-MM>, a month page to <YYYY-MM>/files/... and back to ../.
+nothing loaded from elsewhere, one small inline script (PAGE_SCRIPT, allowed by its hash).
+Every value from the database or a report is escaped. Links are relative, so the pages work
+under any URL prefix: /billing/ links to month/<YYYY-MM>, a month page to <YYYY-MM>/files/...
+and back to ../.
 
 One look for every page: times in the billing timezone with its abbreviation (timestamp),
 counts, minutes and money with thousands separators (number, minutes, money), codes in words
-with the code as a tooltip (reason_label, reason); light and dark colours from the browser's
-prefers-color-scheme (the pages run no script, so the Airflow UI's stored theme is out of
-reach), and a layout that fits a 390 px wide phone: tables scroll inside their card.
+with the code as a tooltip (reason_label, reason); light or dark as the Airflow UI around the
+frame shows itself (PAGE_SCRIPT), else as the browser prefers; and a layout that fits a 390 px
+wide phone: tables scroll inside their card.
+
+The pages live in the Airflow UI's sandboxed frame (scripts and same origin, no popups, no top
+navigation). PAGE_SCRIPT (1) follows the UI's theme: the UI marks its own root element with
+the class `dark` or `light` (next-themes), the script copies it to the page's data-theme and
+watches it; (2) opens links marked `data-ui-href` (Airflow UI pages, e.g. a run) in the UI
+itself through its router (history.pushState and a popstate event on the same-origin top
+window), where a plain link would load the whole UI inside the frame. Without the script (a
+page opened on its own) the colours follow prefers-color-scheme and such links are plain.
 """
 
 from __future__ import annotations
@@ -24,7 +33,16 @@ if TYPE_CHECKING:
 
 # The row counts of the current batch that the months list shows (the month page shows all).
 MONTH_LIST_COUNTS = ("read", "billed", "unbillable", "suspense", "prepaid")
-STYLE = """
+DARK = (
+    "--fg: #e2e8f0; --muted: #a0aec0; --faint: #a0aec0; --bg: #171923; --rule: #2d3748; "
+    "--border: #2d3748; --link: #63b3ed; --bar: #4299e1; --track: #2d3748; --ok: #68d391; "
+    "--bad: #fc8181; --pending: #f6e05e; --notice-bg: #1a365d; --notice-border: #2c5282; "
+    "--above-bg: #3c1e1e; --field-bg: #1a202c; --field-border: #4a5568; --button-bg: #2b6cb0; "
+    "--button-fg: #fff; --good-bg: #1c4532; --good-fg: #c6f6d5; --plain-bg: #2d3748; "
+    "--plain-fg: #e2e8f0; --alarm-bg: #63171b; --alarm-fg: #fed7d7;"
+)
+STYLE = (
+    """
 :root { color-scheme: light dark;
   --fg: #1a202c; --muted: #4a5568; --faint: #5f6b7a; --bg: #fff; --rule: #edf2f7;
   --border: #e2e8f0; --link: #0b6bcb; --bar: #3182ce; --track: #edf2f7; --ok: #276749;
@@ -32,14 +50,12 @@ STYLE = """
   --above-bg: #fff5f5; --field-bg: #fff; --field-border: #a0aec0; --button-bg: #0b6bcb;
   --button-fg: #fff; --good-bg: #c6f6d5; --good-fg: #22543d; --plain-bg: #e2e8f0;
   --plain-fg: #2d3748; --alarm-bg: #fed7d7; --alarm-fg: #822727; }
-@media (prefers-color-scheme: dark) { :root {
-  --fg: #e2e8f0; --muted: #a0aec0; --faint: #a0aec0; --bg: #171923; --rule: #2d3748;
-  --border: #2d3748; --link: #63b3ed; --bar: #4299e1; --track: #2d3748; --ok: #68d391;
-  --bad: #fc8181; --pending: #f6e05e; --notice-bg: #1a365d; --notice-border: #2c5282;
-  --above-bg: #3c1e1e; --field-bg: #1a202c; --field-border: #4a5568; --button-bg: #2b6cb0;
-  --button-fg: #fff; --good-bg: #1c4532; --good-fg: #c6f6d5; --plain-bg: #2d3748;
-  --plain-fg: #e2e8f0; --alarm-bg: #63171b; --alarm-fg: #fed7d7; } }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+"""
+    # dark: as the UI around the frame shows itself (data-theme), else as the browser prefers
+    + f"@media (prefers-color-scheme: dark) {{ :root:not([data-theme=light]) {{ {DARK} }} }}\n"
+    + f":root[data-theme=dark] {{ {DARK} color-scheme: dark; }}\n"
+    + ":root[data-theme=light] { color-scheme: light; }\n"
+    + """body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        color: var(--fg); background: var(--bg); margin: 0; padding: 20px 28px;
        overflow-wrap: anywhere; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 0 0 10px; }
@@ -89,12 +105,41 @@ button { background: var(--button-bg); color: var(--button-fg); border: none; bo
   body { padding: 12px; } section { padding: 10px 12px; } h1 { font-size: 19px; }
   .grid { gap: 12px; margin-bottom: 12px; } body > section { margin-bottom: 12px; } }
 """
-
+)
 # Every code a row of the pipeline can carry, in words (the code stays as the tooltip): the
 # reasons of quarantined rows (validate.REASONS), of unbillable calls (rate), of calls in
 # suspense (attribute), of duplicates and combined parts (not_billed, dedupe), and the kinds of
 # non-billed rows. Row outcomes (read, billed, not_billable, ...) are report.OUTCOME_LABELS,
 # the words the month's mail uses too.
+PAGE_SCRIPT = """'use strict';
+(() => {
+  const root = document.documentElement;
+  let ui = null;
+  try { if (window.top !== window) { ui = window.top.document.documentElement; } } catch (e) {}
+  const followTheme = () => {
+    const theme = ui && ['dark', 'light'].find((name) => ui.classList.contains(name));
+    if (theme) { root.dataset.theme = theme; } else { delete root.dataset.theme; }
+  };
+  if (ui) {
+    followTheme();
+    new MutationObserver(followTheme).observe(ui, { attributes: true, attributeFilter: ['class'] });
+  }
+  document.addEventListener('click', (event) => {
+    const link = event.target.closest && event.target.closest('a[data-ui-href]');
+    if (!ui || !link || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey
+        || event.altKey) { return; }
+    const top = window.top;
+    const target = new URL(link.getAttribute('href'), document.baseURI);
+    if (target.origin !== top.location.origin) { return; }
+    event.preventDefault();
+    const state = top.history.state || {};
+    const index = typeof state.idx === 'number' ? state.idx + 1 : 0;
+    top.history.pushState({ usr: null, key: Math.random().toString(36).slice(2, 10), idx: index },
+                          '', target.pathname + target.search + target.hash);
+    top.dispatchEvent(new PopStateEvent('popstate', { state: top.history.state }));
+  });
+})();
+"""
 REASON_LABELS = {
     "BAD_FIELD_COUNT": "wrong number of fields",
     "BAD_CHARACTER": "control character in a field",
@@ -223,6 +268,7 @@ def page(title: str, body: str, style: str = "", times: bool = True) -> str:
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<script>{PAGE_SCRIPT}</script>"
         f"<style>{STYLE}{style}</style></head><body>{body}{footer}</body></html>\n"
     )
 

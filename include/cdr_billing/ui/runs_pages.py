@@ -3,12 +3,8 @@
 their pages in the Airflow UI, its held files, and links to its validation results and
 billing file.
 
-Links to the Airflow UI: the Billing page lives in the UI's sandboxed frame (no top
-navigation, no popups), where a plain link would load the whole UI inside the frame. A link
-marked `data-ui-href` carries the UI path; the app's script (TOP_LINKS_SCRIPT, served by
-runs_routes) moves the UI itself there through its own router (history.pushState and a
-popstate event on the same-origin top window). Without the script (page opened on its own)
-the link is a plain link to the same UI page.
+Run links open in the Airflow UI (not in the frame): they are marked `data-ui-href` for
+pages.PAGE_SCRIPT.
 """
 
 from __future__ import annotations
@@ -30,25 +26,6 @@ from cdr_billing.ui.runs_queries import (
 )
 from cdr_billing.ui.web import BILLING_DAG_ID
 
-SCRIPT_PATH = "static/top-links.js"  # under /billing/
-# Moves the UI (the frame's same-origin parent) to a link's UI page through the UI's router.
-TOP_LINKS_SCRIPT = """'use strict';
-document.addEventListener('click', (event) => {
-  const link = event.target.closest && event.target.closest('a[data-ui-href]');
-  if (!link || window.top === window || event.button !== 0 || event.ctrlKey || event.metaKey
-      || event.shiftKey || event.altKey) { return; }
-  const target = new URL(link.getAttribute('href'), document.baseURI);
-  let top;
-  try { top = window.top; top.location.origin; } catch (denied) { return; }
-  if (target.origin !== top.location.origin) { return; }
-  event.preventDefault();
-  const state = top.history.state || {};
-  const index = typeof state.idx === 'number' ? state.idx + 1 : 0;
-  top.history.pushState({ usr: null, key: Math.random().toString(36).slice(2, 10), idx: index },
-                        '', target.pathname + target.search + target.hash);
-  top.dispatchEvent(new PopStateEvent('popstate', { state: top.history.state }));
-});
-"""
 STYLE = """
 .failed { background: var(--alarm-bg); color: var(--alarm-fg); }
 .billed { background: var(--good-bg); color: var(--good-fg); }
@@ -64,12 +41,6 @@ STATE_WORDS = {
     WAITING: "waiting for files",
     QUEUED: "queued",
 }
-
-
-def script_tag(prefix: str) -> str:
-    """The script tag of TOP_LINKS_SCRIPT; `prefix` leads from the page's folder to /billing/.
-    A page with it needs web policy SCRIPT_POLICY (runs_routes.html_with_links)."""
-    return f'<script src="{e(prefix + SCRIPT_PATH)}" defer></script>'
 
 
 def run_ui_href(run_id: str, prefix: str) -> str:
@@ -208,7 +179,7 @@ def months_tried_page(months: list[MonthTried], now: datetime) -> str:
     )
     return pages.page(
         "Months tried",
-        intro + f'<section class="runs">{months_tried_table(months)}</section>' + script_tag(""),
+        intro + f'<section class="runs">{months_tried_table(months)}</section>',
         style=STYLE,
     )
 

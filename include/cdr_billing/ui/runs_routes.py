@@ -1,5 +1,4 @@
-"""Routes of the months tried (runs_pages), a run's validation results (gx_results) and the
-script that opens Airflow UI links from inside the UI's frame.
+"""Routes of the months tried (runs_pages) and a run's validation results (gx_results).
 
 Imports stay light (app.py imports this in every Airflow process): pages and queries are
 imported on the first request.
@@ -13,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse
 
-from cdr_billing.ui.web import BILLING_DAG_ID, NO_STORE, PAGE_POLICY, Month, billing_db, config
+from cdr_billing.ui.web import BILLING_DAG_ID, Month, billing_db, config, html
 
 if TYPE_CHECKING:
     from cdr_billing.ui.runs_queries import AirflowRun
@@ -23,18 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-# PAGE_POLICY and the app's own scripts, for the pages whose links open Airflow UI pages.
-SCRIPT_POLICY = PAGE_POLICY + "; script-src 'self'"
 SENSOR_TASK = "wait_for_cdr_files"
 SENSOR_WAITING = frozenset({"up_for_reschedule", "running", "queued", "scheduled"})
 MAX_RUN_ID = 250
-
-
-def html_with_links(document: str, status_code: int = 200) -> HTMLResponse:
-    """A page whose run links open in the Airflow UI: the page policy, and this app's scripts."""
-    return HTMLResponse(
-        document, status_code, headers={**NO_STORE, "Content-Security-Policy": SCRIPT_POLICY}
-    )
 
 
 def _billing_month_of(conf: object, interval_start: datetime | None, timezone: str) -> str | None:
@@ -92,14 +82,6 @@ def airflow_runs(timezone: str) -> list[AirflowRun] | None:
     return found
 
 
-@router.get("/static/top-links.js")
-def top_links_script() -> Response:
-    """The script that moves the Airflow UI to a link's page from inside its frame."""
-    from cdr_billing.ui.runs_pages import TOP_LINKS_SCRIPT
-
-    return Response(TOP_LINKS_SCRIPT, media_type="text/javascript", headers=NO_STORE)
-
-
 @router.get("/runs", response_class=HTMLResponse)
 def months_tried_page() -> HTMLResponse:
     """Every month the billing DAG has tried."""
@@ -109,7 +91,7 @@ def months_tried_page() -> HTMLResponse:
     months = runs_queries.months_tried(
         billing_db(), settings, now, airflow_runs(settings.billing.timezone)
     )
-    return html_with_links(runs_pages.months_tried_page(months, now))
+    return html(runs_pages.months_tried_page(months, now))
 
 
 def _work_dir(billing_month: str, run_id: str | None) -> tuple[str, str]:
@@ -145,6 +127,4 @@ def validation_page(
     folder = Path(work_dir).resolve() if root is not None and "://" not in work_dir else None
     inside = folder is not None and folder.is_relative_to(root.resolve()) and folder.is_dir()
     files = gx_results.run_results(folder, root) if inside else []
-    return html_with_links(
-        gx_results.results_page(billing_month, run_id, files, back=f"../{billing_month}")
-    )
+    return html(gx_results.results_page(billing_month, run_id, files, back=f"../{billing_month}"))

@@ -7,7 +7,9 @@ app.py includes; they all import from here, never from app.py.
 
 from __future__ import annotations
 
+from base64 import b64encode
 from functools import cache
+from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,19 +17,29 @@ from fastapi import HTTPException
 from fastapi import Path as PathParameter
 from fastapi.responses import FileResponse, HTMLResponse
 
+from cdr_billing.ui.pages import PAGE_SCRIPT
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from cdr_billing.config import PipelineConfig
 
 BILLING_DAG_ID = "cdr_billing_monthly"
+
+
+def script_hash(script: str) -> str:
+    """A Content-Security-Policy source that allows this inline script and no other."""
+    return "sha256-" + b64encode(sha256(script.encode()).digest()).decode()
+
+
 Month = Annotated[
     str, PathParameter(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="billing month, YYYY-MM")
 ]
-# The pages load nothing from elsewhere and run no script; only Airflow's UI may frame them.
+# The pages load nothing from elsewhere and run one script, theirs (pages.PAGE_SCRIPT, by its
+# hash); only Airflow's UI may frame them.
 PAGE_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-    "frame-ancestors 'self'; base-uri 'none'"
+    f"script-src '{script_hash(PAGE_SCRIPT)}'; frame-ancestors 'self'; base-uri 'none'"
 )
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
