@@ -9,142 +9,35 @@ import csv
 import io
 import json
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from html import unescape
 from html.parser import HTMLParser
 from urllib.parse import quote, urljoin
 
 import pandas as pd
 import pytest
+from drill_seed import (
+    MONTH,
+    ODD_CUSTOMER,
+    PHONE,
+    PHONE_MASKED,
+    SLASHED,
+    SUSPENSE_PHONE,
+    minutes,
+    money,
+    seed,
+)
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from cdr_billing import not_billed, report
-from cdr_billing.load import Batch, load_month
+from cdr_billing import report
 from cdr_billing.migrations import upgrade
 from cdr_billing.money import from_minor_units
 from cdr_billing.ui import app as billing_app
 from cdr_billing.ui import drill_queries, pages, web
 from cdr_devkit.services import connection_env
 
-MONTH = "2026-09"
 BASE = f"http://testserver/month/{MONTH}/"
-PHONE = "+46701234567"  # a user id that is a phone number
-PHONE_MASKED = "+4670*****67"
-SLASHED = "alice/ops team"  # reserved characters in ids
-ODD_CUSTOMER = "C 2/x"
-SUSPENSE_PHONE = "+46709999999"
-# (customer, sequence number, currency, user, calls)
-USERS = [
-    ("C1", "1001", "EUR", PHONE, 250),
-    ("C1", "1001", "EUR", SLASHED, 7),
-    ("C1", "1001", "EUR", "bob", 3),
-    ("C1", "1002", "SEK", "bob", 4),
-    (ODD_CUSTOMER, "9/1", "EUR", "carol", 2),
-]
-FILES = ("carrier_cdr_20260901.csv", "carrier_cdr_20260915.csv")
-# (kind, reason, key field, key, calls)
-NOT_BILLED = [
-    ("unbillable", "NO_TARIFF_PREFIX", "number_range", "+8821", 30),
-    ("unbillable", "NO_RATE_AT_CALL_TIME", "number_range", "+4412", 5),
-    ("suspense", "UNKNOWN_ACCOUNT", "user_id", SUSPENSE_PHONE, 120),
-    ("suspense", "NOT_ENTITLED", "user_id", "ghost", 3),
-    ("suspense", "UNKNOWN_ACCOUNT", "user_id", "", 2),  # no account: an empty key
-]
-
-
-def _billed_calls() -> pd.DataFrame:
-    """Every billed call; each user's calls alternate between the two files."""
-    rows, row_of = [], dict.fromkeys(FILES, 0)
-    start = datetime(2026, 9, 1, 8, tzinfo=UTC)
-    for customer, sequence, currency, user, calls in USERS:
-        for n in range(calls):
-            source_file = FILES[n % 2]
-            row_of[source_file] += 1
-            rows.append(
-                {
-                    "customer_id": customer,
-                    "sequence_number": sequence,
-                    "currency": currency,
-                    "user_id": user,
-                    "transaction_id": f"t-{len(rows)}",
-                    "start_utc": start + timedelta(minutes=len(rows)),
-                    "billed_seconds": 7 + (len(rows) * 37) % 400,
-                    "cost_minor": 1 + (len(rows) * 13) % 250,
-                    "pricing": "tariff",
-                    "source": "carrier",
-                    "source_file": source_file,
-                    "source_row": row_of[source_file],
-                    "combined_rows": "12,13" if n == 1 else "",
-                }
-            )
-    calls = pd.DataFrame(rows)
-    calls["start_utc"] = pd.to_datetime(calls["start_utc"], utc=True)
-    return calls
-
-
-def _sums(calls: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    return (
-        calls.groupby(keys, sort=True)
-        .agg(
-            total_minor=("cost_minor", "sum"),
-            call_count=("cost_minor", "size"),
-            billed_seconds=("billed_seconds", "sum"),
-        )
-        .reset_index()
-    )
-
-
-def _not_billed_frames() -> dict[str, pd.DataFrame]:
-    """The stage files' rows of the kinds not billed, as the rating and attribution write them."""
-    frames: dict[str, list[dict]] = {"unbillable": [], "suspense": []}
-    for kind, reason, field, key, calls in NOT_BILLED:
-        for n in range(calls):
-            row = {
-                "reason_code": reason,
-                "source_file": FILES[n % 2],
-                "source_row": 10_000 + len(frames[kind]),
-                "transaction_id": f"{kind}-{len(frames[kind])}",
-                "user_id": "acct-1",
-                "number_range": "+4670",
-                "session_id": "",
-                "duration_seconds": 1 + (n * 97) % 700,
-            }
-            frames[kind].append({**row, field: key})
-    return {kind: pd.DataFrame(rows) for kind, rows in frames.items()}
-
-
-def _seed(engine: Engine) -> dict[str, pd.DataFrame]:
-    calls = _billed_calls()
-    frames = _not_billed_frames()
-    duplicate = pd.DataFrame(
-        [{"source_file": FILES[0], "source_row": 99, "transaction_id": "t-1", "user_id": "x"}]
-    )
-    empty = pd.DataFrame()
-    exceptions = not_billed.rows_not_billed(
-        lambda name: {**frames, "duplicates": duplicate}.get(name, empty)
-    )
-    shares = pd.DataFrame(
-        columns=[
-            "service_provider",
-            "currency",
-            "share_basis_points",
-            "call_count",
-            "billed_minor",
-            "share_minor",
-        ]
-    )
-    line_keys = ["customer_id", "sequence_number", "currency"]
-    batch = Batch(
-        _sums(calls, line_keys),
-        _sums(calls, [*line_keys, "user_id"]),
-        shares,
-        [calls[calls["source_file"] == name] for name in FILES],
-        exceptions,
-    )
-    load_month(engine, MONTH, "drill_run_1", batch, {"read": len(calls)})
-    return frames
 
 
 class Parsed(HTMLParser):
@@ -199,17 +92,6 @@ class Parsed(HTMLParser):
         return unescape("".join(self.text))
 
 
-def minutes(seconds: int) -> str:
-    """Minutes to a tenth, half up (the documented rule), with thousands separators: in whole
-    tenths, (seconds x 10 + 30) // 60."""
-    tenths = (seconds * 10 + 30) // 60
-    return f"{tenths // 10:,}.{tenths % 10}"
-
-
-def money(minor: int, currency: str) -> str:
-    return f"{from_minor_units(minor, currency):,} {currency}"
-
-
 class Setup:
     def __init__(self, engine: Engine, client: TestClient, frames: dict[str, pd.DataFrame]):
         self.engine, self.client, self.frames = engine, client, frames
@@ -235,7 +117,7 @@ def setup(airflow_home, postgres) -> Setup:
             patch.setenv(key, value)
         engine = create_engine(postgres.url_of(database))
         upgrade(engine)
-        frames = _seed(engine)
+        frames = seed(engine).not_billed
         web.clear_engines()
         billing_app.app.dependency_overrides[billing_app.require_billing_reader] = lambda: None
         try:
