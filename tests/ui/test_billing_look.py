@@ -114,3 +114,22 @@ def test_every_colour_of_the_style_is_redefined_for_dark_mode():
     assert defined == set(re.findall(r"(--[\w-]+):", dark))
     assert not re.findall(r"#[0-9a-fA-F]{3,6}\b|rgb\(", rules)  # colours only as variables
     assert set(re.findall(r"var\((--[\w-]+)\)", rules)) <= defined
+
+
+def test_the_month_page_shows_the_largest_and_links_the_rest():
+    """A month of many customers and accounts: the chart and the non-billed tables keep the
+    20 largest, and link the pages that list every one."""
+    from cdr_billing.ui.queries import Batch, MonthDetail, MonthFiles, NotBilled
+
+    customers = [CustomerTotal(f"C{n:03}", "EUR", Decimal(n), n * 100, 1, 1) for n in range(1, 26)]
+    accounts = [NotBilled(f"acct-{n}", "UNKNOWN_ACCOUNT", 100 - n) for n in range(30)]
+    batch = Batch(7, "2026-08", "run", "current", datetime(2026, 9, 1, tzinfo=UTC), {"read": 1})
+    detail = MonthDetail("2026-08", [batch], batch, customers, [], accounts, MonthFiles(), [])
+    page = month_pages.month_page(detail)
+    bars = re.findall(r'data-customer="(C\d+)"', page)
+    assert bars == [f"C{n:03}" for n in range(25, 5, -1)]  # the 20 largest, largest first
+    assert "Cost per customer, EUR, the top 20 of 25" in page
+    shown = re.findall(r'href="2026-08/not-billed/suspense/UNKNOWN_ACCOUNT/(acct-\d+)"', page)
+    assert shown == [f"acct-{n}" for n in range(20)]
+    assert '<a href="2026-08/not-billed/suspense">All 30 groups, with minutes</a>' in page
+    assert all(f'"2026-08/customer/C{n:03}"' in page for n in range(1, 26))  # the table: all

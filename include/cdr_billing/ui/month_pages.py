@@ -27,15 +27,22 @@ from cdr_billing.ui.pages import (
     timestamp,
 )
 
+# The month page shows the largest: the chart's customers, the non-billed groups (every one is
+# on the Lines and groups pages, paged), so that it stays one quick page at any size.
+TOP = 20
+
 if TYPE_CHECKING:
     from cdr_billing.ui.queries import Batch, CustomerTotal, MonthDetail, NotBilled
 
 
 def cost_chart(customers: list[CustomerTotal], currency: str) -> str:
-    """A bar chart of the customers' totals in one currency, as inline SVG: per customer, its
+    """A bar chart of the TOP customers' totals in one currency, as inline SVG: per customer, its
     id and total on a line and its bar below, sized in percent, so the chart takes its card's
     width and its text keeps its size (legible on a phone, never scaled down)."""
-    rows = [customer for customer in customers if customer.currency == currency]
+    rows = sorted(
+        (customer for customer in customers if customer.currency == currency),
+        key=lambda customer: -customer.total_minor,
+    )[:TOP]
     largest = max((customer.total_minor for customer in rows), default=0)
     height = CHART_ROW * len(rows)
     parts = [
@@ -92,9 +99,16 @@ def _customers_section(detail: MonthDetail) -> str:
         ["Customer", "Currency", "Lines", "Calls", "Total"], rows, numeric={2, 3, 4}, footer=footer
     )
     charts = "".join(
-        f"<h2>Cost per customer, {e(cur)}</h2>{cost_chart(customers, cur)}" for cur in currencies
+        f"<h2>Cost per customer, {e(cur)}{_top_of(customers, cur)}</h2>{cost_chart(customers, cur)}"
+        for cur in currencies
     )
     return f"<section><h2>Totals per customer</h2>{totals}</section><section>{charts}</section>"
+
+
+def _top_of(customers: list[CustomerTotal], currency: str) -> str:
+    """ ", the top 20 of N" when the chart leaves customers out."""
+    count = sum(customer.currency == currency for customer in customers)
+    return f", the top {TOP} of {number(count)}" if count > TOP else ""
 
 
 def _reconciliation_section(batch: Batch | None) -> str:
@@ -127,10 +141,14 @@ def _not_billed_section(
             reason(item.reason_code),
             e(number(item.calls)),
         ]
-        for item in items
+        for item in items[:TOP]
     ]
     calls = table([key_header, "Reason", "Calls"], rows, numeric={2})
-    return f"<section><h2>{e(title)}</h2>{calls}</section>"
+    more = ""
+    if len(items) > TOP:
+        href = f"{drill_pages.segment(detail.billing_month)}/{drill_pages.groups_path(kind)}"
+        more = f'<p><a href="{e(href)}">All {e(number(len(items)))} groups, with minutes</a></p>'
+    return f"<section><h2>{e(title)}</h2>{calls}{more}</section>"
 
 
 def _files_section(detail: MonthDetail) -> str:
