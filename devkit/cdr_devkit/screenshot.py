@@ -22,6 +22,8 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -122,8 +124,24 @@ def start_chromium(profile: Path) -> Chromium:
     return Chromium(browser, f"ws://127.0.0.1:{port}{path}")
 
 
-def capture(devtools: DevTools, base_url: str, token: str, month: str) -> bytes:
-    """Log in with the token cookie, open Billing in the UI, click the month; return the PNG."""
+@contextmanager
+def open_browser(profile: Path) -> Iterator[DevTools]:
+    """A headless Chromium on the profile folder and a DevTools client on it; the browser (its
+    whole process group: renderers, GPU) is stopped on the way out."""
+    chromium = start_chromium(profile)
+    try:
+        with connect(chromium.devtools_url, max_size=None, proxy=None) as socket:
+            yield DevTools(socket)
+    finally:
+        os.killpg(chromium.process.pid, signal.SIGTERM)
+        chromium.process.wait(timeout=20)
+
+
+def open_tab(
+    devtools: DevTools, base_url: str, token: str, width: int = WIDTH, height: int = HEIGHT
+) -> str:
+    """Log in the way the UI's login page does (the JWT as the `_token` cookie) and open a blank
+    tab of the given size; return its DevTools session."""
     devtools.call(
         "Storage.setCookies", cookies=[{"name": "_token", "value": token, "url": f"{base_url}/"}]
     )
@@ -132,11 +150,17 @@ def capture(devtools: DevTools, base_url: str, token: str, month: str) -> bytes:
     devtools.call(
         "Emulation.setDeviceMetricsOverride",
         session,
-        width=WIDTH,
-        height=HEIGHT,
+        width=width,
+        height=height,
         deviceScaleFactor=1,
         mobile=False,
     )
+    return session
+
+
+def capture(devtools: DevTools, base_url: str, token: str, month: str) -> bytes:
+    """Log in with the token cookie, open Billing in the UI, click the month; return the PNG."""
+    session = open_tab(devtools, base_url, token)
     devtools.call("Page.navigate", session, url=f"{base_url}/plugin/billing")
     link = f"{FRAME}?.querySelector('a[href=\"month/{month}\"]')"
     devtools.wait_for(session, f"!!{link}", "the Billing page in the UI, with its month list,")
@@ -183,14 +207,11 @@ def main() -> int:
     }
     print(f"Starting Airflow on {AIRFLOW_HOME} and headless Chromium")
     with RunningAirflow(AIRFLOW_HOME, env, admin_password=secrets.token_urlsafe(16)) as airflow:
-        with tempfile.TemporaryDirectory(prefix="cdr-chromium-") as profile:
-            chromium = start_chromium(Path(profile))
-            try:
-                with connect(chromium.devtools_url, max_size=None, proxy=None) as socket:
-                    png = capture(DevTools(socket), airflow.base_url, airflow.token(), args.month)
-            finally:
-                os.killpg(chromium.process.pid, signal.SIGTERM)
-                chromium.process.wait(timeout=20)
+        with (
+            tempfile.TemporaryDirectory(prefix="cdr-chromium-") as profile,
+            open_browser(Path(profile)) as devtools,
+        ):
+            png = capture(devtools, airflow.base_url, airflow.token(), args.month)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(png)
     print(

@@ -7,37 +7,20 @@ and the runs are deleted afterwards, so no other test sees them."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import signal
 import time
 import urllib.error
 
 import pendulum
 import pytest
-from websockets.sync.client import connect
+from browser_steps import WAIT_SECONDS, View, click, open_ui, shot, wait
 
 from cdr_billing.config import load_config
 from cdr_devkit.airflow_env import DAG_ID
-from cdr_devkit.screenshot import DevTools, start_chromium
+from cdr_devkit.screenshot import DevTools
 
-WAIT_SECONDS = 60
+SCREEN = View("tall desktop", 1400, 1400, False)
 DIALOG = "document.querySelector('[data-scope=dialog][data-part=content]')"
-
-
-@pytest.fixture
-def browser(tmp_path):
-    """A headless Chromium (a fresh profile: no timezone chosen) and a DevTools client."""
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    chromium = start_chromium(profile)
-    try:
-        with connect(chromium.devtools_url, max_size=None, proxy=None) as socket:
-            yield DevTools(socket)
-    finally:
-        os.killpg(chromium.process.pid, signal.SIGTERM)
-        chromium.process.wait(timeout=20)
 
 
 @pytest.fixture
@@ -67,33 +50,10 @@ def _runs_of(airflow, backfill: dict) -> list[dict]:
     return [r for r in runs if pendulum.parse(r["queued_at"] or r["run_after"]) >= created]
 
 
-def _wait(devtools: DevTools, session: str, expression: str, what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not devtools.evaluate(session, expression):
-        if time.monotonic() > deadline:
-            shown = devtools.evaluate(session, "document.body.innerText.slice(0, 2000)")
-            raise AssertionError(f"{what} did not appear; the page shows {shown!r}")
-        time.sleep(0.3)
-
-
 def _open_dag(devtools: DevTools, airflow, timezone_choice: str | None) -> str:
     """Log in, open the DAG's page; with a choice, the user's timezone as the UI keeps it."""
-    devtools.call(
-        "Storage.setCookies",
-        cookies=[{"name": "_token", "value": airflow.token(), "url": f"{airflow.base_url}/"}],
-    )
-    target = devtools.call("Target.createTarget", url="about:blank")["targetId"]
-    session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    devtools.call(
-        "Emulation.setDeviceMetricsOverride",
-        session,
-        width=1400,
-        height=1400,
-        deviceScaleFactor=1,
-        mobile=False,
-    )
-    devtools.call("Page.navigate", session, url=f"{airflow.base_url}/dags/{DAG_ID}")
-    _wait(devtools, session, "document.readyState === 'complete'", "the UI")
+    session = open_ui(devtools, airflow, f"/dags/{DAG_ID}", SCREEN)
+    wait(devtools, session, "document.readyState === 'complete'", "the UI")
     if timezone_choice:
         devtools.evaluate(
             session, f"localStorage.setItem('timezone', {json.dumps(json.dumps(timezone_choice))})"
@@ -102,43 +62,35 @@ def _open_dag(devtools: DevTools, airflow, timezone_choice: str | None) -> str:
     return session
 
 
-def _click(devtools: DevTools, session: str, scope: str, selector: str, text: str) -> None:
-    """Click the element under scope whose text is `text` (trimmed)."""
-    found = (
-        f"[...{scope}.querySelectorAll({json.dumps(selector)})]"
-        f".find(e => e.innerText.trim() === {json.dumps(text)})"
-    )
-    _wait(devtools, session, f"!!({scope}) && !!{found}", f"{text!r}")
-    devtools.evaluate(session, f"{found}.click()")
-
-
 def _pick_date(devtools: DevTools, session: str, field: int, day: str) -> None:
     """Open the From (0) or To (1) picker and type the date as a user does (YYYY/MM/DD)."""
     devtools.evaluate(
         session, f"{DIALOG}.querySelectorAll('[data-testid=datetime-input]')[{field}].click()"
     )
     date_input = "document.querySelector('input[placeholder=\"YYYY/MM/DD\"]')"
-    _wait(devtools, session, f"!!{date_input}", "the date picker")
+    wait(devtools, session, f"!!{date_input}", "the date picker")
     devtools.evaluate(session, f"{date_input}.focus()")
     devtools.call("Input.insertText", session, text=day)
     devtools.call("Input.dispatchKeyEvent", session, type="keyDown", key="Escape", code="Escape")
     devtools.call("Input.dispatchKeyEvent", session, type="keyUp", key="Escape", code="Escape")
-    _wait(devtools, session, f"!{date_input}", "the date picker closing")
+    wait(devtools, session, f"!{date_input}", "the date picker closing")
 
 
 def _backfill_in_ui(devtools: DevTools, session: str, first: str, last: str) -> str:
     """Trigger -> Backfill, From/To, Run Backfill; return what the form announced."""
-    _click(devtools, session, "document", "button", "Trigger")
-    _click(devtools, session, DIALOG, "label", "Backfill\nRun this Dag for a range of dates")
+    click(devtools, session, "button", scope="document", text="Trigger")
+    click(
+        devtools, session, "label", scope=DIALOG, text="Backfill\nRun this Dag for a range of dates"
+    )
     _pick_date(devtools, session, 0, first)
     _pick_date(devtools, session, 1, last)
     announced = f"{DIALOG}.innerText.match(/\\d+ runs? will be triggered/)"
-    _wait(devtools, session, f"!!{announced}", "the form's count of runs")
+    wait(devtools, session, f"!!{announced}", "the form's count of runs")
     count = devtools.evaluate(session, f"{announced}[0]")
     # the DAG stays paused: its runs wait, queued, until the test deletes them
-    _click(devtools, session, DIALOG, "label", f"Unpause {DAG_ID} on trigger")
-    _click(devtools, session, DIALOG, "button", "Run Backfill")
-    _wait(devtools, session, f"!{DIALOG}", "the form closing")
+    click(devtools, session, "label", scope=DIALOG, text=f"Unpause {DAG_ID} on trigger")
+    click(devtools, session, "button", scope=DIALOG, text="Run Backfill")
+    wait(devtools, session, f"!{DIALOG}", "the form closing")
     return count
 
 
@@ -175,8 +127,7 @@ def test_backfill_in_the_ui_bills_the_months_typed(
 
     announced = _backfill_in_ui(browser, session, first, last)
 
-    png = browser.call("Page.captureScreenshot", session, format="png")["data"]
-    (tmp_path / "backfill.png").write_bytes(base64.b64decode(png))
+    shot(browser, session, tmp_path / "backfill.png")
     plural = "run" if len(months) == 1 else "runs"
     assert announced == f"{len(months)} {plural} will be triggered"
     assert _new_backfill_months(running_airflow, known) == months
@@ -188,11 +139,11 @@ def _billing_month_menu(devtools: DevTools, session: str, typed: str) -> str:
         f"[...{DIALOG}.querySelectorAll('label')].find(l => l.innerText.trim() === 'Billing month')"
     )
     search = f"document.getElementById({label}?.htmlFor)"
-    _wait(devtools, session, f"!!({DIALOG}) && !!{search}", "the Billing month list")
+    wait(devtools, session, f"!!({DIALOG}) && !!{search}", "the Billing month list")
     devtools.evaluate(session, f"{search}.focus(); {search}.select()")
     devtools.call("Input.insertText", session, text=typed)
     menu = "document.querySelector('[id^=react-select][id$=-listbox]')"
-    _wait(devtools, session, f"!!{menu}", "the list's menu")
+    wait(devtools, session, f"!!{menu}", "the list's menu")
     return devtools.evaluate(session, f"{menu}.innerText")
 
 
@@ -200,12 +151,11 @@ def test_trigger_form_offers_months_in_words_and_no_bad_month(
     running_airflow, paused_dag, browser, tmp_path
 ):
     session = _open_dag(browser, running_airflow, None)
-    _click(browser, session, "document", "button", "Trigger")
+    click(browser, session, "button", scope="document", text="Trigger")
     shown = _billing_month_menu(browser, session, "2026-10")
     assert "2026-10 (October 2026)" in shown
     refused = _billing_month_menu(browser, session, "2026-13")
-    png = browser.call("Page.captureScreenshot", session, format="png")["data"]
-    (tmp_path / "trigger-form.png").write_bytes(base64.b64decode(png))
+    shot(browser, session, tmp_path / "trigger-form.png")
     assert "2026-13" not in refused and "No options" in refused
 
 

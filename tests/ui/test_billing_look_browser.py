@@ -12,20 +12,16 @@ Besides the months every Billing page test shares (`seeded`), a month of this mo
 
 from __future__ import annotations
 
-import base64
-import os
 import re
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 import pytest
 from billing_seed import LINE_COLUMNS, batch_of, exception_row
+from browser_steps import DESKTOP, PHONE, click, frame, in_frame, open_ui, shot, show, wait
 from sqlalchemy import create_engine, select
-from websockets.sync.client import connect
 
 from cdr_billing.load import load_month
 from cdr_billing.migrations import upgrade
@@ -34,11 +30,10 @@ from cdr_billing.prepaid.balances import lock_accounts, post
 from cdr_billing.prepaid.locks import apply_lock_rules
 from cdr_billing.schema import prepaid_account
 from cdr_billing.ui.pages import reason_label
-from cdr_devkit.screenshot import FRAME, DevTools, start_chromium
+from cdr_devkit.screenshot import DevTools
 
 MONTH = "2026-07"
 ACCOUNT = "look-prepaid-1"
-WAIT_SECONDS = 60
 CUSTOMERS = [f"CUST-NORDIC-{n:02}" for n in range(1, 13)]
 LINES = pd.DataFrame(
     [
@@ -67,17 +62,9 @@ EXCEPTIONS = pd.DataFrame(
 )
 
 
-class View(NamedTuple):
-    """A screen the pages are checked on."""
-
-    name: str
-    width: int
-    height: int
-    mobile: bool
-
-
-VIEWS = (View("phone", 390, 844, True), View("desktop", 1400, 1000, False))
+VIEWS = (PHONE, DESKTOP)
 SCHEMES = ("light", "dark")
+MONTH_LINK = f"!!d.querySelector('a[href=\"month/{MONTH}\"]')"
 
 # The checks, as JavaScript on the frame's document `d` (its window: w).
 CHECKS = """
@@ -140,88 +127,17 @@ def look_data(running_airflow, postgres, seeded) -> None:
     engine.dispose()
 
 
-@pytest.fixture
-def browser(tmp_path) -> Iterator[DevTools]:
-    """A headless Chromium and a DevTools client on it."""
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    chromium = start_chromium(profile)
-    try:
-        with connect(chromium.devtools_url, max_size=None, proxy=None) as socket:
-            yield DevTools(socket)
-    finally:
-        os.killpg(chromium.process.pid, signal.SIGTERM)
-        chromium.process.wait(timeout=20)
-
-
-def _frame(expression: str) -> str:
-    """A JavaScript expression on the Billing app's document inside the UI's frame."""
-    return f"(() => {{ const d = {FRAME}; return d ? ({expression}) : null; }})()"
-
-
-def _wait(devtools: DevTools, session: str, expression: str, what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not devtools.evaluate(session, _frame(expression)):
-        if time.monotonic() > deadline:
-            shown = devtools.evaluate(session, _frame("d.title + ': ' + d.body.innerText"))
-            raise AssertionError(f"{what} did not appear; the frame shows {shown!r}")
-        time.sleep(0.2)
-
-
-def _open_ui(devtools: DevTools, airflow) -> str:
-    """Log in with the UI's cookie and open Billing in the Airflow UI; return the session."""
-    devtools.call(
-        "Storage.setCookies",
-        cookies=[{"name": "_token", "value": airflow.token(), "url": f"{airflow.base_url}/"}],
-    )
-    target = devtools.call("Target.createTarget", url="about:blank")["targetId"]
-    session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    _show(devtools, session, VIEWS[1], "light")
-    devtools.call("Page.navigate", session, url=f"{airflow.base_url}/plugin/billing")
-    return session
-
-
-def _show(devtools: DevTools, session: str, view: View, scheme: str) -> None:
-    devtools.call(
-        "Emulation.setDeviceMetricsOverride",
-        session,
-        width=view.width,
-        height=view.height,
-        deviceScaleFactor=2 if view.mobile else 1,
-        mobile=view.mobile,
-    )
-    devtools.call(
-        "Emulation.setEmulatedMedia",
-        session,
-        features=[{"name": "prefers-color-scheme", "value": scheme}],
-    )
-
-
-def _click(devtools: DevTools, session: str, selector: str, title: str) -> None:
-    """Click a link of the frame's page and wait for the page it opens."""
-    link = f"d.querySelector({selector!r})"
-    _wait(devtools, session, f"!!{link}", f"the link {selector}")
-    devtools.evaluate(session, _frame(f"{link}.click()"))
-    _wait(
-        devtools,
-        session,
-        f"d.title === {title!r} && d.readyState === 'complete'",
-        f"the page {title!r}",
-    )
-
-
 def _look(devtools: DevTools, session: str, page: str, tmp_path: Path) -> dict[str, dict]:
     """Every view and colour scheme of the page open in the frame: its checks' results, and a
     screenshot each."""
     seen = {}
     for view in VIEWS:
         for scheme in SCHEMES:
-            _show(devtools, session, view, scheme)
+            show(devtools, session, view, scheme)
             time.sleep(0.2)  # the frame's layout follows the new viewport
             key = f"{page}-{view.name}-{scheme}"
-            seen[key] = devtools.evaluate(session, _frame(f"(() => {{ {CHECKS} }})()"))
-            png = devtools.call("Page.captureScreenshot", session, format="png")["data"]
-            (tmp_path / f"{key}.png").write_bytes(base64.b64decode(png))
+            seen[key] = in_frame(devtools, session, f"(() => {{ {CHECKS} }})()")
+            shot(devtools, session, tmp_path / f"{key}.png")
     return seen
 
 
@@ -254,14 +170,19 @@ def _digit_runs(text: str) -> list[str]:
 def test_the_billing_pages_read_well_on_a_phone_and_a_screen_in_light_and_dark(
     running_airflow, look_data, browser, tmp_path
 ):
-    session = _open_ui(browser, running_airflow)
-    _wait(browser, session, f"!!d.querySelector('a[href=\"month/{MONTH}\"]')", "the months")
+    session = open_ui(browser, running_airflow, scheme="light")
+    wait(browser, session, frame(MONTH_LINK), "the months")
     months = _look(browser, session, "months", tmp_path)
-    _click(browser, session, f'a[href="month/{MONTH}"]', f"Billing {MONTH}")
+    click(browser, session, f'a[href="month/{MONTH}"]', opens=f"Billing {MONTH}")
     month = _look(browser, session, "month", tmp_path)
-    _click(browser, session, 'nav a[href="../prepaid"]', "Prepaid accounts")
+    click(browser, session, 'nav a[href="../prepaid"]', opens="Prepaid accounts")
     prepaid = _look(browser, session, "prepaid", tmp_path)
-    _click(browser, session, f'a[href="prepaid/account/{ACCOUNT}"]', f"Prepaid account {ACCOUNT}")
+    click(
+        browser,
+        session,
+        f'a[href="prepaid/account/{ACCOUNT}"]',
+        opens=f"Prepaid account {ACCOUNT}",
+    )
     account = _look(browser, session, "account", tmp_path)
 
     for key, found in {**months, **month, **prepaid, **account}.items():
@@ -287,7 +208,7 @@ def test_the_billing_pages_read_well_on_a_phone_and_a_screen_in_light_and_dark(
 
 
 def _background(devtools: DevTools, session: str) -> float:
-    return devtools.evaluate(session, _frame(f"(() => {{ {CHECKS} }})()"))["background"]
+    return in_frame(devtools, session, f"(() => {{ {CHECKS} }})()")["background"]
 
 
 def test_the_billing_pages_follow_the_airflow_ui_s_own_theme(
@@ -296,21 +217,27 @@ def test_the_billing_pages_follow_the_airflow_ui_s_own_theme(
     """The UI's theme chosen in its own menu (stored by next-themes under `theme`, shown as the
     class of the UI's root element) wins over the browser's preference, also when it changes
     while the page is open."""
-    session = _open_ui(browser, running_airflow)
-    _wait(browser, session, f"!!d.querySelector('a[href=\"month/{MONTH}\"]')", "the months")
+    session = open_ui(browser, running_airflow, scheme="light")
+    wait(browser, session, frame(MONTH_LINK), "the months")
     browser.evaluate(session, "localStorage.setItem('theme', 'dark')")  # browser prefers light
     browser.call("Page.reload", session)
-    _wait(browser, session, "d.documentElement.dataset.theme === 'dark'", "the UI's dark theme")
-    _wait(browser, session, "!!d.querySelector('table')", "the months")
+    wait(
+        browser, session, frame("d.documentElement.dataset.theme === 'dark'"), "the UI's dark theme"
+    )
+    wait(browser, session, frame("!!d.querySelector('table')"), "the months")
     assert _background(browser, session) < 0.05
-    png = browser.call("Page.captureScreenshot", session, format="png")["data"]
-    (tmp_path / "months-ui-dark.png").write_bytes(base64.b64decode(png))
+    shot(browser, session, tmp_path / "months-ui-dark.png")
 
-    _show(browser, session, VIEWS[1], "dark")  # the browser prefers dark, the UI turns light
+    show(browser, session, DESKTOP, "dark")  # the browser prefers dark, the UI turns light
     browser.evaluate(
         session,
         "localStorage.setItem('theme', 'light');"
         "document.documentElement.classList.replace('dark', 'light')",
     )
-    _wait(browser, session, "d.documentElement.dataset.theme === 'light'", "the UI's light theme")
+    wait(
+        browser,
+        session,
+        frame("d.documentElement.dataset.theme === 'light'"),
+        "the UI's light theme",
+    )
     assert _background(browser, session) > 0.9
