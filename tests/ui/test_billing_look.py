@@ -132,4 +132,8 @@ def test_the_month_page_shows_the_largest_and_links_the_rest():
     shown = re.findall(r'href="2026-08/not-billed/suspense/UNKNOWN_ACCOUNT/(acct-\d+)"', page)
     assert shown == [f"acct-{n}" for n in range(20)]
     assert '<a href="2026-08/not-billed/suspense">All 30 groups, with minutes</a>' in page
-    assert all(f'"2026-08/customer/C{n:03}"' in page for n in range(1, 26))  # the table: all
+    table = re.findall(r'href="2026-08/customer/(C\d+)"', page)
+    assert table == [f"C{n:03}" for n in range(25, 5, -1)]
+    assert "Totals per customer, the top 20 per currency" in page
+    assert "<td>Total</td><td></td><td class=num>25</td>" in page  # the footer: every customer
+    assert '<a href="2026-08/lines">All 25 customers\' lines</a>' in page

@@ -27,7 +27,7 @@ from cdr_billing.ui.pages import (
     timestamp,
 )
 
-# The month page shows the largest: the chart's customers, the non-billed groups (every one is
+# The month page shows the largest: customers, chart bars, non-billed groups (every one is
 # on the Lines and groups pages, paged), so that it stays one quick page at any size.
 TOP = 20
 
@@ -35,14 +35,17 @@ if TYPE_CHECKING:
     from cdr_billing.ui.queries import Batch, CustomerTotal, MonthDetail, NotBilled
 
 
+def _largest(customers: list[CustomerTotal], currency: str) -> list[CustomerTotal]:
+    """The TOP customers of a currency by total, largest first (ties by id)."""
+    mine = (customer for customer in customers if customer.currency == currency)
+    return sorted(mine, key=lambda customer: (-customer.total_minor, customer.customer_id))[:TOP]
+
+
 def cost_chart(customers: list[CustomerTotal], currency: str) -> str:
     """A bar chart of the TOP customers' totals in one currency, as inline SVG: per customer, its
     id and total on a line and its bar below, sized in percent, so the chart takes its card's
     width and its text keeps its size (legible on a phone, never scaled down)."""
-    rows = sorted(
-        (customer for customer in customers if customer.currency == currency),
-        key=lambda customer: -customer.total_minor,
-    )[:TOP]
+    rows = _largest(customers, currency)
     largest = max((customer.total_minor for customer in rows), default=0)
     height = CHART_ROW * len(rows)
     parts = [
@@ -72,6 +75,8 @@ def _customers_section(detail: MonthDetail) -> str:
             '<section><h2>Totals per customer</h2><p class="empty">No billing lines.</p></section>'
         )
     month = detail.billing_month
+    currencies = sorted({c.currency for c in customers})
+    shown = [c for cur in currencies for c in _largest(customers, cur)]
     rows = [
         [
             f'<a href="{e(drill_pages.customer_href(month, c.customer_id))}">'
@@ -81,9 +86,8 @@ def _customers_section(detail: MonthDetail) -> str:
             e(number(c.calls)),
             e(money(c.total, c.currency)),
         ]
-        for c in customers
+        for c in shown
     ]
-    currencies = sorted({c.currency for c in customers})
     sums = {
         cur: sum((c.total for c in customers if c.currency == cur), Decimal(0))
         for cur in currencies
@@ -102,7 +106,16 @@ def _customers_section(detail: MonthDetail) -> str:
         f"<h2>Cost per customer, {e(cur)}{_top_of(customers, cur)}</h2>{cost_chart(customers, cur)}"
         for cur in currencies
     )
-    return f"<section><h2>Totals per customer</h2>{totals}</section><section>{charts}</section>"
+    title = "Totals per customer" + (
+        f", the top {TOP} per currency" if len(shown) < len(customers) else ""
+    )
+    every = (
+        f'<p><a href="{e(drill_pages.segment(month))}/lines">All {e(number(len(customers)))} '
+        "customers' lines</a></p>"
+        if len(shown) < len(customers)
+        else ""
+    )
+    return f"<section><h2>{title}</h2>{totals}{every}</section><section>{charts}</section>"
 
 
 def _top_of(customers: list[CustomerTotal], currency: str) -> str:
