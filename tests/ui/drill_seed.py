@@ -6,14 +6,16 @@ The expected figures are computed from these frames, never from the app's querie
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import pandas as pd
+from billing_seed import batch_of
 from sqlalchemy.engine import Engine
 
 from cdr_billing import not_billed
-from cdr_billing.load import Batch, load_month
+from cdr_billing.load import load_month
 from cdr_billing.money import from_minor_units
 
 MONTH = "2026-09"
@@ -123,22 +125,10 @@ def seed(engine: Engine, run_id: str = "drill_run_1") -> DrillMonth:
     exceptions = not_billed.rows_not_billed(
         lambda name: {**frames, "duplicates": duplicate}.get(name, empty)
     )
-    shares = pd.DataFrame(
-        columns=[
-            "service_provider",
-            "currency",
-            "share_basis_points",
-            "call_count",
-            "billed_minor",
-            "share_minor",
-        ]
-    )
-    batch = Batch(
-        sums(calls, LINE_KEYS),
-        sums(calls, [*LINE_KEYS, "user_id"]),
-        shares,
-        [calls[calls["source_file"] == name] for name in FILES],
-        exceptions,
+    batch = replace(
+        batch_of(sums(calls, LINE_KEYS), exceptions),  # no revenue shares
+        user_lines=sums(calls, [*LINE_KEYS, "user_id"]),
+        billed_calls=[calls[calls["source_file"] == name] for name in FILES],
     )
     load_month(engine, MONTH, run_id, batch, {"read": len(calls)})
     return DrillMonth(calls, frames)

@@ -224,31 +224,23 @@ def test_the_month_card_downloads_the_lines_as_a_csv(
     file = downloaded(downloads, ".csv")
     assert file.name == f"billing_lines_{MONTH}.csv"
     with file.open(newline="", encoding="utf-8") as opened:
-        header, *rows = list(csv.reader(opened))
-    assert header == [
-        "billing_month",
-        "customer_id",
-        "sequence_number",
-        "currency",
-        "calls",
-        "billed_seconds",
-        "minutes",
-        "total",
-    ]
-    assert sorted(rows) == sorted(
-        [
-            MONTH,
-            customer,
-            sequence,
-            currency,
-            str(line.calls),
-            str(line.seconds),
-            minutes(line.seconds).replace(",", ""),
-            str(from_minor_units(line.cost, currency)),
-        ]
+        rows = [list(row.items()) for row in csv.DictReader(opened)]
+    expected = [
+        {
+            "billing_month": MONTH,
+            "customer_id": customer,
+            "sequence_number": sequence,
+            "currency": currency,
+            "calls": str(line.calls),
+            "billed_seconds": str(line.seconds),
+            "minutes": minutes(line.seconds).replace(",", ""),
+            "total": str(from_minor_units(line.cost, currency)),
+        }
         for (customer, sequence, currency), line in _line_figures(drill_month.calls).iterrows()
-    )
-    assert sum(Decimal(row[7]) for row in rows if row[3] == "EUR") == from_minor_units(
+    ]
+    assert sorted(rows) == sorted(list(line.items()) for line in expected)  # columns in order
+    eur = [dict(row) for row in rows if dict(row)["currency"] == "EUR"]
+    assert sum(Decimal(row["total"]) for row in eur) == from_minor_units(
         int(drill_month.calls.query("currency == 'EUR'")["cost_minor"].sum()), "EUR"
     )
     # the download left the month's page in the frame as it was
