@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cdr_billing.alerts import UNREACHABLE_STEP, TaskFailureMail, is_unreachable
-from cdr_billing.privacy import mask_number
+from cdr_billing.privacy import mask_phone_numbers
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -32,16 +32,8 @@ BILLING_DAG_ID = "cdr_billing_monthly"
 RUNNING, FAILED, SUCCEEDED = "running", "failed", "success"
 MAX_ERROR = 500  # characters of an error kept: its first line is the sentence that matters
 MAX_HINT = 1000
-# Digit runs that may be phone numbers (7 to 17 digits, maybe a leading +), not parts of words,
-# hashes, decimals or dates.
-PHONE_LIKE = re.compile(r"(?<![\w.+-])\+?\d{7,17}(?![\w.])")
 # start_run makes a cleared run a new billing run by this suffix of its run id
 CLEAR_SUFFIX = re.compile(r"#clear\d+$")
-
-
-def mask_phone_numbers(text: str) -> str:
-    """Text with every number that may be a phone number masked (privacy.mask_number)."""
-    return PHONE_LIKE.sub(lambda found: mask_number(found.group(0)), text)
 
 
 def error_sentence(error: object, limit: int = MAX_ERROR) -> str:

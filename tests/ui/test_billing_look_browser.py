@@ -7,7 +7,7 @@ chart labels, times in the billing timezone, counts with separators. Screenshots
 tmp dir.
 
 Besides the months every Billing page test shares (`seeded`), a month of this module's own
-(2026-07: a million rows, twelve customers, amounts in the millions) and a prepaid account
+(2026-08: a million rows, twelve customers, amounts in the millions) and a prepaid account
 (`look-prepaid-1`) are loaded into the running Airflow's billing database (`billing_ui`)."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from cdr_billing.schema import prepaid_account
 from cdr_billing.ui.pages import reason_label
 from cdr_devkit.screenshot import DevTools
 
-MONTH = "2026-07"
+MONTH = "2026-08"
 ACCOUNT = "look-prepaid-1"
 CUSTOMERS = [f"CUST-NORDIC-{n:02}" for n in range(1, 13)]
 LINES = pd.DataFrame(

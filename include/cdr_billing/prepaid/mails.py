@@ -8,8 +8,9 @@ from cdr_billing.alerts import Alert, listing_alert
 from cdr_billing.prepaid.accounts import format_amount
 from cdr_billing.prepaid.exposure import ExposureReport
 from cdr_billing.prepaid.locks import LockChange
-from cdr_billing.prepaid.switch import FailedDelivery, shown_account
+from cdr_billing.prepaid.switch import FailedDelivery
 from cdr_billing.prepaid.topups import TopupResult
+from cdr_billing.privacy import shown_id
 
 
 def topup_problems_alert(
@@ -22,7 +23,7 @@ def topup_problems_alert(
         f"[CDR billing] {len(declined)} prepaid top-ups declined, {len(unanswered)} unanswered",
         "The payment gateway declined these top-ups, or gave no clear answer:",
         [
-            f"{shown_account(r.account_id)}: {format_amount(r.amount_minor, r.currency)} "
+            f"{shown_id(r.account_id)}: {format_amount(r.amount_minor, r.currency)} "
             f"{r.status} ({r.detail or 'no reason given'})"
             for r in (*declined, *unanswered)
         ],
@@ -42,7 +43,7 @@ def lock_changes_alert(changes: tuple[LockChange, ...]) -> Alert:
         f"[CDR billing] {locked} prepaid lines locked, {len(changes) - locked} unlocked",
         "The switch is told of each change (webhook and the prepaid_line_state view):",
         [
-            f"{c.action} {shown_account(c.account_id)} at "
+            f"{c.action} {shown_id(c.account_id)} at "
             f"{format_amount(c.balance_minor, c.currency)}: {c.reason}"
             for c in changes
         ],
@@ -71,7 +72,7 @@ def exposure_alert(report: ExposureReport) -> Alert:
         "Money at risk between two balance updates (2 x concurrent calls x longest call x "
         "average price per minute, plus calls not yet debited):",
         [
-            f"{shown_account(a.account_id)}: {format_amount(a.at_risk_minor, a.currency)} "
+            f"{shown_id(a.account_id)}: {format_amount(a.at_risk_minor, a.currency)} "
             f"({a.max_concurrent_calls} calls at once, up to {a.max_call_seconds} s each)"
             for a in report.above_limit
         ],

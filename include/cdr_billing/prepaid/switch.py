@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from cdr_billing import database
-from cdr_billing.privacy import mask_number
+from cdr_billing.privacy import shown_id
 from cdr_billing.schema import switch_outbox
 
 DEFAULT_CONN_ID = "prepaid_switch"
@@ -45,7 +44,6 @@ BACKOFF_FIRST_SECONDS = 30
 BACKOFF_MAX_SECONDS = 30 * 60
 DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_EVENTS = 1000
-PHONE_LIKE = re.compile(r"\+?[0-9][0-9 ()-]{5,}")
 ERROR_CHARACTERS = 500  # kept in last_error
 
 
@@ -149,11 +147,6 @@ def backoff_seconds(attempts: int) -> int:
     return min(BACKOFF_FIRST_SECONDS * 2**doublings, BACKOFF_MAX_SECONDS)
 
 
-def shown_account(account_id: str) -> str:
-    """An account id as a log line or mail may show it: masked when it looks like a number."""
-    return mask_number(account_id) if PHONE_LIKE.fullmatch(account_id) else account_id
-
-
 @dataclass(frozen=True)
 class FailedDelivery:
     """An account whose head event the switch did not accept in this call."""
@@ -167,7 +160,7 @@ class FailedDelivery:
     def alert_line(self) -> str:
         """One line of the "webhook deliveries failing" mail (account masked if a number)."""
         return (
-            f"{shown_account(self.account_id)}: event {self.event_id}, attempt {self.attempts}, "
+            f"{shown_id(self.account_id)}: event {self.event_id}, attempt {self.attempts}, "
             f"{self.error}; next attempt at {self.next_attempt_at.isoformat()}"
         )
 

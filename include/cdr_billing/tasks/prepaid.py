@@ -36,6 +36,7 @@ from cdr_billing.months import BillingMonth
 from cdr_billing.prepaid import balances, calls, credit_control, exposure, mails, switch
 from cdr_billing.prepaid.gateway import GatewaySettings, HttpsGateway
 from cdr_billing.prepaid.topups import TopupSettings
+from cdr_billing.privacy import shown_id
 from cdr_billing.schema import prepaid_file, switch_outbox
 from cdr_billing.tasks import bill, fetch
 from cdr_billing.tasks.prepaid_settlement import postings_of
@@ -107,7 +108,7 @@ def debit_balances(
     refused = {c.call_key for c in summary.refused_calls}
     workdir.write(run, UNDEBITED, prepaid[prepaid["call_key"].isin(refused)])
     for call in summary.refused_calls:
-        shown = switch.shown_account(call.account_id)
+        shown = shown_id(call.account_id)
         log.warning("not debited: %s of %s: %s", call.call_key, shown, call.reason)
     log.info(
         "%d calls debited, %d unchanged, %d delivered again (first delivery kept), %d refused; "

@@ -40,6 +40,7 @@ from cdr_billing.ui.web import (
     config,
     file,
     html,
+    secret_key,
 )
 
 if TYPE_CHECKING:
@@ -253,13 +254,6 @@ def _exposure_limits() -> dict[str, int]:
     return limits_minor(config().prepaid.exposure_limit)
 
 
-def _secret() -> str:
-    """Airflow's [api] secret_key (one per deployment, as its session cookies need)."""
-    from airflow.configuration import conf
-
-    return conf.get("api", "secret_key")
-
-
 def _may_edit(request: Request) -> bool:
     """Whether the logged-in user may edit the prepaid DAG's runs (and so post to balances)."""
     from airflow.api_fastapi.app import get_auth_manager
@@ -339,7 +333,7 @@ def prepaid_account_page(
     form = None
     if _may_edit(request):
         key = f"ui-{uuid4().hex}"
-        token = make_token(_secret(), datetime.now(UTC), *_csrf_parts(request, account_id, key))
+        token = make_token(secret_key(), datetime.now(UTC), *_csrf_parts(request, account_id, key))
         form = prepaid_pages.CreditForm(key, token, _operator(request))
     entry_id = _positive_int(entry)
     posted = (
@@ -393,7 +387,7 @@ async def prepaid_manual_entry(request: Request, account_id: str) -> Response:
     key = fields.get("key", "")
     csrf_parts = _csrf_parts(request, account_id, key)
     if not key or not token_is_valid(
-        _secret(), fields.get("csrf_token"), datetime.now(UTC), *csrf_parts
+        secret_key(), fields.get("csrf_token"), datetime.now(UTC), *csrf_parts
     ):
         return refused(
             403,

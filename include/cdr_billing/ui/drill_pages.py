@@ -12,10 +12,9 @@ The month page links here with month_links() (a card), customer_href() and group
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote, urlencode
 
-from cdr_billing.privacy import mask_number
+from cdr_billing import privacy
 from cdr_billing.ui.drill_queries import (
     CallsPage,
     CurrencyTotal,
@@ -37,12 +36,10 @@ from cdr_billing.ui.pages import (
     table,
     timestamp,
 )
+from cdr_billing.ui.sealed_ids import id_segment
 
 KIND_TITLES = {"unbillable": "Unbillable calls", "suspense": "Calls in suspense"}
 KIND_KEYS = {"unbillable": "Number range", "suspense": "Account"}
-# an id made of a phone number's characters with at least 7 digits is shown masked
-PHONE_LIKE = re.compile(r"\+?[\d\s().-]*")
-PHONE_DIGITS = 7
 DRILL_STYLE = """
 .crumbs { font-size: 13px; margin: 0 0 8px; } .crumbs a { margin-right: 4px; }
 .actions a { display: inline-block; margin-right: 18px; }
@@ -56,10 +53,7 @@ def segment(value: str) -> str:
 
 def shown_id(value: str) -> str:
     """An account or user id as a page shows it: masked when it looks like a phone number."""
-    digits = sum(c.isdigit() for c in value)
-    if digits >= PHONE_DIGITS and PHONE_LIKE.fullmatch(value):
-        return mask_number(value)
-    return value or "unknown"
+    return privacy.shown_id(value) or "unknown"
 
 
 def minutes_text(seconds: int | None) -> str:
@@ -69,7 +63,7 @@ def minutes_text(seconds: int | None) -> str:
 
 def customer_path(customer_id: str) -> str:
     """A customer's page, from the month's folder."""
-    return f"customer/{segment(customer_id)}"
+    return f"customer/{id_segment(customer_id)}"
 
 
 def line_path(line: Line) -> str:
@@ -82,7 +76,7 @@ def line_path(line: Line) -> str:
 
 def user_path(line: Line, user_id: str) -> str:
     """A user's calls in a line, from the month's folder."""
-    return f"{line_path(line)}/user/{segment(user_id)}"
+    return f"{line_path(line)}/user/{id_segment(user_id)}"
 
 
 def groups_path(kind: str) -> str:
@@ -92,7 +86,7 @@ def groups_path(kind: str) -> str:
 
 def group_path(group: Group) -> str:
     """A group's rows, from the month's folder (an empty key is an empty last segment)."""
-    return f"{groups_path(group.kind)}/{segment(group.reason_code)}/{segment(group.key)}"
+    return f"{groups_path(group.kind)}/{segment(group.reason_code)}/{id_segment(group.key)}"
 
 
 def month_links(billing_month: str) -> str:

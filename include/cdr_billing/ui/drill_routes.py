@@ -19,11 +19,11 @@ import io
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
-from urllib.parse import unquote
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from cdr_billing.ui.sealed_ids import segment_id
 from cdr_billing.ui.web import NO_STORE, billing_db, html
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ router = APIRouter()
 
 MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 MAX_ID = 128  # user ids are the longest: String(128)
+MAX_SEGMENT = 3 * MAX_ID + 200  # an id percent-encoded, or sealed
 MAX_FILE = 1000
 MAX_ROW_DIGITS = 18
 SHOWN = 40  # characters of a bad id a 404 page repeats
@@ -73,8 +74,8 @@ def _batch(billing_month: str) -> int:
 
 
 def _ids(request: Request, area: str) -> list[str]:
-    """The ids after month/<YYYY-MM>/<area>/, each one raw path segment, decoded; 404 when
-    one is too long."""
+    """The ids after month/<YYYY-MM>/<area>/, each one raw path segment, decoded or unsealed
+    (sealed_ids); 404 when one is too long or its seal does not open."""
     raw = request.scope.get("raw_path") or request.url.path.encode()
     parts = raw.decode("latin-1").split("/")
     start = next(
@@ -83,7 +84,11 @@ def _ids(request: Request, area: str) -> list[str]:
     )
     if start is None:
         raise _not_found("No such page.")
-    ids = [unquote(part) for part in parts[start:]]
+    if any(len(part) > MAX_SEGMENT for part in parts[start:]):
+        raise _not_found("No such page: an id in the address is too long.")
+    ids = [segment_id(part) for part in parts[start:]]
+    if any(value is None for value in ids):
+        raise _not_found("No such page: the address was not made by this Billing app.")
     if any(len(value) > MAX_ID for value in ids):
         raise _not_found("No such page: an id in the address is too long.")
     return ids

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdr_billing.privacy import mask_number
-from cdr_billing.run_attempts import airflow_run_id, mask_phone_numbers
+from cdr_billing.privacy import mask_number, mask_phone_numbers
+from cdr_billing.run_attempts import airflow_run_id
 from cdr_billing.ui import pages, runs_pages
 from cdr_billing.ui.pages import e
 

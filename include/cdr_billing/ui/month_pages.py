@@ -262,4 +262,4 @@ def month_page(detail: MonthDetail) -> str:
         )
         + f"</div>{_held_files_section(detail.held_files)}{_batches_section(detail.batches)}"
     )
-    return page(f"Billing {month}", body, style=runs_pages.STYLE)
+    return page(f"Billing {month}", body, style=runs_pages.STYLE + drill_pages.DRILL_STYLE)

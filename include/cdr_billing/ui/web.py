@@ -64,6 +64,13 @@ def billing_db() -> Engine:
     return _engine(config().billing.connection)
 
 
+def secret_key() -> str:
+    """Airflow's [api] secret_key (one per deployment, as its session cookies need)."""
+    from airflow.configuration import conf
+
+    return conf.get("api", "secret_key")
+
+
 def clear_engines() -> None:
     """Forget the billing database's pool (tests point the connection elsewhere)."""
     _engine.cache_clear()
