@@ -75,10 +75,13 @@ def _counted(value: str) -> int:
 
 
 def _assert_masked(devtools: DevTools, session: str) -> None:
-    """The phone-number ids appear masked only: in neither page's text nor title."""
+    """The phone-number ids appear masked only: in neither page's text nor title, nor in the
+    UI's address (which copies the frame's: their links carry them sealed)."""
     shown = devtools.evaluate(session, TEXTS)
+    addresses = devtools.evaluate(session, f"location.href + ' ' + {frame('d.location.href')}")
     for full in (PHONE_ID, SUSPENSE_PHONE):
         assert full not in shown and full[1:] not in shown
+        assert full[1:] not in addresses and full[-7:] not in addresses
 
 
 def _listing(devtools: DevTools, session: str, heading: str, title: str) -> list[list[str]]:

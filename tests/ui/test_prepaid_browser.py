@@ -46,8 +46,9 @@ def test_a_desk_topup_from_the_prepaid_page_unlocks_the_line(
 ):
     session = open_ui(browser, running_airflow)
     click(browser, session, 'nav a[href="prepaid"]', opens="Prepaid accounts")
-    click(browser, session, 'a[href="prepaid/account/%2B46709990001"]')
+    click(browser, session, "a", text=ACCOUNT)  # its address carries the number sealed
     wait(browser, session, frame("!!d.querySelector('form.credit')"), "the account's top-up form")
+    assert ACCOUNT[1:] not in browser.evaluate(session, "location.href")  # the UI's address
     assert in_frame(browser, session, "d.querySelector('b.balance').innerText") == "-2.50 EUR"
     assert [row[3] for row in table_rows(browser, session, "Lock history")] == ["LOCK"]
 

@@ -307,14 +307,28 @@ def prepaid_outbox_page(after: str | None = None) -> HTMLResponse:
 
 
 def _no_account(account_id: str) -> HTTPException:
+    from cdr_billing.privacy import shown_id
+
     shown = account_id if len(account_id) <= MAX_ACCOUNT_ID else account_id[:40] + "…"
-    return HTTPException(404, f"No prepaid account {shown!r}.")
+    return HTTPException(404, f"No prepaid account {shown_id(shown)!r}.")
 
 
-@app.get("/prepaid/account/{account_id:path}", response_class=HTMLResponse)
+def _account_in_path(request: Request, suffix: str = "") -> str:
+    """The account id of the address: the raw path segment after account/ (before `suffix`),
+    decoded, or unsealed when the link sealed a phone number (sealed_ids); 404 when its seal
+    does not open."""
+    from cdr_billing.ui.sealed_ids import segment_id
+
+    raw = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+    found = segment_id(raw.split("/prepaid/account/", 1)[-1].removesuffix(suffix))
+    if found is None:
+        raise HTTPException(404, "No such account: the address was not made by this Billing app.")
+    return found
+
+
+@app.get("/prepaid/account/{address:path}", response_class=HTMLResponse)
 def prepaid_account_page(
     request: Request,
-    account_id: str,
     before: str | None = None,
     entry: str | None = None,
     repeat: str | None = None,
@@ -323,6 +337,7 @@ def prepaid_account_page(
     from cdr_billing.ui import prepaid_pages, prepaid_queries
     from cdr_billing.ui.csrf import make_token
 
+    account_id = _account_in_path(request)
     detail = (
         prepaid_queries.account_detail(billing_db(), account_id, _positive_int(before))
         if len(account_id) <= MAX_ACCOUNT_ID
@@ -363,16 +378,18 @@ async def _form_fields(request: Request) -> dict[str, str] | None:
     return {name: values[0] for name, values in parsed.items() if name in FORM_FIELDS}
 
 
-@app.post("/prepaid/account/{account_id:path}/credit")
-async def prepaid_manual_entry(request: Request, account_id: str) -> Response:
+@app.post("/prepaid/account/{address:path}/credit")
+async def prepaid_manual_entry(request: Request) -> Response:
     """Record an operator's top-up or credit: once per form (its key), CSRF-checked, by the
     logged-in user who may edit the prepaid DAG's runs; then back to the account's page."""
     from cdr_billing.prepaid.accounts import AccountError
     from cdr_billing.prepaid.balances import LedgerError
     from cdr_billing.ui import prepaid_pages, prepaid_queries
     from cdr_billing.ui.csrf import token_is_valid
+    from cdr_billing.ui.sealed_ids import id_segment
 
-    back = f"../{prepaid_pages.segment(account_id)}"
+    account_id = _account_in_path(request, suffix="/credit")
+    back = f"../{id_segment(account_id)}"
 
     def refused(status: int, title: str, text: str) -> HTMLResponse:
         return html(prepaid_pages.form_error_page(title, text, back), status)

@@ -13,9 +13,10 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from cdr_billing.ui.pages import e, minor_money, nav, number, page, table, timestamp
+from cdr_billing.ui.sealed_ids import id_segment
 
 if TYPE_CHECKING:
     from cdr_billing.ui.prepaid_queries import (
@@ -43,11 +44,6 @@ class CreditForm:
     key: str
     csrf_token: str
     operator: str
-
-
-def segment(account_id: str) -> str:
-    """An account id as one URL path segment: every reserved character percent-encoded."""
-    return quote(account_id, safe="")
 
 
 def moment(value: datetime | None) -> str:
@@ -153,7 +149,7 @@ def _exposure_section(run: ExposureRun | None) -> str:
 
 
 def _account_link(account_id: str, prefix: str) -> str:
-    return f'<a href="{e(prefix + segment(account_id))}">{e(account_id)}</a>'
+    return f'<a href="{e(prefix + id_segment(account_id))}">{e(account_id)}</a>'
 
 
 def _filter_form(listing: AccountsPage) -> str:
@@ -439,7 +435,7 @@ def account_page(
     history, top-up requests and switch deliveries."""
     account = detail.account
     account_id, currency = account["account_id"], account["currency"]
-    link = segment(account_id)
+    link = id_segment(account_id)
     state = (
         f"Balance <b class=balance>{e(minor_money(account['balance_minor'], currency))}</b>, "
         f"line {line_badge(account['locked'])}, updated {e(moment(account['updated_at']))}"
