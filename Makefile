@@ -25,7 +25,7 @@ test: setup postgres-server openssh-server chromium
 standalone: setup
 	$(BIN)/python -m cdr_devkit.standalone --month $(MONTH)
 
-# docs/billing-page.png: the Billing page of the demo month in the Airflow UI (needs Debian's chromium).
+# docs/billing-*.png: the README's pictures of the Billing page in the Airflow UI (needs Debian's chromium).
 screenshot: demo
 	$(BIN)/python -m cdr_devkit.screenshot --month $(MONTH)
 

@@ -1,12 +1,15 @@
-"""`make screenshot`: docs/billing-page.png, the Billing page inside the Airflow UI, taken by
-headless Chromium (Debian package chromium; driven over the DevTools protocol, no WebDriver).
+"""`make screenshot`: the README's pictures of the Billing page inside the Airflow UI, taken by
+headless Chromium (Debian package chromium; driven over the DevTools protocol, no WebDriver):
+docs/billing-page.png (a month), docs/billing-calls-phone-dark.png (a user's calls, drilled
+down from the month, on a 390 px phone in dark mode), docs/billing-months-tried.png.
 
 Runs on what `make demo` leaves (the demo's Airflow home, its SQLite billing database and run
 files): starts Airflow (api-server, scheduler, dag-processor) on a free port, logs in the way
 the UI's login page does (a JWT from POST /auth/token, kept as the `_token` cookie), then drives
 Chromium over the DevTools protocol: open Billing in the UI, click the month, wait until its
-chart is drawn, save the screenshot. It fails when the page in the frame is anything else
-(e.g. a login or error page), so the picture always shows the real page.
+chart is drawn, save the screenshot; click a customer, a line and a user; then Months tried.
+It fails when the page in the frame is anything else (e.g. a login or error page), so the
+pictures always show the real pages.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from cdr_devkit.demo import AIRFLOW_HOME, DEMO_DIR
 from cdr_devkit.services import connection_env, stop_on_sigterm
 
 BILLING_DB = DEMO_DIR / "billing.sqlite"
-OUTPUT = PROJECT_ROOT / "docs" / "billing-page.png"
+DOCS = PROJECT_ROOT / "docs"
 WIDTH, HEIGHT = 1400, 1000
+PHONE_WIDTH, PHONE_HEIGHT = 390, 844
 WAIT_SECONDS = 90
 # The frame's document, once it is the Billing app's (Airflow shows plugin pages in an iframe).
 FRAME = "document.querySelector('iframe')?.contentDocument"
@@ -158,8 +162,44 @@ def open_tab(
     return session
 
 
-def capture(devtools: DevTools, base_url: str, token: str, month: str) -> bytes:
-    """Log in with the token cookie, open Billing in the UI, click the month; return the PNG."""
+def _png(devtools: DevTools, session: str) -> bytes:
+    time.sleep(1)  # let the UI settle (fonts, nav icons)
+    return base64.b64decode(devtools.call("Page.captureScreenshot", session, format="png")["data"])
+
+
+def _follow(devtools: DevTools, session: str, selector: str, title_start: str) -> None:
+    """Click the frame's first link that matches and wait for the page it opens."""
+    link = f"{FRAME}?.querySelector({json.dumps(selector)})"
+    devtools.wait_for(session, f"!!{link}", f"a link {selector}")
+    devtools.evaluate(session, f"{link}.click()")
+    devtools.wait_for(
+        session,
+        f"({FRAME}?.title || '').startsWith({json.dumps(title_start)}) "
+        f"&& {FRAME}.readyState === 'complete'",
+        f"the page {title_start}…",
+    )
+
+
+def _as_phone_in_dark(devtools: DevTools, session: str, phone: bool) -> None:
+    devtools.call(
+        "Emulation.setDeviceMetricsOverride",
+        session,
+        width=PHONE_WIDTH if phone else WIDTH,
+        height=PHONE_HEIGHT if phone else HEIGHT,
+        deviceScaleFactor=2 if phone else 1,
+        mobile=phone,
+    )
+    scheme = "dark" if phone else "light"
+    devtools.call(
+        "Emulation.setEmulatedMedia",
+        session,
+        features=[{"name": "prefers-color-scheme", "value": scheme}],
+    )
+
+
+def capture(devtools: DevTools, base_url: str, token: str, month: str) -> dict[str, bytes]:
+    """Log in with the token cookie, open Billing in the UI, click the month, drill down to a
+    user's calls, open Months tried; return each picture's PNG by file name."""
     session = open_tab(devtools, base_url, token)
     devtools.call("Page.navigate", session, url=f"{base_url}/plugin/billing")
     link = f"{FRAME}?.querySelector('a[href=\"month/{month}\"]')"
@@ -170,8 +210,16 @@ def capture(devtools: DevTools, base_url: str, token: str, month: str) -> bytes:
         f"{FRAME}?.title === 'Billing {month}' && !!{FRAME}.querySelector('svg.chart')",
         "the month page",
     )
-    time.sleep(1)  # let the UI settle (fonts, nav icons)
-    return base64.b64decode(devtools.call("Page.captureScreenshot", session, format="png")["data"])
+    pictures = {"billing-page.png": _png(devtools, session)}
+    _follow(devtools, session, f'a[href^="{month}/customer/"]', "Customer ")
+    _follow(devtools, session, 'a[href*="/line/"]', "Line ")
+    _follow(devtools, session, 'a[href*="/user/"]', "Calls of ")
+    _as_phone_in_dark(devtools, session, phone=True)
+    pictures["billing-calls-phone-dark.png"] = _png(devtools, session)
+    _as_phone_in_dark(devtools, session, phone=False)
+    _follow(devtools, session, 'nav a[href$="runs"]', "Months tried")
+    pictures["billing-months-tried.png"] = _png(devtools, session)
+    return pictures
 
 
 def check_month(month: str) -> None:
@@ -192,10 +240,10 @@ def main() -> int:
         "--month", default="2026-10", help="the billed demo month to show (YYYY-MM)"
     )
     parser.add_argument(
-        "--output",
+        "--folder",
         type=Path,
-        default=OUTPUT,
-        help=f"PNG file (default {OUTPUT.relative_to(PROJECT_ROOT)})",
+        default=DOCS,
+        help=f"where the PNG files go (default {DOCS.relative_to(PROJECT_ROOT)})",
     )
     args = parser.parse_args()
     stop_on_sigterm()
@@ -211,13 +259,11 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="cdr-chromium-") as profile,
             open_browser(Path(profile)) as devtools,
         ):
-            png = capture(devtools, airflow.base_url, airflow.token(), args.month)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(png)
-    print(
-        f"Wrote {args.output} ({len(png)} bytes): "
-        f"the Billing page of {args.month} in the Airflow UI"
-    )
+            pictures = capture(devtools, airflow.base_url, airflow.token(), args.month)
+    args.folder.mkdir(parents=True, exist_ok=True)
+    for name, png in pictures.items():
+        (args.folder / name).write_bytes(png)
+        print(f"Wrote {args.folder / name} ({len(png)} bytes)")
     return 0
 
 
