@@ -8,7 +8,7 @@ scheduler, with the scheduler's session and in its transaction, when a run start
 note keeps the user's own lines below ours. It also says why a run waits: another run of the
 same month active beside it, or the DAG's `months_at_once` runs all active (on the queued
 runs, refreshed whenever a run of the DAG starts or ends). Registered by the plugin
-plugins/cdr_billing_ui.py (`listeners`).
+plugins/cdr_billing_runs.py (`listeners`).
 
 The month is computed as the run's tasks compute it (cdr_billing.months.resolve_billing_month,
 the function run.start_run uses): the `billing_month` param, else the start of the data
