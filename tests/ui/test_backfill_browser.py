@@ -19,6 +19,7 @@ from cdr_billing.config import load_config
 from cdr_devkit.airflow_env import DAG_ID
 from cdr_devkit.screenshot import DevTools
 
+SCHEDULER_LETS_GO_SECONDS = 5  # a few of the scheduler's loops
 SCREEN = View("tall desktop", 1400, 1400, False)
 DIALOG = "document.querySelector('[data-scope=dialog][data-part=content]')"
 
@@ -31,12 +32,18 @@ def paused_dag(running_airflow):
     before = {b["id"] for b in _backfills(running_airflow)}
     running_airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": True})
     yield
-    for backfill in _backfills(running_airflow):
-        if backfill["id"] not in before:
-            if not backfill["completed_at"]:
-                running_airflow.api("PUT", f"/backfills/{backfill['id']}/cancel")
-            for run in _runs_of(running_airflow, backfill):
-                running_airflow.api("DELETE", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}")
+    ours = [b for b in _backfills(running_airflow) if b["id"] not in before]
+    runs = [run["dag_run_id"] for backfill in ours for run in _runs_of(running_airflow, backfill)]
+    for backfill in ours:
+        if not backfill["completed_at"]:
+            running_airflow.api("PUT", f"/backfills/{backfill['id']}/cancel")
+    # failed first, deleted once the scheduler has let go of them: a run deleted while the
+    # scheduler holds it makes the scheduler exit (ObjectDeletedError)
+    for run_id in runs:
+        running_airflow.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"})
+    time.sleep(SCHEDULER_LETS_GO_SECONDS)
+    for run_id in runs:
+        running_airflow.api("DELETE", f"/dags/{DAG_ID}/dagRuns/{run_id}")
     running_airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": was_paused})
 
 
