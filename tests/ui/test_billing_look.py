@@ -119,12 +119,25 @@ def test_every_colour_of_the_style_is_redefined_for_dark_mode():
 def test_the_month_page_shows_the_largest_and_links_the_rest():
     """A month of many customers and accounts: the chart and the non-billed tables keep the
     20 largest, and link the pages that list every one."""
-    from cdr_billing.ui.queries import Batch, MonthDetail, MonthFiles, NotBilled
+    from cdr_billing.ui.queries import Batch, CurrencyTotal, MonthDetail, MonthFiles, NotBilled
 
     customers = [CustomerTotal(f"C{n:03}", "EUR", Decimal(n), n * 100, 1, 1) for n in range(1, 26)]
     accounts = [NotBilled(f"acct-{n}", "UNKNOWN_ACCOUNT", 100 - n) for n in range(30)]
     batch = Batch(7, "2026-08", "run", "current", datetime(2026, 9, 1, tzinfo=UTC), {"read": 1})
-    detail = MonthDetail("2026-08", [batch], batch, customers, [], accounts, MonthFiles(), [])
+    everyone = CurrencyTotal("EUR", 25, 25, 25, sum(c.total_minor for c in customers))
+    counts = {"unbillable": 0, "suspense": 30}
+    detail = MonthDetail(  # as month_detail hands them over: the 20 largest groups, all counted
+        "2026-08",
+        [batch],
+        batch,
+        customers,
+        [everyone],
+        [],
+        accounts[:20],
+        counts,
+        MonthFiles(),
+        [],
+    )
     page = month_pages.month_page(detail)
     bars = re.findall(r'data-customer="(C\d+)"', page)
     assert bars == [f"C{n:03}" for n in range(25, 5, -1)]  # the 20 largest, largest first

@@ -6,7 +6,6 @@ and batches, each batch's run linked to the Airflow UI (runs_pages)."""
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from cdr_billing.run_attempts import airflow_run_id
@@ -26,13 +25,10 @@ from cdr_billing.ui.pages import (
     table,
     timestamp,
 )
-
-# The month page shows the largest: customers, chart bars, non-billed groups (every one is
-# on the Lines and groups pages, paged), so that it stays one quick page at any size.
-TOP = 20
+from cdr_billing.ui.queries import MONTH_PAGE_TOP as TOP
 
 if TYPE_CHECKING:
-    from cdr_billing.ui.queries import Batch, CustomerTotal, MonthDetail, NotBilled
+    from cdr_billing.ui.queries import Batch, CurrencyTotal, CustomerTotal, MonthDetail, NotBilled
 
 
 def _largest(customers: list[CustomerTotal], currency: str) -> list[CustomerTotal]:
@@ -74,9 +70,10 @@ def _customers_section(detail: MonthDetail) -> str:
         return (
             '<section><h2>Totals per customer</h2><p class="empty">No billing lines.</p></section>'
         )
-    month = detail.billing_month
-    currencies = sorted({c.currency for c in customers})
+    month, sums = detail.billing_month, detail.currency_totals
+    currencies = [total.currency for total in sums]
     shown = [c for cur in currencies for c in _largest(customers, cur)]
+    everyone = sum(total.customers for total in sums)
     rows = [
         [
             f'<a href="{e(drill_pages.customer_href(month, c.customer_id))}">'
@@ -88,40 +85,36 @@ def _customers_section(detail: MonthDetail) -> str:
         ]
         for c in shown
     ]
-    sums = {
-        cur: sum((c.total for c in customers if c.currency == cur), Decimal(0))
-        for cur in currencies
-    }
     footer = [
         "Total",
         "",
-        e(number(sum(c.lines for c in customers))),
-        e(number(sum(c.calls for c in customers))),
-        "<br>".join(e(money(sums[cur], cur)) for cur in currencies),
+        e(number(sum(total.lines for total in sums))),
+        e(number(sum(total.calls for total in sums))),
+        "<br>".join(e(money(total.total, total.currency)) for total in sums),
     ]
     totals = table(
         ["Customer", "Currency", "Lines", "Calls", "Total"], rows, numeric={2, 3, 4}, footer=footer
     )
     charts = "".join(
-        f"<h2>Cost per customer, {e(cur)}{_top_of(customers, cur)}</h2>{cost_chart(customers, cur)}"
-        for cur in currencies
+        f"<h2>Cost per customer, {e(total.currency)}{_top_of(total)}</h2>"
+        f"{cost_chart(customers, total.currency)}"
+        for total in sums
     )
     title = "Totals per customer" + (
-        f", the top {TOP} per currency" if len(shown) < len(customers) else ""
+        f", the top {TOP} per currency" if len(shown) < everyone else ""
     )
     every = (
-        f'<p><a href="{e(drill_pages.segment(month))}/lines">All {e(number(len(customers)))} '
+        f'<p><a href="{e(drill_pages.segment(month))}/lines">All {e(number(everyone))} '
         "customers' lines</a></p>"
-        if len(shown) < len(customers)
+        if len(shown) < everyone
         else ""
     )
     return f"<section><h2>{title}</h2>{totals}{every}</section><section>{charts}</section>"
 
 
-def _top_of(customers: list[CustomerTotal], currency: str) -> str:
-    """ ", the top 20 of N" when the chart leaves customers out."""
-    count = sum(customer.currency == currency for customer in customers)
-    return f", the top {TOP} of {number(count)}" if count > TOP else ""
+def _top_of(total: CurrencyTotal) -> str:
+    """ ", the top 20 of N" when the chart leaves customers of the currency out."""
+    return f", the top {TOP} of {number(total.customers)}" if total.customers > TOP else ""
 
 
 def _reconciliation_section(batch: Batch | None) -> str:
@@ -154,13 +147,13 @@ def _not_billed_section(
             reason(item.reason_code),
             e(number(item.calls)),
         ]
-        for item in items[:TOP]
+        for item in items
     ]
     calls = table([key_header, "Reason", "Calls"], rows, numeric={2})
-    more = ""
-    if len(items) > TOP:
+    more, count = "", detail.group_counts[kind]
+    if count > len(items):
         href = f"{drill_pages.segment(detail.billing_month)}/{drill_pages.groups_path(kind)}"
-        more = f'<p><a href="{e(href)}">All {e(number(len(items)))} groups, with minutes</a></p>'
+        more = f'<p><a href="{e(href)}">All {e(number(count))} groups, with minutes</a></p>'
     return f"<section><h2>{e(title)}</h2>{calls}{more}</section>"
 
 

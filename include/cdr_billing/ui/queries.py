@@ -26,6 +26,9 @@ from cdr_billing.schema import CURRENT, billing_batch, billing_line, not_billed_
 
 # The non-billed calls the month page groups: by number range (unbillable), by account (suspense)
 NOT_BILLED_KINDS = ("unbillable", "suspense")
+# The month page shows the largest customers of each currency and the largest non-billed groups
+# (the Lines and groups pages list every one, paged), so that it stays one quick page at any size.
+MONTH_PAGE_TOP = 20
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,20 @@ class NotBilled:
     calls: int
 
 
+class CurrencyTotal(NamedTuple):
+    """A batch's lines in one currency: how many customers, lines and calls, and their total."""
+
+    currency: str
+    customers: int
+    lines: int
+    calls: int
+    total_minor: int
+
+    @property
+    def total(self) -> Decimal:
+        return from_minor_units(self.total_minor, self.currency)
+
+
 @dataclass(frozen=True)
 class MonthFiles:
     """The current batch's report files; None when missing or outside the work root."""
@@ -113,9 +130,11 @@ class MonthDetail:
     billing_month: str
     batches: list[Batch]  # newest first
     current: Batch | None
-    customers: list[CustomerTotal]
-    unbillable: list[NotBilled]
+    customers: list[CustomerTotal]  # the MONTH_PAGE_TOP largest of each currency
+    currency_totals: list[CurrencyTotal]  # all customers
+    unbillable: list[NotBilled]  # the MONTH_PAGE_TOP largest groups
     suspense: list[NotBilled]
+    group_counts: dict[str, int]  # all groups, per kind
     files: MonthFiles
     # delivered again with other content, not billed until released
     held_files: list[dict[str, str]]
@@ -195,52 +214,98 @@ def month_summaries(engine: Engine) -> list[MonthSummary]:
     return summaries
 
 
-def customer_totals(engine: Engine, batch_id: int) -> list[CustomerTotal]:
-    """The batch's totals per customer and currency."""
+def customer_totals(engine: Engine, batch_id: int, top: int) -> list[CustomerTotal]:
+    """The batch's `top` largest customers of each currency (their lines summed), largest first:
+    ranked by the database, so a month of thousands of customers hands over a few dozen."""
     line = billing_line.c
-    query = (
+    sums = (
         select(
             line.customer_id,
             line.currency,
-            func.count(),
-            func.sum(line.total_minor),
-            func.sum(line.call_count),
+            func.count().label("lines"),
+            func.sum(line.total_minor).label("total"),
+            func.sum(line.call_count).label("calls"),
         )
         .where(line.batch_id == batch_id)
         .group_by(line.customer_id, line.currency)
-        .order_by(line.customer_id, line.currency)
+        .subquery()
     )
+    rank = func.row_number().over(
+        partition_by=sums.c.currency, order_by=(sums.c.total.desc(), sums.c.customer_id)
+    )
+    ranked = select(sums, rank.label("rank")).subquery()
+    query = select(ranked).where(ranked.c.rank <= top).order_by(ranked.c.currency, ranked.c.rank)
     with engine.connect() as conn:
         return [
             CustomerTotal(
-                customer,
-                currency,
-                from_minor_units(int(total), currency),
-                int(total),
-                int(lines),
-                int(calls),
+                row.customer_id,
+                row.currency,
+                from_minor_units(int(row.total), row.currency),
+                int(row.total),
+                int(row.lines),
+                int(row.calls),
             )
-            for customer, currency, lines, total, calls in conn.execute(query)
+            for row in conn.execute(query)
         ]
 
 
-def not_billed(engine: Engine, batch_id: int) -> dict[str, list[NotBilled]]:
-    """The batch's unbillable calls per number range and its suspense calls per account, most
-    calls first, from the sums the load stores (not_billed_group: one row per group, not per
-    call)."""
-    group = not_billed_group.c
-    query = select(group.kind, group.group_key, group.reason_code, group.calls).where(
-        group.batch_id == batch_id, group.kind.in_(NOT_BILLED_KINDS)
+def currency_totals(engine: Engine, batch_id: int) -> list[CurrencyTotal]:
+    """The batch's lines summed per currency: customers, lines, calls, total."""
+    line = billing_line.c
+    query = (
+        select(
+            line.currency,
+            func.count(func.distinct(line.customer_id)),
+            func.count(),
+            func.sum(line.call_count),
+            func.sum(line.total_minor),
+        )
+        .where(line.batch_id == batch_id)
+        .group_by(line.currency)
+        .order_by(line.currency)
     )
+    with engine.connect() as conn:
+        return [
+            CurrencyTotal(row[0], *(int(value) for value in row[1:])) for row in conn.execute(query)
+        ]
+
+
+def not_billed(engine: Engine, batch_id: int, top: int | None = None) -> dict[str, list[NotBilled]]:
+    """The batch's unbillable calls per number range and its suspense calls per account (the
+    `top` largest of each, or all), most calls first, from the sums the load stores
+    (not_billed_group: one row per group, not per call)."""
+    group = not_billed_group.c
+    rank = func.row_number().over(
+        partition_by=group.kind, order_by=(group.calls.desc(), group.group_key, group.reason_code)
+    )
+    ranked = (
+        select(group.kind, group.group_key, group.reason_code, group.calls, rank.label("rank"))
+        .where(group.batch_id == batch_id, group.kind.in_(NOT_BILLED_KINDS))
+        .subquery()
+    )
+    query = select(ranked).where(ranked.c.rank <= top) if top is not None else select(ranked)
     found: dict[str, list[NotBilled]] = {kind: [] for kind in NOT_BILLED_KINDS}
     with engine.connect() as conn:
-        for kind, key, reason_code, calls in conn.execute(query):
-            found[kind].append(NotBilled(key, reason_code, int(calls)))
+        for row in conn.execute(query):
+            found[row.kind].append(NotBilled(row.group_key, row.reason_code, int(row.calls)))
     # ordered here: the database's collation may order keys otherwise
     return {
         kind: sorted(items, key=lambda item: (-item.calls, item.key, item.reason_code))
         for kind, items in found.items()
     }
+
+
+def not_billed_counts(engine: Engine, batch_id: int) -> dict[str, int]:
+    """How many number ranges (unbillable) and accounts (suspense) the batch has calls of."""
+    group = not_billed_group.c
+    query = (
+        select(group.kind, func.count())
+        .where(group.batch_id == batch_id, group.kind.in_(NOT_BILLED_KINDS))
+        .group_by(group.kind)
+    )
+    with engine.connect() as conn:
+        counted = {kind: int(count) for kind, count in conn.execute(query)}
+    return {kind: counted.get(kind, 0) for kind in NOT_BILLED_KINDS}
 
 
 def inside(root: Path, path: str | Path | None) -> Path | None:
@@ -299,16 +364,20 @@ def month_detail(engine: Engine, config: PipelineConfig, billing_month: str) -> 
     if not batches:
         return None
     current = _current(batches)
-    grouped = (
-        not_billed(engine, current.batch_id) if current else {kind: [] for kind in NOT_BILLED_KINDS}
-    )
+    batch_id = current.batch_id if current else None
+    no_groups = {kind: [] for kind in NOT_BILLED_KINDS}
+    grouped = not_billed(engine, batch_id, MONTH_PAGE_TOP) if current else no_groups
     return MonthDetail(
         billing_month=billing_month,
         batches=batches,
         current=current,
-        customers=customer_totals(engine, current.batch_id) if current else [],
+        customers=customer_totals(engine, batch_id, MONTH_PAGE_TOP) if current else [],
+        currency_totals=currency_totals(engine, batch_id) if current else [],
         unbillable=grouped["unbillable"],
         suspense=grouped["suspense"],
+        group_counts=not_billed_counts(engine, batch_id)
+        if current
+        else dict.fromkeys(no_groups, 0),
         files=month_files(config, current) if current else MonthFiles(),
         held_files=ledger.held_files(engine, billing_month),
     )
