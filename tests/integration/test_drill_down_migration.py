@@ -12,7 +12,7 @@ from alembic import command
 from sqlalchemy import create_engine, select, text
 
 from cdr_billing import migrations, not_billed
-from cdr_billing.load import Batch, load_month
+from cdr_billing.load import LINE_COLUMNS, Batch, load_month
 from cdr_billing.schema import billing_exception, not_billed_group
 
 OLD_ROWS = [  # batch, kind, reason, detail as loads before 0007 wrote it
@@ -158,16 +158,7 @@ def test_a_load_after_the_upgrade_records_the_groups_seconds(engine):
         lambda name: unbillable if name == "unbillable" else pd.DataFrame()
     )
     empty = pd.DataFrame()
-    lines = pd.DataFrame(
-        columns=[
-            "customer_id",
-            "sequence_number",
-            "currency",
-            "total_minor",
-            "call_count",
-            "billed_seconds",
-        ]
-    )
+    lines = pd.DataFrame(columns=LINE_COLUMNS)
     load_month(engine, "2026-08", "run_after", Batch(lines, lines, empty, [], exceptions), {})
     with engine.connect() as conn:
         groups = {

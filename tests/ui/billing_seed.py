@@ -15,19 +15,11 @@ from sqlalchemy import create_engine
 
 from cdr_billing import billing_file, validate
 from cdr_billing.config import PipelineConfig, load_config
-from cdr_billing.load import Batch, current_lines, load_month
+from cdr_billing.load import LINE_COLUMNS, Batch, current_lines, load_month
 from cdr_billing.migrations import upgrade
 from cdr_billing.workdir import run_work_dir
 
 PHONE = "+46701234567"
-LINE_COLUMNS = [
-    "customer_id",
-    "sequence_number",
-    "currency",
-    "total_minor",
-    "call_count",
-    "billed_seconds",
-]
 MAY_LINES = pd.DataFrame(
     [
         ("C2001", "100", "EUR", 123456, 10, 600),
