@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -60,3 +61,20 @@ def resolve_billing_month(
         raise ValueError("the run has no data interval: pass billing_month (YYYY-MM)")
     local = data_interval_start.astimezone(ZoneInfo(timezone))
     return BillingMonth(local.year, local.month)
+
+
+def run_month(param: object, data_interval_start: datetime | None, timezone: str) -> str | None:
+    """The month a run bills, as its tasks resolve it (resolve_billing_month), for what shows
+    it around the run (notes, logs, records, pages); None when they cannot: no month param and
+    no data interval, or a param that is no month."""
+    try:
+        month = param if isinstance(param, str) else None
+        return str(resolve_billing_month(month, data_interval_start, timezone))
+    except (ValueError, TypeError):
+        return None
+
+
+def context_month(context: Mapping[str, Any], timezone: str) -> str | None:
+    """run_month of a running task, from its context (what run.start_run is given)."""
+    params = context.get("params") or {}
+    return run_month(params.get("billing_month"), context.get("data_interval_start"), timezone)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cdr_billing.alerts import UNREACHABLE_STEP, TaskFailureMail, is_unreachable
+from cdr_billing.months import context_month
 from cdr_billing.privacy import mask_phone_numbers
 
 if TYPE_CHECKING:
@@ -123,23 +124,6 @@ def _record_safely(config: PipelineConfig, attempt: Attempt) -> None:
         log.exception("could not record run %s of %s", attempt.run_id, attempt.billing_month)
 
 
-def month_of_context(context: Mapping[str, Any], timezone: str) -> str | None:
-    """The billing month of a task's context, as the failure mail says it; None when unknown."""
-    from cdr_billing.months import resolve_billing_month
-
-    param = (context.get("params") or {}).get("billing_month")
-    try:
-        return str(
-            resolve_billing_month(
-                param if isinstance(param, str) else None,
-                context.get("data_interval_start"),
-                timezone,
-            )
-        )
-    except ValueError:
-        return None
-
-
 def record_failure(config: PipelineConfig, context: Mapping[str, Any], hint: str) -> None:
     """A task of the billing DAG failed: its run, month, task, error sentence and next step.
     Logged, never raised, on any error (the failure mail must go out whatever happens here)."""
@@ -147,7 +131,7 @@ def record_failure(config: PipelineConfig, context: Mapping[str, Any], hint: str
         ti = context["ti"]
         if ti.dag_id != BILLING_DAG_ID:
             return
-        month = month_of_context(context, config.billing.timezone)
+        month = context_month(context, config.billing.timezone)
         if month is None:
             log.warning("no billing month for the failure of run %s", ti.run_id)
             return

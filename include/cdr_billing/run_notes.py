@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from airflow.listeners import hookimpl
 
-from cdr_billing.months import resolve_billing_month
+from cdr_billing.months import run_month
 
 if TYPE_CHECKING:
     from airflow.models.dagrun import DagRun
@@ -39,17 +38,6 @@ QUEUED_LINE = "Queued: "
 OUR_LINES = (MONTH_LINE, SAME_MONTH_LINE, QUEUED_LINE)
 NOTE_LIMIT = 1000  # Airflow's dag_run_note.content
 UNKNOWN_MONTH = "Billing month not known: the run has no data interval (give billing_month)"
-
-
-def run_month(
-    billing_month_param: str | None, data_interval_start: datetime | None, timezone: str
-) -> str | None:
-    """The month a run bills, as its tasks resolve it; None when they cannot (no param and no
-    data interval: the run's first task then fails and says so)."""
-    try:
-        return str(resolve_billing_month(billing_month_param, data_interval_start, timezone))
-    except ValueError:
-        return None
 
 
 def month_line(month: str | None) -> str:
@@ -163,9 +151,3 @@ def on_dag_run_success(dag_run: DagRun, msg: str) -> None:
 @hookimpl
 def on_dag_run_failed(dag_run: DagRun, msg: str) -> None:
     note_runs(dag_run, started=False)
-
-
-def context_month(context: Any, timezone: str) -> str | None:
-    """The month of the running task's run, from its context (what run.start_run is given)."""
-    params = context.get("params") or {}
-    return run_month(params.get("billing_month"), context.get("data_interval_start"), timezone)

@@ -17,8 +17,9 @@ from airflow.sdk import PokeReturnValue, get_current_context, task
 from cdr_billing.alerts import task_failure_mail
 from cdr_billing.config import PipelineConfig
 from cdr_billing.contracts import from_xcom, to_xcom
+from cdr_billing.months import context_month
 from cdr_billing.run_attempts import RecordedFailureMail
-from cdr_billing.run_notes import context_month, first_log_line
+from cdr_billing.run_notes import first_log_line
 
 log = logging.getLogger(__name__)
 MAPPED_NAME = "mapped_name"  # what a mapped task's map_index_template shows

@@ -10,12 +10,12 @@ import pytest
 
 from cdr_billing.config import ConfigError, load_config
 from cdr_billing.dag_tasks import side_by_side
+from cdr_billing.months import run_month
 from cdr_billing.run_notes import (
     NOTE_LIMIT,
     first_log_line,
     month_line,
     queued_line,
-    run_month,
     same_month_line,
     with_our_lines,
 )

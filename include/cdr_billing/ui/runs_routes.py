@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse
 from cdr_billing.ui.web import BILLING_DAG_ID, Month, billing_db, config, html
 
 if TYPE_CHECKING:
+    from cdr_billing.months import run_month
     from cdr_billing.ui.runs_queries import AirflowRun
 
 log = logging.getLogger(__name__)
@@ -25,17 +26,6 @@ router = APIRouter()
 SENSOR_TASK = "wait_for_cdr_files"
 SENSOR_WAITING = frozenset({"up_for_reschedule", "running", "queued", "scheduled"})
 MAX_RUN_ID = 250
-
-
-def _billing_month_of(conf: object, interval_start: datetime | None, timezone: str) -> str | None:
-    from cdr_billing.months import resolve_billing_month
-
-    param = conf.get("billing_month") if isinstance(conf, dict) else None
-    param = param if isinstance(param, str) else None
-    try:
-        return str(resolve_billing_month(param, interval_start, timezone))
-    except (ValueError, TypeError):
-        return None
 
 
 def airflow_runs(timezone: str) -> list[AirflowRun] | None:
@@ -74,7 +64,8 @@ def airflow_runs(timezone: str) -> list[AirflowRun] | None:
         return None
     found = []
     for run_id, state, conf, interval_start, start_date, queued_at in runs:
-        month = _billing_month_of(conf, interval_start, timezone)
+        param = conf.get("billing_month") if isinstance(conf, dict) else None
+        month = run_month(param, interval_start, timezone)
         if month is not None:
             found.append(
                 AirflowRun(run_id, month, str(state), run_id in waiting, start_date or queued_at)
