@@ -11,6 +11,8 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 CONFIG_ENV = "CDR_BILLING_CONFIG"
+# The monthly DAG (dags/cdr_billing_monthly.py), which the run notes, run records and pages name
+BILLING_DAG_ID = "cdr_billing_monthly"
 # Overrides sftp.stable_seconds: for local demos and tests, whose files are complete before the
 # servers start.
 STABLE_SECONDS_ENV = "CDR_BILLING_STABLE_SECONDS"

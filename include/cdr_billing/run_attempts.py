@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cdr_billing.alerts import UNREACHABLE_STEP, TaskFailureMail, is_unreachable
+from cdr_billing.config import BILLING_DAG_ID
 from cdr_billing.months import context_month
 from cdr_billing.privacy import mask_phone_numbers
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BILLING_DAG_ID = "cdr_billing_monthly"
 RUNNING, FAILED, SUCCEEDED = "running", "failed", "success"
 MAX_ERROR = 500  # characters of an error kept: its first line is the sentence that matters
 MAX_HINT = 1000

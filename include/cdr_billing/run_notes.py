@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from airflow.listeners import hookimpl
 
+from cdr_billing.config import BILLING_DAG_ID
 from cdr_billing.months import run_month
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BILLING_DAG_ID = "cdr_billing_monthly"
 MONTH_LINE = "Billing month "
 SAME_MONTH_LINE = "Also running for "
 QUEUED_LINE = "Queued: "

@@ -7,9 +7,12 @@ is told on its note that another run of its month is active."""
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -57,6 +60,15 @@ def rerun_month_files(sftp_root: Path) -> Iterator[set[str]]:
     for path in added:
         if path.is_file():
             path.unlink()
+
+
+def _billing_page(airflow, path: str) -> str:
+    """A Billing page's HTML as the admin sees it."""
+    request = urllib.request.Request(
+        airflow.base_url + path, headers={"Authorization": f"Bearer {airflow.token()}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.read().decode()
 
 
 def _run(airflow, run_id: str) -> dict[str, Any]:
@@ -160,6 +172,11 @@ def test_a_re_run_bills_while_the_last_month_waits_for_its_files(
     logged = [ti for ti in tis if ti["task_id"] in ("upgrade_billing_db", "validate_cdr_file")]
     for ti in logged:
         assert _our_log_lines(airflow, rerun, ti)[0] == first_line, ti["task_id"]
+
+    # the Billing page's months tried reads the sensor's state from Airflow's own database
+    tried = _billing_page(airflow, "/billing/runs")
+    row = re.search(rf"<tr><td>{month}</td>(.*?)</tr>", tried, re.S).group(1)
+    assert "waiting for files" in row and f"<code>{escape(waiting['dag_run_id'])}</code>" in row
 
     engine = create_engine(postgres.url_of("billing_ui"))
     with engine.connect() as conn:

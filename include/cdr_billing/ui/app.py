@@ -30,10 +30,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cdr_billing.config import BILLING_DAG_ID
 from cdr_billing.ui import drill_routes, pages, runs_routes
 from cdr_billing.ui.runs_routes import airflow_runs
 from cdr_billing.ui.web import (
-    BILLING_DAG_ID,
     NO_STORE,
     Month,
     billing_db,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import quote
 
+from cdr_billing.config import BILLING_DAG_ID
 from cdr_billing.run_attempts import airflow_run_id
 from cdr_billing.ui import pages
 from cdr_billing.ui.pages import e
@@ -24,7 +25,6 @@ from cdr_billing.ui.runs_queries import (
     MonthTried,
     RunTried,
 )
-from cdr_billing.ui.web import BILLING_DAG_ID
 
 STYLE = """
 .failed { background: var(--alarm-bg); color: var(--alarm-fg); }

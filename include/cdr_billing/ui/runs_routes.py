@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
-from cdr_billing.ui.web import BILLING_DAG_ID, Month, billing_db, config, html
+from cdr_billing.config import BILLING_DAG_ID
+from cdr_billing.months import run_month
+from cdr_billing.ui.web import Month, billing_db, config, html
 
 if TYPE_CHECKING:
-    from cdr_billing.months import run_month
     from cdr_billing.ui.runs_queries import AirflowRun
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
     from cdr_billing.config import PipelineConfig
 
-BILLING_DAG_ID = "cdr_billing_monthly"
-
 
 def script_hash(script: str) -> str:
     """A Content-Security-Policy source that allows this inline script and no other."""
