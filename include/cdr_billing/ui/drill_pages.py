@@ -12,6 +12,8 @@ The month page links here with month_links() (a card), customer_href() and group
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from cdr_billing import privacy
@@ -125,6 +127,17 @@ def _head(billing_month: str, root: str, title: str, crumbs: list[tuple[str, str
 
 def _document(title: str, body: str) -> str:
     return page(title, body, style=DRILL_STYLE)
+
+
+def _calls_section(calls_table: str, shown: Sequence[Any], more: bool, first: bool) -> str:
+    """A card of calls in CDR file and row order, paged on from the last one shown (its file
+    and row)."""
+    last = shown[-1] if shown else None
+    query = {"file": last.source_file, "row": last.source_row} if last else {}
+    return (
+        f'<section><h2>Calls</h2><div class="scroll">{calls_table}</div>'
+        f"{_paging(first, more, query)}</section>"
+    )
 
 
 def _paging(first: bool, more: bool, query: dict[str, str | int]) -> str:
@@ -273,19 +286,14 @@ def calls_page(billing_month: str, calls: CallsPage, first: bool) -> str:
         "Pricing",
         "Transaction",
     ]
-    last = calls.calls[-1] if calls.calls else None
-    query = {"file": last.source_file, "row": last.source_row} if last else {}
     meta = (
         f'<p class="meta">{e(number(user.calls))} calls, {e(minutes_text(user.seconds))} minutes, '
         f"{e(minor_money(user.total_minor, line.currency))}, in CDR file and row order.</p>"
     )
-    body = (
-        _head(billing_month, root, title, crumbs)
-        + meta
-        + f'<section><h2>Calls</h2><div class="scroll">{table(headers, rows, numeric={1, 4, 5})}'
-        f"</div>{_paging(first, calls.more, query)}</section>"
+    listing = _calls_section(
+        table(headers, rows, numeric={1, 4, 5}), calls.calls, calls.more, first
     )
-    return _document(title, body)
+    return _document(title, _head(billing_month, root, title, crumbs) + meta + listing)
 
 
 def groups_page(billing_month: str, groups: GroupsPage) -> str:
@@ -340,16 +348,11 @@ def group_rows_page(billing_month: str, rows: GroupRowsPage, first: bool) -> str
         for row in rows.rows
     ]
     headers = ["CDR file", "Row", "Minutes", "Number range", "Account", "Transaction"]
-    last = rows.rows[-1] if rows.rows else None
-    query = {"file": last.source_file, "row": last.source_row} if last else {}
     meta = (
         f'<p class="meta">{reason(group.reason_code)}: {e(number(group.calls))} calls, '
         f"{e(minutes_text(group.seconds) or 'unknown')} minutes.</p>"
     )
-    body = (
-        _head(billing_month, root, title, crumbs)
-        + meta
-        + f'<section><h2>Calls</h2><div class="scroll">{table(headers, table_rows, numeric={1, 2})}'
-        f"</div>{_paging(first, rows.more, query)}</section>"
+    listing = _calls_section(
+        table(headers, table_rows, numeric={1, 2}), rows.rows, rows.more, first
     )
-    return _document(title, body)
+    return _document(title, _head(billing_month, root, title, crumbs) + meta + listing)
