@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt Makefile | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-prepaid bench-ui postgres-server openssh-server chromium clean
+.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-prepaid bench-ui postgres-server openssh-server chromium redis-server clean
 
 $(READY): requirements.txt requirements-dev.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -19,7 +19,7 @@ setup: $(READY)
 demo: setup
 	$(BIN)/python -m cdr_devkit.demo --month $(MONTH)
 
-test: setup postgres-server openssh-server chromium
+test: setup postgres-server openssh-server chromium redis-server
 	$(BIN)/python -m pytest
 
 standalone: setup
@@ -72,6 +72,12 @@ openssh-server:
 	@test -x /usr/sbin/sshd || command -v sshd >/dev/null || { \
 	  echo "Installing the OpenSSH server package for the tests (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
+
+# The cluster (CeleryExecutor) and its tests run Debian's redis-server as the Celery broker.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "Installing the Redis server package for the cluster (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 clean:
 	rm -rf .airflow .demo .bench
