@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt Makefile | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-prepaid bench-ui postgres-server openssh-server chromium redis-server clean
+.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-prepaid bench-ui postgres-server openssh-server chromium redis-server pdf-libs clean
 
 $(READY): requirements.txt requirements-dev.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -16,10 +16,10 @@ $(READY): requirements.txt requirements-dev.txt Makefile
 
 setup: $(READY)
 
-demo: setup
+demo: setup pdf-libs
 	$(BIN)/python -m cdr_devkit.demo --month $(MONTH)
 
-test: setup postgres-server openssh-server chromium redis-server
+test: setup postgres-server openssh-server chromium redis-server pdf-libs
 	$(BIN)/python -m pytest
 
 standalone: setup
@@ -78,6 +78,13 @@ redis-server:
 	@command -v redis-server >/dev/null || { \
 	  echo "Installing the Redis server package for the cluster (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# Statements are rendered to PDF by WeasyPrint, which needs Pango and a font (Debian packages).
+pdf-libs:
+	@ldconfig -p | grep -q libpangoft2-1.0.so.0 && fc-list | grep -qi dejavu || { \
+	  echo "Installing Pango and DejaVu fonts for the statements' PDF (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core >/dev/null; }
 
 clean:
 	rm -rf .airflow .demo .bench
