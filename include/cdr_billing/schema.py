@@ -476,6 +476,100 @@ billing_run = Table(
     Index("billing_run_of_month", "billing_month", "updated_at"),
 )
 
+# Statements (migration 0009): per batch, billed user, customer and currency of the customers
+# whose config opts in, written in the batch's transaction (a re-run supersedes them with the
+# batch). statement_id is a hash of batch, customer, user and currency (cdr_billing.statements
+# .statement_id), so a URL never shows a user id that may be a phone number. Called numbers are
+# stored masked by the customer's policy only: no full number in these tables.
+statement = Table(
+    "statement",
+    metadata,
+    Column("statement_id", String(32), primary_key=True),
+    Column("batch_id", Integer, ForeignKey("billing_batch.batch_id"), nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("address", Text),  # the month's snapshot user_principal_name (None: not in it)
+    Column("timezone", String(64), nullable=False),  # the billing timezone calls are shown in
+    Column("mask_digits", Integer, nullable=False),  # last digits hidden (0: shown in full)
+    Column("deliver", String(8), nullable=False),  # pdf | link | none
+    Column("total_minor", BigInteger, nullable=False),
+    Column("call_count", BigInteger, nullable=False),
+    Column("billed_seconds", BigInteger, nullable=False),
+    Column("prepaid", Boolean, nullable=False),
+    # prepaid accounts: the ledger over the month by posting time (None: post-paid)
+    Column("opening_minor", BigInteger),
+    Column("debits_minor", BigInteger),  # debits and their reversals
+    Column("topups_minor", BigInteger),
+    Column("adjustments_minor", BigInteger),  # credits, refunds and adjustments
+    Column("closing_minor", BigInteger),
+    UniqueConstraint(
+        "batch_id", "customer_id", "user_id", "currency", name="one_statement_per_user"
+    ),
+    Index("statement_of_user", "user_id", "batch_id"),
+)
+
+# A statement's calls, in start order: the called number as shown (masked by policy).
+statement_call = Table(
+    "statement_call",
+    metadata,
+    Column("statement_id", String(32), ForeignKey("statement.statement_id"), primary_key=True),
+    Column("call_no", Integer, primary_key=True),
+    Column("start_utc", DateTime(timezone=True), nullable=False),
+    Column("called_number_shown", String(64), nullable=False),
+    Column("destination", Text, nullable=False),
+    Column("sequence_number", String(64), nullable=False),
+    Column("duration_seconds", BigInteger, nullable=False),
+    Column("billed_seconds", BigInteger, nullable=False),
+    Column("cost_minor", BigInteger, nullable=False),
+)
+
+# A statement's subtotals: kind destination | sequence, keyed by the destination's name or
+# the sequence number.
+statement_subtotal = Table(
+    "statement_subtotal",
+    metadata,
+    Column("statement_id", String(32), ForeignKey("statement.statement_id"), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("group_key", Text, primary_key=True),
+    Column("calls", BigInteger, nullable=False),
+    Column("billed_seconds", BigInteger, nullable=False),
+    Column("total_minor", BigInteger, nullable=False),
+)
+
+# The rendered documents of a statement in the archive (written after the load).
+statement_document = Table(
+    "statement_document",
+    metadata,
+    Column("statement_id", String(32), ForeignKey("statement.statement_id"), primary_key=True),
+    Column("html_path", Text, nullable=False),
+    Column("html_sha256", String(64), nullable=False),
+    Column("pdf_path", Text, nullable=False),
+    Column("pdf_sha256", String(64), nullable=False),
+    Column("rendered_at", DateTime(timezone=True), nullable=False),
+)
+
+# The mail of each statement whose customer delivers (written with the statement, pending).
+# A row is claimed (sending, committed) before its mail is sent, so a mail goes once: a row
+# left in sending by a crash becomes unknown and is never resent automatically.
+statement_delivery = Table(
+    "statement_delivery",
+    metadata,
+    Column("statement_id", String(32), ForeignKey("statement.statement_id"), primary_key=True),
+    Column("address", Text, nullable=False),
+    Column("method", String(8), nullable=False),  # pdf | link
+    # pending | sending | sent | deferred | bounced | unknown | cancelled
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("message_id", Text),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("smtp_reply", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("statement_delivery_due", "status", "next_attempt_at"),
+)
+
 # A switch's pre-dial check reads the view prepaid_line_state (migration 0005): each active
 # account's locked, balance_minor, currency and updated_at, stale by one prepaid interval at most.
 

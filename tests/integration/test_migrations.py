@@ -136,3 +136,41 @@ def test_billed_calls_from_before_partitions_move_to_their_batch_s_partition(pos
         (f"billed_call_batch_id_{batch}", batch, f"t{n}")
         for n, batch in enumerate([batches[0]] * 3 + [batches[1]])
     ]
+
+
+STATEMENT_TABLES = {
+    "statement",
+    "statement_call",
+    "statement_subtotal",
+    "statement_document",
+    "statement_delivery",
+}
+
+
+def test_statements_migration_goes_up_and_down_and_keeps_the_batches(empty_database):
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "0008")
+        conn.execute(
+            insert(billing_batch).values(
+                billing_month="2026-05", run_id="r", status="current", counts="{}"
+            )
+        )
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "0009")
+    assert STATEMENT_TABLES <= set(inspect(engine).get_table_names())
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO statement (statement_id, batch_id, customer_id, user_id, currency, "
+                "timezone, mask_digits, deliver, total_minor, call_count, billed_seconds, "
+                "prepaid) VALUES ('s1', 1, 'C1', 'u', 'EUR', 'UTC', 3, 'pdf', 5, 1, 60, false)"
+            )
+        )
+    with engine.begin() as conn:
+        command.downgrade(migrations._config(conn), "0008")
+    assert not STATEMENT_TABLES & set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        assert conn.execute(select(billing_batch.c.run_id)).scalars().all() == ["r"]
+    assert migrations.upgrade(engine) == migrations.head()
+    assert _differences(engine) == []
