@@ -570,6 +570,59 @@ statement_delivery = Table(
     Index("statement_delivery_due", "status", "next_attempt_at"),
 )
 
+# The self-service portal (cdr_billing.portal, migration 0010). Sign-in links and sessions are
+# stored as SHA-256 hashes of their random values only, so a copy of the database signs no one
+# in. Addresses are the entitlement snapshot's user_principal_name, lower-cased.
+portal_sign_in_token = Table(
+    "portal_sign_in_token",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("address", Text, nullable=False),
+    Column("client_hash", String(64), nullable=False),  # who asked (keyed hash of the client)
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),  # set once, by the redeeming UPDATE
+    Index("portal_sign_in_token_by_expiry", "expires_at"),
+)
+
+portal_session = Table(
+    "portal_session",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("address", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),  # idle expiry from here
+    Column("expires_at", DateTime(timezone=True), nullable=False),  # absolute expiry
+    Column("revoked_at", DateTime(timezone=True)),  # signed out or rotated
+    Index("portal_session_by_expiry", "expires_at"),
+)
+
+# Rate limits shared by every portal process: one row per counted request and bucket
+# (e.g. sign-in requests of one address or one client), counted over a sliding window.
+portal_rate_event = Table(
+    "portal_rate_event",
+    metadata,
+    Column("event_id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("bucket", String(96), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("portal_rate_event_of_bucket", "bucket", "at"),
+)
+
+# Append-only audit of the portal: sign-ins requested, granted and refused, sign-outs,
+# statement reads and top-ups. Addresses and clients as hashes (portal.auth), never in clear.
+portal_audit = Table(
+    "portal_audit",
+    metadata,
+    Column("event_id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("address_hash", String(64)),
+    Column("client_hash", String(64)),
+    Column("account_id", String(128)),
+    Column("detail", Text),
+    Index("portal_audit_by_time", "at"),
+)
+
 # A switch's pre-dial check reads the view prepaid_line_state (migration 0005): each active
 # account's locked, balance_minor, currency and updated_at, stale by one prepaid interval at most.
 
