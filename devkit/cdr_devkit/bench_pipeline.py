@@ -1,4 +1,5 @@
-"""`make bench-pipeline`: a month of CDRs from read to aggregate, the project against DuckDB SQL.
+"""`make bench-pipeline`: a month of CDRs from read to aggregate, the project against DuckDB
+SQL and Polars.
 
 Generates (once, cached in `.bench/pipeline/`) a month of N carrier CDRs in several CSV files,
 a 5,000-prefix tariff and a 50,000-account entitlement snapshot (see `bench_data`), then runs,
@@ -8,11 +9,12 @@ each in a process of its own so that each peak RSS is its own:
 2. the project: the DAG's own task functions, chained as the DAG chains them
    (cdr_billing.tasks.chain) on a SQLite billing database, the mapped tasks in worker
    processes, and the Great Expectations suites timed separately;
-3. DuckDB SQL (threads = 2) doing the same work by the same rules.
+3. DuckDB SQL (threads = 2) doing the same work by the same rules;
+4. Polars' lazy API (2 threads) doing it by the same rules (`bench_polars`).
 
-It checks that both give identical billing lines and identical row counts, that the counts
-reconcile, and prints wall time per stage, rows per second, peak RSS and the ratios.
-Exit status 1 when the two disagree.
+It checks that all three give identical billing lines and identical row counts, that the
+counts reconcile, and prints wall time per stage, rows per second, peak RSS and the ratios.
+Exit status 1 when they disagree.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ LINE_KEYS = ["customer_id", "sequence_number", "currency"]
 LINE_COLUMNS = [*LINE_KEYS, "total_minor", "call_count", "billed_seconds"]
 SOURCE = "carrier"  # its profile (carrier_csv) comes from pipeline.yaml
 PARSE_REPEATS = 3
+PEERS = ("duckdb", "polars")  # the engines the project is compared with
+CONTENDERS = ("parse", "project", *PEERS)
 
 
 class Stopwatch:
@@ -561,6 +565,17 @@ def run_parse(files: Sequence[Path]) -> tuple[int, float]:
     return sum(t.num_rows for t in tables), time.perf_counter() - started
 
 
+# --- the Polars peer ------------------------------------------------------------------------
+
+
+def _run_polars(*arguments, **options):
+    """`bench_polars.run_polars`, imported in its own process only (Polars' thread pool is
+    sized when it is first imported)."""
+    from cdr_devkit.bench_polars import run_polars
+
+    return run_polars(*arguments, **options)
+
+
 # --- one run per process ------------------------------------------------------------------
 
 
@@ -588,7 +603,8 @@ def _child(kind: str, month: BenchMonth, out: Path, validation: bool, workers: i
                 progress=progress,
             )
         else:
-            result = run_duckdb(
+            peer = run_duckdb if kind == "duckdb" else _run_polars
+            result = peer(
                 month.cdr_files, month.tariff, month.entitlements, month.month, progress=progress
             )
         lines, counts, seconds = result
@@ -657,14 +673,14 @@ def spawn_contender(
 
 def total_seconds(kind: str, stage_seconds: dict[str, float]) -> float:
     """A contender's time: the project's wall time read -> aggregate (GX and the DB migrations
-    out); DuckDB's stages; the parse."""
+    out); a peer's stages; the parse."""
     return stage_seconds["wall"] if kind == "project" else sum(stage_seconds.values())
 
 
 # --- the comparison -----------------------------------------------------------------------
 
 
-def compare_lines(project, duckdb) -> tuple[bool, str]:
+def compare_lines(project, peer, peer_name: str = "duckdb") -> tuple[bool, str]:
     """Whether two line frames are identical (after sorting), and a description of the first
     differences."""
     import pandas as pd
@@ -675,17 +691,18 @@ def compare_lines(project, duckdb) -> tuple[bool, str]:
         )
         return frame.sort_values(LINE_KEYS).reset_index(drop=True)
 
-    left, right = tidy(project), tidy(duckdb)
+    left, right = tidy(project), tidy(peer)
     if left.equals(right):
         return True, f"{len(left):,} lines, identical"
+    suffix = f"_{peer_name}"
     both = left.merge(
-        right, on=LINE_KEYS, how="outer", suffixes=("_project", "_duckdb"), indicator=True
+        right, on=LINE_KEYS, how="outer", suffixes=("_project", suffix), indicator=True
     )
     differing = both[
         (both["_merge"] != "both")
-        | (both["total_minor_project"] != both["total_minor_duckdb"])
-        | (both["call_count_project"] != both["call_count_duckdb"])
-        | (both["billed_seconds_project"] != both["billed_seconds_duckdb"])
+        | (both["total_minor_project"] != both[f"total_minor{suffix}"])
+        | (both["call_count_project"] != both[f"call_count{suffix}"])
+        | (both["billed_seconds_project"] != both[f"billed_seconds{suffix}"])
     ]
     return (
         False,
@@ -704,9 +721,9 @@ def run_benchmark(
     max_rss_gib: float | None = None,
     workers: int = 2,
 ) -> dict:
-    """Generate (or reuse) the month, run the three contenders in their own processes (in
+    """Generate (or reuse) the month, run the four contenders in their own processes (in
     `repeat` rounds, keeping each one's fastest run and each round's times; GX in the first
-    round only), compare lines and counts."""
+    round only), compare each peer's lines and counts with the project's."""
     import pandas as pd
 
     if calls // files < 1_000:
@@ -721,7 +738,7 @@ def run_benchmark(
     rounds, gx_seconds = [], {}
     for round_number in range(repeat):
         seconds = {}
-        for kind in ("parse", "project", "duckdb"):
+        for kind in CONTENDERS:
             validated = (
                 validation and round_number == 0
             )  # GX once: it is timed apart from the total
@@ -742,19 +759,20 @@ def run_benchmark(
                 raise RuntimeError(f"{kind}: counts changed between runs")
         rounds.append(seconds)
     facts["project"]["stage_seconds"].update(gx_seconds)
-    same, detail = compare_lines(
-        pd.read_parquet(out / "project_lines.parquet"),
-        pd.read_parquet(out / "duckdb_lines.parquet"),
-    )
-    counts = {kind: facts[kind]["counts"] for kind in ("project", "duckdb")}
+    project_lines = pd.read_parquet(out / "project_lines.parquet")
+    compared = {
+        peer: compare_lines(project_lines, pd.read_parquet(out / f"{peer}_lines.parquet"), peer)
+        for peer in PEERS
+    }
+    counts = {kind: facts[kind]["counts"] for kind in ("project", *PEERS)}
     identity = {kind: sum(c[o] for o in OUTCOMES) == c["read"] for kind, c in counts.items()}
     return {
         "month": month,
         "facts": facts,
-        "lines_identical": same,
-        "lines_detail": detail,
+        "lines_identical": all(same for same, _ in compared.values()),
+        "lines_detail": "; ".join(f"{peer}: {detail}" for peer, (_, detail) in compared.items()),
         "counts": counts,
-        "counts_identical": counts["project"] == counts["duckdb"],
+        "counts_identical": all(counts[peer] == counts["project"] for peer in PEERS),
         "identity": identity,
         "parse_rows": facts["parse"]["rows"],
         "repeat": repeat,
@@ -763,6 +781,11 @@ def run_benchmark(
         "workers": workers,
     }
 
+
+PEER_TITLES = {  # the peers' headings, their versions read when the report is printed
+    "duckdb": lambda: f"DuckDB {__import__('duckdb').__version__} SQL",
+    "polars": lambda: f"Polars {__import__('polars').__version__} lazy API",
+}
 
 PROJECT_STAGES = [  # the DAG's tasks, in its order: (function, what it does, rows it takes in)
     ("fetched_locally", "the files recorded in the ledger (the fetch without SFTP)", None),
@@ -797,6 +820,7 @@ def _round_ratios(rounds: list[dict[str, float]]) -> list[str]:
     out = []
     for label, ratio in (
         ("vs DuckDB", lambda r: r["duckdb"] / r["project"]),
+        ("vs Polars", lambda r: r["polars"] / r["project"]),
         ("vs parse", lambda r: r["project"] / r["parse"]),
     ):
         values = [ratio(r) for r in rounds]
@@ -820,8 +844,7 @@ def format_report(result: dict, validation: bool) -> str:
 
     project = facts["project"]["stage_seconds"]
     project_total = total_seconds("project", project)
-    duck = facts["duckdb"]["stage_seconds"]
-    duck_total = total_seconds("duckdb", duck)
+    peer_totals = {peer: total_seconds(peer, facts[peer]["stage_seconds"]) for peer in PEERS}
     parse = facts["parse"]["stage_seconds"]["parse"]
     head = f"  {'stage':<58}{'wall':>11}{'rows in':>13}{'rows/s':>14}"
     (before, after) = result["load"]
@@ -868,48 +891,55 @@ def format_report(result: dict, validation: bool) -> str:
     out.append(
         line("billing DB migrations (setup, not in the total)", project.get("db_setup", 0.0), None)
     )
-    out += ["", f"DuckDB {__import__('duckdb').__version__} SQL (threads = 2)", head]
-    duck_rows = {
+    peer_rows = {
         "read+check": read_rows,
         "dedupe+combine": rows["accepted"],
         "reference": None,
         "rate+attribute": rows["combined"],
         "aggregate": None,
     }
-    for name, seconds in duck.items():
-        out.append(line(name, seconds, duck_rows.get(name)))
-    out.append(line("TOTAL", duck_total, read_rows))
+    for peer in PEERS:
+        out += ["", f"{PEER_TITLES[peer]()} (threads = 2)", head]
+        for name, seconds in facts[peer]["stage_seconds"].items():
+            out.append(line(name, seconds, peer_rows.get(name)))
+        out.append(line("TOTAL", peer_totals[peer], read_rows))
     out += [
         "",
         "bare pyarrow.csv.read_csv, every column as text",
         head,
         line("parse", parse, result["parse_rows"]),
     ]
-    rss = {kind: facts[kind]["peak_rss_mib"] for kind in ("project", "duckdb", "parse")}
+    rss = {kind: facts[kind]["peak_rss_mib"] for kind in CONTENDERS}
     gx_note = "with GX" if validation else "no GX"
     out += [
         "",
         f"peak RSS: project {rss['project']:,.0f} MiB ({gx_note}), "
-        f"DuckDB {rss['duckdb']:,.0f} MiB, "
+        f"DuckDB {rss['duckdb']:,.0f} MiB, Polars {rss['polars']:,.0f} MiB, "
         f"parse {rss['parse']:,.0f} MiB",
     ]
-    versus_duck, versus_parse = duck_total / project_total, project_total / parse
+    versus_parse = project_total / parse
     out += [
-        f"project vs DuckDB: {versus_duck:.2f}x "
+        f"project vs DuckDB: {peer_totals['duckdb'] / project_total:.2f}x "
         "(DuckDB time / project time; > 1: the project is faster; target >= 1.5)",
+        f"project vs Polars: {peer_totals['polars'] / project_total:.2f}x "
+        "(Polars time / project time; > 1: the project is faster; target > 1)",
         f"project vs bare parse: {versus_parse:.2f}x (project time / parse time; target <= 3)",
         *_round_ratios(result["rounds"]),
         "",
-        f"  {'count':<14}{'project':>14}{'duckdb':>14}",
+        f"  {'count':<14}{'project':>14}" + "".join(f"{peer:>14}" for peer in PEERS),
     ]
     for key in ("read", *OUTCOMES):
-        out.append(f"  {key:<14}{counts[key]:>14,}{result['counts']['duckdb'][key]:>14,}")
+        out.append(
+            f"  {key:<14}{counts[key]:>14,}"
+            + "".join(f"{result['counts'][peer][key]:>14,}" for peer in PEERS)
+        )
     identity = result["identity"]
     out += [
         "read = billed + quarantined + duplicates + not_billable + unbillable + suspense + "
         "combined + prepaid: "
-        f"project {'holds' if identity['project'] else 'FAILS'}, "
-        f"DuckDB {'holds' if identity['duckdb'] else 'FAILS'}",
+        + ", ".join(
+            f"{kind} {'holds' if identity[kind] else 'FAILS'}" for kind in ("project", *PEERS)
+        ),
         f"counts identical: {'yes' if result['counts_identical'] else 'NO'}",
         f"billing lines: {result['lines_detail']}",
     ]
@@ -948,7 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=2,
         help="processes for the project's per-file steps (default 2)",
     )
-    parser.add_argument("--run", choices=["project", "duckdb", "parse"], help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     validation = not args.no_validation
