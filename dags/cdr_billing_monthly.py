@@ -12,6 +12,11 @@ against the balances → month report.
 
     … → bill_cdr_file (per file) → aggregate_lines ─┬─▶ load_billing ───┬─▶ report_month
                                                     └─▶ settle_prepaid ─┘
+                              load_billing ─▶ render_statements ─▶ deliver_statements
+
+**Statements.** For the customers the config's `statements:` section lists, the load stores
+each user's itemised statement with the batch (docs/statements.md); `render_statements`
+writes them as HTML and PDF into the archive, `deliver_statements` mails them, each once.
 
 **Prepaid accounts.** Calls of active prepaid accounts are not billed on the post-paid lines
 (their row outcome is `prepaid`); `settle_prepaid` debits them to the balances, each call once:
@@ -52,6 +57,7 @@ from cdr_billing.contracts import (
 )
 from cdr_billing.dag_tasks import shared_tasks, side_by_side
 from cdr_billing.months import BillingMonth
+from cdr_billing.statement_contracts import DeliveredStatements, RenderedStatements
 from cdr_billing.taskflow import failure_mail, pipeline_task
 from cdr_billing.timetables import BillingMonthTimetable, billing_month_param
 
@@ -195,6 +201,37 @@ def report_month(loaded: LoadedBatch, settlement: PrepaidSettlement) -> MonthRep
     return report.report_month(loaded, CONFIG, settlement)
 
 
+@pipeline_task(
+    CONFIG,
+    "Check the archive folder (archive_root) and the log; the batch is loaded, a retry renders "
+    "the statements again.",
+)
+def render_statements(loaded: LoadedBatch) -> RenderedStatements:
+    """Render the batch's statements (customers that opt in, statements: in the config) as HTML
+    and PDF into the archive."""
+    from cdr_billing.tasks import statements
+
+    return statements.render_statements(loaded, CONFIG)
+
+
+@pipeline_task(
+    CONFIG,
+    "Check the SMTP connection; mails sent are never sent again, and those the task was "
+    "sending when it stopped are listed as unknown on the Billing page (check the mail log).",
+    sensor=True,
+    mode="reschedule",
+    poke_interval=timedelta(minutes=CONFIG.statements.retry_minutes),
+    timeout=timedelta(days=1),
+)
+def deliver_statements(rendered: RenderedStatements) -> PokeReturnValue:
+    """Mail each statement once (PDF or portal link, per customer); deferred mails are tried
+    again at the next poke, without holding a worker slot, until none waits."""
+    from cdr_billing.tasks import statements
+
+    delivered: DeliveredStatements = statements.deliver_statements(rendered, CONFIG)
+    return PokeReturnValue(delivered.waiting == 0, delivered)
+
+
 @dag(
     dag_id="cdr_billing_monthly",
     # Monthly in the billing timezone; backfill ranges read as the dates typed (README).
@@ -246,7 +283,9 @@ def cdr_billing_monthly():
         file=SHARED.list_file_parts(deduped)
     )
     lines = aggregate_lines(deduped, billed, references)
-    report_month(load_billing(lines), settle_prepaid(lines))
+    loaded = load_billing(lines)
+    report_month(loaded, settle_prepaid(lines))
+    deliver_statements(render_statements(loaded))
 
 
 cdr_billing_monthly()

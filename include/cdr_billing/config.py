@@ -114,6 +114,35 @@ class PrepaidSettings:
     exposure_limit: dict[str, str] = field(default_factory=dict)  # currency -> amount ("500.00")
 
 
+DELIVERY_METHODS = ("pdf", "link", "none")
+
+
+@dataclass(frozen=True)
+class CustomerStatements:
+    """One customer's statements: how many last digits of a called number are hidden (0: shown
+    in full, where the customer's policy allows it) and how they reach the users."""
+
+    mask_digits: int = 3
+    deliver: str = "none"  # pdf: mailed as an attachment | link: a link to the portal | none
+
+
+@dataclass(frozen=True)
+class StatementSettings:
+    """Itemised statements per billed user and month (docs/statements.md), for the customers
+    listed only."""
+
+    customers: dict[str, CustomerStatements] = field(default_factory=dict)
+    from_address: str | None = None  # None: the SMTP connection's from_email
+    portal_url: str | None = None  # the self-service portal, for deliver: link
+    retry_minutes: float = 10.0  # a deferred mail is tried again after this, doubled each time
+    max_attempts: int = 5  # then a deferred mail is given up (bounced)
+    sending_stale_minutes: float = 15.0  # a claim this old without an outcome: unknown
+
+    def of(self, customer_id: str) -> CustomerStatements | None:
+        """The customer's statement settings, None when it does not opt in."""
+        return self.customers.get(customer_id)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything a deployment can change, in one object."""
@@ -140,6 +169,7 @@ class PipelineConfig:
     profiles: dict[str, SourceProfile]
     prepaid: PrepaidSettings = field(default_factory=PrepaidSettings)
     months_at_once: int = 3  # runs of the monthly DAG at a time (its max_active_runs)
+    statements: StatementSettings = field(default_factory=StatementSettings)
 
     def markups(self) -> dict[str, int]:
         """Markup per source in basis points (1 % = 100)."""
@@ -278,6 +308,7 @@ def load_config(path: Path | None = None) -> PipelineConfig:
         months_at_once=_positive(
             path, "months_at_once", raw.get("months_at_once", DEFAULT_MONTHS_AT_ONCE)
         ),
+        statements=_statements(path, raw.get("statements") or {}),
     )
 
 
@@ -292,3 +323,38 @@ def _prepaid(path: Path, raw: dict[str, Any]) -> PrepaidSettings:
             _positive(path, f"prepaid.{key}", raw[key])
     limits = {str(k).upper(): str(v) for k, v in (raw.get("exposure_limit") or {}).items()}
     return PrepaidSettings(**{**raw, "exposure_limit": limits})
+
+
+def _customer_statements(path: Path, customer: str, raw: dict[str, Any]) -> CustomerStatements:
+    """One customer's statement settings; unknown keys, methods and digit counts refused."""
+    known = {f.name for f in fields(CustomerStatements)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: statements.customers.{customer} has unknown keys {unknown}")
+    settings = CustomerStatements(**raw)
+    digits = settings.mask_digits
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 15:
+        raise ConfigError(f"{path}: statements.customers.{customer}.mask_digits must be 0 to 15")
+    if settings.deliver not in DELIVERY_METHODS:
+        raise ConfigError(
+            f"{path}: statements.customers.{customer}.deliver must be one of {DELIVERY_METHODS}"
+        )
+    return settings
+
+
+def _statements(path: Path, raw: dict[str, Any]) -> StatementSettings:
+    """The statements section; a customer delivering links needs the portal's URL."""
+    known = {f.name for f in fields(StatementSettings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: statements has unknown keys {unknown}; known: {sorted(known)}")
+    customers = {
+        str(customer): _customer_statements(path, str(customer), spec or {})
+        for customer, spec in (raw.get("customers") or {}).items()
+    }
+    settings = StatementSettings(**{**raw, "customers": customers})
+    if settings.portal_url is None and any(c.deliver == "link" for c in customers.values()):
+        raise ConfigError(f"{path}: statements.portal_url is needed to deliver links")
+    if settings.max_attempts < 1 or settings.retry_minutes <= 0:
+        raise ConfigError(f"{path}: statements.max_attempts and retry_minutes must be positive")
+    return settings

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pandas as pd
 from sqlalchemy import Table, delete, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from cdr_billing import database
 from cdr_billing.schema import (
@@ -28,7 +29,15 @@ from cdr_billing.schema import (
     not_billed_group,
     quarantined_row,
     revenue_share,
+    statement,
+    statement_call,
+    statement_delivery,
+    statement_subtotal,
 )
+from cdr_billing.statements import StatementFrames
+
+# a superseded batch's mails not yet sent are not sent (its statements are no longer true)
+CANCELLED, UNSENT = "cancelled", ("pending", "deferred")
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,8 @@ class Batch:
     revenue_share: pd.DataFrame
     billed_calls: Iterable[pd.DataFrame]
     exceptions: pd.DataFrame
+    # the opted-in customers' statements (cdr_billing.statements), None: none
+    statements: StatementFrames | None = None
 
     def parts(self) -> Iterator[tuple[Table, pd.DataFrame]]:
         """Each table of the batch with its rows, but the billed calls."""
@@ -53,6 +64,13 @@ class Batch:
         exceptions = with_group_keys(self.exceptions)
         yield billing_exception, exceptions
         yield not_billed_group, group_sums(exceptions)
+        if self.statements is not None:  # a statement before its rows
+            yield from (
+                (statement, self.statements.statements),
+                (statement_call, self.statements.calls),
+                (statement_subtotal, self.statements.subtotals),
+                (statement_delivery, self.statements.deliveries),
+            )
 
 
 # the kinds of non-billed rows summed per group, and the detail field each is grouped by
@@ -135,6 +153,7 @@ def load_month(
                 .where(billing_batch.c.batch_id == previous)
                 .values(status=SUPERSEDED)
             )
+            cancel_unsent_mails(conn, previous)
         batch_id = conn.execute(
             insert(billing_batch).values(
                 billing_month=billing_month,
@@ -149,6 +168,20 @@ def load_month(
         # PostgreSQL: the batch's own
         database.insert_partition(conn, billed_call, "batch_id", batch_id, batch.billed_calls)
     return LoadResult(batch_id, previous, already_loaded=False)
+
+
+def cancel_unsent_mails(conn: Connection, batch_id: int) -> None:
+    """Cancel the batch's statement mails not yet sent (pending or deferred): the batch is
+    superseded, the new one's statements are mailed instead."""
+    of_batch = select(statement.c.statement_id).where(statement.c.batch_id == batch_id)
+    conn.execute(
+        update(statement_delivery)
+        .where(
+            statement_delivery.c.statement_id.in_(of_batch),
+            statement_delivery.c.status.in_(UNSENT),
+        )
+        .values(status=CANCELLED, next_attempt_at=None, updated_at=datetime.now(UTC))
+    )
 
 
 def store_quarantine(

@@ -40,3 +40,18 @@ def shown_id(value: str) -> str:
 def mask_phone_numbers(text: str) -> str:
     """A text with every number in it that may be a phone number masked."""
     return PHONE_IN_TEXT.sub(lambda found: mask_number(found.group(0)), text)
+
+
+def mask_tail(number: str | None, digits: int) -> str:
+    """A called number as a statement shows it: its last `digits` digits replaced by "x" (0:
+    in full), separators kept; the itemised bill's policy, where the head (country, area,
+    operator) tells the destination and the tail who was called."""
+    if not number or digits <= 0:
+        return number or ""
+    shown, hidden = list(str(number)), 0
+    for position in range(len(shown) - 1, -1, -1):
+        if hidden == digits:
+            break
+        if shown[position].isdigit():
+            shown[position], hidden = "x", hidden + 1
+    return "".join(shown)

@@ -18,6 +18,7 @@ from cdr_billing import (
     entitlements,
     lineage,
     rate,
+    statements,
     storage,
     tariff,
     workdir,
@@ -48,15 +49,25 @@ def bill_cdr_file(
     config = config or load_config()
     engine = database.billing_engine(config.billing.connection)
     rated, counts = rate_file(run, file, engine, config)
-    priced, prepaid = _set_prepaid_aside(run, file, rated, engine)
+    with_statements = bool(config.statements.customers)
+    priced, prepaid, prepaid_calls = _set_prepaid_aside(run, file, rated, engine, with_statements)
     del rated
     snapshot_id = references.entitlement_snapshot
     history = entitlements.history(engine, snapshot_id)
     attributed, suspense, user_codes, history_rows = attribute.attribute_calls(
-        priced, history, snapshot_id, BILLED_CALL_COLUMNS
+        priced,
+        history,
+        snapshot_id,
+        BILLED_CALL_COLUMNS + (statements.CALL_DETAIL_COLUMNS if with_statements else []),
     )
     del priced  # with the rows rate_file dropped: the file's peak memory is one copy of its calls
+    statement_part = (
+        _statement_calls(attributed, prepaid_calls, history, snapshot_id, config)
+        if with_statements
+        else pd.DataFrame(columns=statements.PART_COLUMNS)
+    )
     for name, frame in (
+        (statements.STATEMENT_PART, statement_part),
         # the columns the load's lineage reads, not the pricing's working columns
         ("attributed", attributed[lineage.ATTRIBUTED_COLUMNS]),
         ("suspense", suspense),
@@ -89,19 +100,42 @@ def bill_cdr_file(
 class PostpaidCalls(NamedTuple):
     priced: pd.DataFrame  # the priced calls billed on the post-paid lines
     prepaid: int  # the calls set aside for the prepaid balances
+    prepaid_priced: pd.DataFrame | None  # those calls as priced, when statements need them
 
 
 def _set_prepaid_aside(
-    run: Run, file: ReconciledFile, priced: pd.DataFrame, engine: Engine
+    run: Run, file: ReconciledFile, priced: pd.DataFrame, engine: Engine, keep: bool
 ) -> PostpaidCalls:
     """Write the active prepaid accounts' calls as the file's part "prepaid" (the ledger's call
-    shape, settled by settle_prepaid) and return the others; every file writes the part, empty
-    when no account is prepaid (then the priced calls pass through untouched)."""
+    shape, settled by settle_prepaid) and return the others (and, if `keep`, the prepaid calls
+    as priced, for their statements); every file writes the part, empty when no account is
+    prepaid (then the priced calls pass through untouched)."""
     with engine.connect() as conn:
         accounts = prepaid_calls.active_accounts(conn)
     split = prepaid_calls.split_prepaid(priced, accounts)
     workdir.write_part(run, file.dir, prepaid_calls.PREPAID_PART, split.prepaid)
-    return PostpaidCalls(split.postpaid, len(split.prepaid))
+    kept = priced[prepaid_calls.prepaid_mask(priced, accounts)] if keep else None
+    return PostpaidCalls(split.postpaid, len(split.prepaid), kept)
+
+
+def _statement_calls(
+    attributed: pd.DataFrame,
+    prepaid_priced: pd.DataFrame,
+    history: pd.DataFrame,
+    snapshot_id: int,
+    config: PipelineConfig,
+) -> pd.DataFrame:
+    """The file's calls of the customers that opt in to statements, numbers masked: post-paid
+    as attributed, prepaid with their account's customer in the month's snapshot."""
+    settings = config.statements
+    prepaid = statements.with_account_customers(prepaid_priced, history, snapshot_id)
+    return pd.concat(
+        [
+            statements.statement_calls(attributed, settings, prepaid=False),
+            statements.statement_calls(prepaid, settings, prepaid=True),
+        ],
+        ignore_index=True,
+    )
 
 
 class RatedCounts(NamedTuple):
