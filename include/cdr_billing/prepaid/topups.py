@@ -35,6 +35,7 @@ class TopupSettings:
 
     holdoff_minutes: int = DEFAULT_HOLDOFF_MINUTES
     requested_by: str = PIPELINE
+    entry_reason: str = "automatic top-up"  # the start of an approved top-up entry's reason
 
     @property
     def holdoff(self) -> timedelta:
@@ -210,6 +211,54 @@ def open_request(
         return {**values, "request_id": request_id}
 
 
+def open_user_request(
+    engine: Engine,
+    account_id: str,
+    amount_minor: int,
+    idempotency_key: str,
+    requested_by: str,
+    now: datetime,
+) -> dict | Skipped:
+    """Record a top-up a user asked for (the portal), pending like the DAG's and sent the same
+    way, with the key of the user's form: a form sent twice is one request (returned again,
+    whatever its status). Refused for an account that is inactive or has no payment method,
+    or while another request of the account is in flight (one at a time, as the DAG does)."""
+    with engine.begin() as conn:
+        account = lock_accounts(conn, [account_id]).get(account_id)
+        if account is None:
+            return Skipped(account_id, "no such account")
+        existing = (
+            conn.execute(
+                select(topup_request).where(topup_request.c.idempotency_key == idempotency_key)
+            )
+            .mappings()
+            .first()
+        )
+        if existing is not None:
+            if existing["account_id"] != account_id:
+                return Skipped(account_id, "the form's key belongs to another account")
+            return dict(existing)
+        if not account["active"] or not account["payment_method_ref"]:
+            return Skipped(account_id, "no payment method to charge")
+        if _in_flight_minor(conn, account_id):
+            return Skipped(account_id, "a top-up is in flight")
+        values = {
+            "account_id": account_id,
+            "idempotency_key": idempotency_key,
+            "amount_minor": amount_minor,
+            "currency": account["currency"],
+            "payment_method_ref": account["payment_method_ref"],
+            "status": "pending",
+            "attempts": 0,
+            "requested_by": requested_by,
+            "requested_at": now,
+        }
+        request_id = conn.execute(
+            insert(topup_request).values(**values).returning(topup_request.c.request_id)
+        ).scalar_one()
+        return {**values, "request_id": request_id}
+
+
 def charge_request(request: Mapping) -> ChargeRequest:
     """The gateway request of a recorded top-up (the same on every send)."""
     return ChargeRequest(
@@ -251,7 +300,7 @@ def _record_answer(
             int(request["amount_minor"]),
             f"topup:{request['idempotency_key']}",
             created_by=settings.requested_by,
-            reason=f"automatic top-up, gateway charge {result.reference}",
+            reason=f"{settings.entry_reason}, gateway charge {result.reference}",
         ).entry_id
         values |= {"entry_id": entry_id, "resolved_at": now}
     elif result.status == "declined":

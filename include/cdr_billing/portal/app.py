@@ -1,0 +1,476 @@
+"""The portal's routes (FastAPI): sign-in by a mailed link, the signed-in user's page, their
+statements and top-ups, sign-out.
+
+Security in one place: every page is served under a content policy that allows no script and
+no framing; every POST must carry a CSRF token bound to the browser (signed out) or the
+session (signed in), its purpose and its form, and must not come from another origin. The
+session cookie is HttpOnly and SameSite=Lax, and Secure with the `__Host-` prefix when the
+portal is reached over https. Sign-in answers the same for any address, sends the mail after
+the answer (no timing difference), and is rate-limited per address and per client.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cdr_billing.money import minor_digits
+from cdr_billing.portal import audit, auth, limits, pages, queries
+from cdr_billing.portal.topup import TopupRefused, start_topup
+from cdr_billing.prepaid.gateway import GatewaySettings
+from cdr_billing.ui.csrf import make_token, token_is_valid
+
+log = logging.getLogger(__name__)
+
+POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # a link's token must not leave in a Referer
+    "Content-Security-Policy": POLICY,
+}
+MAX_FORM_BYTES = 4096
+TOPUP_CHOICES = (10, 20, 50)  # whole currency units
+SENT = "/sign-in/sent"
+
+
+@dataclass(frozen=True)
+class PortalSettings:
+    """What the portal needs: the billing database, its own secret, the address users reach
+    it at (links in mails are built from it, never from a request's Host header)."""
+
+    engine: Engine
+    secret: str = field(repr=False)
+    public_url: str
+    timezone: str
+    archive_root: Path
+    smtp_connection: str = "smtp_default"
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+
+    @property
+    def secure(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def cookie(self, name: str) -> str:
+        """`__Host-` cookies must be Secure, for this host only, with Path=/."""
+        return f"__Host-{name}" if self.secure else name
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the browser's CSRF binding, client hash and session (if any)."""
+
+    browser: str | None
+    client: str
+    session: auth.Session | None
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def month_start(now: datetime, timezone: str) -> datetime:
+    """The first instant of the current month in the billing timezone."""
+    local = now.astimezone(ZoneInfo(timezone))
+    return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+
+
+def topup_choices(currency: str) -> tuple[int, ...]:
+    return tuple(units * 10 ** minor_digits(currency) for units in TOPUP_CHOICES)
+
+
+def html(document: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(document, status, headers=HEADERS)
+
+
+def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, each small)
+    app = FastAPI(title="CDR billing portal", docs_url=None, redoc_url=None, openapi_url=None)
+    session_cookie, browser_cookie = settings.cookie("cdr_portal"), settings.cookie("cdr_portal_b")
+
+    def caller(request: Request) -> Caller:
+        client = auth.client_hash(settings.secret, request.client.host if request.client else "")
+        with settings.engine.begin() as conn:
+            session = auth.live_session(conn, request.cookies.get(session_cookie), now_utc())
+        browser = request.cookies.get(browser_cookie)
+        return Caller(browser if auth.well_formed(browser) else None, client, session)
+
+    def binding(who: Caller) -> str:
+        """What a CSRF token is bound to: the session, else the browser's cookie."""
+        if who.session is not None:
+            return who.session.digest
+        return auth.digest(who.browser) if who.browser else ""
+
+    def csrf(who: Caller, *parts: str) -> str:
+        return make_token(settings.secret, now_utc(), binding(who), *parts)
+
+    def csrf_ok(who: Caller, token: str | None, *parts: str) -> bool:
+        return bool(binding(who)) and token_is_valid(
+            settings.secret, token, now_utc(), binding(who), *parts
+        )
+
+    def form_page(request: Request, render: Callable[[Caller], str]) -> Response:
+        """A signed-out page with a form: its CSRF token binds to the browser's cookie, made
+        now (and set on the answer) for a browser that has none."""
+        who = caller(request)
+        fresh = None if who.browser else auth.new_secret().value
+        if fresh:
+            who = replace(who, browser=fresh)
+        response = html(render(who))
+        if fresh:
+            response.set_cookie(
+                browser_cookie,
+                fresh,
+                httponly=True,
+                samesite="lax",
+                secure=settings.secure,
+                path="/",
+            )
+        return response
+
+    def to_sign_in(request: Request) -> Response:
+        response = RedirectResponse("/sign-in", 303)
+        if request.cookies.get(session_cookie):
+            response.delete_cookie(session_cookie, path="/", secure=settings.secure)
+        return response
+
+    def same_origin(request: Request) -> bool:
+        """Browsers say where a POST comes from: it must be this portal."""
+        origin = request.headers.get("origin")
+        if origin is not None and origin != settings.origin:
+            return False
+        fetch_site = request.headers.get("sec-fetch-site")
+        return fetch_site is None or fetch_site in ("same-origin", "none")
+
+    async def form(request: Request) -> dict[str, str] | None:
+        if not request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            return None
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                return None
+        try:
+            parsed = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=10)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return {name: values[0] for name, values in parsed.items()}
+
+    def forbidden() -> Response:
+        return html(
+            pages.message_page(
+                "Not accepted",
+                "The form was too old or not made by this site. Open the page again and retry.",
+                "/",
+                "Back",
+            ),
+            403,
+        )
+
+    async def checked_post(request: Request, who: Caller, *parts: str) -> dict[str, str] | None:
+        """The form of a POST that passes the origin and CSRF checks; None otherwise."""
+        if not same_origin(request):
+            return None
+        fields = await form(request)
+        if fields is None or not csrf_ok(who, fields.get("csrf_token"), *parts):
+            return None
+        return fields
+
+    @app.exception_handler(StarletteHTTPException)
+    async def error_page(request: Request, error: StarletteHTTPException) -> Response:
+        text = "There is no such page." if error.status_code == 404 else str(error.detail)
+        return html(pages.message_page("Not found", text, "/", "Back"), error.status_code)
+
+    @app.get("/sign-in")
+    def sign_in_form(request: Request) -> Response:
+        return form_page(request, lambda who: pages.sign_in_page(csrf(who, "sign-in")))
+
+    def send_link(address: str, client: str) -> None:
+        """After the answer: a link for a known address, nothing for others (both audited)."""
+        from cdr_billing.portal.mail import send_sign_in_link
+
+        now = now_utc()
+        with settings.engine.begin() as conn:
+            known = bool(queries.accounts_of(conn, address))
+            token = auth.issue_link(conn, address, client, now) if known else None
+            audit.record(
+                conn,
+                "sign_in_requested",
+                now,
+                address_hash=auth.address_hash(address),
+                client_hash=client,
+                detail="link mailed" if known else "unknown address: nothing mailed",
+            )
+        if token is not None:
+            send_sign_in_link(
+                settings.smtp_connection, address, f"{settings.public_url}/sign-in/{token}"
+            )
+
+    @app.post("/sign-in")
+    async def sign_in_request(request: Request, background: BackgroundTasks) -> Response:
+        who = await run_in_threadpool(caller, request)
+        fields = await checked_post(request, who, "sign-in")
+        if fields is None:
+            return forbidden()
+        address = auth.normal_address(fields.get("address", ""))
+        if address is None:
+            return html(
+                pages.sign_in_page(csrf(who, "sign-in"), "That is not an email address."), 400
+            )
+
+        def within_limits() -> bool:
+            now = now_utc()
+            with settings.engine.begin() as conn:
+                return limits.allow(
+                    conn, limits.SIGN_INS_PER_CLIENT, who.client, now
+                ) and limits.allow(conn, limits.LINKS_PER_ADDRESS, auth.address_hash(address), now)
+
+        if not await run_in_threadpool(within_limits):
+            return html(
+                pages.message_page(
+                    "Too many requests",
+                    "Too many sign-in links were asked for. Wait 15 minutes, then try again.",
+                ),
+                429,
+            )
+        background.add_task(send_link, address, who.client)
+        return RedirectResponse(SENT, 303)
+
+    @app.get(SENT)
+    def link_sent() -> Response:
+        return html(pages.link_sent_page())
+
+    @app.get("/sign-in/{token}")
+    def confirm_form(request: Request, token: str) -> Response:
+        if not auth.well_formed(token):
+            return html(refused_link(), 400)
+        return form_page(request, lambda who: pages.confirm_page(token, csrf(who, "confirm")))
+
+    def refused_link() -> str:
+        return pages.message_page(
+            "Link not valid",
+            "This sign-in link is not valid: it was used already, is older than 15 minutes, "
+            "or is not complete. Ask for a new one.",
+            "/sign-in",
+            "Get a new link",
+        )
+
+    @app.post("/sign-in/confirm")
+    async def confirm(request: Request) -> Response:
+        who = await run_in_threadpool(caller, request)
+        fields = await checked_post(request, who, "confirm")
+        if fields is None:
+            return forbidden()
+
+        def redeem() -> str | None | bool:
+            now = now_utc()
+            with settings.engine.begin() as conn:
+                if not limits.allow(conn, limits.REDEMPTIONS_PER_CLIENT, who.client, now):
+                    return False
+                address = auth.redeem_link(conn, fields.get("token", ""), now)
+                if address is None:
+                    audit.record(
+                        conn,
+                        "sign_in_refused",
+                        now,
+                        client_hash=who.client,
+                        detail="link unknown, used or expired",
+                    )
+                    return None
+                cookie = auth.start_session(
+                    conn, address, now, who.session.digest if who.session else None
+                )
+                audit.record(
+                    conn,
+                    "sign_in",
+                    now,
+                    address_hash=auth.address_hash(address),
+                    client_hash=who.client,
+                    detail="one-time link",
+                )
+                return cookie
+
+        cookie = await run_in_threadpool(redeem)
+        if cookie is False:
+            return html(
+                pages.message_page("Too many requests", "Wait a minute, then try again."), 429
+            )
+        if cookie is None:
+            return html(refused_link(), 400)
+        response = RedirectResponse("/", 303)
+        response.set_cookie(
+            session_cookie, cookie, httponly=True, samesite="lax", secure=settings.secure, path="/"
+        )
+        return response
+
+    @app.post("/sign-out")
+    async def sign_out(request: Request) -> Response:
+        who = await run_in_threadpool(caller, request)
+        if who.session is None:
+            return to_sign_in(request)
+        if await checked_post(request, who, "sign-out") is None:
+            return forbidden()
+
+        def end() -> None:
+            now = now_utc()
+            with settings.engine.begin() as conn:
+                auth.end_session(conn, who.session.digest, now)
+                audit.record(
+                    conn,
+                    "sign_out",
+                    now,
+                    address_hash=auth.address_hash(who.session.address),
+                    client_hash=who.client,
+                )
+
+        await run_in_threadpool(end)
+        response = RedirectResponse("/sign-in", 303)
+        response.delete_cookie(session_cookie, path="/", secure=settings.secure)
+        return response
+
+    @app.get("/")
+    def home(request: Request) -> Response:
+        who = caller(request)
+        if who.session is None:
+            return to_sign_in(request)
+        now = now_utc()
+        with settings.engine.connect() as conn:
+            view = queries.overview(
+                conn, settings.secret, who.session.address, month_start(now, settings.timezone)
+            )
+        forms = {}
+        for line in view.lines:
+            if line.can_top_up:
+                key = uuid.uuid4().hex
+                forms[line.ref] = pages.TopupForm(
+                    line, key, csrf(who, "topup", line.ref, key), topup_choices(line.currency)
+                )
+        return html(pages.overview_page(view, forms, settings.timezone, csrf(who, "sign-out")))
+
+    def signed_in(request: Request) -> Caller:
+        who = caller(request)
+        if who.session is None:
+            raise SignedOut
+        return who
+
+    class SignedOut(Exception):  # noqa: N818 (a control-flow signal, not an error)
+        pass
+
+    @app.exception_handler(SignedOut)
+    async def signed_out(request: Request, error: SignedOut) -> Response:
+        return to_sign_in(request)
+
+    def statement_file(request: Request, statement_id: str, kind: str) -> Response:
+        who = signed_in(request)
+        with settings.engine.begin() as conn:
+            found = queries.statement_of(conn, who.session.address, statement_id)
+            path = (
+                queries.document_path(found[f"{kind}_path"], settings.archive_root)
+                if found
+                else None
+            )
+            if path is None:
+                raise StarletteHTTPException(404)
+            audit.record(
+                conn,
+                "statement_read",
+                now_utc(),
+                address_hash=auth.address_hash(who.session.address),
+                client_hash=who.client,
+                account_id=found["user_id"],
+                detail=f"{kind} {statement_id} ({found['billing_month']})",
+            )
+        if kind == "pdf":
+            return FileResponse(
+                path,
+                media_type="application/pdf",
+                headers=HEADERS,
+                filename=f"statement-{found['billing_month']}.pdf",
+            )
+        return FileResponse(path, media_type="text/html; charset=utf-8", headers=HEADERS)
+
+    @app.get("/statements/{statement_id}.pdf")
+    def statement_pdf(request: Request, statement_id: str) -> Response:
+        return statement_file(request, statement_id, "pdf")
+
+    @app.get("/statements/{statement_id}")
+    def statement_html(request: Request, statement_id: str) -> Response:
+        return statement_file(request, statement_id, "html")
+
+    @app.get("/topups/{request_id}")
+    def topup_status(request: Request, request_id: str) -> Response:
+        who = signed_in(request)
+        if not request_id.isdigit() or len(request_id) > 18:
+            raise StarletteHTTPException(404)
+        with settings.engine.connect() as conn:
+            accounts = queries.accounts_of(conn, who.session.address)
+            found = queries.topup_of(conn, accounts, int(request_id))
+        if found is None:
+            raise StarletteHTTPException(404)
+        return html(
+            pages.topup_page(found, settings.timezone, who.session.address, csrf(who, "sign-out"))
+        )
+
+    @app.post("/accounts/{ref}/topup")
+    async def topup(request: Request, ref: str) -> Response:
+        who = await run_in_threadpool(caller, request)
+        if who.session is None:
+            return to_sign_in(request)
+        if not same_origin(request):
+            return forbidden()
+        fields = await form(request)
+        key = (fields or {}).get("key", "")
+        if fields is None or not csrf_ok(who, fields.get("csrf_token"), "topup", ref, key):
+            return forbidden()
+        address = who.session.address
+
+        def line_of_ref() -> queries.Line | None:
+            with settings.engine.connect() as conn:
+                lines = queries.lines_of(conn, settings.secret, queries.accounts_of(conn, address))
+            return next((line for line in lines if line.ref == ref), None)
+
+        line = await run_in_threadpool(line_of_ref)
+        if line is None:
+            raise StarletteHTTPException(404)
+        amount = fields.get("amount", "")
+        if not amount.isdigit() or int(amount) not in topup_choices(line.currency):
+            return html(
+                pages.message_page("Not accepted", "Pick one of the amounts.", "/", "Back"), 400
+            )
+        try:
+            started = await run_in_threadpool(
+                start_topup,
+                settings.engine,
+                settings.gateway,
+                line.account_id,
+                int(amount),
+                key,
+                address,
+                who.client,
+            )
+        except TopupRefused as refused:
+            return html(pages.message_page("No top-up", str(refused), "/", "Back"), 409)
+        return RedirectResponse(f"/topups/{started}", 303)
+
+    return app
