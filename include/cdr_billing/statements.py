@@ -168,7 +168,7 @@ def check_statement_totals(
     theirs = lines.set_index(USER_KEYS)[["total_minor", "call_count", "billed_seconds"]].astype(
         "int64"
     )
-    joined = ours.join(theirs, how="outer", rsuffix="_line").fillna(-1)
+    joined = ours.join(theirs.add_suffix("_line"), how="outer").fillna(-1)
     wrong = joined[
         (joined["total_minor"] != joined["total_minor_line"])
         | (joined["call_count"] != joined["call_count_line"])
