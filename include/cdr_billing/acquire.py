@@ -30,8 +30,19 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
-READ_WINDOW_BYTES = 8 << 20  # pipelined SFTP reads in flight or buffered at most
+# SFTP read requests: OpenSSH serves up to 255 KiB per request (it says so in its
+# limits@openssh.com extension); paramiko's own 32 KiB made the fetch 3x slower than OpenSSH's
+# sftp client. A server that names no limit gets the 32 KiB every server takes.
+READ_REQUEST_BYTES = 255 << 10
+PORTABLE_READ_REQUEST_BYTES = 32 << 10
+READ_REQUESTS_IN_FLIGHT = 32  # pipelined SFTP reads in flight or buffered at most (8 MiB)
+# The SSH channel: a window that never stalls the 8 MiB of reads in flight, and packets that
+# carry a whole 255 KiB read answer.
+CHANNEL_WINDOW_BYTES = 1 << 27
+CHANNEL_MAX_PACKET_BYTES = 1 << 18
+# AES-GCM first (one pass for cipher and MAC, AES-NI): OpenSSH picks the client's first
+# common cipher; paramiko's own order starts with aes128-ctr and a separate HMAC.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 CHECKSUM_SUFFIXES = {".sha256": "sha256", ".md5": "md5"}
 T = TypeVar("T")
 
@@ -310,14 +321,36 @@ def _expected_checksum(sftp: Any, remote: RemoteFile) -> Checksum | None:
     return Checksum(algorithm, words[0].lower())
 
 
-def _pipelined_reads(source: Any, size: int) -> Iterator[bytes]:
-    """The file's bytes in order, READ_WINDOW_BYTES of pipelined requests at a time: fast on a
-    long link, and memory stays bounded however slowly the chunks are consumed (paramiko's
+def read_request_bytes(sftp: Any) -> int:
+    """The largest read the server answers in full: what its limits@openssh.com extension
+    names (at most READ_REQUEST_BYTES), else PORTABLE_READ_REQUEST_BYTES. A bigger request
+    would come back short, and paramiko would then read the rest one request at a time."""
+    from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, SFTPError
+
+    try:
+        kind, reply = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+    except (OSError, SFTPError, EOFError):
+        return PORTABLE_READ_REQUEST_BYTES
+    if kind != CMD_EXTENDED_REPLY:
+        return PORTABLE_READ_REQUEST_BYTES
+    reply.get_int64()  # max packet length
+    max_read = reply.get_int64()
+    return min(max_read, READ_REQUEST_BYTES) if max_read else PORTABLE_READ_REQUEST_BYTES
+
+
+def _pipelined_reads(source: Any, size: int, request_bytes: int) -> Iterator[bytes]:
+    """The file's bytes in order, READ_REQUESTS_IN_FLIGHT pipelined requests at a time: fast on
+    a long link, and memory stays bounded however slowly the chunks are consumed (paramiko's
     whole-file prefetch would buffer up to the whole file)."""
-    for start in range(0, size, READ_WINDOW_BYTES):
-        end = min(start + READ_WINDOW_BYTES, size)
+    source.MAX_REQUEST_SIZE = request_bytes  # paramiko splits reads at this size
+    window = request_bytes * READ_REQUESTS_IN_FLIGHT
+    for start in range(0, size, window):
+        end = min(start + window, size)
         yield from source.readv(
-            [(offset, min(CHUNK_BYTES, end - offset)) for offset in range(start, end, CHUNK_BYTES)]
+            [
+                (offset, min(request_bytes, end - offset))
+                for offset in range(start, end, request_bytes)
+            ]
         )
 
 
@@ -342,8 +375,9 @@ def download(sftp: Any, remote: RemoteFile, dest: Path) -> Downloaded:
         digests[expected.algorithm] = hashlib.new(expected.algorithm, usedforsecurity=False)
     received = 0
     try:
+        request_bytes = read_request_bytes(sftp)
         with sftp.open(remote.path, "rb") as source, partial.open("wb") as target:
-            for chunk in _pipelined_reads(source, remote.size):
+            for chunk in _pipelined_reads(source, remote.size, request_bytes):
                 target.write(chunk)
                 for digest in digests.values():
                     digest.update(chunk)
@@ -389,6 +423,12 @@ def _host_key_algorithms(pinned: Any) -> list[str]:
     if pinned.get_name() == "ssh-rsa":
         return ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
     return [pinned.get_name()]
+
+
+def _cipher_order(offered: tuple[str, ...]) -> list[str]:
+    """paramiko's ciphers with AES-GCM first (the ones paramiko has)."""
+    first = [name for name in PREFERRED_CIPHERS if name in offered]
+    return first + [name for name in offered if name not in first]
 
 
 def _private_key_from_text(text: str, passphrase: str | None) -> Any:
@@ -449,10 +489,17 @@ def open_sftp(conn_id: str, timeout_seconds: float) -> Iterator[Any]:
     extra = conn.extra_dejson
     pinned = _pinned_host_key(conn_id, extra)
     sock = socket.create_connection((conn.host, conn.port or 22), timeout=timeout_seconds)
-    transport = paramiko.Transport(sock)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # read requests go out at once
+    transport = paramiko.Transport(
+        sock,
+        default_window_size=CHANNEL_WINDOW_BYTES,
+        default_max_packet_size=CHANNEL_MAX_PACKET_BYTES,
+    )
     try:
         transport.banner_timeout = transport.auth_timeout = timeout_seconds
-        transport.get_security_options().key_types = _host_key_algorithms(pinned)
+        options = transport.get_security_options()
+        options.key_types = _host_key_algorithms(pinned)
+        options.ciphers = _cipher_order(options.ciphers)
         transport.start_client(timeout=timeout_seconds)
         _verify_host_key(transport, pinned, conn_id)
         _authenticate(transport, conn.login or "", _client_key(extra), conn.password)
