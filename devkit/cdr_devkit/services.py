@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -247,6 +248,25 @@ class LocalServices:
         server = start_sshd(
             self.base, name, host_key.private, host_key.public, self.client_public_key
         )
+        self.servers.append(server)
+        return server
+
+    def start_redis(
+        self, name: str, password: str | None, port: int = 0, options: Sequence[str] = ()
+    ) -> ServerProcess:
+        """Start Debian's redis-server (cdr_devkit.redis_server) with its data in base/<name>;
+        started again with the same name and port, it finds its queues (append-only file)."""
+        from cdr_devkit.redis_server import redis_argv, wait_for_ping
+
+        port = port or free_port()
+        directory = self.base / name
+        directory.mkdir(parents=True, exist_ok=True)
+        with (self.base / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                redis_argv(port, directory, options), stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for_ping(process, port, password)
+        server = ServerProcess(name, port, process)
         self.servers.append(server)
         return server
 
