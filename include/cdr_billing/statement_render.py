@@ -39,9 +39,16 @@ class RefusedUrl(ValueError):
     """A statement asked for a URL: statements are self-contained."""
 
 
-def refuse_urls(url: str, *args: object, **kwargs: object) -> dict:
-    """WeasyPrint's url_fetcher: every URL refused (no file, no network)."""
-    raise RefusedUrl(f"statements fetch no URL ({url[:60]})")
+def _refusing_fetcher() -> object:
+    """A WeasyPrint URL fetcher that refuses every URL (no file, no network) and stops the
+    rendering: a statement asking for one is a bug, not a missing picture."""
+    from weasyprint.urls import URLFetcher
+
+    class RefusingFetcher(URLFetcher):
+        def fetch(self, url: str, headers: dict | None = None) -> object:
+            raise RefusedUrl(f"statements fetch no URL ({url[:60]})")
+
+    return RefusingFetcher(fail_on_errors=True)
 
 
 def _environment() -> Environment:
@@ -98,8 +105,13 @@ def render_html(view: StatementView) -> str:
 def render_pdf(html: str) -> bytes:
     """The HTML printed to PDF by WeasyPrint, fetching no URL."""
     import weasyprint  # heavy (Pango): only where PDFs are made
+    from weasyprint.urls import FatalURLFetchingError
 
-    return weasyprint.HTML(string=html, base_url=None, url_fetcher=refuse_urls).write_pdf()
+    document = weasyprint.HTML(string=html, base_url=None, url_fetcher=_refusing_fetcher())
+    try:
+        return document.write_pdf()
+    except FatalURLFetchingError as error:  # a BaseException: made an ordinary error here
+        raise RefusedUrl(f"a statement asked for a URL: {error}") from None
 
 
 @dataclass(frozen=True)
