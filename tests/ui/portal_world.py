@@ -91,7 +91,7 @@ def _calls(conn, account_id: str, now: datetime) -> None:
             f"debit:{account_id}:{n}",
             "test",
             call_key=f"{account_id}:{n}",
-            call_start=now - timedelta(minutes=5 + n),
+            call_start=now - timedelta(seconds=1 + n),  # this month (the portal's)
             billed_seconds=60 * (n + 1),
         )
 

@@ -257,7 +257,7 @@ def test_session_cookie_is_httponly_and_samesite_over_http(world):
         )
     cookie = done.headers["set-cookie"]
     assert cookie.startswith("cdr_portal=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"
     assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none'
 
 

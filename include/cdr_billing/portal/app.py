@@ -41,7 +41,9 @@ POLICY = (
 HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # a link's token must not leave in a Referer
+    # a link's token must not leave in a Referer; same-origin, not no-referrer, under which
+    # browsers send `Origin: null` with forms
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": POLICY,
 }
 MAX_FORM_BYTES = 4096
