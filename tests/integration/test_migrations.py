@@ -174,3 +174,30 @@ def test_statements_migration_goes_up_and_down_and_keeps_the_batches(empty_datab
         assert conn.execute(select(billing_batch.c.run_id)).scalars().all() == ["r"]
     assert migrations.upgrade(engine) == migrations.head()
     assert _differences(engine) == []
+
+
+PORTAL_TABLES = {"portal_sign_in_token", "portal_session", "portal_rate_event", "portal_audit"}
+
+
+def test_portal_migration_goes_up_and_down_and_keeps_the_statements(empty_database):
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "0009")
+    assert not PORTAL_TABLES & set(inspect(engine).get_table_names())
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "0010")
+    assert PORTAL_TABLES <= set(inspect(engine).get_table_names())
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO portal_audit (at, event, detail) "
+                "VALUES ('2026-05-01 10:00+00', 'sign_in', 'one-time link')"
+            )
+        )
+        assert conn.execute(text("SELECT event_id FROM portal_audit")).scalar() == 1
+    with engine.begin() as conn:
+        command.downgrade(migrations._config(conn), "0009")
+    tables = set(inspect(engine).get_table_names())
+    assert not PORTAL_TABLES & tables and STATEMENT_TABLES <= tables
+    assert migrations.upgrade(engine) == migrations.head()
+    assert _differences(engine) == []
