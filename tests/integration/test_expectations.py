@@ -114,3 +114,48 @@ def _camel(types: tuple[str, ...]) -> set[str]:
     """GX's expectation types ("expect_column_values_to_be_in_set") as their class names less
     "Expect" ("ColumnValuesToBeInSet")."""
     return {"".join(word.title() for word in t.removeprefix("expect_").split("_")) for t in types}
+
+
+def _results(path: Path) -> list[dict]:
+    """A result JSON's per-expectation results (what was expected, of how many rows, which
+    failed), less its run's metadata and the random ids GX gives each expectation."""
+    results = json.loads(path.read_text())["results"]
+    for result in results:
+        result["expectation_config"].pop("id")
+    return results
+
+
+def test_without_gx_batch_fingerprint_every_result_is_the_same(tmp_path):
+    """The runner skips GX's fingerprint of the batch (it hashes every value and checks
+    nothing): a file that passes and one that fails give the very results they give with it."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    month, config = BillingMonth(2026, 8), load_config()
+    generate_month(tmp_path, month)
+    profile = config.profile_for("carrier")
+    raw = read.read_cdr_file(tmp_path / "cdr/carrier/carrier_cdr_202608.csv", profile)
+    accepted = validate.check_rows(
+        raw.assign(source="carrier"), profile, month, config.billing
+    ).accepted
+    failing = accepted.assign(
+        destination_party=[*accepted["destination_party"].iloc[:-1], "46-70X"]
+    )
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for fingerprint in (True, False):
+        results = tmp_path / f"gx_{fingerprint}"
+        runner = validate.ExpectationRunner(results)
+        if fingerprint:  # GX's own threshold back, as if the runner did not skip it
+            pandas_execution_engine.HASH_THRESHOLD = 1e9
+        passed = runner.validate_file(accepted, "good.csv", profile, month, config.billing)
+        with pytest.raises(validate.FileValidationError):
+            runner.validate_file(failing, "bad.csv", profile, month, config.billing)
+        markers = json.dumps(json.loads(passed.read_text())["meta"])
+        assert ("pandas_data_fingerprint" in markers) is fingerprint
+        runs[str(fingerprint)] = {
+            name: _results(results / f"{name}.json") for name in ("good.csv", "bad.csv")
+        }
+    assert validate.ExpectationRunner(tmp_path / "again") and (
+        pandas_execution_engine.HASH_THRESHOLD == 0
+    )
+    assert runs["True"] == runs["False"]
+    assert [r["success"] for r in runs["False"]["bad.csv"]].count(False) == 1
