@@ -87,6 +87,10 @@ class Caller:
     session: auth.Session | None
 
 
+class SignedOut(Exception):  # noqa: N818 (a signal: answered by the sign-in page, not an error)
+    """A page that needs a session was asked for without a live one."""
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)
 
@@ -375,9 +379,6 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
         if who.session is None:
             raise SignedOut
         return who
-
-    class SignedOut(Exception):  # noqa: N818 (a control-flow signal, not an error)
-        pass
 
     @app.exception_handler(SignedOut)
     async def signed_out(request: Request, error: SignedOut) -> Response:
