@@ -216,3 +216,106 @@ def test_a_failed_load_leaves_no_partition_behind(engine):
         )
     assert _partitions(engine) == before
     assert _batches(engine, "2026-07") == []
+
+
+def _tables_like(engine, prefix: str) -> set[str]:
+    """Every table whose name starts with prefix, partition or not (an orphan too)."""
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                text("SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE :p"),
+                {"p": prefix + "%"},
+            ).scalars()
+        )
+
+
+def test_a_copy_failing_mid_batch_leaves_no_table_and_no_batch(engine, monkeypatch):
+    """The COPY fails after some batches went in (a value too long for its column): the
+    standalone table, its rows and the batch all vanish with the transaction."""
+    monkeypatch.setattr("cdr_billing.database.INSERT_BATCH_ROWS", 2)
+    before = _tables_like(engine, "billed_call_batch_id_")
+    broken = _billed_calls(5).assign(currency=["EUR", "EUR", "EUR", "EUR", "EURO"])
+    with pytest.raises(Exception, match="too long"):
+        load_month(engine, "2026-08", "run-l", replace(_batch(), billed_calls=[broken]), {})
+    assert _tables_like(engine, "billed_call_batch_id_") == before
+    assert _batches(engine, "2026-08") == []
+
+
+def _partition_facts(engine, batch_id: int) -> dict:
+    """The partition's CHECK constraints, foreign keys, indexes and bound, from the catalog."""
+    name = f"billed_call_batch_id_{batch_id}"
+    with engine.connect() as conn:
+        constraints = conn.execute(
+            text(
+                "SELECT contype, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = CAST(:t AS regclass) ORDER BY contype"
+            ),
+            {"t": name},
+        ).all()
+        indexes = conn.execute(
+            text("SELECT indexdef FROM pg_indexes WHERE tablename = :t"), {"t": name}
+        ).scalars()
+        bound = conn.execute(
+            text("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = :t"),
+            {"t": name},
+        ).scalar()
+        return {
+            "checks": [d for kind, d in constraints if kind == "c"],
+            "foreign_keys": [d for kind, d in constraints if kind == "f"],
+            "indexes": list(indexes),
+            "bound": bound,
+        }
+
+
+def test_the_attached_partition_has_its_check_index_and_foreign_key(engine, monkeypatch):
+    monkeypatch.setattr("cdr_billing.database.INSERT_BATCH_ROWS", 2)  # several COPY batches
+    loaded = load_month(
+        engine,
+        "2026-09",
+        "run-m",
+        replace(_batch(), billed_calls=[_billed_calls(5), _billed_calls(3)]),
+        {},
+    )
+    facts = _partition_facts(engine, loaded.batch_id)
+    assert facts["bound"] == f"FOR VALUES IN ({loaded.batch_id})"
+    assert facts["checks"] == [f"CHECK ((batch_id = {loaded.batch_id}))"]
+    assert facts["foreign_keys"] == ["FOREIGN KEY (batch_id) REFERENCES billing_batch(batch_id)"]
+    (index,) = facts["indexes"]  # built before the attach and adopted, not built twice
+    assert (
+        "(batch_id, customer_id, sequence_number, currency, user_id, source_file, source_row)"
+        in (index)
+    )
+    with engine.connect() as conn:
+        parent_index = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'billed_call_of_user'::regclass "
+                "AND c.relname = :n"
+            ),
+            {"n": index.split()[2]},
+        ).scalar()
+        stored = conn.execute(
+            text(
+                "SELECT source_row, currency FROM billed_call WHERE batch_id = :b "
+                "ORDER BY transaction_id, source_row"
+            ),
+            {"b": loaded.batch_id},
+        ).all()
+    assert parent_index == 1, "the partition's index is not the parent index's partition"
+    assert [row.source_row for row in stored] == [2, 2, 3, 3, 4, 4, 5, 6]  # every batch, once
+
+
+def test_a_retried_load_with_billed_calls_adds_no_partition_and_no_row(engine):
+    batch = replace(_batch(), billed_calls=[_billed_calls(4)])
+    first = load_month(engine, "2026-11", "run-n", batch, {})
+    partitions = _tables_like(engine, "billed_call_batch_id_")
+    again = load_month(
+        engine, "2026-11", "run-n", replace(_batch(), billed_calls=[_billed_calls(9)]), {}
+    )
+    assert again.already_loaded and again.batch_id == first.batch_id
+    assert _tables_like(engine, "billed_call_batch_id_") == partitions
+    with engine.connect() as conn:
+        calls = conn.execute(
+            text("SELECT count(*) FROM billed_call WHERE batch_id = :b"), {"b": first.batch_id}
+        ).scalar()
+    assert calls == 4
