@@ -28,9 +28,10 @@ from cdr_billing.schema import (
     statement,
     statement_document,
 )
+from cdr_devkit.oidc_provider import OidcProviderServer, start_oidc_provider
 from cdr_devkit.payment_gateway import PaymentGatewayServer, server_certificates
 from cdr_devkit.portal import PortalServer, start_portal, wait_for_link
-from cdr_devkit.services import LocalServices, connection_env, smtp_connection
+from cdr_devkit.services import LocalServices, connection_env, free_port, smtp_connection
 
 ALICE, BOB, NOBODY = "alice@example.org", "bob@example.org", "nobody@example.org"
 ALICE_PAYS, ALICE_DECLINED, ALICE_POSTPAID = "46701110001", "46701110002", "EXT-5001"
@@ -51,6 +52,7 @@ class PortalWorld:
     ca_file: Path | None = None
     secret: str = field(default="", repr=False)
     clients: int = 0
+    oidc: OidcProviderServer | None = None  # the organisation's provider, when configured
 
     @property
     def url(self) -> str:
@@ -206,8 +208,11 @@ def self_signed(folder: Path) -> tuple[Path, Path, Path]:
 
 
 @contextmanager
-def running_portal(postgres, folder: Path, name: str, tls: bool = False) -> Iterator[PortalWorld]:
-    """A seeded database, SMTP server, payment gateway and the portal on them."""
+def running_portal(
+    postgres, folder: Path, name: str, tls: bool = False, oidc: bool = False
+) -> Iterator[PortalWorld]:
+    """A seeded database, SMTP server, payment gateway and the portal on them; with `oidc`,
+    also the devkit's OpenID Connect provider (signing Alice in) as `cdr_portal_oidc`."""
     database = postgres.create_database(name)
     engine = create_engine(postgres.url_of(database))
     upgrade(engine)
@@ -217,20 +222,24 @@ def running_portal(postgres, folder: Path, name: str, tls: bool = False) -> Iter
     with LocalServices(folder / "services") as services:
         smtp = services.start_smtp(maildir)
         gateway = services.start_payment_gateway("gateway", hang_seconds=5)
-        env = {
-            **connection_env(
-                {
-                    "billing_db": postgres.connection(database),
-                    "smtp_default": smtp_connection(smtp.port),
-                    "payment_gateway": gateway.connection(),
-                }
-            ),
-            "CDR_PORTAL_SECRET_KEY": secret,
+        connections = {
+            "billing_db": postgres.connection(database),
+            "smtp_default": smtp_connection(smtp.port),
+            "payment_gateway": gateway.connection(),
         }
+        port = free_port()
+        provider = None
+        if oidc:
+            callback = f"{'https' if tls else 'http'}://127.0.0.1:{port}/sign-in/oidc/callback"
+            provider = start_oidc_provider(folder / "oidc", callback, ALICE)
+            services.servers.append(provider)
+            connections["cdr_portal_oidc"] = provider.connection()
+        env = {**connection_env(connections), "CDR_PORTAL_SECRET_KEY": secret}
         cert = self_signed(folder) if tls else None
         portal = start_portal(
             folder / "services",
             env,
+            port=port,
             tls=(cert[0], cert[1]) if cert else None,
             ca_file=cert[2] if cert else None,
         )
@@ -244,6 +253,7 @@ def running_portal(postgres, folder: Path, name: str, tls: bool = False) -> Iter
             bob_topup,
             ca_file=cert[2] if cert else None,
             secret=secret,
+            oidc=provider,
         )
     engine.dispose()
 

@@ -280,3 +280,11 @@ def test_under_tls_cookies_are_secure_and_host_prefixed(postgres, tmp_path_facto
             assert cookie.startswith("__Host-cdr_portal=")
             assert all(flag in cookie for flag in ("Secure", "HttpOnly", "SameSite=lax", "Path=/"))
             assert client.get("/").status_code == 200
+
+
+def test_without_its_connection_there_is_no_sign_in_through_a_provider(world):
+    """OIDC is off by default: no button, and its callback is not a page."""
+    with world.client() as client:
+        page = client.get("/sign-in")
+        assert "/sign-in/oidc" not in page.text and "Sign in with" not in page.text
+        assert client.get("/sign-in/oidc/callback?code=x&state=y").status_code == 404

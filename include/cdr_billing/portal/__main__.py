@@ -5,7 +5,8 @@ connections (pipeline.yaml names them). The portal's secret (it keys the CSRF to
 account references and the client hashes) comes from $CDR_PORTAL_SECRET_KEY or the password
 of the Airflow connection `cdr_portal`; it is never logged. Users reach the portal at
 --public-url (or $CDR_PORTAL_URL): the links in mails are built from it, and cookies are
-Secure with the __Host- prefix when it is https.
+Secure with the __Host- prefix when it is https. With the Airflow connection `cdr_portal_oidc`
+users may also sign in through the organisation's OpenID Connect provider (portal.oidc).
 """
 
 from __future__ import annotations
@@ -74,10 +75,19 @@ def public_url(args: argparse.Namespace) -> str:
 def build_app(args: argparse.Namespace):  # noqa: ANN201 (a FastAPI app, imported late)
     from cdr_billing import database
     from cdr_billing.config import load_config
+    from cdr_billing.portal import oidc
     from cdr_billing.portal.app import PortalSettings, create_app
     from cdr_billing.prepaid.gateway import GatewaySettings
 
     config = load_config()
+    try:
+        provider = oidc.settings_from_connection()
+    except oidc.OidcConfigError as exc:
+        raise PortalConfigError(str(exc)) from None
+    if provider:
+        log.info("sign-in also with %s (%s)", provider.name, provider.issuer)
+    else:
+        log.info("OIDC sign-in off (no connection %s)", oidc.OIDC_CONNECTION)
     settings = PortalSettings(
         engine=database.billing_engine(config.billing.connection),
         secret=portal_secret(),
@@ -90,6 +100,7 @@ def build_app(args: argparse.Namespace):  # noqa: ANN201 (a FastAPI app, importe
             connect_timeout_seconds=config.prepaid.gateway_connect_timeout_seconds,
             read_timeout_seconds=config.prepaid.gateway_read_timeout_seconds,
         ),
+        oidc=provider,
     )
     return create_app(settings), settings.public_url
 

@@ -11,9 +11,10 @@ the answer (no timing difference), and is rate-limited per address and per clien
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr_billing.money import minor_digits
-from cdr_billing.portal import audit, auth, limits, pages, queries
+from cdr_billing.portal import audit, auth, limits, oidc, pages, queries
 from cdr_billing.portal.topup import TopupRefused, start_topup
 from cdr_billing.prepaid.gateway import GatewaySettings
 from cdr_billing.ui.csrf import make_token, token_is_valid
@@ -63,6 +64,7 @@ class PortalSettings:
     archive_root: Path
     smtp_connection: str = "smtp_default"
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    oidc: oidc.OidcSettings | None = None  # sign-in through the organisation's provider
 
     @property
     def secure(self) -> bool:
@@ -112,6 +114,13 @@ def html(document: str, status: int = 200) -> HTMLResponse:
 def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, each small)
     app = FastAPI(title="CDR billing portal", docs_url=None, redoc_url=None, openapi_url=None)
     session_cookie, browser_cookie = settings.cookie("cdr_portal"), settings.cookie("cdr_portal_b")
+    flow_cookie = settings.cookie("cdr_portal_oidc")
+    provider = (
+        oidc.OidcClient(settings.oidc, settings.public_url + oidc.CALLBACK_PATH)
+        if settings.oidc
+        else None
+    )
+    organisation = settings.oidc.name if settings.oidc else None
 
     def caller(request: Request) -> Caller:
         client = auth.client_hash(settings.secret, request.client.host if request.client else "")
@@ -210,7 +219,9 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
 
     @app.get("/sign-in")
     def sign_in_form(request: Request) -> Response:
-        return form_page(request, lambda who: pages.sign_in_page(csrf(who, "sign-in")))
+        return form_page(
+            request, lambda who: pages.sign_in_page(csrf(who, "sign-in"), oidc_name=organisation)
+        )
 
     def send_link(address: str, client: str) -> None:
         """After the answer: a link for a known address, nothing for others (both audited)."""
@@ -242,7 +253,10 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
         address = auth.normal_address(fields.get("address", ""))
         if address is None:
             return html(
-                pages.sign_in_page(csrf(who, "sign-in"), "That is not an email address."), 400
+                pages.sign_in_page(
+                    csrf(who, "sign-in"), "That is not an email address.", organisation
+                ),
+                400,
             )
 
         def within_limits() -> bool:
@@ -266,6 +280,142 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
     @app.get(SENT)
     def link_sent() -> Response:
         return html(pages.link_sent_page())
+
+    def set_session(response: Response, cookie: str) -> None:
+        response.set_cookie(
+            session_cookie, cookie, httponly=True, samesite="lax", secure=settings.secure, path="/"
+        )
+
+    def oidc_refused() -> Response:
+        """One answer for every refused OIDC sign-in, whatever the reason (audited): an
+        address unknown here is not told from a bad token (no enumeration)."""
+        return html(
+            pages.message_page(
+                "Not signed in",
+                f"Signing in with {organisation} did not work: it took longer than 10 minutes, "
+                "was started in another browser, or your address has no phone lines here. "
+                "Start again, or ask for a link by mail.",
+                "/sign-in",
+                "Back to sign-in",
+            ),
+            400,
+        )
+
+    if provider is not None:
+
+        @app.get(oidc.START_PATH)
+        def oidc_start(request: Request) -> Response:
+            """To the provider, with a new flow in the browser's cookie. A GET (a link, not a
+            form): the content policy's form-action 'self' would stop a form's redirect to
+            the provider, and starting a flow signs no one in."""
+            who = caller(request)
+            with settings.engine.begin() as conn:
+                allowed = limits.allow(conn, limits.SIGN_INS_PER_CLIENT, who.client, now_utc())
+            if not allowed:
+                return html(
+                    pages.message_page("Too many requests", "Wait 15 minutes, then try again."),
+                    429,
+                )
+            flow = oidc.new_flow(now_utc())
+            try:
+                target = provider.authorization_url(flow)
+            except oidc.OidcRefused as refused:
+                log.warning("OIDC provider not usable: %s", refused)
+                return html(
+                    pages.message_page(
+                        "Not available",
+                        f"{organisation} cannot be reached just now. Ask for a link by mail.",
+                    ),
+                    502,
+                )
+            response = RedirectResponse(target, 303)
+            response.set_cookie(
+                flow_cookie,
+                oidc.flow_cookie(settings.secret, flow),
+                max_age=int(oidc.FLOW_LIFETIME.total_seconds()),
+                httponly=True,
+                samesite="lax",  # sent on the provider's redirect back (a top-level GET)
+                secure=settings.secure,
+                path="/",
+            )
+            return response
+
+        @app.get(oidc.CALLBACK_PATH)
+        def oidc_callback(request: Request) -> Response:
+            who = caller(request)
+            now = now_utc()
+            flow = oidc.flow_of_cookie(settings.secret, request.cookies.get(flow_cookie), now)
+            params = request.query_params
+            with settings.engine.begin() as conn:
+                allowed = limits.allow(conn, limits.OIDC_CALLBACKS_PER_CLIENT, who.client, now)
+                first_use = (
+                    allowed
+                    and flow is not None
+                    and limits.allow(conn, limits.OIDC_STATE_ONCE, auth.digest(flow.state), now)
+                )
+            if not allowed:
+                return html(
+                    pages.message_page("Too many requests", "Wait a minute, then try again."), 429
+                )
+            try:
+                address = oidc_address(flow, first_use, params)
+                session = sign_in_by_oidc(who, address, now)
+            except oidc.OidcRefused as refused:
+                with settings.engine.begin() as conn:
+                    audit.record(
+                        conn,
+                        "sign_in_refused",
+                        now,
+                        address_hash=refused.address_hash,
+                        client_hash=who.client,
+                        detail=f"oidc: {refused}",
+                    )
+                response = oidc_refused()
+            else:
+                response = RedirectResponse("/", 303)
+                set_session(response, session)
+            response.delete_cookie(flow_cookie, path="/", secure=settings.secure)
+            return response
+
+        def oidc_address(flow: oidc.Flow | None, first_use: bool, params: Mapping[str, str]) -> str:
+            """The verified address of the callback's code, if the flow is this browser's."""
+            state = params.get("state")
+            if flow is None:
+                raise oidc.OidcRefused("no flow cookie (another browser, or older than 10 min)")
+            if not state or not hmac.compare_digest(state.encode(), flow.state.encode()):
+                raise oidc.OidcRefused("state is not the browser's")
+            if not first_use:
+                raise oidc.OidcRefused("state used before")
+            if params.get("error"):
+                raise oidc.OidcRefused(f"provider answered {params['error'][:60]}")
+            code = params.get("code")
+            if not code or len(code) > 2048:
+                raise oidc.OidcRefused("no code")
+            identity = provider.verify(provider.exchange(code, flow.verifier), flow.nonce)
+            address = auth.normal_address(identity.email) if identity.email else None
+            if address is None:
+                raise oidc.OidcRefused("no verified email")
+            return address
+
+        def sign_in_by_oidc(who: Caller, address: str, now: datetime) -> str:
+            """The same session as a link's, for an address of the latest snapshot."""
+            with settings.engine.begin() as conn:
+                if not queries.accounts_of(conn, address):
+                    raise oidc.OidcRefused(
+                        "address not in the latest snapshot", auth.address_hash(address)
+                    )
+                cookie = auth.start_session(
+                    conn, address, now, who.session.digest if who.session else None
+                )
+                audit.record(
+                    conn,
+                    "sign_in",
+                    now,
+                    address_hash=auth.address_hash(address),
+                    client_hash=who.client,
+                    detail="oidc",
+                )
+            return cookie
 
     @app.get("/sign-in/{token}")
     def confirm_form(request: Request, token: str) -> Response:
@@ -325,9 +475,7 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
         if cookie is None:
             return html(refused_link(), 400)
         response = RedirectResponse("/", 303)
-        response.set_cookie(
-            session_cookie, cookie, httponly=True, samesite="lax", secure=settings.secure, path="/"
-        )
+        set_session(response, cookie)
         return response
 
     @app.post("/sign-out")

@@ -33,6 +33,10 @@ class Limit:
 LINKS_PER_ADDRESS = Limit("link-address", 5, timedelta(minutes=15))
 SIGN_INS_PER_CLIENT = Limit("sign-in-client", 20, timedelta(minutes=15))
 REDEMPTIONS_PER_CLIENT = Limit("redeem-client", 10, timedelta(minutes=1))
+# OIDC: 10 callbacks per client per minute (like redemptions); a flow's state is accepted once
+# (its lifetime is the flow's, 10 minutes: an older flow's cookie is refused anyway).
+OIDC_CALLBACKS_PER_CLIENT = Limit("oidc-client", 10, timedelta(minutes=1))
+OIDC_STATE_ONCE = Limit("oidc-state", 1, timedelta(minutes=10))
 TOPUPS_PER_ACCOUNT = Limit("topup-account", 5, timedelta(hours=1))
 FORGET_AFTER = timedelta(days=1)  # longer than any window
 

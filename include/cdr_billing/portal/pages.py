@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from cdr_billing.database import in_utc
 from cdr_billing.money import from_minor_units
 from cdr_billing.portal.auth import LINK_LIFETIME
+from cdr_billing.portal.oidc import START_PATH
 from cdr_billing.portal.queries import Line, MonthCalls, Overview
 
 STYLE = """
@@ -41,6 +42,8 @@ button, input[type=email] { font: inherit; padding: .4rem .8rem; border-radius: 
   border: 1px solid var(--line); }
 button { background: var(--accent); color: #fff; border-color: var(--accent); cursor: pointer; }
 button.quiet { background: transparent; color: var(--accent); }
+a.button { display: inline-block; padding: .4rem .8rem; border-radius: 6px; color: #fff;
+  background: var(--accent); text-decoration: none; }
 input[type=email] { width: min(100%, 24rem); }
 .choices label { margin-right: 1rem; }
 a { color: var(--accent); }
@@ -91,8 +94,17 @@ def page(title: str, body: str, signed_in: str = "", sign_out_token: str = "") -
     )
 
 
-def sign_in_page(csrf_token: str, note: str = "") -> str:
+def sign_in_page(csrf_token: str, note: str = "", oidc_name: str | None = None) -> str:
+    """The address form; with `oidc_name`, a link to sign in through that organisation's
+    identity provider beside it."""
     minutes = int(LINK_LIFETIME.total_seconds() // 60)
+    provider = (
+        '<section class="oidc"><h2>Or sign in with your organisation</h2>'
+        f'<p><a class="button" href="{START_PATH}">Sign in with {escape(oidc_name)}</a></p>'
+        "</section>"
+        if oidc_name
+        else ""
+    )
     return page(
         "Sign in",
         "<section><h2>Sign in</h2>"
@@ -103,7 +115,7 @@ def sign_in_page(csrf_token: str, note: str = "") -> str:
         f'<input type="hidden" name="csrf_token" value="{escape(csrf_token)}">'
         '<input type="email" name="address" required autocomplete="email" '
         'placeholder="you@example.org" aria-label="Email address"> '
-        '<button type="submit">Mail me a link</button></form></section>',
+        '<button type="submit">Mail me a link</button></form></section>' + provider,
     )
 
 
