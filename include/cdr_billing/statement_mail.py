@@ -20,6 +20,7 @@ import smtplib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import formatdate
 from pathlib import Path
 from typing import NamedTuple
@@ -85,6 +86,7 @@ def send_once(client: smtplib.SMTP, sender: str, recipient: str, message: bytes)
     """One mail over an open SMTP connection, step by step, so that a failure before DATA is
     known not to have delivered it (deferred) and one during DATA may have (unknown)."""
     try:
+        client.ehlo_or_helo_if_needed()
         code, text = client.mail(sender)
         if code != 250:
             client.rset()
@@ -194,7 +196,7 @@ def build_message(
     ]
     if claimed.method == "link":
         url = f"{settings.portal_url.rstrip('/')}/statements/{claimed.statement_id}"
-        lines.append(f"Read it in the self-service portal (sign in with this address): {url}")
+        lines += ["Read it in the self-service portal (sign in with this address):", url]
         message.set_content("\n".join(lines))
     else:
         lines.append("The statement is attached as a PDF.")
@@ -282,11 +284,11 @@ class SmtpSession:
         self.client: smtplib.SMTP | None = None
 
     def sender(self, configured: str | None) -> str:
-        from airflow.providers.smtp.hooks.smtp import SmtpHook
+        from airflow.sdk import BaseHook
 
         if configured:
             return configured
-        address = SmtpHook(smtp_conn_id=self.conn_id).from_email
+        address = BaseHook.get_connection(self.conn_id).extra_dejson.get("from_email")
         if not address:
             raise ValueError(
                 f"statements.from_address is not set and connection {self.conn_id} has no "
@@ -339,7 +341,7 @@ def deliver(
         sender = session.sender(settings.from_address)
         domain = sender.rpartition("@")[2] or "localhost"
         while (claimed := _claim_next(engine, batch_id, now)) is not None:
-            message = build_message(claimed, sender, settings, domain).as_bytes()
+            message = build_message(claimed, sender, settings, domain).as_bytes(policy=SMTP)
             try:
                 outcome = send_once(session.open(), sender, claimed.address, message)
             except (smtplib.SMTPException, OSError) as error:  # could not connect: not sent
