@@ -1,13 +1,15 @@
 """`make portal`: the self-service portal on the demo's billing database, on local servers.
 
-python -m cdr_devkit.portal [--port 8090] [--screenshot docs/portal.png]
+python -m cdr_devkit.portal [--port 8090] [--oidc] [--screenshot docs/portal.png]
 
 Runs on what `make demo` leaves (.demo/billing.sqlite): upgrades it, starts the devkit SMTP
 server (sign-in mails land as .eml files in .demo/portal-mail) and the devkit payment gateway
 (the demo's prepaid lines: SUB-00060 approves, SUB-00061 declines), then serves the portal
 (`python -m cdr_billing.portal`) and prints its URL and the addresses to sign in with. With
 --screenshot it signs in as a demo user in headless Chromium (the link read from the mail),
-saves the picture and stops.
+saves the picture and stops. With --oidc the sign-in page also offers "Sign in with Example
+University (devkit)": the devkit's OpenID Connect provider (cdr_devkit.oidc_provider), which
+signs the demo user in at once.
 Tests start the portal the same way (`start_portal`), on their own database and servers.
 """
 
@@ -120,9 +122,10 @@ def wait_for_link(maildir: Path, address: str, known: int = 0, seconds: float = 
         time.sleep(0.2)
 
 
-def demo_env(services: LocalServices, maildir: Path) -> dict[str, str]:
+def demo_env(services: LocalServices, maildir: Path, oidc_port: int = 0) -> dict[str, str]:
     """Airflow settings and the connections of the demo's billing database, a fresh SMTP
-    server and payment gateway, and a fresh portal secret."""
+    server and payment gateway, and a fresh portal secret; with `oidc_port` (the portal's),
+    the devkit's OpenID Connect provider as `cdr_portal_oidc`."""
     smtp = services.start_smtp(maildir)
     gateway = services.start_payment_gateway("portal_gateway")
     connections = {
@@ -130,6 +133,17 @@ def demo_env(services: LocalServices, maildir: Path) -> dict[str, str]:
         "smtp_default": smtp_connection(smtp.port),
         "payment_gateway": gateway.connection(),
     }
+    if oidc_port:
+        from cdr_devkit.oidc_provider import start_oidc_provider
+
+        provider = start_oidc_provider(
+            services.base / "oidc",
+            f"http://127.0.0.1:{oidc_port}/sign-in/oidc/callback",
+            DEMO_USER,
+            name="Example University (devkit)",
+        )
+        services.servers.append(provider)
+        connections["cdr_portal_oidc"] = provider.connection()
     return {
         **airflow_settings(AIRFLOW_HOME, log_level="WARNING"),
         **connection_env(connections),
@@ -165,13 +179,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--screenshot", type=Path, help="save a picture of the portal and stop")
+    parser.add_argument(
+        "--oidc", action="store_true", help="also sign in through a local OpenID Connect provider"
+    )
     args = parser.parse_args()
     stop_on_sigterm()
     upgrade_demo_database()
     maildir = DEMO_DIR / "portal-mail"
     with LocalServices(DEMO_DIR / "portal-services") as services:
-        env = demo_env(services, maildir)
         port = free_port() if args.screenshot else args.port
+        env = demo_env(services, maildir, oidc_port=port if args.oidc else 0)
         portal = start_portal(DEMO_DIR / "portal-services", env, port=port)
         services.servers.append(portal)
         if args.screenshot:
@@ -180,6 +197,8 @@ def main() -> int:
         print(f"Portal: {portal.url}  (log {portal.log_path.relative_to(PROJECT_ROOT)})")
         print(f"Sign in as {DEMO_USER} (prepaid, top-ups approved) or user61@c1003.example.com")
         print(f"(prepaid, top-ups declined); the sign-in mails land in {maildir}")
+        if args.oidc:
+            print(f"or press 'Sign in with Example University (devkit)': it signs in {DEMO_USER}")
         print("Ctrl-C stops the portal, the SMTP server and the payment gateway.")
         try:
             portal.process.wait()

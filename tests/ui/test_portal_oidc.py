@@ -207,13 +207,16 @@ def test_forged_tampered_and_old_flow_cookies_are_refused(world):
         _assert_refused(world, client, client.get(callback), "no flow cookie", since)
 
 
-def test_a_provider_error_is_refused(world):
+def test_a_provider_error_or_another_issuer_is_refused(world):
     since = datetime.now(UTC)
     with world.client() as client:
         state = parse_qs(urlsplit(_to_callback(client)).query)["state"][0]
         query = urlencode({"error": "access_denied", "state": state})
         answer = client.get(f"{oidc.CALLBACK_PATH}?{query}")
         _assert_refused(world, client, answer, "provider answered access_denied", since)
+    with world.client() as client:  # an answer naming another issuer (RFC 9207 mix-up)
+        callback = _to_callback(client).replace("iss=http", "iss=https")
+        _assert_refused(world, client, client.get(callback), "from another issuer", since)
 
 
 def test_callbacks_are_rate_limited_per_client(world):

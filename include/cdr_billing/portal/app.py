@@ -386,6 +386,8 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
                 raise oidc.OidcRefused("state is not the browser's")
             if not first_use:
                 raise oidc.OidcRefused("state used before")
+            if params.get("iss") not in (None, settings.oidc.issuer):  # RFC 9207: mix-up
+                raise oidc.OidcRefused("the answer is from another issuer")
             if params.get("error"):
                 raise oidc.OidcRefused(f"provider answered {params['error'][:60]}")
             code = params.get("code")
