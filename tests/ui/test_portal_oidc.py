@@ -301,3 +301,18 @@ def test_an_http_issuer_elsewhere_than_loopback_is_a_configuration_error(monkeyp
         oidc.settings_from_connection()
     monkeypatch.delenv("AIRFLOW_CONN_CDR_PORTAL_OIDC")
     assert oidc.settings_from_connection() is None  # off by default
+
+
+def test_under_tls_the_flow_cookie_is_secure_and_host_prefixed(postgres, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("portal_oidc_tls")
+    with running_portal(postgres, folder, "portal_oidc_tls", tls=True, oidc=True) as w:
+        with w.client() as client:
+            started = client.get("/sign-in/oidc")
+            flow = started.headers["set-cookie"]
+            assert flow.startswith("__Host-cdr_portal_oidc=")
+            assert all(flag in flow for flag in ("Secure", "HttpOnly", "SameSite=lax", "Path=/"))
+            back = client.get(started.headers["location"]).headers["location"]
+            assert back.startswith(f"{w.url}{oidc.CALLBACK_PATH}?")
+            done = client.get(back.removeprefix(w.url))
+            assert done.status_code == 303 and "__Host-cdr_portal=" in done.headers["set-cookie"]
+            assert ALICE_PAYS in client.get("/").text
