@@ -393,8 +393,8 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
             code = params.get("code")
             if not code or len(code) > 2048:
                 raise oidc.OidcRefused("no code")
-            identity = provider.verify(provider.exchange(code, flow.verifier), flow.nonce)
-            address = auth.normal_address(identity.email) if identity.email else None
+            email = provider.verified_email(provider.exchange(code, flow.verifier), flow.nonce)
+            address = auth.normal_address(email) if email else None
             if address is None:
                 raise oidc.OidcRefused("no verified email")
             return address

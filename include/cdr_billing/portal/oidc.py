@@ -90,16 +90,8 @@ class Flow:
     started: int  # unix seconds
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who the provider signed in: their subject and verified address (None: no verified one)."""
-
-    subject: str
-    email: str | None
-
-
 def is_loopback(host: str | None) -> bool:
-    if host in ("localhost",):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address((host or "").strip("[]")).is_loopback
@@ -127,7 +119,7 @@ def settings_from_connection(connection_id: str = OIDC_CONNECTION) -> OidcSettin
     except AirflowNotFoundException:
         return None
     extra = connection.extra_dejson
-    issuer = (extra.get("issuer") or connection.host or "").rstrip("/")
+    issuer = extra.get("issuer") or connection.host or ""  # exact: some end in "/"
     if not allowed_url(issuer):
         raise OidcConfigError(
             f"connection {connection_id}: the issuer must be an https URL (http only on loopback)"
@@ -220,11 +212,10 @@ def basic_credentials(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
-def identity_of(claims: dict[str, Any]) -> Identity:
-    """The subject, and the `email` only when `email_verified` is JSON true."""
+def verified_email(claims: dict[str, Any]) -> str | None:
+    """The `email` claim, only when `email_verified` is JSON true (not "true", not 1)."""
     email = claims.get("email")
-    verified = claims.get("email_verified") is True and isinstance(email, str)
-    return Identity(str(claims["sub"]), email if verified else None)
+    return email if claims.get("email_verified") is True and isinstance(email, str) else None
 
 
 def check_claims(claims: dict[str, Any], settings: OidcSettings, nonce: str, now: float) -> None:
@@ -290,7 +281,8 @@ class OidcClient:
         with self._lock:
             if self._provider and time.monotonic() - self._provider_at < DISCOVERY_SECONDS:
                 return self._provider
-        document = self._get_json(f"{self.settings.issuer}/.well-known/openid-configuration")
+        base = self.settings.issuer.rstrip("/")
+        document = self._get_json(f"{base}/.well-known/openid-configuration")
         if document.get("issuer") != self.settings.issuer:
             raise OidcRefused("discovery: the issuer is not the one configured")
         endpoints = [document.get(k) for k in ("authorization_endpoint", "token_endpoint")]
@@ -393,8 +385,9 @@ class OidcClient:
                 return keys[wanted]
         raise OidcRefused("id token: signed by a key not in the provider's JWKS")
 
-    def verify(self, id_token: str, nonce: str) -> Identity:
-        """The identity of an ID token that passes every check; OidcRefused otherwise."""
+    def verified_email(self, id_token: str, nonce: str) -> str | None:
+        """The verified address of an ID token that passes every check (None: it has no
+        verified one); OidcRefused when a check fails."""
         import jwt
 
         try:
@@ -417,4 +410,4 @@ class OidcClient:
         except jwt.PyJWTError as exc:
             raise OidcRefused(f"id token: {type(exc).__name__}: {exc}"[:200]) from None
         check_claims(claims, self.settings, nonce, time.time())
-        return identity_of(claims)
+        return verified_email(claims)
