@@ -1,13 +1,15 @@
 """`make bench-dag`: the whole DAG on the benchmark's month, SFTP and billing load included.
 
 Serves the month `make bench-pipeline` generates (cached in `.bench/pipeline/`) from two local
-SFTP servers, bills it with a pipeline config that has only the carrier source, loads it into a
+SFTP servers (OpenSSH's sshd, as providers run, or `--sftp python`: the devkit's asyncssh
+server), bills it with a pipeline config that has only the carrier source, loads it into a
 throwaway PostgreSQL (`--sqlite`: a SQLite file, as the demo) and prints each task's wall time,
 the run's, its peak RSS and counts. By default the DAG runs once in this process (`dag.test`:
 the tasks one after another, mapped ones too); `--scheduler` triggers it on a running Airflow
 (api-server, scheduler with the LocalExecutor, dag-processor; metadata in PostgreSQL), where
-mapped tasks run side by side in their own processes, as in production. Everything else lives
-under `.bench/dag/`.
+mapped tasks run side by side in their own processes, as in production. Peak memory is the
+summed RSS of the processes (as always reported) and their summed PSS (a page shared by forks
+counted once). Everything else lives under `.bench/dag/`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from cdr_devkit.airflow_env import DAG_ID, PROJECT_ROOT, airflow_settings, migra
 from cdr_devkit.airflow_server import RunningAirflow
 from cdr_devkit.bench_data import BenchMonth, ensure_month
 from cdr_devkit.bench_pipeline import SOURCE, add_month_arguments
-from cdr_devkit.memory import peak_rss_mib, process_tree_rss_mib, reset_peak_rss
+from cdr_devkit.memory import (
+    PeakSampler,
+    peak_rss_mib,
+    process_tree_pss_mib,
+    process_tree_rss_mib,
+    reset_peak_rss,
+)
 from cdr_devkit.postgres import LocalPostgres
 from cdr_devkit.services import (
     LocalServices,
@@ -44,6 +52,10 @@ RUNNERS = {
     "scheduler": "triggered on a running Airflow (LocalExecutor; mapped tasks side by side)",
 }
 DEFAULT_ROOT = PROJECT_ROOT / ".bench" / "dag"
+SFTP_SERVERS = {
+    "openssh": "OpenSSH's sshd (what providers run)",
+    "python": "the devkit's asyncssh server",
+}
 
 
 class DagRunFacts(NamedTuple):
@@ -59,6 +71,7 @@ class RunEnd(NamedTuple):
 
     state: str
     peak_rss_mib: float
+    peak_pss_mib: float
 
 
 SHIPPED_CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
@@ -77,13 +90,16 @@ def serve_month(month: BenchMonth, sftp_root: Path) -> None:
             shutil.copyfile(source, target)
 
 
-def write_config(root: Path, files_at_once: int | None = None) -> Path:
+def write_config(root: Path, files_at_once: int | None = None, remote_root: str = "") -> Path:
     """The shipped pipeline config with only the carrier source, its files under `root`
-    (files_at_once: the config's own unless given)."""
+    (files_at_once: the config's own unless given; remote directories under `remote_root`,
+    for sshd, which serves absolute paths)."""
     config = yaml.safe_load(SHIPPED_CONFIG.read_text(encoding="utf-8"))
     if files_at_once:
         config["files_at_once"] = files_at_once
     config["sources"] = [source for source in config["sources"] if source["name"] == SOURCE]
+    for files in (*config["sources"], *config["reference"].values()):
+        files["remote_dir"] = remote_root + files["remote_dir"]
     config["profiles_file"] = str(
         SHIPPED_CONFIG.with_name(config.get("profiles_file", "profiles.yaml"))
     )
@@ -136,6 +152,11 @@ def _airflow_rss_mib(airflow: RunningAirflow) -> float:
     return sum(process_tree_rss_mib(process.pid) for process in airflow.processes.values())
 
 
+def _airflow_pss_mib(airflow: RunningAirflow) -> float:
+    """The proportional memory of all of Airflow's processes (shared pages counted once)."""
+    return sum(process_tree_pss_mib(process.pid) for process in airflow.processes.values())
+
+
 def _run_in_process(month: BenchMonth) -> DagRunFacts:
     """The DAG run by `dag.test` in this process: its facts and task instances."""
     from airflow.models import TaskInstance
@@ -145,7 +166,10 @@ def _run_in_process(month: BenchMonth) -> DagRunFacts:
 
     reset_peak_rss()  # the run's peak, not the month's generation in this process
     started = time.perf_counter()
-    dag_run = run_dag(load_dag(), logical_date=None, run_conf={"billing_month": str(month.month)})
+    with PeakSampler(lambda: process_tree_pss_mib(os.getpid())) as pss:
+        dag_run = run_dag(
+            load_dag(), logical_date=None, run_conf={"billing_month": str(month.month)}
+        )
     wall = time.perf_counter() - started
     with create_session() as session:
         instances = [
@@ -157,6 +181,7 @@ def _run_in_process(month: BenchMonth) -> DagRunFacts:
         "state": str(dag_run.state),
         "wall_seconds": wall,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_pss_mib": pss.peak,
     }
     return DagRunFacts(facts, instances)
 
@@ -164,10 +189,11 @@ def _run_in_process(month: BenchMonth) -> DagRunFacts:
 def _watch_run(airflow: RunningAirflow, run_id: str) -> RunEnd:
     """Poll the run until it ends (or a task waits for a retry: failed); its state and the peak
     RSS of Airflow's process tree (scheduler with its LocalExecutor workers and tasks, api-server,
-    dag-processor), sampled every 0.2 s."""
-    peak, polled = 0.0, 0.0
+    dag-processor), and their PSS, sampled every 0.2 s."""
+    peak, peak_pss, polled = 0.0, 0.0, 0.0
     while True:
         peak = max(peak, _airflow_rss_mib(airflow))
+        peak_pss = max(peak_pss, _airflow_pss_mib(airflow))
         if time.monotonic() - polled >= 1:
             polled = time.monotonic()
             state = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
@@ -175,7 +201,7 @@ def _watch_run(airflow: RunningAirflow, run_id: str) -> RunEnd:
                 "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?state=up_for_retry"
             )
             if state in ("success", "failed") or retrying["total_entries"]:
-                return RunEnd("failed" if retrying["total_entries"] else state, peak)
+                return RunEnd("failed" if retrying["total_entries"] else state, peak, peak_pss)
         time.sleep(0.2)
 
 
@@ -185,7 +211,7 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRun
     with RunningAirflow(home, env) as airflow:
         airflow.wait_for_dag(DAG_ID, DAG_PARSE_TIMEOUT_SECONDS)
         airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
-        idle = _airflow_rss_mib(airflow)
+        idle, idle_pss = _airflow_rss_mib(airflow), _airflow_pss_mib(airflow)
         started = time.perf_counter()
         conf = {"billing_month": str(month.month)}
         run_id = airflow.api(
@@ -209,7 +235,9 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRun
         "state": end.state,
         "wall_seconds": wall,
         "peak_rss_mib": end.peak_rss_mib,
+        "peak_pss_mib": end.peak_pss_mib,
         "idle_rss_mib": idle,
+        "idle_pss_mib": idle_pss,
     }
     return DagRunFacts(facts, instances)
 
@@ -220,21 +248,26 @@ def run(
     sqlite: bool,
     scheduler: bool = False,
     files_at_once: int | None = None,
+    sftp: str = "openssh",
 ) -> dict:
-    """Serve the month, run the DAG once, return what happened (also kept in
-    root/bench_dag.json)."""
+    """Serve the month (from `sftp`: openssh or python), run the DAG once, return what happened
+    (also kept in root/bench_dag.json)."""
     for folder in ("work", "archive", "sftp", "mail", "airflow"):
         shutil.rmtree(root / folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     serve_month(month, root / "sftp")
-    os.environ["CDR_BILLING_CONFIG"] = str(write_config(root, files_at_once))
+    remote_root = str(root / "sftp") if sftp == "openssh" else ""  # sshd: absolute paths
+    os.environ["CDR_BILLING_CONFIG"] = str(write_config(root, files_at_once, remote_root))
     # The served files are complete: no stability wait in the timing.
     os.environ["CDR_BILLING_STABLE_SECONDS"] = "0"
     os.environ.update(airflow_settings(root / "airflow", log_level="WARNING"))
     with ExitStack() as stack:
         services = stack.enter_context(LocalServices(root / "services"))
         servers = [
-            services.start_sftp(name, root / "sftp") for name in ("sftp_primary", "sftp_secondary")
+            services.start_openssh(name)
+            if sftp == "openssh"
+            else services.start_sftp(name, root / "sftp")
+            for name in ("sftp_primary", "sftp_secondary")
         ]
         postgres = None if sqlite and not scheduler else stack.enter_context(LocalPostgres())
         if sqlite:
@@ -267,6 +300,7 @@ def run(
         "files": len(month.cdr_files),
         "billing_db": "sqlite" if sqlite else "postgresql",
         "runner": "scheduler" if scheduler else "dag.test",
+        "sftp": sftp,
         **dag_run.facts,
         "tasks": task_seconds(dag_run.task_instances),
     }
@@ -287,7 +321,8 @@ def format_report(facts: dict) -> str:
     """The task table and the run's totals."""
     out = [
         f"The DAG on {facts['calls']:,} CDR rows in {facts['files']} files, "
-        f"billing DB {facts['billing_db']}, " + RUNNERS[facts["runner"]],
+        f"billing DB {facts['billing_db']}, SFTP {SFTP_SERVERS[facts['sftp']]}, "
+        + RUNNERS[facts["runner"]],
         f"  {'task':<22}{'instances':>10}{'at once':>8}{'seconds':>10}"
         f"{'slowest':>10}{'from':>8}{'to':>8}  state",
     ]
@@ -299,13 +334,15 @@ def format_report(facts: dict) -> str:
             f"{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
         )
     idle = (
-        f" (Airflow idle before the run: {facts['idle_rss_mib']:,.0f} MiB)"
+        f" (Airflow idle before the run: RSS {facts['idle_rss_mib']:,.0f} MiB, "
+        f"PSS {facts['idle_pss_mib']:,.0f} MiB)"
         if "idle_rss_mib" in facts
         else ""
     )
     out.append(
         f"run: {facts['state']}, {facts['wall_seconds']:.1f} s wall, "
-        f"peak RSS {facts['peak_rss_mib']:,.0f} MiB{idle}"
+        f"peak RSS {facts['peak_rss_mib']:,.0f} MiB, peak PSS {facts['peak_pss_mib']:,.0f} MiB"
+        f"{idle}"
     )
     if "counts" in facts:
         out.append(
@@ -332,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="trigger the DAG on a running Airflow (LocalExecutor)",
     )
     parser.add_argument(
+        "--sftp",
+        choices=sorted(SFTP_SERVERS),
+        default="openssh",
+        help="the SFTP servers the month is served from (default openssh, as providers run)",
+    )
+    parser.add_argument(
         "--files-at-once",
         type=int,
         help="the config's files_at_once (default: the shipped config's)",
@@ -339,7 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop_on_sigterm()
     month = ensure_month(args.base, args.calls, args.files, args.seed)
-    facts = run(month, args.root.resolve(), args.sqlite, args.scheduler, args.files_at_once)
+    facts = run(
+        month, args.root.resolve(), args.sqlite, args.scheduler, args.files_at_once, args.sftp
+    )
     print(format_report(facts))
     return 0 if facts["state"] == "success" else 1
 
