@@ -46,6 +46,7 @@ from cdr_billing.config import load_config
 from cdr_billing.contracts import (
     BilledFile,
     DedupedMonth,
+    DeliveredStatements,
     FetchedMonth,
     LoadedBatch,
     MonthLines,
@@ -53,11 +54,11 @@ from cdr_billing.contracts import (
     PrepaidSettlement,
     ReconciledFile,
     References,
+    RenderedStatements,
     Run,
 )
 from cdr_billing.dag_tasks import shared_tasks, side_by_side
 from cdr_billing.months import BillingMonth
-from cdr_billing.statement_contracts import DeliveredStatements, RenderedStatements
 from cdr_billing.taskflow import failure_mail, pipeline_task
 from cdr_billing.timetables import BillingMonthTimetable, billing_month_param
 

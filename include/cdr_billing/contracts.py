@@ -239,6 +239,27 @@ class PrepaidExposure:
     above_limit: int
 
 
+@dataclass(frozen=True)
+class RenderedStatements:
+    """A batch's statements rendered as HTML and PDF into the archive."""
+
+    batch: LoadedBatch
+    statements: int
+    folder: str  # the batch's statements folder ("" when the month has none)
+
+
+@dataclass(frozen=True)
+class DeliveredStatements:
+    """The statement mails of a batch after the last delivery pass."""
+
+    rendered: RenderedStatements
+    sent: int
+    bounced: int
+    deferred: int
+    unknown: int
+    waiting: int  # pending or deferred: tried again at the next pass
+
+
 def to_xcom(record: Any) -> Any:
     """A record (or a list of them) as the plain JSON values XCom stores."""
     if dataclasses.is_dataclass(record) and not isinstance(record, type):

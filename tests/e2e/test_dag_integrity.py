@@ -53,7 +53,16 @@ def test_tasks_run_in_billing_order(dag_bag):
         "load_billing",
         "settle_prepaid",
         "report_month",
+        "render_statements",
+        "deliver_statements",
     ]
+
+
+def test_statements_are_rendered_then_mailed_after_the_load(dag_bag):
+    tasks = dag_bag.dags["cdr_billing_monthly"].task_dict
+    assert tasks["render_statements"].upstream_task_ids == {"load_billing"}
+    assert tasks["deliver_statements"].upstream_task_ids == {"render_statements"}
+    assert tasks["deliver_statements"].mode == "reschedule"  # a deferred mail holds no slot
 
 
 def test_prepaid_calls_are_settled_beside_the_load_once_the_rows_reconcile(dag_bag):

@@ -35,12 +35,15 @@ STAGES = [  # pipeline order
     "rate",
     "attribute",
     "aggregate",
+    "statements",
     "load",
     "lineage",
     "not_billed",
     "report",
     "billing_file",
     "alerts",
+    "statement_render",
+    "statement_mail",
 ]
 # What a run hands on and records: after the stages, before the tasks
 RUN_RECORDS = {"contracts", "workdir", "run_attempts"}
@@ -82,6 +85,7 @@ def test_every_module_has_a_place_in_the_layout():
         | RUN_RECORDS
         | SCHEDULING
         | {PREPAID, "taskflow", "dag_tasks", "tasks", "ui", "__init__", "__pycache__"}
+        | {"templates"}  # the statement's Jinja2 template (statement_render)
     )
     assert modules - placed == set()
 

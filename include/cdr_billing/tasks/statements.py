@@ -7,8 +7,7 @@ import logging
 
 from cdr_billing import database, statement_mail, statement_render
 from cdr_billing.config import PipelineConfig, load_config
-from cdr_billing.contracts import LoadedBatch
-from cdr_billing.statement_contracts import DeliveredStatements, RenderedStatements
+from cdr_billing.contracts import DeliveredStatements, LoadedBatch, RenderedStatements
 
 log = logging.getLogger(__name__)
 
