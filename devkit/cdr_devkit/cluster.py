@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,6 @@ from cdr_devkit.airflow_env import ALLOCATOR_SETTINGS, DAG_ID, PROJECT_ROOT
 from cdr_devkit.airflow_server import (
     AirflowClient,
     airflow_command,
-    wait_for_api,
     write_admin_password,
 )
 from cdr_devkit.services import LocalServices, ServerProcess, ServiceError, free_port
@@ -55,6 +54,7 @@ NODE_ENV = "CDR_CLUSTER_NODE"
 ADMIN_PASSWORD = "admin"
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_SECONDS = 180
+STOP_TIMEOUT_SECONDS = 30
 
 POSTGRES, REDIS, SFTP, SMTP = "postgres", "redis", "sftp", "smtp"
 AIRFLOW, AIRFLOW_ONCE, WORKER, PORTAL = "airflow", "airflow-once", "airflow-worker", "portal"
@@ -84,6 +84,7 @@ AIRFLOW_ARGV = {
     "airflow-triggerer": ("triggerer",),
     "flower": ("celery", "flower"),
 }
+SERVER_KINDS = (POSTGRES, REDIS, SFTP, SMTP)  # started by the devkit's servers, before Airflow
 # Services with a port of their own here (compose's fixed ports would clash on one host).
 LISTENING = (POSTGRES, REDIS, SFTP, SMTP, PORTAL)
 # A task sent to the broker while Redis restarts is retried for about a minute, not failed.
@@ -96,7 +97,9 @@ PUBLISH_RETRY = {
     }
 }
 PLACEHOLDER = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
-URL_HOST = re.compile(r"(?P<head>://(?:[^@/\s]*@)?)(?P<host>[A-Za-z][\w-]*)(?::\d+)?(?=[/\s]|$)")
+URL_HOST = re.compile(
+    r"(?P<head>://(?:[^@/\s]*@)?)(?P<host>[A-Za-z][\w-]*)(?::(?P<port>\d+))?(?=[/\s]|$)"
+)
 
 
 @dataclass(frozen=True)
@@ -232,9 +235,23 @@ def host_path(source: str, state: Path) -> Path:
     return state / "shared" / source
 
 
-def rewrite_hosts(value: str, ports: Mapping[str, int], sftp_login: str) -> str:
+def published_ports(services: Mapping[str, dict], ports: Mapping[str, int]) -> dict[int, int]:
+    """Compose's published host ports (`ports: ["8090:8090"]`) of the Airflow image's and the
+    portal's services -> the local port each one got here (localhost:8090 in a setting)."""
+    published = {}
+    for name, service in services.items():
+        if LOCAL_FOR[name] in (AIRFLOW, PORTAL) and name in ports:
+            for mapping in service.get("ports") or ():
+                published[int(str(mapping).split(":")[-2])] = ports[name]
+    return published
+
+
+def rewrite_hosts(
+    value: str, ports: Mapping[str, int], sftp_login: str, published: Mapping[int, int]
+) -> str:
     """A setting with compose host names made loopback addresses with their local ports: URLs
-    (host[:port]) and Airflow connections as JSON (host, port; SFTP logins as sshd's user)."""
+    (host[:port], localhost:<published port>) and Airflow connections as JSON (host, port;
+    SFTP logins as sshd's user)."""
     if value.startswith("{"):
         connection = json.loads(value)
         host = connection.get("host")
@@ -245,7 +262,9 @@ def rewrite_hosts(value: str, ports: Mapping[str, int], sftp_login: str) -> str:
         return json.dumps(connection)
 
     def local(match: re.Match) -> str:
-        host = match.group("host")
+        host, port = match.group("host"), match.group("port")
+        if host == "localhost" and port and int(port) in published:
+            return f"{match.group('head')}{LOOPBACK}:{published[int(port)]}"
         if host not in ports:
             return match.group(0)
         return f"{match.group('head')}{LOOPBACK}:{ports[host]}"
@@ -260,6 +279,7 @@ def airflow_env(
     env: Mapping[str, str],
     ports: Mapping[str, int],
     local: Mapping[str, str],
+    published: Mapping[int, int],
 ) -> dict[str, str]:
     """An Airflow process's environment: compose's, interpolated, container paths in its home,
     hosts local; then the local settings."""
@@ -268,7 +288,7 @@ def airflow_env(
     compose_env = {}
     for key, raw in (service.get("environment") or {}).items():
         text = interpolate(str(raw), env).replace(IMAGE_HOME, str(home))
-        compose_env[key] = rewrite_hosts(text, ports, login_name())
+        compose_env[key] = rewrite_hosts(text, ports, login_name(), published)
     inherited = {
         key: value
         for key, value in os.environ.items()
@@ -367,6 +387,7 @@ def plan_from_compose(
     """Every process of the compose stack as it runs here, in start order."""
     services = active_services(compose, profiles)
     local = local_settings(state, ports, extra_env)
+    published = published_ports(services, ports)
     plan = []
     for name in start_order(services):
         service, kind = services[name], LOCAL_FOR[name]
@@ -383,7 +404,7 @@ def plan_from_compose(
                         argv=portal_argv(service, ports[name])
                         if kind == PORTAL
                         else airflow_argv(name, node, worker_concurrency),
-                        env=airflow_env(service, node, home, env, ports, local),
+                        env=airflow_env(service, node, home, env, ports, local, published),
                         home=home,
                         links={
                             target.removeprefix(IMAGE_HOME + "/"): host_path(source, state)
@@ -553,15 +574,29 @@ class LocalCluster:
         self.local = LocalServices(self.state / "servers")
         self.ports = plan_ports(active_services(self.compose, self.options["profiles"]))
         self.plan = self._make_plan()
-        for spec in [s for s in self.plan if s.kind in (POSTGRES, REDIS, SFTP, SMTP)]:
+        for spec in [s for s in self.plan if s.kind in SERVER_KINDS]:
             self._start_server(spec)
         self.plan = self._make_plan()  # with the ports sshd and SMTP picked
         write_pipeline_config(self.state / "shared" / "pipeline.yaml", self.sftp_home)
         self.api = AirflowClient(f"http://{LOOPBACK}:{self.ports['airflow-apiserver']}")
-        for spec in self.plan:
-            if spec.kind not in (POSTGRES, REDIS, SFTP, SMTP):
-                self._start_process(spec)
+        self._start_in_waves([s for s in self.plan if s.kind not in SERVER_KINDS])
         return self
+
+    def _start_in_waves(self, pending: list[ProcessSpec]) -> None:
+        """As compose does: every process whose dependencies are ready starts at once, and the
+        next wave once they are ready (airflow-init: once it completed)."""
+        ready = {spec.service for spec in self.plan if spec.kind in SERVER_KINDS}
+        while pending:
+            wave = [spec for spec in pending if set(spec.depends_on) <= ready]
+            if not wave:
+                raise ServiceError(f"unmet depends_on: {[spec.name for spec in pending]}")
+            for spec in wave:
+                self._launch(spec)
+            for spec in wave:
+                if spec.kind != AIRFLOW_ONCE:
+                    self._wait_ready(spec)
+            ready |= {spec.service for spec in wave}
+            pending = [spec for spec in pending if spec not in wave]
 
     def _start_server(self, spec: ProcessSpec) -> None:
         assert self.local is not None
@@ -610,6 +645,11 @@ class LocalCluster:
             link.symlink_to(target)
 
     def _start_process(self, spec: ProcessSpec) -> None:
+        self._launch(spec)
+        self._wait_ready(spec)
+
+    def _launch(self, spec: ProcessSpec) -> None:
+        """Start a process (airflow-init: run it to its end)."""
         self._prepare_home(spec)
         assert spec.home is not None
         with (spec.home / "process.log").open("ab") as log:
@@ -625,21 +665,25 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_ready(spec)
 
     # --- readiness (compose's healthchecks) ------------------------------------------------
+    def _ready_check(self, spec: ProcessSpec) -> Callable[[], bool]:
+        """The compose healthcheck's probe, run from here: curl of a path on the service's local
+        port, `airflow jobs check` as a query of the job table, `celery inspect ping` through
+        the broker; without a healthcheck, an open port."""
+        test = self.compose["services"][spec.service].get("healthcheck", {}).get("test", [])
+        command = " ".join(str(part) for part in test)
+        if curl := re.search(r"curl .*http://localhost:\d+(\S*)", command):
+            path = curl.group(1).strip("\"'") or "/"
+            return lambda: self._http_ok(self.ports[spec.service], path)
+        if job := re.search(r"--job-type (\w+)", command):
+            return lambda: self._job_alive(job.group(1), spec.name)
+        if "inspect ping" in command:
+            return lambda: self._worker_pongs(spec.name)
+        return lambda: self._port_open(spec.port)
+
     def _wait_ready(self, spec: ProcessSpec) -> None:
-        if spec.service == "airflow-apiserver":
-            wait_for_api(self.api.base_url, {spec.name: self.processes[spec.name]})
-            return
-        checks = {
-            "airflow-scheduler": lambda: self._http_ok(self.ports[spec.service], "/health"),
-            "airflow-dag-processor": lambda: self._job_alive("DagProcessorJob", spec.name),
-            "airflow-triggerer": lambda: self._job_alive("TriggererJob", spec.name),
-            "airflow-worker": lambda: self._worker_pongs(spec.name),
-            "flower": lambda: self._http_ok(self.ports[spec.service], "/"),
-        }
-        check = checks.get(spec.service, lambda: self._port_open(spec.port))
+        check = self._ready_check(spec)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.processes[spec.name].poll() is not None:
@@ -702,11 +746,14 @@ class LocalCluster:
         return any(name.startswith(f"{node}@") for answer in answers for name in answer)
 
     # --- faults ---------------------------------------------------------------------------
-    def kill_worker(self, index: int) -> None:
-        """SIGKILL worker replica index and every process below it (its task processes)."""
+    def kill_worker(self, index: int) -> list[int]:
+        """SIGKILL worker replica index and every process below it (its task processes);
+        return their pids."""
         process = self.processes.pop(self.worker(index))
+        killed = [process.pid, *descendants(process.pid)]
         kill_tree(process.pid)
         process.wait()
+        return killed
 
     def restart(self, node: str) -> None:
         """Stop a node (SIGTERM; the Redis AOF is written) and start it again on the same
@@ -722,33 +769,38 @@ class LocalCluster:
         if spec.kind not in (AIRFLOW, WORKER, PORTAL):
             raise ValueError(f"restart of {node} ({spec.kind}) is not supported")
         if node in self.processes:
-            self._stop_process(node, self.processes.pop(node))
+            self._terminate([self.processes.pop(node)])
         self._start_process(spec)
 
     # --- stop -----------------------------------------------------------------------------
     @staticmethod
-    def _stop_process(node: str, process: subprocess.Popen) -> None:
-        below = descendants(process.pid)
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in [*below, *descendants(process.pid)]:
+    def _terminate(processes: list[subprocess.Popen]) -> None:
+        """SIGTERM each process group at once, wait up to STOP_TIMEOUT_SECONDS, then SIGKILL
+        whatever is left below each (task processes have process groups of their own)."""
+        below = {process.pid: descendants(process.pid) for process in processes}
+        for process in processes:
             try:
-                os.kill(pid, signal.SIGKILL)  # task processes in their own groups
+                os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        kill_tree(process.pid)
-        process.wait()
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for process in processes:
+            for pid in below[process.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            kill_tree(process.pid)
+            process.wait()
 
     def stop(self) -> None:
-        """Stop every process, newest first, and the servers; nothing is left running."""
-        for node, process in reversed(list(self.processes.items())):
-            self._stop_process(node, process)
+        """Stop every process, then the servers; nothing is left running."""
+        self._terminate(list(reversed(self.processes.values())))
         self.processes.clear()
         if self.local is not None:
             self.local.stop_all()

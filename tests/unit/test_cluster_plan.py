@@ -76,11 +76,11 @@ def test_a_service_the_cluster_does_not_know_fails_the_plan(compose, env, ports,
 
 
 def test_one_process_per_airflow_service_and_one_per_worker_replica(compose, airflow_processes):
-    image = compose["x-airflow-common"]["image"]
-    services = [
+    services = [  # the services with x-airflow-common's settings (the portal has its own)
         name
         for name, service in compose["services"].items()
-        if service.get("image") == image and "profiles" not in service
+        if "AIRFLOW__CORE__EXECUTOR" in (service.get("environment") or {})
+        and "profiles" not in service
     ]
     expected = [name for name in services if name != "airflow-worker"]
     expected += [f"airflow-worker-{i}" for i in range(1, WORKERS + 1)]
@@ -198,3 +198,14 @@ def test_servers_start_before_the_airflow_processes_and_dependencies_first(compo
     first_airflow = min(order.index(n) for n in order if LOCAL_FOR[n] in AIRFLOW_KINDS)
     servers = [n for n in order if LOCAL_FOR[n] in ("postgres", "redis", "sftp", "smtp")]
     assert all(order.index(n) < first_airflow for n in servers)
+
+
+def test_the_portal_runs_its_compose_command_on_loopback_with_its_local_address(plan, ports):
+    (portal,) = [spec for spec in plan if spec.service == "billing-portal"]
+    assert portal.argv[1:3] == ("-m", "cdr_billing.portal")
+    assert portal.argv[portal.argv.index("--host") + 1] == "127.0.0.1"
+    assert portal.argv[portal.argv.index("--port") + 1] == str(ports["billing-portal"])
+    # the sign-in mails link to where the portal is reached: compose's published port, here
+    assert portal.env["CDR_PORTAL_URL"] == f"http://127.0.0.1:{ports['billing-portal']}"
+    billing = json.loads(portal.env["AIRFLOW_CONN_BILLING_DB"])
+    assert (billing["host"], billing["port"]) == ("127.0.0.1", ports["billing-db"])
