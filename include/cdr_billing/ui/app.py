@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr_billing.config import BILLING_DAG_ID
-from cdr_billing.ui import drill_routes, pages, runs_routes
+from cdr_billing.ui import drill_routes, pages, runs_routes, statements_routes
 from cdr_billing.ui.runs_routes import airflow_runs
 from cdr_billing.ui.web import (
     NO_STORE,
@@ -243,6 +243,7 @@ def prepaid_affordable(
 
 app.include_router(runs_routes.router)
 app.include_router(drill_routes.router)
+app.include_router(statements_routes.router)
 
 # ---------------------------------------------------------------------------------------------
 # Prepaid pages (prepaid_queries, prepaid_pages)
