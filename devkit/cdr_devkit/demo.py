@@ -5,8 +5,11 @@ keeps mails as files, a local HTTPS payment gateway and a local switch webhook, 
 billing database, and runs the DAGs in-process: first `cdr_prepaid_balances` once, inside the
 month, for a few carrier accounts made prepaid (their calls debited, a top-up approved, one
 declined and its line locked), then `cdr_billing_monthly`, which bills the other calls and
-settles the prepaid ones against their debits (nothing debited twice). Prints the billing
-lines, the counts and the prepaid accounts. Everything lives under .demo/ and .airflow/.
+settles the prepaid ones against their debits (nothing debited twice), and writes and mails
+the itemised statements of two customers (C1001 as PDF, C1002 as a portal link; the demo's
+config is the shipped one with a `statements:` section, .demo/pipeline.yaml). Prints the
+billing lines, the counts, the prepaid accounts and where the statements are. Everything
+lives under .demo/ and .airflow/.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
-from cdr_billing.config import STABLE_SECONDS_ENV
+from cdr_billing.config import CONFIG_ENV, STABLE_SECONDS_ENV
 from cdr_devkit.airflow_env import PROJECT_ROOT, airflow_settings, migrate
 from cdr_devkit.payment_gateway import PaymentGatewayServer
 from cdr_devkit.sample_data import generate_month
@@ -45,6 +49,60 @@ PREPAID_LEVELS = {  # EUR, as the command takes them
     "--unlock-level": "2.00",
 }
 PREPAID_RUN_DAY = 20  # the prepaid run's logical date: noon of this day of the month
+# The customers whose users get statements in the demo, and the portal their links point at
+DEMO_STATEMENTS = {
+    "C1001": {"mask_digits": 3, "deliver": "pdf"},
+    "C1002": {"mask_digits": 2, "deliver": "link"},
+}
+DEMO_PORTAL_URL = "http://127.0.0.1:8090"
+
+
+def write_demo_config() -> Path:
+    """The shipped pipeline.yaml with statements for the demo's customers, as .demo/pipeline.yaml
+    (its profiles still the shipped ones)."""
+    import yaml
+
+    shipped = PROJECT_ROOT / "include/config"
+    raw = yaml.safe_load((shipped / "pipeline.yaml").read_text(encoding="utf-8"))
+    raw["profiles_file"] = str(shipped / raw.get("profiles_file", "profiles.yaml"))
+    raw["statements"] = {
+        **(raw.get("statements") or {}),
+        "customers": DEMO_STATEMENTS,
+        "portal_url": DEMO_PORTAL_URL,
+    }
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    path = DEMO_DIR / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def print_statements(run_id: str) -> None:
+    """Where the month's statements are and how their mails went."""
+    from sqlalchemy import text
+
+    from cdr_billing import database
+    from cdr_billing.config import load_config
+
+    config = load_config()
+    engine = database.billing_engine(config.billing.connection)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT s.customer_id, COUNT(*), MIN(d.pdf_path), "
+                "SUM(CASE WHEN m.status = 'sent' THEN 1 ELSE 0 END) "
+                "FROM statement s JOIN billing_batch b ON b.batch_id = s.batch_id "
+                "LEFT JOIN statement_document d ON d.statement_id = s.statement_id "
+                "LEFT JOIN statement_delivery m ON m.statement_id = s.statement_id "
+                "WHERE b.run_id = :run GROUP BY s.customer_id ORDER BY s.customer_id"
+            ),
+            {"run": run_id},
+        ).all()
+    print("\nStatements (HTML and PDF per user; also on the Billing page, month > Statements):")
+    for customer, count, pdf, sent in rows:
+        how = DEMO_STATEMENTS[customer]["deliver"]
+        print(f"  {customer}: {count} statements, {sent or 0} mailed ({how})")
+        if pdf:
+            print(f"    in {Path(pdf).parent}")
 
 
 @dataclass
@@ -173,6 +231,7 @@ def main() -> int:
         "payment gateway and switch servers, running the prepaid DAG once, then the monthly DAG"
     )
     migrate(AIRFLOW_HOME)
+    os.environ[CONFIG_ENV] = str(write_demo_config())
     with LocalServices(DEMO_DIR / "services") as services:
         demo = start_demo_services(services, args.month)
         os.environ.update(demo.env)
@@ -202,6 +261,7 @@ def main() -> int:
             "prepaid (debited to balances) {prepaid}".format(**counts)
         )
         print_prepaid_summary(demo)
+        print_statements(dag_run.run_id)
     print(f"Billing database: {DEMO_DIR / 'billing.sqlite'}; mails: {DEMO_DIR / 'mail'}")
     print(f"Run files, Great Expectations Data Docs and the report: {work_dir}")
     return 0
