@@ -229,10 +229,10 @@ def stale_accounts(
     ]
 
 
-def merge_stale_accounts(stale: list[dict]) -> list[dict]:
-    """Stale accounts found file by file, one entry per account with all its calls."""
-    merged: dict[tuple, dict] = {}
-    for entry in stale:
-        key = (entry["account_id"], entry["customer_id"], entry["last_login"])
-        merged[key] = {**entry, "calls": merged.get(key, {"calls": 0})["calls"] + entry["calls"]}
-    return sorted(merged.values(), key=lambda e: (e["customer_id"], e["account_id"]))
+def merge_stale_accounts(stale: pd.DataFrame) -> pd.DataFrame:
+    """Stale accounts found file by file (STALE columns), one row per account with all its
+    calls, by customer then account (equal keys in the order first found): grouped in pandas,
+    as a dict per row cost 0.2 s per 27,000 accounts a file in the month's one process."""
+    keys = ["account_id", "customer_id", "last_login"]
+    merged = stale.groupby(keys, sort=False, dropna=False)["calls"].sum().reset_index()
+    return merged.sort_values(["customer_id", "account_id"], kind="stable").reset_index(drop=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import pandas as pd
-
 from cdr_billing import aggregate, attribute, report, workdir
 from cdr_billing.contracts import BilledFile, DedupedMonth, MonthLines, References, RowCounts
 from cdr_billing.tasks.bill import STALE_ACCOUNT_COLUMNS
@@ -20,10 +18,8 @@ def aggregate_lines(
     """Sum the files' user lines per user, then into billing lines; prove that the lines add up
     to the billed calls and that every row read has one outcome."""
     run, dirs = deduped.run, [f.dir for f in deduped.files]
-    stale = attribute.merge_stale_accounts(
-        workdir.read_parts(run, dirs, "stale_accounts").to_dict("records")
-    )
-    workdir.write(run, "stale_accounts", pd.DataFrame(stale, columns=STALE_ACCOUNT_COLUMNS))
+    stale = attribute.merge_stale_accounts(workdir.read_parts(run, dirs, "stale_accounts"))
+    workdir.write(run, "stale_accounts", stale[STALE_ACCOUNT_COLUMNS])
     counts = RowCounts(
         read=deduped.read,
         quarantined=deduped.quarantined,
