@@ -8,12 +8,12 @@ directories, DAGs, the client key), the databases and Redis are the same servers
 Environment = compose's, `${VAR}` interpolated from a generated .env with deploy/env.example's
 names, compose host names rewritten to 127.0.0.1 and the port each local server got.
 
-What differs from compose, and why (LOCAL_SETTINGS): PostgreSQL 15 of Debian with trust
-authentication (roles and databases as compose's), sshd without a chroot (so the pipeline
-config's remote directories are rewritten under the SFTP home), the devkit's SMTP server for
-mailpit, task_instance.hostname = the compose node's name (several workers on one host), no
-scheduled runs (the command triggers its month), a publish retry policy (a task sent while
-Redis restarts waits instead of failing).
+What differs from compose, and why (local_settings and the servers): Debian's PostgreSQL 15
+with trust authentication (roles and databases as compose's), sshd without a chroot (so the
+pipeline config's remote directories are rewritten under the SFTP home), the devkit's SMTP
+server for mailpit, task_instance.hostname = the compose node's name (several workers on one
+host), no scheduled runs (the command triggers its month), a publish retry policy (a task sent
+while Redis restarts waits instead of failing), two task slots per worker by default.
 """
 
 from __future__ import annotations
@@ -374,6 +374,16 @@ def plan_ports(services: Mapping[str, dict]) -> dict[str, int]:
     return {name: free_port() for name in listening if name in services}
 
 
+def home_links(service: dict, state: Path) -> dict[str, Path]:
+    """A service's mounts under the image's AIRFLOW_HOME as paths in a local home -> what
+    they are here (a named volume's shared directory, a project or key file)."""
+    return {
+        target.removeprefix(IMAGE_HOME + "/"): host_path(source, state)
+        for target, source in mounts(service).items()
+        if target.startswith(IMAGE_HOME + "/")
+    }
+
+
 def plan_from_compose(
     compose: dict,
     env: Mapping[str, str],
@@ -406,11 +416,7 @@ def plan_from_compose(
                         else airflow_argv(name, node, worker_concurrency),
                         env=airflow_env(service, node, home, env, ports, local, published),
                         home=home,
-                        links={
-                            target.removeprefix(IMAGE_HOME + "/"): host_path(source, state)
-                            for target, source in mounts(service).items()
-                            if target.startswith(IMAGE_HOME + "/")
-                        },
+                        links=home_links(service, state),
                     )
                 )
         elif kind == REDIS:
@@ -555,10 +561,12 @@ class LocalCluster:
 
     @property
     def metadata_url(self) -> str:
+        """Airflow's metadata database (service postgres), as its superuser."""
         return self.databases["postgres"].url
 
     @property
     def billing_url(self) -> str:
+        """The billing database (service billing-db), as its superuser."""
         return self.databases["billing-db"].url
 
     def _make_plan(self) -> list[ProcessSpec]:
