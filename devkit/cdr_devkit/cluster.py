@@ -933,10 +933,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(spec.name for spec in cluster.plan if spec.kind != AIRFLOW_ONCE)
         )
         generate_month(cluster.sftp_home, BillingMonth.parse(args.month))
+        triggered = time.monotonic()
         run = wait_for_run(cluster, trigger_month(cluster, args.month))
+        print(f"the month's run took {time.monotonic() - triggered:.0f} s")
         print(format_run(run, lines_summary(cluster.billing_url, args.month)))
         if args.keep:
-            print(f"UI: {cluster.api.base_url} (admin/{ADMIN_PASSWORD}); Ctrl-C stops it all")
+            print(f"Airflow UI: {cluster.api.base_url} (admin/{ADMIN_PASSWORD})")
+            if "billing-portal" in cluster.ports:
+                print(f"portal: http://{LOOPBACK}:{cluster.ports['billing-portal']}")
+            print(f"mails: {cluster.state / 'shared' / 'mail'}; Ctrl-C stops it all")
             try:
                 while True:
                     time.sleep(3600)
