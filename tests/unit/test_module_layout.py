@@ -51,6 +51,10 @@ RUN_RECORDS = {"contracts", "workdir", "run_attempts"}
 SCHEDULING = {"timetables", "run_notes"}
 # Prepaid credit control: the stages' functions applied to balances (a package of its own)
 PREPAID = "prepaid"
+# The users' self-service portal: a web app of its own, beside the Billing page (ui)
+PORTAL = "portal"
+# What every Celery worker loads as it starts (it names the modules to preload as strings)
+WORKER_START = "celery_config"
 
 
 def _imports(path: Path) -> set[str]:
@@ -84,7 +88,7 @@ def test_every_module_has_a_place_in_the_layout():
         | set(STAGES)
         | RUN_RECORDS
         | SCHEDULING
-        | {PREPAID, "taskflow", "dag_tasks", "tasks", "ui", "__init__", "__pycache__"}
+        | {PREPAID, PORTAL, WORKER_START, "taskflow", "dag_tasks", "tasks", "ui", "__init__", "__pycache__"}
         | {"templates"}  # the statement's Jinja2 template (statement_render)
     )
     assert modules - placed == set()
@@ -120,3 +124,16 @@ def test_the_ui_never_imports_the_task_bodies():
 
 def test_the_task_bodies_never_import_the_ui():
     assert "ui" not in _module_imports("tasks")
+
+
+def test_the_portal_never_imports_the_task_bodies():
+    assert not _module_imports(PORTAL) & {"tasks", "taskflow", "dag_tasks"}
+
+
+def test_nothing_imports_the_portal_but_the_portal():
+    others = {p.stem for p in PACKAGE.glob("*.py")} | {"tasks", "ui", PREPAID}
+    assert all(PORTAL not in _module_imports(name) for name in others)
+
+
+def test_a_worker_imports_nothing_of_the_package_while_it_starts():
+    assert _module_imports(WORKER_START) == set()
