@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import zlib
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
 from contextlib import closing
 from datetime import UTC, datetime
 
@@ -147,7 +145,7 @@ def _insert_sqlite(conn: Connection, table_name: str, batches: list[pd.DataFrame
 def _copy_postgres(conn: Connection, table_name: str, batches: list[pd.DataFrame]) -> None:
     """COPY in CSV, each batch formatted by Arrow while the server takes in the one before."""
     copy = f"COPY {table_name} ({', '.join(batches[0].columns)}) FROM STDIN WITH (FORMAT csv)"
-    chunks = _formatted_ahead(batches)
+    chunks = map(csv_bytes, batches)
     with conn.connection.driver_connection.cursor() as cursor:
         if conn.dialect.driver == "psycopg2":
             cursor.copy_expert(copy, _ChunkFile(chunks))
@@ -155,19 +153,6 @@ def _copy_postgres(conn: Connection, table_name: str, batches: list[pd.DataFrame
             with cursor.copy(copy) as stream:
                 for chunk in chunks:
                     stream.write(chunk)
-
-
-def _formatted_ahead(batches: list[pd.DataFrame]) -> Iterator[bytes]:
-    """Each batch's CSV, the next one formatted in a thread while the driver sends this one
-    (Arrow's cast and CSV writer release the GIL): the two cores format and COPY side by side."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy-csv") as formatter:
-        ahead: deque[Future[bytes]] = deque()
-        for batch in batches:
-            ahead.append(formatter.submit(csv_bytes, batch))
-            if len(ahead) > 1:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
 
 
 def _timestamp_text(values: pd.Series, utc: bool) -> pa.Array:
