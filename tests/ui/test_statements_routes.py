@@ -64,6 +64,14 @@ def test_the_month_lists_its_current_statements_with_their_links(client):
     assert page.text.count(">pending<") == 3
 
 
+def test_the_month_page_links_to_the_current_batch_statements(client):
+    http, ids, _ = client
+    page = http.get(f"/month/{MONTH}")
+    assert page.status_code == 200
+    assert f'href="{MONTH}/statements"' in page.text
+    assert f"The users&#x27; statements ({len(ids)})" in page.text
+
+
 def test_a_statement_opens_as_its_page_and_its_pdf(client):
     http, ids, _ = client
     html = http.get(f"/month/{MONTH}/statements/{ids['u1']}.html")

@@ -91,15 +91,17 @@ def group_path(group: Group) -> str:
     return f"{groups_path(group.kind)}/{segment(group.reason_code)}/{id_segment(group.key)}"
 
 
-def month_links(billing_month: str) -> str:
-    """A card for the month page (month/<YYYY-MM>): its lines, the download, the groups."""
+def month_links(billing_month: str, statement_count: int) -> str:
+    """A card for the month page (month/<YYYY-MM>): its lines, the download, the groups and, for
+    the customers who opted in, the users' statements."""
     month = segment(billing_month)
+    statements = f"{month}/statements", f"The users' statements ({number(statement_count)})"
     links = [
         (f"{month}/lines", "Billing lines per customer and sequence number"),
         (f"{month}/lines.csv", "Download the lines (CSV)"),
         (f"{month}/{groups_path('unbillable')}", "Unbillable calls by number range"),
         (f"{month}/{groups_path('suspense')}", "Calls in suspense by account"),
-    ]
+    ] + ([statements] if statement_count else [])
     items = "".join(f'<a href="{e(href)}">{e(text)}</a>' for href, text in links)
     return f'<section><h2>Lines and calls</h2><p class="actions">{items}</p></section>'
 

@@ -244,7 +244,7 @@ def month_page(detail: MonthDetail) -> str:
     body = (
         nav("../", "") + f'<p><a href="../">&larr; All months</a></p><h1>Billing month {e(month)} '
         f"{badge(detail.batches[0].status)}</h1><p class=meta>{meta}</p>{_files_section(detail)}"
-        + (drill_pages.month_links(month) if current else "")
+        + (drill_pages.month_links(month, detail.statement_count) if current else "")
         + f'<div class="grid">{_customers_section(detail)}</div>'
         f'<div class="grid">{_reconciliation_section(current)}'
         + _not_billed_section(

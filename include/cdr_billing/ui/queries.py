@@ -22,7 +22,7 @@ from cdr_billing import ledger
 from cdr_billing.config import PipelineConfig
 from cdr_billing.money import from_minor_units
 from cdr_billing.report import OUTCOME_LABELS, OUTCOMES, ReconciliationError, reconcile
-from cdr_billing.schema import CURRENT, billing_batch, billing_line, not_billed_group
+from cdr_billing.schema import CURRENT, billing_batch, billing_line, not_billed_group, statement
 
 # The non-billed calls the month page groups: by number range (unbillable), by account (suspense)
 NOT_BILLED_KINDS = ("unbillable", "suspense")
@@ -138,6 +138,7 @@ class MonthDetail:
     files: MonthFiles
     # delivered again with other content, not billed until released
     held_files: list[dict[str, str]]
+    statement_count: int = 0  # the current batch's statements (customers who opted in)
 
 
 def _batches(engine: Engine, *conditions) -> list[Batch]:
@@ -358,6 +359,13 @@ def current_files(engine: Engine, config: PipelineConfig, billing_month: str) ->
     return month_files(config, current[0]) if current else None
 
 
+def statement_count(engine: Engine, batch_id: int) -> int:
+    """How many statements a batch holds, for the month page's link to them."""
+    query = select(func.count()).select_from(statement).where(statement.c.batch_id == batch_id)
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one()
+
+
 def month_detail(engine: Engine, config: PipelineConfig, billing_month: str) -> MonthDetail | None:
     """The month page's data, or None when the month has no batch."""
     batches = _batches(engine, billing_batch.c.billing_month == billing_month)
@@ -380,4 +388,5 @@ def month_detail(engine: Engine, config: PipelineConfig, billing_month: str) -> 
         else dict.fromkeys(no_groups, 0),
         files=month_files(config, current) if current else MonthFiles(),
         held_files=ledger.held_files(engine, billing_month),
+        statement_count=statement_count(engine, batch_id) if current else 0,
     )
