@@ -390,12 +390,12 @@ def _sha256(path: Path) -> str:
 def all_rates(engine: Engine) -> pd.DataFrame:
     """Every rate of every version, for rating (newest version wins per prefix and moment)."""
     with engine.connect() as conn:
-        rows = (
-            conn.execute(select(tariff_rate).order_by(tariff_rate.c.version_id, tariff_rate.c.line))
-            .mappings()
-            .all()
+        result = conn.execute(
+            select(tariff_rate).order_by(tariff_rate.c.version_id, tariff_rate.c.line)
         )
-    rates = pd.DataFrame(rows, columns=[c.name for c in tariff_rate.columns])
+        # the driver's rows: SQLAlchemy's row mappings took 0.13 s of 0.19 s for 5,040 rates,
+        # in every file's bill_cdr_file
+        rates = pd.DataFrame.from_records(result.cursor.fetchall(), columns=list(result.keys()))
     for column in ("valid_from", "valid_to"):
         rates[column] = pd.to_datetime(rates[column], utc=True)
     integers = [
