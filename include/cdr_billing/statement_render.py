@@ -12,6 +12,7 @@ named by statement id, with their SHA-256 in statement_document.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ def render_html(view: StatementView) -> str:
         return _aware(moment).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
     year, month = (int(part) for part in head["billing_month"].split("-"))
-    following = f"{year + month // 12:04d}-{month % 12 + 1:02d}-01"
+    last_day = calendar.monthrange(year, month)[1]
     return (
         _environment()
         .get_template(TEMPLATE)
@@ -94,7 +95,7 @@ def render_html(view: StatementView) -> str:
             calls=view.calls,
             subtotals=view.subtotals,
             user_shown=shown_id(head["user_id"]),
-            period=f"{head['billing_month']}-01 to {following}",
+            period=f"{head['billing_month']}-01 to {head['billing_month']}-{last_day:02d}",
             money=money,
             local=local,
             duration=_duration,

@@ -51,6 +51,7 @@ def test_the_pdf_holds_the_totals_and_masked_numbers_only(loaded, tmp_path):
     assert "Sweden mobile" in text and "UK London" in text
     assert not any(number in text.replace(" ", "") for number in FULL_NUMBERS)
     assert "2026-05-02 00:30:00" in text  # 22:30 UTC on 1 May, in Stockholm
+    assert "2026-05-01 to 2026-05-31" in text  # the period as a reader counts it, last day included
     html = Path(document["html_path"]).read_text(encoding="utf-8")
     assert "http://" not in html and "https://" not in html
 
