@@ -95,4 +95,4 @@ pdf-libs:
 	    libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core >/dev/null; }
 
 clean:
-	rm -rf .airflow .demo .bench
+	rm -rf .airflow .demo .bench .cluster
