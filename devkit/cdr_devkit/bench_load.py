@@ -2,8 +2,8 @@
 
 Bills the benchmark month (`make bench-pipeline`'s, cached in `.bench/pipeline/`) once with the
 DAG's task functions (kept in `.bench/load/`), writes its billed calls as the load's own CSV to
-a file, and times on a throwaway PostgreSQL (`cdr_devkit.postgres`, stock settings but fsync),
-best of N rounds:
+a file, and times on a throwaway PostgreSQL (`cdr_devkit.postgres`: fsync and full-page writes
+off as in the tests, otherwise stock, no wal_level=minimal), best of N rounds:
 
 1. the limit: a server-side `COPY ... FROM '<file>' (FORMAT csv)` of that file into a table
    without index, key or partition (created in the same transaction, committed);
@@ -101,22 +101,23 @@ def bare_copy(engine: Engine, csv_path: Path, _round: int) -> Timed:
     started = time.perf_counter()
     with engine.begin() as conn:
         conn.execute(text(f"CREATE TABLE {BARE_TABLE} (LIKE billed_call)"))
+        columns = ", ".join(COLUMNS)
         conn.execute(
-            text(f"COPY {BARE_TABLE} ({', '.join(COLUMNS)}) FROM '{csv_path.resolve()}' (FORMAT csv)")
+            text(f"COPY {BARE_TABLE} ({columns}) FROM '{csv_path.resolve()}' (FORMAT csv)")
         )
     seconds = time.perf_counter() - started
     with engine.connect() as conn:
         return Timed(seconds, conn.execute(text(f"SELECT count(*) FROM {BARE_TABLE}")).scalar())
 
 
-def project_load(engine: Engine, work: Path, round_no: int) -> Timed:
+def project_load(engine: Engine, work: Path, month: BenchMonth, round_no: int) -> Timed:
     """The project's load of the billed calls as a new batch (the batch's other parts empty),
     committed; the batch's partition is dropped afterwards."""
     empty = pd.DataFrame()
     exceptions = pd.DataFrame(columns=EXCEPTION_COLUMNS)
     batch = Batch(empty, empty, empty, billed_calls(work), exceptions)
     started = time.perf_counter()
-    result = load_month(engine, "2026-10", f"bench-load-{round_no}", batch, {})
+    result = load_month(engine, str(month.month), f"bench-load-{round_no}", batch, {})
     seconds = time.perf_counter() - started
     with engine.begin() as conn:
         rows = conn.execute(
@@ -141,7 +142,7 @@ def run(month: BenchMonth, root: Path, rounds: int) -> dict:
         engine = create_engine(postgres.url)
         upgrade(engine)
         bare = best_of(rounds, lambda k: bare_copy(engine, csv_path, k))
-        project = best_of(rounds, lambda k: project_load(engine, work, k))
+        project = best_of(rounds, lambda k: project_load(engine, work, month, k))
         engine.dispose()
     csv_size = csv_path.stat().st_size
     csv_path.unlink()
