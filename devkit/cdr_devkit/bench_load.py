@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -55,11 +56,13 @@ class Timed(NamedTuple):
 
 def billed_month(month: BenchMonth, root: Path) -> Path:
     """The work dir of the month billed by the DAG's task functions (SQLite billing DB, no
-    Great Expectations: only the billed calls are used), billed once per month."""
+    Great Expectations: only the billed calls are used), billed again when the billed calls'
+    part file changed its name (its format)."""
     from cdr_devkit.bench_dag import write_config
 
     work = root / "billed" / month.root.name
-    if not (work / "done").exists():
+    if not (work / "done").exists() or not _billed_call_parts(work):
+        shutil.rmtree(work, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
         os.environ["CDR_BILLING_CONFIG"] = str(write_config(root))
         run_project(
@@ -69,10 +72,15 @@ def billed_month(month: BenchMonth, root: Path) -> Path:
     return work
 
 
+def _billed_call_parts(work: Path) -> list[Path]:
+    """Each CDR file's billed calls (the bill task's `attributed` part) in the work dir."""
+    return sorted(work.rglob(storage.file_name("attributed")))
+
+
 def billed_calls(work: Path) -> Iterator[pd.DataFrame]:
     """The month's billed calls in the `billed_call` shape, one frame per CDR file, as the load
     task reads them."""
-    for attributed in sorted(work.rglob(storage.file_name("attributed"))):
+    for attributed in _billed_call_parts(work):
         combined = attributed.with_name(storage.file_name("combined"))
         yield lineage.billed_calls(
             storage.read_frame(attributed),
