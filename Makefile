@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt Makefile | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-prepaid bench-ui portal portal-screenshot postgres-server openssh-server chromium redis-server pdf-libs clean
+.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-sftp bench-load bench-prepaid bench-ui portal portal-screenshot postgres-server openssh-server chromium redis-server pdf-libs clean
 
 $(READY): requirements.txt requirements-dev.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -48,8 +48,18 @@ bench-pipeline: setup
 	$(BIN)/python -m cdr_devkit.bench_pipeline $(ARGS)
 
 # The whole DAG (SFTP, PostgreSQL billing DB) on the same month, e.g. make bench-dag ARGS="--calls 200000 --sqlite"
-bench-dag: setup
+bench-dag: setup openssh-server
 	$(BIN)/python -m cdr_devkit.bench_dag $(ARGS)
+
+# The fetch against OpenSSH's own sftp client, both on the benchmark month served by sshd,
+# e.g. make bench-sftp ARGS="--calls 1000000 --files 2 --repeat 2"
+bench-sftp: setup openssh-server
+	$(BIN)/python -m cdr_devkit.bench_sftp $(ARGS)
+
+# The billing load against a bare server-side COPY of the same billed calls,
+# e.g. make bench-load ARGS="--calls 2000000 --files 4 --repeat 2"
+bench-load: setup postgres-server
+	$(BIN)/python -m cdr_devkit.bench_load $(ARGS)
 
 # The prepaid DAG on a day of 48 half-hour files on a running Airflow, e.g.
 # make bench-prepaid ARGS="--accounts 2000 --files 4 --calls 80000"
