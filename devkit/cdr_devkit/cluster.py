@@ -470,13 +470,15 @@ class DbServer:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below pid, children first found first (/proc/<pid>/task/<pid>/children):
-    the Task SDK puts a task process in a process group of its own, so a worker's group is not
-    all of it."""
-    try:
-        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Every process below pid, each child before its own children (/proc/<pid>/task/<tid>/
+    children of each thread): the Task SDK puts a task process in a process group of its own,
+    so a worker's process group is not all of it."""
+    children = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(child) for child in listing.read_text().split()]
+        except OSError:  # the thread or process ended meanwhile
+            continue
     return [found for child in children for found in (child, *descendants(child))]
 
 

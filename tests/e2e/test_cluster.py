@@ -11,6 +11,7 @@ bill tasks that run at once (files_at_once) are one on each worker.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from cdr_billing.months import BillingMonth
 from cdr_devkit.airflow_env import DAG_ID
-from cdr_devkit.cluster import LocalCluster, MonthRun, trigger_month, wait_for_run
+from cdr_devkit.cluster import (
+    LocalCluster,
+    MonthRun,
+    descendants,
+    trigger_month,
+    wait_for_run,
+)
 from cdr_devkit.sample_data import generate_month
 from oracle import expected_lines
 
@@ -46,11 +53,19 @@ FILE_TASKS = ("validate_cdr_file", "bill_cdr_file")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
-    """The cluster with two workers of one task slot each, serving the sample month."""
+    """The cluster with two workers of one task slot each, serving the sample month; once
+    stopped, no process it started is left."""
     state = tmp_path_factory.mktemp("cluster")
+    before = set(descendants(os.getpid()))
     with LocalCluster(state, workers=2, worker_concurrency=1, extra_env=FAST_FAULTS) as cluster:
         generate_month(cluster.sftp_home, MONTH)
         yield cluster
+        started = set(descendants(os.getpid())) - before
+    assert len(started) > 10
+    _wait(
+        "every process of the cluster to end",
+        lambda: None if any(_running(pid) for pid in started) else True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +142,18 @@ def _assert_month_billed_once(billing: Engine, run_id: str, expected: dict) -> N
     assert calls == distinct == line_calls
 
 
-def _entitlement_waiters(conn: Connection) -> int:
-    """Sessions waiting for the lock the test holds on the entitlement table."""
-    return conn.execute(
-        text(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-            "WHERE c.relname = 'entitlement' AND NOT l.granted"
-        )
-    ).scalar()
+def _entitlement_waiters(billing: Engine) -> int:
+    """Client sessions waiting for the lock the test holds on the entitlement table (asked in
+    a transaction of its own: pg_stat_activity stays as first read within a transaction)."""
+    with billing.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE c.relname = 'entitlement' AND NOT l.granted "
+                "AND a.backend_type = 'client backend'"
+            )
+        ).scalar()
 
 
 @contextmanager
@@ -145,14 +164,14 @@ def _bill_tasks_held(billing: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def _both_bill_tasks_waiting(metadata: Engine, lock: Connection, run_id: str) -> dict | None:
+def _both_bill_tasks_waiting(metadata: Engine, billing: Engine, run_id: str) -> dict | None:
     """{worker: map index} once a bill task runs on each worker and both wait for the lock."""
     running = {
         ti.hostname: ti.map_index
         for ti in _task_instances(metadata, run_id)
         if ti.task_id == "bill_cdr_file" and ti.state == "running"
     }
-    if set(running) == {WORKER_1, WORKER_2} and _entitlement_waiters(lock) >= 2:
+    if set(running) == {WORKER_1, WORKER_2} and _entitlement_waiters(billing) >= 2:
         return running
     return None
 
@@ -185,11 +204,11 @@ def test_a_worker_killed_in_a_bill_task_is_retried_on_the_other_worker(
     cluster, metadata, billing, expected
 ):
     try:
-        with _bill_tasks_held(billing) as lock:
+        with _bill_tasks_held(billing):
             run_id = trigger_month(cluster, str(MONTH))
             held = _wait(
                 "a bill task waiting on each worker",
-                lambda: _both_bill_tasks_waiting(metadata, lock, run_id),
+                lambda: _both_bill_tasks_waiting(metadata, billing, run_id),
             )
             killed_pids = cluster.kill_worker(1)
         killed = held[WORKER_1]
@@ -254,11 +273,11 @@ def test_redis_restarted_between_two_tasks(cluster, metadata, billing, expected)
 
 
 def test_the_scheduler_restarted_mid_run(cluster, metadata, billing, expected):
-    with _bill_tasks_held(billing) as lock:
+    with _bill_tasks_held(billing):
         run_id = trigger_month(cluster, str(MONTH))
         _wait(
             "a bill task waiting on each worker",
-            lambda: _both_bill_tasks_waiting(metadata, lock, run_id),
+            lambda: _both_bill_tasks_waiting(metadata, billing, run_id),
         )
         old = cluster.processes["airflow-scheduler"].pid
         cluster.restart("airflow-scheduler")
