@@ -10,8 +10,8 @@ provider's JWKS (never `none`, never HS256 with the public key as secret), from 
 this client (and `azp` this client when there are several audiences), fresh, with the nonce;
 only an `email` the provider says is verified is taken as the user's address.
 
-Only https is spoken to the provider, except to a loopback address (the tests' own provider,
-cdr_devkit.oidc_provider, listens on 127.0.0.1 over http).
+Only https is spoken to the provider, except to a loopback address (the test provider of the
+development kit listens on 127.0.0.1 over http).
 """
 
 from __future__ import annotations
