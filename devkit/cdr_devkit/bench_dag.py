@@ -7,9 +7,12 @@ throwaway PostgreSQL (`--sqlite`: a SQLite file, as the demo) and prints each ta
 the run's, its peak RSS and counts. By default the DAG runs once in this process (`dag.test`:
 the tasks one after another, mapped ones too); `--scheduler` triggers it on a running Airflow
 (api-server, scheduler with the LocalExecutor, dag-processor; metadata in PostgreSQL), where
-mapped tasks run side by side in their own processes, as in production. Peak memory is the
-summed RSS of the processes (as always reported) and their summed PSS (a page shared by forks
-counted once). Everything else lives under `.bench/dag/`.
+mapped tasks run side by side in their own processes, as in production; `--cluster` triggers it
+on the compose stack run as local processes (`cdr_devkit.cluster`: CeleryExecutor, Redis, two
+workers of two task slots), with its state under `.bench/dag-cluster/cluster/`. Peak memory is
+the summed RSS of Airflow's processes (as always reported) and their summed PSS (a page shared
+by forks counted once); on the cluster its servers (PostgreSQL, Redis, sshd, SMTP) apart.
+Everything else lives under `.bench/dag/` (`.bench/dag-cluster/` with `--cluster`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +32,10 @@ from typing import NamedTuple
 import yaml
 
 from cdr_devkit.airflow_env import DAG_ID, PROJECT_ROOT, airflow_settings, migrate
-from cdr_devkit.airflow_server import RunningAirflow
+from cdr_devkit.airflow_server import AirflowClient, RunningAirflow
 from cdr_devkit.bench_data import BenchMonth, ensure_month
 from cdr_devkit.bench_pipeline import SOURCE, add_month_arguments
+from cdr_devkit.cluster import AIRFLOW, WORKER, LocalCluster, host_path
 from cdr_devkit.memory import (
     PeakSampler,
     peak_rss_mib,
@@ -50,8 +55,20 @@ DAG_PARSE_TIMEOUT_SECONDS = 120
 RUNNERS = {
     "dag.test": "tasks one after another (dag.test)",
     "scheduler": "triggered on a running Airflow (LocalExecutor; mapped tasks side by side)",
+    "cluster": "triggered on the local compose cluster (CeleryExecutor, Redis, Celery workers)",
 }
 DEFAULT_ROOT = PROJECT_ROOT / ".bench" / "dag"
+# Never the project's .cluster/ (make cluster's state) nor a test's directory.
+DEFAULT_CLUSTER_ROOT = PROJECT_ROOT / ".bench" / "dag-cluster"
+CLUSTER_WORKERS, CLUSTER_SLOTS = 2, 2  # make cluster's defaults: 4 slots, as parallelism 4
+# The LocalExecutor bench's scheduler settings (RunningAirflow), so only the executor differs.
+CLUSTER_SCHEDULER_SETTINGS = {
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+    "AIRFLOW__CORE__PARALLELISM": str(CLUSTER_WORKERS * CLUSTER_SLOTS),
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+}
+# The cluster's named volumes the bench empties before it starts (the month's copies).
+CLUSTER_VOLUMES = ("cdr-inbox", "cdr-reference", "cdr-billing-work", "cdr-billing-archive")
 SFTP_SERVERS = {
     "openssh": "OpenSSH's sshd (what providers run)",
     "python": "the devkit's asyncssh server",
@@ -74,12 +91,22 @@ class RunEnd(NamedTuple):
     peak_pss_mib: float
 
 
+class ServerMemory(NamedTuple):
+    """Peak memory of one kind of the cluster's servers (all its processes summed)."""
+
+    processes: int
+    peak_rss_mib: float
+    peak_pss_mib: float
+
+
 SHIPPED_CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
 
 
-def serve_month(month: BenchMonth, sftp_root: Path) -> None:
-    """The month's files in the SFTP layout of the shipped config (hard links where possible)."""
-    shutil.rmtree(sftp_root, ignore_errors=True)
+def serve_month(month: BenchMonth, sftp_root: Path, fresh: bool = True) -> None:
+    """The month's files in the SFTP layout of the shipped config (hard links where possible;
+    fresh: sftp_root emptied first, not when its directories are the cluster's volume links)."""
+    if fresh:
+        shutil.rmtree(sftp_root, ignore_errors=True)
     targets = [(f, sftp_root / "cdr" / SOURCE / f.name) for f in month.cdr_files]
     targets += [(f, sftp_root / "reference" / f.name) for f in (month.tariff, month.entitlements)]
     for source, target in targets:
@@ -90,10 +117,16 @@ def serve_month(month: BenchMonth, sftp_root: Path) -> None:
             shutil.copyfile(source, target)
 
 
-def write_config(root: Path, files_at_once: int | None = None, remote_root: str = "") -> Path:
+def write_config(
+    root: Path,
+    files_at_once: int | None = None,
+    remote_root: str = "",
+    data_roots: tuple[Path, Path] | None = None,
+) -> Path:
     """The shipped pipeline config with only the carrier source, its files under `root`
     (files_at_once: the config's own unless given; remote directories under `remote_root`,
-    for sshd, which serves absolute paths)."""
+    for sshd, which serves absolute paths; data_roots: the work and archive roots, when not
+    root/work and root/archive)."""
     config = yaml.safe_load(SHIPPED_CONFIG.read_text(encoding="utf-8"))
     if files_at_once:
         config["files_at_once"] = files_at_once
@@ -103,7 +136,8 @@ def write_config(root: Path, files_at_once: int | None = None, remote_root: str 
     config["profiles_file"] = str(
         SHIPPED_CONFIG.with_name(config.get("profiles_file", "profiles.yaml"))
     )
-    config.update(work_root=str(root / "work"), archive_root=str(root / "archive"))
+    work_root, archive_root = data_roots or (root / "work", root / "archive")
+    config.update(work_root=str(work_root), archive_root=str(archive_root))
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
@@ -120,6 +154,10 @@ def task_seconds(instances: list[dict]) -> list[dict]:
     tasks = []
     for task, group in by_task.items():
         seconds = [(ti["end"] - ti["start"]).total_seconds() for ti in group]
+        nodes = {}
+        for ti in group:
+            if ti.get("hostname"):
+                nodes[ti["hostname"]] = nodes.get(ti["hostname"], 0) + 1
         tasks.append(
             {
                 "task": task,
@@ -130,9 +168,21 @@ def task_seconds(instances: list[dict]) -> list[dict]:
                 "first_start": (group[0]["start"] - run_start).total_seconds(),
                 "last_end": (max(ti["end"] for ti in group) - run_start).total_seconds(),
                 "most_at_once": most_at_once(group),
+                **({"nodes": dict(sorted(nodes.items()))} if nodes else {}),
             }
         )
     return tasks
+
+
+def idle_seconds(instances: list[dict]) -> float:
+    """Seconds between the run's first task start and last task end when no task ran (the
+    scheduler's and executor's hand-offs: queueing, a new process, its start-up)."""
+    idle, busy_until = 0.0, None
+    for ti in sorted(instances, key=lambda ti: ti["start"]):
+        if busy_until is not None and ti["start"] > busy_until:
+            idle += (ti["start"] - busy_until).total_seconds()
+        busy_until = ti["end"] if busy_until is None else max(busy_until, ti["end"])
+    return idle
 
 
 def most_at_once(instances: list[dict]) -> int:
@@ -146,15 +196,15 @@ def most_at_once(instances: list[dict]) -> int:
     return most
 
 
-def _airflow_rss_mib(airflow: RunningAirflow) -> float:
+def _airflow_rss_mib(processes: Mapping[str, subprocess.Popen]) -> float:
     """The resident memory of all of Airflow's processes (the components, their workers and
     tasks)."""
-    return sum(process_tree_rss_mib(process.pid) for process in airflow.processes.values())
+    return sum(process_tree_rss_mib(process.pid) for process in processes.values())
 
 
-def _airflow_pss_mib(airflow: RunningAirflow) -> float:
+def _airflow_pss_mib(processes: Mapping[str, subprocess.Popen]) -> float:
     """The proportional memory of all of Airflow's processes (shared pages counted once)."""
-    return sum(process_tree_pss_mib(process.pid) for process in airflow.processes.values())
+    return sum(process_tree_pss_mib(process.pid) for process in processes.values())
 
 
 def _run_in_process(month: BenchMonth) -> DagRunFacts:
@@ -186,14 +236,17 @@ def _run_in_process(month: BenchMonth) -> DagRunFacts:
     return DagRunFacts(facts, instances)
 
 
-def _watch_run(airflow: RunningAirflow, run_id: str) -> RunEnd:
+def _watch_run(
+    airflow: AirflowClient, processes: Mapping[str, subprocess.Popen], run_id: str
+) -> RunEnd:
     """Poll the run until it ends (or a task waits for a retry: failed); its state and the peak
-    RSS of Airflow's process tree (scheduler with its LocalExecutor workers and tasks, api-server,
-    dag-processor), and their PSS, sampled every 0.2 s."""
+    RSS of Airflow's process trees (LocalExecutor: the scheduler with its workers and tasks,
+    api-server, dag-processor; the cluster: also the triggerer and the Celery workers with their
+    tasks), and their PSS, sampled every 0.2 s."""
     peak, peak_pss, polled = 0.0, 0.0, 0.0
     while True:
-        peak = max(peak, _airflow_rss_mib(airflow))
-        peak_pss = max(peak_pss, _airflow_pss_mib(airflow))
+        peak = max(peak, _airflow_rss_mib(processes))
+        peak_pss = max(peak_pss, _airflow_pss_mib(processes))
         if time.monotonic() - polled >= 1:
             polled = time.monotonic()
             state = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
@@ -211,25 +264,12 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRun
     with RunningAirflow(home, env) as airflow:
         airflow.wait_for_dag(DAG_ID, DAG_PARSE_TIMEOUT_SECONDS)
         airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
-        idle, idle_pss = _airflow_rss_mib(airflow), _airflow_pss_mib(airflow)
+        idle, idle_pss = _airflow_rss_mib(airflow.processes), _airflow_pss_mib(airflow.processes)
         started = time.perf_counter()
-        conf = {"billing_month": str(month.month)}
-        run_id = airflow.api(
-            "POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}
-        )["dag_run_id"]
-        end = _watch_run(airflow, run_id)
+        run_id = _trigger(airflow, month)
+        end = _watch_run(airflow, airflow.processes, run_id)
         wall = time.perf_counter() - started
-        answer = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000")
-    instances = [
-        {
-            "task_id": ti["task_id"],
-            "state": ti["state"],
-            "start": datetime.fromisoformat(ti["start_date"]),
-            "end": datetime.fromisoformat(ti["end_date"]),
-        }
-        for ti in answer["task_instances"]
-        if ti["start_date"] and ti["end_date"]
-    ]
+        instances = _task_instances(airflow, run_id)
     facts = {
         "run_id": run_id,
         "state": end.state,
@@ -240,6 +280,155 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRun
         "idle_pss_mib": idle_pss,
     }
     return DagRunFacts(facts, instances)
+
+
+def _trigger(airflow: AirflowClient, month: BenchMonth) -> str:
+    """A run of the month through the REST API (the DAG unpaused, no scheduled run beside it);
+    its run id."""
+    conf = {"billing_month": str(month.month)}
+    answer = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    return answer["dag_run_id"]
+
+
+def _task_instances(airflow: AirflowClient, run_id: str, nodes: bool = False) -> list[dict]:
+    """The run's finished task instances from the REST API (nodes: with the host that ran each,
+    the cluster's node name)."""
+    answer = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000")
+    return [
+        {
+            "task_id": ti["task_id"],
+            "state": ti["state"],
+            "start": datetime.fromisoformat(ti["start_date"]),
+            "end": datetime.fromisoformat(ti["end_date"]),
+            **({"hostname": ti["hostname"]} if nodes else {}),
+        }
+        for ti in answer["task_instances"]
+        if ti["start_date"] and ti["end_date"]
+    ]
+
+
+def cluster_airflow_processes(cluster: LocalCluster) -> dict[str, subprocess.Popen]:
+    """The cluster's Airflow processes by node: api-server, scheduler, dag-processor, triggerer,
+    the Celery workers (flower with its profile); not the billing portal, a web app of its own."""
+    return {
+        node: process
+        for node, process in cluster.processes.items()
+        if cluster.spec(node).kind in (AIRFLOW, WORKER)
+    }
+
+
+def cluster_server_pids(cluster: LocalCluster) -> dict[str, list[int]]:
+    """The top process of each of the cluster's other processes by kind (PostgreSQL: each
+    cluster's postmaster, from its pid file; Redis, sshd, SMTP: the devkit's processes; the
+    billing portal)."""
+    pids: dict[str, list[int]] = {}
+    airflow = cluster_airflow_processes(cluster)
+    for node, process in cluster.processes.items():
+        if node not in airflow:
+            pids.setdefault(node.removeprefix("billing-"), []).append(process.pid)
+    for database in cluster.databases.values():
+        postmaster = database.server.data / "postmaster.pid"
+        pids.setdefault("postgresql", []).append(int(postmaster.read_text().split()[0]))
+    for node, server in cluster.servers.items():
+        kind = {"redis": "redis", "mailpit": "smtp"}.get(node, "sshd")
+        pids.setdefault(kind, []).append(server.process.pid)
+    return pids
+
+
+def _tree_sum(measure: Callable[[int], float], pids: list[int]) -> Callable[[], float]:
+    return lambda: sum(measure(pid) for pid in pids)
+
+
+def _run_on_cluster(
+    month: BenchMonth, root: Path, files_at_once: int | None
+) -> tuple[DagRunFacts, dict[str, ServerMemory]]:
+    """The DAG triggered on the local compose cluster (cdr_devkit.cluster, state in
+    root/cluster): its facts and task instances (with the node of each), and the peak memory of
+    its servers by kind (sampled every second, apart from Airflow's)."""
+    state = root / "cluster"
+    for volume in CLUSTER_VOLUMES:
+        shutil.rmtree(host_path(volume, state), ignore_errors=True)
+    data_roots = (host_path("cdr-billing-work", state), host_path("cdr-billing-archive", state))
+    config = write_config(root, files_at_once, str(state / "sftp-home"), data_roots)
+    os.environ["CDR_BILLING_CONFIG"] = str(config)  # this process reads the run's lines
+    cluster = LocalCluster(
+        state,
+        workers=CLUSTER_WORKERS,
+        worker_concurrency=CLUSTER_SLOTS,
+        extra_env={"CDR_BILLING_CONFIG": str(config), **CLUSTER_SCHEDULER_SETTINGS},
+    )
+    with cluster, ExitStack() as samplers:
+        serve_month(month, cluster.sftp_home, fresh=False)
+        cluster.api.wait_for_dag(DAG_ID, DAG_PARSE_TIMEOUT_SECONDS)
+        cluster.api.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        airflow = cluster_airflow_processes(cluster)
+        idle = _airflow_rss_mib(airflow), _airflow_pss_mib(airflow)
+        server_pids = cluster_server_pids(cluster)
+        peaks = {
+            (kind, name): samplers.enter_context(
+                PeakSampler(_tree_sum(measure, pids), every_seconds=1.0)
+            )
+            for kind, pids in server_pids.items()
+            for name, measure in (("rss", process_tree_rss_mib), ("pss", process_tree_pss_mib))
+        }
+        started = time.perf_counter()
+        run_id = _trigger(cluster.api, month)
+        end = _watch_run(cluster.api, airflow, run_id)
+        wall = time.perf_counter() - started
+        instances = _task_instances(cluster.api, run_id, nodes=True)
+        airflow_nodes = sorted(airflow)
+    servers = {
+        kind: ServerMemory(len(pids), peaks[kind, "rss"].peak, peaks[kind, "pss"].peak)
+        for kind, pids in server_pids.items()
+    }
+    facts = {
+        "run_id": run_id,
+        "state": end.state,
+        "wall_seconds": wall,
+        "peak_rss_mib": end.peak_rss_mib,
+        "peak_pss_mib": end.peak_pss_mib,
+        "idle_rss_mib": idle[0],
+        "idle_pss_mib": idle[1],
+        "airflow_processes": airflow_nodes,
+    }
+    return DagRunFacts(facts, instances), servers
+
+
+def run_cluster(month: BenchMonth, root: Path, files_at_once: int | None = None) -> dict:
+    """Run the DAG once on the local cluster (served by its sshd, billed into its billing-db),
+    return what happened (also kept in root/bench_dag.json)."""
+    root.mkdir(parents=True, exist_ok=True)
+    dag_run, servers = _run_on_cluster(month, root, files_at_once)
+    facts = {
+        "calls": month.rows,
+        "files": len(month.cdr_files),
+        "billing_db": "postgresql",
+        "runner": "cluster",
+        "sftp": "openssh",
+        "workers": CLUSTER_WORKERS,
+        "worker_slots": CLUSTER_SLOTS,
+        **dag_run.facts,
+        "servers": {kind: memory._asdict() for kind, memory in servers.items()},
+        "tasks": task_seconds(dag_run.task_instances),
+        "idle_between_tasks_seconds": idle_seconds(dag_run.task_instances),
+    }
+    return _finish(facts, month, root)
+
+
+def _finish(facts: dict, month: BenchMonth, root: Path) -> dict:
+    """The run's counts and lines file (when it succeeded) added; facts kept in
+    root/bench_dag.json."""
+    if facts["state"] == "success":
+        from cdr_billing.config import load_config
+        from cdr_billing.workdir import run_work_dir
+
+        work_dir = run_work_dir(load_config(), str(month.month), facts["run_id"])
+        facts.update(
+            counts=json.loads((work_dir / "report.json").read_text())["counts"],
+            lines=str(work_dir / "lines.parquet"),
+        )
+    (root / "bench_dag.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
+    return facts
 
 
 def run(
@@ -303,18 +492,9 @@ def run(
         "sftp": sftp,
         **dag_run.facts,
         "tasks": task_seconds(dag_run.task_instances),
+        "idle_between_tasks_seconds": idle_seconds(dag_run.task_instances),
     }
-    if facts["state"] == "success":
-        from cdr_billing.config import load_config
-        from cdr_billing.workdir import run_work_dir
-
-        work_dir = run_work_dir(load_config(), str(month.month), facts["run_id"])
-        facts.update(
-            counts=json.loads((work_dir / "report.json").read_text())["counts"],
-            lines=str(work_dir / "lines.parquet"),
-        )
-    (root / "bench_dag.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
-    return facts
+    return _finish(facts, month, root)
 
 
 def format_report(facts: dict) -> str:
@@ -328,10 +508,19 @@ def format_report(facts: dict) -> str:
     ]
     for task in facts["tasks"]:
         states = ",".join(task["states"])
+        nodes = " ".join(f"{node}:{count}" for node, count in task.get("nodes", {}).items())
         out.append(
             f"  {task['task']:<22}{task['instances']:>10}{task['most_at_once']:>8}"
             f"{task['seconds']:>10.1f}{task['slowest']:>10.1f}"
             f"{task['first_start']:>8.1f}{task['last_end']:>8.1f}  {states}"
+            + (f"  {nodes}" if nodes else "")
+        )
+    if facts["tasks"]:
+        last_end = max(task["last_end"] for task in facts["tasks"])
+        out.append(
+            f"between tasks: {facts['idle_between_tasks_seconds']:.1f} s with no task running, "
+            f"{facts['wall_seconds'] - last_end:.1f} s of the wall time before the first task "
+            "started and after the last ended (trigger, queueing, polling)"
         )
     idle = (
         f" (Airflow idle before the run: RSS {facts['idle_rss_mib']:,.0f} MiB, "
@@ -344,6 +533,20 @@ def format_report(facts: dict) -> str:
         f"peak RSS {facts['peak_rss_mib']:,.0f} MiB, peak PSS {facts['peak_pss_mib']:,.0f} MiB"
         f"{idle}"
     )
+    if "airflow_processes" in facts:
+        out.append(
+            "Airflow's processes counted (each with its children): "
+            + ", ".join(facts["airflow_processes"])
+        )
+    if "servers" in facts:
+        out.append(
+            "not Airflow, apart (peak, summed over each kind's processes): "
+            + "; ".join(
+                f"{kind} ({memory['processes']}) RSS {memory['peak_rss_mib']:,.0f} MiB, "
+                f"PSS {memory['peak_pss_mib']:,.0f} MiB"
+                for kind, memory in facts["servers"].items()
+            )
+        )
     if "counts" in facts:
         out.append(
             "counts: " + ", ".join(f"{key} {value:,}" for key, value in facts["counts"].items())
@@ -357,8 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--root",
         type=Path,
-        default=DEFAULT_ROOT,
-        help="where the run's servers, Airflow and files live",
+        help=(
+            "where the run's servers, Airflow and files live (default "
+            f"{DEFAULT_ROOT.relative_to(PROJECT_ROOT)})"
+        ),
     )
     parser.add_argument(
         "--sqlite", action="store_true", help="a SQLite billing database instead of PostgreSQL"
@@ -367,6 +572,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scheduler",
         action="store_true",
         help="trigger the DAG on a running Airflow (LocalExecutor)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help=(
+            "trigger the DAG on the local compose cluster (CeleryExecutor, Redis, "
+            f"{CLUSTER_WORKERS} workers of {CLUSTER_SLOTS} slots; default root "
+            f"{DEFAULT_CLUSTER_ROOT.relative_to(PROJECT_ROOT)})"
+        ),
     )
     parser.add_argument(
         "--sftp",
@@ -380,11 +594,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the config's files_at_once (default: the shipped config's)",
     )
     args = parser.parse_args(argv)
+    if args.cluster and (args.scheduler or args.sqlite or args.sftp != "openssh"):
+        parser.error("--cluster runs its own PostgreSQL and sshd: no --scheduler, --sqlite, --sftp")
     stop_on_sigterm()
     month = ensure_month(args.base, args.calls, args.files, args.seed)
-    facts = run(
-        month, args.root.resolve(), args.sqlite, args.scheduler, args.files_at_once, args.sftp
-    )
+    if args.cluster:
+        root = (args.root or DEFAULT_CLUSTER_ROOT).resolve()
+        facts = run_cluster(month, root, args.files_at_once)
+    else:
+        root = (args.root or DEFAULT_ROOT).resolve()
+        facts = run(month, root, args.sqlite, args.scheduler, args.files_at_once, args.sftp)
     print(format_report(facts))
     return 0 if facts["state"] == "success" else 1
 
