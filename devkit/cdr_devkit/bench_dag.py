@@ -89,6 +89,7 @@ class RunEnd(NamedTuple):
     state: str
     peak_rss_mib: float
     peak_pss_mib: float
+    load_average: tuple[float, float]  # the machine's 1-minute load average: mean, max
 
 
 class ServerMemory(NamedTuple):
@@ -242,19 +243,23 @@ def _watch_run(
     """Poll the run until it ends (or a task waits for a retry: failed); its state and the peak
     RSS of Airflow's process trees (LocalExecutor: the scheduler with its workers and tasks,
     api-server, dag-processor; the cluster: also the triggerer and the Celery workers with their
-    tasks), and their PSS, sampled every 0.2 s."""
-    peak, peak_pss, polled = 0.0, 0.0, 0.0
+    tasks), and their PSS, sampled every 0.2 s; the machine's load average every second (a
+    shared machine's other work shows there)."""
+    peak, peak_pss, polled, loads = 0.0, 0.0, 0.0, []
     while True:
         peak = max(peak, _airflow_rss_mib(processes))
         peak_pss = max(peak_pss, _airflow_pss_mib(processes))
         if time.monotonic() - polled >= 1:
             polled = time.monotonic()
+            loads.append(os.getloadavg()[0])
             state = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
             retrying = airflow.api(
                 "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?state=up_for_retry"
             )
             if state in ("success", "failed") or retrying["total_entries"]:
-                return RunEnd("failed" if retrying["total_entries"] else state, peak, peak_pss)
+                load = (sum(loads) / len(loads), max(loads))
+                ended = "failed" if retrying["total_entries"] else state
+                return RunEnd(ended, peak, peak_pss, load)
         time.sleep(0.2)
 
 
@@ -276,6 +281,7 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRun
         "wall_seconds": wall,
         "peak_rss_mib": end.peak_rss_mib,
         "peak_pss_mib": end.peak_pss_mib,
+        "load_average": end.load_average,
         "idle_rss_mib": idle,
         "idle_pss_mib": idle_pss,
     }
@@ -387,6 +393,7 @@ def _run_on_cluster(
         "wall_seconds": wall,
         "peak_rss_mib": end.peak_rss_mib,
         "peak_pss_mib": end.peak_pss_mib,
+        "load_average": end.load_average,
         "idle_rss_mib": idle[0],
         "idle_pss_mib": idle[1],
         "airflow_processes": airflow_nodes,
@@ -533,6 +540,9 @@ def format_report(facts: dict) -> str:
         f"peak RSS {facts['peak_rss_mib']:,.0f} MiB, peak PSS {facts['peak_pss_mib']:,.0f} MiB"
         f"{idle}"
     )
+    if "load_average" in facts:
+        mean, most = facts["load_average"]
+        out.append(f"the machine's load average during the run: mean {mean:.1f}, max {most:.1f}")
     if "airflow_processes" in facts:
         out.append(
             "Airflow's processes counted (each with its children): "

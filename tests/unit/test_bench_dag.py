@@ -79,6 +79,7 @@ def test_the_cluster_report_shows_the_node_of_each_task_and_what_memory_counts()
         "wall_seconds": 63.5,
         "peak_rss_mib": 5000.0,
         "peak_pss_mib": 3000.0,
+        "load_average": [3.25, 5.5],
         "idle_rss_mib": 3400.0,
         "idle_pss_mib": 1700.0,
         "airflow_processes": ["airflow-scheduler", "airflow-worker-1", "airflow-worker-2"],
@@ -95,6 +96,7 @@ def test_the_cluster_report_shows_the_node_of_each_task_and_what_memory_counts()
     assert "peak RSS 5,000 MiB, peak PSS 3,000 MiB" in report
     assert "counted (each with its children): airflow-scheduler, airflow-worker-1" in report
     assert "postgresql (2) RSS 900 MiB, PSS 300 MiB" in report
+    assert "load average during the run: mean 3.2, max 5.5" in report
 
 
 def test_the_scheduler_report_names_no_nodes():
