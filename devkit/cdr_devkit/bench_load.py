@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from cdr_billing import database, lineage, storage
 from cdr_billing.load import Batch, load_month
 from cdr_billing.migrations import upgrade
-from cdr_billing.schema import billed_call
+from cdr_billing.schema import billed_call, with_derived_columns
 from cdr_devkit.airflow_env import PROJECT_ROOT
 from cdr_devkit.bench_data import BenchMonth, ensure_month
 from cdr_devkit.bench_pipeline import add_month_arguments, run_project
@@ -89,13 +89,15 @@ def billed_calls(work: Path) -> Iterator[pd.DataFrame]:
 
 
 def write_csv(work: Path, path: Path) -> int:
-    """The billed calls as the load's COPY CSV (batch id 0) in a file the server can read;
-    returns the rows written."""
+    """The billed calls as CSV (batch id 0, every column the table has, the load's derived key
+    too) in a file the server can read; returns the rows written."""
     rows = 0
     with path.open("wb") as out:
         for frame in billed_calls(work):
             for start in range(0, len(frame), database.INSERT_BATCH_ROWS):
-                batch = frame.iloc[start : start + database.INSERT_BATCH_ROWS]
+                batch = with_derived_columns(
+                    billed_call, frame.iloc[start : start + database.INSERT_BATCH_ROWS]
+                )
                 out.write(database.csv_bytes(batch.assign(batch_id=0)[COLUMNS]))
             rows += len(frame)
     path.chmod(0o644)

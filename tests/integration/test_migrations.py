@@ -3,15 +3,22 @@
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, insert, inspect, select, text
+from sqlalchemy import Column, MetaData, Table, create_engine, insert, inspect, select, text
 
 from cdr_billing import migrations
-from cdr_billing.schema import billed_call, billing_batch, metadata
+from cdr_billing.schema import (
+    billed_call,
+    billing_batch,
+    line_key_range,
+    line_user_key,
+    metadata,
+)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -88,6 +95,15 @@ def test_the_documented_command_upgrades_and_reports_the_version(tmp_path):
     assert f"at version {migrations.head()}; newest known: {migrations.head()}" in run("current")
 
 
+def _billed_call_before_0011() -> Table:
+    """billed_call without line_user_key (and its INSERT default), as before 0011."""
+    return Table(
+        "billed_call",
+        MetaData(),
+        *(Column(c.name, c.type) for c in billed_call.columns if c.name != "line_user_key"),
+    )
+
+
 def test_billed_calls_from_before_partitions_move_to_their_batch_s_partition(postgres):
     engine = create_engine(postgres.url_of(postgres.create_database("migrations_partitions")))
     calls = {
@@ -118,7 +134,7 @@ def test_billed_calls_from_before_partitions_move_to_their_batch_s_partition(pos
             {**calls, "batch_id": batch, "transaction_id": f"t{n}", "source_row": n}
             for n, batch in enumerate([batches[0]] * 3 + [batches[1]])
         ]
-        conn.execute(insert(billed_call), rows)
+        conn.execute(insert(_billed_call_before_0011()), rows)
     assert migrations.upgrade(engine) == migrations.head()
     assert _differences(engine) == []
     with engine.connect() as conn:
@@ -201,3 +217,55 @@ def test_portal_migration_goes_up_and_down_and_keeps_the_statements(empty_databa
     assert not PORTAL_TABLES & tables and STATEMENT_TABLES <= tables
     assert migrations.upgrade(engine) == migrations.head()
     assert _differences(engine) == []
+
+
+def test_billed_call_key_migration_keys_the_loaded_calls_and_indexes_them(empty_database):
+    engine = create_engine(empty_database)
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "0010")
+        batch = conn.execute(
+            insert(billing_batch).values(
+                billing_month="2026-05", run_id="r", status="current", counts="{}"
+            )
+        ).inserted_primary_key[0]
+        lines = [("C1", "1", "EUR", "u"), ("C1", "1", "SEK", "u"), ("C2", "7", "EUR", "v")]
+        rows = [
+            {
+                "batch_id": batch,
+                "customer_id": customer,
+                "sequence_number": sequence,
+                "currency": currency,
+                "user_id": user,
+                "transaction_id": f"t{n}",
+                "start_utc": datetime(2026, 5, 1, 10, tzinfo=UTC),
+                "billed_seconds": 60,
+                "cost_minor": 5,
+                "pricing": "tariff",
+                "source": "carrier",
+                "source_file": "f.csv",
+                "source_row": n,
+                "combined_rows": "",
+            }
+            for n, (customer, sequence, currency, user) in enumerate(lines * 2)
+        ]
+        conn.execute(insert(_billed_call_before_0011()), rows)
+    assert migrations.upgrade(engine) == migrations.head()
+    assert _differences(engine) == []
+    with engine.connect() as conn:
+        keys = conn.execute(
+            select(
+                billed_call.c.customer_id,
+                billed_call.c.sequence_number,
+                billed_call.c.currency,
+                billed_call.c.user_id,
+                billed_call.c.line_user_key,
+            )
+        ).all()
+    assert len(keys) == 6
+    for customer, sequence, currency, user, key in keys:
+        assert key == line_user_key(customer, sequence, currency, user)
+        low, high = line_key_range(customer, sequence)
+        assert low <= key <= high
+    assert len({key for *_, key in keys}) == 3
+    index = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("billed_call")}
+    assert index["billed_call_of_user"] == ["line_user_key", "source_file", "source_row"]

@@ -29,6 +29,7 @@ from cdr_billing.schema import (
     billing_exception,
     billing_line,
     billing_user_line,
+    line_user_key,
     not_billed_group,
 )
 
@@ -303,7 +304,8 @@ def calls_page(
     after: tuple[str, int] | None = None,
 ) -> CallsPage | None:
     """A user's calls in a line after (file, row) `after`, a page in file and row order (the
-    index billed_call_of_user); None when the line has no such user."""
+    index billed_call_of_user by the user's key; the real columns rule out a hash collision);
+    None when the line has no such user."""
     call = billed_call.c
     query = (
         select(
@@ -316,7 +318,11 @@ def calls_page(
             call.pricing,
             call.combined_rows,
         )
-        .where(*_of_line(billed_call, batch_id, key), call.user_id == user_id)
+        .where(
+            call.line_user_key == line_user_key(*key, user_id),  # the index's range
+            *_of_line(billed_call, batch_id, key),
+            call.user_id == user_id,
+        )
         .order_by(call.source_file, call.source_row)
         .limit(CALLS_PER_PAGE + 1)
     )
