@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready-$(shell cat requirements.txt requirements-dev.txt Makefile | cksum | cut -d' ' -f1)
 MONTH  ?= 2026-10
 
-.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-sftp bench-load bench-prepaid bench-ui portal portal-screenshot postgres-server openssh-server chromium redis-server pdf-libs clean
+.PHONY: setup demo test standalone screenshot lint bench-excel bench-rating bench-pipeline bench-dag bench-sftp bench-load bench-prepaid bench-ui portal portal-screenshot cluster postgres-server openssh-server chromium redis-server pdf-libs clean
 
 $(READY): requirements.txt requirements-dev.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -28,6 +28,12 @@ standalone: setup
 # docs/billing-*.png: the README's pictures of the Billing page in the Airflow UI (needs Debian's chromium).
 screenshot: demo
 	$(BIN)/python -m cdr_devkit.screenshot --month $(MONTH)
+
+# The compose stack's topology without Docker (CeleryExecutor, Redis, two workers, sshd, the
+# portal), planned from docker-compose.yaml: bills MONTH and prints where each task ran;
+# ARGS="--keep" stays up, ARGS="--workers 3" scales.
+cluster: setup postgres-server openssh-server redis-server pdf-libs
+	$(BIN)/python -m cdr_devkit.cluster --month $(MONTH) $(ARGS)
 
 # The users' self-service portal on the demo's billing database (after make demo); Ctrl-C stops it.
 portal: setup pdf-libs

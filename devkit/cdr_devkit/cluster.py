@@ -12,8 +12,8 @@ What differs from compose, and why (local_settings and the servers): Debian's Po
 with trust authentication (roles and databases as compose's), sshd without a chroot (so the
 pipeline config's remote directories are rewritten under the SFTP home), the devkit's SMTP
 server for mailpit, task_instance.hostname = the compose node's name (several workers on one
-host), no scheduled runs (the command triggers its month), a publish retry policy (a task sent
-while Redis restarts waits instead of failing), two task slots per worker by default.
+host), no scheduled runs (the command triggers its month), two task slots per worker by
+default.
 """
 
 from __future__ import annotations
@@ -87,15 +87,6 @@ AIRFLOW_ARGV = {
 SERVER_KINDS = (POSTGRES, REDIS, SFTP, SMTP)  # started by the devkit's servers, before Airflow
 # Services with a port of their own here (compose's fixed ports would clash on one host).
 LISTENING = (POSTGRES, REDIS, SFTP, SMTP, PORTAL)
-# A task sent to the broker while Redis restarts is retried for about a minute, not failed.
-PUBLISH_RETRY = {
-    "task_publish_retry_policy": {
-        "max_retries": 30,
-        "interval_start": 0,
-        "interval_step": 0.5,
-        "interval_max": 2,
-    }
-}
 PLACEHOLDER = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 URL_HOST = re.compile(
     r"(?P<head>://(?:[^@/\s]*@)?)(?P<host>[A-Za-z][\w-]*)(?::(?P<port>\d+))?(?=[/\s]|$)"
@@ -328,7 +319,6 @@ def local_settings(
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(ports["airflow-scheduler"]),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "cdr_devkit.cluster.node_name",
-        "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps(PUBLISH_RETRY),
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         # sshd serves absolute paths: the config's remote directories under the SFTP home
         "CDR_BILLING_CONFIG": str(state / "shared" / "pipeline.yaml"),

@@ -1,5 +1,6 @@
-"""The Celery config of the cluster's workers: Airflow's default, and the billing's heavy
-libraries imported once in each worker before it forks.
+"""The Celery config of the cluster's workers: Airflow's default, a task sent while the broker
+restarts retried instead of failed, and the billing's heavy libraries imported once in each
+worker before it forks.
 
 Airflow reads it through `[celery] celery_config_options`
 (`AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=cdr_billing.celery_config.CELERY_CONFIG`). A worker
@@ -36,7 +37,16 @@ PRELOADED = (
     "cdr_billing.tasks.bill",
 )
 
-CELERY_CONFIG: dict = {**DEFAULT_CELERY_CONFIG}
+# A task the scheduler sends while Redis restarts is retried for about a minute (a failed
+# publish would fail the task instance and wait for its retry delay).
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 30,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
+
+CELERY_CONFIG: dict = {**DEFAULT_CELERY_CONFIG, "task_publish_retry_policy": PUBLISH_RETRY_POLICY}
 
 
 @import_modules.connect

@@ -21,6 +21,7 @@ utils.app.loader.init_worker()  # what a starting worker runs before its pool fo
 print(json.dumps({
     "airflow_reads_it": config is CELERY_CONFIG,
     "extends_the_default": all(CELERY_CONFIG[k] == v for k, v in DEFAULT_CELERY_CONFIG.items()),
+    "publish_retries": config["task_publish_retry_policy"]["max_retries"],
     "before_worker_start": before,
     "missing_after": [name for name in PRELOADED if name not in sys.modules],
 }))
@@ -39,6 +40,7 @@ def test_a_worker_imports_the_heavy_libraries_before_it_forks_and_only_a_worker(
     assert done.returncode == 0, done.stderr[-3000:]
     facts = json.loads(done.stdout.strip().splitlines()[-1])
     assert facts["airflow_reads_it"] and facts["extends_the_default"], facts
+    assert facts["publish_retries"] > 0, facts  # a publish while Redis restarts is retried
     # the scheduler and the api-server read the config too: they must not pay for the imports
     assert "great_expectations" not in facts["before_worker_start"], facts
     assert "cdr_billing.tasks.validate" not in facts["before_worker_start"], facts
