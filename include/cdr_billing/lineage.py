@@ -15,7 +15,7 @@ import pandas as pd
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from cdr_billing import database
+from cdr_billing import database, schema
 from cdr_billing.money import from_minor_units
 
 BILLED_CALL_COLUMNS = [
@@ -50,6 +50,7 @@ JOIN billed_call c ON c.batch_id = b.batch_id
 LEFT JOIN cdr_file f ON f.source = c.source AND f.name = c.source_file
                     AND f.billing_month = b.billing_month AND f.status = 'accepted'
 WHERE b.billing_month = :month AND b.status = 'current'
+  AND c.line_user_key BETWEEN :low AND :high
   AND c.customer_id = :customer_id AND c.sequence_number = :sequence_number
 ORDER BY c.source_file, c.source_row
 """
@@ -91,6 +92,7 @@ def line_calls(
     engine: Engine, billing_month: str, customer_id: str, sequence_number: str
 ) -> pd.DataFrame:
     """The calls of one billing line of the month's current batch, with their files and rows."""
+    keys = schema.line_key_range(customer_id, sequence_number)  # the index's range of the line
     with engine.connect() as conn:
         result = conn.execute(
             text(LINE_CALLS_SQL),
@@ -98,6 +100,8 @@ def line_calls(
                 "month": billing_month,
                 "customer_id": customer_id,
                 "sequence_number": sequence_number,
+                "low": keys.low,
+                "high": keys.high,
             },
         )
         return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))

@@ -160,7 +160,7 @@ def test_billed_calls_are_stored_as_sqlalchemy_stores_them(engine, monkeypatch, 
     assert back["cost_minor"].tolist() == calls["cost_minor"].tolist()
     starts = pd.to_datetime(back["start_utc"], utc=True)  # SQLite gives naive UTC datetimes back
     assert starts.dt.tz_convert("UTC").tolist() == calls["start_utc"].tolist()
-    assert list(back.columns[1:]) == BILLED_CALL_COLUMNS
+    assert list(back.columns[1:]) == [*BILLED_CALL_COLUMNS, "line_user_key"]
 
 
 def test_booleans_are_stored_as_sqlalchemy_stores_them(engine):
