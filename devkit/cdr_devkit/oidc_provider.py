@@ -29,7 +29,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from cdr_devkit.services import ServerProcess
+from cdr_devkit.services import ServerProcess, serve_until_terminated
 
 CODE_SECONDS = 60
 TOKEN_SECONDS = 300
@@ -458,13 +457,7 @@ def main() -> None:
         args.port,
         lambda issuer: Provider(issuer, args.client_id, secret, args.redirect_uri, args.user),
     )
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    args.ready_file.write_text(str(server.server_address[1]), encoding="utf-8")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    server.server_close()
+    serve_until_terminated(server, args.ready_file)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import json
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,18 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def serve_until_terminated(server: socketserver.BaseServer, ready_file: Path) -> None:
+    """Serve a local HTTP server's requests until SIGTERM or Ctrl-C, having written its port to
+    the ready file its starter waits for."""
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    ready_file.write_text(str(server.server_address[1]), encoding="utf-8")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    server.server_close()
 
 
 def free_port() -> int:

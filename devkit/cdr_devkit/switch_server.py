@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import hmac
 import json
-import signal
 import ssl
 import threading
 import time
@@ -31,6 +30,8 @@ from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
+
+from cdr_devkit.services import serve_until_terminated
 
 DEFAULT_WINDOW_SECONDS = 300
 MAX_BODY_BYTES = 64 * 1024
@@ -198,13 +199,7 @@ def main() -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.tls_cert, args.tls_key)
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    args.ready_file.write_text(str(server.server_address[1]), encoding="utf-8")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    server.server_close()
+    serve_until_terminated(server, args.ready_file)
 
 
 if __name__ == "__main__":
