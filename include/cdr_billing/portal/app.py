@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -301,6 +301,19 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
             400,
         )
 
+    def open_session(conn: Connection, who: Caller, address: str, now: datetime, how: str) -> str:
+        """A new session for the address (the caller's old one ended), audited: its cookie."""
+        cookie = auth.start_session(conn, address, now, who.session.digest if who.session else None)
+        audit.record(
+            conn,
+            "sign_in",
+            now,
+            address_hash=auth.address_hash(address),
+            client_hash=who.client,
+            detail=how,
+        )
+        return cookie
+
     if provider is not None:
 
         @app.get(oidc.START_PATH)
@@ -406,18 +419,7 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
                     raise oidc.OidcRefused(
                         "address not in the latest snapshot", auth.address_hash(address)
                     )
-                cookie = auth.start_session(
-                    conn, address, now, who.session.digest if who.session else None
-                )
-                audit.record(
-                    conn,
-                    "sign_in",
-                    now,
-                    address_hash=auth.address_hash(address),
-                    client_hash=who.client,
-                    detail="oidc",
-                )
-            return cookie
+                return open_session(conn, who, address, now, "oidc")
 
     @app.get("/sign-in/{token}")
     def confirm_form(request: Request, token: str) -> Response:
@@ -456,18 +458,7 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
                         detail="link unknown, used or expired",
                     )
                     return None
-                cookie = auth.start_session(
-                    conn, address, now, who.session.digest if who.session else None
-                )
-                audit.record(
-                    conn,
-                    "sign_in",
-                    now,
-                    address_hash=auth.address_hash(address),
-                    client_hash=who.client,
-                    detail="one-time link",
-                )
-                return cookie
+                return open_session(conn, who, address, now, "one-time link")
 
         cookie = await run_in_threadpool(redeem)
         if cookie is False:
