@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import BackgroundTasks, FastAPI, Request
@@ -32,6 +32,7 @@ from cdr_billing.portal import audit, auth, limits, oidc, pages, queries
 from cdr_billing.portal.topup import TopupRefused, start_topup
 from cdr_billing.prepaid.gateway import GatewaySettings
 from cdr_billing.ui.csrf import make_token, token_is_valid
+from cdr_billing.ui.forms import small_form
 
 log = logging.getLogger(__name__)
 
@@ -177,20 +178,7 @@ def create_app(settings: PortalSettings) -> FastAPI:  # noqa: C901 (the routes, 
         return fetch_site is None or fetch_site in ("same-origin", "none")
 
     async def form(request: Request) -> dict[str, str] | None:
-        if not request.headers.get("content-type", "").startswith(
-            "application/x-www-form-urlencoded"
-        ):
-            return None
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_FORM_BYTES:
-                return None
-        try:
-            parsed = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=10)
-        except (UnicodeDecodeError, ValueError):
-            return None
-        return {name: values[0] for name, values in parsed.items()}
+        return await small_form(request, MAX_FORM_BYTES, max_fields=10)
 
     def forbidden() -> Response:
         return html(

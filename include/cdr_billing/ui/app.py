@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
-from urllib.parse import parse_qs
 from uuid import uuid4
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -32,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr_billing.config import BILLING_DAG_ID
 from cdr_billing.ui import drill_routes, pages, runs_routes, statements_routes
+from cdr_billing.ui.forms import small_form
 from cdr_billing.ui.runs_routes import airflow_runs
 from cdr_billing.ui.web import (
     NO_STORE,
@@ -361,22 +361,9 @@ def prepaid_account_page(
 
 
 async def _form_fields(request: Request) -> dict[str, str] | None:
-    """The posted form's fields (the first of each), or None when it is not a small
-    urlencoded form."""
-    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return None
-    try:
-        parsed = parse_qs(
-            body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20
-        )
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return {name: values[0] for name, values in parsed.items() if name in FORM_FIELDS}
+    """The desk form's fields, or None when it is not a small urlencoded form."""
+    fields = await small_form(request, MAX_FORM_BYTES, max_fields=20)
+    return None if fields is None else {k: v for k, v in fields.items() if k in FORM_FIELDS}
 
 
 @app.post("/prepaid/account/{address:path}/credit")
