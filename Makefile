@@ -54,7 +54,7 @@ bench-pipeline: setup
 	$(BIN)/python -m cdr_devkit.bench_pipeline $(ARGS)
 
 # The whole DAG (SFTP, PostgreSQL billing DB) on the same month, e.g. make bench-dag ARGS="--calls 200000 --sqlite"
-bench-dag: setup openssh-server
+bench-dag: setup openssh-server redis-server
 	$(BIN)/python -m cdr_devkit.bench_dag $(ARGS)
 
 # The fetch against OpenSSH's own sftp client, both on the benchmark month served by sshd,
