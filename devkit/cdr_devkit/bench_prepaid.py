@@ -442,7 +442,7 @@ def peer_debit(conn: Connection, calls: pd.DataFrame, run_id: str) -> int:
     conn.execute(text(_PEER_CALLS))
     rows = _call_rows(calls)
     if not rows.empty:
-        database._copy_postgres(conn, "peer_calls", [rows])
+        database.copy_batches(conn, "peer_calls", [rows])
     return conn.execute(text(_PEER_DEBIT), {"run_id": run_id}).rowcount
 
 

@@ -101,7 +101,7 @@ def insert_frame(conn: Connection, table: Table, frame: pd.DataFrame, **constant
     if conn.dialect.name == "sqlite":
         _insert_sqlite(conn, table.name, batches)
     else:
-        _copy_postgres(conn, table.name, batches, _binary_kinds(table, rows))
+        copy_batches(conn, table.name, batches, _binary_kinds(table, rows))
 
 
 # the memory a batch partition's index is sorted in (PostgreSQL's default 64 MB spills 10
@@ -157,11 +157,11 @@ def _insert_sqlite(conn: Connection, table_name: str, batches: list[pd.DataFrame
             )
 
 
-def _copy_postgres(
+def copy_batches(
     conn: Connection,
     table_name: str,
     batches: list[pd.DataFrame],
-    kinds: dict[str, str] | None,
+    kinds: dict[str, str] | None = None,
 ) -> None:
     """COPY each batch as formatted by Arrow and numpy while the server takes in the one
     before: in PostgreSQL's binary format when every column has a binary kind (the server

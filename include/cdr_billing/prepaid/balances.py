@@ -360,7 +360,7 @@ def _load_calls(conn: Connection, rows: pd.DataFrame) -> None:
             rows.iloc[start : start + database.INSERT_BATCH_ROWS]
             for start in range(0, len(rows), database.INSERT_BATCH_ROWS)
         ]
-        database._copy_postgres(conn, _CALLS.name, batches)
+        database.copy_batches(conn, _CALLS.name, batches)
     else:
         database.insert_frame(conn, _CALLS, rows)
 
