@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cdr_devkit.screenshot import FRAME, DevTools, open_tab
+from cdr_devkit.screenshot import FRAME, DevTools, ScreenshotError, open_tab
 
 WAIT_SECONDS = 90
 POLL_SECONDS = 0.2
+# DevTools' errors for an expression sent while the page changes documents
+NAVIGATING = re.compile(r"navigated or closed|Cannot find context|Execution context was destroyed")
 BILLING = "/plugin/billing"  # the Billing app in the UI, in its sandboxed frame
 
 
@@ -43,11 +46,22 @@ def in_frame(devtools: DevTools, session: str, expression: str) -> Any:
     return devtools.evaluate(session, frame(expression))
 
 
+def _true_unless_navigating(devtools: DevTools, session: str, expression: str) -> bool:
+    """The expression's value; False while the page is between two documents (a reload or a
+    navigation lost the context the expression was sent to)."""
+    try:
+        return bool(devtools.evaluate(session, expression))
+    except ScreenshotError as error:
+        if NAVIGATING.search(str(error)):
+            return False
+        raise
+
+
 def wait(devtools: DevTools, session: str, expression: str, what: str) -> None:
     """Wait until the expression (on the UI's page; frame() for the frame's) is true; fail with
     what the page and its frame show."""
     deadline = time.monotonic() + WAIT_SECONDS
-    while not devtools.evaluate(session, expression):
+    while not _true_unless_navigating(devtools, session, expression):
         if time.monotonic() > deadline:
             shown = devtools.evaluate(
                 session,

@@ -65,7 +65,14 @@ def _open_dag(devtools: DevTools, airflow, timezone_choice: str | None) -> str:
         devtools.evaluate(
             session, f"localStorage.setItem('timezone', {json.dumps(json.dumps(timezone_choice))})"
         )
+        devtools.evaluate(session, "window.beforeReload = true")
         devtools.call("Page.reload", session)
+        wait(
+            devtools,
+            session,
+            "!window.beforeReload && document.readyState === 'complete'",
+            "reload",
+        )
     return session
 
 
