@@ -88,7 +88,17 @@ def test_every_module_has_a_place_in_the_layout():
         | set(STAGES)
         | RUN_RECORDS
         | SCHEDULING
-        | {PREPAID, PORTAL, WORKER_START, "taskflow", "dag_tasks", "tasks", "ui", "__init__", "__pycache__"}
+        | {
+            PREPAID,
+            PORTAL,
+            WORKER_START,
+            "taskflow",
+            "dag_tasks",
+            "tasks",
+            "ui",
+            "__init__",
+            "__pycache__",
+        }
         | {"templates"}  # the statement's Jinja2 template (statement_render)
     )
     assert modules - placed == set()
