@@ -97,7 +97,7 @@ def print_statements(run_id: str) -> None:
             ),
             {"run": run_id},
         ).all()
-    print("\nStatements (HTML and PDF per user; also on the Billing page, month > Statements):")
+    print("\nStatements (HTML and PDF per user; the Billing page: month > The users' statements):")
     for customer, count, pdf, sent in rows:
         how = DEMO_STATEMENTS[customer]["deliver"]
         print(f"  {customer}: {count} statements, {sent or 0} mailed ({how})")
