@@ -10,25 +10,10 @@ import json
 import time
 from pathlib import Path
 
-from cdr_devkit.screenshot import HEIGHT, WIDTH, DevTools, ScreenshotError
+from cdr_devkit.screenshot import HEIGHT, DevTools, ScreenshotError, blank_tab
 
 WAIT_SECONDS = 60
 HOME_TITLE = "My phone account"
-
-
-def new_tab(devtools: DevTools, width: int = WIDTH, height: int = HEIGHT) -> str:
-    """A blank tab of the size; its DevTools session."""
-    target = devtools.call("Target.createTarget", url="about:blank")["targetId"]
-    session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    devtools.call(
-        "Emulation.setDeviceMetricsOverride",
-        session,
-        width=width,
-        height=height,
-        deviceScaleFactor=1,
-        mobile=False,
-    )
-    return session
 
 
 def wait_until(devtools: DevTools, session: str, expression: str, what: str) -> None:
@@ -72,7 +57,7 @@ def sign_in(devtools: DevTools, base_url: str, maildir: Path, address: str) -> s
     """Sign in by a mailed link in a new tab; return its session, on the signed-in page."""
     from cdr_devkit.portal import mailed_links, wait_for_link
 
-    session = new_tab(devtools)
+    session = blank_tab(devtools)
     known = len(mailed_links(maildir, address))
     open_page(devtools, session, f"{base_url}/sign-in", "Sign in")
     devtools.evaluate(

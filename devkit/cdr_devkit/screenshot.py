@@ -149,6 +149,11 @@ def open_tab(
     devtools.call(
         "Storage.setCookies", cookies=[{"name": "_token", "value": token, "url": f"{base_url}/"}]
     )
+    return blank_tab(devtools, width, height)
+
+
+def blank_tab(devtools: DevTools, width: int = WIDTH, height: int = HEIGHT) -> str:
+    """A blank tab of the given size; its DevTools session."""
     target = devtools.call("Target.createTarget", url="about:blank")["targetId"]
     session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     devtools.call(

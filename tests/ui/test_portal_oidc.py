@@ -16,7 +16,8 @@ from sqlalchemy import delete, select
 
 from cdr_billing.portal import auth, oidc
 from cdr_billing.schema import portal_audit, portal_rate_event, portal_session
-from cdr_devkit.portal_browser import HOME_TITLE, loaded, new_tab, open_page
+from cdr_devkit.portal_browser import HOME_TITLE, loaded, open_page
+from cdr_devkit.screenshot import blank_tab
 
 FLOW_COOKIE = "cdr_portal_oidc"
 REFUSED = "Signing in with Example University did not work"
@@ -241,7 +242,7 @@ def test_csrf_is_unaffected(world):
 
 
 def test_the_button_in_a_browser(world, browser):
-    session = new_tab(browser)
+    session = blank_tab(browser)
     open_page(browser, session, f"{world.url}/sign-in", "Sign in")
     browser.evaluate(
         session, "document.leftByTest = true; document.querySelector('a.button').click()"
