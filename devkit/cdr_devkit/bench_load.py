@@ -17,7 +17,6 @@ same number of rows.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -35,10 +34,9 @@ from cdr_billing.load import Batch, load_month
 from cdr_billing.migrations import upgrade
 from cdr_billing.schema import billed_call, with_derived_columns
 from cdr_devkit.airflow_env import PROJECT_ROOT
-from cdr_devkit.bench_data import BenchMonth, ensure_month
-from cdr_devkit.bench_pipeline import add_month_arguments, run_project
+from cdr_devkit.bench_data import BenchMonth
+from cdr_devkit.bench_pipeline import limit_bench_arguments, run_project
 from cdr_devkit.postgres import LocalPostgres
-from cdr_devkit.services import stop_on_sigterm
 
 DEFAULT_ROOT = PROJECT_ROOT / ".bench" / "load"
 TARGET_RATIO = 1.5
@@ -187,16 +185,8 @@ def format_report(facts: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_month_arguments(parser)
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the bench lives")
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="rounds; each contender's best counts"
-    )
-    args = parser.parse_args(argv)
-    stop_on_sigterm()
-    month = ensure_month(args.base, args.calls, args.files, args.seed)
-    facts = run(month, args.root.resolve(), args.repeat)
+    bench = limit_bench_arguments(__doc__.splitlines()[0], DEFAULT_ROOT, argv)
+    facts = run(bench.month, bench.root, bench.repeat)
     print(format_report(facts))
     return 0 if facts["ratio"] <= TARGET_RATIO else 1
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from iso4217 import Currency
 
@@ -38,6 +39,7 @@ from cdr_billing.report import OUTCOMES  # read = the sum of these
 from cdr_devkit.airflow_env import ALLOCATOR_SETTINGS
 from cdr_devkit.bench_data import MONTH, BenchMonth, ensure_month, month_dir
 from cdr_devkit.memory import peak_rss_mib, process_tree_rss_mib
+from cdr_devkit.services import stop_on_sigterm
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = PROJECT_ROOT / ".bench" / "pipeline"
@@ -958,6 +960,31 @@ def add_month_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base", type=Path, default=DEFAULT_BASE, help="where generated months are cached"
     )
+
+
+class LimitBench(NamedTuple):
+    """What a bench against a limit (bench_sftp, bench_load) was asked for."""
+
+    month: BenchMonth
+    root: Path
+    repeat: int
+
+
+def limit_bench_arguments(
+    description: str, default_root: Path, argv: Sequence[str] | None
+) -> LimitBench:
+    """The month, the bench's folder and its rounds from the command line; SIGTERM then stops
+    the bench's servers as Ctrl-C does."""
+    parser = argparse.ArgumentParser(description=description)
+    add_month_arguments(parser)
+    parser.add_argument("--root", type=Path, default=default_root, help="where the bench lives")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds; each contender's best counts"
+    )
+    args = parser.parse_args(argv)
+    stop_on_sigterm()
+    month = ensure_month(args.base, args.calls, args.files, args.seed)
+    return LimitBench(month, args.root.resolve(), args.repeat)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

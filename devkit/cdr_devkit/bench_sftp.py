@@ -15,7 +15,6 @@ under `.bench/sftp/`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,9 +26,9 @@ from typing import NamedTuple
 
 from cdr_billing.acquire import FileRequest, fetch_with_failover
 from cdr_devkit.airflow_env import PROJECT_ROOT
-from cdr_devkit.bench_data import BenchMonth, ensure_month
-from cdr_devkit.bench_pipeline import add_month_arguments
-from cdr_devkit.services import LocalServices, SftpServer, connection_env, stop_on_sigterm
+from cdr_devkit.bench_data import BenchMonth
+from cdr_devkit.bench_pipeline import limit_bench_arguments
+from cdr_devkit.services import LocalServices, SftpServer, connection_env
 
 DEFAULT_ROOT = PROJECT_ROOT / ".bench" / "sftp"
 TARGET_SHARE = 0.70
@@ -196,16 +195,8 @@ def format_report(facts: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_month_arguments(parser)
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the bench lives")
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="rounds; each contender's best counts"
-    )
-    args = parser.parse_args(argv)
-    stop_on_sigterm()
-    month = ensure_month(args.base, args.calls, args.files, args.seed)
-    facts = run(month, args.root.resolve(), args.repeat)
+    bench = limit_bench_arguments(__doc__.splitlines()[0], DEFAULT_ROOT, argv)
+    facts = run(bench.month, bench.root, bench.repeat)
     print(format_report(facts))
     return 0 if min(facts["shares"].values()) >= TARGET_SHARE else 1
 
