@@ -39,6 +39,7 @@ from cdr_devkit.cluster import AIRFLOW, WORKER, LocalCluster, host_path
 from cdr_devkit.memory import (
     PeakSampler,
     peak_rss_mib,
+    process_pss_mib,
     process_tree_pss_mib,
     process_tree_rss_mib,
     reset_peak_rss,
@@ -217,7 +218,8 @@ def _run_in_process(month: BenchMonth) -> DagRunFacts:
 
     reset_peak_rss()  # the run's peak, not the month's generation in this process
     started = time.perf_counter()
-    with PeakSampler(lambda: process_tree_pss_mib(os.getpid())) as pss:
+    # this process alone, as its peak RSS (VmHWM): the SFTP servers it started are children
+    with PeakSampler(process_pss_mib) as pss:
         dag_run = run_dag(
             load_dag(), logical_date=None, run_conf={"billing_month": str(month.month)}
         )
@@ -269,12 +271,22 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRun
     with RunningAirflow(home, env) as airflow:
         airflow.wait_for_dag(DAG_ID, DAG_PARSE_TIMEOUT_SECONDS)
         airflow.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
-        idle, idle_pss = _airflow_rss_mib(airflow.processes), _airflow_pss_mib(airflow.processes)
-        started = time.perf_counter()
-        run_id = _trigger(airflow, month)
-        end = _watch_run(airflow, airflow.processes, run_id)
-        wall = time.perf_counter() - started
-        instances = _task_instances(airflow, run_id)
+        return _month_run(airflow, airflow.processes, month)
+
+
+def _month_run(
+    client: AirflowClient,
+    processes: Mapping[str, subprocess.Popen],
+    month: BenchMonth,
+    nodes: bool = False,
+) -> DagRunFacts:
+    """The month triggered once and watched to its end: wall time, peak and idle memory of
+    Airflow's processes, the task instances (nodes: with the host of each)."""
+    idle, idle_pss = _airflow_rss_mib(processes), _airflow_pss_mib(processes)
+    started = time.perf_counter()
+    run_id = _trigger(client, month)
+    end = _watch_run(client, processes, run_id)
+    wall = time.perf_counter() - started
     facts = {
         "run_id": run_id,
         "state": end.state,
@@ -285,7 +297,7 @@ def _run_scheduled(month: BenchMonth, home: Path, env: dict[str, str]) -> DagRun
         "idle_rss_mib": idle,
         "idle_pss_mib": idle_pss,
     }
-    return DagRunFacts(facts, instances)
+    return DagRunFacts(facts, _task_instances(client, run_id, nodes))
 
 
 def _trigger(airflow: AirflowClient, month: BenchMonth) -> str:
@@ -368,7 +380,6 @@ def _run_on_cluster(
         cluster.api.wait_for_dag(DAG_ID, DAG_PARSE_TIMEOUT_SECONDS)
         cluster.api.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
         airflow = cluster_airflow_processes(cluster)
-        idle = _airflow_rss_mib(airflow), _airflow_pss_mib(airflow)
         server_pids = cluster_server_pids(cluster)
         peaks = {
             (kind, name): samplers.enter_context(
@@ -377,28 +388,13 @@ def _run_on_cluster(
             for kind, pids in server_pids.items()
             for name, measure in (("rss", process_tree_rss_mib), ("pss", process_tree_pss_mib))
         }
-        started = time.perf_counter()
-        run_id = _trigger(cluster.api, month)
-        end = _watch_run(cluster.api, airflow, run_id)
-        wall = time.perf_counter() - started
-        instances = _task_instances(cluster.api, run_id, nodes=True)
-        airflow_nodes = sorted(airflow)
+        dag_run = _month_run(cluster.api, airflow, month, nodes=True)
+        dag_run.facts["airflow_processes"] = sorted(airflow)
     servers = {
         kind: ServerMemory(len(pids), peaks[kind, "rss"].peak, peaks[kind, "pss"].peak)
         for kind, pids in server_pids.items()
     }
-    facts = {
-        "run_id": run_id,
-        "state": end.state,
-        "wall_seconds": wall,
-        "peak_rss_mib": end.peak_rss_mib,
-        "peak_pss_mib": end.peak_pss_mib,
-        "load_average": end.load_average,
-        "idle_rss_mib": idle[0],
-        "idle_pss_mib": idle[1],
-        "airflow_processes": airflow_nodes,
-    }
-    return DagRunFacts(facts, instances), servers
+    return dag_run, servers
 
 
 def run_cluster(month: BenchMonth, root: Path, files_at_once: int | None = None) -> dict:

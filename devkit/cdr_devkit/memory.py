@@ -48,6 +48,11 @@ def _pss_kib(pid: int | str) -> float:
     return 0.0
 
 
+def process_pss_mib(pid: int | str = "self") -> float:
+    """Current proportional set size of one process (its children apart)."""
+    return _pss_kib(pid) / 1024
+
+
 def process_tree_pss_mib(pid: int) -> float:
     """Current proportional set size of a process and its descendants, 0 when gone: pages forks
     share (preloaded libraries, copy-on-write) count once in the sum, where summed RSS counts
